@@ -1,0 +1,299 @@
+"""Audio encoders: a torchaudio log-mel front end, then a small CNN or any timm backbone."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+from ._base import Encoder, EncoderOutput
+from ._registry import register_encoder
+from .image import create_timm_backbone, timm_blocks
+
+_MAX_CHANNELS = 16
+
+
+def decode_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
+    """Decode a file or encoded bytes to ([C, T] float32, rate): soundfile, else torchcodec."""
+    import soundfile
+
+    data = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        array, rate = soundfile.read(data, dtype="float32", always_2d=True)  # T x C
+        return array.T, int(rate)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        from torchcodec.decoders import AudioDecoder  # mp3, ogg, ... through FFmpeg
+
+        if isinstance(data, io.BytesIO):
+            data = data.getvalue()
+        samples = AudioDecoder(data).get_all_samples()
+        return samples.data.numpy(), int(samples.sample_rate)
+
+
+def to_waveform(value: Any, default_rate: int) -> tuple[torch.Tensor, int]:
+    """A waveform [C, T] float32 and its rate from any supported raw audio value.
+
+    Takes ``{"array", "sampling_rate"}`` dicts (the ``datasets`` Audio feature), undecoded
+    ``{"bytes", "path"}`` dicts, torchcodec decoders, ``(array, rate)`` tuples, paths,
+    encoded bytes and bare arrays (taken to be at ``default_rate``). 2-D arrays may be
+    [C, T] or [T, C]; integer PCM is scaled to [-1, 1].
+    """
+    rate = default_rate
+    if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder, as datasets>=4 yields
+        samples = value.get_all_samples()
+        value, rate = samples.data, int(samples.sample_rate)
+    elif isinstance(value, dict):
+        if value.get("array") is not None:
+            value, rate = value["array"], int(value.get("sampling_rate") or default_rate)
+        elif value.get("bytes") or value.get("path"):
+            value, rate = decode_audio(value.get("bytes") or value["path"])
+        else:
+            raise ValueError(f"expected an audio dict with 'array' or 'bytes'/'path', got keys {sorted(value)}")
+    elif isinstance(value, tuple) and len(value) == 2:
+        value, rate = value[0], int(value[1])
+    elif isinstance(value, (str, Path, bytes, bytearray, memoryview)):
+        value, rate = decode_audio(value)
+    wave = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    if wave.dtype == torch.int16:
+        wave = wave.float() / 32768.0
+    elif wave.dtype == torch.int32:
+        wave = wave.float() / 2147483648.0
+    elif wave.dtype == torch.uint8:
+        wave = (wave.float() - 128.0) / 128.0
+    elif not wave.is_floating_point():
+        raise ValueError(f"expected float or integer PCM audio, got dtype {wave.dtype}")
+    wave = wave.float()
+    if wave.ndim == 1:
+        wave = wave[None]
+    elif wave.ndim == 2:
+        if wave.shape[0] > _MAX_CHANNELS and wave.shape[1] <= _MAX_CHANNELS:
+            wave = wave.T  # T x C -> C x T
+    else:
+        raise ValueError(f"expected audio of shape [T], [C, T] or [T, C], got {tuple(wave.shape)}")
+    if rate <= 0:
+        raise ValueError(f"expected a positive sampling rate, got {rate}")
+    return wave, rate
+
+
+class AudioProcessor:
+    """Raw audio -> mono waveform at ``sample_rate``, cropped to ``max_seconds``, padded, + lengths."""
+
+    def __init__(self, sample_rate: int, max_seconds: float) -> None:
+        self.sample_rate = sample_rate
+        self.max_length = int(round(max_seconds * sample_rate))
+
+    def mono(self, value: Any) -> torch.Tensor:
+        wave, rate = to_waveform(value, self.sample_rate)
+        wave = wave.mean(dim=0)  # mix to mono
+        if not torch.isfinite(wave).all():
+            raise ValueError("audio contains NaN or inf samples")
+        if rate != self.sample_rate and wave.numel() > 0:
+            # Crop before resampling so a very long clip is not resampled whole.
+            wave = wave[: math.ceil(self.max_length * rate / self.sample_rate) + 1]
+            wave = torchaudio.functional.resample(wave, rate, self.sample_rate)
+        return wave[: self.max_length]
+
+    def __call__(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        waves = []
+        for i, value in enumerate(values):
+            try:
+                waves.append(self.mono(value) if value is not None else torch.zeros(0))
+            except (ValueError, TypeError, RuntimeError, OSError) as err:
+                raise ValueError(f"audio sample {i}: {err}") from err
+        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
+        width = max([w.numel() for w in waves] + [1])
+        waveform = torch.zeros(len(waves), width)
+        for i, wave in enumerate(waves):
+            waveform[i, : wave.numel()] = wave
+        return {"waveform": waveform, "lengths": lengths}
+
+
+class LogMelFrontEnd(nn.Module):
+    """MelSpectrogram -> AmplitudeToDB -> SpecAugment (training only).
+
+    waveform [B, L], lengths [B] -> spec [B, 1, n_mels, F], frames [B] (valid frames).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        n_mels: int,
+        n_fft: int,
+        hop_length: int,
+        freq_mask: int,
+        time_mask: int,
+    ) -> None:
+        super().__init__()
+        self.hop_length = hop_length
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels
+        )
+        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80.0)
+        self.spec_augment = nn.Sequential(
+            torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True),
+            torchaudio.transforms.TimeMasking(time_mask, iid_masks=True),
+        )
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The mel filterbank runs in float32: its dB conversion underflows in half precision.
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            spec = self.mel(waveform.float())  # B x n_mels x F
+            spec = self.to_db(spec).unsqueeze(1)  # B x 1 x n_mels x F
+        if self.training:
+            spec = self.spec_augment(spec)
+        # center=True framing: a clip of L samples spans L // hop + 1 frames.
+        frames = torch.where(lengths > 0, lengths // self.hop_length + 1, torch.zeros_like(lengths))
+        return spec, frames.clamp(max=spec.shape[-1])
+
+
+def frame_mask(frames: torch.Tensor, num_tokens: int, total_frames: int) -> torch.Tensor:
+    """[B, num_tokens] bool: token t covers frames t*stride..., valid if it starts inside the clip."""
+    stride = total_frames / max(num_tokens, 1)
+    starts = torch.arange(num_tokens, device=frames.device) * stride
+    return starts[None, :] < frames[:, None]
+
+
+class _AudioEncoder(Encoder):
+    """Shared processor and front end of the audio encoders."""
+
+    modality = "audio"
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        max_seconds: float = 10.0,
+        n_mels: int = 64,
+        n_fft: int = 1024,
+        hop_length: int = 320,
+        freq_mask: int = 8,
+        time_mask: int = 16,
+    ) -> None:
+        super().__init__()
+        self.audio_kwargs = {
+            "sample_rate": sample_rate, "max_seconds": max_seconds, "n_mels": n_mels,
+            "n_fft": n_fft, "hop_length": hop_length, "freq_mask": freq_mask, "time_mask": time_mask,
+        }  # fmt: skip
+        self.audio_processor = AudioProcessor(sample_rate, max_seconds)
+        self.front_end = LogMelFrontEnd(sample_rate, n_mels, n_fft, hop_length, freq_mask, time_mask)
+
+    def is_missing(self, value: Any) -> bool:
+        if value is None:
+            return True
+        array = value.get("array") if isinstance(value, dict) else value
+        if isinstance(value, tuple) and len(value) == 2:
+            array = value[0]
+        if isinstance(array, (np.ndarray, torch.Tensor, list)):
+            return np.asarray(array).size == 0
+        return False
+
+    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        return self.audio_processor(values)
+
+
+class ConvBlock(nn.Module):
+    """PANNs CNN10 block: (conv3x3 -> BN -> ReLU) x 2 -> 2x2 average pool."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+@register_encoder("audio_cnn")
+class AudioCNNEncoder(_AudioEncoder):
+    """Log-mel spectrogram -> a PANNs-style CNN (CNN10 with the default channels).
+
+    Frequency is averaged out after the conv blocks; each remaining time step is a token.
+    tokens: [B, F / 2**len(channels), channels[-1]]; mask marks steps of padding False.
+    """
+
+    def __init__(self, channels: Sequence[int] = (64, 128, 256, 512), dropout: float = 0.2, **audio_kwargs: Any) -> None:
+        super().__init__(**audio_kwargs)
+        self.channels = [int(c) for c in channels]
+        self.bn0 = nn.BatchNorm2d(self.audio_kwargs["n_mels"])  # per mel bin, as in PANNs
+        widths = [1, *self.channels]
+        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = self.channels[-1]
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        spec, frames = self.front_end(inputs["waveform"], inputs["lengths"])
+        spec = self.bn0(spec.transpose(1, 2)).transpose(1, 2)  # normalise each mel bin
+        stride = 2 ** len(self.blocks)
+        total = math.ceil(spec.shape[-1] / stride) * stride
+        x = F.pad(spec, (0, total - spec.shape[-1]))  # B x 1 x n_mels x total
+        for block in self.blocks:
+            x = block(x)
+        tokens = self.dropout(x.mean(dim=2).transpose(1, 2))  # B x T x C
+        return EncoderOutput(tokens, frame_mask(frames, tokens.shape[1], total))
+
+    def layer_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        return {"channels": self.channels, "dropout": self.dropout.p, **self.audio_kwargs}
+
+
+@register_encoder("audio_timm")
+class AudioTimmEncoder(_AudioEncoder):
+    """Any timm backbone on the log-mel spectrogram as a 1-channel image.
+
+    CNN feature maps [B, C, H, W] are averaged over frequency: tokens [B, W, C] with a
+    time mask. Backbones that return tokens [B, N, C] (ViTs) see the spectrogram padded
+    to ``max_seconds`` and their tokens are all valid for a present clip.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet18",
+        pretrained: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        **audio_kwargs: Any,
+    ) -> None:
+        super().__init__(**audio_kwargs)
+        self.model_name = model_name
+        self.model_kwargs = dict(model_kwargs or {})
+        max_frames = self.audio_processor.max_length // self.audio_kwargs["hop_length"] + 1
+        self.max_frames = max_frames
+        kwargs = {"in_chans": 1, **self.model_kwargs}
+        self.model = create_timm_backbone(
+            model_name, pretrained, (self.audio_kwargs["n_mels"], max_frames), kwargs
+        )
+        self.out_dim = int(self.model.num_features)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        spec, frames = self.front_end(inputs["waveform"], inputs["lengths"])
+        if hasattr(self.model, "patch_embed"):  # fixed-size input: pad or crop to max_frames
+            spec = F.pad(spec, (0, self.max_frames - spec.shape[-1]))[..., : self.max_frames]
+        features = self.model.forward_features(spec)
+        if features.ndim == 4:
+            tokens = features.mean(dim=2).transpose(1, 2)  # B x C x H x W -> B x W x C
+            mask = frame_mask(frames, tokens.shape[1], spec.shape[-1])
+        else:
+            tokens = features
+            mask = (frames > 0)[:, None].expand(tokens.shape[:2])
+        return EncoderOutput(tokens, mask)
+
+    def layer_blocks(self) -> list[nn.Module]:
+        return timm_blocks(self.model)
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        return {"model_name": self.model_name, "pretrained": False, "model_kwargs": self.model_kwargs, **self.audio_kwargs}

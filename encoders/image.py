@@ -1,0 +1,162 @@
+"""Image encoder: any timm model; tokens from ``forward_features``."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+from torch import nn
+
+from ._base import Encoder, EncoderOutput, tokens_from_features
+from ._registry import register_encoder
+
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def open_image(value: Any) -> Image.Image:
+    """A PIL image from a PIL image, a path, encoded bytes, a ``datasets`` Image dict or an array."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):  # undecoded ``datasets.Image``: {"bytes": ..., "path": ...}
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        image = Image.open(io.BytesIO(bytes(value)))
+        image.load()  # decode now so corrupt bytes fail here, not later
+        return image
+    if isinstance(value, (str, Path)):
+        with Image.open(value) as image:
+            image.load()
+            return image.copy()
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+        if value.ndim == 3 and value.shape[0] in (1, 3, 4):  # CHW -> HWC
+            value = value.transpose(1, 2, 0)
+    if isinstance(value, np.ndarray):
+        array = value
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[..., 0]
+        if array.dtype.kind == "f":  # floats are taken to be in [0, 1]
+            array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255).round().astype(np.uint8)
+        elif array.dtype == np.uint16:
+            array = (array // 257).astype(np.uint8)
+        elif array.dtype != np.uint8:
+            raise ValueError(f"expected an image array of uint8, uint16 or float, got {array.dtype}")
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise ValueError(f"expected an image array of shape HxW, HxWx3 or HxWx4, got {array.shape}")
+        return Image.fromarray(array)
+    raise TypeError(f"expected a PIL image, path, bytes or array, got {type(value).__name__}")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any PIL mode: 16-bit is scaled to 8-bit, alpha is composited over black."""
+    if image.mode in _SIXTEEN_BIT or image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "F" and array.max(initial=0) > 255 else 255.0
+        if image.mode == "F":
+            top = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+        image = Image.fromarray((np.clip(array / top, 0, 1) * 255).round().astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+@register_encoder("timm_image")
+class TimmImageEncoder(Encoder):
+    """Any timm model as an image encoder.
+
+    The processor is timm's eval transform for the model (``resolve_model_data_config`` +
+    ``create_transform``), with ``img_size`` overriding the input size where given.
+    tokens: [B, H*W, C] for CNN maps, [B, N, C] for ViTs (prefix tokens included);
+    mask: all True (padding does not exist for images).
+    """
+
+    modality = "image"
+
+    def __init__(
+        self,
+        model_name: str = "resnet18",
+        pretrained: bool = False,
+        img_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self.img_size = img_size
+        self.model_kwargs = dict(model_kwargs or {})
+        self.model = create_timm_backbone(model_name, pretrained, img_size, self.model_kwargs)
+        self.out_dim = int(self.model.num_features)
+        data_config = resolve_model_data_config(self.model)
+        if img_size is not None:
+            data_config["input_size"] = (3, img_size, img_size)
+            data_config["crop_pct"] = 1.0
+        self.data_config = data_config
+        self.transform = create_transform(**data_config, is_training=False)
+
+    def is_missing(self, value: Any) -> bool:
+        if isinstance(value, Image.Image):
+            return value.width == 0 or value.height == 0
+        return value is None
+
+    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        _, height, width = self.data_config["input_size"]
+        pixels = torch.zeros(len(values), 3, height, width)
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            try:
+                pixels[i] = self.transform(to_rgb(open_image(value)))
+            except (OSError, ValueError, TypeError, Image.DecompressionBombError) as err:
+                raise ValueError(f"image sample {i}: cannot read it as an image ({err})") from err
+        return {"pixel_values": pixels}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        tokens = tokens_from_features(self.model.forward_features(inputs["pixel_values"]))
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens, mask)
+
+    def layer_blocks(self) -> list[nn.Module]:
+        return timm_blocks(self.model)
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "pretrained": False,
+            "img_size": self.img_size,
+            "model_kwargs": self.model_kwargs,
+        }
+
+
+def create_timm_backbone(
+    model_name: str, pretrained: bool, img_size: Any, model_kwargs: dict[str, Any]
+) -> nn.Module:
+    """A headless timm model; ``img_size`` goes to models that take it (ViTs) and not to CNNs."""
+    kwargs = {"pretrained": pretrained, "num_classes": 0, **model_kwargs}
+    if img_size is None:
+        return timm.create_model(model_name, **kwargs)
+    try:
+        return timm.create_model(model_name, img_size=img_size, **kwargs)
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise
+        return timm.create_model(model_name, **kwargs)
+
+
+def timm_blocks(model: nn.Module) -> list[nn.Module]:
+    """A timm model's stages or blocks, first to last (``blocks``, ``stages`` or ``layer1..4``)."""
+    for name in ("blocks", "stages", "layers"):
+        seq = getattr(model, name, None)
+        if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) > 0:
+            return list(seq)
+    layers = [getattr(model, f"layer{i}") for i in range(1, 8) if hasattr(model, f"layer{i}")]
+    return layers

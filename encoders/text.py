@@ -1,0 +1,179 @@
+"""Text encoder: any Hugging Face ``transformers`` AutoModel, token states out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+
+from ._base import Encoder, EncoderOutput
+from ._registry import register_encoder
+
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+
+
+def train_tokenizer(
+    texts: Sequence[str], vocab_size: int, kind: str = "wordpiece", lowercase: bool = True
+) -> PreTrainedTokenizerFast:
+    """Train a small WordPiece or BPE tokenizer on ``texts`` with the ``tokenizers`` library."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    specials = list(SPECIAL_TOKENS.values())  # [PAD] gets id 0
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False
+        )
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        raise ValueError(f"tokenizer kind must be 'wordpiece' or 'bpe', got {kind!r}")
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    tok.normalizer = normalizers.Sequence(norm)
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError("cannot train a tokenizer: no non-empty text was given")
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def _largest_module_list(model: nn.Module) -> list[nn.Module]:
+    """The model's stack of layers: the longest ModuleList (BERT's encoder.layer, GPT-2's h...)."""
+    best: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > len(best):
+            best = list(module)
+    return best
+
+
+@register_encoder("hf_text")
+class HFTextEncoder(Encoder):
+    """A ``transformers`` AutoModel over text; outputs every token state and the attention mask.
+
+    Give either ``model_name_or_path`` (hub id or local folder; the tokenizer comes from
+    the same place unless ``tokenizer`` says otherwise) or ``config``, a dict with a
+    ``model_type`` for a small randomly initialised model. With ``config`` and no
+    ``tokenizer``, a tokenizer of ``config['vocab_size']`` tokens is trained on
+    ``train_texts`` (or later, on the values passed to ``fit``).
+
+    tokens: [B, T, hidden_size]; mask: [B, T] (attention mask). Pooling happens downstream.
+    """
+
+    modality = "text"
+    path_kwargs = ("tokenizer",)
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        train_texts: Sequence[str] | None = None,
+        tokenizer_kind: str = "wordpiece",
+        max_length: int = 128,
+        pretrained: bool = True,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if (model_name_or_path is None) == (config is None):
+            raise ValueError("hf_text needs exactly one of model_name_or_path or config")
+        self.max_length = max_length
+        self.tokenizer_kind = tokenizer_kind
+        hub = {"revision": revision, "trust_remote_code": trust_remote_code}
+        if config is not None:
+            config = dict(config)
+            if "model_type" not in config:
+                raise ValueError(f"hf_text config needs a 'model_type' key, got keys {sorted(config)}")
+            config.setdefault("pad_token_id", 0)
+            hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+            model = AutoModel.from_config(hf_config, trust_remote_code=trust_remote_code)
+        elif pretrained:
+            model = AutoModel.from_pretrained(model_name_or_path, **hub)
+        else:
+            hf_config = AutoConfig.from_pretrained(model_name_or_path, **hub)
+            model = AutoModel.from_config(hf_config, trust_remote_code=trust_remote_code)
+        if getattr(model.config, "is_encoder_decoder", False):
+            model = model.get_encoder()
+        self.model = model
+        self.out_dim = int(model.config.hidden_size)
+        self.tokenizer: PreTrainedTokenizerFast | None = None
+        source = tokenizer or model_name_or_path
+        if source is not None:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+            if self.tokenizer.pad_token is None:  # GPT-style tokenizers ship without one
+                self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        elif train_texts is not None:
+            self.fit(train_texts)
+
+    def fit(self, values: Sequence[Any]) -> HFTextEncoder:
+        if self.tokenizer is None:
+            texts = [v for v in values if isinstance(v, str)]
+            self.tokenizer = train_tokenizer(texts, self.model.config.vocab_size, self.tokenizer_kind)
+        return self
+
+    def is_missing(self, value: Any) -> bool:
+        return value is None or (isinstance(value, str) and not value.strip())
+
+    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            raise ValueError(
+                "hf_text has no tokenizer yet: pass tokenizer= or train_texts=, or call fit(texts)"
+            )
+        texts: list[str] = []
+        for i, value in enumerate(values):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"text sample {i}: expected a str or None, got {type(value).__name__}")
+            texts.append(value or "")
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        out = self.model(**inputs)
+        return EncoderOutput(out.last_hidden_state, inputs["attention_mask"].bool())
+
+    def layer_blocks(self) -> list[nn.Module]:
+        return _largest_module_list(self.model)
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        if self.tokenizer is None:
+            raise ValueError("cannot save hf_text before it has a tokenizer")
+        self.tokenizer.save_pretrained(save_dir / "tokenizer")
+        config = self.model.config.to_dict()
+        return {
+            "config": config,
+            "tokenizer": "tokenizer",
+            "max_length": self.max_length,
+            "tokenizer_kind": self.tokenizer_kind,
+        }

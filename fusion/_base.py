@@ -1,0 +1,97 @@
+"""The fusion contract and the pieces several fusion modules share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+
+class FusionOutput(NamedTuple):
+    """fused: [B, out_dim]; aux_loss: scalar to add to the task loss, or None; info: diagnostics."""
+
+    fused: torch.Tensor
+    aux_loss: torch.Tensor | None
+    info: dict[str, Any]
+
+
+class Fusion(nn.Module):
+    """Base of every fusion module.
+
+    forward(tokens: {modality: [B, T_m, D_m]}, masks: {modality: [B, T_m] bool}) -> FusionOutput.
+    A row whose mask is all False is an absent modality for that sample. Modalities are
+    always visited in sorted order, so the dict order of the inputs never matters.
+    """
+
+    def __init__(self, modality_dims: Mapping[str, int], dim: int) -> None:
+        super().__init__()
+        if not modality_dims:
+            raise ValueError("a fusion needs at least one modality")
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.modality_dims = {m: int(modality_dims[m]) for m in sorted(modality_dims)}
+        self.modalities = list(self.modality_dims)
+        self.dim = dim
+        self.out_dim = dim
+
+    def check_inputs(self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> int:
+        """Validate the inputs against ``modality_dims``; returns the batch size."""
+        missing = [m for m in self.modalities if m not in tokens or m not in masks]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} expects modalities {self.modalities}; missing {missing} "
+                f"(got tokens for {sorted(tokens)}, masks for {sorted(masks)})"
+            )
+        extra = sorted(set(tokens) - set(self.modalities))
+        if extra:
+            raise ValueError(f"{type(self).__name__} was built for {self.modalities}; unexpected {extra}")
+        batch = {tokens[m].shape[0] for m in self.modalities}
+        if len(batch) != 1:
+            raise ValueError(f"modalities disagree on the batch size: {({m: tokens[m].shape[0] for m in self.modalities})}")
+        for m in self.modalities:
+            t, k = tokens[m], masks[m]
+            if t.ndim != 3 or t.shape[-1] != self.modality_dims[m]:
+                raise ValueError(f"tokens[{m!r}]: expected [B, T, {self.modality_dims[m]}], got {tuple(t.shape)}")
+            if k.shape != t.shape[:2] or k.dtype != torch.bool:
+                raise ValueError(f"masks[{m!r}]: expected bool {tuple(t.shape[:2])}, got {k.dtype} {tuple(k.shape)}")
+        return batch.pop()
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid tokens: [B, T, D], [B, T] -> [B, D]; zeros where none is valid."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)  # B x T x 1
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class PooledConcat(nn.Module):
+    """Per-modality vectors -> concatenation -> MLP to ``dim``.
+
+    An absent modality contributes a learned "missing" vector instead of zeros, so the
+    MLP can tell absence from a real all-zero input.
+    """
+
+    def __init__(self, modalities: list[str], in_dim: int, dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.modalities = modalities
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(in_dim)) for m in modalities})
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(in_dim * len(modalities)),
+            nn.Linear(in_dim * len(modalities), hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, dim),
+        )
+
+    def forward(self, pooled: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        parts = [
+            torch.where(present[m][:, None], pooled[m], self.missing[m].to(pooled[m].dtype))
+            for m in self.modalities
+        ]
+        return self.mlp(torch.cat(parts, dim=-1))  # B x dim
+
+
+def presence(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{modality: [B] bool}: whether each sample has at least one valid token."""
+    return {m: k.any(dim=1) for m, k in masks.items()}
