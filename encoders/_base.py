@@ -69,4 +69,6 @@ def tokens_from_features(features: torch.Tensor) -> torch.Tensor:
         return features.flatten(2).transpose(1, 2)  # B x HW x C
     if features.ndim == 3:
         return features
-    raise ValueError(f"expected features of shape [B,C,H,W] or [B,N,C], got {tuple(features.shape)}")
+    raise ValueError(
+        f"expected features of shape [B,C,H,W] or [B,N,C], got {tuple(features.shape)}"
+    )

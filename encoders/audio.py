@@ -25,7 +25,9 @@ def decode_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     """Decode a file or encoded bytes to ([C, T] float32, rate): soundfile, else torchcodec."""
     import soundfile
 
-    data = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    data = (
+        io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    )
     try:
         array, rate = soundfile.read(data, dtype="float32", always_2d=True)  # T x C
         return array.T, int(rate)
@@ -56,7 +58,9 @@ def to_waveform(value: Any, default_rate: int) -> tuple[torch.Tensor, int]:
         elif value.get("bytes") or value.get("path"):
             value, rate = decode_audio(value.get("bytes") or value["path"])
         else:
-            raise ValueError(f"expected an audio dict with 'array' or 'bytes'/'path', got keys {sorted(value)}")
+            raise ValueError(
+                f"expected an audio dict with 'array' or 'bytes'/'path', got keys {sorted(value)}"
+            )
     elif isinstance(value, tuple) and len(value) == 2:
         value, rate = value[0], int(value[1])
     elif isinstance(value, (str, Path, bytes, bytearray, memoryview)):
@@ -142,7 +146,9 @@ class LogMelFrontEnd(nn.Module):
             torchaudio.transforms.TimeMasking(time_mask, iid_masks=True),
         )
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # The mel filterbank runs in float32: its dB conversion underflows in half precision.
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             spec = self.mel(waveform.float())  # B x n_mels x F
@@ -182,7 +188,9 @@ class _AudioEncoder(Encoder):
             "n_fft": n_fft, "hop_length": hop_length, "freq_mask": freq_mask, "time_mask": time_mask,
         }  # fmt: skip
         self.audio_processor = AudioProcessor(sample_rate, max_seconds)
-        self.front_end = LogMelFrontEnd(sample_rate, n_mels, n_fft, hop_length, freq_mask, time_mask)
+        self.front_end = LogMelFrontEnd(
+            sample_rate, n_mels, n_fft, hop_length, freq_mask, time_mask
+        )
 
     def is_missing(self, value: Any) -> bool:
         if value is None:
@@ -225,12 +233,19 @@ class AudioCNNEncoder(_AudioEncoder):
     tokens: [B, F / 2**len(channels), channels[-1]]; mask marks steps of padding False.
     """
 
-    def __init__(self, channels: Sequence[int] = (64, 128, 256, 512), dropout: float = 0.2, **audio_kwargs: Any) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (64, 128, 256, 512),
+        dropout: float = 0.2,
+        **audio_kwargs: Any,
+    ) -> None:
         super().__init__(**audio_kwargs)
         self.channels = [int(c) for c in channels]
         self.bn0 = nn.BatchNorm2d(self.audio_kwargs["n_mels"])  # per mel bin, as in PANNs
         widths = [1, *self.channels]
-        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.blocks = nn.ModuleList(
+            ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         self.dropout = nn.Dropout(dropout)
         self.out_dim = self.channels[-1]
 
@@ -296,4 +311,9 @@ class AudioTimmEncoder(_AudioEncoder):
         return timm_blocks(self.model)
 
     def to_config(self, save_dir: Path) -> dict[str, Any]:
-        return {"model_name": self.model_name, "pretrained": False, "model_kwargs": self.model_kwargs, **self.audio_kwargs}
+        return {
+            "model_name": self.model_name,
+            "pretrained": False,
+            "model_kwargs": self.model_kwargs,
+            **self.audio_kwargs,
+        }

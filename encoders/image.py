@@ -47,9 +47,13 @@ def open_image(value: Any) -> Image.Image:
         elif array.dtype == np.uint16:
             array = (array // 257).astype(np.uint8)
         elif array.dtype != np.uint8:
-            raise ValueError(f"expected an image array of uint8, uint16 or float, got {array.dtype}")
+            raise ValueError(
+                f"expected an image array of uint8, uint16 or float, got {array.dtype}"
+            )
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-            raise ValueError(f"expected an image array of shape HxW, HxWx3 or HxWx4, got {array.shape}")
+            raise ValueError(
+                f"expected an image array of shape HxW, HxWx3 or HxWx4, got {array.shape}"
+            )
         return Image.fromarray(array)
     raise TypeError(f"expected a PIL image, path, bytes or array, got {type(value).__name__}")
 

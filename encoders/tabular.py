@@ -43,10 +43,17 @@ class TabularMLPEncoder(Encoder):
             raise ValueError(f"tokens must be 'pooled' or 'features', got {tokens!r}")
         self.numerical = list(numerical)
         # Categories as a vocabulary (values mapped by position) or a cardinality (int codes).
-        self.categorical = {k: (list(v) if not isinstance(v, int) else int(v)) for k, v in (categorical or {}).items()}
+        self.categorical = {
+            k: (list(v) if not isinstance(v, int) else int(v))
+            for k, v in (categorical or {}).items()
+        }
         if not self.numerical and not self.categorical:
             raise ValueError("tabular_mlp needs at least one numerical or categorical column")
-        self.vocab = {k: {c: i + 1 for i, c in enumerate(v)} for k, v in self.categorical.items() if isinstance(v, list)}
+        self.vocab = {
+            k: {c: i + 1 for i, c in enumerate(v)}
+            for k, v in self.categorical.items()
+            if isinstance(v, list)
+        }
         self.token_mode = tokens
         self.dim = dim
         self.hidden_dim = hidden_dim
@@ -57,7 +64,9 @@ class TabularMLPEncoder(Encoder):
         self.num_bias = nn.Parameter(torch.zeros(n_num, dim))
         self.missing = nn.Parameter(torch.randn(n_num, dim) * 0.02)
         sizes = [len(v) + 1 if isinstance(v, list) else v + 1 for v in self.categorical.values()]
-        self.register_buffer("cat_offsets", torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0))
+        self.register_buffer(
+            "cat_offsets", torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
+        )
         self.cat_embedding = nn.Embedding(max(sum(sizes), 1), dim)
         n_features = n_num + n_cat
         self.pool = (
@@ -82,14 +91,20 @@ class TabularMLPEncoder(Encoder):
         if isinstance(value, Mapping):
             absent = [c for c in self.columns if c not in value]
             if absent:
-                raise ValueError(f"tabular sample {index}: missing columns {absent}; it has {sorted(value)}")
+                raise ValueError(
+                    f"tabular sample {index}: missing columns {absent}; it has {sorted(value)}"
+                )
             return [value[c] for c in self.columns]
         if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
             row = list(value.tolist() if hasattr(value, "tolist") else value)
             if len(row) != len(self.columns):
-                raise ValueError(f"tabular sample {index}: expected {len(self.columns)} values {self.columns}, got {len(row)}")
+                raise ValueError(
+                    f"tabular sample {index}: expected {len(self.columns)} values {self.columns}, got {len(row)}"
+                )
             return row
-        raise TypeError(f"tabular sample {index}: expected a mapping or a sequence, got {type(value).__name__}")
+        raise TypeError(
+            f"tabular sample {index}: expected a mapping or a sequence, got {type(value).__name__}"
+        )
 
     def _numbers(self, values: Sequence[Any]) -> torch.Tensor:
         """[B, n_num] float64 with NaN for missing (None, NaN, inf) values."""
@@ -102,8 +117,14 @@ class TabularMLPEncoder(Encoder):
                 x = row[j]
                 if x is None:
                     continue
-                if isinstance(x, bool) or not isinstance(x, (int, float)) and not hasattr(x, "__float__"):
-                    raise TypeError(f"tabular sample {i}, column {column!r}: expected a number, got {x!r}")
+                if (
+                    isinstance(x, bool)
+                    or not isinstance(x, (int, float))
+                    and not hasattr(x, "__float__")
+                ):
+                    raise TypeError(
+                        f"tabular sample {i}, column {column!r}: expected a number, got {x!r}"
+                    )
                 x = float(x)
                 out[i, j] = x if math.isfinite(x) else float("nan")
         return out
@@ -125,7 +146,9 @@ class TabularMLPEncoder(Encoder):
                 else:
                     code = int(x)
                     if not 0 <= code < spec:
-                        raise ValueError(f"tabular sample {i}, column {column!r}: expected a code in [0, {spec}), got {x!r}")
+                        raise ValueError(
+                            f"tabular sample {i}, column {column!r}: expected a code in [0, {spec}), got {x!r}"
+                        )
                     out[i, j] = code + 1
         return out
 

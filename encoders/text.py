@@ -61,7 +61,8 @@ def train_tokenizer(
     tok.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
@@ -113,7 +114,9 @@ class HFTextEncoder(Encoder):
         if config is not None:
             config = dict(config)
             if "model_type" not in config:
-                raise ValueError(f"hf_text config needs a 'model_type' key, got keys {sorted(config)}")
+                raise ValueError(
+                    f"hf_text config needs a 'model_type' key, got keys {sorted(config)}"
+                )
             config.setdefault("pad_token_id", 0)
             hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
             model = AutoModel.from_config(hf_config, trust_remote_code=trust_remote_code)
@@ -138,7 +141,9 @@ class HFTextEncoder(Encoder):
     def fit(self, values: Sequence[Any]) -> HFTextEncoder:
         if self.tokenizer is None:
             texts = [v for v in values if isinstance(v, str)]
-            self.tokenizer = train_tokenizer(texts, self.model.config.vocab_size, self.tokenizer_kind)
+            self.tokenizer = train_tokenizer(
+                texts, self.model.config.vocab_size, self.tokenizer_kind
+            )
         return self
 
     def is_missing(self, value: Any) -> bool:
@@ -152,12 +157,16 @@ class HFTextEncoder(Encoder):
         texts: list[str] = []
         for i, value in enumerate(values):
             if value is not None and not isinstance(value, str):
-                raise TypeError(f"text sample {i}: expected a str or None, got {type(value).__name__}")
+                raise TypeError(
+                    f"text sample {i}: expected a str or None, got {type(value).__name__}"
+                )
             texts.append(value or "")
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return {
+            k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         out = self.model(**inputs)

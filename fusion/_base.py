@@ -36,7 +36,9 @@ class Fusion(nn.Module):
         self.dim = dim
         self.out_dim = dim
 
-    def check_inputs(self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> int:
+    def check_inputs(
+        self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+    ) -> int:
         """Validate the inputs against ``modality_dims``; returns the batch size."""
         missing = [m for m in self.modalities if m not in tokens or m not in masks]
         if missing:
@@ -46,16 +48,24 @@ class Fusion(nn.Module):
             )
         extra = sorted(set(tokens) - set(self.modalities))
         if extra:
-            raise ValueError(f"{type(self).__name__} was built for {self.modalities}; unexpected {extra}")
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.modalities}; unexpected {extra}"
+            )
         batch = {tokens[m].shape[0] for m in self.modalities}
         if len(batch) != 1:
-            raise ValueError(f"modalities disagree on the batch size: {({m: tokens[m].shape[0] for m in self.modalities})}")
+            raise ValueError(
+                f"modalities disagree on the batch size: { ({m: tokens[m].shape[0] for m in self.modalities}) }"
+            )
         for m in self.modalities:
             t, k = tokens[m], masks[m]
             if t.ndim != 3 or t.shape[-1] != self.modality_dims[m]:
-                raise ValueError(f"tokens[{m!r}]: expected [B, T, {self.modality_dims[m]}], got {tuple(t.shape)}")
+                raise ValueError(
+                    f"tokens[{m!r}]: expected [B, T, {self.modality_dims[m]}], got {tuple(t.shape)}"
+                )
             if k.shape != t.shape[:2] or k.dtype != torch.bool:
-                raise ValueError(f"masks[{m!r}]: expected bool {tuple(t.shape[:2])}, got {k.dtype} {tuple(k.shape)}")
+                raise ValueError(
+                    f"masks[{m!r}]: expected bool {tuple(t.shape[:2])}, got {k.dtype} {tuple(k.shape)}"
+                )
         return batch.pop()
 
 
@@ -72,7 +82,9 @@ class PooledConcat(nn.Module):
     MLP can tell absence from a real all-zero input.
     """
 
-    def __init__(self, modalities: list[str], in_dim: int, dim: int, hidden_dim: int, dropout: float) -> None:
+    def __init__(
+        self, modalities: list[str], in_dim: int, dim: int, hidden_dim: int, dropout: float
+    ) -> None:
         super().__init__()
         self.modalities = modalities
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(in_dim)) for m in modalities})
@@ -84,7 +96,9 @@ class PooledConcat(nn.Module):
             nn.Linear(hidden_dim, dim),
         )
 
-    def forward(self, pooled: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, pooled: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
         parts = [
             torch.where(present[m][:, None], pooled[m], self.missing[m].to(pooled[m].dtype))
             for m in self.modalities

@@ -30,7 +30,9 @@ class ConcatFusion(Fusion):
         self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.modality_dims.items()})
         self.combine = PooledConcat(self.modalities, dim, dim, hidden_dim or 2 * dim, dropout)
 
-    def forward(self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> FusionOutput:
+    def forward(
+        self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+    ) -> FusionOutput:
         self.check_inputs(tokens, masks)
         pooled = {m: self.project[m](masked_mean(tokens[m], masks[m])) for m in self.modalities}
         return FusionOutput(self.combine(pooled, presence(masks)), None, {})

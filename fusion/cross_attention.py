@@ -30,9 +30,13 @@ class CrossAttentionLayer(nn.Module):
             nn.Linear(int(dim * mlp_ratio), dim),
         )
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> torch.Tensor:
         kv = self.norm_kv(context)
-        attended, _ = self.attn(self.norm_q(x), kv, kv, key_padding_mask=~context_mask, need_weights=False)
+        attended, _ = self.attn(
+            self.norm_q(x), kv, kv, key_padding_mask=~context_mask, need_weights=False
+        )
         x = x + attended
         return x + self.ff(self.norm_ff(x))
 
@@ -62,18 +66,29 @@ class CrossAttentionFusion(Fusion):
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.modality_dims.items()})
-        self.modality_embedding = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in self.modalities})
+        self.modality_embedding = nn.ParameterDict(
+            {m: nn.Parameter(torch.zeros(dim)) for m in self.modalities}
+        )
         self.null_key = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.layers = nn.ModuleList(
-            nn.ModuleDict({m: CrossAttentionLayer(dim, num_heads, mlp_ratio, dropout) for m in self.modalities})
+            nn.ModuleDict(
+                {
+                    m: CrossAttentionLayer(dim, num_heads, mlp_ratio, dropout)
+                    for m in self.modalities
+                }
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
         self.combine = PooledConcat(self.modalities, dim, dim, 2 * dim, dropout)
 
-    def forward(self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> FusionOutput:
+    def forward(
+        self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+    ) -> FusionOutput:
         batch = self.check_inputs(tokens, masks)
-        x = {m: self.project[m](tokens[m]) + self.modality_embedding[m] for m in self.modalities}  # B x T_m x dim
+        x = {
+            m: self.project[m](tokens[m]) + self.modality_embedding[m] for m in self.modalities
+        }  # B x T_m x dim
         null = self.null_key.expand(batch, 1, self.dim)
         null_mask = torch.ones(batch, 1, dtype=torch.bool, device=null.device)
         for layer in self.layers:

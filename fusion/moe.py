@@ -140,7 +140,9 @@ class MoEFusion(Fusion):
             capacity_factor, eval_capacity_factor, noisy_gating,
         )  # fmt: skip
 
-    def forward(self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> FusionOutput:
+    def forward(
+        self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+    ) -> FusionOutput:
         self.check_inputs(tokens, masks)
         present = presence(masks)
         pooled = {m: self.project[m](masked_mean(tokens[m], masks[m])) for m in self.modalities}
@@ -151,7 +153,8 @@ class MoEFusion(Fusion):
         info = {
             "expert_load": load.sum(0) / load.sum().clamp(min=1.0),
             "expert_load_per_modality": {
-                m: load[present[m]].sum(0) / load[present[m]].sum().clamp(min=1.0) for m in self.modalities
+                m: load[present[m]].sum(0) / load[present[m]].sum().clamp(min=1.0)
+                for m in self.modalities
             },
             "dropped_fraction": routed.dropped.detach(),
             "balance_loss": routed.balance_loss.detach(),

@@ -33,7 +33,9 @@ class Head(nn.Module):
         if task not in TASKS:
             raise ValueError(f"head task must be one of {TASKS}, got {task!r}")
         if num_classes < 1 or (task == "classification" and num_classes < 2):
-            raise ValueError(f"{task} needs num_classes >= {2 if task == 'classification' else 1}, got {num_classes}")
+            raise ValueError(
+                f"{task} needs num_classes >= {2 if task == 'classification' else 1}, got {num_classes}"
+            )
         self.task, self.num_classes = task, num_classes
         self.hidden_dim, self.dropout_p, self.label_smoothing = hidden_dim, dropout, label_smoothing
         layers: list[nn.Module] = [nn.Dropout(dropout)]
@@ -48,7 +50,9 @@ class Head(nn.Module):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
-            return F.cross_entropy(logits.float(), labels.long(), label_smoothing=self.label_smoothing)
+            return F.cross_entropy(
+                logits.float(), labels.long(), label_smoothing=self.label_smoothing
+            )
         if self.task == "multilabel":
             return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         return F.mse_loss(logits.float(), labels.float().view_as(logits))
@@ -60,22 +64,32 @@ class Head(nn.Module):
             if label is None:
                 raise ValueError(f"sample {i}: label is missing")
             if self.task == "classification":
-                if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
+                if (
+                    isinstance(label, torch.Tensor)
+                    and label.numel() == 1
+                    and not label.is_floating_point()
+                ):
                     label = label.item()
                 if isinstance(label, bool) or not isinstance(label, numbers.Integral):
                     raise TypeError(f"sample {i}: expected an integer class label, got {label!r}")
                 value = int(label)
                 if not 0 <= value < self.num_classes:
-                    raise ValueError(f"sample {i}: label {value} is out of range [0, {self.num_classes})")
+                    raise ValueError(
+                        f"sample {i}: label {value} is out of range [0, {self.num_classes})"
+                    )
                 out.append(value)
             else:
                 vector = torch.as_tensor(label, dtype=torch.float32).reshape(-1)
                 if vector.numel() != self.num_classes:
-                    raise ValueError(f"sample {i}: expected {self.num_classes} target values, got {vector.numel()}")
+                    raise ValueError(
+                        f"sample {i}: expected {self.num_classes} target values, got {vector.numel()}"
+                    )
                 if not torch.isfinite(vector).all():
                     raise ValueError(f"sample {i}: target {label!r} is not finite")
                 if self.task == "multilabel" and not ((vector == 0) | (vector == 1)).all():
-                    raise ValueError(f"sample {i}: multilabel targets must be 0 or 1, got {label!r}")
+                    raise ValueError(
+                        f"sample {i}: multilabel targets must be 0 or 1, got {label!r}"
+                    )
                 out.append(vector)
         if self.task == "classification":
             return torch.tensor(out, dtype=torch.long)

@@ -59,10 +59,14 @@ class MultimodalModel(nn.Module):
         super().__init__()
         self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
         if list(self.encoders) != fusion.modalities:
-            raise ValueError(f"fusion was built for {fusion.modalities}, encoders are {list(self.encoders)}")
+            raise ValueError(
+                f"fusion was built for {fusion.modalities}, encoders are {list(self.encoders)}"
+            )
         for m, enc in self.encoders.items():
             if fusion.modality_dims[m] != enc.out_dim:
-                raise ValueError(f"fusion expects dim {fusion.modality_dims[m]} for {m!r}, its encoder gives {enc.out_dim}")
+                raise ValueError(
+                    f"fusion expects dim {fusion.modality_dims[m]} for {m!r}, its encoder gives {enc.out_dim}"
+                )
         self.fusion = fusion
         self.head = head
 
@@ -111,7 +115,10 @@ class MultimodalModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            batch = move_to(self.preprocess([{k: v for k, v in s.items() if k != "label"} for s in samples]), self.device)
+            batch = move_to(
+                self.preprocess([{k: v for k, v in s.items() if k != "label"} for s in samples]),
+                self.device,
+            )
             logits = self(batch).logits.float()
         finally:
             self.train(was_training)
@@ -152,14 +159,18 @@ class MultimodalModel(nn.Module):
         return Path(save_dir)
 
     @classmethod
-    def from_pretrained(cls, save_dir: str | Path, device: str | torch.device = "cpu") -> MultimodalModel:
+    def from_pretrained(
+        cls, save_dir: str | Path, device: str | torch.device = "cpu"
+    ) -> MultimodalModel:
         """Rebuild from a ``save_pretrained`` folder: JSON + safetensors, never pickle."""
         save_dir = Path(save_dir)
         if not (save_dir / CONFIG_NAME).is_file() or not (save_dir / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{save_dir} has no {CONFIG_NAME} and {WEIGHTS_NAME}")
         config = json.loads((save_dir / CONFIG_NAME).read_text())
         if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{save_dir}: unsupported format_version {config.get('format_version')!r}")
+            raise ValueError(
+                f"{save_dir}: unsupported format_version {config.get('format_version')!r}"
+            )
         for m, enc_cfg in config["encoders"].items():
             for key in getattr(_ENCODERS.get(enc_cfg["name"]), "path_kwargs", ()):
                 if enc_cfg.get(key) is not None:
@@ -172,7 +183,9 @@ class MultimodalModel(nn.Module):
 def _registry_name(module: nn.Module) -> str:
     name = getattr(module, "registry_name", None)
     if name is None:
-        raise ValueError(f"{type(module).__name__} is not registered; save_pretrained cannot rebuild it")
+        raise ValueError(
+            f"{type(module).__name__} is not registered; save_pretrained cannot rebuild it"
+        )
     return name
 
 
@@ -213,6 +226,8 @@ def build_model(
     fusion_cfg = dict(config.get("fusion") or {"name": "concat"})
     fusion_name = fusion_cfg.pop("name", "concat")
     dim = int(fusion_cfg.pop("dim", 256))
-    fusion = create_fusion(fusion_name, {m: e.out_dim for m, e in encoders.items()}, dim, **fusion_cfg)
+    fusion = create_fusion(
+        fusion_name, {m: e.out_dim for m, e in encoders.items()}, dim, **fusion_cfg
+    )
     head = Head(fusion.out_dim, **(config.get("head") or {}))
     return MultimodalModel(encoders, fusion, head)
