@@ -88,11 +88,15 @@ def to_waveform(value: Any, default_rate: int) -> tuple[torch.Tensor, int]:
 
 
 class AudioProcessor:
-    """Raw audio -> mono waveform at ``sample_rate``, cropped to ``max_seconds``, padded, + lengths."""
+    """Raw audio -> mono waveform at ``sample_rate``, cropped to ``max_seconds``, padded, + lengths.
 
-    def __init__(self, sample_rate: int, max_seconds: float) -> None:
+    The padded width is at least ``min_length`` (the STFT's reflect padding needs n_fft // 2 + 1).
+    """
+
+    def __init__(self, sample_rate: int, max_seconds: float, min_length: int = 1) -> None:
         self.sample_rate = sample_rate
         self.max_length = int(round(max_seconds * sample_rate))
+        self.min_length = min_length
 
     def mono(self, value: Any) -> torch.Tensor:
         wave, rate = to_waveform(value, self.sample_rate)
@@ -113,7 +117,7 @@ class AudioProcessor:
             except (ValueError, TypeError, RuntimeError, OSError) as err:
                 raise ValueError(f"audio sample {i}: {err}") from err
         lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
-        width = max([w.numel() for w in waves] + [1])
+        width = max([w.numel() for w in waves] + [self.min_length])
         waveform = torch.zeros(len(waves), width)
         for i, wave in enumerate(waves):
             waveform[i, : wave.numel()] = wave
@@ -151,8 +155,9 @@ class LogMelFrontEnd(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The mel filterbank runs in float32: its dB conversion underflows in half precision.
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            spec = self.mel(waveform.float())  # B x n_mels x F
-            spec = self.to_db(spec).unsqueeze(1)  # B x 1 x n_mels x F
+            spec = self.mel(waveform.float()).unsqueeze(1)  # B x 1 x n_mels x F
+            # 4-D input keeps top_db per clip; on [B, n_mels, F] torchaudio takes the max over the batch.
+            spec = self.to_db(spec)
         if self.training:
             spec = self.spec_augment(spec)
         # center=True framing: a clip of L samples spans L // hop + 1 frames.
@@ -187,7 +192,7 @@ class _AudioEncoder(Encoder):
             "sample_rate": sample_rate, "max_seconds": max_seconds, "n_mels": n_mels,
             "n_fft": n_fft, "hop_length": hop_length, "freq_mask": freq_mask, "time_mask": time_mask,
         }  # fmt: skip
-        self.audio_processor = AudioProcessor(sample_rate, max_seconds)
+        self.audio_processor = AudioProcessor(sample_rate, max_seconds, min_length=n_fft // 2 + 1)
         self.front_end = LogMelFrontEnd(
             sample_rate, n_mels, n_fft, hop_length, freq_mask, time_mask
         )

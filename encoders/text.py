@@ -68,6 +68,16 @@ def train_tokenizer(
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
+def _without_pooler(load: Any, *args: Any, **kwargs: Any) -> nn.Module:
+    """Load without the [CLS] pooler where the model has one: its output is never used here."""
+    try:
+        return load(*args, add_pooling_layer=False, **kwargs)
+    except TypeError as err:
+        if "add_pooling_layer" not in str(err):
+            raise
+        return load(*args, **kwargs)
+
+
 def _largest_module_list(model: nn.Module) -> list[nn.Module]:
     """The model's stack of layers: the longest ModuleList (BERT's encoder.layer, GPT-2's h...)."""
     best: list[nn.Module] = []
@@ -119,12 +129,12 @@ class HFTextEncoder(Encoder):
                 )
             config.setdefault("pad_token_id", 0)
             hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
-            model = AutoModel.from_config(hf_config, trust_remote_code=trust_remote_code)
+            model = _without_pooler(AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code)
         elif pretrained:
-            model = AutoModel.from_pretrained(model_name_or_path, **hub)
+            model = _without_pooler(AutoModel.from_pretrained, model_name_or_path, **hub)
         else:
             hf_config = AutoConfig.from_pretrained(model_name_or_path, **hub)
-            model = AutoModel.from_config(hf_config, trust_remote_code=trust_remote_code)
+            model = _without_pooler(AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code)
         if getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()
         self.model = model

@@ -1,0 +1,63 @@
+"""The encoder contract, checked for every registered encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import encoders
+from tests.conftest import TINY_ENCODERS, assert_all_parameters_have_grad, raw_values
+
+
+def test_every_registered_encoder_has_a_tiny_config() -> None:
+    assert sorted(TINY_ENCODERS) == encoders.list_encoders()
+
+
+@pytest.mark.parametrize("name", encoders.list_encoders())
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_encoder_contract(name: str, batch_size: int) -> None:
+    enc = encoders.create_encoder(name, **TINY_ENCODERS[name])
+    values = raw_values(enc.modality, batch_size)
+    enc.fit(values)
+    inputs = enc.processor(values)
+    assert all(isinstance(v, torch.Tensor) and v.shape[0] == batch_size for v in inputs.values())
+    # BatchNorm cannot train on one value per channel: B=1 runs in eval mode.
+    enc.train(batch_size > 1)
+    out = enc(inputs)
+    assert out.tokens.ndim == 3 and out.tokens.shape[0] == batch_size
+    assert out.tokens.shape[2] == enc.out_dim
+    assert out.mask.dtype == torch.bool and out.mask.shape == out.tokens.shape[:2]
+    assert out.mask.any(dim=1).all(), "every present sample has at least one valid token"
+    assert torch.isfinite(out.tokens).all()
+    if batch_size > 1:
+        (out.tokens * out.mask[..., None]).square().mean().backward()
+        assert_all_parameters_have_grad(enc)
+
+
+@pytest.mark.parametrize("name", encoders.list_encoders())
+def test_encoder_accepts_absent_values(name: str) -> None:
+    enc = encoders.create_encoder(name, **TINY_ENCODERS[name])
+    values = raw_values(enc.modality, 2)
+    enc.fit(values).eval()
+    assert enc.is_missing(None)
+    out = enc(enc.processor([values[0], None, values[1]]))
+    assert out.tokens.shape[0] == 3 and torch.isfinite(out.tokens).all()
+    out = enc(enc.processor([values[0], None]))
+    # A present sample's tokens do not depend on an absent neighbour.
+    alone = enc(enc.processor([values[0]]))
+    n = int(alone.mask[0].sum())
+    assert torch.allclose(out.tokens[0, :n], alone.tokens[0, :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", encoders.list_encoders())
+def test_encoder_state_survives_rebuild_from_to_config(name: str, tmp_path) -> None:
+    enc = encoders.create_encoder(name, **TINY_ENCODERS[name])
+    values = raw_values(enc.modality, 3)
+    enc.fit(values).eval()
+    kwargs = enc.to_config(tmp_path)
+    for key in getattr(type(enc), "path_kwargs", ()):
+        kwargs[key] = str(tmp_path / kwargs[key])
+    rebuilt = encoders.create_encoder(name, **kwargs).eval()
+    rebuilt.load_state_dict(enc.state_dict())
+    a, b = enc(enc.processor(values)), rebuilt(rebuilt.processor(values))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)

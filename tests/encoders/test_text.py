@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+
+import encoders
+from tests.conftest import TEXTS, TINY_BERT
+
+
+def test_config_model_trains_its_tokenizer_and_masks_padding() -> None:
+    enc = encoders.create_encoder("hf_text", config=TINY_BERT, train_texts=TEXTS)
+    assert len(enc.tokenizer) <= TINY_BERT["vocab_size"]
+    inputs = enc.processor(["red circle", "a much longer text about a quiet high whistle"])
+    out = enc(inputs)
+    assert out.mask[0].sum() < out.mask[1].sum()
+    assert out.mask.sum().item() == inputs["attention_mask"].sum().item()
+
+
+def test_empty_text_is_missing_and_non_strings_are_rejected() -> None:
+    enc = encoders.create_encoder("hf_text", config=TINY_BERT, train_texts=TEXTS)
+    assert enc.is_missing("") and enc.is_missing("   ") and not enc.is_missing("a")
+    with pytest.raises(TypeError, match="text sample 1: expected a str"):
+        enc.processor(["ok", 3])
+
+
+def test_without_tokenizer_the_error_says_what_to_do() -> None:
+    enc = encoders.create_encoder("hf_text", config=TINY_BERT)
+    with pytest.raises(ValueError, match="call fit"):
+        enc.processor(["hello"])
+    enc.fit(TEXTS)
+    assert enc.processor(["hello"])["input_ids"].shape[0] == 1
+
+
+def test_local_folder_in_hub_layout_round_trips(tmp_path) -> None:
+    enc = encoders.create_encoder("hf_text", config=TINY_BERT, train_texts=TEXTS, max_length=16)
+    enc.model.save_pretrained(tmp_path)
+    enc.tokenizer.save_pretrained(tmp_path)
+    loaded = encoders.create_encoder("hf_text", model_name_or_path=str(tmp_path)).eval()
+    enc.eval()
+    a = enc(enc.processor(TEXTS[:2])).tokens
+    b = loaded(loaded.processor(TEXTS[:2])).tokens
+    assert a.shape == b.shape and (a - b).abs().max() < 1e-5
+
+
+def test_needs_exactly_one_source() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        encoders.create_encoder("hf_text")

@@ -1,0 +1,98 @@
+"""The fusion contract, checked for every registered fusion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusion
+from tests.conftest import assert_all_parameters_have_grad
+
+DIMS = {"audio": 6, "image": 10, "text": 8}
+SMALL = {"cross_attention": {"num_heads": 2}, "moe": {"num_experts": 4}}
+
+
+def make(name: str) -> torch.nn.Module:
+    return fusion.create_fusion(name, DIMS, 16, **SMALL.get(name, {}))
+
+
+def inputs(batch: int, tokens: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(batch * 10 + tokens)
+    lengths = {"audio": tokens, "image": tokens + 1, "text": max(tokens - 1, 1)}
+    t = {m: torch.randn(batch, lengths[m], d, generator=g) for m, d in DIMS.items()}
+    k = {m: torch.ones(batch, lengths[m], dtype=torch.bool) for m in DIMS}
+    if tokens > 1:
+        k["text"][:, -1] = False  # some padding
+    return t, k
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_shapes(name: str, batch: int, tokens: int) -> None:
+    f = make(name).eval()
+    out = f(*inputs(batch, tokens))
+    assert out.fused.shape == (batch, f.out_dim) and f.out_dim == 16
+    assert torch.isfinite(out.fused).all()
+    assert out.aux_loss is None or (out.aux_loss.ndim == 0 and torch.isfinite(out.aux_loss))
+    assert isinstance(out.info, dict)
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_fully_masked_rows_are_finite_and_get_gradients(name: str) -> None:
+    f = make(name).train()
+    t, k = inputs(3, 5)
+    k["audio"][0] = False  # sample 0 has no audio
+    k["image"][1] = False  # sample 1 has no image
+    k["text"][2] = False
+    k["audio"][2] = False  # sample 2 has only the image
+    out = f(t, k)
+    assert torch.isfinite(out.fused).all()
+    loss = out.fused.square().mean() + (out.aux_loss if out.aux_loss is not None else 0)
+    loss.backward()
+    assert_all_parameters_have_grad(f)
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_every_modality_absent_is_finite(name: str) -> None:
+    f = make(name).eval()
+    t, k = inputs(2, 3)
+    out = f(t, {m: torch.zeros_like(v) for m, v in k.items()})
+    assert torch.isfinite(out.fused).all()
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_dict_order_does_not_matter(name: str) -> None:
+    f = make(name).eval()
+    t, k = inputs(3, 4)
+    a = f(t, k).fused
+    b = f(dict(reversed(list(t.items()))), dict(reversed(list(k.items())))).fused
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_missing_required_modality_raises(name: str) -> None:
+    f = make(name)
+    t, k = inputs(2, 3)
+    del t["image"], k["image"]
+    with pytest.raises(ValueError, match=r"missing \['image'\]"):
+        f(t, k)
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_wrong_dim_raises(name: str) -> None:
+    f = make(name)
+    t, k = inputs(2, 3)
+    t["text"] = torch.randn(2, 2, 7)
+    with pytest.raises(ValueError, match=r"tokens\['text'\]: expected \[B, T, 8\]"):
+        f(t, k)
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_masked_tokens_do_not_leak(name: str) -> None:
+    """Changing a token under a False mask never changes the output."""
+    f = make(name).eval()
+    t, k = inputs(2, 5)
+    a = f(t, k).fused
+    t["text"][:, -1] = 1e3  # masked position
+    assert torch.allclose(a, f(t, k).fused, atol=1e-5)
