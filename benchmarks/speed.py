@@ -1,6 +1,6 @@
 """Speed table: MoE time against the number of experts (more sections join as the engine grows).
 
-    python benchmarks/speed.py [--only moe] [--out benchmarks/results/speed.json]
+python benchmarks/speed.py [--only moe] [--out benchmarks/results/speed.json]
 """
 
 from __future__ import annotations
@@ -18,22 +18,33 @@ SECTIONS = ("moe",)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     sections = args.only or list(SECTIONS)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict = {"device": device, "torch": torch.__version__, "cpu": platform.processor(), "threads": torch.get_num_threads()}
+    results: dict = {
+        "device": device,
+        "torch": torch.__version__,
+        "cpu": platform.processor(),
+        "threads": torch.get_num_threads(),
+    }
 
     if "moe" in sections:
         rows = moe_scaling(repeats=args.repeats, device=device)
         results["moe"] = rows
-        print(f"MoE fusion, forward+backward, top-{rows[0]['top_k']}, batch {rows[0]['batch']}, same expert size ({device})")
+        print(
+            f"MoE fusion, forward+backward, top-{rows[0]['top_k']}, batch {rows[0]['batch']}, same expert size ({device})"
+        )
         print(f"{'experts':>8} {'params':>10} {'median ms':>10} {'p90 ms':>8} {'x vs 2':>7}")
         for r in rows:
-            print(f"{r['num_experts']:>8} {r['params']:>10,} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['relative_to_first']:>7.2f}")
+            print(
+                f"{r['num_experts']:>8} {r['params']:>10,} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['relative_to_first']:>7.2f}"
+            )
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -129,12 +129,16 @@ class HFTextEncoder(Encoder):
                 )
             config.setdefault("pad_token_id", 0)
             hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
-            model = _without_pooler(AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code)
+            model = _without_pooler(
+                AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code
+            )
         elif pretrained:
             model = _without_pooler(AutoModel.from_pretrained, model_name_or_path, **hub)
         else:
             hf_config = AutoConfig.from_pretrained(model_name_or_path, **hub)
-            model = _without_pooler(AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code)
+            model = _without_pooler(
+                AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code
+            )
         if getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()
         self.model = model

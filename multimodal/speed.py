@@ -55,10 +55,12 @@ def moe_scaling(
     rows = []
     for n in experts:
         torch.manual_seed(0)
-        f = create_fusion("moe", dims, dim, num_experts=n, top_k=top_k, expert_hidden_dim=expert_hidden_dim)
+        f = create_fusion(
+            "moe", dims, dim, num_experts=n, top_k=top_k, expert_hidden_dim=expert_hidden_dim
+        )
         f = f.to(device).train()
 
-        def step() -> None:
+        def step(f: torch.nn.Module = f) -> None:
             out = f(t, k)
             (out.fused.square().mean() + out.aux_loss).backward()
 

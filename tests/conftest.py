@@ -26,7 +26,13 @@ TINY_BERT = {
     "max_position_embeddings": 64,
 }
 TINY_VIT = {"patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2}
-TINY_AUDIO = {"sample_rate": 8000, "max_seconds": 1.0, "n_mels": 16, "n_fft": 256, "hop_length": 128}
+TINY_AUDIO = {
+    "sample_rate": 8000,
+    "max_seconds": 1.0,
+    "n_mels": 16,
+    "n_fft": 256,
+    "hop_length": 128,
+}
 
 # One tiny configuration per registered encoder; the contract test fails for an encoder
 # that is registered without one here.
@@ -34,8 +40,17 @@ TINY_ENCODERS: dict[str, dict[str, Any]] = {
     "hf_text": {"config": TINY_BERT, "train_texts": TEXTS * 4},
     "timm_image": {"model_name": "vit_tiny_patch16_224", "img_size": 32, "model_kwargs": TINY_VIT},
     "audio_cnn": {"channels": [4, 8], **TINY_AUDIO},
-    "audio_timm": {"model_name": "resnet10t", "model_kwargs": {"zero_init_last": False}, **TINY_AUDIO},
-    "tabular_mlp": {"numerical": ["x", "y"], "categorical": {"color": ["red", "blue"]}, "dim": 8, "hidden_dim": 16},
+    "audio_timm": {
+        "model_name": "resnet10t",
+        "model_kwargs": {"zero_init_last": False},
+        **TINY_AUDIO,
+    },
+    "tabular_mlp": {
+        "numerical": ["x", "y"],
+        "categorical": {"color": ["red", "blue"]},
+        "dim": 8,
+        "hidden_dim": 16,
+    },
 }
 
 
@@ -47,14 +62,18 @@ def raw_values(modality: str, n: int, seed: int = 0) -> list[Any]:
     if modality == "image":
         modes = ["RGB", "L", "RGBA"]
         return [
-            Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).convert(modes[i % 3])
+            Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).convert(
+                modes[i % 3]
+            )
             for i in range(n)
         ]
     if modality == "audio":
         rates = [8000, 44100, 16000]
         return [
             {
-                "array": rng.standard_normal((1 + i % 2, int(rates[i % 3] * (0.3 + 0.2 * i)))).astype(np.float32),
+                "array": rng.standard_normal(
+                    (1 + i % 2, int(rates[i % 3] * (0.3 + 0.2 * i)))
+                ).astype(np.float32),
                 "sampling_rate": rates[i % 3],
             }
             for i in range(n)
@@ -62,7 +81,11 @@ def raw_values(modality: str, n: int, seed: int = 0) -> list[Any]:
     if modality == "tabular":
         # The third row has a missing value, so the learned missing-value tokens are used.
         return [
-            {"x": float(rng.normal()), "y": float("nan") if i == 2 else float(i), "color": ["red", "blue"][i % 2]}
+            {
+                "x": float(rng.normal()),
+                "y": float("nan") if i == 2 else float(i),
+                "color": ["red", "blue"][i % 2],
+            }
             for i in range(n)
         ]
     raise ValueError(modality)
@@ -96,7 +119,10 @@ def acceptance_batch() -> list[dict[str, Any]]:
         {
             "text": "",
             "image": Image.new("L", (32, 32), 128),
-            "audio": {"array": rng.standard_normal((2, 44100)).astype(np.float32), "sampling_rate": 44100},
+            "audio": {
+                "array": rng.standard_normal((2, 44100)).astype(np.float32),
+                "sampling_rate": 44100,
+            },
             "tabular": {"x": float("nan"), "y": 2.0},
             "label": 1,
         },
@@ -125,7 +151,13 @@ def _seed() -> None:
 def assert_all_parameters_have_grad(module: torch.nn.Module) -> None:
     missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"parameters without a gradient: {missing}"
-    nonfinite = [n for n, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    nonfinite = [
+        n
+        for n, p in module.named_parameters()
+        if p.grad is not None and not torch.isfinite(p.grad).all()
+    ]
     assert not nonfinite, f"non-finite gradients: {nonfinite}"
-    zero = [n for n, p in module.named_parameters() if p.grad is not None and not p.grad.abs().sum() > 0]
+    zero = [
+        n for n, p in module.named_parameters() if p.grad is not None and not p.grad.abs().sum() > 0
+    ]
     assert not zero, f"parameters whose gradient is all zero: {zero}"

@@ -35,10 +35,21 @@ def test_double_registration_is_an_error() -> None:
 def test_cli_list(capsys) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ["hf_text", "timm_image", "audio_cnn", "audio_timm", "tabular_mlp", "concat", "cross_attention", "moe"]:
+    for name in [
+        "hf_text",
+        "timm_image",
+        "audio_cnn",
+        "audio_timm",
+        "tabular_mlp",
+        "concat",
+        "cross_attention",
+        "moe",
+    ]:
         assert f"  {name}\n" in out
 
 
 def test_console_script_is_installed() -> None:
-    out = subprocess.run([sys.executable, "-m", "multimodal.cli", "list"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "multimodal.cli", "list"], capture_output=True, text=True, check=True
+    )
     assert "cross_attention" in out.stdout

@@ -13,7 +13,9 @@ from tests.conftest import TINY_VIT
 
 @pytest.fixture
 def enc() -> encoders.TimmImageEncoder:
-    return encoders.create_encoder("timm_image", model_name="vit_tiny_patch16_224", img_size=32, model_kwargs=TINY_VIT).eval()
+    return encoders.create_encoder(
+        "timm_image", model_name="vit_tiny_patch16_224", img_size=32, model_kwargs=TINY_VIT
+    ).eval()
 
 
 def _png(image: Image.Image) -> bytes:

@@ -10,12 +10,19 @@ import encoders
 
 def make(**kwargs):
     return encoders.create_encoder(
-        "tabular_mlp", numerical=["a", "b"], categorical={"c": ["x", "y"], "d": 3}, dim=8, hidden_dim=16, **kwargs
+        "tabular_mlp",
+        numerical=["a", "b"],
+        categorical={"c": ["x", "y"], "d": 3},
+        dim=8,
+        hidden_dim=16,
+        **kwargs,
     )
 
 
 def test_statistics_are_fitted_and_kept_in_the_state_dict() -> None:
-    enc = make().fit([{"a": 1.0, "b": 10.0, "c": "x", "d": 0}, {"a": 3.0, "b": math.nan, "c": "y", "d": 1}])
+    enc = make().fit(
+        [{"a": 1.0, "b": 10.0, "c": "x", "d": 0}, {"a": 3.0, "b": math.nan, "c": "y", "d": 1}]
+    )
     assert enc.mean.tolist() == [2.0, 10.0]
     assert enc.std[0].item() == pytest.approx(1.0)
     other = make()
@@ -48,7 +55,9 @@ def test_feature_tokens_mode() -> None:
 def test_bad_values_name_sample_and_column() -> None:
     enc = make()
     with pytest.raises(TypeError, match="sample 1, column 'a'"):
-        enc.processor([{"a": 1.0, "b": 2.0, "c": "x", "d": 0}, {"a": "high", "b": 2.0, "c": "x", "d": 0}])
+        enc.processor(
+            [{"a": 1.0, "b": 2.0, "c": "x", "d": 0}, {"a": "high", "b": 2.0, "c": "x", "d": 0}]
+        )
     with pytest.raises(ValueError, match="sample 0: missing columns \\['d'\\]"):
         enc.processor([{"a": 1.0, "b": 2.0, "c": "x"}])
     with pytest.raises(ValueError, match="column 'd': expected a code in \\[0, 3\\)"):

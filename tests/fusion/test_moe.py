@@ -8,7 +8,9 @@ from fusion.moe import SparseMoE
 
 
 def test_capacity_and_dispatch_are_sparse() -> None:
-    moe = SparseMoE(dim=8, hidden_dim=16, num_experts=4, top_k=2, capacity_factor=1.0, noisy_gating=False).train()
+    moe = SparseMoE(
+        dim=8, hidden_dim=16, num_experts=4, top_k=2, capacity_factor=1.0, noisy_gating=False
+    ).train()
     torch.nn.init.normal_(moe.router.weight)
     out = moe(torch.randn(32, 8))
     capacity = 2 * 32 // 4
@@ -18,7 +20,9 @@ def test_capacity_and_dispatch_are_sparse() -> None:
 
 
 def test_top1_choices_take_priority_over_second_choices() -> None:
-    moe = SparseMoE(dim=4, hidden_dim=8, num_experts=2, top_k=2, capacity_factor=0.5, noisy_gating=False).train()
+    moe = SparseMoE(
+        dim=4, hidden_dim=8, num_experts=2, top_k=2, capacity_factor=0.5, noisy_gating=False
+    ).train()
     with torch.no_grad():
         moe.router.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
     x = torch.tensor([[5.0, 0, 0, 0]] * 4)  # all prefer expert 0; capacity = ceil(0.5*2*4/2) = 2
@@ -42,7 +46,9 @@ def test_info_reports_load_per_modality() -> None:
     t = {"a": torch.randn(6, 2, 4), "b": torch.randn(6, 1, 4)}
     k = {"a": torch.ones(6, 2, dtype=torch.bool), "b": torch.tensor([[True]] * 3 + [[False]] * 3)}
     info = f(t, k).info
-    assert info["expert_load"].shape == (4,) and info["expert_load"].sum().item() == pytest.approx(1.0)
+    assert info["expert_load"].shape == (4,) and info["expert_load"].sum().item() == pytest.approx(
+        1.0
+    )
     for m in ("a", "b"):
         assert info["expert_load_per_modality"][m].sum().item() == pytest.approx(1.0)
 

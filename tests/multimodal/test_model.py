@@ -29,10 +29,17 @@ def test_four_modalities_raw_batch_forward_backward(name: str) -> None:
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is None or torch.isfinite(g).all() for g in grads.values())
     for m in model.modalities:  # the loss reaches every encoder
-        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(f"encoders.{m}."))
+        assert any(
+            g is not None and g.abs().sum() > 0
+            for n, g in grads.items()
+            if n.startswith(f"encoders.{m}.")
+        )
     # Absent text (sample 1) and audio (sample 2) use the learned missing vectors.
     combine = model.fusion.combine
-    assert combine.missing["text"].grad.abs().sum() > 0 and combine.missing["audio"].grad.abs().sum() > 0
+    assert (
+        combine.missing["text"].grad.abs().sum() > 0
+        and combine.missing["audio"].grad.abs().sum() > 0
+    )
 
 
 @pytest.mark.parametrize("name", FUSIONS)
@@ -93,7 +100,9 @@ def test_labels_are_checked() -> None:
         model.preprocess([{"text": "a", "label": "cat"}])
 
 
-@pytest.mark.parametrize("task,labels", [("multilabel", [[1, 0, 1], [0, 0, 1]]), ("regression", [[0.5], [-1.0]])])
+@pytest.mark.parametrize(
+    "task,labels", [("multilabel", [[1, 0, 1], [0, 0, 1]]), ("regression", [[0.5], [-1.0]])]
+)
 def test_other_heads(task: str, labels: list) -> None:
     config = four_modality_config()
     config["head"] = {"task": task, "num_classes": len(labels[0])}
@@ -105,7 +114,9 @@ def test_other_heads(task: str, labels: list) -> None:
 
 def test_build_model_errors() -> None:
     with pytest.raises(ValueError, match="unknown model config keys \\['fusoin'\\]"):
-        mm.build_model({"encoders": {"t": {"name": "tabular_mlp", "numerical": ["x"]}}, "fusoin": {}})
+        mm.build_model(
+            {"encoders": {"t": {"name": "tabular_mlp", "numerical": ["x"]}}, "fusoin": {}}
+        )
     with pytest.raises(ValueError, match="encoders.t: needs a 'name'"):
         mm.build_model({"encoders": {"t": {"numerical": ["x"]}}})
 
