@@ -316,6 +316,22 @@ class MultimodalCollator:
     def _where(self, row: Mapping[str, Any], modality: str) -> str:
         return f"split {self.split!r}, row {row['__row__']}, column {self.columns.get(modality, modality)!r}"
 
+    def _isolate_errors(
+        self, rows: Sequence[Mapping[str, Any]], samples: list[dict[str, Any]]
+    ) -> None:
+        for m, enc in self.model.encoders.items():
+            for i, sample in enumerate(samples):
+                if enc.is_missing(sample[m]):
+                    continue
+                try:
+                    enc.process([sample[m]])
+                except (ValueError, TypeError) as err:
+                    if self.on_error == "raise":
+                        raise ValueError(f"{self._where(rows[i], m)}: {err}") from err
+                    self.events[m] += 1
+                    logger.warning("%s: treated as missing (%s)", self._where(rows[i], m), err)
+                    sample[m] = None
+
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         samples = [{m: row.get(m) for m in self.model.modalities} for row in rows]
         for m, p in self.dropout.items():
@@ -323,18 +339,6 @@ class MultimodalCollator:
                 for s, drop in zip(samples, self.rng.random(len(samples)) < p, strict=True):
                     if drop:
                         s[m] = None
-        for m, enc in self.model.encoders.items():
-            for i, s in enumerate(samples):
-                if s[m] is None or enc.is_missing(s[m]):
-                    continue
-                try:
-                    enc.process([s[m]])
-                except (ValueError, TypeError) as err:
-                    if self.on_error == "raise":
-                        raise ValueError(f"{self._where(rows[i], m)}: {err}") from err
-                    self.events[m] += 1
-                    logger.warning("%s: treated as missing (%s)", self._where(rows[i], m), err)
-                    s[m] = None
         if "label" in rows[0]:
             try:
                 labels = self.model.head.check_labels([r.get("label") for r in rows])
@@ -342,7 +346,12 @@ class MultimodalCollator:
                 raise type(err)(
                     f"split {self.split!r}, column {self.spec.label!r}: {err}; rows {[r['__row__'] for r in rows]}"
                 ) from err
-        batch = self.model.preprocess(samples)
+        try:
+            batch = self.model.preprocess(samples)
+        except (ValueError, TypeError):
+            # Slow path, only when the batch fails: find the bad values one by one.
+            self._isolate_errors(rows, samples)
+            batch = self.model.preprocess(samples)
         if "label" in rows[0]:
             batch["labels"] = labels
         batch["domain"] = torch.tensor(
