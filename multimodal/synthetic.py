@@ -149,6 +149,25 @@ def _render_text(v: np.ndarray, vocab: list[list[str]], noise: float, rng) -> li
     return out
 
 
+def _summary(dsd: Any) -> str:
+    train = dsd["train"]
+    domains = sorted(set(train["domain"]))
+    modalities = [m for m in MODALITIES if (m if m != "tabular" else "tab_0") in train.column_names]
+    return f"domains: {domains}; modalities: {modalities} (tabular: {[c for c in TABULAR_COLUMNS if c in train.column_names]})"
+
+
+def _dataset_dict_type() -> type:
+    import datasets
+
+    class SyntheticDatasetDict(datasets.DatasetDict):
+        """A DatasetDict whose repr also lists the domains and modalities."""
+
+        def __repr__(self) -> str:
+            return f"{super().__repr__()}\n{_summary(self)}"
+
+    return SyntheticDatasetDict
+
+
 def make_synthetic(
     num_classes: int = 4,
     samples_per_domain: int = 600,
@@ -290,7 +309,7 @@ def make_synthetic(
         out[split_name] = datasets.Dataset.from_dict(
             data, features=datasets.Features({k: features[k] for k in order})
         )
-    return datasets.DatasetDict(out)
+    return _dataset_dict_type()(out)
 
 
 def synthetic_columns(modalities: Sequence[str] = MODALITIES) -> dict[str, str | list[str]]:

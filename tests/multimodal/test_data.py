@@ -293,3 +293,18 @@ def test_export_cli_round_trip(tmp_path) -> None:
         assert np.array_equal(
             np.asarray(back[split][0]["image"]), np.asarray(original[split][0]["image"])
         )
+
+
+def test_domains_as_separate_datasets(tmp_path) -> None:
+    for i, name in enumerate(["books", "music"]):
+        pd.DataFrame({"x": np.arange(20.0) + 100 * i, "label": [j % 2 for j in range(20)]}).to_csv(
+            tmp_path / f"{name}.csv", index=False
+        )
+    spec = mm.DatasetSpec(
+        path="csv", columns={"tabular": ["x"]},
+        domains={"books": {"path": str(tmp_path / "books.csv")}, "music": {"path": str(tmp_path / "music.csv")}},
+    )  # fmt: skip
+    dsd = mm.load_dataset(spec)
+    assert sorted(set(dsd["train"]["domain"])) == ["books", "music"]
+    music = mm.select_domains(dsd["test"], "music")
+    assert all(x >= 100 for x in music["x"])
