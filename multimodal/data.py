@@ -310,7 +310,7 @@ class MultimodalCollator:
             m: float(p if isinstance(p, (int, float)) else p.get(m, 0.0)) for m in columns
         }
         self.domain_ids = {d: i for i, d in enumerate(domains or [])}
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.events: Counter[str] = Counter()
 
     def _where(self, row: Mapping[str, Any], modality: str) -> str:
@@ -334,9 +334,11 @@ class MultimodalCollator:
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         samples = [{m: row.get(m) for m in self.model.modalities} for row in rows]
+        # Seeded by the rows, not by history, so a resumed run drops the same modalities.
+        rng = np.random.default_rng([self.seed, *[int(r["__row__"]) for r in rows]])
         for m, p in self.dropout.items():
             if p > 0:
-                for s, drop in zip(samples, self.rng.random(len(samples)) < p, strict=True):
+                for s, drop in zip(samples, rng.random(len(samples)) < p, strict=True):
                     if drop:
                         s[m] = None
         if "label" in rows[0]:
@@ -361,6 +363,25 @@ class MultimodalCollator:
         return batch
 
 
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.length))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+
 def make_loader(
     ds: datasets.Dataset,
     model: Any,
@@ -372,12 +393,17 @@ def make_loader(
     seed: int = 0,
     **collator_kwargs: Any,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``ds`` that decodes and processes lazily, in the workers."""
+    """A DataLoader over ``ds`` that decodes and processes lazily, in the workers.
+
+    Its order comes from an ``EpochSampler`` (``loader.sampler.set_epoch(e)``).
+    """
+    view = RowView(ds, spec, split)
+    # A private generator: creating an iterator must not consume the global RNG.
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        RowView(ds, spec, split),
+        view,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochSampler(len(view), seed, shuffle),
         num_workers=num_workers,
         collate_fn=MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs),
         generator=generator,

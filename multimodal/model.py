@@ -94,12 +94,21 @@ class MultimodalModel(nn.Module):
             batch["labels"] = self.head.check_labels([s.get(label_key) for s in samples])
         return batch
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def encode(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run every encoder: tokens {m: [B, T_m, D_m]}, masks {m: [B, T_m]} (absent rows all False)."""
         tokens, masks = {}, {}
         for m, enc in self.encoders.items():
             out = enc(batch[m])
             tokens[m] = out.tokens
             masks[m] = out.mask & batch["present"][m].to(out.mask.device)[:, None]
+        return tokens, masks
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """A raw-input batch, or one whose "features" hold cached encoder outputs (tokens, masks)."""
+        if "features" in batch:
+            tokens, masks = batch["features"]["tokens"], batch["features"]["masks"]
+        else:
+            tokens, masks = self.encode(batch)
         fused = self.fusion(tokens, masks)
         logits = self.head(fused.fused)
         loss = None

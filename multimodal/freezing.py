@@ -1,0 +1,84 @@
+"""Freezing strategies: which encoder parameters train (head, top_k, full, lora)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+logger = logging.getLogger(__name__)
+STRATEGIES = ("head", "top_k", "full", "lora")
+
+
+def apply_strategy(model: Any, strategy: str, top_k: int = 1, lora: dict[str, Any] | None = None) -> dict[str, int]:
+    """Set ``requires_grad`` on the encoders by strategy; fusion and head always train.
+
+    head: every encoder frozen. top_k: the last k of each encoder's ``layer_blocks()``
+    train, the rest (embeddings included) is frozen; an encoder without blocks (tabular)
+    trains whole. lora: peft LoRA adapters on the Linear/Conv2d layers of each encoder's
+    blocks, base weights frozen. Returns counts of trainable and total parameters.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    model.requires_grad_(True)
+    for name, enc in model.encoders.items():
+        blocks = enc.layer_blocks()
+        if strategy == "full" or (not blocks and strategy != "head"):
+            continue
+        enc.requires_grad_(False)
+        if strategy == "top_k":
+            for block in blocks[-top_k:]:
+                block.requires_grad_(True)
+        elif strategy == "lora":
+            _inject_lora(enc, blocks, name, lora or {})
+    counts = count_parameters(model)
+    logger.info("strategy %s: %d of %d parameters trainable", strategy, counts["trainable"], counts["total"])
+    return counts
+
+
+def frozen_encoders(model: Any) -> list[str]:
+    """Encoders with no trainable parameter: they run in eval mode and can be cached."""
+    return [m for m, enc in model.encoders.items() if not any(p.requires_grad for p in enc.parameters())]
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    return {
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _inject_lora(encoder: nn.Module, blocks: list[nn.Module], name: str, options: dict[str, Any]) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    block_ids = {id(b) for b in blocks}
+    targets = []
+    for block_name, block in encoder.named_modules():
+        if id(block) in block_ids:
+            targets += [
+                f"{block_name}.{n}" for n, mod in block.named_modules() if n and isinstance(mod, (nn.Linear, nn.Conv2d))
+            ]
+    if not targets:
+        raise ValueError(f"encoder {name!r} has no Linear or Conv2d layer in its blocks for LoRA")
+    config = LoraConfig(
+        r=int(options.get("r", 8)),
+        lora_alpha=int(options.get("alpha", 16)),
+        lora_dropout=float(options.get("dropout", 0.0)),
+        target_modules=targets,
+    )
+    inject_adapter_in_model(config, encoder)
+    for param_name, param in encoder.named_parameters():
+        param.requires_grad = "lora_" in param_name
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA adapters into their base layers, leaving the plain architecture (for saving)."""
+    from peft.tuners.lora import LoraLayer
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                child.merge()
+                setattr(parent, child_name, child.get_base_layer())
+    return model

@@ -1,0 +1,155 @@
+"""The transfer protocol: source training, zero-shot, k-shot adaptation, scratch, forgetting."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from ._io import write_json_atomic
+from .config import config_hash, model_config, train_config, validate
+from .data import DatasetSpec, RowView, k_shot, load_dataset, select_domains
+from .model import MultimodalModel, build_model
+from .training import FitData, evaluate, fit
+
+ADAPT_DEFAULTS = {"strategy": "head", "epochs": 20, "patience": None}
+SCRATCH_DEFAULTS = {"strategy": "full", "epochs": 20, "patience": None}
+
+
+@dataclass
+class TargetResult:
+    zero_shot: float
+    adapted: float
+    scratch: float
+    source_after: float
+    forgetting: float  # source metric before adaptation minus after
+    transfer_gain: float  # adapted minus scratch
+    adapt_samples: int
+
+
+@dataclass
+class TransferReport:
+    metric: str
+    source_domains: list[str]
+    target_domains: list[str]
+    source: float  # source test metric after source training
+    targets: dict[str, TargetResult]
+    stage_seconds: dict[str, float]
+    k_shot: int | None
+    seed: int
+    config_hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TransferReport:
+        data = json.loads(Path(path).read_text())
+        data["targets"] = {k: TargetResult(**v) for k, v in data["targets"].items()}
+        return cls(**data)
+
+    def table(self) -> str:
+        m = self.metric
+        head = f"{'target':<12} {'source ' + m:>16} {'zero-shot':>10} {'adapted':>9} {'scratch':>9} {'gain':>7} {'forgetting':>11}"
+        lines = [head, "-" * len(head)]
+        for t, r in self.targets.items():
+            lines.append(
+                f"{t:<12} {self.source:>16.4f} {r.zero_shot:>10.4f} {r.adapted:>9.4f} {r.scratch:>9.4f} "
+                f"{r.transfer_gain:>+7.4f} {r.forgetting:>+11.4f}"
+            )
+        return "\n".join(lines)
+
+
+def _rows(ds: datasets.Dataset, spec: DatasetSpec) -> list[dict[str, Any]]:
+    view = RowView(ds, spec, "train")
+    return [view[i] for i in range(len(view))]
+
+
+def _adapt_sample(train: datasets.Dataset, settings: Mapping[str, Any], seed: int, label: str) -> datasets.Dataset:
+    if settings.get("target_fraction"):
+        n = max(1, int(round(float(settings["target_fraction"]) * len(train))))
+        return train.shuffle(seed=seed).select(range(n))
+    return k_shot(train, int(settings.get("k_shot", 10)), seed, label)
+
+
+def transfer(config: Mapping[str, Any]) -> TransferReport:
+    """Run the five stages on a run config (data, encoders, fusion, head, train, transfer).
+
+    Adapted and scratch models train on the same target sample (same seed); their
+    defaults are ``transfer.adapt`` = {strategy: head, epochs: 20} and
+    ``transfer.scratch`` = {strategy: full, epochs: 20}, on top of ``train``.
+    """
+    config = copy.deepcopy(dict(config))
+    validate(config)
+    settings = dict(config.get("transfer") or {})
+    seed = int(config.get("seed", (config.get("train") or {}).get("seed", 0)))
+    out = Path(config["output_dir"]) if config.get("output_dir") else None
+    spec = DatasetSpec.from_dict(config.get("data") or {})
+    times: dict[str, float] = {}
+
+    tick = time.perf_counter()
+    dsd = load_dataset(spec)
+    domains = sorted(set(dsd["train"]["domain"]))
+    sources = list(settings.get("source") or domains[:1])
+    targets = list(settings.get("target") or [d for d in domains if d not in sources])
+    if not targets:
+        raise ValueError(f"no target domain: the data has {domains}, the source is {sources}")
+    split = {s: {d: select_domains(dsd[s], d) for d in domains} for s in dsd}
+    src = {s: select_domains(dsd[s], sources) for s in dsd}
+    times["load"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    model = build_model(model_config(config), _rows(src["train"], spec))
+    source_cfg = train_config(config, output_dir=str(out / "source") if out else None, seed=seed)
+    result = fit(model, FitData(spec, src["train"], src["validation"]), source_cfg)
+    metric = result.metric
+    times["source_train"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    batch = source_cfg.eval_batch_size or source_cfg.batch_size
+    source_score = evaluate(model, src["test"], spec, batch)[metric]
+    zero_shot = {t: evaluate(model, split["test"][t], spec, batch)[metric] for t in targets}
+    times["zero_shot_eval"] = time.perf_counter() - tick
+
+    results: dict[str, TargetResult] = {}
+    times["adapt"] = times["scratch"] = 0.0
+    for t in targets:
+        shots = _adapt_sample(split["train"][t], settings, seed, spec.label)
+        tick = time.perf_counter()
+        adapted: MultimodalModel = copy.deepcopy(model)
+        adapt_cfg = train_config(config, **{**ADAPT_DEFAULTS, **(settings.get("adapt") or {})}, output_dir=str(out / f"adapt-{t}") if out else None, seed=seed)
+        fit(adapted, FitData(spec, shots), adapt_cfg)
+        adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
+        source_after = evaluate(adapted, src["test"], spec, batch)[metric]
+        times["adapt"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        scratch = build_model(model_config(config), _rows(shots, spec))
+        scratch_cfg = train_config(config, **{**SCRATCH_DEFAULTS, **(settings.get("scratch") or {})}, output_dir=str(out / f"scratch-{t}") if out else None, seed=seed)
+        fit(scratch, FitData(spec, shots), scratch_cfg)
+        scratch_score = evaluate(scratch, split["test"][t], spec, batch)[metric]
+        times["scratch"] += time.perf_counter() - tick
+
+        results[t] = TargetResult(
+            zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_score, source_after=source_after,
+            forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_score, adapt_samples=len(shots),
+        )  # fmt: skip
+    report = TransferReport(
+        metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
+        stage_seconds=times, k_shot=None if settings.get("target_fraction") else int(settings.get("k_shot", 10)),
+        seed=seed, config_hash=config_hash(config), config=config,
+    )  # fmt: skip
+    if out is not None:
+        report.to_json(out / "report.json")
+    return report
