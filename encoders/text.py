@@ -23,9 +23,14 @@ SPECIAL_TOKENS = {
 
 
 def train_tokenizer(
-    texts: Sequence[str], vocab_size: int, kind: str = "wordpiece", lowercase: bool = True
+    texts: Sequence[str], vocab_size: int, kind: str = "bpe", lowercase: bool = True
 ) -> PreTrainedTokenizerFast:
-    """Train a small WordPiece or BPE tokenizer on ``texts`` with the ``tokenizers`` library."""
+    """Train a small BPE or WordPiece tokenizer on ``texts`` with the ``tokenizers`` library.
+
+    BPE is the default because its trainer is deterministic; the WordPiece trainer breaks
+    ties between equally frequent merges in hash-map order, so two runs on the same texts
+    can give different vocabularies (and different models for the same seed).
+    """
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -109,7 +114,7 @@ class HFTextEncoder(Encoder):
         config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         train_texts: Sequence[str] | None = None,
-        tokenizer_kind: str = "wordpiece",
+        tokenizer_kind: str = "bpe",
         max_length: int = 128,
         pretrained: bool = True,
         revision: str | None = None,

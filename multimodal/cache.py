@@ -28,7 +28,10 @@ def compute_features(model: Any, loader: Any) -> list[dict[str, Any]]:
         batch = move_to(batch, model.device)
         tokens, masks = model.encode(batch)
         for i in range(len(batch["row"])):
-            sample: dict[str, Any] = {"row": int(batch["row"][i]), "domain": int(batch["domain"][i])}
+            sample: dict[str, Any] = {
+                "row": int(batch["row"][i]),
+                "domain": int(batch["domain"][i]),
+            }
             if "labels" in batch:
                 sample["label"] = batch["labels"][i].cpu()
             for m in tokens:
@@ -41,7 +44,12 @@ def compute_features(model: Any, loader: Any) -> list[dict[str, Any]]:
 class CachedFeatures(torch.utils.data.Dataset):
     """Cached encoder outputs, in memory or in an arrow dataset on disk."""
 
-    def __init__(self, rows: list[dict[str, Any]], modalities: Sequence[str], disk_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        modalities: Sequence[str],
+        disk_dir: str | Path | None = None,
+    ) -> None:
         self.modalities = list(modalities)
         self.rows: list[dict[str, Any]] | None = rows
         self.table: datasets.Dataset | None = None
@@ -52,7 +60,11 @@ class CachedFeatures(torch.utils.data.Dataset):
     def _to_arrow(self, rows: list[dict[str, Any]], folder: Path) -> datasets.Dataset:
         def gen():
             for r in rows:
-                item = {"row": r["row"], "domain": r["domain"], "label": r["label"].tolist() if "label" in r else None}
+                item = {
+                    "row": r["row"],
+                    "domain": r["domain"],
+                    "label": r["label"].tolist() if "label" in r else None,
+                }
                 for m in self.modalities:
                     item[f"{m}.tokens"] = r[m][0].numpy()
                     item[f"{m}.mask"] = r[m][1].numpy()
@@ -72,15 +84,26 @@ class CachedFeatures(torch.utils.data.Dataset):
         if item["label"] is not None:
             out["label"] = torch.as_tensor(item["label"])
         for m in self.modalities:
-            tokens = np.asarray(item[f"{m}.tokens"], dtype=np.float32).reshape(len(item[f"{m}.mask"]), -1)
-            out[m] = (torch.from_numpy(tokens), torch.as_tensor(np.asarray(item[f"{m}.mask"], dtype=bool)))
+            tokens = np.asarray(item[f"{m}.tokens"], dtype=np.float32).reshape(
+                len(item[f"{m}.mask"]), -1
+            )
+            out[m] = (
+                torch.from_numpy(tokens),
+                torch.as_tensor(np.asarray(item[f"{m}.mask"], dtype=bool)),
+            )
         return out
 
 
 class CachedCollator:
     """Pads cached tokens per modality into a Batch with "features"; modality dropout on masks."""
 
-    def __init__(self, modalities: Sequence[str], dims: Mapping[str, int], modality_dropout: Mapping[str, float] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        dims: Mapping[str, int],
+        modality_dropout: Mapping[str, float] | None = None,
+        seed: int = 0,
+    ) -> None:
         self.modalities, self.dims = list(modalities), dict(dims)
         self.dropout = dict(modality_dropout or {})
         self.seed = seed

@@ -1,10 +1,14 @@
-"""The ``multimodal`` command line."""
+"""The ``multimodal`` command line: list, train, evaluate, predict, transfer, export-dataset."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import encoders
 import fusion
@@ -21,25 +25,231 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _export_dataset(args: argparse.Namespace) -> int:
-    import yaml
-
+    from .config import parse_value
     from .data import DatasetSpec, export_dataset, load_dataset
 
     spec = DatasetSpec.from_yaml(args.spec) if args.spec else DatasetSpec(path=args.path)
     for item in args.option:
         key, _, value = item.partition("=")
-        spec.options[key] = yaml.safe_load(value)
+        spec.options[key] = parse_value(value)
     folder = export_dataset(load_dataset(spec), args.out)
     print(f"wrote {folder} (load it back with multimodal.load_dataset({str(folder)!r}))")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time
+
+    from ._io import write_json_atomic
+    from .config import load_run_config, model_config, train_config
+    from .data import DatasetSpec, RowView, load_dataset
+    from .model import build_model
+    from .training import FitData, evaluate, fit
+
+    start = time.perf_counter()
+    config = load_run_config(args.config, args.overrides)
+    spec = DatasetSpec.from_dict(config.get("data") or {})
+    dsd = load_dataset(spec)
+    view = RowView(dsd["train"], spec, "train")
+    model = build_model(
+        model_config(config), [view[i] for i in range(len(view))], seed=int(config.get("seed", 0))
+    )
+    out = args.output_dir or config.get("output_dir") or "runs/train"
+    cfg = train_config(config, output_dir=out, resume_from=args.resume_from)
+    result = fit(model, FitData(spec, dsd["train"], dsd.get("validation")), cfg)
+    test = (
+        evaluate(model, dsd["test"], spec, cfg.eval_batch_size or cfg.batch_size)
+        if "test" in dsd
+        else {}
+    )
+    summary = {
+        "validation_" + result.metric: result.best_metric, "best_step": result.best_step, "steps": result.steps,
+        "test": test, "wall_time_s": time.perf_counter() - start, "run_dir": out,
+    }  # fmt: skip
+    write_json_atomic(Path(out) / "results.json", summary)
+    print(f"best validation {result.metric}: {result.best_metric:.4f} at step {result.best_step}")
+    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    print(f"wall time {summary['wall_time_s']:.1f} s; run folder {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .config import load_run_config
+    from .data import DatasetSpec, load_dataset, select_domains
+    from .model import MultimodalModel
+    from .training import evaluate
+
+    model = MultimodalModel.from_pretrained(_model_dir(args.model))
+    config = load_run_config(args.config, args.overrides)
+    spec = DatasetSpec.from_dict(config.get("data") or {})
+    ds = load_dataset(spec)[args.split]
+    if args.domain:
+        ds = select_domains(ds, args.domain)
+    metrics = evaluate(model, ds, spec, args.batch_size)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _model_dir(path: str) -> Path:
+    """A saved model folder, or a run folder holding best_model/."""
+    p = Path(path)
+    return p / "best_model" if (p / "best_model" / "config.json").is_file() else p
+
+
+def _file_samples(model: Any, files: Sequence[str]) -> list[dict[str, Any]]:
+    """One sample per file, its modality told by the extension; a CSV gives one per row."""
+    kinds = {m: e.modality for m, e in model.encoders.items()}
+    by_kind = {v: k for k, v in kinds.items()}
+    image_ext, audio_ext = (
+        {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"},
+        {".wav", ".flac", ".mp3", ".ogg"},
+    )
+    samples: list[dict[str, Any]] = []
+    for name in files:
+        path = Path(name)
+        ext = path.suffix.lower()
+        if ext == ".csv":
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    samples.append(
+                        {m: row.get(m) for m in model.modalities if m in row}
+                        | _tabular_from(row, model)
+                    )
+        elif ext in image_ext and "image" in by_kind:
+            samples.append({by_kind["image"]: str(path)})
+        elif ext in audio_ext and "audio" in by_kind:
+            samples.append({by_kind["audio"]: str(path)})
+        elif ext == ".txt" and "text" in by_kind:
+            samples += [
+                {by_kind["text"]: line.rstrip("\n")}
+                for line in path.read_text().splitlines()
+                if line.strip()
+            ]
+        else:
+            raise ValueError(
+                f"{path}: no modality of this model reads {ext or 'files without an extension'} files"
+            )
+    return samples
+
+
+def _tabular_from(row: dict[str, str], model: Any) -> dict[str, Any]:
+    out = {}
+    for m, enc in model.encoders.items():
+        if enc.modality == "tabular" and all(c in row for c in enc.columns):
+            out[m] = {
+                c: (float(row[c]) if c in enc.numerical and row[c] != "" else row[c] or None)
+                for c in enc.columns
+            }
+    return out
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .config import load_run_config
+    from .data import DatasetSpec, RowView, load_dataset
+    from .model import MultimodalModel
+
+    model = MultimodalModel.from_pretrained(_model_dir(args.model))
+    if args.config:
+        config = load_run_config(args.config, args.overrides)
+        spec = DatasetSpec.from_dict(config.get("data") or {})
+        view = RowView(load_dataset(spec)[args.split], spec, args.split)
+        samples = [view[i] for i in range(len(view))]
+    elif args.files:
+        samples = _file_samples(model, args.files)
+    else:
+        raise SystemExit("predict needs --config (a dataset spec) or files")
+    records = []
+    for start in range(0, len(samples), args.batch_size):
+        chunk = samples[start : start + args.batch_size]
+        out = model.predict([{m: s.get(m) for m in model.modalities} for s in chunk])
+        for i, s in enumerate(chunk):
+            record = {"index": start + i}
+            if "__row__" in s:
+                record["row"] = s["__row__"]
+            if "labels" in out:
+                record["prediction"] = out["labels"][i].tolist()
+                record["probabilities"] = [round(p, 6) for p in out["probs"][i].tolist()]
+            else:
+                record["prediction"] = out["predictions"][i].tolist()
+            records.append(record)
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix == ".csv":
+        with open(out_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(
+                {k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
+                for r in records
+            )
+    else:
+        out_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"wrote {len(records)} predictions to {out_path}")
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from .config import load_run_config
+    from .transfer import transfer
+
+    config = load_run_config(args.config, args.overrides)
+    if args.output_dir:
+        config["output_dir"] = args.output_dir
+    config.setdefault("output_dir", "runs/transfer")
+    report = transfer(config)
+    print(report.table())
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()))
+    print(f"report: {Path(config['output_dir']) / 'report.json'}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multimodal", description="Multimodal fusion toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("list", help="list the registered encoders and fusion modules")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch filter, e.g. 'audio_*'")
     p.set_defaults(func=_list)
+
+    overrides_help = "dotted key=value overrides, e.g. fusion.name=moe train.lr=3e-4"
+    p = sub.add_parser("train", help="train a model from a run config")
+    p.add_argument(
+        "--config", required=True, help="run config YAML (data, encoders, fusion, head, train)"
+    )
+    p.add_argument(
+        "--output-dir", help="run folder (default: output_dir from the config, else runs/train)"
+    )
+    p.add_argument("--resume-from", help="a checkpoint folder, or 'latest'")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset split")
+    p.add_argument("--model", required=True, help="a save_pretrained folder or a run folder")
+    p.add_argument("--config", required=True, help="a config with a data section")
+    p.add_argument("--split", default="test")
+    p.add_argument("--domain", action="append", help="evaluate on these domains only")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="predict with a saved model on a dataset split or files")
+    p.add_argument("--model", required=True, help="a save_pretrained folder or a run folder")
+    p.add_argument("--config", help="a config with a data section")
+    p.add_argument("--split", default="test")
+    p.add_argument("--files", nargs="+", help="images, audio, a .txt (one text a line) or a .csv")
+    p.add_argument("--out", required=True, help="predictions file, .csv or .jsonl")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("transfer", help="run the transfer protocol and print its table")
+    p.add_argument("--config", required=True, help="run config YAML with a transfer section")
+    p.add_argument(
+        "--output-dir", help="where the runs and report.json go (default: runs/transfer)"
+    )
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=_transfer)
+
     p = sub.add_parser(
         "export-dataset", help="write a dataset to a folder in the hub layout (parquet + README.md)"
     )
@@ -61,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"multimodal {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ def _check_kwargs(path: str, key: str, builder: Any, extra: Sequence[str] = ()) 
     params = inspect.signature(builder).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()) and builder is not Head:
         # Encoders that forward **kwargs: check against the base class too.
-        names = set(params) | {n for base in inspect.getmro(builder) for n in inspect.signature(base).parameters}
+        names = set(params) | {
+            n for base in inspect.getmro(builder) for n in inspect.signature(base).parameters
+        }
     else:
         names = set(params)
     names |= set(extra)
@@ -54,14 +56,18 @@ def validate(config: Mapping[str, Any]) -> None:
             raise ValueError(f"unknown key 'data.{key}'; {_close(key, fields)}")
     for key in config.get("train") or {}:
         if key not in TrainConfig.__dataclass_fields__:
-            raise ValueError(f"unknown key 'train.{key}'; {_close(key, list(TrainConfig.__dataclass_fields__))}")
+            raise ValueError(
+                f"unknown key 'train.{key}'; {_close(key, list(TrainConfig.__dataclass_fields__))}"
+            )
     for key in config.get("transfer") or {}:
         if key not in TRANSFER_KEYS:
             raise ValueError(f"unknown key 'transfer.{key}'; {_close(key, TRANSFER_KEYS)}")
     for section in ("adapt", "scratch"):
         for key in (config.get("transfer") or {}).get(section) or {}:
             if key not in TrainConfig.__dataclass_fields__:
-                raise ValueError(f"unknown key 'transfer.{section}.{key}'; {_close(key, list(TrainConfig.__dataclass_fields__))}")
+                raise ValueError(
+                    f"unknown key 'transfer.{section}.{key}'; {_close(key, list(TrainConfig.__dataclass_fields__))}"
+                )
     fusion = config.get("fusion") or {}
     if "name" in fusion:
         for key in fusion:

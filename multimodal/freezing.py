@@ -11,7 +11,9 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("head", "top_k", "full", "lora")
 
 
-def apply_strategy(model: Any, strategy: str, top_k: int = 1, lora: dict[str, Any] | None = None) -> dict[str, int]:
+def apply_strategy(
+    model: Any, strategy: str, top_k: int = 1, lora: dict[str, Any] | None = None
+) -> dict[str, int]:
     """Set ``requires_grad`` on the encoders by strategy; fusion and head always train.
 
     head: every encoder frozen. top_k: the last k of each encoder's ``layer_blocks()``
@@ -33,13 +35,17 @@ def apply_strategy(model: Any, strategy: str, top_k: int = 1, lora: dict[str, An
         elif strategy == "lora":
             _inject_lora(enc, blocks, name, lora or {})
     counts = count_parameters(model)
-    logger.info("strategy %s: %d of %d parameters trainable", strategy, counts["trainable"], counts["total"])
+    logger.info(
+        "strategy %s: %d of %d parameters trainable", strategy, counts["trainable"], counts["total"]
+    )
     return counts
 
 
 def frozen_encoders(model: Any) -> list[str]:
     """Encoders with no trainable parameter: they run in eval mode and can be cached."""
-    return [m for m, enc in model.encoders.items() if not any(p.requires_grad for p in enc.parameters())]
+    return [
+        m for m, enc in model.encoders.items() if not any(p.requires_grad for p in enc.parameters())
+    ]
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -49,15 +55,34 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     }
 
 
-def _inject_lora(encoder: nn.Module, blocks: list[nn.Module], name: str, options: dict[str, Any]) -> None:
+def _inject_lora(
+    encoder: nn.Module, blocks: list[nn.Module], name: str, options: dict[str, Any]
+) -> None:
     from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
 
+    if not any(isinstance(m, LoraLayer) for m in encoder.modules()):  # inject once
+        _inject(encoder, blocks, name, options, LoraConfig, inject_adapter_in_model)
+    for param_name, param in encoder.named_parameters():
+        param.requires_grad = "lora_" in param_name
+
+
+def _inject(
+    encoder: nn.Module,
+    blocks: list[nn.Module],
+    name: str,
+    options: dict[str, Any],
+    LoraConfig: Any,
+    inject: Any,
+) -> None:
     block_ids = {id(b) for b in blocks}
     targets = []
     for block_name, block in encoder.named_modules():
         if id(block) in block_ids:
             targets += [
-                f"{block_name}.{n}" for n, mod in block.named_modules() if n and isinstance(mod, (nn.Linear, nn.Conv2d))
+                f"{block_name}.{n}"
+                for n, mod in block.named_modules()
+                if n and isinstance(mod, (nn.Linear, nn.Conv2d))
             ]
     if not targets:
         raise ValueError(f"encoder {name!r} has no Linear or Conv2d layer in its blocks for LoRA")
@@ -67,9 +92,7 @@ def _inject_lora(encoder: nn.Module, blocks: list[nn.Module], name: str, options
         lora_dropout=float(options.get("dropout", 0.0)),
         target_modules=targets,
     )
-    inject_adapter_in_model(config, encoder)
-    for param_name, param in encoder.named_parameters():
-        param.requires_grad = "lora_" in param_name
+    inject(config, encoder)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -81,4 +104,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             if isinstance(child, LoraLayer):
                 child.merge()
                 setattr(parent, child_name, child.get_base_layer())
+    for module in model.modules():
+        if hasattr(module, "peft_config"):
+            del module.peft_config
     return model

@@ -210,13 +210,20 @@ def load_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
 
 
 def build_model(
-    config: Mapping[str, Any] | str | Path, samples: Sequence[Mapping[str, Any]] | None = None
+    config: Mapping[str, Any] | str | Path,
+    samples: Sequence[Mapping[str, Any]] | None = None,
+    seed: int | None = None,
 ) -> MultimodalModel:
     """Build a model from ``{"encoders": {m: {name, ...}}, "fusion": {name, dim, ...}, "head": {...}}``.
 
     With ``samples`` (raw training rows), data-dependent parts are fitted on them: a
     tokenizer for text encoders built from a config, tabular standardisation statistics.
+    With ``seed``, the random initialisation is seeded (python, numpy, torch).
     """
+    if seed is not None:
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
     config = load_config(config)
     unknown = sorted(set(config) - {"encoders", "fusion", "head", "format_version"})
     if unknown:

@@ -49,7 +49,9 @@ class TrainConfig:
     layer_decay: float | None = None  # e.g. 0.75: each block down gets lr * 0.75
     weight_decay: float = 0.01
     momentum: float = 0.9
-    scheduler: str = "cosine"  # any transformers scheduler name: cosine, linear, constant_with_warmup...
+    scheduler: str = (
+        "cosine"  # any transformers scheduler name: cosine, linear, constant_with_warmup...
+    )
     warmup_ratio: float = 0.05
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
@@ -82,7 +84,9 @@ class TrainConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for key, value in data.items():
             if key not in fields:
-                raise ValueError(f"unknown train key {key!r}; close matches: {difflib.get_close_matches(key, list(fields))}")
+                raise ValueError(
+                    f"unknown train key {key!r}; close matches: {difflib.get_close_matches(key, list(fields))}"
+                )
             if isinstance(value, str) and "float" in str(fields[key].type):
                 data[key] = float(value)  # YAML 1.1 reads 3e-4 as a string
         return cls(**data)
@@ -121,7 +125,9 @@ def _param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
         blocks = enc.layer_blocks()
         for p in enc.parameters():
             encoder_params.add(id(p))
-            scale[id(p)] = (cfg.layer_decay ** (len(blocks) + 1)) if cfg.layer_decay and blocks else 1.0
+            scale[id(p)] = (
+                (cfg.layer_decay ** (len(blocks) + 1)) if cfg.layer_decay and blocks else 1.0
+            )
         if cfg.layer_decay:
             for i, block in enumerate(blocks):
                 for p in block.parameters():
@@ -145,7 +151,15 @@ def build_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
 
-def _loader(model: Any, ds: datasets.Dataset, spec: DatasetSpec, split: str, cfg: TrainConfig, train: bool, domains: list[str]) -> Any:
+def _loader(
+    model: Any,
+    ds: datasets.Dataset,
+    spec: DatasetSpec,
+    split: str,
+    cfg: TrainConfig,
+    train: bool,
+    domains: list[str],
+) -> Any:
     return make_loader(
         ds, model, spec, split,
         batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
@@ -154,16 +168,29 @@ def _loader(model: Any, ds: datasets.Dataset, spec: DatasetSpec, split: str, cfg
     )  # fmt: skip
 
 
-def _cached_loader(model: Any, loader: Any, cfg: TrainConfig, train: bool, folder: Path | None) -> Any:
-    rows = compute_features(model, loader)
-    dataset = CachedFeatures(rows, model.modalities, folder if cfg.feature_cache == "disk" else None)
+def _cached_loader(
+    model: Any,
+    ds: datasets.Dataset,
+    spec: DatasetSpec,
+    split: str,
+    cfg: TrainConfig,
+    train: bool,
+    domains: list[str],
+    folder: Path | None,
+) -> Any:
+    """Encoder outputs computed once, in row order, then served in the same order as the raw loader."""
+    source = _loader(model, ds, spec, split, cfg, False, domains)  # unshuffled, no modality dropout
+    rows = compute_features(model, source)
+    dataset = CachedFeatures(
+        rows, model.modalities, folder if cfg.feature_cache == "disk" else None
+    )
     dims = {m: e.out_dim for m, e in model.encoders.items()}
     dropout = cfg.modality_dropout if train else None
     if isinstance(dropout, (int, float)):
         dropout = {m: float(dropout) for m in model.modalities}
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=loader.batch_size,
+        batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
         sampler=EpochSampler(len(dataset), cfg.seed, train),
         collate_fn=CachedCollator(model.modalities, dims, dropout, cfg.seed),
         generator=torch.Generator().manual_seed(cfg.seed),
@@ -171,34 +198,40 @@ def _cached_loader(model: Any, loader: Any, cfg: TrainConfig, train: bool, folde
 
 
 @torch.no_grad()
-def predict_loader(model: Any, loader: Any, accelerator: Accelerator) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """Logits and labels over a whole (prepared) loader, gathered across processes; mean loss."""
+def predict_loader(
+    model: Any, loader: Any, accelerator: Accelerator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and labels over a whole (prepared) loader, gathered across processes."""
     model.eval()
-    logits, labels, loss_sum, count = [], [], 0.0, 0
+    logits, labels = [], []
     for batch in loader:
-        out = model(batch)
-        logits.append(accelerator.gather_for_metrics(out.logits.float()))
+        logits.append(accelerator.gather_for_metrics(model(batch).logits.float()))
         if "labels" in batch:
             labels.append(accelerator.gather_for_metrics(batch["labels"]))
-            loss_sum += out.loss.item() * len(batch["labels"])
-            count += len(batch["labels"])
-    all_labels = torch.cat(labels) if labels else None
-    return torch.cat(logits), all_labels, loss_sum / max(count, 1)
+    return torch.cat(logits), (torch.cat(labels) if labels else None)
 
 
 def _eval_metrics(model: Any, loader: Any, accelerator: Accelerator, task: str) -> dict[str, float]:
-    logits, labels, loss = predict_loader(model, loader, accelerator)
-    return {"loss": loss, **(compute_metrics(task, logits, labels) if labels is not None else {})}
+    """Task loss (without auxiliary losses) and metrics on the gathered predictions."""
+    logits, labels = predict_loader(model, loader, accelerator)
+    if labels is None:
+        return {}
+    head = accelerator.unwrap_model(model).head
+    return {"loss": head.loss(logits, labels).item(), **compute_metrics(task, logits, labels)}
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (a complete one holds trainer_state.json)."""
     folder = Path(run_dir) / "checkpoints"
-    found = [p for p in folder.glob("step_*") if (p / STATE_NAME).is_file()] if folder.is_dir() else []
+    found = (
+        [p for p in folder.glob("step_*") if (p / STATE_NAME).is_file()] if folder.is_dir() else []
+    )
     return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
 
 
-def _save_checkpoint(accelerator: Accelerator, run_dir: Path, state: dict[str, Any], keep: int) -> Path:
+def _save_checkpoint(
+    accelerator: Accelerator, run_dir: Path, state: dict[str, Any], keep: int
+) -> Path:
     """accelerate's save_state into a temporary folder, then the state JSON, then one rename."""
     final = run_dir / "checkpoints" / f"step_{state['step']}"
     tmp = run_dir / "checkpoints" / f".tmp-step_{state['step']}"
@@ -235,7 +268,18 @@ def environment() -> dict[str, Any]:
     import importlib.metadata as md
 
     packages = {}
-    for name in ("torch", "torchaudio", "torchvision", "timm", "transformers", "datasets", "accelerate", "peft", "torchmetrics", "transferfuse"):
+    for name in (
+        "torch",
+        "torchaudio",
+        "torchvision",
+        "timm",
+        "transformers",
+        "datasets",
+        "accelerate",
+        "peft",
+        "torchmetrics",
+        "transferfuse",
+    ):
         with contextlib.suppress(md.PackageNotFoundError):
             packages[name] = md.version(name)
     return {
@@ -253,7 +297,9 @@ def _is_better(value: float, best: float | None, mode: str, min_delta: float) ->
     return value > best + min_delta if mode == "max" else value < best - min_delta
 
 
-def fit(model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | None = None) -> FitResult:
+def fit(
+    model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | None = None
+) -> FitResult:
     """Train ``model`` on ``data.train``, validating on ``data.validation``; restores the best weights.
 
     With ``output_dir`` the run folder holds ``config.json``, ``environment.json``,
@@ -272,38 +318,74 @@ def fit(model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | Non
         log_with="tensorboard" if use_tb else None,
         project_dir=str(run_dir) if run_dir else None,
     )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process; on CPU "
+            "use `accelerate launch --cpu` or set ACCELERATE_USE_CPU=true with torchrun"
+        )
     set_seed(cfg.seed)
     task = model.head.task
     metric = cfg.metric or ("rmse" if task == "regression" else "accuracy")
     mode = METRIC_MODES.get(metric, "max")
     counts = apply_strategy(model, cfg.strategy, cfg.top_k, cfg.lora)
-    accelerator.print(f"strategy {cfg.strategy}: {counts['trainable']:,} of {counts['total']:,} parameters trainable")
+    accelerator.print(
+        f"strategy {cfg.strategy}: {counts['trainable']:,} of {counts['total']:,} parameters trainable"
+    )
     frozen = frozen_encoders(model)
-    domains = sorted(set(data.train["domain"]) | (set(data.validation["domain"]) if data.validation is not None else set()))
+    domains = sorted(
+        set(data.train["domain"])
+        | (set(data.validation["domain"]) if data.validation is not None else set())
+    )
 
     model.to(accelerator.device)
-    train_loader = _loader(model, data.train, data.spec, "train", cfg, True, domains)
-    eval_loader = _loader(model, data.validation, data.spec, "validation", cfg, False, domains) if data.validation is not None else None
     use_cache = cfg.feature_cache != "off" and len(frozen) == len(model.encoders)
     if use_cache:
         model.eval()
+        cache_dir = run_dir / "feature_cache" if run_dir else None
         with accelerator.main_process_first():
-            cache_dir = run_dir / "feature_cache" if run_dir else None
-            train_loader = _cached_loader(model, train_loader, cfg, True, cache_dir / "train" if cache_dir else None)
-            if eval_loader is not None:
-                eval_loader = _cached_loader(model, eval_loader, cfg, False, cache_dir / "validation" if cache_dir else None)
+            train_loader = _cached_loader(
+                model,
+                data.train,
+                data.spec,
+                "train",
+                cfg,
+                True,
+                domains,
+                cache_dir / "train" if cache_dir else None,
+            )
+            eval_loader = (
+                _cached_loader(model, data.validation, data.spec, "validation", cfg, False, domains, cache_dir / "validation" if cache_dir else None)
+                if data.validation is not None else None
+            )  # fmt: skip
+    else:
+        train_loader = _loader(model, data.train, data.spec, "train", cfg, True, domains)
+        eval_loader = (
+            _loader(model, data.validation, data.spec, "validation", cfg, False, domains)
+            if data.validation is not None
+            else None
+        )
     sampler = train_loader.sampler
 
     optimizer = build_optimizer(model, cfg)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum / accelerator.num_processes)
     total_steps = cfg.max_steps or cfg.epochs * updates_per_epoch
-    scheduler = get_scheduler(cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    # accelerate steps a prepared scheduler once per process at every optimizer step.
+    scale = accelerator.num_processes
+    scheduler = get_scheduler(
+        cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps) * scale, total_steps * scale
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler
+    )
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     unwrapped = accelerator.unwrap_model(model)
 
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None, "bad_evals": 0, "stopped": False}
+    # Everything needed to continue, saved as JSON beside each checkpoint (evaluations included).
+    state: dict[str, Any] = {
+        "step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None,
+        "bad_evals": 0, "stopped": False, "history": [],
+    }  # fmt: skip
     if cfg.resume_from:
         path = _resolve_resume(cfg.resume_from, run_dir)
         if path is not None:
@@ -317,34 +399,65 @@ def fit(model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | Non
 
     if accelerator.is_main_process and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
-        (run_dir / "environment.json").write_text(json.dumps({**environment(), "device": str(accelerator.device), "processes": accelerator.num_processes}, indent=2))
+        (run_dir / "config.json").write_text(
+            json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
+        )
+        (run_dir / "environment.json").write_text(
+            json.dumps(
+                {
+                    **environment(),
+                    "device": str(accelerator.device),
+                    "processes": accelerator.num_processes,
+                },
+                indent=2,
+            )
+        )
     if use_tb:
-        accelerator.init_trackers("tensorboard", config={k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
-    log_file = open(run_dir / "metrics.jsonl", "a") if (run_dir and accelerator.is_main_process) else None  # noqa: SIM115
-    history: list[dict[str, Any]] = []
+        accelerator.init_trackers(
+            "tensorboard",
+            config={
+                k: v
+                for k, v in dataclasses.asdict(cfg).items()
+                if isinstance(v, (int, float, str, bool))
+            },
+        )
+    log_file = (
+        open(run_dir / "metrics.jsonl", "a") if (run_dir and accelerator.is_main_process) else None
+    )  # noqa: SIM115
+    history: list[dict[str, Any]] = state["history"]
 
     def log(record: dict[str, Any]) -> None:
         if log_file is not None:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
         if use_tb:
-            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=record["step"])
+            accelerator.log(
+                {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
+                step=record["step"],
+            )
 
     def evaluate_now() -> None:
         nonlocal best_weights
         if eval_loader is None:
             return
         metrics = _eval_metrics(model, eval_loader, accelerator, task)
-        record = {"step": state["step"], "epoch": state["epoch"], **{f"eval_{k}": v for k, v in metrics.items()}}
+        record = {
+            "step": state["step"],
+            "epoch": state["epoch"],
+            **{f"eval_{k}": v for k, v in metrics.items()},
+        }
         history.append(record)
         log(record)
         value = metrics.get(metric)
         if value is None:
-            raise ValueError(f"metric {metric!r} is not computed for task {task!r}; available: {sorted(metrics)}")
+            raise ValueError(
+                f"metric {metric!r} is not computed for task {task!r}; available: {sorted(metrics)}"
+            )
         if _is_better(value, state["best"], mode, cfg.min_delta):
             state.update(best=value, best_step=state["step"], bad_evals=0)
-            best_weights = {k: v.detach().cpu().clone().contiguous() for k, v in unwrapped.state_dict().items()}
+            best_weights = {
+                k: v.detach().cpu().clone().contiguous() for k, v in unwrapped.state_dict().items()
+            }
             if accelerator.is_main_process and best_path is not None:
                 tmp = best_path.with_suffix(".tmp")
                 save_file(best_weights, str(tmp))
@@ -353,15 +466,31 @@ def fit(model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | Non
             state["bad_evals"] += 1
             if cfg.patience is not None and state["bad_evals"] >= cfg.patience:
                 state["stopped"] = True
-                accelerator.print(f"early stopping at step {state['step']}: no {metric} gain in {cfg.patience} evaluations")
+                accelerator.print(
+                    f"early stopping at step {state['step']}: no {metric} gain in {cfg.patience} evaluations"
+                )
         model.train()
         _keep_frozen_in_eval(unwrapped, frozen)
 
-    bar = tqdm(total=total_steps, initial=state["step"], disable=not (cfg.progress and accelerator.is_local_main_process), desc="train")
+    bar = tqdm(
+        total=total_steps,
+        initial=state["step"],
+        disable=not (cfg.progress and accelerator.is_local_main_process),
+        desc="train",
+    )
     trained_samples, train_time = 0, 0.0
     while state["step"] < total_steps and not state["stopped"]:
+        loader = (
+            accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])
+            if state["batch_in_epoch"]
+            else train_loader
+        )
+        # accelerate's loaders set their sampler's epoch from their own iteration count,
+        # which a resumed run (or the skipping loader) does not share: set it explicitly.
+        for each in (loader, train_loader):
+            if hasattr(each, "set_epoch"):
+                each.set_epoch(state["epoch"])
         sampler.set_epoch(state["epoch"])
-        loader = accelerator.skip_first_batches(train_loader, state["batch_in_epoch"]) if state["batch_in_epoch"] else train_loader
         model.train()
         _keep_frozen_in_eval(unwrapped, frozen)
         tick = time.perf_counter()
@@ -383,7 +512,14 @@ def fit(model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | Non
             if state["step"] % cfg.log_every == 0:
                 loss = out.loss.item()
                 bar.set_postfix(loss=f"{loss:.4f}")
-                log({"step": state["step"], "epoch": state["epoch"], "train_loss": loss, "lr": scheduler.get_last_lr()[0]})
+                log(
+                    {
+                        "step": state["step"],
+                        "epoch": state["epoch"],
+                        "train_loss": loss,
+                        "lr": scheduler.get_last_lr()[0],
+                    }
+                )
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
                 train_time += time.perf_counter() - tick
                 evaluate_now()
@@ -399,7 +535,11 @@ def fit(model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | Non
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
     bar.close()
-    if not cfg.eval_every and eval_loader is not None and (not history or history[-1]["step"] != state["step"]):
+    if (
+        not cfg.eval_every
+        and eval_loader is not None
+        and (not history or history[-1]["step"] != state["step"])
+    ):
         evaluate_now()
     if run_dir is not None:
         _save_checkpoint(accelerator, run_dir, state, cfg.keep_checkpoints)
@@ -411,7 +551,10 @@ def fit(model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | Non
         unwrapped.save_pretrained(run_dir / "best_model")
     if log_file is not None:
         log_file.close()
-    accelerator.end_training()
+    # end_training() would also destroy the process group, which later evaluations and the
+    # transfer stages of the same launch still need: finish the trackers only.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     unwrapped.eval()
     return FitResult(
         best_metric=state["best"], best_step=state["best_step"], metric=metric, steps=state["step"],
@@ -435,11 +578,18 @@ def importlib_available(name: str) -> bool:
 
 
 def evaluate(
-    model: Any, ds: datasets.Dataset, spec: DatasetSpec, batch_size: int = 64, num_workers: int = 0, on_error: str = "raise"
+    model: Any,
+    ds: datasets.Dataset,
+    spec: DatasetSpec,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    on_error: str = "raise",
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``ds`` (every process gathers; all get the same numbers)."""
     accelerator = Accelerator()
-    loader = make_loader(ds, model, spec, "eval", batch_size=batch_size, num_workers=num_workers, on_error=on_error)
+    loader = make_loader(
+        ds, model, spec, "eval", batch_size=batch_size, num_workers=num_workers, on_error=on_error
+    )
     model.to(accelerator.device)
     loader = accelerator.prepare(loader)
     return _eval_metrics(model, loader, accelerator, model.head.task)

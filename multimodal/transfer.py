@@ -76,7 +76,9 @@ def _rows(ds: datasets.Dataset, spec: DatasetSpec) -> list[dict[str, Any]]:
     return [view[i] for i in range(len(view))]
 
 
-def _adapt_sample(train: datasets.Dataset, settings: Mapping[str, Any], seed: int, label: str) -> datasets.Dataset:
+def _adapt_sample(
+    train: datasets.Dataset, settings: Mapping[str, Any], seed: int, label: str
+) -> datasets.Dataset:
     if settings.get("target_fraction"):
         n = max(1, int(round(float(settings["target_fraction"]) * len(train))))
         return train.shuffle(seed=seed).select(range(n))
@@ -110,7 +112,7 @@ def transfer(config: Mapping[str, Any]) -> TransferReport:
     times["load"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    model = build_model(model_config(config), _rows(src["train"], spec))
+    model = build_model(model_config(config), _rows(src["train"], spec), seed=seed)
     source_cfg = train_config(config, output_dir=str(out / "source") if out else None, seed=seed)
     result = fit(model, FitData(spec, src["train"], src["validation"]), source_cfg)
     metric = result.metric
@@ -128,15 +130,25 @@ def transfer(config: Mapping[str, Any]) -> TransferReport:
         shots = _adapt_sample(split["train"][t], settings, seed, spec.label)
         tick = time.perf_counter()
         adapted: MultimodalModel = copy.deepcopy(model)
-        adapt_cfg = train_config(config, **{**ADAPT_DEFAULTS, **(settings.get("adapt") or {})}, output_dir=str(out / f"adapt-{t}") if out else None, seed=seed)
+        adapt_cfg = train_config(
+            config,
+            **{**ADAPT_DEFAULTS, **(settings.get("adapt") or {})},
+            output_dir=str(out / f"adapt-{t}") if out else None,
+            seed=seed,
+        )
         fit(adapted, FitData(spec, shots), adapt_cfg)
         adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
         source_after = evaluate(adapted, src["test"], spec, batch)[metric]
         times["adapt"] += time.perf_counter() - tick
 
         tick = time.perf_counter()
-        scratch = build_model(model_config(config), _rows(shots, spec))
-        scratch_cfg = train_config(config, **{**SCRATCH_DEFAULTS, **(settings.get("scratch") or {})}, output_dir=str(out / f"scratch-{t}") if out else None, seed=seed)
+        scratch = build_model(model_config(config), _rows(shots, spec), seed=seed)
+        scratch_cfg = train_config(
+            config,
+            **{**SCRATCH_DEFAULTS, **(settings.get("scratch") or {})},
+            output_dir=str(out / f"scratch-{t}") if out else None,
+            seed=seed,
+        )
         fit(scratch, FitData(spec, shots), scratch_cfg)
         scratch_score = evaluate(scratch, split["test"][t], spec, batch)[metric]
         times["scratch"] += time.perf_counter() - tick

@@ -44,3 +44,23 @@ def test_local_folder_in_hub_layout_round_trips(tmp_path) -> None:
 def test_needs_exactly_one_source() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         encoders.create_encoder("hf_text")
+
+
+@pytest.mark.parametrize("kind", ["bpe"])
+def test_tokenizer_training_is_deterministic(kind: str) -> None:
+    texts = [
+        f"{w} {v} tokens and words number {i}"
+        for i, (w, v) in enumerate(zip(TEXTS * 5, reversed(TEXTS * 5), strict=True))
+    ]
+    a = encoders.train_tokenizer(texts, 80, kind)
+    b = encoders.train_tokenizer(texts, 80, kind)
+    assert a.get_vocab() == b.get_vocab()
+    assert a(TEXTS)["input_ids"] == b(TEXTS)["input_ids"]
+
+
+def test_wordpiece_option() -> None:
+    enc = encoders.create_encoder(
+        "hf_text", config=TINY_BERT, train_texts=TEXTS, tokenizer_kind="wordpiece"
+    )
+    ids = enc.processor(["red circle"])["input_ids"][0].tolist()
+    assert ids[0] == enc.tokenizer.cls_token_id and ids[-1] == enc.tokenizer.sep_token_id

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import multimodal as mm
+from multimodal import training
+from multimodal.config import model_config, train_config
+from multimodal.freezing import apply_strategy, merge_lora
+from tests.multimodal.tiny_run import tiny_run
+
+SCRIPT = Path(__file__).with_name("tiny_run.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = tiny_run()
+    spec = mm.DatasetSpec.from_dict(config["data"])
+    dsd = mm.load_dataset(spec)
+    view = mm.data.RowView(dsd["train"], spec, "train")
+    rows = [view[i] for i in range(len(view))]
+    return config, spec, dsd, rows
+
+
+def _fit(setup, tmp_path=None, **train):
+    config, spec, dsd, rows = setup
+    model = mm.build_model(model_config(config), rows, seed=0)
+    cfg = train_config(config, output_dir=str(tmp_path) if tmp_path else None, **train)
+    return model, training.fit(model, training.FitData(spec, dsd["train"], dsd["validation"]), cfg)
+
+
+def test_fit_writes_the_run_folder_and_best_model_reproduces_metrics(setup, tmp_path) -> None:
+    _, spec, dsd, _ = setup
+    model, result = _fit(setup, tmp_path)
+    assert result.steps == 3 * math.ceil(len(dsd["train"]) / 8) and result.best_metric is not None
+    for name in (
+        "config.json",
+        "environment.json",
+        "metrics.jsonl",
+        "best_state.safetensors",
+        "best_model/config.json",
+    ):
+        assert (tmp_path / name).is_file(), name
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_accuracy" in r]
+    assert len(evals) == 3 and max(r["eval_accuracy"] for r in evals) == result.best_metric
+    assert {"train_loss", "lr"} <= set(next(r for r in records if "train_loss" in r))
+    assert "torch" in json.loads((tmp_path / "environment.json").read_text())["packages"]
+    # The best model, reloaded, gives exactly the metrics of the model fit returned.
+    expected = training.evaluate(model, dsd["test"], spec)
+    reloaded = mm.MultimodalModel.from_pretrained(tmp_path / "best_model")
+    assert training.evaluate(reloaded, dsd["test"], spec) == expected
+    assert training.evaluate(reloaded, dsd["validation"], spec)["accuracy"] == result.best_metric
+
+
+def test_early_stopping_restores_best(setup) -> None:
+    model, result = _fit(setup, epochs=30, patience=2, lr=0.05)
+    assert result.steps < 30 * math.ceil(len(setup[2]["train"]) / 8)
+    evals = [h["eval_accuracy"] for h in result.history]
+    assert result.best_metric == max(evals)
+    assert len(evals) - 1 - evals.index(max(evals)) == 2  # stopped after `patience` bad evaluations
+
+
+@pytest.mark.parametrize("strategy", ["head", "top_k", "lora", "full"])
+def test_strategies_train_what_they_say(setup, strategy: str) -> None:
+    config, spec, dsd, rows = setup
+    model = mm.build_model(model_config(config), rows)
+    text_before = {k: v.clone() for k, v in model.encoders["text"].state_dict().items()}
+    counts = apply_strategy(model, strategy, top_k=1, lora={"r": 2})
+    text = model.encoders["text"]
+    trainable = {n for n, p in text.named_parameters() if p.requires_grad}
+    if strategy == "head":
+        assert not trainable and counts["trainable"] < counts["total"]
+    elif strategy == "top_k":
+        assert trainable and all(n.startswith("model.encoder.layer.1.") for n in trainable)
+    elif strategy == "lora":
+        assert trainable and all("lora_" in n for n in trainable)
+    else:
+        assert trainable == {n for n, _ in text.named_parameters()}
+    result = training.fit(
+        model,
+        training.FitData(spec, dsd["train"]),
+        train_config(config, strategy=strategy, epochs=1, lora={"r": 2}),
+    )
+    assert result.trainable_parameters == counts["trainable"]
+    after = model.encoders["text"].state_dict()
+    assert set(after) == set(text_before), "LoRA is merged back into the plain architecture"
+    changed = any(not torch.equal(text_before[k], after[k]) for k in after)
+    assert changed == (strategy != "head")
+
+
+def test_merge_lora_keeps_outputs() -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["0"], init_lora_weights=False), net)
+    x = torch.randn(3, 4)
+    before = net(x)
+    merge_lora(net)
+    assert isinstance(net[0], torch.nn.Linear) and torch.allclose(net(x), before, atol=1e-6)
+
+
+def test_feature_cache_matches_the_uncached_run(setup) -> None:
+    _, cached = _fit(setup, strategy="head", epochs=2)
+    _, uncached = _fit(setup, strategy="head", epochs=2, feature_cache="off")
+    assert cached.used_feature_cache and not uncached.used_feature_cache
+    assert cached.history[-1]["eval_loss"] == pytest.approx(
+        uncached.history[-1]["eval_loss"], abs=1e-4
+    )
+
+
+def test_disk_feature_cache(setup, tmp_path) -> None:
+    _, memory = _fit(setup, strategy="head", epochs=1)
+    _, disk = _fit(setup, tmp_path, strategy="head", epochs=1, feature_cache="disk")
+    assert disk.used_feature_cache and (tmp_path / "feature_cache").is_dir()
+    assert disk.history[-1]["eval_loss"] == pytest.approx(memory.history[-1]["eval_loss"], abs=1e-5)
+
+
+def test_grad_accumulation_and_sgd_run(setup) -> None:
+    _, result = _fit(
+        setup, epochs=1, grad_accum=2, optimizer="sgd", layer_decay=0.8, encoder_lr=1e-3
+    )
+    assert result.steps == math.ceil(math.ceil(len(setup[2]["train"]) / 8) / 2)
+
+
+def test_param_groups_separate_encoder_lr_and_skip_decay_on_norms(setup) -> None:
+    config, _, _, rows = setup
+    model = mm.build_model(model_config(config), rows)
+    groups = training._param_groups(
+        model, training.TrainConfig(lr=1e-2, encoder_lr=1e-4, layer_decay=0.5, weight_decay=0.1)
+    )
+    ln = model.encoders["text"].model.encoder.layer[1].output.LayerNorm.weight
+    top = model.encoders["text"].model.encoder.layer[1].output.dense.weight
+    low = model.encoders["text"].model.encoder.layer[0].output.dense.weight
+    emb = model.encoders["text"].model.embeddings.word_embeddings.weight
+    head = model.head.net[-1].weight
+
+    def group_of(p):
+        return next(g for g in groups if any(q is p for q in g["params"]))
+
+    assert group_of(ln)["weight_decay"] == 0.0 and group_of(top)["weight_decay"] == 0.1
+    assert group_of(top)["lr"] == pytest.approx(1e-4 * 0.5)
+    assert group_of(low)["lr"] == pytest.approx(1e-4 * 0.25)
+    assert group_of(emb)["lr"] == pytest.approx(1e-4 * 0.125)
+    assert group_of(head)["lr"] == 1e-2
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("whole")
+    assert _run([sys.executable, str(SCRIPT), str(out)]).returncode == 0
+    return json.loads((out / "final.json").read_text())
+
+
+@pytest.mark.parametrize("kill_at", [6, 12])  # mid first epoch, mid second (9 batches an epoch)
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, whole_run, kill_at: int) -> None:
+    broken = tmp_path / "broken"
+    killed = _run(
+        [sys.executable, str(SCRIPT), str(broken), "--kill-after-checkpoint", str(kill_at)]
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (broken / "final.json").exists()
+    assert [p.name for p in training.checkpoints(broken)] == [
+        f"step_{kill_at - 3}",
+        f"step_{kill_at}",
+    ]
+    resumed = _run([sys.executable, str(SCRIPT), str(broken), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    a = whole_run
+    b = json.loads((broken / "final.json").read_text())
+    assert a["steps"] == b["steps"] == 15
+    assert a["history"] == b["history"]
+    assert a["test"] == b["test"]
+    assert a["best"] == b["best"]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path) -> None:
+    """gloo DDP with 2 x 4 samples a step against 1 x 8 for 8 steps (whole batches only:
+    the last, uneven batch of an epoch is padded with repeated samples under DDP). The
+    same samples form each step and gradients are averaged, so only the order of float
+    sums differs (no dropout, no BatchNorm in this model): after one step parameters agree
+    to about 1e-8. SGD keeps that noise at that size; Adam divides near-zero gradients by
+    their own magnitude and turns it into a 0.3% loss difference after 8 steps, so the
+    comparison uses SGD: accuracy equal to 1e-4, loss to 1e-4 relative."""
+    one = _run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(tmp_path / "one"),
+            "--per-process-batch",
+            "8",
+            "--max-steps",
+            "8",
+            "--sgd",
+        ]
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(SCRIPT),
+         str(tmp_path / "two"), "--per-process-batch", "4", "--max-steps", "8", "--sgd"],
+        env={"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "final.json").read_text())
+    b = json.loads((tmp_path / "two" / "final.json").read_text())
+    assert a["steps"] == b["steps"]
+    assert json.loads((tmp_path / "two" / "environment.json").read_text())["processes"] == 2
+    assert b["test"]["accuracy"] == pytest.approx(a["test"]["accuracy"], abs=1e-4)
+    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)

@@ -1,0 +1,93 @@
+"""A tiny run config and a training script the engine tests run in subprocesses."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+TINY_RUN: dict[str, Any] = {
+    "data": {"path": "synthetic", "options": {"samples_per_domain": 48, "domains": 2, "image_size": 16, "audio_seconds": 0.25}},
+    "encoders": {
+        "text": {"name": "hf_text", "config": {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "intermediate_size": 32, "vocab_size": 150, "max_position_embeddings": 64, "hidden_dropout_prob": 0.0,
+                 "attention_probs_dropout_prob": 0.0}, "max_length": 24},
+        "tabular": {"name": "tabular_mlp", "numerical": ["tab_0", "tab_1", "tab_2", "tab_3"],
+                    "categorical": {"tab_channel": ["web", "store", "phone"]}, "dim": 8, "hidden_dim": 16},
+    },
+    "fusion": {"name": "concat", "dim": 16, "dropout": 0.0},
+    "head": {"task": "classification", "num_classes": 4, "dropout": 0.0},
+    "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "progress": False, "warmup_ratio": 0.0},
+    "transfer": {"k_shot": 3, "adapt": {"epochs": 3}, "scratch": {"epochs": 3}},
+    "seed": 0,
+}  # fmt: skip
+
+
+def tiny_run(**sections: Any) -> dict[str, Any]:
+    config = copy.deepcopy(TINY_RUN)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
+
+
+def main() -> None:
+    """python tiny_run.py OUT_DIR [--kill-after-checkpoint N] [--resume] [--per-process-batch B] [--max-steps N] [--sgd]"""
+    import multimodal as mm
+    from multimodal import training
+    from multimodal.config import model_config, train_config
+
+    out = sys.argv[1]
+    args = sys.argv[2:]
+    config = tiny_run()
+    overrides: dict[str, Any] = {"output_dir": out, "save_every": 3, "max_steps": 15}
+    if "--per-process-batch" in args:
+        overrides["batch_size"] = int(args[args.index("--per-process-batch") + 1])
+        overrides.pop("save_every")
+    if "--sgd" in args:
+        overrides.update(optimizer="sgd", lr=0.1)
+    if "--max-steps" in args:
+        overrides["max_steps"] = int(args[args.index("--max-steps") + 1])
+    if "--resume" in args:
+        overrides["resume_from"] = "latest"
+    if "--kill-after-checkpoint" in args:
+        kill_at = int(args[args.index("--kill-after-checkpoint") + 1])
+        save = training._save_checkpoint
+
+        def save_then_die(accelerator, run_dir, state, keep):
+            path = save(accelerator, run_dir, state, keep)
+            if state["step"] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return path
+
+        training._save_checkpoint = save_then_die
+    spec = mm.DatasetSpec.from_dict(config["data"])
+    dsd = mm.load_dataset(spec)
+    view = mm.data.RowView(dsd["train"], spec, "train")
+    model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
+    result = training.fit(
+        model,
+        training.FitData(spec, dsd["train"], dsd["validation"]),
+        train_config(config, **overrides),
+    )
+    test = training.evaluate(model, dsd["test"], spec)
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(os.path.join(out, "final.json"), "w") as f:
+            json.dump(
+                {
+                    "best": result.best_metric,
+                    "steps": result.steps,
+                    "history": result.history,
+                    "test": test,
+                },
+                f,
+            )
+
+
+if __name__ == "__main__":
+    main()
