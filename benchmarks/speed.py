@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from multimodal.speed import moe_scaling
+from multimodal.speed import feature_cache_speedup, fit_vs_raw_loop, moe_scaling
 
-SECTIONS = ("moe",)
+SECTIONS = ("moe", "fit", "cache")
+QUICK = str(Path(__file__).parent / "configs" / "synthetic_quick.yaml")
 
 
 def main() -> None:
@@ -45,6 +46,30 @@ def main() -> None:
             print(
                 f"{r['num_experts']:>8} {r['params']:>10,} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['relative_to_first']:>7.2f}"
             )
+
+    if "fit" in sections:
+        r = fit_vs_raw_loop(QUICK)
+        results["fit_vs_raw_loop"] = r
+        print(
+            f"\nfit vs raw loop ({r['steps']} steps x {len(r['ratios'])}, synthetic_quick model, same batches)"
+        )
+        for f, w, q in zip(r["fit_steps_per_s"], r["raw_steps_per_s"], r["ratios"], strict=True):
+            print(f"  fit {f:.2f} steps/s, raw {w:.2f} steps/s, ratio {q:.3f}")
+        print(f"  median ratio {r['ratio']:.3f}")
+
+    if "cache" in sections:
+        r = feature_cache_speedup(QUICK)
+        results["feature_cache"] = r
+        print("\nstrategy=head epoch seconds (synthetic_quick model)")
+        for mode in ("off", "memory"):
+            print(
+                f"  cache {mode:<6}: "
+                + ", ".join(f"{t:.2f}" for t in r[mode]["epoch_seconds"])
+                + f"  (whole fit {r[mode]['total_seconds']:.1f} s)"
+            )
+        print(
+            f"  speed-up from the second epoch: {r['speedup_from_second_epoch']:.1f}x; whole fit: {r['speedup_total']:.1f}x"
+        )
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

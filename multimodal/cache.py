@@ -42,7 +42,11 @@ def compute_features(model: Any, loader: Any) -> list[dict[str, Any]]:
 
 
 class CachedFeatures(torch.utils.data.Dataset):
-    """Cached encoder outputs, in memory or in an arrow dataset on disk."""
+    """Cached encoder outputs: padded tensors in memory, or an arrow dataset on disk.
+
+    In memory, items are row positions and ``CachedCollator`` slices whole batches out of
+    [N, T_max, D] tensors; on disk, items are per-sample tensors read from arrow.
+    """
 
     def __init__(
         self,
@@ -51,11 +55,32 @@ class CachedFeatures(torch.utils.data.Dataset):
         disk_dir: str | Path | None = None,
     ) -> None:
         self.modalities = list(modalities)
-        self.rows: list[dict[str, Any]] | None = rows
+        self.length = len(rows)
         self.table: datasets.Dataset | None = None
+        self.padded: dict[str, Any] | None = None
         if disk_dir is not None:
             self.table = self._to_arrow(rows, Path(disk_dir))
-            self.rows = None
+        else:
+            self.padded = self._pad(rows)
+
+    def _pad(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "row": torch.tensor([r["row"] for r in rows]),
+            "domain": torch.tensor([r["domain"] for r in rows]),
+        }
+        if rows and "label" in rows[0]:
+            out["label"] = torch.stack([torch.as_tensor(r["label"]) for r in rows])
+        for m in self.modalities:
+            lengths = torch.tensor([r[m][0].shape[0] for r in rows])
+            width = max(int(lengths.max()) if len(rows) else 0, 1)
+            dim = next((r[m][0].shape[1] for r in rows if r[m][0].ndim == 2), 0)
+            tokens = torch.zeros(len(rows), width, dim)
+            mask = torch.zeros(len(rows), width, dtype=torch.bool)
+            for i, r in enumerate(rows):
+                n = r[m][0].shape[0]
+                tokens[i, :n], mask[i, :n] = r[m][0], r[m][1]
+            out[m] = (tokens, mask, lengths)
+        return out
 
     def _to_arrow(self, rows: list[dict[str, Any]], folder: Path) -> datasets.Dataset:
         def gen():
@@ -74,11 +99,11 @@ class CachedFeatures(torch.utils.data.Dataset):
         return ds.with_format("numpy")
 
     def __len__(self) -> int:
-        return len(self.rows) if self.rows is not None else len(self.table)
+        return self.length
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if self.rows is not None:
-            return self.rows[index]
+    def __getitem__(self, index: int) -> Any:
+        if self.padded is not None:
+            return int(index)
         item = self.table[int(index)]
         out = {"row": int(item["row"]), "domain": int(item["domain"])}
         if item["label"] is not None:
@@ -95,37 +120,59 @@ class CachedFeatures(torch.utils.data.Dataset):
 
 
 class CachedCollator:
-    """Pads cached tokens per modality into a Batch with "features"; modality dropout on masks."""
+    """Cached tokens -> a Batch with "features" ({tokens, masks}); modality dropout on masks."""
 
     def __init__(
         self,
-        modalities: Sequence[str],
+        dataset: CachedFeatures,
         dims: Mapping[str, int],
         modality_dropout: Mapping[str, float] | None = None,
         seed: int = 0,
     ) -> None:
-        self.modalities, self.dims = list(modalities), dict(dims)
+        self.dataset, self.modalities, self.dims = dataset, dataset.modalities, dict(dims)
         self.dropout = dict(modality_dropout or {})
         self.seed = seed
 
-    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        b = len(samples)
-        rng = np.random.default_rng([self.seed, *[s["row"] for s in samples]])
-        tokens, masks = {}, {}
+    def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
+        padded = self.dataset.padded
+        if padded is not None:
+            idx = torch.as_tensor(items)
+            rows, domain = padded["row"][idx], padded["domain"][idx]
+            labels = padded["label"][idx] if "label" in padded else None
+            tokens, masks = {}, {}
+            for m in self.modalities:
+                t, k, lengths = padded[m]
+                width = max(int(lengths[idx].max()), 1)
+                tokens[m], masks[m] = t[idx, :width], k[idx, :width]
+        else:
+            rows = torch.tensor([s["row"] for s in items])
+            domain = torch.tensor([s["domain"] for s in items])
+            labels = (
+                torch.stack([torch.as_tensor(s["label"]) for s in items])
+                if "label" in items[0]
+                else None
+            )
+            tokens, masks = {}, {}
+            for m in self.modalities:
+                width = max([s[m][0].shape[0] for s in items] + [1])
+                t = torch.zeros(len(items), width, self.dims[m])
+                k = torch.zeros(len(items), width, dtype=torch.bool)
+                for i, s in enumerate(items):
+                    n = s[m][0].shape[0]
+                    t[i, :n], k[i, :n] = s[m][0], s[m][1]
+                tokens[m], masks[m] = t, k
+        # Seeded by the rows, like the raw collator, so resumed runs drop the same modalities.
+        rng = np.random.default_rng([self.seed, *rows.tolist()])
         for m in self.modalities:
-            width = max([s[m][0].shape[0] for s in samples] + [1])
-            t = torch.zeros(b, width, self.dims[m])
-            k = torch.zeros(b, width, dtype=torch.bool)
-            drop = rng.random(b) < self.dropout.get(m, 0.0)
-            for i, s in enumerate(samples):
-                n = s[m][0].shape[0]
-                t[i, :n], k[i, :n] = s[m][0], s[m][1] & (not drop[i])
-            tokens[m], masks[m] = t, k
+            p = self.dropout.get(m, 0.0)
+            if p > 0:
+                keep = torch.as_tensor(rng.random(len(rows)) >= p)
+                masks[m] = masks[m] & keep[:, None]
         batch: dict[str, Any] = {
             "features": {"tokens": tokens, "masks": masks},
-            "domain": torch.tensor([s["domain"] for s in samples]),
-            "row": torch.tensor([s["row"] for s in samples]),
+            "domain": domain,
+            "row": rows,
         }
-        if "label" in samples[0]:
-            batch["labels"] = torch.stack([torch.as_tensor(s["label"]) for s in samples])
+        if labels is not None:
+            batch["labels"] = labels
         return batch

@@ -71,3 +71,106 @@ def moe_scaling(
     for row in rows:
         row["relative_to_first"] = row["median_ms"] / base
     return rows
+
+
+def _quick_setup(
+    config_path: str, samples_per_domain: int
+) -> tuple[dict[str, Any], Any, Any, list]:
+    from .config import load_run_config
+    from .data import DatasetSpec, RowView, load_dataset
+
+    config = load_run_config(config_path, [f"data.options.samples_per_domain={samples_per_domain}"])
+    spec = DatasetSpec.from_dict(config["data"])
+    dsd = load_dataset(spec)
+    view = RowView(dsd["train"], spec, "train")
+    return config, spec, dsd, [view[i] for i in range(len(view))]
+
+
+def fit_vs_raw_loop(
+    config_path: str,
+    steps: int = 60,
+    repeats: int = 3,
+    warmup: int = 1,
+    samples_per_domain: int = 200,
+) -> dict[str, Any]:
+    """Training steps/s of ``fit`` against a minimal hand-written loop: same model, same batches.
+
+    The two alternate ``warmup + repeats`` times (CPU timings drift with heat and caches;
+    the first pair runs cold and is discarded); the ratio reported is the median of the
+    per-pair ratios.
+    """
+    from .config import model_config, train_config
+    from .data import make_loader
+    from .model import build_model
+    from .training import FitData, build_optimizer, fit
+
+    config, spec, dsd, rows = _quick_setup(config_path, samples_per_domain)
+    cfg = train_config(config, max_steps=steps, patience=None, save_every=None, output_dir=None, progress=False,
+                       feature_cache="off", max_grad_norm=None, warmup_ratio=0.0)  # fmt: skip
+
+    def raw_loop() -> float:
+        model = build_model(model_config(config), rows, seed=0).train()
+        optimizer = build_optimizer(model, cfg)
+        loader = make_loader(
+            dsd["train"],
+            model,
+            spec,
+            "train",
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+        )
+        done, epoch, start = 0, 0, time.perf_counter()
+        while done < steps:
+            loader.sampler.set_epoch(epoch)
+            for batch in loader:
+                model(batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                done += 1
+                if done == steps:
+                    break
+            epoch += 1
+        return steps / (time.perf_counter() - start)
+
+    pairs = []
+    for _ in range(warmup + repeats):
+        model = build_model(model_config(config), rows, seed=0)
+        fit_rate = fit(model, FitData(spec, dsd["train"]), cfg).train_steps_per_s
+        pairs.append((fit_rate, raw_loop()))
+    pairs = pairs[warmup:]
+    ratios = [f / r for f, r in pairs]
+    return {
+        "fit_steps_per_s": [f for f, _ in pairs],
+        "raw_steps_per_s": [r for _, r in pairs],
+        "ratios": ratios,
+        "ratio": statistics.median(ratios),
+        "steps": steps,
+    }
+
+
+def feature_cache_speedup(
+    config_path: str, epochs: int = 3, samples_per_domain: int = 200
+) -> dict[str, Any]:
+    """Epoch times under strategy=head with and without the feature cache."""
+    from .config import model_config, train_config
+    from .model import build_model
+    from .training import FitData, fit
+
+    config, spec, dsd, rows = _quick_setup(config_path, samples_per_domain)
+    out: dict[str, Any] = {}
+    for mode in ("off", "memory"):
+        cfg = train_config(config, strategy="head", epochs=epochs, feature_cache=mode, patience=None, save_every=None,
+                           output_dir=None, progress=False)  # fmt: skip
+        model = build_model(model_config(config), rows, seed=0)
+        start = time.perf_counter()
+        result = fit(model, FitData(spec, dsd["train"]), cfg)
+        out[mode] = {
+            "epoch_seconds": result.epoch_seconds,
+            "total_seconds": time.perf_counter() - start,
+        }
+    later_off = statistics.mean(out["off"]["epoch_seconds"][1:])
+    later_on = statistics.mean(out["memory"]["epoch_seconds"][1:])
+    out["speedup_from_second_epoch"] = later_off / later_on
+    out["speedup_total"] = out["off"]["total_seconds"] / out["memory"]["total_seconds"]
+    return out

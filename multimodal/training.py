@@ -112,6 +112,8 @@ class FitResult:
     total_parameters: int
     wall_time_s: float
     train_samples_per_s: float
+    train_steps_per_s: float
+    epoch_seconds: list[float]  # training-loop time of each epoch this process ran
     used_feature_cache: bool
     run_dir: str | None = None
 
@@ -144,10 +146,11 @@ def _param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 def build_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = _param_groups(model, cfg)
+    # foreach: one fused update per parameter group; torch only picks it by default on GPUs.
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
 
@@ -192,7 +195,7 @@ def _cached_loader(
         dataset,
         batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
         sampler=EpochSampler(len(dataset), cfg.seed, train),
-        collate_fn=CachedCollator(model.modalities, dims, dropout, cfg.seed),
+        collate_fn=CachedCollator(dataset, dims, dropout, cfg.seed),
         generator=torch.Generator().manual_seed(cfg.seed),
     )
 
@@ -478,7 +481,7 @@ def fit(
         disable=not (cfg.progress and accelerator.is_local_main_process),
         desc="train",
     )
-    trained_samples, train_time = 0, 0.0
+    trained_samples, train_time, steps_run, epoch_seconds = 0, 0.0, 0, []
     while state["step"] < total_steps and not state["stopped"]:
         loader = (
             accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])
@@ -493,7 +496,8 @@ def fit(
         sampler.set_epoch(state["epoch"])
         model.train()
         _keep_frozen_in_eval(unwrapped, frozen)
-        tick = time.perf_counter()
+        tick = epoch_start = time.perf_counter()
+        eval_time = 0.0
         for batch in loader:
             with accelerator.accumulate(model):
                 out = model(batch)
@@ -508,6 +512,7 @@ def fit(
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
+            steps_run += 1
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
                 loss = out.loss.item()
@@ -521,14 +526,17 @@ def fit(
                     }
                 )
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
-                train_time += time.perf_counter() - tick
+                paused = time.perf_counter()
+                train_time += paused - tick
                 evaluate_now()
                 tick = time.perf_counter()
+                eval_time += tick - paused
             if run_dir is not None and cfg.save_every and state["step"] % cfg.save_every == 0:
                 _save_checkpoint(accelerator, run_dir, state, cfg.keep_checkpoints)
             if state["step"] >= total_steps or state["stopped"]:
                 break
         train_time += time.perf_counter() - tick
+        epoch_seconds.append(time.perf_counter() - epoch_start - eval_time)
         if state["step"] < total_steps and not state["stopped"]:
             if not cfg.eval_every:
                 evaluate_now()
@@ -561,6 +569,7 @@ def fit(
         history=history, trainable_parameters=counts["trainable"], total_parameters=counts["total"],
         wall_time_s=time.perf_counter() - start_time,
         train_samples_per_s=trained_samples / train_time if train_time > 0 else 0.0,
+        train_steps_per_s=steps_run / train_time if train_time > 0 else 0.0, epoch_seconds=epoch_seconds,
         used_feature_cache=use_cache, run_dir=str(run_dir) if run_dir else None,
     )  # fmt: skip
 

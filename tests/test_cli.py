@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from multimodal.cli import build_parser, main
+from tests.multimodal.tiny_run import tiny_run
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_run()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(config_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config_file),
+                "--output-dir",
+                str(out),
+                "train.epochs=2",
+                "fusion.name=moe",
+                "fusion.num_experts=2",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_help_lists_every_command() -> None:
+    text = build_parser().format_help()
+    for command in ("list", "train", "evaluate", "predict", "transfer", "export-dataset"):
+        assert command in text
+
+
+def test_train_writes_results_with_overrides_applied(trained, capsys) -> None:
+    results = json.loads((trained / "results.json").read_text())
+    assert results["steps"] > 0 and 0.0 <= results["validation_accuracy"] <= 1.0
+    saved = json.loads((trained / "best_model" / "config.json").read_text())
+    assert saved["fusion"]["name"] == "moe" and saved["fusion"]["num_experts"] == 2
+
+
+def test_unknown_override_is_an_error_naming_close_matches(config_file, capsys) -> None:
+    assert main(["train", "--config", str(config_file), "train.learning_rate=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.learning_rate'" in err and "lr" in err
+
+
+def test_evaluate_reproduces_the_logged_test_metrics(trained, config_file, capsys) -> None:
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(trained), "--config", str(config_file)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics == json.loads((trained / "results.json").read_text())["test"]
+
+
+def test_predict_from_a_dataset_and_from_files(trained, config_file, tmp_path) -> None:
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained),
+                "--config",
+                str(config_file),
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert rows and {"index", "row", "prediction", "probabilities"} <= set(rows[0])
+    assert abs(sum(json.loads(rows[0]["probabilities"])) - 1) < 1e-4
+    (tmp_path / "texts.txt").write_text("the velno quiet words\nanother line here\n")
+    with open(tmp_path / "table.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tab_0", "tab_1", "tab_2", "tab_3", "tab_channel"])
+        writer.writerow([0.1, 0.2, "", 0.4, "web"])
+    out = tmp_path / "p.jsonl"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained),
+                "--files",
+                str(tmp_path / "texts.txt"),
+                str(tmp_path / "table.csv"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and all(0 <= r["prediction"] < 4 for r in records)
+
+
+def test_transfer_prints_the_table_and_writes_the_report(config_file, tmp_path, capsys) -> None:
+    assert (
+        main(
+            [
+                "transfer",
+                "--config",
+                str(config_file),
+                "--output-dir",
+                str(tmp_path),
+                "train.epochs=1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    for column in ("source accuracy", "zero-shot", "adapted", "scratch", "forgetting"):
+        assert column in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["source_domains"] == ["d0"] and list(report["targets"]) == ["d1"]
+    target = report["targets"]["d1"]
+    assert target["transfer_gain"] == pytest.approx(target["adapted"] - target["scratch"])
+    assert target["forgetting"] == pytest.approx(report["source"] - target["source_after"])
+    assert target["adapt_samples"] == 3 * 4  # k_shot 3 per class, 4 classes
+    assert set(report["stage_seconds"]) == {
+        "load",
+        "source_train",
+        "zero_shot_eval",
+        "adapt",
+        "scratch",
+    }
