@@ -12,9 +12,15 @@ from pathlib import Path
 
 import torch
 
-from multimodal.speed import feature_cache_speedup, fit_vs_raw_loop, moe_scaling
+from multimodal.speed import (
+    feature_cache_speedup,
+    fit_vs_raw_loop,
+    fusion_throughput,
+    model_throughput,
+    moe_scaling,
+)
 
-SECTIONS = ("moe", "fit", "cache")
+SECTIONS = ("fusions", "models", "moe", "fit", "cache")
 QUICK = str(Path(__file__).parent / "configs" / "synthetic_quick.yaml")
 
 
@@ -34,6 +40,38 @@ def main() -> None:
         "cpu": platform.processor(),
         "threads": torch.get_num_threads(),
     }
+
+    def table(rows: list[dict], title: str) -> None:
+        print(title)
+        print(
+            f"{'fusion':<18} {'params':>12} {'train samples/s':>16} {'infer samples/s':>16} {'peak MB':>9}"
+        )
+        for r in rows:
+            print(
+                f"{r['fusion']:<18} {r['params']:>12,} {r['train_samples_per_s']:>16.1f} {r['infer_samples_per_s']:>16.1f} {r['peak_memory_mb']:>9.0f}"
+            )
+
+    if "fusions" in sections:
+        rows = fusion_throughput(device=device)
+        results["fusions"] = rows
+        table(
+            rows, f"fusion modules alone, batch {rows[0]['batch']}, encoder-sized tokens ({device})"
+        )
+        print()
+
+    if "models" in sections:
+        r = model_throughput(device=device)
+        results["models"] = r
+        size = (
+            "realistic encoder sizes (BERT-base, ViT-S/16, CNN10 on 10 s audio)"
+            if r["realistic"]
+            else "synthetic-quick encoder sizes"
+        )
+        table(
+            r["rows"],
+            f"whole model, {size}, {r['precision']}, batch {r['rows'][0]['batch']} ({device})",
+        )
+        print()
 
     if "moe" in sections:
         rows = moe_scaling(repeats=args.repeats, device=device)

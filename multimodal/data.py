@@ -43,6 +43,8 @@ class DatasetSpec:
     streaming: bool = False
     columns: dict[str, str | list[str]] = field(default_factory=dict)
     label: str = "label"
+    label_names: list[str] | None = None  # string labels -> ids by position
+    other_labels: str = "raise"  # raise | drop: rows whose label is not in label_names
     task: str = "classification"
     domain: str | None = "domain"
     domains: dict[str, dict[str, Any]] | None = None
@@ -138,7 +140,35 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
         dsd = make_splits(dsd, spec.seed, spec.validation_fraction, spec.test_fraction)
     wanted = [c for cols in spec.column_of().values() for c in cols] + [spec.label, "domain"]
     _check_columns(dsd, wanted, "spec")
+    if spec.label_names:
+        dsd = _encode_labels(dsd, spec)
     return dsd
+
+
+def _encode_labels(dsd: datasets.DatasetDict, spec: DatasetSpec) -> datasets.DatasetDict:
+    """Map string labels to class ids in ``label_names`` order; others raise or are dropped."""
+    names = list(spec.label_names or [])
+    known = set(names)
+    out = {}
+    for split, ds in dsd.items():
+        labels = ds[spec.label]
+        bad = [i for i, v in enumerate(labels) if v not in known]
+        if bad and spec.other_labels != "drop":
+            raise ValueError(
+                f"split {split!r}, row {bad[0]}, column {spec.label!r}: label {labels[bad[0]]!r} is not one of "
+                f"{names} ({len(bad)} such rows; set other_labels: drop to skip them)"
+            )
+        if bad:
+            logger.warning(
+                "split %r: dropped %d rows whose %r is not in label_names",
+                split,
+                len(bad),
+                spec.label,
+            )
+            bad_set = set(bad)
+            ds = ds.select([i for i in range(len(ds)) if i not in bad_set])
+        out[split] = ds.cast_column(spec.label, datasets.ClassLabel(names=names))
+    return datasets.DatasetDict(out)
 
 
 def _check_columns(dsd: datasets.DatasetDict, wanted: Sequence[str], what: str) -> None:

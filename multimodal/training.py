@@ -331,9 +331,13 @@ def fit(
     metric = cfg.metric or ("rmse" if task == "regression" else "accuracy")
     mode = METRIC_MODES.get(metric, "max")
     counts = apply_strategy(model, cfg.strategy, cfg.top_k, cfg.lora)
-    accelerator.print(
-        f"strategy {cfg.strategy}: {counts['trainable']:,} of {counts['total']:,} parameters trainable"
-    )
+    if accelerator.is_main_process:
+        logger.info(
+            "strategy %s: %s of %s parameters trainable",
+            cfg.strategy,
+            f"{counts['trainable']:,}",
+            f"{counts['total']:,}",
+        )
     frozen = frozen_encoders(model)
     domains = sorted(
         set(data.train["domain"])
@@ -428,6 +432,14 @@ def fit(
         open(run_dir / "metrics.jsonl", "a") if (run_dir and accelerator.is_main_process) else None
     )  # noqa: SIM115
     history: list[dict[str, Any]] = state["history"]
+    if log_file is not None and state["step"] == 0:
+        counts_record = {
+            "step": 0,
+            "strategy": cfg.strategy,
+            "trainable_parameters": counts["trainable"],
+            "total_parameters": counts["total"],
+        }
+        log_file.write(json.dumps(counts_record) + "\n")
 
     def log(record: dict[str, Any]) -> None:
         if log_file is not None:

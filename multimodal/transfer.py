@@ -92,6 +92,18 @@ def transfer(config: Mapping[str, Any]) -> TransferReport:
     defaults are ``transfer.adapt`` = {strategy: head, epochs: 20} and
     ``transfer.scratch`` = {strategy: full, epochs: 20}, on top of ``train``.
     """
+    strategy = ((config.get("transfer") or {}).get("adapt") or {}).get(
+        "strategy", ADAPT_DEFAULTS["strategy"]
+    )
+    return transfer_strategies(config, [strategy])[strategy]
+
+
+def transfer_strategies(
+    config: Mapping[str, Any], strategies: list[str]
+) -> dict[str, TransferReport]:
+    """``transfer`` for several adaptation strategies at once: the source model, the
+    zero-shot evaluation and the scratch baseline do not depend on the strategy, so they
+    are computed once and shared by the reports."""
     config = copy.deepcopy(dict(config))
     validate(config)
     settings = dict(config.get("transfer") or {})
@@ -107,15 +119,14 @@ def transfer(config: Mapping[str, Any]) -> TransferReport:
     targets = list(settings.get("target") or [d for d in domains if d not in sources])
     if not targets:
         raise ValueError(f"no target domain: the data has {domains}, the source is {sources}")
-    split = {s: {d: select_domains(dsd[s], d) for d in domains} for s in dsd}
+    split = {s: {d: select_domains(dsd[s], d) for d in targets} for s in dsd}
     src = {s: select_domains(dsd[s], sources) for s in dsd}
     times["load"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     model = build_model(model_config(config), _rows(src["train"], spec), seed=seed)
     source_cfg = train_config(config, output_dir=str(out / "source") if out else None, seed=seed)
-    result = fit(model, FitData(spec, src["train"], src["validation"]), source_cfg)
-    metric = result.metric
+    metric = fit(model, FitData(spec, src["train"], src["validation"]), source_cfg).metric
     times["source_train"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -124,44 +135,47 @@ def transfer(config: Mapping[str, Any]) -> TransferReport:
     zero_shot = {t: evaluate(model, split["test"][t], spec, batch)[metric] for t in targets}
     times["zero_shot_eval"] = time.perf_counter() - tick
 
-    results: dict[str, TargetResult] = {}
-    times["adapt"] = times["scratch"] = 0.0
+    shots = {t: _adapt_sample(split["train"][t], settings, seed, spec.label) for t in targets}
+    scratch_scores: dict[str, float] = {}
+    tick = time.perf_counter()
     for t in targets:
-        shots = _adapt_sample(split["train"][t], settings, seed, spec.label)
-        tick = time.perf_counter()
-        adapted: MultimodalModel = copy.deepcopy(model)
-        adapt_cfg = train_config(
-            config,
-            **{**ADAPT_DEFAULTS, **(settings.get("adapt") or {})},
-            output_dir=str(out / f"adapt-{t}") if out else None,
-            seed=seed,
-        )
-        fit(adapted, FitData(spec, shots), adapt_cfg)
-        adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
-        source_after = evaluate(adapted, src["test"], spec, batch)[metric]
-        times["adapt"] += time.perf_counter() - tick
+        scratch = build_model(model_config(config), _rows(shots[t], spec), seed=seed)
+        scratch_cfg = train_config(config, **{**SCRATCH_DEFAULTS, **(settings.get("scratch") or {})},
+                                   output_dir=str(out / f"scratch-{t}") if out else None, seed=seed)  # fmt: skip
+        fit(scratch, FitData(spec, shots[t]), scratch_cfg)
+        scratch_scores[t] = evaluate(scratch, split["test"][t], spec, batch)[metric]
+    times["scratch"] = time.perf_counter() - tick
 
+    reports: dict[str, TransferReport] = {}
+    for strategy in strategies:
+        results: dict[str, TargetResult] = {}
         tick = time.perf_counter()
-        scratch = build_model(model_config(config), _rows(shots, spec), seed=seed)
-        scratch_cfg = train_config(
-            config,
-            **{**SCRATCH_DEFAULTS, **(settings.get("scratch") or {})},
-            output_dir=str(out / f"scratch-{t}") if out else None,
-            seed=seed,
-        )
-        fit(scratch, FitData(spec, shots), scratch_cfg)
-        scratch_score = evaluate(scratch, split["test"][t], spec, batch)[metric]
-        times["scratch"] += time.perf_counter() - tick
-
-        results[t] = TargetResult(
-            zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_score, source_after=source_after,
-            forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_score, adapt_samples=len(shots),
+        for t in targets:
+            adapted: MultimodalModel = copy.deepcopy(model)
+            adapt = {**ADAPT_DEFAULTS, **(settings.get("adapt") or {}), "strategy": strategy}
+            adapt_cfg = train_config(
+                config,
+                **adapt,
+                output_dir=str(out / f"adapt-{strategy}-{t}") if out else None,
+                seed=seed,
+            )
+            fit(adapted, FitData(spec, shots[t]), adapt_cfg)
+            adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
+            source_after = evaluate(adapted, src["test"], spec, batch)[metric]
+            results[t] = TargetResult(
+                zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_scores[t], source_after=source_after,
+                forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_scores[t],
+                adapt_samples=len(shots[t]),
+            )  # fmt: skip
+        stage_times = {**times, "adapt": time.perf_counter() - tick}
+        run_config = copy.deepcopy(config)
+        run_config.setdefault("transfer", {}).setdefault("adapt", {})["strategy"] = strategy
+        reports[strategy] = TransferReport(
+            metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
+            stage_seconds=stage_times, k_shot=None if settings.get("target_fraction") else int(settings.get("k_shot", 10)),
+            seed=seed, config_hash=config_hash(run_config), config=run_config,
         )  # fmt: skip
-    report = TransferReport(
-        metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
-        stage_seconds=times, k_shot=None if settings.get("target_fraction") else int(settings.get("k_shot", 10)),
-        seed=seed, config_hash=config_hash(config), config=config,
-    )  # fmt: skip
-    if out is not None:
-        report.to_json(out / "report.json")
-    return report
+        if out is not None:
+            name = "report.json" if len(strategies) == 1 else f"report-{strategy}.json"
+            reports[strategy].to_json(out / name)
+    return reports

@@ -1,0 +1,98 @@
+"""Summary statistics on hand-made numbers, and resume logic with a stub runner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from multimodal.bench import (
+    Suite,
+    mean_ci,
+    paired_comparison,
+    plan,
+    run_benchmark,
+    summarize,
+    summary_table,
+    write_results,
+)
+
+
+def test_mean_ci_by_hand() -> None:
+    stat = mean_ci([1.0, 2.0, 3.0])
+    # t(0.975, df=2) = 4.3027; sd = 1; half-width = 4.3027 / sqrt(3)
+    assert stat["mean"] == pytest.approx(2.0)
+    assert stat["ci"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert math.isnan(mean_ci([0.5])["ci"]) and mean_ci([0.5])["mean"] == 0.5
+
+
+def test_paired_comparison_by_hand() -> None:
+    # differences 1, 1, 2: mean 4/3, sd 1/sqrt(3), t = (4/3) / (1/3) = 4 on 2 df -> p = 0.05719
+    out = paired_comparison([1.0, 2.0, 3.0], [0.0, 1.0, 1.0])
+    assert out["mean"] == pytest.approx(4 / 3)
+    assert out["ci"] == pytest.approx(4.302653 * (1 / math.sqrt(3)) / math.sqrt(3), rel=1e-5)
+    assert out["p_value"] == pytest.approx(0.05719, abs=1e-4)
+    assert paired_comparison([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for fusion, bonus in (("concat", 0.0), ("moe", 0.1)):
+        for seed in range(3):
+            for target, shift in (("t1", 0.0), ("t2", 0.2)):
+                adapted = 0.5 + bonus + 0.01 * seed - shift
+                rows.append({"suite": "s", "source_domains": "s", "target": target, "k_shot": 2, "fusion": fusion, "strategy": "head",
+                             "seed": seed, "metric": "accuracy", "source": 0.9, "zero_shot": 0.4, "adapted": adapted, "scratch": 0.3,
+                             "transfer_gain": adapted - 0.3, "forgetting": 0.1, "adapt_samples": 8, "config_hash": "x", "wall_s": 1.0})  # fmt: skip
+    return rows
+
+
+def test_summarize_means_cis_overall_and_paired() -> None:
+    summary = summarize(_rows())
+    by = {(e["fusion"], e["target"]): e for e in summary}
+    assert set(by) == {(f, t) for f in ("concat", "moe") for t in ("t1", "t2", "all")}
+    assert by[("concat", "t1")]["adapted"]["mean"] == pytest.approx(0.51)
+    assert by[("concat", "all")]["adapted"]["mean"] == pytest.approx(0.41)  # mean of 0.51 and 0.31
+    assert by[("concat", "t1")]["adapted"]["ci"] == pytest.approx(
+        4.302653 * 0.01 / math.sqrt(3), rel=1e-4
+    )
+    cmp = by[("moe", "t2")]["adapted_vs_concat"]
+    assert cmp["mean"] == pytest.approx(0.1) and cmp["ci"] == pytest.approx(0.0, abs=1e-12)
+    assert "adapted_vs_concat" not in by[("concat", "t1")]
+    table = summary_table(summary)
+    assert "0.510 ± 0.025" in table and "| moe | head | all |" in table
+
+
+def test_write_results_files(tmp_path) -> None:
+    rows = _rows()
+    paths = write_results(rows, summarize(rows), tmp_path, header="# test")
+    assert {p.name for p in paths.values()} == {
+        "results.csv",
+        "summary.json",
+        "summary.md",
+        "bars.png",
+        "heatmap.png",
+    }
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == len(rows) + 1
+    assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_skips_finished_runs(tmp_path) -> None:
+    suite = Suite(name="stub", base={"data": {"path": "synthetic"}}, fusions=["concat", "moe"], strategies=["head"], seeds=2,
+                  pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[2])  # fmt: skip
+    calls = []
+
+    def stub(config, strategies):
+        calls.append(config["fusion"]["name"])
+        report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.9, "config_hash": "h", "stage_seconds": {"all": 1.0},
+                  "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5, "transfer_gain": 0.1, "forgetting": 0.0,
+                                     "adapt_samples": 8, "source_after": 0.9}}}  # fmt: skip
+        return {s: report for s in strategies}
+
+    assert len(plan(suite, suite.fusions, 2)) == 4
+    rows = run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
+    assert len(calls) == 4 and len(rows) == 4
+    rows = run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
+    assert len(calls) == 4 and len(rows) == 4, "a second run skips every finished unit"
+    run_benchmark(suite, tmp_path, fusions=["moe"], seeds=3, run_unit=stub, progress=False)
+    assert calls[4:] == ["moe"], "only the new seed of the slice runs"
