@@ -4,9 +4,9 @@ and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plot
     python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe]
         [--strategy head,full] [--seeds N] [--out DIR]
 
-With no arguments: the synthetic-quick suite and its default fusions. Runs already in
---out are skipped, so an interrupted benchmark resumes and a finished one only rewrites
-the summary.
+With no arguments: the synthetic-quick suite and its default fusions, written to
+runs/benchmarks/synthetic-quick. Runs already in --out are skipped, so an interrupted
+benchmark resumes and a finished one only rewrites the summary.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     suite = load_suite(_suite_path(args.suite))
-    out = args.out or Path(__file__).parent / "results" / suite.name
+    out = args.out or Path("runs") / "benchmarks" / suite.name
     fusions = args.fusion.split(",") if args.fusion else None
     strategies = args.strategy.split(",") if args.strategy else None
     start = time.perf_counter()
