@@ -315,6 +315,7 @@ def fit(
     use_tb = False
     if run_dir is not None and cfg.tensorboard:
         use_tb = importlib_available("tensorboard")
+    _allow_precision(cfg.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -584,6 +585,19 @@ def fit(
         train_steps_per_s=steps_run / train_time if train_time > 0 else 0.0, epoch_seconds=epoch_seconds,
         used_feature_cache=use_cache, run_dir=str(run_dir) if run_dir else None,
     )  # fmt: skip
+
+
+def _allow_precision(mixed_precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second precision; fits in
+    one process (transfer stages, notebooks) may differ, so reset that state (not the
+    distributed one) when the precision changes."""
+    from accelerate.state import AcceleratorState
+
+    if (
+        AcceleratorState._shared_state
+        and str(AcceleratorState._shared_state.get("_mixed_precision")) != mixed_precision
+    ):
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _keep_frozen_in_eval(model: Any, frozen: list[str]) -> None:

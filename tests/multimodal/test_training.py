@@ -227,3 +227,8 @@ def test_two_process_ddp_matches_one_process(tmp_path) -> None:
     assert json.loads((tmp_path / "two" / "environment.json").read_text())["processes"] == 2
     assert b["test"]["accuracy"] == pytest.approx(a["test"]["accuracy"], abs=1e-4)
     assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)
+
+
+def test_bf16_mixed_precision_on_cpu_stays_finite(setup) -> None:
+    _, result = _fit(setup, epochs=1, mixed_precision="bf16")
+    assert all(math.isfinite(h["eval_loss"]) for h in result.history)
