@@ -83,11 +83,20 @@ class PooledConcat(nn.Module):
     """
 
     def __init__(
-        self, modalities: list[str], in_dim: int, dim: int, hidden_dim: int, dropout: float
+        self,
+        modalities: list[str],
+        in_dim: int,
+        dim: int,
+        hidden_dim: int,
+        dropout: float,
+        learn_missing: bool = True,
     ) -> None:
         super().__init__()
         self.modalities = modalities
-        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(in_dim)) for m in modalities})
+        # learn_missing=False: the inputs already stand in for absent modalities.
+        self.missing = nn.ParameterDict(
+            {m: nn.Parameter(torch.zeros(in_dim), requires_grad=learn_missing) for m in modalities}
+        )
         self.mlp = nn.Sequential(
             nn.LayerNorm(in_dim * len(modalities)),
             nn.Linear(in_dim * len(modalities), hidden_dim),

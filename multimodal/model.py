@@ -110,7 +110,16 @@ class MultimodalModel(nn.Module):
         else:
             tokens, masks = self.encode(batch)
         fused = self.fusion(tokens, masks)
-        logits = self.head(fused.fused)
+        if getattr(self.fusion, "combines_logits", False):
+            # Late fusion: the head decides per modality; the decisions are weighted.
+            per_modality = torch.stack(
+                [self.head(v) for v in fused.info["modality_vectors"].values()], dim=1
+            )  # B x M x C
+            logits = torch.einsum(
+                "bm,bmc->bc", fused.info["modality_weights"].to(per_modality.dtype), per_modality
+            )
+        else:
+            logits = self.head(fused.fused)
         loss = None
         if batch.get("labels") is not None:
             loss = self.head.loss(logits, batch["labels"])

@@ -9,7 +9,12 @@ import fusion
 from tests.conftest import assert_all_parameters_have_grad
 
 DIMS = {"audio": 6, "image": 10, "text": 8}
-SMALL = {"cross_attention": {"num_heads": 2}, "moe": {"num_experts": 4}}
+SMALL = {
+    "cross_attention": {"num_heads": 2},
+    "moe": {"num_experts": 4},
+    "bottleneck": {"num_heads": 2},
+    "transformer": {"num_heads": 2},
+}
 
 
 def make(name: str) -> torch.nn.Module:
