@@ -1,4 +1,4 @@
-"""Mixture-of-experts fusion: the fused vector is routed to top-k of many expert MLPs."""
+"""Mixture-of-experts fusion: fused vectors (or modality tokens) routed to a few of many expert MLPs."""
 
 from __future__ import annotations
 
@@ -20,15 +20,17 @@ class MoEOutput(NamedTuple):
     z_loss: torch.Tensor  # scalar
     dispatch: torch.Tensor  # N x E, 1 where a token was processed by an expert
     probs: torch.Tensor  # N x E router probabilities
-    dropped: torch.Tensor  # scalar, fraction of assignments over capacity
+    dropped: torch.Tensor  # scalar: assignments over capacity, or tokens no expert chose
 
 
 class SparseMoE(nn.Module):
-    """Top-k routed expert MLPs with a capacity limit.
+    """Routed expert MLPs with a capacity limit.
 
-    Noisy top-k gating (Shazeer et al., 2017) in training; capacity and top-1-first
-    priority as in GShard (Lepikhin et al., 2021); load-balancing loss as in Switch
-    (Fedus et al., 2022) and router z-loss as in ST-MoE (Zoph et al., 2022).
+    Noisy gating (Shazeer et al., 2017) in training; load-balancing loss as in Switch
+    (Fedus et al., 2022) and router z-loss as in ST-MoE (Zoph et al., 2022). Routing:
+    ``token_choice``, each token picks its top-k experts and first choices take the
+    capacity first (GShard, Lepikhin et al., 2021); or ``expert_choice``, each expert picks
+    its top tokens (Zhou et al., 2022), which balances load exactly.
 
     Dispatch is sparse: tokens are scattered into an [E, capacity, D] buffer with
     capacity = ceil(capacity_factor * k * N / E), so expert compute is about
@@ -46,11 +48,14 @@ class SparseMoE(nn.Module):
         capacity_factor: float = 1.25,
         eval_capacity_factor: float = 2.0,
         noisy_gating: bool = True,
+        routing: str = "token_choice",
     ) -> None:
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
-        self.num_experts, self.top_k = num_experts, top_k
+        if routing not in ("token_choice", "expert_choice"):
+            raise ValueError(f"routing must be 'token_choice' or 'expert_choice', got {routing!r}")
+        self.num_experts, self.top_k, self.routing = num_experts, top_k, routing
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.router = nn.Linear(dim, num_experts, bias=False)
         self.noise = nn.Linear(dim, num_experts, bias=False) if noisy_gating else None
@@ -64,29 +69,24 @@ class SparseMoE(nn.Module):
         if self.noise is not None:
             nn.init.zeros_(self.noise.weight)
 
-    def forward(self, x: torch.Tensor) -> MoEOutput:
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> MoEOutput:
+        """x: [N, D]; token_mask: [N] bool, False for tokens that must not be dispatched."""
         n, d = x.shape
-        e, k = self.num_experts, self.top_k
+        e = self.num_experts
+        valid = (
+            token_mask
+            if token_mask is not None
+            else torch.ones(n, dtype=torch.bool, device=x.device)
+        )
+        n_valid = max(int(valid.sum()), 1)
         logits = self.router(x).float()  # N x E; routing in float32 for stability
         if self.training and self.noise is not None:
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x).float())
         probs = logits.softmax(dim=-1)
-        gates, experts = probs.topk(k, dim=-1)  # N x k
-        gates = gates / gates.sum(dim=-1, keepdim=True)
-
-        # Rank-major order gives every token's first choice priority over second choices.
-        expert_flat = experts.t().reshape(-1)  # kN
-        token_flat = torch.arange(n, device=x.device).repeat(k)
-        gate_flat = gates.t().reshape(-1)
-        order = torch.argsort(expert_flat, stable=True)
-        counts = torch.bincount(expert_flat, minlength=e)
-        starts = counts.cumsum(0) - counts
-        position = torch.empty_like(expert_flat)
-        position[order] = torch.arange(k * n, device=x.device) - starts[expert_flat[order]]
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        capacity = max(1, math.ceil(factor * k * n / e))
-        keep = position < capacity
-        ex, pos, tok, gate = expert_flat[keep], position[keep], token_flat[keep], gate_flat[keep]
+        capacity = max(1, math.ceil(factor * self.top_k * n_valid / e))
+        choose = self._token_choice if self.routing == "token_choice" else self._expert_choice
+        ex, pos, tok, gate, dropped = choose(probs, valid, capacity)
 
         buffer = x.new_zeros(e, capacity, d)
         buffer[ex, pos] = x[tok]  # E x C x D
@@ -94,26 +94,75 @@ class SparseMoE(nn.Module):
         expert_out = torch.baddbmm(self.b2, hidden, self.w2)  # E x C x D
         out = x.new_zeros(n, d).index_add(0, tok, expert_out[ex, pos] * gate[:, None].to(x.dtype))
 
-        top1_fraction = torch.bincount(experts[:, 0], minlength=e).float() / n
-        balance_loss = e * (top1_fraction * probs.mean(dim=0)).sum()
-        z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
+        p, lg = probs[valid], logits[valid]
+        top1_fraction = torch.bincount(p.argmax(-1), minlength=e).float() / n_valid
+        balance_loss = e * (top1_fraction * p.mean(dim=0)).sum() if len(p) else probs.sum() * 0
+        z_loss = torch.logsumexp(lg, dim=-1).pow(2).mean() if len(p) else logits.sum() * 0
         dispatch = torch.zeros(n, e, device=x.device)
         dispatch[tok, ex] = 1.0
-        dropped = 1.0 - keep.float().mean()
         return MoEOutput(out, balance_loss, z_loss, dispatch, probs, dropped)
+
+    def _token_choice(
+        self, probs: torch.Tensor, valid: torch.Tensor, capacity: int
+    ) -> tuple[torch.Tensor, ...]:
+        n, e, k = probs.shape[0], self.num_experts, self.top_k
+        gates, experts = probs.topk(k, dim=-1)  # N x k
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+        # Rank-major order gives every token's first choice priority over second choices.
+        expert_flat = experts.t().reshape(-1)  # kN
+        token_flat = torch.arange(n, device=probs.device).repeat(k)
+        gate_flat = gates.t().reshape(-1)
+        wanted = valid.repeat(k)
+        expert_flat = torch.where(
+            wanted, expert_flat, torch.full_like(expert_flat, e)
+        )  # masked -> virtual expert e
+        order = torch.argsort(expert_flat, stable=True)
+        counts = torch.bincount(expert_flat, minlength=e + 1)
+        starts = counts.cumsum(0) - counts
+        position = torch.empty_like(expert_flat)
+        position[order] = torch.arange(k * n, device=probs.device) - starts[expert_flat[order]]
+        keep = wanted & (position < capacity)
+        dropped = 1.0 - keep.float().sum() / wanted.float().sum().clamp(min=1.0)
+        return expert_flat[keep], position[keep], token_flat[keep], gate_flat[keep], dropped
+
+    def _expert_choice(
+        self, probs: torch.Tensor, valid: torch.Tensor, capacity: int
+    ) -> tuple[torch.Tensor, ...]:
+        capacity = min(capacity, max(int(valid.sum()), 1))
+        scores = probs.masked_fill(
+            ~valid[:, None], -1.0
+        ).t()  # E x N; masked tokens are never picked
+        gate, tok = scores.topk(capacity, dim=-1)  # E x C
+        ex = torch.arange(self.num_experts, device=probs.device)[:, None].expand_as(tok)
+        pos = torch.arange(capacity, device=probs.device)[None, :].expand_as(tok)
+        keep = (gate >= 0).reshape(-1)
+        chosen = torch.zeros_like(valid)
+        chosen[tok.reshape(-1)[keep]] = True
+        dropped = 1.0 - (chosen & valid).float().sum() / valid.float().sum().clamp(min=1.0)
+        return (
+            ex.reshape(-1)[keep],
+            pos.reshape(-1)[keep],
+            tok.reshape(-1)[keep],
+            gate.reshape(-1)[keep],
+            dropped,
+        )
 
 
 @register_fusion("moe")
 class MoEFusion(Fusion):
-    """Concatenation fusion followed by a residual sparse mixture-of-experts layer.
+    """Concatenation fusion with a residual sparse mixture-of-experts layer.
 
-    tokens {m: [B, T_m, D_m]} -> masked mean + Linear -> concat -> MLP -> h [B, dim]
-    -> fused = h + MoE(LayerNorm(h)) [B, dim]. aux_loss = balance_coef * load-balancing
-    loss + z_loss_coef * router z-loss.
+    route="fused" (default): tokens {m: [B, T_m, D_m]} -> masked mean + Linear -> concat ->
+    MLP -> h [B, dim] -> fused = h + MoE(LayerNorm(h)) [B, dim].
+    route="modality": one token per modality and sample (its pooled vector + a modality
+    embedding) goes through the shared experts ([B*M, dim], absent ones not dispatched),
+    then the modality tokens are concatenated and mapped to [B, dim].
+    routing: "token_choice" (top-k experts per token) or "expert_choice" (top tokens per expert).
+    aux_loss = balance_coef * load-balancing loss + z_loss_coef * router z-loss.
 
-    info: ``expert_load`` [E], the share of routed samples each expert processed;
-    ``expert_load_per_modality`` {m: [E]}, the same over the samples where m is present;
-    ``dropped_fraction``, the share of assignments over capacity.
+    info: ``expert_load`` [E], the share of routed tokens each expert processed;
+    ``expert_load_per_modality`` {m: [E]}: over the samples where m is present (fused) or
+    over m's own tokens (modality); ``dropped_fraction``.
     """
 
     def __init__(
@@ -129,35 +178,63 @@ class MoEFusion(Fusion):
         balance_coef: float = 1e-2,
         z_loss_coef: float = 1e-3,
         dropout: float = 0.1,
+        route: str = "fused",
+        routing: str = "token_choice",
     ) -> None:
         super().__init__(modality_dims, dim)
+        if route not in ("fused", "modality"):
+            raise ValueError(f"route must be 'fused' or 'modality', got {route!r}")
+        self.route = route
         self.balance_coef, self.z_loss_coef = balance_coef, z_loss_coef
         self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.modality_dims.items()})
         self.combine = PooledConcat(self.modalities, dim, dim, 2 * dim, dropout)
         self.norm = nn.LayerNorm(dim)
         self.moe = SparseMoE(
             dim, expert_hidden_dim or 2 * dim, num_experts, top_k,
-            capacity_factor, eval_capacity_factor, noisy_gating,
+            capacity_factor, eval_capacity_factor, noisy_gating, routing,
         )  # fmt: skip
+        self.modality_embedding = (
+            nn.ParameterDict({m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.modalities})
+            if route == "modality"
+            else None
+        )
 
     def forward(
         self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
     ) -> FusionOutput:
-        self.check_inputs(tokens, masks)
+        batch = self.check_inputs(tokens, masks)
         present = presence(masks)
         pooled = {m: self.project[m](masked_mean(tokens[m], masks[m])) for m in self.modalities}
-        h = self.combine(pooled, present)  # B x dim
-        routed = self.moe(self.norm(h))
+        if self.route == "fused":
+            h = self.combine(pooled, present)  # B x dim
+            routed = self.moe(self.norm(h))
+            fused = h + routed.out
+            load_rows = {m: routed.dispatch.detach()[present[m]] for m in self.modalities}
+        else:
+            x = torch.stack(
+                [pooled[m] + self.modality_embedding[m] for m in self.modalities], dim=1
+            )  # B x M x dim
+            flat_present = torch.stack([present[m] for m in self.modalities], dim=1).reshape(
+                -1
+            )  # BM
+            routed = self.moe(self.norm(x.reshape(-1, self.dim)), token_mask=flat_present)
+            x = (x.reshape(-1, self.dim) + routed.out).reshape(
+                batch, len(self.modalities), self.dim
+            )
+            fused = self.combine({m: x[:, i] for i, m in enumerate(self.modalities)}, present)
+            dispatch = routed.dispatch.detach().reshape(
+                batch, len(self.modalities), -1
+            )  # B x M x E
+            load_rows = {m: dispatch[:, i][present[m]] for i, m in enumerate(self.modalities)}
         aux = self.balance_coef * routed.balance_loss + self.z_loss_coef * routed.z_loss
         load = routed.dispatch.detach()
         info = {
             "expert_load": load.sum(0) / load.sum().clamp(min=1.0),
             "expert_load_per_modality": {
-                m: load[present[m]].sum(0) / load[present[m]].sum().clamp(min=1.0)
-                for m in self.modalities
+                m: rows.sum(0) / rows.sum().clamp(min=1.0) for m, rows in load_rows.items()
             },
             "dropped_fraction": routed.dropped.detach(),
             "balance_loss": routed.balance_loss.detach(),
             "z_loss": routed.z_loss.detach(),
         }
-        return FusionOutput(h + routed.out, aux, info)
+        return FusionOutput(fused, aux, info)

@@ -62,3 +62,41 @@ def test_coefficients_scale_aux_loss() -> None:
 def test_bad_top_k() -> None:
     with pytest.raises(ValueError, match="top_k"):
         fusion.create_fusion("moe", {"a": 4}, 8, num_experts=2, top_k=3)
+
+
+def test_expert_choice_balances_load_exactly() -> None:
+    moe = SparseMoE(
+        dim=8,
+        hidden_dim=16,
+        num_experts=4,
+        top_k=2,
+        capacity_factor=1.0,
+        noisy_gating=False,
+        routing="expert_choice",
+    )
+    torch.nn.init.normal_(moe.router.weight)
+    out = moe.train()(torch.randn(16, 8))
+    assert out.dispatch.sum(0).tolist() == [8.0] * 4  # capacity = 1.0 * 2 * 16 / 4 per expert
+
+
+def test_masked_tokens_are_never_dispatched() -> None:
+    for routing in ("token_choice", "expert_choice"):
+        moe = SparseMoE(dim=8, hidden_dim=16, num_experts=4, noisy_gating=False, routing=routing)
+        mask = torch.tensor([True, False, True, False])
+        out = moe(torch.randn(4, 8), token_mask=mask)
+        assert out.dispatch[~mask].sum() == 0 and torch.equal(out.out[~mask], torch.zeros(2, 8))
+
+
+@pytest.mark.parametrize("routing", ["token_choice", "expert_choice"])
+def test_modality_routing_reports_each_modality_s_own_tokens(routing: str) -> None:
+    f = fusion.create_fusion(
+        "moe", {"a": 4, "b": 4}, 8, num_experts=4, route="modality", routing=routing
+    )
+    t = {"a": torch.randn(6, 2, 4), "b": torch.randn(6, 1, 4)}
+    k = {"a": torch.ones(6, 2, dtype=torch.bool), "b": torch.tensor([[True]] * 3 + [[False]] * 3)}
+    out = f(t, k)
+    assert out.fused.shape == (6, 8) and torch.isfinite(out.fused).all()
+    for m in ("a", "b"):
+        assert out.info["expert_load_per_modality"][m].sum().item() == pytest.approx(1.0)
+    (out.fused.sum() + out.aux_loss).backward()
+    assert f.modality_embedding["a"].grad is not None
