@@ -1,7 +1,7 @@
 """Compare fusion modules on a cross-domain suite: transfer runs over fusions, strategies
 and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plots.
 
-    python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe]
+    python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe|all]
         [--strategy head,full] [--seeds N] [--out DIR]
 
 With no arguments: the synthetic-quick suite and its default fusions, written to
@@ -40,7 +40,10 @@ def main() -> None:
         default="synthetic-quick",
         help="a suite name in benchmarks/suites or a YAML path",
     )
-    parser.add_argument("--fusion", help="comma-separated fusions (default: the suite's list)")
+    parser.add_argument(
+        "--fusion",
+        help="comma-separated fusions, or 'all' for every registered one (default: the suite's list)",
+    )
     parser.add_argument(
         "--strategy", help="comma-separated adaptation strategies (default: the suite's list)"
     )
@@ -61,7 +64,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     suite = load_suite(_suite_path(args.suite))
     out = args.out or Path("runs") / "benchmarks" / suite.name
-    fusions = args.fusion.split(",") if args.fusion else None
+    from fusion import list_fusions
+
+    fusions = (
+        list_fusions()
+        if args.fusion == "all"
+        else (args.fusion.split(",") if args.fusion else None)
+    )
     strategies = args.strategy.split(",") if args.strategy else None
     start = time.perf_counter()
     rows = run_benchmark(suite, out, fusions, strategies, args.seeds, progress=not args.quiet)

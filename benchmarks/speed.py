@@ -44,11 +44,13 @@ def main() -> None:
     def table(rows: list[dict], title: str) -> None:
         print(title)
         print(
-            f"{'fusion':<18} {'params':>12} {'train samples/s':>16} {'infer samples/s':>16} {'peak MB':>9}"
+            f"{'fusion':<18} {'params':>12} {'GFLOP/sample':>13} {'train samples/s':>16} {'infer samples/s':>16} {'peak MB':>9}"
         )
         for r in rows:
+            flops = f"{r['gflops_per_sample']:.4f}" if "gflops_per_sample" in r else "-"
             print(
-                f"{r['fusion']:<18} {r['params']:>12,} {r['train_samples_per_s']:>16.1f} {r['infer_samples_per_s']:>16.1f} {r['peak_memory_mb']:>9.0f}"
+                f"{r['fusion']:<18} {r['params']:>12,} {flops:>13} {r['train_samples_per_s']:>16.1f} "
+                f"{r['infer_samples_per_s']:>16.1f} {r['peak_memory_mb']:>9.0f}"
             )
 
     if "fusions" in sections:

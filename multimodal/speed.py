@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from fusion import create_fusion
 
@@ -234,8 +235,11 @@ def fusion_throughput(
             torch.cuda.reset_peak_memory_stats()
         train = time_call(train_step, repeats=repeats)
         inference = time_call(infer, repeats=repeats)
+        with FlopCounterMode(display=False) as counter:
+            infer()
         rows.append({
             "fusion": name, "params": sum(p.numel() for p in f.parameters()), "batch": batch,
+            "gflops_per_sample": counter.get_total_flops() / batch / 1e9,
             "train_samples_per_s": batch / train["median_ms"] * 1e3, "infer_samples_per_s": batch / inference["median_ms"] * 1e3,
             "peak_memory_mb": _peak_memory_mb(device),
         })  # fmt: skip
