@@ -72,6 +72,11 @@ class TrainConfig:
     num_workers: int = 0
     on_error: str = "raise"
     modality_dropout: dict[str, float] | float | None = None
+    adapt_method: str = (
+        "none"  # none | dann | cdan | coral | mmd | entropy (needs FitData.unlabelled)
+    )
+    adapt_weight: float = 1.0
+    adapt_kwargs: dict[str, Any] = field(default_factory=dict)
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
@@ -99,6 +104,9 @@ class FitData:
     spec: DatasetSpec
     train: datasets.Dataset
     validation: datasets.Dataset | None = None
+    unlabelled: datasets.Dataset | None = (
+        None  # target rows for unsupervised adaptation (labels unused)
+    )
 
 
 @dataclass
@@ -373,8 +381,37 @@ def fit(
             else None
         )
     sampler = train_loader.sampler
+    target_loader, adapter = None, None
+    if cfg.adapt_method != "none":
+        from .adapt import create_adapter
+
+        if data.unlabelled is None:
+            raise ValueError(
+                f"adapt_method={cfg.adapt_method!r} needs FitData.unlabelled: target rows to adapt to"
+            )
+        unlabelled = data.unlabelled
+        if data.spec.label in unlabelled.column_names:
+            unlabelled = unlabelled.remove_columns([data.spec.label])  # never seen by the objective
+        if use_cache:
+            folder = cache_dir / "unlabelled" if cache_dir else None
+            target_loader = _cached_loader(
+                model, unlabelled, data.spec, "unlabelled", cfg, True, domains, folder
+            )
+        else:
+            target_loader = _loader(model, unlabelled, data.spec, "unlabelled", cfg, True, domains)
+        adapter = create_adapter(
+            cfg.adapt_method,
+            model.fusion.out_dim,
+            model.head.num_classes,
+            weight=cfg.adapt_weight,
+            **cfg.adapt_kwargs,
+        ).to(accelerator.device)
 
     optimizer = build_optimizer(model, cfg)
+    if adapter is not None and any(True for _ in adapter.parameters()):
+        optimizer.add_param_group(
+            {"params": list(adapter.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+        )
     updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum / accelerator.num_processes)
     total_steps = cfg.max_steps or cfg.epochs * updates_per_epoch
     # accelerate steps a prepared scheduler once per process at every optimizer step.
@@ -385,6 +422,11 @@ def fit(
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler
     )
+    target_sampler = target_loader.sampler if target_loader is not None else None
+    if target_loader is not None:
+        target_loader = accelerator.prepare(target_loader)
+        if any(True for _ in adapter.parameters()):
+            adapter = accelerator.prepare(adapter)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     unwrapped = accelerator.unwrap_model(model)
@@ -488,6 +530,10 @@ def fit(
         model.train()
         _keep_frozen_in_eval(unwrapped, frozen)
 
+    start = state["step"] * cfg.grad_accum  # one target batch per source batch
+    target_batches = (
+        _target_stream(target_loader, target_sampler, start) if target_loader is not None else None
+    )
     bar = tqdm(
         total=total_steps,
         initial=state["step"],
@@ -514,7 +560,18 @@ def fit(
         for batch in loader:
             with accelerator.accumulate(model):
                 out = model(batch)
-                accelerator.backward(out.loss)
+                loss = out.loss
+                if adapter is not None:
+                    target_out = model(next(target_batches))
+                    adapt_loss = accelerator.unwrap_model(adapter)(
+                        out.fused,
+                        target_out.fused,
+                        out.logits,
+                        target_out.logits,
+                        state["step"] / max(total_steps, 1),
+                    )
+                    loss = loss + cfg.adapt_weight * adapt_loss
+                accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -528,16 +585,16 @@ def fit(
             steps_run += 1
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
-                loss = out.loss.item()
-                bar.set_postfix(loss=f"{loss:.4f}")
-                log(
-                    {
-                        "step": state["step"],
-                        "epoch": state["epoch"],
-                        "train_loss": loss,
-                        "lr": scheduler.get_last_lr()[0],
-                    }
-                )
+                record = {
+                    "step": state["step"],
+                    "epoch": state["epoch"],
+                    "train_loss": out.loss.item(),
+                    "lr": scheduler.get_last_lr()[0],
+                }
+                if adapter is not None:
+                    record["adapt_loss"] = adapt_loss.item()
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}")
+                log(record)
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
                 paused = time.perf_counter()
                 train_time += paused - tick
@@ -585,6 +642,22 @@ def fit(
         train_steps_per_s=steps_run / train_time if train_time > 0 else 0.0, epoch_seconds=epoch_seconds,
         used_feature_cache=use_cache, run_dir=str(run_dir) if run_dir else None,
     )  # fmt: skip
+
+
+def _target_stream(loader: Any, sampler: Any, start_step: int) -> Any:
+    """Unlabelled target batches forever, one per source batch, in an order fixed by the
+    batch count, so a resumed run draws the same target batches."""
+    n = len(loader)
+    epoch, skip = divmod(start_step, n)
+    while True:
+        for each in (loader, sampler):
+            if hasattr(each, "set_epoch"):
+                each.set_epoch(epoch)
+        batches = iter(loader)
+        for _ in range(skip):
+            next(batches)
+        yield from batches
+        epoch, skip = epoch + 1, 0
 
 
 def _allow_precision(mixed_precision: str) -> None:
