@@ -2,7 +2,7 @@
 and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plots.
 
     python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe|all]
-        [--strategy head,full] [--seeds N] [--out DIR]
+        [--strategy head,full] [--adapt dann,coral] [--seeds N] [--out DIR]
 
 With no arguments: the synthetic-quick suite and its default fusions, written to
 runs/benchmarks/synthetic-quick. Runs already in --out are skipped, so an interrupted
@@ -47,6 +47,10 @@ def main() -> None:
     parser.add_argument(
         "--strategy", help="comma-separated adaptation strategies (default: the suite's list)"
     )
+    parser.add_argument(
+        "--adapt",
+        help="comma-separated unsupervised methods to add beside the k-shot strategies: dann,cdan,coral,mmd,entropy",
+    )
     parser.add_argument("--seeds", type=int, help="number of seeds (default: the suite's)")
     parser.add_argument(
         "--out", type=Path, help="results folder (default: benchmarks/results/SUITE)"
@@ -71,7 +75,9 @@ def main() -> None:
         if args.fusion == "all"
         else (args.fusion.split(",") if args.fusion else None)
     )
-    strategies = args.strategy.split(",") if args.strategy else None
+    strategies = args.strategy.split(",") if args.strategy else list(suite.strategies)
+    if args.adapt:
+        strategies += [m for m in args.adapt.split(",") if m not in strategies]
     start = time.perf_counter()
     rows = run_benchmark(suite, out, fusions, strategies, args.seeds, progress=not args.quiet)
     summary = summarize(rows)

@@ -22,7 +22,7 @@ from .heads import Head
 from .training import TrainConfig
 
 SECTIONS = ("data", "encoders", "fusion", "head", "train", "transfer", "output_dir", "seed")
-TRANSFER_KEYS = ("source", "target", "k_shot", "target_fraction", "adapt", "scratch")
+TRANSFER_KEYS = ("source", "target", "k_shot", "target_fraction", "adapt", "scratch", "uda")
 
 
 def _close(key: str, options: Sequence[str]) -> str:
@@ -62,7 +62,7 @@ def validate(config: Mapping[str, Any]) -> None:
     for key in config.get("transfer") or {}:
         if key not in TRANSFER_KEYS:
             raise ValueError(f"unknown key 'transfer.{key}'; {_close(key, TRANSFER_KEYS)}")
-    for section in ("adapt", "scratch"):
+    for section in ("adapt", "scratch", "uda"):
         for key in (config.get("transfer") or {}).get(section) or {}:
             if key not in TrainConfig.__dataclass_fields__:
                 raise ValueError(

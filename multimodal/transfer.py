@@ -21,6 +21,9 @@ from .training import FitData, evaluate, fit
 
 ADAPT_DEFAULTS = {"strategy": "head", "epochs": 20, "patience": None}
 SCRATCH_DEFAULTS = {"strategy": "full", "epochs": 20, "patience": None}
+# "Strategies" that name an unsupervised objective train on source labels + unlabelled target rows.
+UDA_METHODS = ("dann", "cdan", "coral", "mmd", "entropy")
+UDA_DEFAULTS = {"strategy": "full", "epochs": 3, "patience": None}
 
 
 @dataclass
@@ -152,20 +155,25 @@ def transfer_strategies(
         tick = time.perf_counter()
         for t in targets:
             adapted: MultimodalModel = copy.deepcopy(model)
-            adapt = {**ADAPT_DEFAULTS, **(settings.get("adapt") or {}), "strategy": strategy}
-            adapt_cfg = train_config(
-                config,
-                **adapt,
-                output_dir=str(out / f"adapt-{strategy}-{t}") if out else None,
-                seed=seed,
-            )
-            fit(adapted, FitData(spec, shots[t]), adapt_cfg)
+            folder = str(out / f"adapt-{strategy}-{t}") if out else None
+            if strategy in UDA_METHODS:
+                # Unsupervised: source labels plus the whole unlabelled target train split.
+                uda = {**UDA_DEFAULTS, **(settings.get("uda") or {}), "adapt_method": strategy}
+                fit(adapted, FitData(spec, src["train"], unlabelled=split["train"][t]),
+                    train_config(config, **uda, output_dir=folder, seed=seed))  # fmt: skip
+            else:
+                adapt = {**ADAPT_DEFAULTS, **(settings.get("adapt") or {}), "strategy": strategy}
+                fit(
+                    adapted,
+                    FitData(spec, shots[t]),
+                    train_config(config, **adapt, output_dir=folder, seed=seed),
+                )
             adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
             source_after = evaluate(adapted, src["test"], spec, batch)[metric]
             results[t] = TargetResult(
                 zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_scores[t], source_after=source_after,
                 forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_scores[t],
-                adapt_samples=len(shots[t]),
+                adapt_samples=len(split["train"][t]) if strategy in UDA_METHODS else len(shots[t]),
             )  # fmt: skip
         stage_times = {**times, "adapt": time.perf_counter() - tick}
         run_config = copy.deepcopy(config)

@@ -120,3 +120,26 @@ def test_adaptation_without_target_rows_is_an_error() -> None:
         training.fit(
             model, training.FitData(spec, dsd["train"]), train_config(config, adapt_method="mmd")
         )
+
+
+def test_transfer_has_an_unsupervised_stage_beside_k_shot() -> None:
+    from multimodal.transfer import transfer_strategies
+    from tests.multimodal.tiny_run import tiny_run
+
+    config = tiny_run(
+        transfer={
+            "k_shot": 3,
+            "adapt": {"epochs": 1},
+            "scratch": {"epochs": 1},
+            "uda": {"epochs": 1},
+        }
+    )
+    config["train"]["epochs"] = 1
+    reports = transfer_strategies(config, ["head", "coral"])
+    assert set(reports) == {"head", "coral"}
+    head, coral = reports["head"].targets["d1"], reports["coral"].targets["d1"]
+    assert head.zero_shot == coral.zero_shot and head.scratch == coral.scratch  # shared stages
+    assert (
+        head.adapt_samples == 12 and coral.adapt_samples > 12
+    )  # k-shot vs the unlabelled target split
+    assert reports["coral"].config["transfer"]["adapt"]["strategy"] == "coral"
