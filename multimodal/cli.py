@@ -188,6 +188,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robustness(args: argparse.Namespace) -> int:
+    from ._io import write_json_atomic
+    from .config import load_run_config
+    from .data import DatasetSpec, load_dataset, select_domains
+    from .model import MultimodalModel
+    from .robustness import format_missing_table, missing_modality_table
+
+    model = MultimodalModel.from_pretrained(_model_dir(args.model))
+    config = load_run_config(args.config, args.overrides)
+    spec = DatasetSpec.from_dict(config.get("data") or {})
+    ds = load_dataset(spec)[args.split]
+    if args.domain:
+        ds = select_domains(ds, args.domain)
+    rows = missing_modality_table(model, ds, spec, args.batch_size, args.subsets)
+    print(format_missing_table(rows))
+    if args.out:
+        write_json_atomic(args.out, {"missing_modalities": rows})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .transfer import transfer
@@ -241,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
+        "robustness", help="evaluate a saved model with modalities missing at test time"
+    )
+    p.add_argument("--model", required=True, help="a save_pretrained folder or a run folder")
+    p.add_argument("--config", required=True, help="a config with a data section")
+    p.add_argument("--split", default="test")
+    p.add_argument("--domain", action="append", help="evaluate on these domains only")
+    p.add_argument(
+        "--subsets",
+        choices=["all", "one"],
+        default="all",
+        help="drop every subset, or one modality at a time",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", help="write the table as JSON here")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=_robustness)
 
     p = sub.add_parser("transfer", help="run the transfer protocol and print its table")
     p.add_argument("--config", required=True, help="run config YAML with a transfer section")

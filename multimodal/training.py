@@ -13,7 +13,7 @@ import platform
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -692,12 +692,20 @@ def evaluate(
     batch_size: int = 64,
     num_workers: int = 0,
     on_error: str = "raise",
+    drop_modalities: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Loss and metrics of ``model`` on ``ds`` (every process gathers; all get the same numbers)."""
+    """Loss and metrics of ``model`` on ``ds`` (every process gathers; all get the same numbers).
+
+    ``drop_modalities`` are made absent for every sample (missing-modality evaluation).
+    """
     accelerator = Accelerator()
+    unknown = sorted(set(drop_modalities) - set(model.modalities))
+    if unknown:
+        raise ValueError(f"cannot drop {unknown}: the model's modalities are {model.modalities}")
     loader = make_loader(
-        ds, model, spec, "eval", batch_size=batch_size, num_workers=num_workers, on_error=on_error
-    )
+        ds, model, spec, "eval", batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+        modality_dropout={m: 1.0 for m in drop_modalities},
+    )  # fmt: skip
     model.to(accelerator.device)
     loader = accelerator.prepare(loader)
     return _eval_metrics(model, loader, accelerator, model.head.task)

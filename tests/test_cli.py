@@ -137,3 +137,32 @@ def test_transfer_prints_the_table_and_writes_the_report(config_file, tmp_path, 
         "adapt",
         "scratch",
     }
+
+
+def test_robustness_missing_modalities(trained, config_file, tmp_path, capsys) -> None:
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "robustness",
+                "--model",
+                str(trained),
+                "--config",
+                str(config_file),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "(none)" in out and "tabular" in out
+    rows = json.loads((tmp_path / "r.json").read_text())["missing_modalities"]
+    assert [r["dropped"] for r in rows] == [
+        [],
+        ["tabular"],
+        ["text"],
+    ]  # every proper subset of 2 modalities
+    assert rows[0]["relative"] == 1.0
+    results = json.loads((trained / "results.json").read_text())["test"]
+    assert rows[0]["accuracy"] == results["accuracy"]  # nothing dropped = the plain evaluation
