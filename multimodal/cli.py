@@ -203,8 +203,23 @@ def _robustness(args: argparse.Namespace) -> int:
         ds = select_domains(ds, args.domain)
     rows = missing_modality_table(model, ds, spec, args.batch_size, args.subsets)
     print(format_missing_table(rows))
+    result: dict[str, Any] = {"missing_modalities": rows}
+    if args.corruptions:
+        from .robustness import corruption_curves, effective_robustness, format_corruption_table
+
+        curves = corruption_curves(model, ds, spec, args.batch_size)
+        if args.reference:
+            reference = MultimodalModel.from_pretrained(_model_dir(args.reference))
+            main = "accuracy" if "accuracy" in curves[0] else "rmse"
+            for row, ref in zip(
+                curves, corruption_curves(reference, ds, spec, args.batch_size), strict=True
+            ):
+                row["effective_robustness"] = effective_robustness(row[main], ref[main])
+        print()
+        print(format_corruption_table(curves))
+        result["corruptions"] = curves
     if args.out:
-        write_json_atomic(args.out, {"missing_modalities": rows})
+        write_json_atomic(args.out, result)
         print(f"wrote {args.out}")
     return 0
 
@@ -275,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["all", "one"],
         default="all",
         help="drop every subset, or one modality at a time",
+    )
+    p.add_argument(
+        "--corruptions",
+        action="store_true",
+        help="also the metric against severity 0-5 for every corruption",
+    )
+    p.add_argument(
+        "--reference",
+        help="a baseline model for effective robustness (MultiBench uses late fusion)",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", help="write the table as JSON here")

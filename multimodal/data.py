@@ -329,6 +329,7 @@ class MultimodalCollator:
         modality_dropout: Mapping[str, float] | float | None = None,
         domains: Sequence[str] | None = None,
         seed: int = 0,
+        corruption: tuple[str, str, int] | None = None,
     ) -> None:
         if on_error not in ("raise", "missing"):
             raise ValueError(f"on_error must be 'raise' or 'missing', got {on_error!r}")
@@ -341,6 +342,7 @@ class MultimodalCollator:
         }
         self.domain_ids = {d: i for i, d in enumerate(domains or [])}
         self.seed = seed
+        self.corruption = corruption  # (modality, corruption name, severity), applied to raw values
         self.events: Counter[str] = Counter()
 
     def _where(self, row: Mapping[str, Any], modality: str) -> str:
@@ -366,6 +368,14 @@ class MultimodalCollator:
         samples = [{m: row.get(m) for m in self.model.modalities} for row in rows]
         # Seeded by the rows, not by history, so a resumed run drops the same modalities.
         rng = np.random.default_rng([self.seed, *[int(r["__row__"]) for r in rows]])
+        if self.corruption is not None:
+            from .corruptions import corrupt
+
+            m, name, severity = self.corruption
+            kind = self.model.encoders[m].modality
+            for s in samples:
+                if not self.model.encoders[m].is_missing(s[m]):
+                    s[m] = corrupt(kind, s[m], name, severity, rng)
         for m, p in self.dropout.items():
             if p > 0:
                 for s, drop in zip(samples, rng.random(len(samples)) < p, strict=True):

@@ -55,3 +55,68 @@ def format_missing_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{', '.join(r['dropped']) or '(none)':<32} {r[main]:>9.4f} {r['loss']:>8.4f} {r['relative']:>9.3f}"
         )
     return "\n".join(lines)
+
+
+def corruption_curves(
+    model: Any,
+    ds: datasets.Dataset,
+    spec: DatasetSpec,
+    batch_size: int = 64,
+    severities: Sequence[int] = (0, 1, 2, 3, 4, 5),
+) -> list[dict[str, Any]]:
+    """Accuracy (or RMSE) against severity for every corruption of every modality of the model,
+    with MultiBench's relative robustness (area under the curve over severities scaled to [0, 1])."""
+    from .corruptions import CORRUPTIONS
+
+    main = "rmse" if model.head.task == "regression" else "accuracy"
+    clean = evaluate(model, ds, spec, batch_size)[main]
+    rows = []
+    for m, enc in model.encoders.items():
+        for name in CORRUPTIONS.get(enc.modality, []):
+            curve = [
+                clean
+                if s == 0
+                else evaluate(model, ds, spec, batch_size, corruption=(m, name, s))[main]
+                for s in severities
+            ]
+            rows.append({"modality": m, "corruption": name, "severities": list(severities), main: curve,
+                         "relative_robustness": relative_robustness(curve)})  # fmt: skip
+    return rows
+
+
+def relative_robustness(curve: Sequence[float]) -> float:
+    """Area under the metric-vs-severity curve, severities spread evenly over [0, 1]
+    (trapezoids, as MultiBench's relative robustness before its min-max normalisation)."""
+    if len(curve) < 2:
+        return float(curve[0]) if curve else float("nan")
+    step = 1.0 / (len(curve) - 1)
+    return float(sum((a + b) * step / 2 for a, b in zip(curve[:-1], curve[1:], strict=True)))
+
+
+def effective_robustness(curve: Sequence[float], reference: Sequence[float]) -> float:
+    """MultiBench's effective robustness: the summed gap to a reference curve shifted to the
+    same clean performance (late fusion in MultiBench; any baseline model here)."""
+    if len(curve) != len(reference):
+        raise ValueError(f"curves differ in length: {len(curve)} and {len(reference)}")
+    shift = curve[0] - reference[0]
+    return float(sum(f - (r + shift) for f, r in zip(curve, reference, strict=True)))
+
+
+def format_corruption_table(rows: Sequence[dict[str, Any]]) -> str:
+    main = "accuracy" if "accuracy" in rows[0] else "rmse"
+    severities = rows[0]["severities"]
+    head = (
+        f"{'modality':<10} {'corruption':<13} "
+        + " ".join(f"{'s' + str(s):>6}" for s in severities)
+        + f" {'rel. rob.':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        extra = f" {r['effective_robustness']:>+10.3f}" if "effective_robustness" in r else ""
+        lines.append(
+            f"{r['modality']:<10} {r['corruption']:<13} "
+            + " ".join(f"{v:>6.3f}" for v in r[main])
+            + f" {r['relative_robustness']:>10.3f}"
+            + extra
+        )
+    return "\n".join(lines)

@@ -693,10 +693,12 @@ def evaluate(
     num_workers: int = 0,
     on_error: str = "raise",
     drop_modalities: Sequence[str] = (),
+    corruption: tuple[str, str, int] | None = None,
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``ds`` (every process gathers; all get the same numbers).
 
-    ``drop_modalities`` are made absent for every sample (missing-modality evaluation).
+    ``drop_modalities`` are made absent for every sample (missing-modality evaluation);
+    ``corruption`` = (modality, name, severity) corrupts that modality's raw values.
     """
     accelerator = Accelerator()
     unknown = sorted(set(drop_modalities) - set(model.modalities))
@@ -704,7 +706,7 @@ def evaluate(
         raise ValueError(f"cannot drop {unknown}: the model's modalities are {model.modalities}")
     loader = make_loader(
         ds, model, spec, "eval", batch_size=batch_size, num_workers=num_workers, on_error=on_error,
-        modality_dropout={m: 1.0 for m in drop_modalities},
+        modality_dropout={m: 1.0 for m in drop_modalities}, corruption=corruption,
     )  # fmt: skip
     model.to(accelerator.device)
     loader = accelerator.prepare(loader)

@@ -157,6 +157,18 @@ def test_robustness_missing_modalities(trained, config_file, tmp_path, capsys) -
     )
     out = capsys.readouterr().out
     assert "(none)" in out and "tabular" in out
+    assert main(["robustness", "--model", str(trained), "--config", str(config_file), "--subsets", "one", "--corruptions",
+                 "--reference", str(trained), "--out", str(tmp_path / "c.json")]) == 0  # fmt: skip
+    curves = json.loads((tmp_path / "c.json").read_text())["corruptions"]
+    assert {(c["modality"], c["corruption"]) for c in curves} == {
+        ("text", "typos"),
+        ("text", "word_dropout"),
+        ("tabular", "missing"),
+        ("tabular", "noise"),
+    }
+    assert all(
+        len(c["accuracy"]) == 6 and c["effective_robustness"] == 0.0 for c in curves
+    )  # against itself
     rows = json.loads((tmp_path / "r.json").read_text())["missing_modalities"]
     assert [r["dropped"] for r in rows] == [
         [],
