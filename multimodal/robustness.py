@@ -109,6 +109,7 @@ def format_corruption_table(rows: Sequence[dict[str, Any]]) -> str:
         f"{'modality':<10} {'corruption':<13} "
         + " ".join(f"{'s' + str(s):>6}" for s in severities)
         + f" {'rel. rob.':>10}"
+        + (f" {'eff. rob.':>10}" if "effective_robustness" in rows[0] else "")
     )
     lines = [head, "-" * len(head)]
     for r in rows:
