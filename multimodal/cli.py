@@ -73,11 +73,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _model_and_split(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The saved model of --model and the --split (optionally --domain) of --config's data."""
     from .config import load_run_config
     from .data import DatasetSpec, load_dataset, select_domains
     from .model import MultimodalModel
-    from .training import evaluate
 
     model = MultimodalModel.from_pretrained(_model_dir(args.model))
     config = load_run_config(args.config, args.overrides)
@@ -85,6 +85,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     ds = load_dataset(spec)[args.split]
     if args.domain:
         ds = select_domains(ds, args.domain)
+    return model, spec, ds
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .training import evaluate
+
+    model, spec, ds = _model_and_split(args)
     metrics = evaluate(model, ds, spec, args.batch_size)
     print(json.dumps(metrics, indent=2))
     return 0
@@ -190,17 +197,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _robustness(args: argparse.Namespace) -> int:
     from ._io import write_json_atomic
-    from .config import load_run_config
-    from .data import DatasetSpec, load_dataset, select_domains
     from .model import MultimodalModel
     from .robustness import format_missing_table, missing_modality_table
 
-    model = MultimodalModel.from_pretrained(_model_dir(args.model))
-    config = load_run_config(args.config, args.overrides)
-    spec = DatasetSpec.from_dict(config.get("data") or {})
-    ds = load_dataset(spec)[args.split]
-    if args.domain:
-        ds = select_domains(ds, args.domain)
+    model, spec, ds = _model_and_split(args)
     rows = missing_modality_table(model, ds, spec, args.batch_size, args.subsets)
     print(format_missing_table(rows))
     result: dict[str, Any] = {"missing_modalities": rows}

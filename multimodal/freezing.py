@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from torch import nn
 
-logger = logging.getLogger(__name__)
 STRATEGIES = ("head", "top_k", "full", "lora")
 
 
@@ -34,11 +32,7 @@ def apply_strategy(
                 block.requires_grad_(True)
         elif strategy == "lora":
             _inject_lora(enc, blocks, name, lora or {})
-    counts = count_parameters(model)
-    logger.info(
-        "strategy %s: %d of %d parameters trainable", strategy, counts["trainable"], counts["total"]
-    )
-    return counts
+    return count_parameters(model)
 
 
 def frozen_encoders(model: Any) -> list[str]:
