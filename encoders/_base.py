@@ -20,6 +20,21 @@ class EncoderOutput(NamedTuple):
     mask: torch.Tensor
 
 
+class AttackSurface(NamedTuple):
+    """A continuous input an adversarial attack may perturb.
+
+    ``inputs[key] = value + delta`` with ``|delta| <= budget * scale`` (elementwise, ``scale``
+    broadcastable to ``value``), clamped to ``[low, high]`` and zero where ``mask`` is False.
+    """
+
+    key: str
+    value: torch.Tensor
+    scale: torch.Tensor
+    mask: torch.Tensor
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+
+
 class Encoder(nn.Module):
     """Base class of every encoder.
 
@@ -58,6 +73,11 @@ class Encoder(nn.Module):
     def layer_blocks(self) -> list[nn.Module]:
         """The encoder's repeated blocks, first to last; used by top-k freezing."""
         return []
+
+    def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface | None:
+        """The continuous input adversarial attacks perturb, in the unit of the budget; None
+        when the encoder has none."""
+        return None
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         raise NotImplementedError

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from ._base import Encoder, EncoderOutput
+from ._base import AttackSurface, Encoder, EncoderOutput
 from ._registry import register_encoder
 from .image import create_timm_backbone, timm_blocks
 
@@ -209,6 +209,14 @@ class _AudioEncoder(Encoder):
 
     def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
         return self.audio_processor(values)
+
+    def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface:
+        """The waveform, in amplitude units (full scale is 1), within each clip's length."""
+        wave = inputs["waveform"]
+        positions = torch.arange(wave.shape[-1], device=wave.device)
+        mask = positions[None] < inputs["lengths"].to(wave.device)[:, None]
+        one = torch.ones((), device=wave.device)
+        return AttackSurface("waveform", wave, one, mask, -one, one)
 
 
 class ConvBlock(nn.Module):

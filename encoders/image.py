@@ -14,7 +14,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
-from ._base import Encoder, EncoderOutput, tokens_from_features
+from ._base import AttackSurface, Encoder, EncoderOutput, tokens_from_features
 from ._registry import register_encoder
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -123,6 +123,14 @@ class TimmImageEncoder(Encoder):
             except (OSError, ValueError, TypeError, Image.DecompressionBombError) as err:
                 raise ValueError(f"image sample {i}: cannot read it as an image ({err})") from err
         return {"pixel_values": pixels}
+
+    def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface:
+        """Normalised pixels, in units of [0, 1] pixel intensity, kept inside the valid range."""
+        pixels = inputs["pixel_values"]
+        mean = torch.tensor(self.data_config["mean"], device=pixels.device)[:, None, None]
+        std = torch.tensor(self.data_config["std"], device=pixels.device)[:, None, None]
+        mask = torch.ones_like(pixels, dtype=torch.bool)
+        return AttackSurface("pixel_values", pixels, 1 / std, mask, -mean / std, (1 - mean) / std)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         tokens = tokens_from_features(self.model.forward_features(inputs["pixel_values"]))

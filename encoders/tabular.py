@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._base import Encoder, EncoderOutput
+from ._base import AttackSurface, Encoder, EncoderOutput
 from ._registry import register_encoder
 
 
@@ -167,6 +167,14 @@ class TabularMLPEncoder(Encoder):
 
     def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
         return {"numerical": self._numbers(values).float(), "categorical": self._codes(values)}
+
+    def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface | None:
+        """Numerical values, in units of each column's training standard deviation; missing
+        values and categories are left alone."""
+        numerical = inputs["numerical"]
+        if numerical.shape[-1] == 0:
+            return None
+        return AttackSurface("numerical", numerical, self.std, ~torch.isnan(numerical))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         numerical, categorical = inputs["numerical"], inputs["categorical"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
-from ._base import Encoder, EncoderOutput
+from ._base import AttackSurface, Encoder, EncoderOutput
 from ._registry import register_encoder
 
 SPECIAL_TOKENS = {
@@ -187,7 +187,18 @@ class HFTextEncoder(Encoder):
             k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
         }
 
+    def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface:
+        """Input token embeddings, in units of the embedding table's standard deviation;
+        padding is left alone. ``forward`` takes ``inputs_embeds`` in place of ``input_ids``."""
+        table = self.model.get_input_embeddings()
+        embeds = table(inputs["input_ids"])
+        scale = table.weight.detach().float().std().to(embeds.dtype)
+        mask = inputs["attention_mask"].bool()[..., None]
+        return AttackSurface("inputs_embeds", embeds.detach(), scale, mask)
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        if "inputs_embeds" in inputs:
+            inputs = {k: v for k, v in inputs.items() if k != "input_ids"}
         out = self.model(**inputs)
         return EncoderOutput(out.last_hidden_state, inputs["attention_mask"].bool())
 

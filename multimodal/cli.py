@@ -201,11 +201,19 @@ def _robustness(args: argparse.Namespace) -> int:
     from .robustness import format_missing_table, missing_modality_table
 
     model, spec, ds = _model_and_split(args)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     rows = missing_modality_table(model, ds, spec, args.batch_size, args.subsets)
     print(format_missing_table(rows))
     result: dict[str, Any] = {"missing_modalities": rows}
     if args.corruptions:
-        from .robustness import corruption_curves, effective_robustness, format_corruption_table
+        from .robustness import (
+            corruption_curves,
+            effective_robustness,
+            format_corruption_table,
+            plot_corruption_curves,
+        )
 
         curves = corruption_curves(model, ds, spec, args.batch_size)
         if args.reference:
@@ -218,10 +226,35 @@ def _robustness(args: argparse.Namespace) -> int:
         print()
         print(format_corruption_table(curves))
         result["corruptions"] = curves
-    if args.out:
-        write_json_atomic(args.out, result)
-        print(f"wrote {args.out}")
+        if out is not None:
+            print(f"wrote {plot_corruption_curves(curves, out / 'corruptions.png')}")
+    if args.adversarial:
+        from .adversarial import adversarial_table, format_adversarial_table
+
+        budgets = dict(args.budget) if args.budget else None
+        table = adversarial_table(
+            model, ds, spec, budgets, steps=args.pgd_steps, batch_size=args.batch_size
+        )
+        print()
+        print(format_adversarial_table(table))
+        result["adversarial"] = table
+    if out is not None:
+        write_json_atomic(out / "robustness.json", result)
+        print(f"wrote {out / 'robustness.json'}")
     return 0
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """'image=0.03' -> ("image", 0.03)."""
+    key, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--budget expects MODALITY=RADIUS, e.g. image=0.0157, got {text!r}"
+        ) from None
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -300,8 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         help="a baseline model for effective robustness (MultiBench uses late fusion)",
     )
+    p.add_argument(
+        "--adversarial", action="store_true", help="also accuracy under FGSM and PGD attacks"
+    )
+    p.add_argument(
+        "--budget",
+        action="append",
+        type=parse_budget,
+        metavar="MODALITY=RADIUS",
+        help="L-inf radius per modality kind or key (default: image=4/255, audio=0.01, "
+        "tabular=0.25 std, text=0.5 embedding std)",
+    )
+    p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", help="write the table as JSON here")
+    p.add_argument("--out", help="folder for robustness.json and corruptions.png")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=_robustness)
 

@@ -1,9 +1,10 @@
-"""Robustness evaluation: metrics with modalities missing at test time."""
+"""Robustness evaluation: metrics with modalities missing at test time, and under corruptions."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -121,3 +122,32 @@ def format_corruption_table(rows: Sequence[dict[str, Any]]) -> str:
             + extra
         )
     return "\n".join(lines)
+
+
+def plot_corruption_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """One panel per modality: the metric against severity, one line per corruption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = "accuracy" if "accuracy" in rows[0] else "rmse"
+    modalities = sorted({r["modality"] for r in rows})
+    fig, axes = plt.subplots(
+        1, len(modalities), figsize=(3.6 * len(modalities), 3.4), squeeze=False, sharey=True
+    )
+    for ax, m in zip(axes[0], modalities, strict=True):
+        for r in (r for r in rows if r["modality"] == m):
+            label = f"{r['corruption']} (rel. {r['relative_robustness']:.2f})"
+            ax.plot(r["severities"], r[main], marker="o", label=label)
+        ax.set_title(m)
+        ax.set_xlabel("severity")
+        ax.set_xticks(rows[0]["severities"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(main)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

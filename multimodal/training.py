@@ -77,6 +77,9 @@ class TrainConfig:
     )
     adapt_weight: float = 1.0
     adapt_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Adversarial training: {"method": fgsm|pgd, "budgets": {kind: radius}, "steps": 3,
+    # "weight": 0.5}; the loss is (1 - weight) * clean + weight * adversarial.
+    adversarial: dict[str, Any] | None = None
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
@@ -355,6 +358,9 @@ def fit(
 
     model.to(accelerator.device)
     use_cache = cfg.feature_cache != "off" and len(frozen) == len(model.encoders)
+    adversarial = _adversarial_options(cfg.adversarial)
+    if adversarial is not None and use_cache:
+        use_cache = False  # attacks perturb raw inputs, which cached features skip
     if use_cache:
         model.eval()
         cache_dir = run_dir / "feature_cache" if run_dir else None
@@ -561,6 +567,14 @@ def fit(
             with accelerator.accumulate(model):
                 out = model(batch)
                 loss = out.loss
+                if adversarial is not None:
+                    from .adversarial import perturb
+
+                    # Attacks need input gradients only: the unwrapped model avoids a DDP sync.
+                    adv = perturb(unwrapped, batch, adversarial["method"], adversarial["budgets"],
+                                  steps=adversarial["steps"])  # fmt: skip
+                    adv_loss = model(adv).loss
+                    loss = (1 - adversarial["weight"]) * loss + adversarial["weight"] * adv_loss
                 if adapter is not None:
                     target_out = model(next(target_batches))
                     adapt_loss = accelerator.unwrap_model(adapter)(
@@ -593,6 +607,8 @@ def fit(
                 }
                 if adapter is not None:
                     record["adapt_loss"] = adapt_loss.item()
+                if adversarial is not None:
+                    record["adversarial_loss"] = adv_loss.item()
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}")
                 log(record)
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
@@ -642,6 +658,21 @@ def fit(
         train_steps_per_s=steps_run / train_time if train_time > 0 else 0.0, epoch_seconds=epoch_seconds,
         used_feature_cache=use_cache, run_dir=str(run_dir) if run_dir else None,
     )  # fmt: skip
+
+
+def _adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not options:
+        return None
+    allowed = {"method", "budgets", "steps", "weight"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown train.adversarial keys {unknown}; allowed: {sorted(allowed)}")
+    out = {"method": "fgsm", "budgets": None, "steps": 3, "weight": 0.5, **options}
+    if out["method"] not in ("fgsm", "pgd"):
+        raise ValueError(f"train.adversarial.method must be fgsm or pgd, got {out['method']!r}")
+    if not 0.0 <= float(out["weight"]) <= 1.0:
+        raise ValueError(f"train.adversarial.weight must be in [0, 1], got {out['weight']}")
+    return out
 
 
 def _target_stream(loader: Any, sampler: Any, start_step: int) -> Any:

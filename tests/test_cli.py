@@ -141,25 +141,16 @@ def test_transfer_prints_the_table_and_writes_the_report(config_file, tmp_path, 
 
 def test_robustness_missing_modalities(trained, config_file, tmp_path, capsys) -> None:
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "robustness",
-                "--model",
-                str(trained),
-                "--config",
-                str(config_file),
-                "--out",
-                str(tmp_path / "r.json"),
-            ]
-        )
-        == 0
-    )
+    args = ["robustness", "--model", str(trained), "--config", str(config_file)]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "(none)" in out and "tabular" in out
-    assert main(["robustness", "--model", str(trained), "--config", str(config_file), "--subsets", "one", "--corruptions",
-                 "--reference", str(trained), "--out", str(tmp_path / "c.json")]) == 0  # fmt: skip
-    curves = json.loads((tmp_path / "c.json").read_text())["corruptions"]
+    assert not (tmp_path / "r" / "corruptions.png").exists()  # only with --corruptions
+    assert main([*args, "--subsets", "one", "--corruptions", "--reference", str(trained),
+                 "--adversarial", "--budget", "tabular=0.5", "--pgd-steps", "2", "--out", str(tmp_path / "c")]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "c" / "robustness.json").read_text())
+    curves = result["corruptions"]
+    assert (tmp_path / "c" / "corruptions.png").stat().st_size > 10_000
     assert {(c["modality"], c["corruption"]) for c in curves} == {
         ("text", "typos"),
         ("text", "word_dropout"),
@@ -169,7 +160,11 @@ def test_robustness_missing_modalities(trained, config_file, tmp_path, capsys) -
     assert all(
         len(c["accuracy"]) == 6 and c["effective_robustness"] == 0.0 for c in curves
     )  # against itself
-    rows = json.loads((tmp_path / "r.json").read_text())["missing_modalities"]
+    attacks = {(r["attack"], r["attacked"]): r for r in result["adversarial"]}
+    assert set(attacks) == {("clean", "-"), ("fgsm", "all"), ("pgd", "all")}  # tabular only
+    assert attacks[("pgd", "all")]["budgets"] == {"tabular": 0.5}
+    assert attacks[("pgd", "all")]["loss"] >= attacks[("clean", "-")]["loss"]
+    rows = json.loads((tmp_path / "r" / "robustness.json").read_text())["missing_modalities"]
     assert [r["dropped"] for r in rows] == [
         [],
         ["tabular"],
