@@ -3,10 +3,15 @@ and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plot
 
     python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe|all]
         [--strategy head,full] [--adapt dann,coral] [--seeds N] [--out DIR]
+        [--robustness] [--modality-dropout 0,0.3]
 
 With no arguments: the synthetic-quick suite and its default fusions, written to
 runs/benchmarks/synthetic-quick. Runs already in --out are skipped, so an interrupted
 benchmark resumes and a finished one only rewrites the summary.
+
+--robustness also evaluates every source and adapted model with each modality missing at
+test time (robustness.csv/json/md); --modality-dropout crosses the runs with training-time
+modality dropout rates, so the tables compare models trained with and without it.
 """
 
 from __future__ import annotations
@@ -55,13 +60,31 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, help="results folder (default: benchmarks/results/SUITE)"
     )
+    parser.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also evaluate each model with every modality missing in turn",
+    )
+    parser.add_argument(
+        "--modality-dropout",
+        help="comma-separated training modality dropout rates to cross, e.g. 0,0.3",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args()
 
     import datasets
     import transformers
 
-    from multimodal.bench import load_suite, run_benchmark, summarize, summary_table, write_results
+    from multimodal.bench import (
+        load_suite,
+        robustness_table,
+        run_benchmark,
+        summarize,
+        summarize_robustness,
+        summary_table,
+        write_results,
+        write_robustness,
+    )
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -78,13 +101,26 @@ def main() -> None:
     strategies = args.strategy.split(",") if args.strategy else list(suite.strategies)
     if args.adapt:
         strategies += [m for m in args.adapt.split(",") if m not in strategies]
+    if args.modality_dropout:
+        suite.grid["train.modality_dropout"] = [float(p) for p in args.modality_dropout.split(",")]
+    robustness: list | None = None
+    if args.robustness:
+        suite.base.setdefault("transfer", {})["robustness"] = True
+        robustness = []
     start = time.perf_counter()
-    rows = run_benchmark(suite, out, fusions, strategies, args.seeds, progress=not args.quiet)
+    rows = run_benchmark(
+        suite, out, fusions, strategies, args.seeds, progress=not args.quiet, robustness=robustness
+    )
     summary = summarize(rows)
     command = " ".join(["python", "benchmarks/cross_domain.py", *sys.argv[1:]])
     header = f"# {suite.name}\n\n{suite.description.strip()}\n\nCommand: `{command}`. Metric: {rows[0]['metric']}; mean ± 95% CI over seeds."
     paths = write_results(rows, summary, out, header)
     print(summary_table(summary))
+    if robustness:
+        robust_summary = summarize_robustness(robustness)
+        paths.update(write_robustness(robustness, robust_summary, out))
+        print("\nSource models on the source test split, each modality missing in turn:")
+        print(robustness_table(robust_summary, "source"))
     print(
         f"\n{len(rows)} result rows in {time.perf_counter() - start:.0f} s; wrote "
         + ", ".join(str(p) for p in paths.values())

@@ -31,14 +31,19 @@ class CrossAttentionLayer(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        context_mask: torch.Tensor,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (x [B, T, D], attention weights averaged over heads [B, T, S] or None)."""
         kv = self.norm_kv(context)
-        attended, _ = self.attn(
-            self.norm_q(x), kv, kv, key_padding_mask=~context_mask, need_weights=False
+        attended, weights = self.attn(
+            self.norm_q(x), kv, kv, key_padding_mask=~context_mask, need_weights=need_weights
         )
         x = x + attended
-        return x + self.ff(self.norm_ff(x))
+        return x + self.ff(self.norm_ff(x)), weights
 
 
 @register_fusion("cross_attention")
@@ -51,7 +56,13 @@ class CrossAttentionFusion(Fusion):
 
     A learned null key is always present, so a sample with every other modality absent
     attends to it instead of producing NaN from an all-masked softmax.
+
+    With ``record_attention = True``, info["attention"] holds per layer and query modality
+    the head-averaged weights [B, T_m, S] and info["attention_keys"] per query modality the
+    key layout [("null", 1), (n, T_n), ...].
     """
+
+    record_attention: bool = False
 
     def __init__(
         self,
@@ -91,13 +102,24 @@ class CrossAttentionFusion(Fusion):
         }  # B x T_m x dim
         null = self.null_key.expand(batch, 1, self.dim)
         null_mask = torch.ones(batch, 1, dtype=torch.bool, device=null.device)
+        info: dict = {}
+        if self.record_attention:
+            info["attention"] = []
+            info["attention_keys"] = {
+                m: [("null", 1), *((n, x[n].shape[1]) for n in self.modalities if n != m)]
+                for m in self.modalities
+            }
         for layer in self.layers:
-            updated = {}
+            updated, weights = {}, {}
             for m in self.modalities:
                 others = [n for n in self.modalities if n != m]
                 context = torch.cat([null, *(x[n] for n in others)], dim=1)  # B x S x dim
                 context_mask = torch.cat([null_mask, *(masks[n] for n in others)], dim=1)  # B x S
-                updated[m] = layer[m](x[m], context, context_mask)
+                updated[m], weights[m] = layer[m](
+                    x[m], context, context_mask, need_weights=self.record_attention
+                )
             x = updated
+            if self.record_attention:
+                info["attention"].append({m: w.detach() for m, w in weights.items()})
         pooled = {m: masked_mean(self.norm(x[m]), masks[m]) for m in self.modalities}
-        return FusionOutput(self.combine(pooled, presence(masks)), None, {})
+        return FusionOutput(self.combine(pooled, presence(masks)), None, info)

@@ -162,7 +162,8 @@ class MoEFusion(Fusion):
 
     info: ``expert_load`` [E], the share of routed tokens each expert processed;
     ``expert_load_per_modality`` {m: [E]}: over the samples where m is present (fused) or
-    over m's own tokens (modality); ``dropped_fraction``.
+    over m's own tokens (modality); ``sample_load`` [B, E]: the tokens of each sample each
+    expert processed; ``dropped_fraction``.
     """
 
     def __init__(
@@ -228,8 +229,10 @@ class MoEFusion(Fusion):
             load_rows = {m: dispatch[:, i][present[m]] for i, m in enumerate(self.modalities)}
         aux = self.balance_coef * routed.balance_loss + self.z_loss_coef * routed.z_loss
         load = routed.dispatch.detach()
+        sample_load = load if self.route == "fused" else dispatch.sum(1)  # B x E
         info = {
             "expert_load": load.sum(0) / load.sum().clamp(min=1.0),
+            "sample_load": sample_load,
             "expert_load_per_modality": {
                 m: rows.sum(0) / rows.sum().clamp(min=1.0) for m, rows in load_rows.items()
             },

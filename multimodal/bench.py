@@ -43,7 +43,8 @@ class Suite:
     """A benchmark suite: a base run config and the axes to sweep.
 
     base: a run config (data, encoders, fusion, head, train, transfer); pairs: source ->
-    target domain lists; k_shot: sizes; grid: data.options keys -> values to cross.
+    target domain lists; k_shot: sizes; grid: keys -> values to cross, where a plain key is a
+    ``data.options`` key and a dotted one a config path (``train.modality_dropout``).
     """
 
     name: str
@@ -111,7 +112,12 @@ def unit_config(suite: Suite, unit: Unit) -> dict[str, Any]:
         transfer["source"] = list(suite.pairs[unit.pair]["source"])
         transfer["target"] = list(suite.pairs[unit.pair]["target"])
     options = config.setdefault("data", {}).setdefault("options", {})
-    options.update(dict(unit.grid))
+    for key, value in unit.grid:
+        *sections, leaf = key.split(".")
+        node = config if sections else options
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
     config.pop("output_dir", None)
     return config
 
@@ -124,8 +130,12 @@ def run_benchmark(
     seeds: int | None = None,
     progress: bool = True,
     run_unit: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None,
+    robustness: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unit not already in ``out/runs`` and return the rows of all planned units.
+
+    With ``robustness`` (a list), each unit's missing-modality rows are appended to it; the
+    suite's base config needs ``transfer.robustness: true`` for the reports to hold them.
 
     A unit is stored as ``out/runs/<hash>.json`` once it finishes, so an interrupted
     benchmark resumes where it stopped and a finished one only rewrites its summary.
@@ -151,7 +161,10 @@ def run_benchmark(
         if done is None or not set(strategies) <= set(done["reports"]):
             todo.append((unit, config, path))
         else:
-            rows += _rows(suite, unit, {s: done["reports"][s] for s in strategies})
+            reports = {s: done["reports"][s] for s in strategies}
+            rows += _rows(suite, unit, reports)
+            if robustness is not None:
+                robustness += _robustness_rows(unit, reports)
     skipped = len(units) - len(todo)
     if skipped:
         logger.info("%d of %d runs already in %s; skipping them", skipped, len(units), out)
@@ -161,7 +174,118 @@ def run_benchmark(
         reports = run_unit(config, strategies)
         write_json_atomic(path, {"unit": unit.__dict__, "config": config, "reports": reports})
         rows += _rows(suite, unit, reports)
+        if robustness is not None:
+            robustness += _robustness_rows(unit, reports)
     return rows
+
+
+def _robustness_rows(unit: Unit, reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model x dropped modality: the source model on the source test split
+    (once per unit), and each strategy's adapted model on its target's test split."""
+    rows: list[dict[str, Any]] = []
+
+    def add(model: str, domain: str, metric: str, table: Sequence[Mapping[str, Any]]) -> None:
+        for r in table:
+            rows.append({
+                **dict(unit.grid), "k_shot": unit.k_shot, "fusion": unit.fusion, "seed": unit.seed,
+                "model": model, "domain": domain, "dropped": "+".join(r["dropped"]) or "none",
+                "metric": metric, "value": r[metric], "loss": r["loss"], "relative": r["relative"],
+            })  # fmt: skip
+
+    first = next(iter(reports.values()), {})
+    if (first.get("robustness") or {}).get("source"):
+        add("source", "source", first["metric"], first["robustness"]["source"])
+    for strategy, report in reports.items():
+        tables = report.get("robustness") or {}
+        for domain in sorted(d for d in tables if d != "source"):
+            add(f"adapted-{strategy}", domain, report["metric"], tables[domain])
+    return rows
+
+
+def summarize_robustness(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and 95% CI over seeds of the metric, loss and relative metric per grid point x
+    k x fusion x model x domain x dropped modality."""
+    fixed = {
+        "k_shot",
+        "fusion",
+        "seed",
+        "model",
+        "domain",
+        "dropped",
+        "metric",
+        "value",
+        "loss",
+        "relative",
+    }
+    grid_keys = sorted({k for r in rows for k in r} - fixed)
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        key = (
+            *[r.get(k) for k in grid_keys],
+            r["k_shot"],
+            r["fusion"],
+            r["model"],
+            r["domain"],
+            r["dropped"],
+        )
+        groups[key].append(r)
+    out = []
+    for key, members in groups.items():
+        *grid_values, k, fusion, model, domain, dropped = key
+        out.append({
+            **dict(zip(grid_keys, grid_values, strict=True)), "k_shot": k, "fusion": fusion, "model": model,
+            "domain": domain, "dropped": dropped, "metric": members[0]["metric"],
+            "value": mean_ci(m["value"] for m in members), "loss": mean_ci(m["loss"] for m in members),
+            "relative": mean_ci(m["relative"] for m in members), "seeds": sorted(m["seed"] for m in members),
+        })  # fmt: skip
+    return out
+
+
+def robustness_table(summary: Sequence[Mapping[str, Any]], model: str = "source") -> str:
+    """Markdown: one line per grid point x fusion x dropped modality for ``model``."""
+    entries = [e for e in summary if e["model"] == model]
+    if not entries:
+        return ""
+    fixed = {
+        "k_shot",
+        "fusion",
+        "model",
+        "domain",
+        "dropped",
+        "metric",
+        "value",
+        "loss",
+        "relative",
+        "seeds",
+    }
+    grid_keys = [k for k in entries[0] if k not in fixed]
+    metric = entries[0]["metric"]
+    head = [*grid_keys, "fusion", "domain", "dropped", metric, "loss", "relative"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        cells = [*[str(e[k]) for k in grid_keys], e["fusion"], e["domain"], e["dropped"],
+                 _fmt(e["value"]), _fmt(e["loss"]), _fmt(e["relative"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_robustness(
+    rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]], out: str | Path
+) -> dict[str, Path]:
+    """robustness.csv (per seed), robustness.json (summary) and robustness.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "robustness.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    write_json_atomic(out / "robustness.json", list(summary))
+    models = list(dict.fromkeys(e["model"] for e in summary))
+    text = "\n\n".join(f"## {m}\n\n{robustness_table(summary, m)}" for m in models)
+    (out / "robustness.md").write_text(f"# Missing modalities at test time\n\n{text}\n")
+    return {"robustness_csv": out / "robustness.csv", "robustness_json": out / "robustness.json",
+            "robustness_md": out / "robustness.md"}  # fmt: skip
 
 
 def _rows(

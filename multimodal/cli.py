@@ -257,6 +257,19 @@ def parse_budget(text: str) -> tuple[str, float]:
         ) from None
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import explain, format_explanation, write_explanation
+
+    model, spec, ds = _model_and_split(args)
+    if args.max_samples and len(ds) > args.max_samples:
+        ds = ds.select(range(args.max_samples))
+    result = explain(model, ds, spec, args.batch_size, args.ig_steps, args.sample)
+    print(format_explanation(result))
+    paths = write_explanation(result, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .transfer import transfer
@@ -349,6 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for robustness.json and corruptions.png")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=_robustness)
+
+    p = sub.add_parser(
+        "explain",
+        help="modality contributions (drop-one, integrated gradients), MoE load, attention maps",
+    )
+    p.add_argument("--model", required=True, help="a save_pretrained folder or a run folder")
+    p.add_argument("--config", required=True, help="a config with a data section")
+    p.add_argument("--split", default="test")
+    p.add_argument("--domain", action="append", help="explain these domains only")
+    p.add_argument("--sample", type=int, default=0, help="row whose attention maps to draw")
+    p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps")
+    p.add_argument("--max-samples", type=int, help="explain the first N rows only")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="folder for explain.json and the PNGs")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=_explain)
 
     p = sub.add_parser("transfer", help="run the transfer protocol and print its table")
     p.add_argument("--config", required=True, help="run config YAML with a transfer section")

@@ -22,7 +22,9 @@ from .heads import Head
 from .training import TrainConfig
 
 SECTIONS = ("data", "encoders", "fusion", "head", "train", "transfer", "output_dir", "seed")
-TRANSFER_KEYS = ("source", "target", "k_shot", "target_fraction", "adapt", "scratch", "uda")
+TRANSFER_KEYS = (
+    "source", "target", "k_shot", "target_fraction", "adapt", "scratch", "uda", "robustness",
+)  # fmt: skip
 
 
 def _close(key: str, options: Sequence[str]) -> str:

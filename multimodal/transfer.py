@@ -17,6 +17,7 @@ from ._io import write_json_atomic
 from .config import config_hash, model_config, train_config, validate
 from .data import DatasetSpec, RowView, k_shot, load_dataset, select_domains
 from .model import MultimodalModel, build_model
+from .robustness import missing_modality_table
 from .training import FitData, evaluate, fit
 
 ADAPT_DEFAULTS = {"strategy": "head", "epochs": 20, "patience": None}
@@ -49,6 +50,9 @@ class TransferReport:
     seed: int
     config_hash: str
     config: dict[str, Any] = field(default_factory=dict)
+    # With transfer.robustness: missing-modality tables of the source model on the source
+    # test split ("source") and of each adapted model on its target's test split.
+    robustness: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,6 +141,10 @@ def transfer_strategies(
     source_score = evaluate(model, src["test"], spec, batch)[metric]
     zero_shot = {t: evaluate(model, split["test"][t], spec, batch)[metric] for t in targets}
     times["zero_shot_eval"] = time.perf_counter() - tick
+    robust = bool(settings.get("robustness"))
+    source_robustness = (
+        missing_modality_table(model, src["test"], spec, batch, subsets="one") if robust else None
+    )
 
     shots = {t: _adapt_sample(split["train"][t], settings, seed, spec.label) for t in targets}
     scratch_scores: dict[str, float] = {}
@@ -152,6 +160,7 @@ def transfer_strategies(
     reports: dict[str, TransferReport] = {}
     for strategy in strategies:
         results: dict[str, TargetResult] = {}
+        robustness = {"source": source_robustness} if robust else {}
         tick = time.perf_counter()
         for t in targets:
             adapted: MultimodalModel = copy.deepcopy(model)
@@ -170,6 +179,10 @@ def transfer_strategies(
                 )
             adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
             source_after = evaluate(adapted, src["test"], spec, batch)[metric]
+            if robust:
+                robustness[t] = missing_modality_table(
+                    adapted, split["test"][t], spec, batch, subsets="one"
+                )
             results[t] = TargetResult(
                 zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_scores[t], source_after=source_after,
                 forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_scores[t],
@@ -181,7 +194,7 @@ def transfer_strategies(
         reports[strategy] = TransferReport(
             metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
             stage_seconds=stage_times, k_shot=None if settings.get("target_fraction") else int(settings.get("k_shot", 10)),
-            seed=seed, config_hash=config_hash(run_config), config=run_config,
+            seed=seed, config_hash=config_hash(run_config), config=run_config, robustness=robustness,
         )  # fmt: skip
         if out is not None:
             name = "report.json" if len(strategies) == 1 else f"report-{strategy}.json"

@@ -132,10 +132,16 @@ def test_transfer_has_an_unsupervised_stage_beside_k_shot() -> None:
             "adapt": {"epochs": 1},
             "scratch": {"epochs": 1},
             "uda": {"epochs": 1},
+            "robustness": True,
         }
     )
     config["train"]["epochs"] = 1
     reports = transfer_strategies(config, ["head", "coral"])
+    robustness = reports["coral"].robustness
+    assert set(robustness) == {"source", "d1"}  # the source model, and the adapted one on d1
+    assert [r["dropped"] for r in robustness["source"]] == [[], ["tabular"], ["text"]]
+    assert robustness["source"] == reports["head"].robustness["source"]  # one source model
+    assert robustness["d1"] != reports["head"].robustness["d1"]
     assert set(reports) == {"head", "coral"}
     head, coral = reports["head"].targets["d1"], reports["coral"].targets["d1"]
     assert head.zero_shot == coral.zero_shot and head.scratch == coral.scratch  # shared stages

@@ -11,10 +11,14 @@ from multimodal.bench import (
     mean_ci,
     paired_comparison,
     plan,
+    robustness_table,
     run_benchmark,
     summarize,
+    summarize_robustness,
     summary_table,
+    unit_config,
     write_results,
+    write_robustness,
 )
 
 
@@ -96,3 +100,53 @@ def test_resume_skips_finished_runs(tmp_path) -> None:
     assert len(calls) == 4 and len(rows) == 4, "a second run skips every finished unit"
     run_benchmark(suite, tmp_path, fusions=["moe"], seeds=3, run_unit=stub, progress=False)
     assert calls[4:] == ["moe"], "only the new seed of the slice runs"
+
+
+def test_dotted_grid_keys_set_config_paths_and_robustness_rows_are_summarised(tmp_path) -> None:
+    suite = Suite(name="stub", base={"data": {"path": "synthetic", "options": {"noise": 0.1}}, "train": {"epochs": 2}},
+                  fusions=["concat"], strategies=["head", "full"], seeds=2, grid={"noise": [0.2], "train.modality_dropout": [0.0, 0.3]})  # fmt: skip
+    units = plan(suite, suite.fusions, 2)
+    configs = [unit_config(suite, u) for u in units]
+    assert sorted({c["train"]["modality_dropout"] for c in configs}) == [0.0, 0.3]
+    assert all(c["data"]["options"]["noise"] == 0.2 and c["train"]["epochs"] == 2 for c in configs)
+    assert all("train.modality_dropout" not in c["data"]["options"] for c in configs)
+
+    def stub(config, strategies):
+        p = config["train"]["modality_dropout"]
+        table = [  # dropout lowers the loss with image missing, by construction here
+            {"dropped": [], "accuracy": 0.8, "loss": 0.5, "relative": 1.0},
+            {
+                "dropped": ["image"],
+                "accuracy": 0.4 + p,
+                "loss": 1.5 - p,
+                "relative": (0.4 + p) / 0.8,
+            },
+        ]
+        report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.8, "config_hash": "h", "stage_seconds": {"all": 1.0},
+                  "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5, "transfer_gain": 0.1, "forgetting": 0.0,
+                                     "adapt_samples": 8, "source_after": 0.8}},
+                  "robustness": {"source": table, "d1": table}}  # fmt: skip
+        return {s: report for s in strategies}
+
+    robustness: list = []
+    rows = run_benchmark(suite, tmp_path, run_unit=stub, progress=False, robustness=robustness)
+    assert len(rows) == 8  # 2 dropout rates x 2 seeds x 2 strategies x 1 target
+    # The source model once per unit, each strategy's adapted model once per target.
+    assert len(robustness) == 4 * (2 + 2 * 2)
+    summary = summarize_robustness(robustness)
+    image = {
+        e["train.modality_dropout"]: e
+        for e in summary
+        if e["model"] == "source" and e["dropped"] == "image"
+    }
+    assert image[0.0]["loss"]["mean"] == pytest.approx(1.5) and image[0.3]["loss"][
+        "mean"
+    ] == pytest.approx(1.2)
+    assert image[0.3]["seeds"] == [0, 1] and image[0.3]["value"]["ci"] == 0.0
+    table = robustness_table(summary, "source")
+    assert "| 0.2 | 0.3 | concat | source | image | 0.700 ± 0.000 | 1.200 ± 0.000 |" in table
+    paths = write_robustness(robustness, summary, tmp_path)
+    assert "## adapted-full" in paths["robustness_md"].read_text()
+    again: list = []
+    run_benchmark(suite, tmp_path, run_unit=stub, progress=False, robustness=again)
+    assert again == robustness  # resumed units give back their stored tables
