@@ -270,6 +270,33 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from ._io import write_json_atomic
+    from .config import load_run_config
+    from .data import DatasetSpec, load_dataset, select_domains
+    from .ensemble import evaluate_ensemble, evaluate_soup, format_ensemble_table
+    from .model import MultimodalModel
+
+    models = [MultimodalModel.from_pretrained(_model_dir(path)) for path in args.models]
+    config = load_run_config(args.config, args.overrides)
+    spec = DatasetSpec.from_dict(config.get("data") or {})
+    ds = load_dataset(spec)[args.split]
+    if args.domain:
+        ds = select_domains(ds, args.domain)
+    rows = evaluate_ensemble(models, ds, spec, args.batch_size, names=args.models)
+    if args.soup or args.save_soup:
+        soup, row = evaluate_soup(models, ds, spec, args.batch_size)
+        rows.append(row)
+        if args.save_soup:
+            soup.save_pretrained(args.save_soup)
+            print(f"saved the soup to {args.save_soup}")
+    print(format_ensemble_table(rows))
+    if args.out:
+        write_json_atomic(args.out, {"split": args.split, "domains": args.domain, "rows": rows})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .transfer import transfer
@@ -378,6 +405,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for explain.json and the PNGs")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=_explain)
+
+    p = sub.add_parser(
+        "ensemble",
+        help="average the predictions of saved models; optionally a uniform weight soup",
+    )
+    p.add_argument("--models", nargs="+", required=True, help="save_pretrained or run folders")
+    p.add_argument("--config", required=True, help="a config with a data section")
+    p.add_argument("--split", default="test")
+    p.add_argument("--domain", action="append", help="evaluate on these domains only")
+    p.add_argument(
+        "--soup", action="store_true", help="also average the weights (one architecture)"
+    )
+    p.add_argument("--save-soup", help="save the soup here (implies --soup)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=_ensemble)
 
     p = sub.add_parser("transfer", help="run the transfer protocol and print its table")
     p.add_argument("--config", required=True, help="run config YAML with a transfer section")

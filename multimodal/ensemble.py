@@ -1,0 +1,166 @@
+"""Ensembles of trained models: averaged predictions (any mix of seeds and fusions) and a
+uniform weight soup (Wortsman et al., 2022) of runs that share one architecture."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import torch
+
+from .data import DatasetSpec, make_loader
+from .metrics import compute_metrics
+from .model import MultimodalModel, move_to
+
+
+@torch.no_grad()
+def _predictions(
+    model: Any, ds: datasets.Dataset, spec: DatasetSpec, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """rows [N], probabilities (or regression outputs) [N, C], labels [N], in row order."""
+    loader = make_loader(ds, model, spec, "eval", batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    rows, outputs, labels = [], [], []
+    try:
+        for batch in loader:
+            batch = move_to(batch, model.device)
+            logits = model({k: v for k, v in batch.items() if k != "labels"}).logits.float()
+            task = model.head.task
+            outputs.append(
+                logits.softmax(-1)
+                if task == "classification"
+                else logits.sigmoid()
+                if task == "multilabel"
+                else logits
+            )
+            rows.append(batch["row"])
+            labels.append(batch["labels"])
+    finally:
+        model.train(was_training)
+    order = torch.cat(rows).argsort()
+    return (
+        torch.cat(rows)[order].cpu(),
+        torch.cat(outputs)[order].cpu(),
+        torch.cat(labels)[order].cpu(),
+    )
+
+
+def _metrics(task: str, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Loss and metrics from averaged probabilities (classification, multilabel) or outputs."""
+    if task == "classification":
+        log_probs = outputs.clamp(min=1e-12).log()
+        loss = torch.nn.functional.nll_loss(log_probs, labels).item()
+        return {"loss": loss, **compute_metrics(task, log_probs, labels)}
+    if task == "multilabel":
+        p = outputs.clamp(1e-7, 1 - 1e-7)
+        loss = torch.nn.functional.binary_cross_entropy(p, labels.float()).item()
+        return {"loss": loss, **compute_metrics(task, p.log() - (1 - p).log(), labels)}
+    loss = torch.nn.functional.mse_loss(outputs.view_as(labels.float()), labels.float()).item()
+    return {"loss": loss, **compute_metrics(task, outputs, labels)}
+
+
+def evaluate_ensemble(
+    models: Sequence[Any],
+    ds: datasets.Dataset,
+    spec: DatasetSpec,
+    batch_size: int = 64,
+    names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per member, then ``ensemble``: the average of the members' probabilities
+    (classification, multilabel) or outputs (regression). Each member preprocesses with its
+    own processors, so members may differ in encoders and fusion; heads must agree."""
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    names = list(names or [f"model_{i}" for i in range(len(models))])
+    task, classes = models[0].head.task, models[0].head.num_classes
+    for name, model in zip(names, models, strict=True):
+        if (model.head.task, model.head.num_classes) != (task, classes):
+            raise ValueError(
+                f"{name} has a {model.head.task} head with {model.head.num_classes} outputs; "
+                f"the first member has a {task} head with {classes}"
+            )
+    rows, results, total = None, [], None
+    for name, model in zip(names, models, strict=True):
+        member_rows, outputs, labels = _predictions(model, ds, spec, batch_size)
+        if rows is not None and not torch.equal(rows, member_rows):
+            raise ValueError(f"{name} predicted other rows than the first member")
+        rows = member_rows
+        total = outputs if total is None else total + outputs
+        results.append({"model": name, **_metrics(task, outputs, labels)})
+    results.append(
+        {"model": "ensemble", "members": names, **_metrics(task, total / len(models), labels)}
+    )
+    return results
+
+
+def uniform_soup(models: Sequence[MultimodalModel]) -> MultimodalModel:
+    """A model whose floating-point weights and buffers are the mean of the members'.
+
+    The members must be one architecture: equal configs, state-dict shapes and processors
+    (a trained tokenizer must have the same vocabulary, or token ids would mean different
+    things across members).
+    """
+    if not models:
+        raise ValueError("a soup needs at least one model")
+    first = models[0]
+    first_cfg = _architecture(first)
+    for i, model in enumerate(models[1:], start=1):
+        if _architecture(model) != first_cfg:
+            raise ValueError(
+                f"model {i} is another architecture than model 0 (configs differ); "
+                "a soup averages runs of one architecture: use an ensemble instead"
+            )
+        for m, enc in model.encoders.items():
+            tokenizer = getattr(enc, "tokenizer", None)
+            if (
+                tokenizer is not None
+                and tokenizer.get_vocab() != first.encoders[m].tokenizer.get_vocab()
+            ):
+                raise ValueError(
+                    f"model {i}'s {m!r} tokenizer has another vocabulary than model 0's"
+                )
+    states = [m.state_dict() for m in models]
+    soup = copy.deepcopy(first)
+    averaged = {}
+    for key, value in states[0].items():
+        if any(s[key].shape != value.shape for s in states):
+            raise ValueError(f"parameter {key!r} differs in shape across the models")
+        if value.is_floating_point():
+            averaged[key] = torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
+        else:
+            averaged[key] = value  # counters such as BatchNorm's num_batches_tracked
+    soup.load_state_dict(averaged)
+    return soup
+
+
+def evaluate_soup(
+    models: Sequence[MultimodalModel], ds: datasets.Dataset, spec: DatasetSpec, batch_size: int = 64
+) -> tuple[MultimodalModel, dict[str, Any]]:
+    """The uniform soup of ``models`` and its report row (same metrics as the ensemble's)."""
+    soup = uniform_soup(models)
+    _, outputs, labels = _predictions(soup, ds, spec, batch_size)
+    return soup, {
+        "model": "soup",
+        "members": len(models),
+        **_metrics(soup.head.task, outputs, labels),
+    }
+
+
+def _architecture(model: MultimodalModel) -> str:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.dumps(model.config(Path(tmp)), sort_keys=True, default=str)
+
+
+def format_ensemble_table(rows: Sequence[dict[str, Any]]) -> str:
+    main = "accuracy" if "accuracy" in rows[0] else "rmse"
+    width = max(12, *(len(r["model"]) for r in rows))
+    lines = [f"{'model':<{width}} {main:>9} {'loss':>8}", "-" * (width + 19)]
+    lines += [f"{r['model']:<{width}} {r[main]:>9.4f} {r['loss']:>8.4f}" for r in rows]
+    return "\n".join(lines)
