@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -60,3 +61,43 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+CHECKSUMS_NAME = "checksums.json"
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``folder`` except the checksums file."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_NAME):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        out[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return out
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise ``CorruptCheckpointError`` unless every file of a checkpoint or saved model
+    matches its recorded checksum."""
+    record = path / CHECKSUMS_NAME
+    if not record.is_file():
+        raise CorruptCheckpointError(f"checkpoint {path} has no {CHECKSUMS_NAME}: it is incomplete")
+    try:
+        expected = json.loads(record.read_text())["sha256"]
+    except (ValueError, KeyError) as err:
+        raise CorruptCheckpointError(
+            f"checkpoint {path}: unreadable {CHECKSUMS_NAME} ({err})"
+        ) from err
+    actual = file_checksums(path)
+    missing = sorted(set(expected) - set(actual))
+    changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+    if missing or changed:
+        raise CorruptCheckpointError(
+            f"checkpoint {path} is corrupt: missing files {missing}, checksum mismatch in {changed}"
+        )
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint whose files are missing, truncated or altered."""

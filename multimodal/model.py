@@ -17,7 +17,7 @@ from encoders import Encoder, create_encoder
 from encoders._registry import _ENCODERS
 from fusion import Fusion, create_fusion
 
-from ._io import atomic_dir, write_json_atomic
+from ._io import CHECKSUMS_NAME, atomic_dir, file_checksums, verify_checkpoint, write_json_atomic
 from .heads import Head
 
 CONFIG_NAME = "config.json"
@@ -174,16 +174,31 @@ class MultimodalModel(nn.Module):
             # larger buffer (torchaudio's STFT window) and tied weights are simply stored twice.
             state = {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            write_json_atomic(tmp / CHECKSUMS_NAME, {"sha256": file_checksums(tmp)})
         return Path(save_dir)
 
     @classmethod
     def from_pretrained(
         cls, save_dir: str | Path, device: str | torch.device = "cpu"
     ) -> MultimodalModel:
-        """Rebuild from a ``save_pretrained`` folder: JSON + safetensors, never pickle."""
+        """Rebuild from a ``save_pretrained`` folder: JSON + safetensors, never pickle. Files
+        are checked against ``checksums.json`` when the folder has one."""
         save_dir = Path(save_dir)
+        if not (save_dir / WEIGHTS_NAME).is_file():
+            pickles = sorted(
+                p.name
+                for p in save_dir.glob("*")
+                if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+            )
+            if pickles:
+                raise ValueError(
+                    f"{save_dir}: refusing to load pickle file(s) {pickles}; only {WEIGHTS_NAME} "
+                    "(safetensors) is read. Convert trusted weights with safetensors.torch.save_file."
+                )
         if not (save_dir / CONFIG_NAME).is_file() or not (save_dir / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{save_dir} has no {CONFIG_NAME} and {WEIGHTS_NAME}")
+        if (save_dir / CHECKSUMS_NAME).is_file():
+            verify_checkpoint(save_dir)
         config = json.loads((save_dir / CONFIG_NAME).read_text())
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(

@@ -26,6 +26,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ._io import (
+    CHECKSUMS_NAME,
+    CorruptCheckpointError,
+    file_checksums,
+    verify_checkpoint,
+    write_json_atomic,
+)
 from .cache import CachedCollator, CachedFeatures, compute_features
 from .data import DatasetSpec, EpochSampler, make_loader
 from .freezing import apply_strategy, frozen_encoders, merge_lora
@@ -80,6 +87,9 @@ class TrainConfig:
     # Adversarial training: {"method": fgsm|pgd, "budgets": {kind: radius}, "steps": 3,
     # "weight": 0.5}; the loss is (1 - weight) * clean + weight * adversarial.
     adversarial: dict[str, Any] | None = None
+    # A step whose loss or gradient is not finite is skipped (and counted); this many in a
+    # row stop the run with an error naming the step and the last good checkpoint.
+    max_nonfinite_steps: int = 10
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
@@ -127,6 +137,7 @@ class FitResult:
     epoch_seconds: list[float]  # training-loop time of each epoch this process ran
     used_feature_cache: bool
     run_dir: str | None = None
+    skipped_steps: int = 0  # optimizer updates skipped for a non-finite loss or gradient
 
 
 def _param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -253,29 +264,46 @@ def _save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomic(tmp / STATE_NAME, state)
+            # Written last: a checkpoint is complete exactly when its checksums file exists.
+            write_json_atomic(tmp / CHECKSUMS_NAME, {"sha256": file_checksums(tmp)})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        # A full disk or a crash mid-save: drop the partial folder, keep the older checkpoints.
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     return final
 
 
 def _resolve_resume(resume_from: str, run_dir: Path | None) -> Path | None:
+    """The checkpoint to resume from: the given folder (verified), or with ``latest`` the
+    newest one whose checksums match, skipping corrupt ones with a warning."""
     if resume_from != "latest":
         path = Path(resume_from)
         if not (path / STATE_NAME).is_file():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_NAME})")
+        verify_checkpoint(path)
         return path
     if run_dir is None:
         raise ValueError("resume_from='latest' needs output_dir")
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
+    for path in reversed(checkpoints(run_dir)):
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpointError as err:
+            logger.warning("%s; falling back to an older checkpoint", err)
+            continue
+        return path
+    return None
 
 
 def environment() -> dict[str, Any]:
@@ -440,13 +468,13 @@ def fit(
     # Everything needed to continue, saved as JSON beside each checkpoint (evaluations included).
     state: dict[str, Any] = {
         "step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "best_step": None,
-        "bad_evals": 0, "stopped": False, "history": [],
+        "bad_evals": 0, "stopped": False, "history": [], "skipped_steps": 0,
     }  # fmt: skip
     if cfg.resume_from:
         path = _resolve_resume(cfg.resume_from, run_dir)
         if path is not None:
             accelerator.load_state(str(path))
-            state = json.loads((path / STATE_NAME).read_text())
+            state = {"skipped_steps": 0, **json.loads((path / STATE_NAME).read_text())}
             accelerator.print(f"resumed from {path} at step {state['step']}")
     best_path = run_dir / "best_state.safetensors" if run_dir else None
     best_weights: dict[str, torch.Tensor] | None = None
@@ -547,6 +575,7 @@ def fit(
         desc="train",
     )
     trained_samples, train_time, steps_run, epoch_seconds = 0, 0.0, 0, []
+    finite, consecutive_skips = True, 0
     while state["step"] < total_steps and not state["stopped"]:
         loader = (
             accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])
@@ -586,15 +615,46 @@ def fit(
                     )
                     loss = loss + cfg.adapt_weight * adapt_loss
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                finite = finite and bool(torch.isfinite(loss.detach()))
+                skipped = False
+                if accelerator.sync_gradients:
+                    norm = accelerator.clip_grad_norm_(
+                        model.parameters(), cfg.max_grad_norm or math.inf
+                    )
+                    finite = finite and (norm is None or bool(torch.isfinite(norm)))
+                    if accelerator.scaler is None:
+                        skipped = not _on_every_process(accelerator, finite)
+                    finite = True
+                if not skipped:
+                    optimizer.step()
+                    # fp16: the grad scaler skips overflowing steps itself and lowers its scale.
+                    skipped = accelerator.sync_gradients and optimizer.step_was_skipped
+                    if not skipped:
+                        scheduler.step()
                 optimizer.zero_grad()
             state["batch_in_epoch"] += 1
             trained_samples += len(batch["row"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
+            if skipped:
+                state["skipped_steps"] += 1
+                consecutive_skips += 1
+                logger.warning(
+                    "non-finite loss or gradient after step %d: update skipped (%d in a row)",
+                    state["step"], consecutive_skips,
+                )  # fmt: skip
+                if consecutive_skips >= cfg.max_nonfinite_steps:
+                    last = (
+                        checkpoints(run_dir)[-1]
+                        if run_dir is not None and checkpoints(run_dir)
+                        else None
+                    )
+                    raise NonFiniteTrainingError(
+                        f"{consecutive_skips} consecutive non-finite steps after step {state['step']} "
+                        f"(epoch {state['epoch']}); last good checkpoint: {last or 'none'}"
+                    )
+                continue
+            consecutive_skips = 0
             state["step"] += 1
             steps_run += 1
             bar.update(1)
@@ -604,6 +664,7 @@ def fit(
                     "epoch": state["epoch"],
                     "train_loss": out.loss.item(),
                     "lr": scheduler.get_last_lr()[0],
+                    "skipped_steps": state["skipped_steps"],
                 }
                 if adapter is not None:
                     record["adapt_loss"] = adapt_loss.item()
@@ -657,7 +718,20 @@ def fit(
         train_samples_per_s=trained_samples / train_time if train_time > 0 else 0.0,
         train_steps_per_s=steps_run / train_time if train_time > 0 else 0.0, epoch_seconds=epoch_seconds,
         used_feature_cache=use_cache, run_dir=str(run_dir) if run_dir else None,
+        skipped_steps=state["skipped_steps"],
     )  # fmt: skip
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def _on_every_process(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (so all of them skip a step, or none)."""
+    if accelerator.num_processes == 1:
+        return flag
+    bad = torch.tensor([0.0 if flag else 1.0], device=accelerator.device)
+    return bool(accelerator.reduce(bad, reduction="sum").item() == 0)
 
 
 def _adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
