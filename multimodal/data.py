@@ -33,6 +33,8 @@ class DatasetSpec:
     domain: the column that names each row's domain; or ``domains``, domain -> {name/
         split/path/data_files} when domains are separate configs, splits or datasets.
     split: our split name (train/validation/test) -> the dataset's own split name.
+    media_root: the folder that file paths in image and audio columns must lie in (relative
+        paths are taken from it); by default the local dataset's folder (or data file's).
     """
 
     path: str = "synthetic"
@@ -53,6 +55,20 @@ class DatasetSpec:
     seed: int = 0
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
+    media_root: str | None = None
+
+    def media_roots(self) -> list[Path]:
+        """Folders a media path in a row may point into; empty for hub and synthetic data."""
+        if self.media_root is not None:
+            return [Path(self.media_root).resolve()]
+        paths = [self.path] + [w["path"] for w in (self.domains or {}).values() if "path" in w]
+        roots = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                roots.append(p.resolve())
+            elif p.is_file():
+                roots.append(p.parent.resolve())
+        return roots
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetSpec:
@@ -84,6 +100,7 @@ def _load_one(
         kwargs["data_files"] = data_files
     if spec.trust_remote_code:
         kwargs["trust_remote_code"] = True  # only when the spec asks for it
+        logger.warning("loading %s with trust_remote_code=True: its code runs on this machine", path)
     loaded = datasets.load_dataset(path, name, **{k: v for k, v in kwargs.items() if v is not None})
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
@@ -341,6 +358,7 @@ class MultimodalCollator:
             m: float(p if isinstance(p, (int, float)) else p.get(m, 0.0)) for m in columns
         }
         self.domain_ids = {d: i for i, d in enumerate(domains or [])}
+        self.media_roots = spec.media_roots()
         self.seed = seed
         self.corruption = corruption  # (modality, corruption name, severity), applied to raw values
         self.events: Counter[str] = Counter()
@@ -364,8 +382,35 @@ class MultimodalCollator:
                     logger.warning("%s: treated as missing (%s)", self._where(rows[i], m), err)
                     sample[m] = None
 
+    def _contain_paths(self, rows: Sequence[Mapping[str, Any]], samples: list[dict[str, Any]]) -> None:
+        """Resolve file paths in media columns against the dataset folder; a path that
+        leads outside it (``..``, an absolute path, a symlink) is a bad value."""
+        for m, enc in self.model.encoders.items():
+            if enc.modality not in ("image", "audio"):
+                continue
+            for i, sample in enumerate(samples):
+                value = sample[m]
+                if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
+                    path = value["path"]
+                elif isinstance(value, (str, os.PathLike)):
+                    path = value
+                else:
+                    continue
+                resolved = _inside(Path(path), self.media_roots)
+                if resolved is not None:
+                    sample[m] = str(resolved)
+                    continue
+                err = f"path {str(path)!r} is outside the dataset folder {[str(r) for r in self.media_roots]}"
+                if self.on_error == "raise":
+                    raise ValueError(f"{self._where(rows[i], m)}: {err}")
+                self.events[m] += 1
+                logger.warning("%s: treated as missing (%s)", self._where(rows[i], m), err)
+                sample[m] = None
+
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         samples = [{m: row.get(m) for m in self.model.modalities} for row in rows]
+        if self.media_roots:
+            self._contain_paths(rows, samples)
         # Seeded by the rows, not by history, so a resumed run drops the same modalities.
         rng = np.random.default_rng([self.seed, *[int(r["__row__"]) for r in rows]])
         if self.corruption is not None:
@@ -401,6 +446,15 @@ class MultimodalCollator:
         )
         batch["row"] = torch.tensor([r["__row__"] for r in rows], dtype=torch.long)
         return batch
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> Path | None:
+    """``path`` (relative ones taken from each root) resolved, if it lies inside a root."""
+    for root in roots:
+        resolved = (root / path).resolve()  # an absolute path stays absolute; symlinks followed
+        if resolved.is_relative_to(root):
+            return resolved
+    return None
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -183,3 +183,68 @@ def test_from_pretrained_refuses_pickle_and_checks_the_weights(setup, tmp_path) 
     with pytest.raises(training.CorruptCheckpointError, match="model.safetensors"):
         mm.MultimodalModel.from_pretrained(folder)
     shutil.rmtree(tmp_path / "m2")
+
+
+def test_paths_in_rows_cannot_escape_the_dataset_folder(tmp_path) -> None:
+    import pandas as pd
+    from PIL import Image
+
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "img").mkdir(parents=True)
+    outside.mkdir()
+    for folder in (data / "img", outside):
+        Image.new("RGB", (8, 8), "red").save(folder / "a.png")
+    (data / "img" / "link.png").symlink_to(outside / "a.png")
+    values = [
+        "img/a.png",
+        str(data / "img" / "a.png"),
+        "../outside/a.png",
+        str(outside / "a.png"),
+        "img/link.png",
+    ]
+    pd.DataFrame({"img": values, "label": [0, 1, 0, 1, 0]}).to_csv(data / "rows.csv", index=False)
+    spec = mm.DatasetSpec(path=str(data / "rows.csv"), columns={"image": "img"}, domain=None,
+                          validation_fraction=0, test_fraction=0)  # fmt: skip
+    ds = mm.load_dataset(spec)["train"]
+    model = mm.build_model({"encoders": {"image": {"name": "timm_image", "model_name": "resnet10t", "img_size": 16}},
+                            "fusion": {"name": "concat", "dim": 8}, "head": {"num_classes": 2}})  # fmt: skip
+    view = mm.data.RowView(ds, spec, "train")
+    rows = [view[i] for i in range(len(view))]
+    ok = mm.data.MultimodalCollator(model, spec, "train")(rows[:2])
+    assert ok["present"]["image"].all()
+    for row in rows[2:]:
+        with pytest.raises(
+            ValueError,
+            match=f"row {row['__row__']}, column 'img': path .* is outside the dataset folder",
+        ):
+            mm.data.MultimodalCollator(model, spec, "train")([row])
+    lenient = mm.data.MultimodalCollator(model, spec, "train", on_error="missing")
+    batch = lenient(rows)
+    assert batch["present"]["image"].tolist() == [True, True, False, False, False]
+    assert lenient.events["image"] == 3
+    # An explicit media_root widens (or narrows) what is allowed.
+    wide = mm.DatasetSpec(**{**spec.__dict__, "media_root": str(tmp_path)})
+    assert mm.data.MultimodalCollator(model, wide, "train")([rows[1], rows[3]])["present"]["image"].all()
+
+
+def test_trust_remote_code_is_off_unless_the_spec_opts_in(tmp_path, monkeypatch, caplog) -> None:
+    import datasets
+
+    seen = []
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda *a, **k: (
+            seen.append(k) or datasets.Dataset.from_dict({"x": [1.0] * 8, "label": [0, 1] * 4})
+        ),
+    )
+    mm.load_dataset(mm.DatasetSpec(path="someone/data", columns={"tabular": ["x"]}, domain=None))
+    assert "trust_remote_code" not in seen[-1]  # datasets' own default: off
+    with caplog.at_level("WARNING"):
+        mm.load_dataset(
+            mm.DatasetSpec(
+                path="someone/data", columns={"tabular": ["x"]}, domain=None, trust_remote_code=True
+            )
+        )
+    assert seen[-1]["trust_remote_code"] is True
+    assert "trust_remote_code=True" in caplog.text and "someone/data" in caplog.text
