@@ -18,22 +18,39 @@ from ._base import AttackSurface, Encoder, EncoderOutput, tokens_from_features
 from ._registry import register_encoder
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+# Larger images are refused before they are decoded: a header can claim any size, and
+# decoding 100k x 100k pixels would exhaust memory. Raise it for large scans if needed.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"image of {width} x {height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels "
+            "(encoders.image.MAX_IMAGE_PIXELS)"
+        )
 
 
 def open_image(value: Any) -> Image.Image:
     """A PIL image from a PIL image, a path, encoded bytes, a ``datasets`` Image dict or an array."""
     if isinstance(value, Image.Image):
+        _check_size(*value.size)
         return value
     if isinstance(value, dict):  # undecoded ``datasets.Image``: {"bytes": ..., "path": ...}
         value = value.get("bytes") or value.get("path")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        image = Image.open(io.BytesIO(bytes(value)))
-        image.load()  # decode now so corrupt bytes fail here, not later
-        return image
-    if isinstance(value, (str, Path)):
-        with Image.open(value) as image:
-            image.load()
-            return image.copy()
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            image = Image.open(io.BytesIO(bytes(value)))
+            _check_size(*image.size)  # from the header, before decoding
+            image.load()  # decode now so corrupt bytes fail here, not later
+            return image
+        if isinstance(value, (str, Path)):
+            with Image.open(value) as image:
+                _check_size(*image.size)
+                image.load()
+                return image.copy()
+    except Image.DecompressionBombError as err:  # PIL's own, larger limit, hit in open()
+        raise ValueError(f"image is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({err})") from err
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
         if value.ndim == 3 and value.shape[0] in (1, 3, 4):  # CHW -> HWC
@@ -54,6 +71,7 @@ def open_image(value: Any) -> Image.Image:
             raise ValueError(
                 f"expected an image array of shape HxW, HxWx3 or HxWx4, got {array.shape}"
             )
+        _check_size(array.shape[1], array.shape[0])
         return Image.fromarray(array)
     raise TypeError(f"expected a PIL image, path, bytes or array, got {type(value).__name__}")
 
@@ -108,8 +126,11 @@ class TimmImageEncoder(Encoder):
         self.transform = create_transform(**data_config, is_training=False)
 
     def is_missing(self, value: Any) -> bool:
+        """None, or an image or array with no pixels."""
         if isinstance(value, Image.Image):
             return value.width == 0 or value.height == 0
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            return value.size == 0 if isinstance(value, np.ndarray) else value.numel() == 0
         return value is None
 
     def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
@@ -119,7 +140,10 @@ class TimmImageEncoder(Encoder):
             if value is None:
                 continue
             try:
-                pixels[i] = self.transform(to_rgb(open_image(value)))
+                image = open_image(value)
+                if image.width == 0 or image.height == 0:
+                    raise ValueError(f"the image is {image.width} x {image.height} pixels")
+                pixels[i] = self.transform(to_rgb(image))
             except (OSError, ValueError, TypeError, Image.DecompressionBombError) as err:
                 raise ValueError(f"image sample {i}: cannot read it as an image ({err})") from err
         return {"pixel_values": pixels}

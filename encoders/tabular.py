@@ -13,6 +13,8 @@ from torch import nn
 from ._base import AttackSurface, Encoder, EncoderOutput
 from ._registry import register_encoder
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
 
 @register_encoder("tabular_mlp")
 class TabularMLPEncoder(Encoder):
@@ -125,7 +127,16 @@ class TabularMLPEncoder(Encoder):
                     raise TypeError(
                         f"tabular sample {i}, column {column!r}: expected a number, got {x!r}"
                     )
-                x = float(x)
+                try:
+                    x = float(x)
+                except (OverflowError, ValueError, TypeError) as err:
+                    raise ValueError(
+                        f"tabular sample {i}, column {column!r}: cannot read {x!r} as a number ({err})"
+                    ) from err
+                if math.isfinite(x) and abs(x) > _FLOAT32_MAX:
+                    raise ValueError(
+                        f"tabular sample {i}, column {column!r}: {x!r} is outside the float32 range"
+                    )
                 out[i, j] = x if math.isfinite(x) else float("nan")
         return out
 
@@ -142,9 +153,19 @@ class TabularMLPEncoder(Encoder):
                 if x is None or (isinstance(x, float) and math.isnan(x)):
                     continue
                 if isinstance(spec, list):
-                    out[i, j] = self.vocab[column].get(x, 0)
+                    try:
+                        out[i, j] = self.vocab[column].get(x, 0)
+                    except TypeError as err:  # unhashable: a list or dict in the cell
+                        raise TypeError(
+                            f"tabular sample {i}, column {column!r}: expected a category, got {x!r}"
+                        ) from err
                 else:
-                    code = int(x)
+                    try:
+                        code = int(x)
+                    except (TypeError, ValueError, OverflowError) as err:
+                        raise ValueError(
+                            f"tabular sample {i}, column {column!r}: expected a code in [0, {spec}), got {x!r}"
+                        ) from err
                     if not 0 <= code < spec:
                         raise ValueError(
                             f"tabular sample {i}, column {column!r}: expected a code in [0, {spec}), got {x!r}"
@@ -179,7 +200,8 @@ class TabularMLPEncoder(Encoder):
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         numerical, categorical = inputs["numerical"], inputs["categorical"]
         missing = torch.isnan(numerical)  # B x n_num
-        x = torch.where(missing, 0.0, (numerical - self.mean) / self.std)
+        # Outliers beyond 10^4 standard deviations are clipped so tokens stay finite.
+        x = torch.where(missing, 0.0, (numerical - self.mean) / self.std).clamp(-1e4, 1e4)
         num_tokens = x[..., None] * self.num_weight + self.num_bias  # B x n_num x D
         num_tokens = torch.where(missing[..., None], self.missing.expand_as(num_tokens), num_tokens)
         cat_tokens = self.cat_embedding(categorical + self.cat_offsets)  # B x n_cat x D

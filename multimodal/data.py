@@ -100,7 +100,9 @@ def _load_one(
         kwargs["data_files"] = data_files
     if spec.trust_remote_code:
         kwargs["trust_remote_code"] = True  # only when the spec asks for it
-        logger.warning("loading %s with trust_remote_code=True: its code runs on this machine", path)
+        logger.warning(
+            "loading %s with trust_remote_code=True: its code runs on this machine", path
+        )
     loaded = datasets.load_dataset(path, name, **{k: v for k, v in kwargs.items() if v is not None})
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
@@ -382,7 +384,9 @@ class MultimodalCollator:
                     logger.warning("%s: treated as missing (%s)", self._where(rows[i], m), err)
                     sample[m] = None
 
-    def _contain_paths(self, rows: Sequence[Mapping[str, Any]], samples: list[dict[str, Any]]) -> None:
+    def _contain_paths(
+        self, rows: Sequence[Mapping[str, Any]], samples: list[dict[str, Any]]
+    ) -> None:
         """Resolve file paths in media columns against the dataset folder; a path that
         leads outside it (``..``, an absolute path, a symlink) is a bad value."""
         for m, enc in self.model.encoders.items():

@@ -224,7 +224,9 @@ def test_paths_in_rows_cannot_escape_the_dataset_folder(tmp_path) -> None:
     assert lenient.events["image"] == 3
     # An explicit media_root widens (or narrows) what is allowed.
     wide = mm.DatasetSpec(**{**spec.__dict__, "media_root": str(tmp_path)})
-    assert mm.data.MultimodalCollator(model, wide, "train")([rows[1], rows[3]])["present"]["image"].all()
+    assert mm.data.MultimodalCollator(model, wide, "train")([rows[1], rows[3]])["present"][
+        "image"
+    ].all()
 
 
 def test_trust_remote_code_is_off_unless_the_spec_opts_in(tmp_path, monkeypatch, caplog) -> None:
