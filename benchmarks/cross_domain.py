@@ -54,7 +54,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--adapt",
-        help="comma-separated unsupervised methods to add beside the k-shot strategies: dann,cdan,coral,mmd,entropy",
+        help="comma-separated unsupervised methods to add beside the k-shot strategies: dann,cdan,coral,mmd,entropy; "
+        "source_only is their control (the same extra source training, no target rows)",
     )
     parser.add_argument("--seeds", type=int, help="number of seeds (default: the suite's)")
     parser.add_argument(

@@ -159,7 +159,7 @@ def run_benchmark(
         path = out / "runs" / f"{config_hash(config)}.json"
         done = json.loads(path.read_text()) if path.is_file() else None
         if done is None or not set(strategies) <= set(done["reports"]):
-            todo.append((unit, config, path))
+            todo.append((unit, config, path, done["reports"] if done else {}))
         else:
             reports = {s: done["reports"][s] for s in strategies}
             rows += _rows(suite, unit, reports)
@@ -169,10 +169,18 @@ def run_benchmark(
     if skipped:
         logger.info("%d of %d runs already in %s; skipping them", skipped, len(units), out)
     bar = tqdm(todo, desc=f"{suite.name}", unit="run", disable=not progress)
-    for unit, config, path in bar:
+    for unit, config, path, earlier in bar:
         bar.set_postfix(fusion=unit.fusion, seed=unit.seed)
-        reports = run_unit(config, strategies)
-        write_json_atomic(path, {"unit": unit.__dict__, "config": config, "reports": reports})
+        missing = [s for s in strategies if s not in earlier]
+        reports = {
+            **{s: earlier[s] for s in strategies if s in earlier},
+            **run_unit(config, missing),
+        }
+        reports = {s: reports[s] for s in strategies}
+        # Keep the strategies of earlier invocations: the shared stages are seeded, so the
+        # unit's source model and scratch baseline are the same ones.
+        stored = {**earlier, **reports}
+        write_json_atomic(path, {"unit": unit.__dict__, "config": config, "reports": stored})
         rows += _rows(suite, unit, reports)
         if robustness is not None:
             robustness += _robustness_rows(unit, reports)

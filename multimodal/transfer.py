@@ -24,6 +24,8 @@ ADAPT_DEFAULTS = {"strategy": "head", "epochs": 20, "patience": None}
 SCRATCH_DEFAULTS = {"strategy": "full", "epochs": 20, "patience": None}
 # "Strategies" that name an unsupervised objective train on source labels + unlabelled target rows.
 UDA_METHODS = ("dann", "cdan", "coral", "mmd", "entropy")
+# The control for them: the same extra training on source labels, with no target rows.
+SOURCE_ONLY = "source_only"
 UDA_DEFAULTS = {"strategy": "full", "epochs": 3, "patience": None}
 
 
@@ -170,6 +172,10 @@ def transfer_strategies(
                 uda = {**UDA_DEFAULTS, **(settings.get("uda") or {}), "adapt_method": strategy}
                 fit(adapted, FitData(spec, src["train"], unlabelled=split["train"][t]),
                     train_config(config, **uda, output_dir=folder, seed=seed))  # fmt: skip
+            elif strategy == SOURCE_ONLY:
+                uda = {**UDA_DEFAULTS, **(settings.get("uda") or {})}
+                fit(adapted, FitData(spec, src["train"]),
+                    train_config(config, **uda, output_dir=folder, seed=seed))  # fmt: skip
             else:
                 adapt = {**ADAPT_DEFAULTS, **(settings.get("adapt") or {}), "strategy": strategy}
                 fit(
@@ -186,7 +192,7 @@ def transfer_strategies(
             results[t] = TargetResult(
                 zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_scores[t], source_after=source_after,
                 forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_scores[t],
-                adapt_samples=len(split["train"][t]) if strategy in UDA_METHODS else len(shots[t]),
+                adapt_samples=len(split["train"][t]) if strategy in UDA_METHODS else 0 if strategy == SOURCE_ONLY else len(shots[t]),
             )  # fmt: skip
         stage_times = {**times, "adapt": time.perf_counter() - tick}
         run_config = copy.deepcopy(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -100,6 +101,16 @@ def test_resume_skips_finished_runs(tmp_path) -> None:
     assert len(calls) == 4 and len(rows) == 4, "a second run skips every finished unit"
     run_benchmark(suite, tmp_path, fusions=["moe"], seeds=3, run_unit=stub, progress=False)
     assert calls[4:] == ["moe"], "only the new seed of the slice runs"
+    asked = []
+    rows = run_benchmark(suite, tmp_path, strategies=["head", "coral"], seeds=2, progress=False,
+                         run_unit=lambda c, s: asked.append(s) or stub(c, s))  # fmt: skip
+    assert asked == [["coral"]] * 4 and len(rows) == 8, "only the new strategy runs"
+    stored = [json.loads(p.read_text())["reports"] for p in (tmp_path / "runs").glob("*.json")]
+    assert sum(set(r) == {"head", "coral"} for r in stored) == 4  # earlier reports are kept
+    rows = run_benchmark(
+        suite, tmp_path, strategies=["head"], seeds=2, run_unit=stub, progress=False
+    )
+    assert {r["strategy"] for r in rows} == {"head"} and len(calls) == 9  # nothing reruns
 
 
 def test_dotted_grid_keys_set_config_paths_and_robustness_rows_are_summarised(tmp_path) -> None:
