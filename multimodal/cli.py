@@ -38,39 +38,30 @@ def _export_dataset(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import time
+    from .config import load_run_config
+    from .runs import train_run
 
-    from ._io import write_json_atomic
-    from .config import load_run_config, model_config, train_config
-    from .data import DatasetSpec, RowView, load_dataset
-    from .model import build_model
-    from .training import FitData, evaluate, fit
-
-    start = time.perf_counter()
     config = load_run_config(args.config, args.overrides)
-    spec = DatasetSpec.from_dict(config.get("data") or {})
-    dsd = load_dataset(spec)
-    view = RowView(dsd["train"], spec, "train")
-    model = build_model(
-        model_config(config), [view[i] for i in range(len(view))], seed=int(config.get("seed", 0))
-    )
     out = args.output_dir or config.get("output_dir") or "runs/train"
-    cfg = train_config(config, output_dir=out, resume_from=args.resume_from)
-    result = fit(model, FitData(spec, dsd["train"], dsd.get("validation")), cfg)
-    test = (
-        evaluate(model, dsd["test"], spec, cfg.eval_batch_size or cfg.batch_size)
-        if "test" in dsd
-        else {}
-    )
-    summary = {
-        "validation_" + result.metric: result.best_metric, "best_step": result.best_step, "steps": result.steps,
-        "test": test, "wall_time_s": time.perf_counter() - start, "run_dir": out,
-    }  # fmt: skip
-    write_json_atomic(Path(out) / "results.json", summary)
-    print(f"best validation {result.metric}: {result.best_metric:.4f} at step {result.best_step}")
-    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    summary = train_run(config, out, resume_from=args.resume_from)
+    metric = next(k for k in summary if k.startswith("validation_"))
+    print(f"best {metric.replace('_', ' ')}: {summary[metric]:.4f} at step {summary['best_step']}")
+    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+    if summary["skipped_steps"]:
+        print(f"skipped {summary['skipped_steps']} steps with a non-finite loss or gradient")
     print(f"wall time {summary['wall_time_s']:.1f} s; run folder {out}")
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .runs import format_diff, reproduce
+
+    result = reproduce(args.run_dir, args.output_dir)
+    print(format_diff(result))
+    ok = result["max_abs_diff"] <= args.tolerance
+    print(("reproduced" if ok else "NOT reproduced") + f" (tolerance {args.tolerance:g}); "
+          f"wrote {Path(result['output_dir']) / 'reproduction.json'}")  # fmt: skip
+    return 0 if ok else 1
 
 
 def _model_and_split(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -389,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for robustness.json and corruptions.png")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=_robustness)
+
+    p = sub.add_parser("reproduce", help="re-run a finished training run and diff its metrics")
+    p.add_argument("run_dir", help="a run folder written by `multimodal train`")
+    p.add_argument("--output-dir", help="where the re-run goes (default RUN_DIR/reproduce)")
+    p.add_argument(
+        "--tolerance", type=float, default=0.0, help="largest |difference| that still passes"
+    )
+    p.set_defaults(func=_reproduce)
 
     p = sub.add_parser(
         "explain",

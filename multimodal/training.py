@@ -666,6 +666,9 @@ def fit(
                     "lr": scheduler.get_last_lr()[0],
                     "skipped_steps": state["skipped_steps"],
                 }
+                rss = resident_memory_mb()
+                if rss is not None:
+                    record["rss_mb"] = rss
                 if adapter is not None:
                     record["adapt_loss"] = adapt_loss.item()
                 if adversarial is not None:
@@ -720,6 +723,16 @@ def fit(
         used_feature_cache=use_cache, run_dir=str(run_dir) if run_dir else None,
         skipped_steps=state["skipped_steps"],
     )  # fmt: skip
+
+
+def resident_memory_mb() -> float | None:
+    """This process's resident set size in MiB (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class NonFiniteTrainingError(RuntimeError):

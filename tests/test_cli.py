@@ -173,3 +173,30 @@ def test_robustness_missing_modalities(trained, config_file, tmp_path, capsys) -
     assert rows[0]["relative"] == 1.0
     results = json.loads((trained / "results.json").read_text())["test"]
     assert rows[0]["accuracy"] == results["accuracy"]  # nothing dropped = the plain evaluation
+
+
+def test_run_folder_records_provenance_and_reproduce_shows_zero_diff(
+    trained, tmp_path, capsys
+) -> None:
+    recorded = json.loads((trained / "run_config.json").read_text())
+    assert len(recorded["config_hash"]) == 12 and recorded["config"]["fusion"]["name"] == "moe"
+    assert recorded["environment"]["packages"]["torch"]
+    assert recorded["code"] is None or len(recorded["code"]["commit"]) == 40
+    assert recorded["data"]["source"] == "synthetic"
+    capsys.readouterr()
+    assert main(["reproduce", str(trained), "--output-dir", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "max |diff| 0 over" in out and "reproduced (tolerance 0)" in out
+    report = json.loads((tmp_path / "again" / "reproduction.json").read_text())
+    keys = {r["key"] for r in report["rows"]}
+    assert {"test_accuracy", "test_loss", "validation_accuracy", "best_step"} <= keys
+    assert report["max_abs_diff"] == 0.0
+    # A changed result is reported, with a non-zero exit status.
+    results = json.loads((trained / "results.json").read_text())
+    (tmp_path / "changed").mkdir()
+    for name in ("run_config.json",):
+        (tmp_path / "changed" / name).write_text((trained / name).read_text())
+    results["test"]["accuracy"] += 0.25
+    (tmp_path / "changed" / "results.json").write_text(json.dumps(results))
+    assert main(["reproduce", str(tmp_path / "changed")]) == 1
+    assert "NOT reproduced" in capsys.readouterr().out

@@ -232,3 +232,12 @@ def test_two_process_ddp_matches_one_process(tmp_path) -> None:
 def test_bf16_mixed_precision_on_cpu_stays_finite(setup) -> None:
     _, result = _fit(setup, epochs=1, mixed_precision="bf16")
     assert all(math.isfinite(h["eval_loss"]) for h in result.history)
+
+
+def test_same_config_and_seed_give_bit_identical_metrics_in_two_processes(
+    tmp_path, whole_run
+) -> None:
+    again = _run([sys.executable, str(SCRIPT), str(tmp_path / "again")])
+    assert again.returncode == 0, again.stderr[-2000:]
+    b = json.loads((tmp_path / "again" / "final.json").read_text())
+    assert b["history"] == whole_run["history"] and b["test"] == whole_run["test"]  # exact floats
