@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 
 from ._base import AttackSurface, Encoder, EncoderOutput
 from ._registry import register_encoder
+
+logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
@@ -119,8 +122,14 @@ class HFTextEncoder(Encoder):
         pretrained: bool = True,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        use_safetensors: bool = True,
     ) -> None:
         super().__init__()
+        if trust_remote_code:
+            logger.warning(
+                "hf_text %s: trust_remote_code=True, code from the hub runs on this machine",
+                model_name_or_path or (config or {}).get("model_type"),
+            )
         if (model_name_or_path is None) == (config is None):
             raise ValueError("hf_text needs exactly one of model_name_or_path or config")
         self.max_length = max_length
@@ -138,7 +147,13 @@ class HFTextEncoder(Encoder):
                 AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code
             )
         elif pretrained:
-            model = _without_pooler(AutoModel.from_pretrained, model_name_or_path, **hub)
+            # Pickled weights (pytorch_model.bin) are refused unless the user opts out.
+            model = _without_pooler(
+                AutoModel.from_pretrained,
+                model_name_or_path,
+                use_safetensors=use_safetensors,
+                **hub,
+            )
         else:
             hf_config = AutoConfig.from_pretrained(model_name_or_path, **hub)
             model = _without_pooler(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import encoders
 from tests.conftest import TEXTS, TINY_BERT
@@ -64,3 +65,21 @@ def test_wordpiece_option() -> None:
     )
     ids = enc.processor(["red circle"])["input_ids"][0].tolist()
     assert ids[0] == enc.tokenizer.cls_token_id and ids[-1] == enc.tokenizer.sep_token_id
+
+
+def test_pickled_hub_weights_are_refused_and_remote_code_is_opt_in(tmp_path, caplog) -> None:
+    enc = encoders.create_encoder("hf_text", config=TINY_BERT, train_texts=TEXTS, max_length=16)
+    enc.model.save_pretrained(tmp_path)
+    enc.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()  # pickled weights only
+    torch.save(enc.model.state_dict(), tmp_path / "pytorch_model.bin")
+    assert (tmp_path / "pytorch_model.bin").is_file() and not (
+        tmp_path / "model.safetensors"
+    ).exists()
+    with pytest.raises(OSError, match="safetensors"):
+        encoders.create_encoder("hf_text", model_name_or_path=str(tmp_path))
+    with caplog.at_level("WARNING"):
+        encoders.create_encoder(
+            "hf_text", config=TINY_BERT, train_texts=TEXTS, trust_remote_code=True
+        )
+    assert "trust_remote_code=True" in caplog.text
