@@ -166,10 +166,10 @@ class LogMelFrontEnd(nn.Module):
 
 
 def frame_mask(frames: torch.Tensor, num_tokens: int, total_frames: int) -> torch.Tensor:
-    """[B, num_tokens] bool: token t covers frames t*stride..., valid if it starts inside the clip."""
-    stride = total_frames / max(num_tokens, 1)
-    starts = torch.arange(num_tokens, device=frames.device) * stride
-    return starts[None, :] < frames[:, None]
+    """[B, num_tokens] bool: token t covers frames from t * total_frames / num_tokens, and is
+    valid if it starts inside the clip. Integer arithmetic keeps it exportable with symbolic sizes."""
+    starts = torch.arange(num_tokens, device=frames.device) * total_frames  # x num_tokens
+    return starts[None, :] < frames[:, None] * num_tokens
 
 
 class _AudioEncoder(Encoder):
@@ -266,7 +266,7 @@ class AudioCNNEncoder(_AudioEncoder):
         spec, frames = self.front_end(inputs["waveform"], inputs["lengths"])
         spec = self.bn0(spec.transpose(1, 2)).transpose(1, 2)  # normalise each mel bin
         stride = 2 ** len(self.blocks)
-        total = math.ceil(spec.shape[-1] / stride) * stride
+        total = -(-spec.shape[-1] // stride) * stride  # ceil, in integers
         x = F.pad(spec, (0, total - spec.shape[-1]))  # B x 1 x n_mels x total
         for block in self.blocks:
             x = block(x)

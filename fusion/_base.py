@@ -51,8 +51,10 @@ class Fusion(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} was built for {self.modalities}; unexpected {extra}"
             )
-        batch = {tokens[m].shape[0] for m in self.modalities}
-        if len(batch) != 1:
+        batch = tokens[self.modalities[0]].shape[0]
+        if any(
+            tokens[m].shape[0] != batch for m in self.modalities
+        ):  # no set: sizes may be symbolic
             raise ValueError(
                 f"modalities disagree on the batch size: { ({m: tokens[m].shape[0] for m in self.modalities}) }"
             )
@@ -66,7 +68,7 @@ class Fusion(nn.Module):
                 raise ValueError(
                     f"masks[{m!r}]: expected bool {tuple(t.shape[:2])}, got {k.dtype} {tuple(k.shape)}"
                 )
-        return batch.pop()
+        return batch
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,8 @@ class SparseMoE(nn.Module):
             if token_mask is not None
             else torch.ones(n, dtype=torch.bool, device=x.device)
         )
+        if torch.compiler.is_exporting():
+            return self._dense(x, valid)
         n_valid = max(int(valid.sum()), 1)
         logits = self.router(x).float()  # N x E; routing in float32 for stability
         if self.training and self.noise is not None:
@@ -101,6 +103,20 @@ class SparseMoE(nn.Module):
         dispatch = torch.zeros(n, e, device=x.device)
         dispatch[tok, ex] = 1.0
         return MoEOutput(out, balance_loss, z_loss, dispatch, probs, dropped)
+
+    def _dense(self, x: torch.Tensor, valid: torch.Tensor) -> MoEOutput:
+        """Every token through its top-k experts with no capacity limit, in shapes that do
+        not depend on the data (for ONNX export). Equal to the capacity-based path whenever
+        no expert overflows its capacity; expert-choice routing is exported as token-choice."""
+        probs = self.router(x).float().softmax(dim=-1)  # N x E
+        gates, experts = probs.topk(self.top_k, dim=-1)
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+        weight = torch.zeros_like(probs).scatter(1, experts, gates) * valid[:, None]  # N x E
+        hidden = F.gelu(torch.einsum("nd,edh->enh", x, self.w1) + self.b1)  # E x N x H
+        expert_out = torch.einsum("enh,ehd->end", hidden, self.w2) + self.b2  # E x N x D
+        out = torch.einsum("ne,end->nd", weight.to(x.dtype), expert_out)
+        zero = probs.sum() * 0
+        return MoEOutput(out, zero, zero, (weight > 0).float(), probs, zero)
 
     def _token_choice(
         self, probs: torch.Tensor, valid: torch.Tensor, capacity: int

@@ -288,6 +288,24 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .export import OnnxModel, example_value, export_onnx
+    from .model import MultimodalModel
+
+    model = MultimodalModel.from_pretrained(_model_dir(args.model))
+    out = Path(args.out or Path(args.model) / "onnx")
+    export_onnx(model, out, args.opset)
+    samples = [{m: example_value(e) for m, e in model.encoders.items()}] * 3
+    with torch.no_grad():
+        expected = model.predict(samples)["logits"].numpy()
+    got = OnnxModel(out).predict(samples)["logits"]
+    print(f"exported {out / 'model.onnx'}; onnxruntime vs PyTorch max |logit diff| "
+          f"{float(abs(got - expected).max()):.2e} on {len(samples)} examples")  # fmt: skip
+    return 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .transfer import transfer
@@ -380,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for robustness.json and corruptions.png")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=_robustness)
+
+    p = sub.add_parser("export", help="export a saved model (after its processors) to ONNX")
+    p.add_argument("--model", required=True, help="a save_pretrained folder or a run folder")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", help="the export folder (default MODEL/onnx)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("reproduce", help="re-run a finished training run and diff its metrics")
     p.add_argument("run_dir", help="a run folder written by `multimodal train`")
