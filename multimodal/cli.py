@@ -306,6 +306,35 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_split(path: str, split: str, domains: Sequence[str] | None) -> tuple[Any, Any]:
+    """(DatasetSpec, the split) of a dataset spec YAML or a run config's data section."""
+    import yaml
+
+    from .data import DatasetSpec, load_dataset, select_domains
+
+    with open(path) as f:
+        loaded = yaml.safe_load(f) or {}
+    spec = DatasetSpec.from_dict(loaded.get("data", loaded) if isinstance(loaded, dict) else {})
+    ds = load_dataset(spec)[split]
+    return spec, select_domains(ds, list(domains)) if domains else ds
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from .drift import detect_drift, drift_markdown, write_drift_report
+    from .model import MultimodalModel
+
+    model = MultimodalModel.from_pretrained(_model_dir(args.model))
+    ref_spec, reference = _spec_split(args.reference, args.reference_split, args.reference_domain)
+    inc_spec, incoming = _spec_split(args.incoming, args.incoming_split, args.incoming_domain)
+    report = detect_drift(model, reference, incoming, ref_spec, inc_spec, alpha=args.alpha,
+                          max_samples=args.max_samples, permutations=args.permutations)  # fmt: skip
+    print(drift_markdown(report))
+    if args.out:
+        paths = write_drift_report(report, args.out)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 2 if report["overall"].get("drift") else 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .transfer import transfer
@@ -405,6 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the export folder (default MODEL/onnx)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "drift", help="test whether incoming data drifted from the reference (exit 2 if so)"
+    )
+    p.add_argument("--model", required=True, help="a save_pretrained folder or a run folder")
+    p.add_argument("--reference", required=True, help="dataset spec YAML (or run config)")
+    p.add_argument("--incoming", required=True, help="dataset spec YAML (or run config)")
+    p.add_argument("--reference-split", default="test")
+    p.add_argument("--incoming-split", default="test")
+    p.add_argument("--reference-domain", action="append")
+    p.add_argument("--incoming-domain", action="append")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level")
+    p.add_argument("--max-samples", type=int, default=400, help="rows per side, at most")
+    p.add_argument("--permutations", type=int, default=500)
+    p.add_argument("--out", help="folder for drift.json and drift.md")
+    p.set_defaults(func=_drift)
 
     p = sub.add_parser("reproduce", help="re-run a finished training run and diff its metrics")
     p.add_argument("run_dir", help="a run folder written by `multimodal train`")
