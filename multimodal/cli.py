@@ -335,6 +335,33 @@ def _drift(args: argparse.Namespace) -> int:
     return 2 if report["overall"].get("drift") else 0
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .lineage import comparison_markdown, readapt
+
+    with open(args.data) as f:
+        loaded = yaml.safe_load(f) or {}
+    data = loaded.get("data", loaded)
+    reference = None
+    if args.reference:
+        reference = _spec_split(args.reference, "test", args.reference_domain)
+    out = args.out or f"{str(args.model).rstrip('/')}-adapted"
+    train = {"epochs": args.epochs} if args.epochs else {}
+    comparison = readapt(args.model, data, out, args.strategy, args.budget, args.domain, train,
+                         reference, args.seed)  # fmt: skip
+    print(comparison_markdown(comparison))
+    print(f"new version in {out}")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from .lineage import format_history, history
+
+    print(format_history(history(args.run_dir)))
+    return 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .transfer import transfer
@@ -450,6 +477,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--permutations", type=int, default=500)
     p.add_argument("--out", help="folder for drift.json and drift.md")
     p.set_defaults(func=_drift)
+
+    p = sub.add_parser(
+        "adapt", help="adapt a saved model to newly collected labelled data, as a new version"
+    )
+    p.add_argument("--model", required=True, help="the run folder to start from (the parent)")
+    p.add_argument(
+        "--data", required=True, help="dataset spec YAML (or run config) of the new data"
+    )
+    p.add_argument("--strategy", choices=["head", "top_k", "full", "lora"], default="head")
+    p.add_argument("--budget", type=int, help="labelled rows per class (k-shot); default all")
+    p.add_argument("--domain", action="append", help="use these domains of the new data")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--reference", help="spec of the data forgetting is measured on "
+                   "(default: the parent's own data)")  # fmt: skip
+    p.add_argument("--reference-domain", action="append")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", help="the new version's folder (default MODEL-adapted); never overwritten"
+    )
+    p.set_defaults(func=_adapt)
+
+    p = sub.add_parser("history", help="the chain of versions of an adapted model")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_history)
 
     p = sub.add_parser("reproduce", help="re-run a finished training run and diff its metrics")
     p.add_argument("run_dir", help="a run folder written by `multimodal train`")

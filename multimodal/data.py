@@ -33,6 +33,7 @@ class DatasetSpec:
     domain: the column that names each row's domain; or ``domains``, domain -> {name/
         split/path/data_files} when domains are separate configs, splits or datasets.
     split: our split name (train/validation/test) -> the dataset's own split name.
+    keep_domains: only these domains' rows are loaded (the source domain of a run, say).
     media_root: the folder that file paths in image and audio columns must lie in (relative
         paths are taken from it); by default the local dataset's folder (or data file's).
     """
@@ -56,6 +57,7 @@ class DatasetSpec:
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
     media_root: str | None = None
+    keep_domains: list[str] | None = None  # load only these domains' rows
 
     def media_roots(self) -> list[Path]:
         """Folders a media path in a row may point into; empty for hub and synthetic data."""
@@ -155,6 +157,12 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
             dsd = datasets.DatasetDict(
                 {k: v.rename_column(spec.domain, "domain") for k, v in dsd.items()}
             )
+    if spec.keep_domains:
+        known = set(dsd["train"]["domain"])
+        unknown = sorted(set(spec.keep_domains) - known)
+        if unknown:
+            raise ValueError(f"keep_domains names {unknown}, which the data lacks; domains: {sorted(known)}")
+        dsd = datasets.DatasetDict({k: select_domains(v, spec.keep_domains) for k, v in dsd.items()})
     if not spec.streaming:
         dsd = make_splits(dsd, spec.seed, spec.validation_fraction, spec.test_fraction)
     wanted = [c for cols in spec.column_of().values() for c in cols] + [spec.label, "domain"]

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from multimodal.cli import main
+from multimodal.lineage import history, readapt
+from multimodal.runs import train_run
+from tests.multimodal.tiny_run import tiny_run
+
+
+def test_adapt_writes_a_linked_version_with_comparison_and_history(tmp_path, capsys) -> None:
+    config = tiny_run()
+    config["data"]["keep_domains"] = ["d0"]
+    train_run(config, tmp_path / "v1")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "v1").rglob("*") if p.is_file()}
+    new_data = {**tiny_run()["data"], "keep_domains": ["d1"]}
+    comparison = readapt(tmp_path / "v1", new_data, tmp_path / "v2", strategy="full", budget=4,
+                         train={"epochs": 10, "lr": 0.01})  # fmt: skip
+    lineage = json.loads((tmp_path / "v2" / "lineage.json").read_text())
+    assert lineage["parent"] == str((tmp_path / "v1").resolve()) and lineage["version"] == 2
+    assert lineage["train_rows"] == 16  # 4 per class, 4 classes
+    assert comparison["new_data"]["new"]["accuracy"] >= comparison["new_data"]["old"]["accuracy"]
+    ref = comparison["reference"]  # the parent's own test split (d0)
+    assert ref["forgetting"] == pytest.approx(ref["old"]["accuracy"] - ref["new"]["accuracy"])
+    assert (tmp_path / "v2" / "best_model" / "config.json").is_file()
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "v1").rglob("*") if p.is_file()}
+    assert after == before  # the parent is untouched
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        readapt(tmp_path / "v1", new_data, tmp_path / "v2")
+    # A third version, adapted from the second, through the CLI.
+    spec = tmp_path / "b.yaml"
+    spec.write_text(json.dumps(new_data))
+    assert main(["adapt", "--model", str(tmp_path / "v2"), "--data", str(spec), "--strategy", "head",
+                 "--budget", "4", "--epochs", "3", "--out", str(tmp_path / "v3")]) == 0  # fmt: skip
+    chain = history(tmp_path / "v3")
+    assert [e["version"] for e in chain] == [1, 2, 3]
+    assert (
+        chain[0]["test"]["accuracy"]
+        == json.loads((tmp_path / "v1" / "results.json").read_text())["test"]["accuracy"]
+    )
+    assert chain[2]["strategy"] == "head" and "forgetting" in chain[2]
+    capsys.readouterr()
+    assert main(["history", str(tmp_path / "v3")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("v1") and lines[2].startswith("v3") and "forgetting" in lines[2]
