@@ -362,6 +362,17 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    print(
+        f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /health, /metadata)"
+    )
+    serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+          max_payload_mb=args.max_payload_mb)  # fmt: skip
+    return 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .transfer import transfer
@@ -501,6 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", help="the chain of versions of an adapted model")
     p.add_argument("run_dir")
     p.set_defaults(func=_history)
+
+    p = sub.add_parser("serve", help="an HTTP inference server with dynamic batching")
+    p.add_argument("--model", required=True, help="a run folder or save_pretrained folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="1 turns dynamic batching off")
+    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--max-payload-mb", type=float, default=10.0)
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("reproduce", help="re-run a finished training run and diff its metrics")
     p.add_argument("run_dir", help="a run folder written by `multimodal train`")

@@ -161,8 +161,12 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
         known = set(dsd["train"]["domain"])
         unknown = sorted(set(spec.keep_domains) - known)
         if unknown:
-            raise ValueError(f"keep_domains names {unknown}, which the data lacks; domains: {sorted(known)}")
-        dsd = datasets.DatasetDict({k: select_domains(v, spec.keep_domains) for k, v in dsd.items()})
+            raise ValueError(
+                f"keep_domains names {unknown}, which the data lacks; domains: {sorted(known)}"
+            )
+        dsd = datasets.DatasetDict(
+            {k: select_domains(v, spec.keep_domains) for k, v in dsd.items()}
+        )
     if not spec.streaming:
         dsd = make_splits(dsd, spec.seed, spec.validation_fraction, spec.test_fraction)
     wanted = [c for cols in spec.column_of().values() for c in cols] + [spec.label, "domain"]

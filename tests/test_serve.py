@@ -1,0 +1,151 @@
+"""The inference server as a real process on loopback, called with a real HTTP client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from multimodal.runs import train_run
+from tests.multimodal.test_adversarial import AUDIO, IMAGE
+from tests.multimodal.tiny_run import tiny_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    run = tmp_path_factory.mktemp("served")
+    config = tiny_run(encoders={**tiny_run()["encoders"], "image": IMAGE, "audio": AUDIO})
+    config["train"]["epochs"] = 1
+    train_run(config, run)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "multimodal.cli", "serve", "--model", str(run), "--port", str(port),
+         "--max-batch", "16", "--max-wait-ms", "50", "--max-payload-mb", "1"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if process.poll() is not None:
+            pytest.fail(f"the server exited: {process.stdout.read()[-3000:]}")
+    else:
+        process.kill()
+        pytest.fail("the server did not come up in 60 s")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _png() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _wav() -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * np.sin(np.arange(4000) / 5)).astype(np.float32), 8000, format="WAV")
+    return buf.getvalue()
+
+
+SAMPLE = {"text": "a bright red circle", "tabular": {"tab_0": 0.1, "tab_1": -0.3, "tab_2": 1.2, "tab_3": 0.0,
+                                                    "tab_channel": "web"}}  # fmt: skip
+
+
+def test_health_and_metadata(server) -> None:
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    meta = httpx.get(f"{server}/metadata").json()
+    assert meta["modalities"] == {
+        "audio": "audio",
+        "image": "image",
+        "tabular": "tabular",
+        "text": "text",
+    }
+    assert meta["labels"] == ["0", "1", "2", "3"] and meta["model"]["version"] == 1
+
+
+def test_good_requests_json_base64_multipart_and_missing_modalities(server) -> None:
+    full = {**SAMPLE, "image": _png(), "audio": base64.b64encode(_wav()).decode()}
+    answer = httpx.post(f"{server}/predict", json={"inputs": full}).json()["predictions"]
+    assert len(answer["probs"]) == 4 and abs(sum(answer["probs"]) - 1) < 1e-5
+    assert answer["labels"] == int(np.argmax(answer["probs"])) and answer["label_name"] == str(
+        answer["labels"]
+    )
+    many = httpx.post(
+        f"{server}/predict", json={"inputs": [SAMPLE, {"text": "only text"}, {}]}
+    ).json()
+    assert len(many["predictions"]) == 3  # a sample with no modality at all is still answered
+    form = httpx.post(f"{server}/predict", data={"text": "a red circle", "tabular": json.dumps(SAMPLE["tabular"])},
+                      files={"image": ("x.png", base64.b64decode(_png()), "image/png"), "audio": ("x.wav", _wav(), "audio/wav")})  # fmt: skip
+    assert form.status_code == 200, form.text
+    # Equal up to padding: a batch pads clips to its longest, and convolutions see the pad.
+    assert form.json()["predictions"]["probs"] == pytest.approx(answer["probs"], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({"inputs": {"image": base64.b64encode(b"not an image").decode()}}, 422, "inputs.image"),
+        ({"inputs": {"image": "***"}}, 422, "inputs.image"),
+        ({"inputs": {"text": 5}}, 422, "inputs.text"),
+        ({"inputs": {"tabular": {"tab_0": "abc"}}}, 422, "inputs.tabular"),
+        ({"inputs": [SAMPLE, {"colour": "red"}]}, 422, "inputs[1].colour"),
+        ({"samples": []}, 422, "inputs"),
+        ({"inputs": {"text": "x" * (2 * 2**20)}}, 413, "body"),
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_serving(
+    server, payload, status, field
+) -> None:
+    response = httpx.post(f"{server}/predict", json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert httpx.post(f"{server}/predict", json={"inputs": SAMPLE}).status_code == 200
+
+
+def test_not_json_is_a_400(server) -> None:
+    response = httpx.post(
+        f"{server}/predict", content=b"{broken", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["field"] == "body"
+
+
+def test_a_burst_of_concurrent_requests_is_batched(server) -> None:
+    before = httpx.get(f"{server}/health").json()
+
+    def call(i: int) -> httpx.Response:
+        return httpx.post(
+            f"{server}/predict", json={"inputs": {**SAMPLE, "text": f"request {i}"}}, timeout=60
+        )
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(call, range(64)))
+    assert all(r.status_code == 200 for r in responses)
+    after = httpx.get(f"{server}/health").json()
+    samples, batches = after["samples"] - before["samples"], after["batches"] - before["batches"]
+    assert samples == 64 and batches < 64  # grouped into fewer, larger batches
