@@ -216,8 +216,11 @@ def create_app(
         try:
             raw = await _parse(request, bytes(body), model)
             many = isinstance(raw, list)
-            samples = [check_sample(model, s, f"inputs[{i}]" if many else "inputs")
-                       for i, s in enumerate(raw if many else [raw])]  # fmt: skip
+            # Decoding and checking run off the event loop, so requests keep arriving meanwhile.
+            samples = await asyncio.to_thread(
+                lambda: [check_sample(model, s, f"inputs[{i}]" if many else "inputs")
+                         for i, s in enumerate(raw if many else [raw])]
+            )  # fmt: skip
         except RequestError as err:
             return error(err.status, err.field, str(err))
         if not samples:

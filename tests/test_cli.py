@@ -40,7 +40,23 @@ def trained(config_file, tmp_path_factory):
 
 def test_help_lists_every_command() -> None:
     text = build_parser().format_help()
-    for command in ("list", "train", "evaluate", "predict", "transfer", "export-dataset"):
+    for command in (
+        "list",
+        "train",
+        "evaluate",
+        "predict",
+        "transfer",
+        "export-dataset",
+        "robustness",
+        "explain",
+        "ensemble",
+        "reproduce",
+        "export",
+        "serve",
+        "drift",
+        "adapt",
+        "history",
+    ):
         assert command in text
 
 
