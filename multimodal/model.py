@@ -255,7 +255,8 @@ def build_model(
     if not config.get("encoders"):
         raise ValueError("model config needs at least one entry under 'encoders'")
     encoders: dict[str, Encoder] = {}
-    for m, enc_cfg in config["encoders"].items():
+    # Sorted: the initialisation must not depend on the order of keys in a config file.
+    for m, enc_cfg in sorted(config["encoders"].items()):
         enc_cfg = dict(enc_cfg)
         if "name" not in enc_cfg:
             raise ValueError(f"encoders.{m}: needs a 'name' (one of the registered encoders)")

@@ -130,3 +130,18 @@ def test_build_model_from_yaml(tmp_path) -> None:
     model = mm.build_model(path)
     assert isinstance(model.fusion, fusion.CrossAttentionFusion)
     assert model.modalities == ["tab"]
+
+
+def test_initialisation_does_not_depend_on_the_order_of_config_keys() -> None:
+    import multimodal as mm
+    from tests.multimodal.tiny_run import tiny_run
+
+    config = tiny_run()
+    encoders = config["encoders"]
+    reordered = {**config, "encoders": dict(reversed(list(encoders.items())))}
+    assert list(reordered["encoders"]) != list(encoders)
+    samples = [{"text": "a red circle", "tabular": {"tab_0": 1.0, "tab_1": 0.0, "tab_2": 2.0, "tab_3": 1.0,
+                                                    "tab_channel": "web"}}] * 4  # fmt: skip
+    a = mm.build_model({k: config[k] for k in ("encoders", "fusion", "head")}, samples, seed=3)
+    b = mm.build_model({k: reordered[k] for k in ("encoders", "fusion", "head")}, samples, seed=3)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
