@@ -486,14 +486,20 @@ def fit(
         (run_dir / "config.json").write_text(
             json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
         )
+        from .config import config_hash
+        from .runs import git_state
+
         (run_dir / "environment.json").write_text(
             json.dumps(
                 {
                     **environment(),
                     "device": str(accelerator.device),
                     "processes": accelerator.num_processes,
+                    "train_config_hash": config_hash(dataclasses.asdict(cfg)),
+                    "code": git_state(Path(__file__).resolve().parent),
                 },
                 indent=2,
+                default=str,
             )
         )
     if use_tb:

@@ -53,7 +53,9 @@ def test_fit_writes_the_run_folder_and_best_model_reproduces_metrics(setup, tmp_
     evals = [r for r in records if "eval_accuracy" in r]
     assert len(evals) == 3 and max(r["eval_accuracy"] for r in evals) == result.best_metric
     assert {"train_loss", "lr"} <= set(next(r for r in records if "train_loss" in r))
-    assert "torch" in json.loads((tmp_path / "environment.json").read_text())["packages"]
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert "torch" in env["packages"] and len(env["train_config_hash"]) == 12
+    assert env["code"] is None or len(env["code"]["commit"]) == 40
     # The best model, reloaded, gives exactly the metrics of the model fit returned.
     expected = training.evaluate(model, dsd["test"], spec)
     reloaded = mm.MultimodalModel.from_pretrained(tmp_path / "best_model")
