@@ -277,17 +277,24 @@ def robustness_table(summary: Sequence[Mapping[str, Any]], model: str = "source"
     return "\n".join(lines)
 
 
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], sort: bool = False) -> None:
+    """Rows as CSV, with the union of their keys as columns (sorted by every column if asked)."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    if sort:
+        rows = sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in fields))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_robustness(
     rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]], out: str | Path
 ) -> dict[str, Path]:
     """robustness.csv (per seed), robustness.json (summary) and robustness.md."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "robustness.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "robustness.csv", rows)
     write_json_atomic(out / "robustness.json", list(summary))
     models = list(dict.fromkeys(e["model"] for e in summary))
     text = "\n\n".join(f"## {m}\n\n{robustness_table(summary, m)}" for m in models)
@@ -426,11 +433,7 @@ def write_results(
     """results.csv, summary.json, summary.md and the PNG plots in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in fields)))
+    write_csv(out / "results.csv", rows, sort=True)
     write_json_atomic(out / "summary.json", {"summary": list(summary)})
     (out / "summary.md").write_text(
         (header + "\n\n" if header else "") + summary_table(summary) + "\n"
