@@ -14,10 +14,6 @@ import argparse
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,29 +40,15 @@ def _sample(i: int) -> dict:
             "tabular": {"tab_0": 0.1 * i, "tab_1": -0.2, "tab_2": 0.5, "tab_3": 1.0, "tab_channel": "web"}}  # fmt: skip
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load(model: Path, max_batch: int, max_wait_ms: float, requests: int, concurrency: int) -> dict:
     import httpx
 
-    port = _port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "multimodal.cli", "serve", "--model", str(model), "--port", str(port),
-         "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    from multimodal.serve import start_server
+
+    server, url = start_server(
+        model, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)
+    )
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         payloads = [json.dumps({"inputs": _sample(i)}).encode() for i in range(requests)]
         with httpx.Client(timeout=120) as client:  # warm-up
             for p in payloads[:4]:

@@ -16,6 +16,8 @@ import asyncio
 import base64
 import binascii
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -275,3 +277,36 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, **kwargs: 
     import uvicorn
 
     uvicorn.run(create_app(run, **kwargs), host=host, port=port, log_level="warning")
+
+
+def start_server(
+    run: str | Path, *options: str, timeout: float = 120.0
+) -> tuple[subprocess.Popen, str]:
+    """Start ``multimodal serve --model RUN OPTIONS`` on a free loopback port and wait until
+    /health answers; returns the process and its base URL (for tests and load benchmarks)."""
+    import socket
+    import tempfile
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "multimodal.cli", "serve", "--model", str(run), "--port", str(port), *options],
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"the server exited: {log.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"the server did not answer /health within {timeout:.0f} s")

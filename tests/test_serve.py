@@ -5,11 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,16 +15,11 @@ import soundfile as sf
 from PIL import Image
 
 from multimodal.runs import train_run
+from multimodal.serve import start_server
 from tests.multimodal.test_adversarial import AUDIO, IMAGE
 from tests.multimodal.tiny_run import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +28,9 @@ def server(tmp_path_factory):
     config = tiny_run(encoders={**tiny_run()["encoders"], "image": IMAGE, "audio": AUDIO})
     config["train"]["epochs"] = 1
     train_run(config, run)
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "multimodal.cli", "serve", "--model", str(run), "--port", str(port),
-         "--max-batch", "16", "--max-wait-ms", "50", "--max-payload-mb", "1"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if process.poll() is not None:
-            pytest.fail(f"the server exited: {process.stdout.read()[-3000:]}")
-    else:
-        process.kill()
-        pytest.fail("the server did not come up in 60 s")
+    process, url = start_server(
+        run, "--max-batch", "16", "--max-wait-ms", "50", "--max-payload-mb", "1"
+    )
     yield url
     process.terminate()
     process.wait(timeout=30)
