@@ -22,6 +22,18 @@ from ._io import write_json_atomic
 from .config import config_hash, validate
 
 logger = logging.getLogger(__name__)
+# Columns of robustness rows that are not grid axes (with "seed" per run, "seeds" summarised).
+ROBUSTNESS_KEYS = {
+    "k_shot",
+    "fusion",
+    "model",
+    "domain",
+    "dropped",
+    "metric",
+    "value",
+    "loss",
+    "relative",
+}
 METRICS = ("source", "zero_shot", "adapted", "scratch", "transfer_gain", "forgetting")
 SUITE_KEYS = {
     "name",
@@ -213,19 +225,7 @@ def _robustness_rows(unit: Unit, reports: Mapping[str, Mapping[str, Any]]) -> li
 def summarize_robustness(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean and 95% CI over seeds of the metric, loss and relative metric per grid point x
     k x fusion x model x domain x dropped modality."""
-    fixed = {
-        "k_shot",
-        "fusion",
-        "seed",
-        "model",
-        "domain",
-        "dropped",
-        "metric",
-        "value",
-        "loss",
-        "relative",
-    }
-    grid_keys = sorted({k for r in rows for k in r} - fixed)
+    grid_keys = sorted({k for r in rows for k in r} - ROBUSTNESS_KEYS - {"seed"})
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
         key = (
@@ -254,19 +254,7 @@ def robustness_table(summary: Sequence[Mapping[str, Any]], model: str = "source"
     entries = [e for e in summary if e["model"] == model]
     if not entries:
         return ""
-    fixed = {
-        "k_shot",
-        "fusion",
-        "model",
-        "domain",
-        "dropped",
-        "metric",
-        "value",
-        "loss",
-        "relative",
-        "seeds",
-    }
-    grid_keys = [k for k in entries[0] if k not in fixed]
+    grid_keys = [k for k in entries[0] if k not in ROBUSTNESS_KEYS | {"seeds"}]
     metric = entries[0]["metric"]
     head = [*grid_keys, "fusion", "domain", "dropped", metric, "loss", "relative"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

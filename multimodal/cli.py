@@ -64,19 +64,24 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _model_and_split(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """The saved model of --model and the --split (optionally --domain) of --config's data."""
+def _config_split(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The spec and the --split (optionally --domain) of --config's data, with overrides."""
     from .config import load_run_config
     from .data import DatasetSpec, load_dataset, select_domains
-    from .model import MultimodalModel
 
-    model = MultimodalModel.from_pretrained(_model_dir(args.model))
     config = load_run_config(args.config, args.overrides)
     spec = DatasetSpec.from_dict(config.get("data") or {})
     ds = load_dataset(spec)[args.split]
     if args.domain:
         ds = select_domains(ds, args.domain)
-    return model, spec, ds
+    return spec, ds
+
+
+def _model_and_split(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The saved model of --model and the --split (optionally --domain) of --config's data."""
+    from .model import MultimodalModel
+
+    return MultimodalModel.from_pretrained(args.model), *_config_split(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -86,12 +91,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(model, ds, spec, args.batch_size)
     print(json.dumps(metrics, indent=2))
     return 0
-
-
-def _model_dir(path: str) -> Path:
-    """A saved model folder, or a run folder holding best_model/."""
-    p = Path(path)
-    return p / "best_model" if (p / "best_model" / "config.json").is_file() else p
 
 
 def _file_samples(model: Any, files: Sequence[str]) -> list[dict[str, Any]]:
@@ -146,7 +145,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .data import DatasetSpec, RowView, load_dataset
     from .model import MultimodalModel
 
-    model = MultimodalModel.from_pretrained(_model_dir(args.model))
+    model = MultimodalModel.from_pretrained(args.model)
     if args.config:
         config = load_run_config(args.config, args.overrides)
         spec = DatasetSpec.from_dict(config.get("data") or {})
@@ -208,7 +207,7 @@ def _robustness(args: argparse.Namespace) -> int:
 
         curves = corruption_curves(model, ds, spec, args.batch_size)
         if args.reference:
-            reference = MultimodalModel.from_pretrained(_model_dir(args.reference))
+            reference = MultimodalModel.from_pretrained(args.reference)
             main = "accuracy" if "accuracy" in curves[0] else "rmse"
             for row, ref in zip(
                 curves, corruption_curves(reference, ds, spec, args.batch_size), strict=True
@@ -263,17 +262,11 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _ensemble(args: argparse.Namespace) -> int:
     from ._io import write_json_atomic
-    from .config import load_run_config
-    from .data import DatasetSpec, load_dataset, select_domains
     from .ensemble import evaluate_ensemble, evaluate_soup, format_ensemble_table
     from .model import MultimodalModel
 
-    models = [MultimodalModel.from_pretrained(_model_dir(path)) for path in args.models]
-    config = load_run_config(args.config, args.overrides)
-    spec = DatasetSpec.from_dict(config.get("data") or {})
-    ds = load_dataset(spec)[args.split]
-    if args.domain:
-        ds = select_domains(ds, args.domain)
+    models = [MultimodalModel.from_pretrained(path) for path in args.models]
+    spec, ds = _config_split(args)
     rows = evaluate_ensemble(models, ds, spec, args.batch_size, names=args.models)
     if args.soup or args.save_soup:
         soup, row = evaluate_soup(models, ds, spec, args.batch_size)
@@ -294,7 +287,7 @@ def _export(args: argparse.Namespace) -> int:
     from .export import OnnxModel, example_value, export_onnx
     from .model import MultimodalModel
 
-    model = MultimodalModel.from_pretrained(_model_dir(args.model))
+    model = MultimodalModel.from_pretrained(args.model)
     out = Path(args.out or Path(args.model) / "onnx")
     export_onnx(model, out, args.opset)
     samples = [{m: example_value(e) for m, e in model.encoders.items()}] * 3
@@ -323,7 +316,7 @@ def _drift(args: argparse.Namespace) -> int:
     from .drift import detect_drift, drift_markdown, write_drift_report
     from .model import MultimodalModel
 
-    model = MultimodalModel.from_pretrained(_model_dir(args.model))
+    model = MultimodalModel.from_pretrained(args.model)
     ref_spec, reference = _spec_split(args.reference, args.reference_split, args.reference_domain)
     inc_spec, incoming = _spec_split(args.incoming, args.incoming_split, args.incoming_domain)
     report = detect_drift(model, reference, incoming, ref_spec, inc_spec, alpha=args.alpha,

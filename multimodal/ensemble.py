@@ -13,40 +13,31 @@ import torch
 
 from .data import DatasetSpec, make_loader
 from .metrics import compute_metrics
-from .model import MultimodalModel, move_to
+from .model import MultimodalModel
 
 
-@torch.no_grad()
 def _predictions(
     model: Any, ds: datasets.Dataset, spec: DatasetSpec, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """rows [N], probabilities (or regression outputs) [N, C], labels [N], in row order."""
-    loader = make_loader(ds, model, spec, "eval", batch_size=batch_size)
-    was_training = model.training
-    model.eval()
-    rows, outputs, labels = [], [], []
-    try:
-        for batch in loader:
-            batch = move_to(batch, model.device)
-            logits = model({k: v for k, v in batch.items() if k != "labels"}).logits.float()
-            task = model.head.task
-            outputs.append(
-                logits.softmax(-1)
-                if task == "classification"
-                else logits.sigmoid()
-                if task == "multilabel"
-                else logits
-            )
-            rows.append(batch["row"])
-            labels.append(batch["labels"])
-    finally:
-        model.train(was_training)
-    order = torch.cat(rows).argsort()
-    return (
-        torch.cat(rows)[order].cpu(),
-        torch.cat(outputs)[order].cpu(),
-        torch.cat(labels)[order].cpu(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (classification, multilabel) or outputs (regression) [N, C] and labels
+    [N], in row order, through the engine's evaluation loop."""
+    from accelerate import Accelerator
+
+    from .training import predict_loader
+
+    accelerator = Accelerator()
+    model.to(accelerator.device)
+    loader = accelerator.prepare(make_loader(ds, model, spec, "eval", batch_size=batch_size))
+    logits, labels = predict_loader(model, loader, accelerator)
+    task = model.head.task
+    outputs = (
+        logits.softmax(-1)
+        if task == "classification"
+        else logits.sigmoid()
+        if task == "multilabel"
+        else logits
     )
+    return outputs.cpu(), labels.cpu()
 
 
 def _metrics(task: str, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -83,12 +74,9 @@ def evaluate_ensemble(
                 f"{name} has a {model.head.task} head with {model.head.num_classes} outputs; "
                 f"the first member has a {task} head with {classes}"
             )
-    rows, results, total = None, [], None
+    results, total = [], None
     for name, model in zip(names, models, strict=True):
-        member_rows, outputs, labels = _predictions(model, ds, spec, batch_size)
-        if rows is not None and not torch.equal(rows, member_rows):
-            raise ValueError(f"{name} predicted other rows than the first member")
-        rows = member_rows
+        outputs, labels = _predictions(model, ds, spec, batch_size)
         total = outputs if total is None else total + outputs
         results.append({"model": name, **_metrics(task, outputs, labels)})
     results.append(
@@ -142,7 +130,7 @@ def evaluate_soup(
 ) -> tuple[MultimodalModel, dict[str, Any]]:
     """The uniform soup of ``models`` and its report row (same metrics as the ensemble's)."""
     soup = uniform_soup(models)
-    _, outputs, labels = _predictions(soup, ds, spec, batch_size)
+    outputs, labels = _predictions(soup, ds, spec, batch_size)
     return soup, {
         "model": "soup",
         "members": len(models),

@@ -24,12 +24,6 @@ LINEAGE_NAME = "lineage.json"
 COMPARISON_NAME = "comparison.json"
 
 
-def model_dir(run: str | Path) -> Path:
-    """A run folder's ``best_model/``, or the folder itself when it is a saved model."""
-    run = Path(run)
-    return run / "best_model" if (run / "best_model" / "config.json").is_file() else run
-
-
 def _reference(run: Path) -> tuple[DatasetSpec, datasets.Dataset] | None:
     """The data the parent was trained or adapted on: its spec and test split."""
     lineage = run / LINEAGE_NAME
@@ -75,8 +69,8 @@ def readapt(
     dsd = load_dataset(spec)
     splits = {k: select_domains(v, list(domains)) if domains else v for k, v in dsd.items()}
     new_train = k_shot(splits["train"], budget, seed, spec.label) if budget else splits["train"]
-    old = MultimodalModel.from_pretrained(model_dir(parent))
-    new = MultimodalModel.from_pretrained(model_dir(parent))
+    old = MultimodalModel.from_pretrained(parent)
+    new = MultimodalModel.from_pretrained(parent)
     config = {"epochs": 20, "lr": 1e-3, "batch_size": 16, "progress": False, **(train or {}),
               "strategy": strategy, "output_dir": str(out), "seed": seed}  # fmt: skip
     result = fit(

@@ -181,9 +181,12 @@ class MultimodalModel(nn.Module):
     def from_pretrained(
         cls, save_dir: str | Path, device: str | torch.device = "cpu"
     ) -> MultimodalModel:
-        """Rebuild from a ``save_pretrained`` folder: JSON + safetensors, never pickle. Files
-        are checked against ``checksums.json`` when the folder has one."""
+        """Rebuild from a ``save_pretrained`` folder, or a run folder holding ``best_model/``:
+        JSON + safetensors, never pickle. Files are checked against ``checksums.json`` when
+        the folder has one."""
         save_dir = Path(save_dir)
+        if (save_dir / "best_model" / CONFIG_NAME).is_file():
+            save_dir = save_dir / "best_model"
         if not (save_dir / WEIGHTS_NAME).is_file():
             pickles = sorted(
                 p.name

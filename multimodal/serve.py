@@ -30,7 +30,7 @@ import torch
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the route annotations here
 from fastapi.responses import JSONResponse
 
-from .lineage import LINEAGE_NAME, model_dir
+from .lineage import LINEAGE_NAME
 from .model import MultimodalModel
 
 MEDIA = ("image", "audio")
@@ -170,7 +170,7 @@ def create_app(
 ) -> Any:
     """The FastAPI application serving the model of ``run`` (a run or save_pretrained folder)."""
     run = Path(run)
-    model = MultimodalModel.from_pretrained(model_dir(run)).eval()
+    model = MultimodalModel.from_pretrained(run).eval()
     batcher = Batcher(model, max_batch, max_wait_ms)
     labels = _label_names(run, model)
     version = _version(run)
