@@ -76,7 +76,7 @@ def main() -> None:
     import datasets
     import transformers
 
-    from multimodal.bench import (
+    from multimodal.experiments.bench import (
         load_suite,
         robustness_table,
         run_benchmark,

@@ -39,9 +39,9 @@ def main() -> None:
     import transformers
 
     from fusion import list_fusions
-    from multimodal.bench import load_suite, unit_config
-    from multimodal.search import successive_halving
-    from multimodal.transfer import TargetResult, TransferReport
+    from multimodal.experiments.bench import load_suite, unit_config
+    from multimodal.experiments.search import successive_halving
+    from multimodal.experiments.transfer import TargetResult, TransferReport
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -49,7 +49,7 @@ def main() -> None:
     path = Path(args.suite) if Path(args.suite).is_file() else SUITES / f"{args.suite}.yaml"
     suite = load_suite(path)
     fusions = list_fusions() if args.fusions == "all" else args.fusions.split(",")
-    from multimodal.bench import plan
+    from multimodal.experiments.bench import plan
 
     config = unit_config(suite, plan(suite, [fusions[0]], 1)[0])
     config["seed"] = args.seed

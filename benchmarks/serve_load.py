@@ -43,7 +43,7 @@ def _sample(i: int) -> dict:
 def load(model: Path, max_batch: int, max_wait_ms: float, requests: int, concurrency: int) -> dict:
     import httpx
 
-    from multimodal.serve import start_server
+    from multimodal.deploy.serve import start_server
 
     server, url = start_server(
         model, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)
@@ -99,8 +99,8 @@ def main() -> None:
     if model is None:
         model = Path("runs/serve_load/model")
         if not (model / "best_model").is_dir():
-            from multimodal.config import load_run_config
-            from multimodal.runs import train_run
+            from multimodal.experiments.config import load_run_config
+            from multimodal.experiments.runs import train_run
 
             train_run(load_run_config(ROOT / "benchmarks/configs/deploy_a.yaml"), model)
     rows = [

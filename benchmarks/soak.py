@@ -34,8 +34,9 @@ def main() -> None:
     import transformers
 
     import multimodal as mm
-    from multimodal import training
-    from multimodal.config import load_run_config, model_config, train_config
+    from multimodal import engine
+    from multimodal.core.provenance import resident_memory_mb
+    from multimodal.experiments.config import load_run_config, model_config, train_config
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -45,13 +46,13 @@ def main() -> None:
     dsd = mm.load_dataset(spec)
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
-    start_rss = training.resident_memory_mb()
+    start_rss = resident_memory_mb()
     cfg = train_config(
         config, output_dir=str(args.out), max_steps=args.steps, epochs=10**6, patience=None,
         log_every=args.every, eval_every=500, save_every=500, progress=False,
     )  # fmt: skip
     tick = time.perf_counter()
-    result = training.fit(model, training.FitData(spec, dsd["train"], dsd["validation"]), cfg)
+    result = engine.fit(model, engine.FitData(spec, dsd["train"], dsd["validation"]), cfg)
     seconds = time.perf_counter() - tick
     records = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
     series = [(r["step"], r["rss_mb"]) for r in records if "rss_mb" in r]

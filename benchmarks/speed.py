@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from multimodal.speed import (
+from multimodal.experiments.speed import (
     feature_cache_speedup,
     fit_vs_raw_loop,
     fusion_throughput,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from encoders._registry import Registry
+from multimodal.core.registry import Registry
 
 _FUSIONS: Registry[Any] = Registry("fusion")
 

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from multimodal.runs import train_run
-from multimodal.serve import start_server
+from multimodal.deploy.serve import start_server
+from multimodal.experiments.runs import train_run
 from tests.multimodal.test_adversarial import AUDIO, IMAGE
 from tests.multimodal.tiny_run import tiny_run
 

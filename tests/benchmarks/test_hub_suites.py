@@ -17,7 +17,7 @@ import soundfile
 import yaml
 from PIL import Image
 
-from multimodal.bench import load_suite, run_benchmark, summarize, write_results
+from multimodal.experiments.bench import load_suite, run_benchmark, summarize, write_results
 from tests.conftest import TINY_BERT
 
 SUITES = Path(__file__).resolve().parents[2] / "benchmarks" / "suites"

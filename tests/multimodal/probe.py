@@ -44,7 +44,7 @@ def features(ds: datasets.Dataset, modality: str) -> np.ndarray:
 
 
 def mm_raw(ds: datasets.Dataset) -> datasets.Dataset:
-    from multimodal.data import raw_media
+    from multimodal.data.loading import raw_media
 
     return raw_media(ds)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from multimodal.adapt import create_adapter, dann_schedule, grad_reverse, list_adapters
+from multimodal.modeling.uda import create_adapter, dann_schedule, grad_reverse, list_adapters
 
 
 def test_registry_has_every_method() -> None:
@@ -49,20 +49,20 @@ def test_adversarial_methods_reverse_the_feature_gradient(name: str) -> None:
     reversed_grad = fs.grad.clone()
     # The same loss without reversal: gradient of the classifier loss w.r.t. the features.
     fs.grad = None
-    import multimodal.adapt._base as base
+    import multimodal.modeling.uda._base as base
 
     original = base.dann_schedule
     try:
         for module in (
-            __import__("multimodal.adapt.dann", fromlist=["_"]),
-            __import__("multimodal.adapt.cdan", fromlist=["_"]),
+            __import__("multimodal.modeling.uda.dann", fromlist=["_"]),
+            __import__("multimodal.modeling.uda.cdan", fromlist=["_"]),
         ):
             module.dann_schedule = lambda p: -1.0  # reversal by -1 = no reversal
         loss(fs, ft, logits, logits, progress=1.0).backward()
     finally:
         for module in (
-            __import__("multimodal.adapt.dann", fromlist=["_"]),
-            __import__("multimodal.adapt.cdan", fromlist=["_"]),
+            __import__("multimodal.modeling.uda.dann", fromlist=["_"]),
+            __import__("multimodal.modeling.uda.cdan", fromlist=["_"]),
         ):
             module.dann_schedule = original
     coeff = dann_schedule(1.0)
@@ -74,8 +74,8 @@ def test_fit_with_unsupervised_adaptation(method: str, tmp_path) -> None:
     import json
 
     import multimodal as mm
-    from multimodal import training
-    from multimodal.config import model_config, train_config
+    from multimodal import engine
+    from multimodal.experiments.config import model_config, train_config
     from tests.multimodal.tiny_run import tiny_run
 
     config = tiny_run()
@@ -93,9 +93,9 @@ def test_fit_with_unsupervised_adaptation(method: str, tmp_path) -> None:
         output_dir=str(tmp_path),
         log_every=1,
     )
-    result = training.fit(
+    result = engine.fit(
         model,
-        training.FitData(
+        engine.FitData(
             spec, source, mm.select_domains(dsd["validation"], "d0"), unlabelled=target
         ),
         cfg,
@@ -107,8 +107,8 @@ def test_fit_with_unsupervised_adaptation(method: str, tmp_path) -> None:
 
 def test_adaptation_without_target_rows_is_an_error() -> None:
     import multimodal as mm
-    from multimodal import training
-    from multimodal.config import model_config, train_config
+    from multimodal import engine
+    from multimodal.experiments.config import model_config, train_config
     from tests.multimodal.tiny_run import tiny_run
 
     config = tiny_run()
@@ -117,13 +117,13 @@ def test_adaptation_without_target_rows_is_an_error() -> None:
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
     with pytest.raises(ValueError, match="needs FitData.unlabelled"):
-        training.fit(
-            model, training.FitData(spec, dsd["train"]), train_config(config, adapt_method="mmd")
+        engine.fit(
+            model, engine.FitData(spec, dsd["train"]), train_config(config, adapt_method="mmd")
         )
 
 
 def test_transfer_has_an_unsupervised_stage_beside_k_shot() -> None:
-    from multimodal.transfer import transfer_strategies
+    from multimodal.experiments.transfer import transfer_strategies
     from tests.multimodal.tiny_run import tiny_run
 
     config = tiny_run(

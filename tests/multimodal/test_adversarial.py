@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import multimodal as mm
-from multimodal import training
-from multimodal.adversarial import adversarial_table, perturb
-from multimodal.config import model_config, train_config
-from multimodal.model import move_to
+from multimodal import engine
+from multimodal.analysis.adversarial import adversarial_table
+from multimodal.experiments.config import model_config, train_config
+from multimodal.modeling.attacks import perturb
+from multimodal.modeling.model import move_to
 from tests.multimodal.tiny_run import tiny_run
 
 IMAGE = {
@@ -35,8 +36,8 @@ def trained():
     dsd = mm.load_dataset(spec)
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
-    training.fit(
-        model, training.FitData(spec, dsd["train"], dsd["validation"]), train_config(config)
+    engine.fit(
+        model, engine.FitData(spec, dsd["train"], dsd["validation"]), train_config(config)
     )
     return model, spec, dsd
 
@@ -101,9 +102,9 @@ def test_adversarial_training_option_logs_the_adversarial_loss(tmp_path) -> None
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
     adversarial = {"method": "pgd", "budgets": {"tabular": 0.5, "text": 1.0}, "steps": 2}
-    result = training.fit(
+    result = engine.fit(
         model,
-        training.FitData(spec, dsd["train"], dsd["validation"]),
+        engine.FitData(spec, dsd["train"], dsd["validation"]),
         train_config(
             config, epochs=1, log_every=1, output_dir=str(tmp_path), adversarial=adversarial
         ),
@@ -113,6 +114,6 @@ def test_adversarial_training_option_logs_the_adversarial_loss(tmp_path) -> None
     assert len(steps) == result.steps > 0
     # The attack raises the loss of the same weights on the same batch.
     assert all(r["adversarial_loss"] >= r["train_loss"] - 1e-6 for r in steps)
-    with pytest.raises(ValueError, match="unknown train.adversarial keys \\['eps'\\]"):
-        training.fit(model, training.FitData(spec, dsd["train"], None),
+    with pytest.raises(ValueError, match="unknown key 'train.adversarial.eps'"):
+        engine.fit(model, engine.FitData(spec, dsd["train"], None),
                      train_config(config, max_steps=1, adversarial={"eps": 0.1}))  # fmt: skip

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from multimodal.bench import (
+from multimodal.experiments.bench import (
     Suite,
     mean_ci,
     paired_comparison,

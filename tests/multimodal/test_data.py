@@ -69,7 +69,7 @@ def test_spec_column_errors_list_the_columns() -> None:
     spec = mm.DatasetSpec(options=SMALL, columns={"text": "caption"})
     with pytest.raises(ValueError, match="names column 'caption'.*Columns: \\["):
         mm.load_dataset(spec)
-    with pytest.raises(ValueError, match="unknown dataset spec keys \\['colums'\\]"):
+    with pytest.raises(ValueError, match="unknown key 'colums'; close matches: \\['columns'\\]"):
         mm.DatasetSpec.from_dict({"colums": {}})
 
 

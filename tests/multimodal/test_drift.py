@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import multimodal as mm
-from multimodal import training
-from multimodal.config import model_config, train_config
-from multimodal.drift import classifier_auroc, detect_drift, mmd_test, write_drift_report
+from multimodal import engine
+from multimodal.analysis.drift import classifier_auroc, detect_drift, mmd_test, write_drift_report
+from multimodal.experiments.config import model_config, train_config
 from tests.multimodal.test_adversarial import AUDIO, IMAGE
 from tests.multimodal.tiny_run import tiny_run
 
@@ -32,7 +32,7 @@ def model():
     config, spec, data = _splits(0)
     view = mm.data.RowView(data["d0"]["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
-    training.fit(model, training.FitData(spec, data["d0"]["train"], data["d0"]["validation"]),
+    engine.fit(model, engine.FitData(spec, data["d0"]["train"], data["d0"]["validation"]),
                  train_config(config, epochs=2))  # fmt: skip
     return model
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import multimodal as mm
-from multimodal import training
+from multimodal import engine
+from multimodal.analysis.ensemble import evaluate_ensemble, uniform_soup
 from multimodal.cli import main
-from multimodal.config import model_config, train_config
-from multimodal.ensemble import evaluate_ensemble, uniform_soup
+from multimodal.experiments.config import model_config, train_config
 from tests.multimodal.tiny_run import tiny_run
 
 
@@ -29,7 +29,7 @@ def runs(tmp_path_factory):
         dsd = mm.load_dataset(spec)
         view = mm.data.RowView(dsd["train"], spec, "train")
         model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=seed)
-        training.fit(model, training.FitData(spec, dsd["train"], dsd["validation"]),
+        engine.fit(model, engine.FitData(spec, dsd["train"], dsd["validation"]),
                      train_config(config, epochs=2, seed=seed))  # fmt: skip
         folder = tmp_path_factory.mktemp(name)
         model.save_pretrained(folder)
@@ -40,7 +40,7 @@ def runs(tmp_path_factory):
 def test_ensemble_of_one_is_the_model_and_members_average(runs) -> None:
     folders, spec, dsd = runs
     model = mm.MultimodalModel.from_pretrained(folders["concat-0"])
-    alone = training.evaluate(model, dsd["test"], spec)
+    alone = engine.evaluate(model, dsd["test"], spec)
     rows = evaluate_ensemble([model], dsd["test"], spec)
     assert rows[0]["accuracy"] == rows[1]["accuracy"] == alone["accuracy"]
     assert rows[1]["loss"] == pytest.approx(alone["loss"], rel=1e-5)  # NLL of the softmax = CE
@@ -82,5 +82,5 @@ def test_ensemble_cli_reports_members_ensemble_and_soup(runs, tmp_path, capsys) 
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [r["model"] for r in rows][-2:] == ["ensemble", "soup"]
     soup = mm.MultimodalModel.from_pretrained(tmp_path / "soup")
-    assert training.evaluate(soup, dsd["test"], spec)["accuracy"] == rows[-1]["accuracy"]
+    assert engine.evaluate(soup, dsd["test"], spec)["accuracy"] == rows[-1]["accuracy"]
     assert "ensemble" in capsys.readouterr().out

@@ -4,9 +4,9 @@ import datasets
 import pytest
 
 import multimodal as mm
-from multimodal import training
-from multimodal.config import model_config, train_config
-from multimodal.explain import explain, write_explanation
+from multimodal import engine
+from multimodal.analysis.explain import explain, write_explanation
+from multimodal.experiments.config import model_config, train_config
 from tests.multimodal.tiny_run import tiny_run
 
 IMAGE = {
@@ -43,9 +43,9 @@ def _trained(config: dict, carrier: str, epochs: int) -> tuple:
     dsd = _only_one_modality_informative(mm.load_dataset(spec), carrier)
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
-    training.fit(
+    engine.fit(
         model,
-        training.FitData(spec, dsd["train"], dsd["validation"]),
+        engine.FitData(spec, dsd["train"], dsd["validation"]),
         train_config(config, epochs=epochs),
     )
     return model, spec, dsd
@@ -54,7 +54,7 @@ def _trained(config: dict, carrier: str, epochs: int) -> tuple:
 @pytest.mark.parametrize("carrier", ["tabular", "image"])
 def test_explain_ranks_the_only_informative_modality_first(carrier, tmp_path) -> None:
     model, spec, dsd = _trained(_config({"name": "concat", "dim": 16}), carrier, epochs=4)
-    accuracy = training.evaluate(model, dsd["test"], spec)["accuracy"]
+    accuracy = engine.evaluate(model, dsd["test"], spec)["accuracy"]
     assert accuracy > 0.4  # chance is 0.25: the model did learn from the carrier
     result = explain(model, dsd["test"], spec, ig_steps=16)
     assert result["ablation"]["ranking"][0] == carrier

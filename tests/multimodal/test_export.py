@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import multimodal as mm
-from multimodal.config import model_config
-from multimodal.export import OnnxModel, export_onnx
+from multimodal.deploy.export import OnnxModel, export_onnx
+from multimodal.experiments.config import model_config
 from tests.multimodal.test_adversarial import AUDIO, IMAGE
 from tests.multimodal.tiny_run import tiny_run
 

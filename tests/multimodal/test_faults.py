@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import multimodal as mm
-from multimodal import training
-from multimodal.config import model_config, train_config
+from multimodal import engine
+from multimodal.core.io import CorruptCheckpointError, verify_checkpoint
+from multimodal.engine.checkpoint import resolve_resume
+from multimodal.experiments.config import model_config, train_config
 from tests.multimodal.tiny_run import tiny_run
 
 
@@ -33,7 +35,7 @@ def _model(setup):
 def _fit(setup, model, tmp_path=None, **train):
     config, spec, dsd, _ = setup
     cfg = train_config(config, output_dir=str(tmp_path) if tmp_path else None, **train)
-    return training.fit(model, training.FitData(spec, dsd["train"], dsd["validation"]), cfg)
+    return engine.fit(model, engine.FitData(spec, dsd["train"], dsd["validation"]), cfg)
 
 
 def _poison_loss(model, bad_calls: set[int]) -> list[int]:
@@ -69,7 +71,7 @@ def test_consecutive_non_finite_steps_stop_the_run_naming_step_and_checkpoint(
 ) -> None:
     model = _model(setup)
     _poison_loss(model, set(range(6, 1000)))
-    with pytest.raises(training.NonFiniteTrainingError) as err:
+    with pytest.raises(engine.NonFiniteTrainingError) as err:
         _fit(setup, model, tmp_path, max_steps=40, save_every=3, max_nonfinite_steps=4)
     message = str(err.value)
     assert "4 consecutive non-finite steps after step 6" in message
@@ -99,25 +101,25 @@ def test_mixed_precision_on_cpu_stays_finite(setup, precision) -> None:
 
 def test_corrupt_checkpoints_are_detected_and_latest_falls_back(setup, tmp_path, caplog) -> None:
     _fit(setup, _model(setup), tmp_path, max_steps=9, save_every=3, keep_checkpoints=3)
-    found = training.checkpoints(tmp_path)
+    found = engine.checkpoints(tmp_path)
     assert [p.name for p in found] == ["step_3", "step_6", "step_9"]
     for path in found:
-        training.verify_checkpoint(path)
+        verify_checkpoint(path)
         assert "model.safetensors" in json.loads((path / "checksums.json").read_text())["sha256"]
     newest = found[-1] / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
     with pytest.raises(
-        training.CorruptCheckpointError, match="checksum mismatch in \\['model.safetensors'\\]"
+        CorruptCheckpointError, match="checksum mismatch in \\['model.safetensors'\\]"
     ):
-        training.verify_checkpoint(found[-1])
+        verify_checkpoint(found[-1])
     flipped = found[-2] / "optimizer.bin"
     data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0xFF
     flipped.write_bytes(bytes(data))  # one flipped byte
-    assert training._resolve_resume("latest", tmp_path) == found[0]
+    assert resolve_resume("latest", tmp_path) == found[0]
     assert "falling back to an older checkpoint" in caplog.text
-    with pytest.raises(training.CorruptCheckpointError):
-        training._resolve_resume(str(found[-1]), tmp_path)
+    with pytest.raises(CorruptCheckpointError):
+        resolve_resume(str(found[-1]), tmp_path)
     # A resumed run continues from step 3, the newest intact checkpoint.
     result = _fit(setup, _model(setup), tmp_path, max_steps=12, save_every=3, keep_checkpoints=3,
                   resume_from="latest")  # fmt: skip
@@ -143,8 +145,8 @@ def test_full_disk_during_a_save_leaves_the_previous_checkpoint_intact(
     with pytest.raises(OSError) as err:
         _fit(setup, _model(setup), tmp_path, max_steps=9, save_every=3)
     assert err.value.errno == errno.ENOSPC
-    assert [p.name for p in training.checkpoints(tmp_path)] == ["step_3"]
-    training.verify_checkpoint(tmp_path / "checkpoints" / "step_3")
+    assert [p.name for p in engine.checkpoints(tmp_path)] == ["step_3"]
+    verify_checkpoint(tmp_path / "checkpoints" / "step_3")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "step_3"
     ]  # no partial folder
@@ -180,7 +182,7 @@ def test_from_pretrained_refuses_pickle_and_checks_the_weights(setup, tmp_path) 
     folder = model.save_pretrained(tmp_path / "m2")
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(training.CorruptCheckpointError, match="model.safetensors"):
+    with pytest.raises(CorruptCheckpointError, match="model.safetensors"):
         mm.MultimodalModel.from_pretrained(folder)
     shutil.rmtree(tmp_path / "m2")
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from multimodal.cli import main
-from multimodal.lineage import history, readapt
-from multimodal.runs import train_run
+from multimodal.experiments.lineage import history, readapt
+from multimodal.experiments.runs import train_run
 from tests.multimodal.tiny_run import tiny_run
 
 

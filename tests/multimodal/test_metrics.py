@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multimodal.metrics import compute_metrics
+from multimodal.modeling.tasks import compute_metrics
 
 
 def test_classification_metrics() -> None:

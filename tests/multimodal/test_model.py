@@ -73,7 +73,7 @@ def test_save_overwrites_and_a_failed_save_keeps_the_old_model(tmp_path, monkeyp
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("multimodal.model.save_file", fail)
+    monkeypatch.setattr("multimodal.modeling.model.save_file", fail)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     with pytest.raises(OSError):
@@ -113,7 +113,7 @@ def test_other_heads(task: str, labels: list) -> None:
 
 
 def test_build_model_errors() -> None:
-    with pytest.raises(ValueError, match="unknown model config keys \\['fusoin'\\]"):
+    with pytest.raises(ValueError, match="unknown key 'fusoin'; close matches: \\['fusion'\\]"):
         mm.build_model(
             {"encoders": {"t": {"name": "tabular_mlp", "numerical": ["x"]}}, "fusoin": {}}
         )

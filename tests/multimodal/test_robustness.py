@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multimodal.corruptions import CORRUPTIONS, LEVELS, corrupt
-from multimodal.robustness import effective_robustness, relative_robustness
+from multimodal.analysis.robustness import effective_robustness, relative_robustness
+from multimodal.data.corruptions import CORRUPTIONS, LEVELS, corrupt
 
 
 def test_every_modality_has_its_corruptions_at_five_severities() -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from multimodal.search import successive_halving
+from multimodal.experiments.search import successive_halving
 from tests.multimodal.tiny_run import tiny_run
 
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import multimodal as mm
-from multimodal import training
-from multimodal.config import model_config, train_config
-from multimodal.freezing import apply_strategy, merge_lora
+from multimodal import engine
+from multimodal.engine.optim import param_groups
+from multimodal.experiments.config import model_config, train_config
+from multimodal.modeling.freezing import apply_strategy, merge_lora
 from tests.multimodal.tiny_run import tiny_run
 
 SCRIPT = Path(__file__).with_name("tiny_run.py")
@@ -34,7 +35,7 @@ def _fit(setup, tmp_path=None, **train):
     config, spec, dsd, rows = setup
     model = mm.build_model(model_config(config), rows, seed=0)
     cfg = train_config(config, output_dir=str(tmp_path) if tmp_path else None, **train)
-    return model, training.fit(model, training.FitData(spec, dsd["train"], dsd["validation"]), cfg)
+    return model, engine.fit(model, engine.FitData(spec, dsd["train"], dsd["validation"]), cfg)
 
 
 def test_fit_writes_the_run_folder_and_best_model_reproduces_metrics(setup, tmp_path) -> None:
@@ -57,10 +58,10 @@ def test_fit_writes_the_run_folder_and_best_model_reproduces_metrics(setup, tmp_
     assert "torch" in env["packages"] and len(env["train_config_hash"]) == 12
     assert env["code"] is None or len(env["code"]["commit"]) == 40
     # The best model, reloaded, gives exactly the metrics of the model fit returned.
-    expected = training.evaluate(model, dsd["test"], spec)
+    expected = engine.evaluate(model, dsd["test"], spec)
     reloaded = mm.MultimodalModel.from_pretrained(tmp_path / "best_model")
-    assert training.evaluate(reloaded, dsd["test"], spec) == expected
-    assert training.evaluate(reloaded, dsd["validation"], spec)["accuracy"] == result.best_metric
+    assert engine.evaluate(reloaded, dsd["test"], spec) == expected
+    assert engine.evaluate(reloaded, dsd["validation"], spec)["accuracy"] == result.best_metric
 
 
 def test_early_stopping_restores_best(setup) -> None:
@@ -87,9 +88,9 @@ def test_strategies_train_what_they_say(setup, strategy: str) -> None:
         assert trainable and all("lora_" in n for n in trainable)
     else:
         assert trainable == {n for n, _ in text.named_parameters()}
-    result = training.fit(
+    result = engine.fit(
         model,
-        training.FitData(spec, dsd["train"]),
+        engine.FitData(spec, dsd["train"]),
         train_config(config, strategy=strategy, epochs=1, lora={"r": 2}),
     )
     assert result.trainable_parameters == counts["trainable"]
@@ -136,8 +137,8 @@ def test_grad_accumulation_and_sgd_run(setup) -> None:
 def test_param_groups_separate_encoder_lr_and_skip_decay_on_norms(setup) -> None:
     config, _, _, rows = setup
     model = mm.build_model(model_config(config), rows)
-    groups = training._param_groups(
-        model, training.TrainConfig(lr=1e-2, encoder_lr=1e-4, layer_decay=0.5, weight_decay=0.1)
+    groups = param_groups(
+        model, engine.TrainConfig(lr=1e-2, encoder_lr=1e-4, layer_decay=0.5, weight_decay=0.1)
     )
     ln = model.encoders["text"].model.encoder.layer[1].output.LayerNorm.weight
     top = model.encoders["text"].model.encoder.layer[1].output.dense.weight
@@ -181,7 +182,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, whole_run, kill_at: in
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (broken / "final.json").exists()
-    assert [p.name for p in training.checkpoints(broken)] == [
+    assert [p.name for p in engine.checkpoints(broken)] == [
         f"step_{kill_at - 3}",
         f"step_{kill_at}",
     ]

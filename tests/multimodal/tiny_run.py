@@ -39,8 +39,8 @@ def tiny_run(**sections: Any) -> dict[str, Any]:
 def main() -> None:
     """python tiny_run.py OUT_DIR [--kill-after-checkpoint N] [--resume] [--per-process-batch B] [--max-steps N] [--sgd]"""
     import multimodal as mm
-    from multimodal import training
-    from multimodal.config import model_config, train_config
+    from multimodal import engine
+    from multimodal.experiments.config import model_config, train_config
 
     out = sys.argv[1]
     args = sys.argv[2:]
@@ -57,25 +57,27 @@ def main() -> None:
         overrides["resume_from"] = "latest"
     if "--kill-after-checkpoint" in args:
         kill_at = int(args[args.index("--kill-after-checkpoint") + 1])
-        save = training._save_checkpoint
+        from multimodal.engine import training
+
+        save = training.save_checkpoint
 
         def save_then_die(accelerator, run_dir, state, keep):
             path = save(accelerator, run_dir, state, keep)
-            if state["step"] == kill_at:
+            if state.step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             return path
 
-        training._save_checkpoint = save_then_die
+        training.save_checkpoint = save_then_die
     spec = mm.DatasetSpec.from_dict(config["data"])
     dsd = mm.load_dataset(spec)
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
-    result = training.fit(
+    result = engine.fit(
         model,
-        training.FitData(spec, dsd["train"], dsd["validation"]),
+        engine.FitData(spec, dsd["train"], dsd["validation"]),
         train_config(config, **overrides),
     )
-    test = training.evaluate(model, dsd["test"], spec)
+    test = engine.evaluate(model, dsd["test"], spec)
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(out, "final.json"), "w") as f:
             json.dump(

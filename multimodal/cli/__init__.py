@@ -1,0 +1,44 @@
+"""The ``multimodal`` command line. Each command lives in the module of its kind and adds
+its own parser; heavy imports happen inside the command, so ``--help`` stays quick."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import analysis, dataset, deploy, evaluation, listing, training, versions
+
+# The order of ``multimodal --help``.
+COMMANDS = (
+    listing.add_list, training.add_train, evaluation.add_evaluate, evaluation.add_predict,
+    analysis.add_robustness, deploy.add_export, analysis.add_drift, versions.add_adapt,
+    versions.add_history, deploy.add_serve, training.add_reproduce, analysis.add_explain,
+    analysis.add_ensemble, training.add_transfer, dataset.add_export_dataset,
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multimodal", description="Multimodal fusion toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "urllib3", "datasets", "accelerate", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"multimodal {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m multimodal.cli``: the ``multimodal`` command (what ``accelerate launch -m`` runs)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

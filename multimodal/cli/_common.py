@@ -1,0 +1,66 @@
+"""What several commands share: argument groups and the loaders of a config's split."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+OVERRIDES_HELP = "dotted key=value overrides, e.g. fusion.name=moe train.lr=3e-4"
+
+
+def config_split(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The spec and the --split (optionally --domain) of --config's data, with overrides."""
+    from ..data.loading import load_dataset, select_domains
+    from ..experiments.config import RunConfig, load_run_config
+
+    spec = RunConfig.from_dict(load_run_config(args.config, args.overrides)).data
+    ds = load_dataset(spec)[args.split]
+    if getattr(args, "domain", None):
+        ds = select_domains(ds, args.domain)
+    return spec, ds
+
+
+def model_and_split(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The saved model of --model and the --split (optionally --domain) of --config's data."""
+    from ..modeling.model import MultimodalModel
+
+    return MultimodalModel.from_pretrained(args.model), *config_split(args)
+
+
+def spec_section(path: str) -> dict[str, Any]:
+    """The dataset spec in a spec YAML, or the data section of a run config."""
+    from ..core.config import read_yaml
+
+    loaded = read_yaml(path)
+    return loaded.get("data", loaded)
+
+
+def spec_split(path: str, split: str, domains: Sequence[str] | None) -> tuple[Any, Any]:
+    """(DatasetSpec, the split) of a dataset spec YAML or a run config's data section."""
+    from ..data.loading import load_dataset, select_domains
+    from ..data.spec import DatasetSpec
+
+    spec = DatasetSpec.from_dict(spec_section(path))
+    ds = load_dataset(spec)[split]
+    return spec, select_domains(ds, list(domains)) if domains else ds
+
+
+MODEL_HELP = "a save_pretrained folder or a run folder"
+
+
+def add_model(parser: argparse.ArgumentParser, help: str = MODEL_HELP) -> None:
+    parser.add_argument("--model", required=True, help=help)
+
+
+def add_split(parser: argparse.ArgumentParser, verb: str | None = "evaluate",
+              required: bool = True) -> None:  # fmt: skip
+    """--config (whose data section names the dataset), --split and, with ``verb``, --domain."""
+    parser.add_argument("--config", required=required, help="a config with a data section")
+    parser.add_argument("--split", default="test")
+    if verb:
+        parser.add_argument("--domain", action="append", help=f"{verb} on these domains only")
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)

@@ -1,0 +1,60 @@
+"""`multimodal export` and `serve`: a saved model outside the training code."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import add_model
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..deploy.export import OnnxModel, example_value, export_onnx
+    from ..modeling.model import MultimodalModel
+
+    model = MultimodalModel.from_pretrained(args.model)
+    out = Path(args.out or Path(args.model) / "onnx")
+    export_onnx(model, out, args.opset)
+    samples = [{m: example_value(e) for m, e in model.encoders.items()}] * 3
+    with torch.no_grad():
+        expected = model.predict(samples)["logits"].numpy()
+    got = OnnxModel(out).predict(samples)["logits"]
+    print(f"exported {out / 'model.onnx'}; onnxruntime vs PyTorch max |logit diff| "
+          f"{float(abs(got - expected).max()):.2e} on {len(samples)} examples")  # fmt: skip
+    return 0
+
+
+def add_export(sub: Any) -> None:
+
+    p = sub.add_parser("export", help="export a saved model (after its processors) to ONNX")
+    add_model(p)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", help="the export folder (default MODEL/onnx)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.set_defaults(func=run_export)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ..deploy.serve import serve
+
+    print(
+        f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /health, /metadata)"
+    )
+    serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+          max_payload_mb=args.max_payload_mb)  # fmt: skip
+    return 0
+
+
+def add_serve(sub: Any) -> None:
+
+    p = sub.add_parser("serve", help="an HTTP inference server with dynamic batching")
+    add_model(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="1 turns dynamic batching off")
+    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--max-payload-mb", type=float, default=10.0)
+    p.set_defaults(func=run_serve)

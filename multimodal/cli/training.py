@@ -1,0 +1,87 @@
+"""`multimodal train`, `reproduce` and `transfer`: runs from a run config."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import add_overrides
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..experiments.config import load_run_config
+    from ..experiments.runs import train_run
+
+    config = load_run_config(args.config, args.overrides)
+    out = args.output_dir or config.get("output_dir") or "runs/train"
+    summary = train_run(config, out, resume_from=args.resume_from)
+    metric = next(k for k in summary if k.startswith("validation_"))
+    print(f"best {metric.replace('_', ' ')}: {summary[metric]:.4f} at step {summary['best_step']}")
+    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+    if summary["skipped_steps"]:
+        print(f"skipped {summary['skipped_steps']} steps with a non-finite loss or gradient")
+    print(f"wall time {summary['wall_time_s']:.1f} s; run folder {out}")
+    return 0
+
+
+def add_train(sub: Any) -> None:
+
+    p = sub.add_parser("train", help="train a model from a run config")
+    p.add_argument(
+        "--config", required=True, help="run config YAML (data, encoders, fusion, head, train)"
+    )
+    p.add_argument(
+        "--output-dir", help="run folder (default: output_dir from the config, else runs/train)"
+    )
+    p.add_argument("--resume-from", help="a checkpoint folder, or 'latest'")
+    add_overrides(p)
+    p.set_defaults(func=run_train)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from ..experiments.runs import format_diff, reproduce
+
+    result = reproduce(args.run_dir, args.output_dir)
+    print(format_diff(result))
+    ok = result["max_abs_diff"] <= args.tolerance
+    print(("reproduced" if ok else "NOT reproduced") + f" (tolerance {args.tolerance:g}); "
+          f"wrote {Path(result['output_dir']) / 'reproduction.json'}")  # fmt: skip
+    return 0 if ok else 1
+
+
+def add_reproduce(sub: Any) -> None:
+
+    p = sub.add_parser("reproduce", help="re-run a finished training run and diff its metrics")
+    p.add_argument("run_dir", help="a run folder written by `multimodal train`")
+    p.add_argument("--output-dir", help="where the re-run goes (default RUN_DIR/reproduce)")
+    p.add_argument(
+        "--tolerance", type=float, default=0.0, help="largest |difference| that still passes"
+    )
+    p.set_defaults(func=run_reproduce)
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    from ..experiments.config import load_run_config
+    from ..experiments.transfer import transfer
+
+    config = load_run_config(args.config, args.overrides)
+    if args.output_dir:
+        config["output_dir"] = args.output_dir
+    config.setdefault("output_dir", "runs/transfer")
+    report = transfer(config)
+    print(report.table())
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()))
+    print(f"report: {Path(config['output_dir']) / 'report.json'}")
+    return 0
+
+
+def add_transfer(sub: Any) -> None:
+
+    p = sub.add_parser("transfer", help="run the transfer protocol and print its table")
+    p.add_argument("--config", required=True, help="run config YAML with a transfer section")
+    p.add_argument(
+        "--output-dir", help="where the runs and report.json go (default: runs/transfer)"
+    )
+    add_overrides(p)
+    p.set_defaults(func=run_transfer)

@@ -1,0 +1,61 @@
+"""`multimodal adapt` and `history`: re-adaptation as versions of a model."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import add_model, spec_section, spec_split
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    from ..experiments.lineage import comparison_markdown, readapt
+
+    data = spec_section(args.data)
+    reference = None
+    if args.reference:
+        reference = spec_split(args.reference, "test", args.reference_domain)
+    out = args.out or f"{str(args.model).rstrip('/')}-adapted"
+    train = {"epochs": args.epochs} if args.epochs else {}
+    comparison = readapt(args.model, data, out, args.strategy, args.budget, args.domain, train,
+                         reference, args.seed)  # fmt: skip
+    print(comparison_markdown(comparison))
+    print(f"new version in {out}")
+    return 0
+
+
+def add_adapt(sub: Any) -> None:
+
+    p = sub.add_parser(
+        "adapt", help="adapt a saved model to newly collected labelled data, as a new version"
+    )
+    add_model(p, "the run folder to start from (the parent)")
+    p.add_argument(
+        "--data", required=True, help="dataset spec YAML (or run config) of the new data"
+    )
+    p.add_argument("--strategy", choices=["head", "top_k", "full", "lora"], default="head")
+    p.add_argument("--budget", type=int, help="labelled rows per class (k-shot); default all")
+    p.add_argument("--domain", action="append", help="use these domains of the new data")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--reference", help="spec of the data forgetting is measured on "
+                   "(default: the parent's own data)")  # fmt: skip
+    p.add_argument("--reference-domain", action="append")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", help="the new version's folder (default MODEL-adapted); never overwritten"
+    )
+    p.set_defaults(func=run_adapt)
+
+
+def run_history(args: argparse.Namespace) -> int:
+    from ..experiments.lineage import format_history, history
+
+    print(format_history(history(args.run_dir)))
+    return 0
+
+
+def add_history(sub: Any) -> None:
+
+    p = sub.add_parser("history", help="the chain of versions of an adapted model")
+    p.add_argument("run_dir")
+    p.set_defaults(func=run_history)

@@ -1,0 +1,71 @@
+"""What a run ran on: package versions, the machine, and the git state of code and data."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def git_state(folder: str | Path) -> dict[str, Any] | None:
+    """{"commit", "dirty"} of the git work tree holding ``folder``; None outside git."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    cwd = folder if folder.is_dir() else folder.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()  # fmt: skip
+        status = subprocess.run(["git", "status", "--porcelain", "--", str(folder.resolve())], cwd=cwd,
+                                capture_output=True, text=True, timeout=10, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def environment() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    packages = {}
+    for name in (
+        "torch",
+        "torchaudio",
+        "torchvision",
+        "timm",
+        "transformers",
+        "datasets",
+        "accelerate",
+        "peft",
+        "torchmetrics",
+        "transferfuse",
+    ):
+        with contextlib.suppress(md.PackageNotFoundError):
+            packages[name] = md.version(name)
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def resident_memory_mb() -> float | None:
+    """This process's resident set size in MiB (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def importlib_available(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

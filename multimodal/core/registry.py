@@ -1,0 +1,52 @@
+"""A timm-style registry: a decorator fills a dict, ``create_*`` builds by name.
+
+Shared by ``encoders``, ``fusion`` and the domain-adaptation objectives."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to builders; shared by ``encoders`` and ``fusion``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._builders: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def decorator(builder: Callable[..., T]) -> Callable[..., T]:
+            key = name or builder.__name__
+            if key in self._builders:
+                raise ValueError(f"{self.kind} {key!r} is already registered")
+            self._builders[key] = builder
+            if isinstance(builder, type):
+                builder.registry_name = key  # lets a built object say how to rebuild it
+            return builder
+
+        return decorator
+
+    def list(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._builders if fnmatch.fnmatch(n, pattern))
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._builders:
+            close = difflib.get_close_matches(name, list(self._builders), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(
+                f"Unknown {self.kind} {name!r}.{hint} Registered: {', '.join(self.list())}"
+            )
+        return self._builders[name]
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> T:
+        # None means "use the builder's default", as in timm.create_model.
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        obj = self.get(name)(*args, **kwargs)
+        if not hasattr(obj, "init_kwargs"):
+            obj.init_kwargs = kwargs
+        return obj

@@ -1,0 +1,232 @@
+"""Rows to batches: a lazy row view, the collator with its error policy, and the loader."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from .loading import raw_media
+from .spec import DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+
+class RowView(torch.utils.data.Dataset):
+    """Rows of a split as {modality: raw value, "label", "domain", "__row__"}; lazily mapped.
+
+    The column -> modality mapping runs through ``with_transform`` at access time.
+    """
+
+    def __init__(self, ds: datasets.Dataset, spec: DatasetSpec, split: str) -> None:
+        self.split = split
+        columns = spec.column_of()
+        label, has_label = spec.label, spec.label in ds.column_names
+
+        def to_modalities(batch: dict[str, list]) -> dict[str, list]:
+            n = len(next(iter(batch.values())))
+            out: dict[str, list] = {}
+            for m, cols in columns.items():
+                if len(cols) == 1 and m != "tabular":
+                    out[m] = batch[cols[0]]
+                else:  # several columns: one mapping per row, None when every value is None
+                    rows = [{c: batch[c][i] for c in cols} for i in range(n)]
+                    out[m] = [r if any(v is not None for v in r.values()) else None for r in rows]
+            if has_label:
+                out["label"] = batch[label]
+            out["domain"] = batch["domain"]
+            return out
+
+        self.ds = raw_media(ds).with_transform(to_modalities)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.ds[int(index)], "__row__": int(index)}
+
+
+class MultimodalCollator:
+    """Raw rows -> Batch through ``MultimodalModel.preprocess``, with modality dropout and an
+    error policy.
+
+    on_error="raise": a bad value raises, naming the split, row, column and expectation.
+    on_error="missing": the modality becomes absent for that sample; ``events`` counts them.
+    Labels out of range or of the wrong type always raise.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        spec: DatasetSpec,
+        split: str = "train",
+        on_error: str = "raise",
+        modality_dropout: Mapping[str, float] | float | None = None,
+        domains: Sequence[str] | None = None,
+        seed: int = 0,
+        corruption: tuple[str, str, int] | None = None,
+    ) -> None:
+        if on_error not in ("raise", "missing"):
+            raise ValueError(f"on_error must be 'raise' or 'missing', got {on_error!r}")
+        self.model, self.spec, self.split, self.on_error = model, spec, split, on_error
+        columns = spec.column_of()
+        self.columns = {m: ", ".join(c) for m, c in columns.items()}
+        p = modality_dropout or 0.0
+        self.dropout = {
+            m: float(p if isinstance(p, (int, float)) else p.get(m, 0.0)) for m in columns
+        }
+        self.domain_ids = {d: i for i, d in enumerate(domains or [])}
+        self.media_roots = spec.media_roots()
+        self.seed = seed
+        self.corruption = corruption  # (modality, corruption name, severity), applied to raw values
+        self.events: Counter[str] = Counter()
+
+    def _where(self, row: Mapping[str, Any], modality: str) -> str:
+        return f"split {self.split!r}, row {row['__row__']}, column {self.columns.get(modality, modality)!r}"
+
+    def _isolate_errors(
+        self, rows: Sequence[Mapping[str, Any]], samples: list[dict[str, Any]]
+    ) -> None:
+        for m, enc in self.model.encoders.items():
+            for i, sample in enumerate(samples):
+                if enc.is_missing(sample[m]):
+                    continue
+                try:
+                    enc.process([sample[m]])
+                except (ValueError, TypeError) as err:
+                    if self.on_error == "raise":
+                        raise ValueError(f"{self._where(rows[i], m)}: {err}") from err
+                    self.events[m] += 1
+                    logger.warning("%s: treated as missing (%s)", self._where(rows[i], m), err)
+                    sample[m] = None
+
+    def _contain_paths(
+        self, rows: Sequence[Mapping[str, Any]], samples: list[dict[str, Any]]
+    ) -> None:
+        """Resolve file paths in media columns against the dataset folder; a path that
+        leads outside it (``..``, an absolute path, a symlink) is a bad value."""
+        for m, enc in self.model.encoders.items():
+            if enc.modality not in ("image", "audio"):
+                continue
+            for i, sample in enumerate(samples):
+                value = sample[m]
+                if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
+                    path = value["path"]
+                elif isinstance(value, (str, os.PathLike)):
+                    path = value
+                else:
+                    continue
+                resolved = _inside(Path(path), self.media_roots)
+                if resolved is not None:
+                    sample[m] = str(resolved)
+                    continue
+                err = f"path {str(path)!r} is outside the dataset folder {[str(r) for r in self.media_roots]}"
+                if self.on_error == "raise":
+                    raise ValueError(f"{self._where(rows[i], m)}: {err}")
+                self.events[m] += 1
+                logger.warning("%s: treated as missing (%s)", self._where(rows[i], m), err)
+                sample[m] = None
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        samples = [{m: row.get(m) for m in self.model.modalities} for row in rows]
+        if self.media_roots:
+            self._contain_paths(rows, samples)
+        # Seeded by the rows, not by history, so a resumed run drops the same modalities.
+        rng = np.random.default_rng([self.seed, *[int(r["__row__"]) for r in rows]])
+        if self.corruption is not None:
+            from .corruptions import corrupt
+
+            m, name, severity = self.corruption
+            kind = self.model.encoders[m].modality
+            for s in samples:
+                if not self.model.encoders[m].is_missing(s[m]):
+                    s[m] = corrupt(kind, s[m], name, severity, rng)
+        for m, p in self.dropout.items():
+            if p > 0:
+                for s, drop in zip(samples, rng.random(len(samples)) < p, strict=True):
+                    if drop:
+                        s[m] = None
+        if "label" in rows[0]:
+            try:
+                labels = self.model.head.check_labels([r.get("label") for r in rows])
+            except (ValueError, TypeError) as err:
+                raise type(err)(
+                    f"split {self.split!r}, column {self.spec.label!r}: {err}; rows {[r['__row__'] for r in rows]}"
+                ) from err
+        try:
+            batch = self.model.preprocess(samples)
+        except (ValueError, TypeError):
+            # Slow path, only when the batch fails: find the bad values one by one.
+            self._isolate_errors(rows, samples)
+            batch = self.model.preprocess(samples)
+        if "label" in rows[0]:
+            batch["labels"] = labels
+        batch["domain"] = torch.tensor(
+            [self.domain_ids.get(r.get("domain"), -1) for r in rows], dtype=torch.long
+        )
+        batch["row"] = torch.tensor([r["__row__"] for r in rows], dtype=torch.long)
+        return batch
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> Path | None:
+    """``path`` (relative ones taken from each root) resolved, if it lies inside a root."""
+    for root in roots:
+        resolved = (root / path).resolve()  # an absolute path stays absolute; symlinks followed
+        if resolved.is_relative_to(root):
+            return resolved
+    return None
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.length))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+
+def make_loader(
+    ds: datasets.Dataset,
+    model: Any,
+    spec: DatasetSpec,
+    split: str,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    seed: int = 0,
+    **collator_kwargs: Any,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``ds`` that decodes and processes lazily, in the workers.
+
+    Its order comes from an ``EpochSampler`` (``loader.sampler.set_epoch(e)``).
+    """
+    view = RowView(ds, spec, split)
+    # A private generator: creating an iterator must not consume the global RNG.
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        view,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(view), seed, shuffle),
+        num_workers=num_workers,
+        collate_fn=MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs),
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,268 @@
+"""Datasets from the hub, local folders or the built-in generator, mapped to modalities."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import yaml
+
+from .spec import DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+DATA_FILE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+def _load_one(
+    spec: DatasetSpec, path: str, name: str | None, data_files: Any
+) -> datasets.DatasetDict:
+    kwargs: dict[str, Any] = {"revision": spec.revision, "streaming": spec.streaming}
+    local = Path(path)
+    if local.is_file() and local.suffix in DATA_FILE_SUFFIXES:
+        path, data_files = DATA_FILE_SUFFIXES[local.suffix], {"train": str(local)}
+    if data_files is not None:
+        kwargs["data_files"] = data_files
+    if spec.trust_remote_code:
+        kwargs["trust_remote_code"] = True  # only when the spec asks for it
+        logger.warning(
+            "loading %s with trust_remote_code=True: its code runs on this machine", path
+        )
+    loaded = datasets.load_dataset(path, name, **{k: v for k, v in kwargs.items() if v is not None})
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.DatasetDict:
+    """Load ``spec`` as a DatasetDict with train/validation/test splits and a ``domain`` column.
+
+    Every loader goes through ``datasets.load_dataset``; dataset scripts never run unless
+    ``trust_remote_code`` is set. Splits the data lacks are carved out of train, per
+    domain, with ``spec.seed``. Columns named in the spec are checked here.
+    """
+    if isinstance(spec, str):
+        spec = DatasetSpec(path=spec)
+    elif not isinstance(spec, DatasetSpec):
+        spec = DatasetSpec.from_dict(spec)
+    if spec.path == "synthetic":
+        from .synthetic import make_synthetic, synthetic_columns
+
+        dsd = make_synthetic(
+            seed=spec.options.get("seed", spec.seed),
+            **{k: v for k, v in spec.options.items() if k != "seed"},
+        )
+        if not spec.columns:
+            spec.columns = synthetic_columns(
+                spec.options.get("modalities", ("audio", "image", "tabular", "text"))
+            )
+    elif spec.domains:
+        parts = {}
+        for domain, where in spec.domains.items():
+            one = _load_one(
+                spec,
+                where.get("path", spec.path),
+                where.get("name", spec.name),
+                where.get("data_files", spec.data_files),
+            )
+            if "split" in where:
+                one = datasets.DatasetDict({"train": one[where["split"]]})
+            parts[domain] = _rename_splits(one, spec.split)
+        dsd = _concat_domains(parts)
+    else:
+        dsd = _rename_splits(_load_one(spec, spec.path, spec.name, spec.data_files), spec.split)
+        if spec.domain is None:
+            dsd = datasets.DatasetDict(
+                {k: v.add_column("domain", ["default"] * len(v)) for k, v in dsd.items()}
+            )
+        elif spec.domain != "domain":
+            _check_columns(dsd, [spec.domain], "domain")
+            dsd = datasets.DatasetDict(
+                {k: v.rename_column(spec.domain, "domain") for k, v in dsd.items()}
+            )
+    if spec.keep_domains:
+        known = set(dsd["train"]["domain"])
+        unknown = sorted(set(spec.keep_domains) - known)
+        if unknown:
+            raise ValueError(
+                f"keep_domains names {unknown}, which the data lacks; domains: {sorted(known)}"
+            )
+        dsd = datasets.DatasetDict(
+            {k: select_domains(v, spec.keep_domains) for k, v in dsd.items()}
+        )
+    if not spec.streaming:
+        dsd = make_splits(dsd, spec.seed, spec.validation_fraction, spec.test_fraction)
+    wanted = [c for cols in spec.column_of().values() for c in cols] + [spec.label, "domain"]
+    _check_columns(dsd, wanted, "spec")
+    if spec.label_names:
+        dsd = _encode_labels(dsd, spec)
+    return dsd
+
+
+def _encode_labels(dsd: datasets.DatasetDict, spec: DatasetSpec) -> datasets.DatasetDict:
+    """Map string labels to class ids in ``label_names`` order; others raise or are dropped."""
+    names = list(spec.label_names or [])
+    known = set(names)
+    out = {}
+    for split, ds in dsd.items():
+        labels = ds[spec.label]
+        bad = [i for i, v in enumerate(labels) if v not in known]
+        if bad and spec.other_labels != "drop":
+            raise ValueError(
+                f"split {split!r}, row {bad[0]}, column {spec.label!r}: label {labels[bad[0]]!r} is not one of "
+                f"{names} ({len(bad)} such rows; set other_labels: drop to skip them)"
+            )
+        if bad:
+            logger.warning(
+                "split %r: dropped %d rows whose %r is not in label_names",
+                split,
+                len(bad),
+                spec.label,
+            )
+            bad_set = set(bad)
+            ds = ds.select([i for i in range(len(ds)) if i not in bad_set])
+        out[split] = ds.cast_column(spec.label, datasets.ClassLabel(names=names))
+    return datasets.DatasetDict(out)
+
+
+def _check_columns(dsd: datasets.DatasetDict, wanted: Sequence[str], what: str) -> None:
+    for split, ds in dsd.items():
+        have = list(ds.column_names or ds.features or [])
+        for col in wanted:
+            if col not in have:
+                close = difflib.get_close_matches(col, have, n=3)
+                hint = f" Did you mean {close}?" if close else ""
+                raise ValueError(
+                    f"{what} names column {col!r}, which split {split!r} lacks.{hint} Columns: {have}"
+                )
+
+
+def _rename_splits(dsd: datasets.DatasetDict, mapping: Mapping[str, str]) -> datasets.DatasetDict:
+    out = {ours: dsd[theirs] for ours, theirs in mapping.items()}
+    for name, ds in dsd.items():
+        if name in SPLITS and name not in out and name not in mapping.values():
+            out[name] = ds
+    if "train" not in out:
+        raise ValueError(
+            f"no train split: the data has {list(dsd)}; map one with split: {{train: NAME}}"
+        )
+    return datasets.DatasetDict(out)
+
+
+def _concat_domains(parts: Mapping[str, datasets.DatasetDict]) -> datasets.DatasetDict:
+    out = {}
+    for split in SPLITS:
+        pieces = [
+            ds[split].add_column("domain", [d] * len(ds[split]))
+            for d, ds in parts.items()
+            if split in ds
+        ]
+        if pieces:
+            out[split] = datasets.concatenate_datasets(pieces)
+    return datasets.DatasetDict(out)
+
+
+def make_splits(
+    dsd: datasets.DatasetDict,
+    seed: int,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> datasets.DatasetDict:
+    """Carve the missing validation/test splits out of train, per domain, seeded."""
+    missing = [s for s in ("validation", "test") if s not in dsd]
+    if not missing:
+        return dsd
+    train = dsd["train"]
+    fractions = {"validation": validation_fraction, "test": test_fraction}
+    rng = np.random.default_rng(seed)
+    domains = np.asarray(train["domain"])
+    assigned: dict[str, list[int]] = {s: [] for s in ["train", *missing]}
+    for domain in sorted(set(domains.tolist())):
+        idx = rng.permutation(np.flatnonzero(domains == domain))
+        start = 0
+        for split in missing:
+            count = int(round(fractions[split] * len(idx)))
+            assigned[split] += idx[start : start + count].tolist()
+            start += count
+        assigned["train"] += idx[start:].tolist()
+    out = dict(dsd)
+    for split, idx in assigned.items():
+        out[split] = train.select(sorted(idx))
+    return datasets.DatasetDict({s: out[s] for s in SPLITS})
+
+
+def select_domains(ds: datasets.Dataset, domains: str | Sequence[str]) -> datasets.Dataset:
+    """The rows of ``ds`` whose domain is in ``domains``."""
+    wanted = {domains} if isinstance(domains, str) else set(domains)
+    have = set(ds.unique("domain"))
+    if unknown := sorted(wanted - have):
+        raise ValueError(f"unknown domains {unknown}; the data has {sorted(have)}")
+    idx = [i for i, d in enumerate(ds["domain"]) if d in wanted]
+    return ds.select(idx)
+
+
+def k_shot_indices(labels: Sequence[int], k: int, seed: int) -> list[int]:
+    """k indices per class, stratified; the same seed always gives the same indices."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        picked += rng.choice(idx, size=min(k, len(idx)), replace=False).tolist()
+    return sorted(picked)
+
+
+def k_shot(ds: datasets.Dataset, k: int, seed: int, label: str = "label") -> datasets.Dataset:
+    """A stratified k-shot sample of ``ds`` (see ``k_shot_indices``)."""
+    return ds.select(k_shot_indices(ds[label], k, seed))
+
+
+def unlabelled(ds: datasets.Dataset, label: str = "label") -> datasets.Dataset:
+    """A view of ``ds`` without its label column, for unsupervised domain adaptation."""
+    return ds.remove_columns([label])
+
+
+def raw_media(ds: datasets.Dataset) -> datasets.Dataset:
+    """Turn off decoding of Image/Audio columns: the encoders' processors decode, per sample,
+    in the DataLoader workers, where a bad file can be handled by the error policy."""
+    for col, feature in ds.features.items():
+        if isinstance(feature, (datasets.Image, datasets.Audio)) and feature.decode:
+            ds = ds.cast_column(col, type(feature)(decode=False))
+    return ds
+
+
+def export_dataset(dsd: datasets.DatasetDict, folder: str | os.PathLike[str]) -> Path:
+    """Write ``dsd`` as a folder in the hub layout: parquet shards (media embedded) + README.md."""
+    folder = Path(folder)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    configs = []
+    for split, ds in dsd.items():
+        ds = _embed(ds)
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+        configs.append({"split": split, "path": f"data/{split}-*"})
+    card = {"configs": [{"config_name": "default", "data_files": configs}]}
+    readme = (
+        "---\n"
+        + yaml.safe_dump(card, sort_keys=False)
+        + "---\n\nExported with `multimodal export-dataset`.\n"
+    )
+    (folder / "README.md").write_text(readme)
+    return folder
+
+
+def _embed(ds: datasets.Dataset) -> datasets.Dataset:
+    from datasets.table import embed_table_storage
+
+    if not any(isinstance(f, (datasets.Image, datasets.Audio)) for f in ds.features.values()):
+        return ds
+    format_ = ds.format
+    ds = ds.with_format("arrow")
+    ds = ds.map(embed_table_storage, batched=True)
+    return ds.with_format(**format_)

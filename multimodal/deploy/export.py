@@ -1,0 +1,157 @@
+"""ONNX export of everything after the processors, and a runtime that uses it.
+
+The exported graph takes the processors' tensors (token ids and attention masks, normalised
+pixels, waveforms, tabular values and codes) and one presence flag per modality, and returns
+the logits. Batch size is dynamic, and so is the text length. The audio front end (mel
+spectrogram, dB) exports as is, but on waveforms padded to the encoder's ``max_seconds``: the
+exported audio input has that fixed length (``OnnxModel`` pads). A mixture-of-experts fusion
+exports its dense form: every token through its top-k experts with no capacity limit, which
+equals PyTorch evaluation whenever no expert overflows its capacity.
+
+Processors stay in Python: the export folder holds the model's ``save_pretrained`` folder
+under ``processors/`` beside ``model.onnx`` and ``export.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..core.io import atomic_dir, write_json_atomic
+from ..modeling.model import Batch, MultimodalModel
+from ..modeling.tasks import create_task
+
+ONNX_NAME = "model.onnx"
+EXPORT_NAME = "export.json"
+SEQUENCE_KEYS = {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def example_value(encoder: Any) -> Any:
+    """A raw value the encoder accepts, for tracing."""
+    if encoder.modality == "image":
+        return Image.new("RGB", (32, 32), (128, 64, 32))
+    if encoder.modality == "audio":
+        rate = encoder.audio_processor.sample_rate
+        t = np.arange(encoder.audio_processor.max_length) / rate
+        return {
+            "array": (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+            "sampling_rate": rate,
+        }
+    if encoder.modality == "text":
+        return "an example sentence for tracing the graph"
+    if encoder.modality == "tabular":
+        row: dict[str, Any] = {c: 0.5 for c in encoder.numerical}
+        for column, spec in encoder.categorical.items():
+            row[column] = spec[0] if isinstance(spec, list) else 0
+        return row
+    raise ValueError(f"no example value for a {encoder.modality!r} encoder")
+
+
+def pad_audio(model: MultimodalModel, batch: Batch) -> Batch:
+    """Pad every audio waveform to its encoder's maximum length (the exported input size)."""
+    for m, enc in model.encoders.items():
+        if enc.modality == "audio":
+            wave = batch[m]["waveform"]
+            width = max(enc.audio_processor.max_length, enc.audio_processor.min_length)
+            batch[m] = {**batch[m], "waveform": nn.functional.pad(wave, (0, width - wave.shape[1]))}
+    return batch
+
+
+class _Graph(nn.Module):
+    """The model as a function of flat tensors, in ``layout`` order, then presence flags."""
+
+    def __init__(self, model: MultimodalModel, layout: Sequence[tuple[str, Sequence[str]]]) -> None:
+        super().__init__()
+        self.model = model
+        self.layout = [(m, list(keys)) for m, keys in layout]
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        batch: Batch = {"present": {}}
+        i = 0
+        for m, keys in self.layout:
+            batch[m] = {k: tensors[i + j] for j, k in enumerate(keys)}
+            i += len(keys)
+        for m, _ in self.layout:
+            batch["present"][m] = tensors[i]
+            i += 1
+        return self.model(batch).logits
+
+
+def _flat(batch: Batch, layout: Sequence[tuple[str, Sequence[str]]]) -> list[torch.Tensor]:
+    return [batch[m][k] for m, keys in layout for k in keys] + [
+        batch["present"][m] for m, _ in layout
+    ]
+
+
+def export_onnx(model: MultimodalModel, out: str | Path, opset: int | None = None) -> Path:
+    """Write ``model.onnx``, ``export.json`` and ``processors/`` to ``out`` (atomically)."""
+    model = model.eval()
+    samples = [{m: example_value(enc) for m, enc in model.encoders.items()} for _ in range(2)]
+    samples[1] = {**samples[1], **{m: "a second, longer example sentence with more words in it"
+                                   for m, enc in model.encoders.items() if enc.modality == "text"}}  # fmt: skip
+    batch = pad_audio(model, model.preprocess(samples))
+    layout = [(m, sorted(batch[m])) for m in model.modalities]
+    names = [f"{m}.{k}" for m, keys in layout for k in keys] + [f"present.{m}" for m, _ in layout]
+    args = _flat(batch, layout)
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = []
+    for m, key in [(m, k) for m, keys in layout for k in keys] + [
+        (m, "present") for m, _ in layout
+    ]:
+        dims: dict[int, Any] = {0: batch_dim}
+        if key in SEQUENCE_KEYS:
+            dims[1] = torch.export.Dim(f"{m}_length", min=1, max=model.encoders[m].max_length)
+        dynamic.append(dims)
+    with atomic_dir(out) as tmp:
+        kwargs = {"opset_version": opset} if opset else {}
+        torch.onnx.export(
+            _Graph(model, layout), tuple(args), str(tmp / ONNX_NAME), input_names=names,
+            output_names=["logits"], dynamic_shapes=(tuple(dynamic),), dynamo=True, **kwargs,
+        )  # fmt: skip
+        model.save_pretrained(tmp / "processors")
+        write_json_atomic(
+            tmp / EXPORT_NAME,
+            {
+                "format": "onnx", "inputs": names, "layout": layout, "outputs": ["logits"],
+                "task": model.head.task.name, "num_classes": model.head.num_classes,
+                "audio_length": {m: max(e.audio_processor.max_length, e.audio_processor.min_length)
+                                 for m, e in model.encoders.items() if e.modality == "audio"},
+            },
+        )  # fmt: skip
+    return Path(out)
+
+
+class OnnxModel:
+    """Python processors + onnxruntime: ``predict`` takes raw samples as ``MultimodalModel``."""
+
+    def __init__(self, folder: str | Path, providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        self.meta = json.loads((folder / EXPORT_NAME).read_text())
+        self.layout = [(m, keys) for m, keys in self.meta["layout"]]
+        self.processors = MultimodalModel.from_pretrained(folder / "processors")
+        self.session = ort.InferenceSession(
+            str(folder / ONNX_NAME), providers=list(providers or ["CPUExecutionProvider"])
+        )
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        """Logits for a preprocessed batch (``MultimodalModel.preprocess`` output)."""
+        batch = pad_audio(self.processors, {k: v for k, v in batch.items()})
+        feed = {
+            n: t.numpy()
+            for n, t in zip(self.meta["inputs"], _flat(batch, self.layout), strict=True)
+        }
+        return self.session.run(None, feed)[0]
+
+    def predict(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        logits = self.logits(self.processors.preprocess([dict(s) for s in samples]))
+        task = create_task(self.meta["task"], self.meta["num_classes"])
+        return {k: v.numpy() for k, v in task.outputs(torch.from_numpy(logits)).items()}

@@ -1,0 +1,312 @@
+"""An HTTP inference server (FastAPI on uvicorn) with dynamic batching.
+
+POST /predict takes JSON, ``{"inputs": SAMPLE}`` or ``{"inputs": [SAMPLE, ...]}``, where a
+sample maps modality keys to values: text as a string, tabular rows as an object, images and
+audio as base64 strings of their encoded files (PNG, JPEG, WAV, FLAC...). It also takes
+multipart forms: one field per modality, files for images and audio, a JSON object for a
+tabular row. Any modality may be left out: the model's missing-modality path handles it.
+
+Concurrent requests wait in a queue; a worker runs them as one batch once ``max_batch``
+samples are waiting or the oldest has waited ``max_wait_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request  # module level: FastAPI resolves the route annotations here
+from fastapi.responses import JSONResponse
+
+from ..experiments.lineage import LINEAGE_NAME
+from ..modeling.model import MultimodalModel
+
+MEDIA = ("image", "audio")
+
+
+class RequestError(ValueError):
+    """A bad request: ``status`` and a message naming the field."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(f"field {field!r}: {message}")
+        self.status, self.field = status, field
+
+
+class Batcher:
+    """Groups queued samples into batches of at most ``max_batch``, waiting at most
+    ``max_wait_ms`` for a batch to fill, and runs them on one worker thread."""
+
+    def __init__(self, model: MultimodalModel, max_batch: int, max_wait_ms: float) -> None:
+        self.model, self.max_batch, self.max_wait = model, max(1, max_batch), max_wait_ms / 1000
+        self.queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future]] | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1)
+        self.batches = 0
+        self.samples = 0
+        self.lock = threading.Lock()
+
+    async def run(self) -> None:
+        self.queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(items) < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), timeout))
+                except asyncio.TimeoutError:
+                    break
+            samples = [s for s, _ in items]
+            try:
+                result = await loop.run_in_executor(self.executor, self._predict, samples)
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the error
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            for i, (_, future) in enumerate(items):
+                if not future.done():
+                    future.set_result({k: v[i] for k, v in result.items()})
+
+    def _predict(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        with torch.inference_mode():
+            out = self.model.predict(samples)
+        with self.lock:
+            self.batches += 1
+            self.samples += len(samples)
+        return {k: v.cpu().tolist() for k, v in out.items()}
+
+    async def submit(self, sample: dict[str, Any]) -> dict[str, Any]:
+        assert self.queue is not None, "the batcher is not running"
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((sample, future))
+        return await future
+
+
+def _decode_base64(value: str, field: str) -> bytes:
+    if value.startswith("data:") and "," in value:  # a data URL
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RequestError(422, field, f"expected base64-encoded file bytes ({err})") from err
+
+
+def check_sample(model: MultimodalModel, raw: Any, where: str) -> dict[str, Any]:
+    """A JSON sample as raw values the processors take; a ``RequestError`` names the field."""
+    if not isinstance(raw, Mapping):
+        raise RequestError(
+            422, where, f"expected an object of modality values, got {type(raw).__name__}"
+        )
+    unknown = sorted(set(raw) - set(model.modalities))
+    if unknown:
+        raise RequestError(
+            422, f"{where}.{unknown[0]}", f"unknown modality; the model takes {model.modalities}"
+        )
+    sample: dict[str, Any] = {}
+    for m, value in raw.items():
+        field, kind = f"{where}.{m}", model.encoders[m].modality
+        if value is None:
+            continue
+        if kind in MEDIA and isinstance(value, str):
+            value = _decode_base64(value, field)
+        elif kind in MEDIA and not isinstance(value, (bytes, bytearray)):
+            raise RequestError(
+                422, field, f"expected base64 of an encoded {kind} file, got {type(value).__name__}"
+            )
+        elif kind == "text" and not isinstance(value, str):
+            raise RequestError(422, field, f"expected a string, got {type(value).__name__}")
+        elif kind == "tabular" and not isinstance(value, Mapping):
+            raise RequestError(
+                422, field, f"expected an object of column values, got {type(value).__name__}"
+            )
+        encoder = model.encoders[m]
+        if encoder.is_missing(value):
+            continue
+        try:
+            encoder.process([value])  # the same checks the batch will run
+        except (ValueError, TypeError, OSError) as err:
+            raise RequestError(422, field, str(err).replace("sample 0: ", "")) from err
+        sample[m] = value
+    return sample
+
+
+def _version(run: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"path": str(run.resolve())}
+    lineage = run / LINEAGE_NAME
+    if lineage.is_file():
+        info["version"] = json.loads(lineage.read_text())["version"]
+    elif (run / "run_config.json").is_file():
+        info["version"] = 1
+        info["config_hash"] = json.loads((run / "run_config.json").read_text()).get("config_hash")
+    return info
+
+
+def _label_names(run: Path, model: MultimodalModel) -> list[str]:
+    recorded = run / "run_config.json"
+    if recorded.is_file():
+        names = (json.loads(recorded.read_text())["config"].get("data") or {}).get("label_names")
+        if names:
+            return [str(n) for n in names]
+    return [str(i) for i in range(model.head.num_classes)]
+
+
+def create_app(
+    run: str | Path, max_batch: int = 32, max_wait_ms: float = 10.0, max_payload_mb: float = 10.0
+) -> Any:
+    """The FastAPI application serving the model of ``run`` (a run or save_pretrained folder)."""
+    run = Path(run)
+    model = MultimodalModel.from_pretrained(run).eval()
+    batcher = Batcher(model, max_batch, max_wait_ms)
+    labels = _label_names(run, model)
+    version = _version(run)
+    limit = int(max_payload_mb * 2**20)
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        task = asyncio.create_task(batcher.run())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="transferfuse inference", lifespan=lifespan)
+
+    def error(status: int, field: str, message: str) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": message, "field": field})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        with batcher.lock:
+            batches, samples = batcher.batches, batcher.samples
+        return {"status": "ok", "uptime_s": time.time() - started, "batches": batches, "samples": samples,
+                "mean_batch_size": samples / batches if batches else 0.0}  # fmt: skip
+
+    @app.get("/metadata")
+    async def metadata() -> dict[str, Any]:
+        return {
+            "modalities": {m: e.modality for m, e in model.encoders.items()}, "task": model.head.task.name,
+            "labels": labels, "model": version, "max_batch": batcher.max_batch,
+            "max_wait_ms": batcher.max_wait * 1000, "max_payload_bytes": limit,
+        }  # fmt: skip
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return error(
+                413, "body", f"payload of {int(declared):,} bytes is over the limit of {limit:,}"
+            )
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return error(413, "body", f"payload is over the limit of {limit:,} bytes")
+        try:
+            raw = await _parse(request, bytes(body), model)
+            many = isinstance(raw, list)
+            # Decoding and checking run off the event loop, so requests keep arriving meanwhile.
+            samples = await asyncio.to_thread(
+                lambda: [check_sample(model, s, f"inputs[{i}]" if many else "inputs")
+                         for i, s in enumerate(raw if many else [raw])]
+            )  # fmt: skip
+        except RequestError as err:
+            return error(err.status, err.field, str(err))
+        if not samples:
+            return error(422, "inputs", "no samples")
+        results = await asyncio.gather(*(batcher.submit(s) for s in samples))
+        predictions = []
+        for r in results:
+            entry: dict[str, Any] = {k: v for k, v in r.items() if k != "logits"}
+            if "labels" in r and model.head.task.name == "classification":
+                entry["label_name"] = labels[r["labels"]]
+            predictions.append(entry)
+        return {"predictions": predictions if many else predictions[0], "model": version}
+
+    return app
+
+
+async def _parse(request: Any, body: bytes, model: MultimodalModel) -> Any:
+    """The ``inputs`` of a JSON body, or one sample from a multipart form."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request as StarletteRequest
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await StarletteRequest(request.scope, receive).form()
+        sample: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                sample[key] = await value.read()
+            elif key in model.encoders and model.encoders[key].modality == "tabular":
+                try:
+                    sample[key] = json.loads(value)
+                except ValueError as err:
+                    raise RequestError(
+                        422, key, f"expected a JSON object of column values ({err})"
+                    ) from err
+            else:
+                sample[key] = value
+        return sample
+    try:
+        data = json.loads(body)
+    except ValueError as err:
+        raise RequestError(400, "body", f"expected JSON or a multipart form ({err})") from err
+    if not isinstance(data, Mapping) or "inputs" not in data:
+        raise RequestError(422, "inputs", 'expected {"inputs": SAMPLE or [SAMPLE, ...]}')
+    return data["inputs"]
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(run, **kwargs), host=host, port=port, log_level="warning")
+
+
+def start_server(
+    run: str | Path, *options: str, timeout: float = 120.0
+) -> tuple[subprocess.Popen, str]:
+    """Start ``multimodal serve --model RUN OPTIONS`` on a free loopback port and wait until
+    /health answers; returns the process and its base URL (for tests and load benchmarks)."""
+    import socket
+    import tempfile
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "multimodal.cli", "serve", "--model", str(run), "--port", str(port), *options],
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"the server exited: {log.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"the server did not answer /health within {timeout:.0f} s")

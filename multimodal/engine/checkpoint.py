@@ -1,0 +1,87 @@
+"""Checkpoints: accelerate's ``save_state`` plus the train state, written atomically and
+verified by checksums before a resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from ..core.io import (
+    CHECKSUMS_NAME,
+    CorruptCheckpointError,
+    file_checksums,
+    verify_checkpoint,
+    write_json_atomic,
+)
+from .state import STATE_NAME, TrainState
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a complete one holds trainer_state.json)."""
+    folder = Path(run_dir) / "checkpoints"
+    found = (
+        [p for p in folder.glob("step_*") if (p / STATE_NAME).is_file()] if folder.is_dir() else []
+    )
+    return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int) -> Path:
+    """accelerate's save_state into a temporary folder, then the state JSON, then one rename."""
+    final = run_dir / "checkpoints" / f"step_{state.step}"
+    tmp = run_dir / "checkpoints" / f".tmp-step_{state.step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state.save(tmp)
+            # Written last: a checkpoint is complete exactly when its checksums file exists.
+            write_json_atomic(tmp / CHECKSUMS_NAME, {"sha256": file_checksums(tmp)})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        # A full disk or a crash mid-save: drop the partial folder, keep the older checkpoints.
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(resume_from: str, run_dir: Path | None) -> Path | None:
+    """The checkpoint to resume from: the given folder (verified), or with ``latest`` the
+    newest one whose checksums match, skipping corrupt ones with a warning."""
+    if resume_from != "latest":
+        path = Path(resume_from)
+        if not (path / STATE_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_NAME})")
+        verify_checkpoint(path)
+        return path
+    if run_dir is None:
+        raise ValueError("resume_from='latest' needs output_dir")
+    for path in reversed(checkpoints(run_dir)):
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpointError as err:
+            logger.warning("%s; falling back to an older checkpoint", err)
+            continue
+        return path
+    return None
+
+
+def last_checkpoint(run_dir: Path | None) -> Path | None:
+    found = checkpoints(run_dir) if run_dir is not None else []
+    return found[-1] if found else None

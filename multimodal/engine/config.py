@@ -1,0 +1,118 @@
+"""What ``fit`` is told: the train config, the data it trains on, and what it returns."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+
+from ..core.config import check_keys
+from ..data.spec import DatasetSpec
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``fit`` needs to know; every field can be set from YAML or ``train.KEY=VALUE``."""
+
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    encoder_lr: float | None = None  # default: lr
+    layer_decay: float | None = None  # e.g. 0.75: each block down gets lr * 0.75
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    scheduler: str = (
+        "cosine"  # any transformers scheduler name: cosine, linear, constant_with_warmup...
+    )
+    warmup_ratio: float = 0.05
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    strategy: str = "full"  # head | top_k | full | lora
+    top_k: int = 1
+    lora: dict[str, Any] = field(default_factory=dict)  # r, alpha, dropout
+    feature_cache: str = "memory"  # memory | disk | off; used when every encoder is frozen
+    metric: str | None = None  # default: accuracy (classification/multilabel), rmse (regression)
+    patience: int | None = None
+    min_delta: float = 0.0
+    eval_every: int | None = None  # steps; default: once per epoch
+    save_every: int | None = None  # steps; a checkpoint is also written at the end
+    output_dir: str | None = None
+    resume_from: str | None = None  # a checkpoint folder, or "latest"
+    keep_checkpoints: int = 2
+    seed: int = 0
+    num_workers: int = 0
+    on_error: str = "raise"
+    modality_dropout: dict[str, float] | float | None = None
+    adapt_method: str = (
+        "none"  # none | dann | cdan | coral | mmd | entropy (needs FitData.unlabelled)
+    )
+    adapt_weight: float = 1.0
+    adapt_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Adversarial training: {"method": fgsm|pgd, "budgets": {kind: radius}, "steps": 3,
+    # "weight": 0.5}; the loss is (1 - weight) * clean + weight * adversarial.
+    adversarial: dict[str, Any] | None = None
+    # A step whose loss or gradient is not finite is skipped (and counted); this many in a
+    # row stop the run with an error naming the step and the last good checkpoint.
+    max_nonfinite_steps: int = 10
+    log_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | TrainConfig | None) -> TrainConfig:
+        if isinstance(data, TrainConfig):
+            return data
+        return cls(**cls.coerce(data or {}))
+
+    @classmethod
+    def coerce(cls, values: Mapping[str, Any], where: str = "train") -> dict[str, Any]:
+        """``values`` checked against the fields (unknown keys fail, naming ``where``), with
+        the floats YAML 1.1 reads as strings (``3e-4``) turned into floats."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        check_keys(values, fields, where)
+        return {
+            k: float(v) if isinstance(v, str) and "float" in str(fields[k].type) else v
+            for k, v in values.items()
+        }
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        """A stage's config: this one with ``overrides`` (None values keep the field)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **self.coerce(given))
+
+
+@dataclass
+class FitData:
+    """The splits ``fit`` trains and validates on, with the spec that maps their columns."""
+
+    spec: DatasetSpec
+    train: datasets.Dataset
+    validation: datasets.Dataset | None = None
+    unlabelled: datasets.Dataset | None = (
+        None  # target rows for unsupervised adaptation (labels unused)
+    )
+
+
+@dataclass
+class FitResult:
+    best_metric: float | None
+    best_step: int | None
+    metric: str
+    steps: int
+    history: list[dict[str, Any]]
+    trainable_parameters: int
+    total_parameters: int
+    wall_time_s: float
+    train_samples_per_s: float
+    train_steps_per_s: float
+    epoch_seconds: list[float]  # training-loop time of each epoch this process ran
+    used_feature_cache: bool
+    run_dir: str | None = None
+    skipped_steps: int = 0  # optimizer updates skipped for a non-finite loss or gradient

@@ -1,0 +1,64 @@
+"""Evaluation: predictions over a loader, gathered across processes, and their metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+
+from ..data.collate import make_loader
+from ..data.spec import DatasetSpec
+
+
+@torch.no_grad()
+def predict_loader(
+    model: Any, loader: Any, accelerator: Accelerator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and labels over a whole (prepared) loader, gathered across processes."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(accelerator.gather_for_metrics(model(batch).logits.float()))
+        if "labels" in batch:
+            labels.append(accelerator.gather_for_metrics(batch["labels"]))
+    return torch.cat(logits), (torch.cat(labels) if labels else None)
+
+
+def eval_metrics(model: Any, loader: Any, accelerator: Accelerator) -> dict[str, float]:
+    """Task loss (without auxiliary losses) and metrics on the gathered predictions."""
+    logits, labels = predict_loader(model, loader, accelerator)
+    if labels is None:
+        return {}
+    task = accelerator.unwrap_model(model).head.task
+    return {"loss": task.loss(logits, labels).item(), **task.metrics(logits, labels)}
+
+
+def evaluate(
+    model: Any,
+    ds: datasets.Dataset,
+    spec: DatasetSpec,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    on_error: str = "raise",
+    drop_modalities: Sequence[str] = (),
+    corruption: tuple[str, str, int] | None = None,
+) -> dict[str, float]:
+    """Loss and metrics of ``model`` on ``ds`` (every process gathers; all get the same numbers).
+
+    ``drop_modalities`` are made absent for every sample (missing-modality evaluation);
+    ``corruption`` = (modality, name, severity) corrupts that modality's raw values.
+    """
+    accelerator = Accelerator()
+    unknown = sorted(set(drop_modalities) - set(model.modalities))
+    if unknown:
+        raise ValueError(f"cannot drop {unknown}: the model's modalities are {model.modalities}")
+    loader = make_loader(
+        ds, model, spec, "eval", batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+        modality_dropout={m: 1.0 for m in drop_modalities}, corruption=corruption,
+    )  # fmt: skip
+    model.to(accelerator.device)
+    loader = accelerator.prepare(loader)
+    return eval_metrics(model, loader, accelerator)

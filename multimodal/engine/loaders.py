@@ -1,0 +1,114 @@
+"""The loaders ``fit`` iterates: raw inputs through the collator, or cached encoder outputs
+when every encoder is frozen. This is the one place that decides between them."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from ..data.collate import EpochSampler, make_loader
+from ..data.spec import DatasetSpec
+from .cache import CachedCollator, CachedFeatures, compute_features
+from .config import FitData, TrainConfig
+
+
+def _loader(
+    model: Any,
+    ds: datasets.Dataset,
+    spec: DatasetSpec,
+    split: str,
+    cfg: TrainConfig,
+    train: bool,
+    domains: list[str],
+) -> Any:
+    return make_loader(
+        ds, model, spec, split,
+        batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
+        shuffle=train, num_workers=cfg.num_workers, seed=cfg.seed, on_error=cfg.on_error,
+        modality_dropout=cfg.modality_dropout if train else None, domains=domains,
+    )  # fmt: skip
+
+
+def _cached_loader(
+    model: Any, source: Any, cfg: TrainConfig, train: bool, folder: Path | None
+) -> Any:
+    """Encoder outputs of ``source`` (a raw loader, unshuffled, without modality dropout)
+    computed once, in row order, then served in the same order as the raw loader."""
+    rows = compute_features(model, source)
+    dataset = CachedFeatures(
+        rows, model.modalities, folder if cfg.feature_cache == "disk" else None
+    )
+    dims = {m: e.out_dim for m, e in model.encoders.items()}
+    dropout = cfg.modality_dropout if train else None
+    if isinstance(dropout, (int, float)):
+        dropout = {m: float(dropout) for m in model.modalities}
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
+        sampler=EpochSampler(len(dataset), cfg.seed, train),
+        collate_fn=CachedCollator(dataset, dims, dropout, cfg.seed),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+@dataclass
+class Loaders:
+    """train: shuffled source batches; evaluation: validation batches (or None); target:
+    unlabelled target batches for a domain-adaptation objective (or None)."""
+
+    train: Any
+    evaluation: Any | None
+    target: Any | None
+    use_cache: bool
+
+
+def use_feature_cache(cfg: TrainConfig, frozen: list[str], num_encoders: int) -> bool:
+    """Cached encoder outputs serve only when every encoder is frozen and nothing perturbs
+    the raw inputs (adversarial training attacks them)."""
+    return cfg.feature_cache != "off" and len(frozen) == num_encoders and not cfg.adversarial
+
+
+def build_loaders(
+    model: Any, data: FitData, cfg: TrainConfig, use_cache: bool, run_dir: Path | None,
+    main_process_first: Any,
+) -> Loaders:  # fmt: skip
+    """Raw or cached loaders for the train, validation and unlabelled target rows.
+
+    ``main_process_first`` is accelerate's context manager: the main process writes a disk
+    cache before the others read it.
+    """
+    domains = sorted(
+        set(data.train["domain"])
+        | (set(data.validation["domain"]) if data.validation is not None else set())
+    )
+    cache_dir = run_dir / "feature_cache" if (use_cache and run_dir) else None
+
+    def loader(ds: datasets.Dataset, split: str, train: bool) -> Any:
+        if not use_cache:
+            return _loader(model, ds, data.spec, split, cfg, train, domains)
+        source = _loader(model, ds, data.spec, split, cfg, False, domains)
+        return _cached_loader(model, source, cfg, train, cache_dir / split if cache_dir else None)
+
+    if use_cache:
+        model.eval()
+    with main_process_first() if use_cache else contextlib.nullcontext():
+        train = loader(data.train, "train", True)
+        evaluation = (
+            loader(data.validation, "validation", False) if data.validation is not None else None
+        )
+    target = None
+    if cfg.adapt_method != "none":
+        if data.unlabelled is None:
+            raise ValueError(
+                f"adapt_method={cfg.adapt_method!r} needs FitData.unlabelled: target rows to adapt to"
+            )
+        unlabelled = data.unlabelled
+        if data.spec.label in unlabelled.column_names:
+            unlabelled = unlabelled.remove_columns([data.spec.label])  # never seen by the objective
+        target = loader(unlabelled, "unlabelled", True)
+    return Loaders(train, evaluation, target, use_cache)

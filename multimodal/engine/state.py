@@ -1,0 +1,43 @@
+"""The training state that a checkpoint saves beside accelerate's, so a run can resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.io import write_json_atomic
+
+STATE_NAME = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    """Where a run is: counters, the best evaluation so far, early stopping and the history.
+
+    ``batch_in_epoch`` counts source batches (micro-batches), so a resumed run skips exactly
+    the batches the interrupted one consumed.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(folder / STATE_NAME, self.to_dict())
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainState:
+        """The state saved in a checkpoint folder (keys added later default)."""
+        return cls(**json.loads((folder / STATE_NAME).read_text()))

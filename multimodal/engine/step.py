@@ -1,0 +1,101 @@
+"""One training step: objective, backward, clipping and the update, with the non-finite guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from ..modeling.model import Batch, ModelOutput
+from .checkpoint import last_checkpoint
+from .objective import LossTerms, Objective
+from .state import TrainState
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class StepOutcome:
+    """synced: this micro-batch ended an accumulation window; skipped: its update was dropped
+    for a non-finite loss or gradient (or by the fp16 grad scaler)."""
+
+    out: ModelOutput
+    terms: LossTerms
+    synced: bool
+    skipped: bool
+
+
+class TrainStep:
+    """A step whose loss or gradient is not finite is skipped on every process and counted;
+    ``max_nonfinite`` skipped steps in a row stop the run with ``NonFiniteTrainingError``."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        objective: Objective,
+        max_grad_norm: float | None,
+        max_nonfinite: int,
+    ) -> None:
+        self.accelerator, self.model, self.objective = accelerator, model, objective
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.max_grad_norm, self.max_nonfinite = max_grad_norm, max_nonfinite
+        self.finite = True  # over the micro-batches of one accumulation window
+        self.consecutive_skips = 0
+
+    def __call__(self, batch: Batch, progress: float) -> StepOutcome:
+        accelerator = self.accelerator
+        with accelerator.accumulate(self.model):
+            out, terms = self.objective(batch, progress)
+            accelerator.backward(terms.total)
+            self.finite = self.finite and bool(torch.isfinite(terms.total.detach()))
+            skipped = False
+            if accelerator.sync_gradients:
+                norm = accelerator.clip_grad_norm_(
+                    self.model.parameters(), self.max_grad_norm or math.inf
+                )
+                self.finite = self.finite and (norm is None or bool(torch.isfinite(norm)))
+                if accelerator.scaler is None:
+                    skipped = not _on_every_process(accelerator, self.finite)
+                self.finite = True
+            if not skipped:
+                self.optimizer.step()
+                # fp16: the grad scaler skips overflowing steps itself and lowers its scale.
+                skipped = accelerator.sync_gradients and self.optimizer.step_was_skipped
+                if not skipped:
+                    self.scheduler.step()
+            self.optimizer.zero_grad()
+        return StepOutcome(out, terms, accelerator.sync_gradients, skipped)
+
+    def count_skip(self, state: TrainState, run_dir: Path | None) -> None:
+        """Count a skipped update; raise once ``max_nonfinite`` came in a row."""
+        state.skipped_steps += 1
+        self.consecutive_skips += 1
+        logger.warning(
+            "non-finite loss or gradient after step %d: update skipped (%d in a row)",
+            state.step, self.consecutive_skips,
+        )  # fmt: skip
+        if self.consecutive_skips >= self.max_nonfinite:
+            raise NonFiniteTrainingError(
+                f"{self.consecutive_skips} consecutive non-finite steps after step {state.step} "
+                f"(epoch {state.epoch}); last good checkpoint: {last_checkpoint(run_dir) or 'none'}"
+            )
+
+
+def _on_every_process(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (so all of them skip a step, or none)."""
+    if accelerator.num_processes == 1:
+        return flag
+    bad = torch.tensor([0.0 if flag else 1.0], device=accelerator.device)
+    return bool(accelerator.reduce(bad, reduction="sum").item() == 0)

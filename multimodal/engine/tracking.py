@@ -1,0 +1,73 @@
+"""The best evaluation so far: its weights, kept in memory and on disk, and early stopping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..modeling.tasks import METRIC_MODES
+from .state import TrainState
+
+BEST_STATE_NAME = "best_state.safetensors"
+
+
+def is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+class BestTracker:
+    """Tracks ``metric`` over evaluations: a better value (by more than ``min_delta``) keeps
+    a copy of the weights (``best_state.safetensors`` in the run folder, written by the main
+    process); ``patience`` evaluations without one stop the run."""
+
+    def __init__(
+        self,
+        metric: str,
+        min_delta: float = 0.0,
+        patience: int | None = None,
+        run_dir: Path | None = None,
+        write: bool = True,
+    ) -> None:
+        self.metric, self.mode = metric, METRIC_MODES.get(metric, "max")
+        self.min_delta, self.patience = min_delta, patience
+        self.path = run_dir / BEST_STATE_NAME if run_dir else None
+        self.write = write
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def resume(self, state: TrainState) -> None:
+        """Reload the best weights of a resumed run."""
+        if state.best_step is not None and self.path is not None and self.path.is_file():
+            self.weights = load_file(str(self.path))
+
+    def update(self, metrics: dict[str, float], state: TrainState, model: Any) -> None:
+        """Record one evaluation of ``model`` (the unwrapped module) in ``state``."""
+        value = metrics.get(self.metric)
+        if value is None:
+            raise ValueError(
+                f"metric {self.metric!r} is not computed for task {model.head.task.name!r}; "
+                f"available: {sorted(metrics)}"
+            )
+        if is_better(value, state.best, self.mode, self.min_delta):
+            state.best, state.best_step, state.bad_evals = value, state.step, 0
+            self.weights = {
+                k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+            }
+            if self.write and self.path is not None:
+                tmp = self.path.with_suffix(".tmp")
+                save_file(self.weights, str(tmp))
+                os.replace(tmp, self.path)
+        else:
+            state.bad_evals += 1
+            if self.patience is not None and state.bad_evals >= self.patience:
+                state.stopped = True
+
+    def restore(self, model: Any) -> None:
+        """Load the best weights into ``model``, if any evaluation ran."""
+        if self.weights is not None:
+            model.load_state_dict(self.weights)

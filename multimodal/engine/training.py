@@ -1,0 +1,343 @@
+"""``fit``: the training loop on Hugging Face Accelerate, one loop for CPU, one GPU or many.
+
+The loop reads batch -> step -> log -> evaluate -> save. Its parts live beside it:
+``loaders`` (raw or cached batches), ``objective`` (every loss term), ``step`` (update and
+non-finite guard), ``tracking`` (best weights, early stopping), ``checkpoint``, ``state``
+and ``recorder`` (the run's files and trackers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..core.config import check_keys
+from ..core.provenance import resident_memory_mb
+from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
+from ..modeling.uda import create_adapter
+from .checkpoint import resolve_resume, save_checkpoint
+from .config import FitData, FitResult, TrainConfig
+from .evaluate import eval_metrics
+from .loaders import Loaders, build_loaders, use_feature_cache
+from .objective import Objective
+from .optim import build_optimizer
+from .recorder import RunRecorder, tracker_for
+from .state import TrainState
+from .step import StepOutcome, TrainStep
+from .tracking import BestTracker
+
+logger = logging.getLogger(__name__)
+
+
+def fit(
+    model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | None = None
+) -> FitResult:
+    """Train ``model`` on ``data.train``, validating on ``data.validation``; restores the best weights.
+
+    With ``output_dir`` the run folder holds ``config.json``, ``environment.json``,
+    ``metrics.jsonl``, ``checkpoints/step_N`` (accelerate ``save_state``), ``best_state.safetensors``
+    and ``best_model/`` (``save_pretrained``).
+    """
+    cfg = TrainConfig.from_dict(config)
+    start = time.perf_counter()
+    run = _prepare(model, data, cfg)
+    state = _restore(run)
+    run.train_step = _train_step(run, state)
+    run.recorder.start(run.counts, state.step)
+    bar = tqdm(total=run.total_steps, initial=state.step, desc="train",
+               disable=not (cfg.progress and run.accelerator.is_local_main_process))  # fmt: skip
+    clock = _Clock()
+    while state.step < run.total_steps and not state.stopped:
+        _train_epoch(run, state, clock, bar)
+        if state.step < run.total_steps and not state.stopped:
+            if not cfg.eval_every:
+                _evaluate(run, state)
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    bar.close()
+    if not cfg.eval_every and (not state.history or state.history[-1]["step"] != state.step):
+        _evaluate(run, state)  # the final weights, unless just evaluated
+    return _finish(run, state, clock, time.perf_counter() - start)
+
+
+@dataclass
+class _Run:
+    """What ``fit`` prepared: the wrapped model and its bare module, loaders, optimizer."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: Any
+    unwrapped: Any
+    frozen: list[str]
+    counts: dict[str, int]
+    loaders: Loaders
+    train_sampler: Any
+    target_sampler: Any
+    optimizer: Any
+    scheduler: Any
+    adapter: Any
+    adversarial: dict[str, Any] | None
+    total_steps: int
+    run_dir: Path | None
+    recorder: RunRecorder
+    best: BestTracker
+    train_step: TrainStep | None = None
+
+
+@dataclass
+class _Clock:
+    """Training-loop time and throughput, evaluations left out."""
+
+    samples: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
+    """Accelerator, freezing, loaders, optimizer and schedule, then one ``prepare`` call."""
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    _allow_precision(cfg.mixed_precision)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+        log_with=tracker_for(cfg), project_dir=str(run_dir) if run_dir else None,
+    )  # fmt: skip
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process; on CPU "
+            "use `accelerate launch --cpu` or set ACCELERATE_USE_CPU=true with torchrun"
+        )
+    set_seed(cfg.seed)
+    counts = apply_strategy(model, cfg.strategy, cfg.top_k, cfg.lora)
+    if accelerator.is_main_process:
+        logger.info("strategy %s: %s of %s parameters trainable", cfg.strategy,
+                    f"{counts['trainable']:,}", f"{counts['total']:,}")  # fmt: skip
+    frozen = frozen_encoders(model)
+    model.to(accelerator.device)
+    adversarial = _adversarial_options(cfg.adversarial)
+    use_cache = use_feature_cache(cfg, frozen, len(model.encoders))
+    loaders = build_loaders(model, data, cfg, use_cache, run_dir, accelerator.main_process_first)
+    adapter = None
+    if loaders.target is not None:
+        adapter = create_adapter(cfg.adapt_method, model.fusion.out_dim, model.head.num_classes,
+                                 weight=cfg.adapt_weight, **cfg.adapt_kwargs).to(accelerator.device)  # fmt: skip
+    optimizer = build_optimizer(model, cfg)
+    adapter_params = list(adapter.parameters()) if adapter is not None else []
+    if adapter_params:
+        optimizer.add_param_group(
+            {"params": adapter_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+        )
+    n = accelerator.num_processes
+    total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(loaders.train) / cfg.grad_accum / n)
+    # accelerate steps a prepared scheduler once per process at every optimizer step.
+    scheduler = get_scheduler(
+        cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n
+    )
+    metric = cfg.metric or model.head.task.default_metric
+    train_sampler = loaders.train.sampler
+    target_sampler = loaders.target.sampler if loaders.target is not None else None
+    model, optimizer, loaders.train, scheduler = accelerator.prepare(
+        model, optimizer, loaders.train, scheduler
+    )
+    if loaders.target is not None:
+        loaders.target = accelerator.prepare(loaders.target)
+        if adapter_params:
+            adapter = accelerator.prepare(adapter)
+    if loaders.evaluation is not None:
+        loaders.evaluation = accelerator.prepare(loaders.evaluation)
+    return _Run(
+        cfg=cfg, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model),
+        frozen=frozen, counts=counts, loaders=loaders, train_sampler=train_sampler,
+        target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, adapter=adapter,
+        adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
+        recorder=RunRecorder(accelerator, cfg),
+        best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
+    )  # fmt: skip
+
+
+def _restore(run: _Run) -> TrainState:
+    """A fresh state, or the one of the checkpoint ``resume_from`` names (with its weights,
+    optimizer, scheduler and RNG states, and the best weights so far)."""
+    state = TrainState()
+    if run.cfg.resume_from:
+        path = resolve_resume(run.cfg.resume_from, run.run_dir)
+        if path is not None:
+            run.accelerator.load_state(str(path))
+            state = TrainState.load(path)
+            run.accelerator.print(f"resumed from {path} at step {state.step}")
+    run.best.resume(state)
+    return state
+
+
+def _train_step(run: _Run, state: TrainState) -> TrainStep:
+    target_batches = None
+    if run.loaders.target is not None:
+        # one target batch per source batch, counted from where the run stands
+        start = state.step * run.cfg.grad_accum
+        target_batches = _target_stream(run.loaders.target, run.target_sampler, start)
+    objective = Objective(run.model, run.unwrapped, run.adversarial,
+                          run.accelerator.unwrap_model(run.adapter) if run.adapter else None,
+                          run.cfg.adapt_weight, target_batches)  # fmt: skip
+    return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
+                     run.cfg.max_grad_norm, run.cfg.max_nonfinite_steps)  # fmt: skip
+
+
+def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
+    """Batches of one epoch (the rest of it, on resume) until it ends, the step budget is
+    spent or early stopping fires; evaluations inside it are not counted as training time."""
+    cfg, accelerator = run.cfg, run.accelerator
+    loader = run.loaders.train
+    if state.batch_in_epoch:
+        loader = accelerator.skip_first_batches(run.loaders.train, state.batch_in_epoch)
+    # accelerate's loaders set their sampler's epoch from their own iteration count,
+    # which a resumed run (or the skipping loader) does not share: set it explicitly.
+    for each in (loader, run.loaders.train, run.train_sampler):
+        if hasattr(each, "set_epoch"):
+            each.set_epoch(state.epoch)
+    _train_mode(run)
+    tick = epoch_start = time.perf_counter()
+    eval_time = 0.0
+    for batch in loader:
+        outcome = run.train_step(batch, state.step / max(run.total_steps, 1))
+        state.batch_in_epoch += 1
+        clock.samples += len(batch["row"]) * accelerator.num_processes
+        if not outcome.synced:
+            continue
+        if outcome.skipped:
+            run.train_step.count_skip(state, run.run_dir)
+            continue
+        run.train_step.consecutive_skips = 0
+        state.step += 1
+        clock.steps += 1
+        bar.update(1)
+        if state.step % cfg.log_every == 0:
+            _log_step(run, state, outcome, bar)
+        if cfg.eval_every and state.step % cfg.eval_every == 0:
+            paused = time.perf_counter()
+            clock.seconds += paused - tick
+            _evaluate(run, state)
+            tick = time.perf_counter()
+            eval_time += tick - paused
+        if run.run_dir is not None and cfg.save_every and state.step % cfg.save_every == 0:
+            save_checkpoint(accelerator, run.run_dir, state, cfg.keep_checkpoints)
+        if state.step >= run.total_steps or state.stopped:
+            break
+    clock.seconds += time.perf_counter() - tick
+    clock.epoch_seconds.append(time.perf_counter() - epoch_start - eval_time)
+
+
+def _log_step(run: _Run, state: TrainState, outcome: StepOutcome, bar: Any) -> None:
+    record = {
+        "step": state.step, "epoch": state.epoch, "train_loss": outcome.out.loss.item(),
+        "lr": run.scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps,
+    }  # fmt: skip
+    rss = resident_memory_mb()
+    if rss is not None:
+        record["rss_mb"] = rss
+    if outcome.terms.adaptation is not None:
+        record["adapt_loss"] = outcome.terms.adaptation.item()
+    if outcome.terms.adversarial is not None:
+        record["adversarial_loss"] = outcome.terms.adversarial.item()
+    bar.set_postfix(loss=f"{record['train_loss']:.4f}")
+    run.recorder.log(record)
+
+
+def _evaluate(run: _Run, state: TrainState) -> None:
+    """Validation metrics into the history and the log; best weights and early stopping."""
+    if run.loaders.evaluation is None:
+        return
+    metrics = eval_metrics(run.model, run.loaders.evaluation, run.accelerator)
+    record = {
+        "step": state.step,
+        "epoch": state.epoch,
+        **{f"eval_{k}": v for k, v in metrics.items()},
+    }
+    state.history.append(record)
+    run.recorder.log(record)
+    was_stopped = state.stopped
+    run.best.update(metrics, state, run.unwrapped)
+    if state.stopped and not was_stopped:
+        run.accelerator.print(f"early stopping at step {state.step}: no {run.best.metric} gain "
+                              f"in {run.cfg.patience} evaluations")  # fmt: skip
+    _train_mode(run)
+
+
+def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> FitResult:
+    """A last checkpoint, the best weights back (LoRA merged), ``best_model/`` saved."""
+    if run.run_dir is not None:
+        save_checkpoint(run.accelerator, run.run_dir, state, run.cfg.keep_checkpoints)
+    run.best.restore(run.unwrapped)
+    if run.cfg.strategy == "lora":
+        merge_lora(run.unwrapped)
+    if run.accelerator.is_main_process and run.run_dir is not None:
+        run.unwrapped.save_pretrained(run.run_dir / "best_model")
+    run.recorder.close()
+    run.unwrapped.eval()
+    per_s = lambda n: n / clock.seconds if clock.seconds > 0 else 0.0  # noqa: E731
+    return FitResult(
+        best_metric=state.best, best_step=state.best_step, metric=run.best.metric, steps=state.step,
+        history=state.history, trainable_parameters=run.counts["trainable"],
+        total_parameters=run.counts["total"], wall_time_s=wall_time,
+        train_samples_per_s=per_s(clock.samples), train_steps_per_s=per_s(clock.steps),
+        epoch_seconds=clock.epoch_seconds, used_feature_cache=run.loaders.use_cache,
+        run_dir=str(run.run_dir) if run.run_dir else None, skipped_steps=state.skipped_steps,
+    )  # fmt: skip
+
+
+def _train_mode(run: _Run) -> None:
+    """Train mode, except frozen encoders: no BatchNorm updates, dropout or SpecAugment."""
+    run.model.train()
+    for m in run.frozen:
+        run.unwrapped.encoders[m].eval()
+
+
+def _adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not options:
+        return None
+    check_keys(options, ("method", "budgets", "steps", "weight"), "train.adversarial")
+    out = {"method": "fgsm", "budgets": None, "steps": 3, "weight": 0.5, **options}
+    if out["method"] not in ("fgsm", "pgd"):
+        raise ValueError(f"train.adversarial.method must be fgsm or pgd, got {out['method']!r}")
+    if not 0.0 <= float(out["weight"]) <= 1.0:
+        raise ValueError(f"train.adversarial.weight must be in [0, 1], got {out['weight']}")
+    return out
+
+
+def _target_stream(loader: Any, sampler: Any, start_step: int) -> Any:
+    """Unlabelled target batches forever, one per source batch, in an order fixed by the
+    batch count, so a resumed run draws the same target batches."""
+    n = len(loader)
+    epoch, skip = divmod(start_step, n)
+    while True:
+        for each in (loader, sampler):
+            if hasattr(each, "set_epoch"):
+                each.set_epoch(epoch)
+        batches = iter(loader)
+        for _ in range(skip):
+            next(batches)
+        yield from batches
+        epoch, skip = epoch + 1, 0
+
+
+def _allow_precision(mixed_precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second precision; fits in
+    one process (transfer stages, notebooks) may differ, so reset that state (not the
+    distributed one) when the precision changes."""
+    from accelerate.state import AcceleratorState
+
+    if (
+        AcceleratorState._shared_state
+        and str(AcceleratorState._shared_state.get("_mixed_precision")) != mixed_precision
+    ):
+        AcceleratorState._reset_state(reset_partial_state=False)

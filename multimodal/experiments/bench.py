@@ -1,0 +1,513 @@
+"""Cross-domain benchmarks: suites of transfer runs over fusions, strategies and seeds,
+summarised as mean and 95% CI with paired comparisons, as CSV, JSON, Markdown and PNG."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import itertools
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.config import check_keys, config_hash, read_yaml
+from ..core.io import write_json_atomic
+from .config import validate
+
+logger = logging.getLogger(__name__)
+# Columns of robustness rows that are not grid axes (with "seed" per run, "seeds" summarised).
+ROBUSTNESS_KEYS = {
+    "k_shot",
+    "fusion",
+    "model",
+    "domain",
+    "dropped",
+    "metric",
+    "value",
+    "loss",
+    "relative",
+}
+METRICS = ("source", "zero_shot", "adapted", "scratch", "transfer_gain", "forgetting")
+SUITE_KEYS = {
+    "name",
+    "description",
+    "requires_hub",
+    "base",
+    "fusions",
+    "fusion_kwargs",
+    "strategies",
+    "seeds",
+    "pairs",
+    "k_shot",
+    "grid",
+}
+
+
+@dataclass
+class Suite:
+    """A benchmark suite: a base run config and the axes to sweep.
+
+    base: a run config (data, encoders, fusion, head, train, transfer); pairs: source ->
+    target domain lists; k_shot: sizes; grid: keys -> values to cross, where a plain key is a
+    ``data.options`` key and a dotted one a config path (``train.modality_dropout``).
+    """
+
+    name: str
+    base: dict[str, Any]
+    fusions: list[str]
+    strategies: list[str] = field(default_factory=lambda: ["head", "full"])
+    seeds: int = 3
+    pairs: list[dict[str, list[str]]] = field(default_factory=list)
+    k_shot: list[int] = field(default_factory=lambda: [5])
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    fusion_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    requires_hub: bool = False
+
+
+def load_suite(path: str | Path) -> Suite:
+    data = read_yaml(path)
+    check_keys(data, SUITE_KEYS, "suite")
+    suite = Suite(**data)
+    validate(suite.base)
+    return suite
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One transfer run: every strategy's adaptation shares its source model and scratch baseline."""
+
+    fusion: str
+    seed: int
+    pair: int
+    k_shot: int
+    grid: tuple[tuple[str, Any], ...]
+
+
+def plan(suite: Suite, fusions: Sequence[str], seeds: int) -> list[Unit]:
+    pairs = range(max(len(suite.pairs), 1))
+    grid_keys = sorted(suite.grid)
+    grid_points = [
+        tuple(zip(grid_keys, values, strict=True))
+        for values in itertools.product(*(suite.grid[k] for k in grid_keys))
+    ]
+    return [
+        Unit(fusion, seed, pair, k, point)
+        for point in grid_points
+        for pair in pairs
+        for k in suite.k_shot
+        for fusion in fusions
+        for seed in range(seeds)
+    ]
+
+
+def unit_config(suite: Suite, unit: Unit) -> dict[str, Any]:
+    config = copy.deepcopy(suite.base)
+    config["fusion"] = {
+        **(config.get("fusion") or {}),
+        "name": unit.fusion,
+        **suite.fusion_kwargs.get(unit.fusion, {}),
+    }
+    config["seed"] = unit.seed
+    transfer = config.setdefault("transfer", {})
+    transfer["k_shot"] = unit.k_shot
+    if suite.pairs:
+        transfer["source"] = list(suite.pairs[unit.pair]["source"])
+        transfer["target"] = list(suite.pairs[unit.pair]["target"])
+    options = config.setdefault("data", {}).setdefault("options", {})
+    for key, value in unit.grid:
+        *sections, leaf = key.split(".")
+        node = config if sections else options
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    config.pop("output_dir", None)
+    return config
+
+
+def run_benchmark(
+    suite: Suite,
+    out: str | Path,
+    fusions: Sequence[str] | None = None,
+    strategies: Sequence[str] | None = None,
+    seeds: int | None = None,
+    progress: bool = True,
+    run_unit: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None,
+    robustness: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every unit not already in ``out/runs`` and return the rows of all planned units.
+
+    With ``robustness`` (a list), each unit's missing-modality rows are appended to it; the
+    suite's base config needs ``transfer.robustness: true`` for the reports to hold them.
+
+    A unit is stored as ``out/runs/<hash>.json`` once it finishes, so an interrupted
+    benchmark resumes where it stopped and a finished one only rewrites its summary.
+    """
+    from tqdm.auto import tqdm
+
+    from .transfer import transfer_strategies
+
+    out = Path(out)
+    fusions = list(fusions or suite.fusions)
+    strategies = list(strategies or suite.strategies)
+    units = plan(suite, fusions, seeds or suite.seeds)
+    run_unit = run_unit or (
+        lambda config, strats: {
+            s: r.to_dict() for s, r in transfer_strategies(config, strats).items()
+        }
+    )
+    todo, rows = [], []
+    for unit in units:
+        config = unit_config(suite, unit)
+        path = out / "runs" / f"{config_hash(config)}.json"
+        done = json.loads(path.read_text()) if path.is_file() else None
+        if done is None or not set(strategies) <= set(done["reports"]):
+            todo.append((unit, config, path, done["reports"] if done else {}))
+        else:
+            reports = {s: done["reports"][s] for s in strategies}
+            rows += _rows(suite, unit, reports)
+            if robustness is not None:
+                robustness += _robustness_rows(unit, reports)
+    skipped = len(units) - len(todo)
+    if skipped:
+        logger.info("%d of %d runs already in %s; skipping them", skipped, len(units), out)
+    bar = tqdm(todo, desc=f"{suite.name}", unit="run", disable=not progress)
+    for unit, config, path, earlier in bar:
+        bar.set_postfix(fusion=unit.fusion, seed=unit.seed)
+        missing = [s for s in strategies if s not in earlier]
+        reports = {
+            **{s: earlier[s] for s in strategies if s in earlier},
+            **run_unit(config, missing),
+        }
+        reports = {s: reports[s] for s in strategies}
+        # Keep the strategies of earlier invocations: the shared stages are seeded, so the
+        # unit's source model and scratch baseline are the same ones.
+        stored = {**earlier, **reports}
+        write_json_atomic(path, {"unit": unit.__dict__, "config": config, "reports": stored})
+        rows += _rows(suite, unit, reports)
+        if robustness is not None:
+            robustness += _robustness_rows(unit, reports)
+    return rows
+
+
+def _robustness_rows(unit: Unit, reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model x dropped modality: the source model on the source test split
+    (once per unit), and each strategy's adapted model on its target's test split."""
+    rows: list[dict[str, Any]] = []
+
+    def add(model: str, domain: str, metric: str, table: Sequence[Mapping[str, Any]]) -> None:
+        for r in table:
+            rows.append({
+                **dict(unit.grid), "k_shot": unit.k_shot, "fusion": unit.fusion, "seed": unit.seed,
+                "model": model, "domain": domain, "dropped": "+".join(r["dropped"]) or "none",
+                "metric": metric, "value": r[metric], "loss": r["loss"], "relative": r["relative"],
+            })  # fmt: skip
+
+    first = next(iter(reports.values()), {})
+    if (first.get("robustness") or {}).get("source"):
+        add("source", "source", first["metric"], first["robustness"]["source"])
+    for strategy, report in reports.items():
+        tables = report.get("robustness") or {}
+        for domain in sorted(d for d in tables if d != "source"):
+            add(f"adapted-{strategy}", domain, report["metric"], tables[domain])
+    return rows
+
+
+def summarize_robustness(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and 95% CI over seeds of the metric, loss and relative metric per grid point x
+    k x fusion x model x domain x dropped modality."""
+    grid_keys = sorted({k for r in rows for k in r} - ROBUSTNESS_KEYS - {"seed"})
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        key = (
+            *[r.get(k) for k in grid_keys],
+            r["k_shot"],
+            r["fusion"],
+            r["model"],
+            r["domain"],
+            r["dropped"],
+        )
+        groups[key].append(r)
+    out = []
+    for key, members in groups.items():
+        *grid_values, k, fusion, model, domain, dropped = key
+        out.append({
+            **dict(zip(grid_keys, grid_values, strict=True)), "k_shot": k, "fusion": fusion, "model": model,
+            "domain": domain, "dropped": dropped, "metric": members[0]["metric"],
+            "value": mean_ci(m["value"] for m in members), "loss": mean_ci(m["loss"] for m in members),
+            "relative": mean_ci(m["relative"] for m in members), "seeds": sorted(m["seed"] for m in members),
+        })  # fmt: skip
+    return out
+
+
+def robustness_table(summary: Sequence[Mapping[str, Any]], model: str = "source") -> str:
+    """Markdown: one line per grid point x fusion x dropped modality for ``model``."""
+    entries = [e for e in summary if e["model"] == model]
+    if not entries:
+        return ""
+    grid_keys = [k for k in entries[0] if k not in ROBUSTNESS_KEYS | {"seeds"}]
+    metric = entries[0]["metric"]
+    head = [*grid_keys, "fusion", "domain", "dropped", metric, "loss", "relative"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        cells = [*[str(e[k]) for k in grid_keys], e["fusion"], e["domain"], e["dropped"],
+                 _fmt(e["value"]), _fmt(e["loss"]), _fmt(e["relative"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], sort: bool = False) -> None:
+    """Rows as CSV, with the union of their keys as columns (sorted by every column if asked)."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    if sort:
+        rows = sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in fields))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_robustness(
+    rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]], out: str | Path
+) -> dict[str, Path]:
+    """robustness.csv (per seed), robustness.json (summary) and robustness.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "robustness.csv", rows)
+    write_json_atomic(out / "robustness.json", list(summary))
+    models = list(dict.fromkeys(e["model"] for e in summary))
+    text = "\n\n".join(f"## {m}\n\n{robustness_table(summary, m)}" for m in models)
+    (out / "robustness.md").write_text(f"# Missing modalities at test time\n\n{text}\n")
+    return {"robustness_csv": out / "robustness.csv", "robustness_json": out / "robustness.json",
+            "robustness_md": out / "robustness.md"}  # fmt: skip
+
+
+def _rows(
+    suite: Suite, unit: Unit, reports: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    rows = []
+    for strategy, report in reports.items():
+        for target, result in report["targets"].items():
+            rows.append({
+                "suite": suite.name, **dict(unit.grid), "source_domains": "+".join(report["source_domains"]),
+                "target": target, "k_shot": unit.k_shot, "fusion": unit.fusion, "strategy": strategy, "seed": unit.seed,
+                "metric": report["metric"], "source": report["source"], "zero_shot": result["zero_shot"],
+                "adapted": result["adapted"], "scratch": result["scratch"], "transfer_gain": result["transfer_gain"],
+                "forgetting": result["forgetting"], "adapt_samples": result["adapt_samples"],
+                "config_hash": report["config_hash"], "wall_s": sum(report["stage_seconds"].values()),
+            })  # fmt: skip
+    return rows
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean and the half-width of its t-distribution confidence interval (nan for n < 2)."""
+    from scipy import stats
+
+    x = np.asarray(list(values), dtype=float)
+    n = len(x)
+    if n == 0:
+        return {"mean": math.nan, "ci": math.nan, "n": 0}
+    if n < 2:
+        return {"mean": float(x.mean()), "ci": math.nan, "n": 1}
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return {"mean": float(x.mean()), "ci": float(half), "n": n}
+
+
+def paired_comparison(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> dict[str, float]:
+    """a - b over paired seeds: mean difference, its CI, and the paired t-test p-value."""
+    from scipy import stats
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    out = mean_ci(diff, confidence)
+    if len(diff) >= 2 and np.ptp(diff) > 0:
+        out["p_value"] = float(stats.ttest_rel(a, b).pvalue)
+    else:
+        out["p_value"] = math.nan if len(diff) < 2 else (1.0 if diff.mean() == 0 else 0.0)
+    return out
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> list[dict[str, Any]]:
+    """Per grid point x k x fusion x strategy x target (and the mean over targets): mean and 95%
+    CI over seeds of every metric, and the adapted accuracy paired against ``baseline``."""
+    grid_keys = sorted({k for r in rows for k in r} - {"suite", "source_domains", "target", "k_shot", "fusion", "strategy", "seed", "metric",
+                                                        "adapt_samples", "config_hash", "wall_s", *METRICS})  # fmt: skip
+    # Per seed, also the mean over targets, so every fusion gets one overall line.
+    by_seed: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        key = (*[r.get(k) for k in grid_keys], r["k_shot"], r["fusion"], r["strategy"])
+        by_seed[(*key, r["target"], r["seed"])] = {m: r[m] for m in METRICS}
+        by_seed.setdefault((*key, "all", r["seed"]), {m: [] for m in METRICS})
+    for r in rows:
+        key = (
+            *[r.get(k) for k in grid_keys],
+            r["k_shot"],
+            r["fusion"],
+            r["strategy"],
+            "all",
+            r["seed"],
+        )
+        for m in METRICS:
+            by_seed[key][m].append(r[m])
+    for key, value in by_seed.items():
+        if key[-2] == "all":
+            by_seed[key] = {m: float(np.mean(v)) for m, v in value.items()}
+    groups: dict[tuple, dict[int, dict[str, float]]] = defaultdict(dict)
+    for key, value in by_seed.items():
+        groups[key[:-1]][key[-1]] = value
+    summary = []
+    for key, seeds in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        *grid_values, k, fusion, strategy, target = key
+        entry: dict[str, Any] = {**dict(zip(grid_keys, grid_values, strict=True)), "k_shot": k, "fusion": fusion,
+                                 "strategy": strategy, "target": target, "seeds": sorted(seeds)}  # fmt: skip
+        for m in METRICS:
+            entry[m] = mean_ci(seeds[s][m] for s in sorted(seeds))
+        base = groups.get((*grid_values, k, baseline, strategy, target))
+        if base is not None and fusion != baseline:
+            common = sorted(set(seeds) & set(base))
+            entry[f"adapted_vs_{baseline}"] = paired_comparison(
+                [seeds[s]["adapted"] for s in common], [base[s]["adapted"] for s in common]
+            )
+        summary.append(entry)
+    return summary
+
+
+def _fmt(stat: Mapping[str, float]) -> str:
+    if math.isnan(stat["mean"]):
+        return "n/a"
+    return (
+        f"{stat['mean']:.3f}"
+        if math.isnan(stat["ci"])
+        else f"{stat['mean']:.3f} ± {stat['ci']:.3f}"
+    )
+
+
+def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat") -> str:
+    """A Markdown table: one line per grid point x k x fusion x strategy x target."""
+    grid_keys = [k for k in summary[0] if k not in {"k_shot", "fusion", "strategy", "target", "seeds", *METRICS}
+                 and not k.startswith("adapted_vs_")] if summary else []  # fmt: skip
+    head = [*grid_keys, "k", "fusion", "strategy", "target", "source", "zero-shot", "adapted", "scratch", "gain",
+            "forgetting", f"adapted − {baseline} (p)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in summary:
+        cmp = e.get(f"adapted_vs_{baseline}")
+        cmp_text = (
+            f"{_fmt(cmp)} (p={cmp['p_value']:.2f})"
+            if cmp and not math.isnan(cmp.get("p_value", math.nan))
+            else (_fmt(cmp) if cmp else "—")
+        )
+        cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["strategy"], e["target"],
+                 *[_fmt(e[m]) for m in METRICS], cmp_text]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(
+    rows: Sequence[Mapping[str, Any]],
+    summary: Sequence[Mapping[str, Any]],
+    out: str | Path,
+    header: str = "",
+) -> dict[str, Path]:
+    """results.csv, summary.json, summary.md and the PNG plots in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", rows, sort=True)
+    write_json_atomic(out / "summary.json", {"summary": list(summary)})
+    (out / "summary.md").write_text(
+        (header + "\n\n" if header else "") + summary_table(summary) + "\n"
+    )
+    paths = {"csv": out / "results.csv", "json": out / "summary.json", "md": out / "summary.md"}
+    paths.update(plot_summary(summary, out))
+    return paths
+
+
+def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Path]:
+    """Grouped bars (zero-shot, adapted, scratch per fusion and strategy, mean over targets)
+    and a heatmap of adapted accuracy, fusion x target, per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = [e for e in summary if e["target"] == "all"]
+    strategies = sorted({e["strategy"] for e in overall})
+    fusions = sorted({e["fusion"] for e in overall})
+    paths = {}
+    fig, axes = plt.subplots(
+        1, len(strategies), figsize=(4.5 * len(strategies), 4), squeeze=False, sharey=True
+    )
+    colors = {"zero_shot": "#9e9e9e", "adapted": "#1f77b4", "scratch": "#ff7f0e"}
+    for ax, strategy in zip(axes[0], strategies, strict=True):
+        x = np.arange(len(fusions))
+        for i, m in enumerate(("zero_shot", "adapted", "scratch")):
+            stats = [
+                next(
+                    (e[m] for e in overall if e["fusion"] == f and e["strategy"] == strategy),
+                    {"mean": math.nan, "ci": math.nan},
+                )
+                for f in fusions
+            ]
+            means = [s["mean"] for s in stats]
+            errs = [0 if math.isnan(s["ci"]) else s["ci"] for s in stats]
+            ax.bar(
+                x + (i - 1) * 0.27,
+                means,
+                0.27,
+                yerr=errs,
+                capsize=3,
+                label=m.replace("_", "-"),
+                color=colors[m],
+            )
+        ax.set_xticks(x, fusions, rotation=20)
+        ax.set_title(f"adaptation: {strategy}")
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("target accuracy")
+    axes[0][-1].legend(loc="upper right", fontsize=8)
+    fig.suptitle("mean over target domains; error bars: 95% CI over seeds", fontsize=9)
+    fig.tight_layout()
+    paths["bars"] = out / "bars.png"
+    fig.savefig(paths["bars"], dpi=120)
+    plt.close(fig)
+    paths["heatmap"] = _plot_heatmap(summary, strategies, fusions, out / "heatmap.png")
+    return paths
+
+
+def _plot_heatmap(summary: Sequence[Mapping[str, Any]], strategies: list[str],
+                  fusions: list[str], path: Path) -> Path:  # fmt: skip
+    """Adapted accuracy, fusion x target, one panel per strategy."""
+    import matplotlib.pyplot as plt
+
+    targets = sorted({e["target"] for e in summary if e["target"] != "all"})
+    fig, axes = plt.subplots(
+        1, len(strategies), figsize=((1.2 * len(targets) + 1.5) * len(strategies) + 2, 0.5 * len(fusions) + 2),
+        squeeze=False, sharey=True,
+    )  # fmt: skip
+    for ax, strategy in zip(axes[0], strategies, strict=True):
+        grid = np.full((len(fusions), len(targets)), np.nan)
+        for e in summary:
+            if e["strategy"] == strategy and e["target"] in targets:
+                grid[fusions.index(e["fusion"]), targets.index(e["target"])] = e["adapted"]["mean"]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(targets)), targets, rotation=30)
+        if ax is axes[0][0]:
+            ax.set_yticks(range(len(fusions)), fusions)
+        else:
+            ax.tick_params(labelleft=False)
+        for (i, j), v in np.ndenumerate(grid):
+            if not math.isnan(v):
+                color = "white" if v < 0.6 else "black"
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color=color, fontsize=8)
+        ax.set_title(f"adapted accuracy ({strategy})")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

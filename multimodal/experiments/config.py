@@ -1,0 +1,161 @@
+"""Run configs: a YAML file read once, dotted ``key=value`` overrides applied, then parsed
+into typed sections (data spec, model, train, transfer). Every key is checked against
+what reads it; stage configs derive from the train section with ``TrainConfig.replace``."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from encoders._registry import _ENCODERS
+from fusion._registry import _FUSIONS
+
+from ..core.config import check_keys, parse_value, read_yaml
+from ..data.spec import DatasetSpec
+from ..engine import TrainConfig
+from ..modeling.heads import Head
+
+SECTIONS = ("data", "encoders", "fusion", "head", "train", "transfer", "output_dir", "seed")
+STAGES = ("adapt", "scratch", "uda")  # transfer sections that override train keys
+
+
+@dataclass
+class ModelConfig:
+    """encoders: modality -> {name, ...}; fusion: {name, dim, ...}; head: Head kwargs."""
+
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``build_model`` takes (a copy: building never changes the run config)."""
+        return copy.deepcopy({"encoders": self.encoders, "fusion": self.fusion, "head": self.head})
+
+
+@dataclass
+class TransferConfig:
+    """The transfer protocol's settings.
+
+    source/target: domain names (default: the first domain, and every other one);
+    k_shot: labelled target rows per class for adaptation and scratch (or target_fraction of
+    the target train split); adapt/scratch/uda: train keys each stage overrides;
+    robustness: also evaluate with each modality missing.
+    """
+
+    source: list[str] | None = None
+    target: list[str] | None = None
+    k_shot: int = 10
+    target_fraction: float | None = None
+    adapt: dict[str, Any] = field(default_factory=dict)
+    scratch: dict[str, Any] = field(default_factory=dict)
+    uda: dict[str, Any] = field(default_factory=dict)
+    robustness: bool = False
+
+
+@dataclass
+class RunConfig:
+    """A parsed run config. ``raw`` is the mapping it came from: what ``run_config.json``
+    records and what the config hash is computed on."""
+
+    data: DatasetSpec
+    model: ModelConfig
+    train: TrainConfig
+    transfer: TransferConfig
+    output_dir: str | None = None
+    seed: int | None = None  # the top-level seed, as given
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | RunConfig) -> RunConfig:
+        if isinstance(config, RunConfig):
+            return config
+        validate(config)
+        raw = copy.deepcopy(dict(config))
+        train = dict(raw.get("train") or {})
+        if "seed" in raw:
+            train.setdefault("seed", raw["seed"])
+        transfer = dict(raw.get("transfer") or {})
+        for stage in STAGES:
+            transfer[stage] = TrainConfig.coerce(transfer.get(stage) or {}, f"transfer.{stage}")
+        return cls(
+            data=DatasetSpec.from_dict(raw.get("data") or {}, "data"),
+            model=ModelConfig(**{k: copy.deepcopy(raw.get(k) or {}) for k in ("encoders", "fusion", "head")}),
+            train=TrainConfig.from_dict(train), transfer=TransferConfig(**transfer),
+            output_dir=raw.get("output_dir"), seed=raw.get("seed"), raw=raw,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.raw)
+
+    def stage(self, **overrides: Any) -> TrainConfig:
+        """The train config of one stage: the train section with ``overrides`` (None keeps)."""
+        return self.train.replace(**overrides)
+
+
+def _builder_keys(builder: Any) -> set[str]:
+    """The keyword arguments a registered builder (or ``Head``) reads."""
+    params = inspect.signature(builder).parameters
+    names = set(params)
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()) and builder is not Head:
+        # Encoders that forward **kwargs: check against the base classes too.
+        names |= {n for base in inspect.getmro(builder) for n in inspect.signature(base).parameters}
+    return names - {"self", "modality_dims", "kwargs", "audio_kwargs"}
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming any key that nothing reads, with the close matches."""
+    check_keys(config, SECTIONS)
+    check_keys(config.get("data") or {}, (f.name for f in dataclasses.fields(DatasetSpec)), "data")
+    check_keys(config.get("train") or {}, TrainConfig.__dataclass_fields__, "train")
+    transfer = config.get("transfer") or {}
+    check_keys(transfer, (f.name for f in dataclasses.fields(TransferConfig)), "transfer")
+    for stage in STAGES:
+        check_keys(transfer.get(stage) or {}, TrainConfig.__dataclass_fields__, f"transfer.{stage}")
+    fusion = config.get("fusion") or {}
+    if "name" in fusion:
+        known = _builder_keys(_FUSIONS.get(fusion["name"])) | {"name"}
+        check_keys(fusion, known, "fusion")
+    check_keys(config.get("head") or {}, _builder_keys(Head), "head")
+    for modality, enc in (config.get("encoders") or {}).items():
+        if "name" not in enc:
+            raise ValueError(f"encoders.{modality}: needs a 'name'")
+        check_keys(
+            enc, _builder_keys(_ENCODERS.get(enc["name"])) | {"name"}, f"encoders.{modality}"
+        )
+
+
+def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a copy of ``config``."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        path, _, raw = item.partition("=")
+        keys = path.split(".")
+        node = config
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {path!r}: {key!r} is not a section")
+        node[keys[-1]] = parse_value(raw)
+    validate(config)
+    return config
+
+
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The run config of a YAML file (or none) with ``overrides`` applied, checked; the
+    mapping, as recorded. ``RunConfig.from_dict`` parses it into typed sections."""
+    return apply_overrides(read_yaml(path) if path is not None else {}, overrides)
+
+
+def model_config(config: Mapping[str, Any] | RunConfig) -> dict[str, Any]:
+    return RunConfig.from_dict(config).model.to_dict()
+
+
+def train_config(config: Mapping[str, Any] | RunConfig, **overrides: Any) -> TrainConfig:
+    return RunConfig.from_dict(config).stage(**overrides)

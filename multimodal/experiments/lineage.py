@@ -1,0 +1,180 @@
+"""Re-adaptation of a saved model to newly collected data, as a chain of versions.
+
+``readapt`` writes a new run folder that links to its parent, holds the adapted model and a
+comparison of old and new on the new data's held-out split and on the reference test split
+(forgetting). Nothing in the parent is touched. ``history`` walks the chain back to the root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from ..core.io import write_json_atomic
+from ..data.loading import k_shot, load_dataset, select_domains
+from ..data.spec import DatasetSpec
+from ..engine import FitData, TrainConfig, evaluate, fit
+from ..modeling.model import MultimodalModel
+from ..modeling.tasks import headline_metric
+
+LINEAGE_NAME = "lineage.json"
+COMPARISON_NAME = "comparison.json"
+
+
+def _reference(run: Path) -> tuple[DatasetSpec, datasets.Dataset] | None:
+    """The data the parent was trained or adapted on: its spec and test split."""
+    lineage = run / LINEAGE_NAME
+    if lineage.is_file():
+        record = json.loads(lineage.read_text())
+        spec = DatasetSpec.from_dict(record["data"])
+        return spec, _split(spec, "test", record.get("domains"))
+    recorded = run / "run_config.json"
+    if recorded.is_file():
+        spec = DatasetSpec.from_dict(json.loads(recorded.read_text())["config"].get("data") or {})
+        return spec, load_dataset(spec)["test"]
+    return None
+
+
+def _split(spec: DatasetSpec, split: str, domains: Sequence[str] | None) -> datasets.Dataset:
+    ds = load_dataset(spec)[split]
+    return select_domains(ds, list(domains)) if domains else ds
+
+
+def readapt(
+    parent: str | Path,
+    data: DatasetSpec | Mapping[str, Any],
+    out: str | Path,
+    strategy: str = "head",
+    budget: int | None = None,
+    domains: Sequence[str] | None = None,
+    train: Mapping[str, Any] | None = None,
+    reference: tuple[DatasetSpec, datasets.Dataset] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Adapt the parent's model to ``data`` (its train split, or ``budget`` labelled rows per
+    class of it), validate on its validation split and compare old and new.
+
+    Returns the comparison: old and new metrics on the new data's test split and on the
+    reference test split, and the forgetting (reference metric, old minus new).
+    """
+    parent, out = Path(parent), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: a new version never overwrites")
+    if out.resolve() == parent.resolve():
+        raise ValueError("the new version needs its own folder")
+    spec = data if isinstance(data, DatasetSpec) else DatasetSpec.from_dict(data)
+    dsd = load_dataset(spec)
+    splits = {k: select_domains(v, list(domains)) if domains else v for k, v in dsd.items()}
+    new_train = k_shot(splits["train"], budget, seed, spec.label) if budget else splits["train"]
+    old = MultimodalModel.from_pretrained(parent)
+    new = MultimodalModel.from_pretrained(parent)
+    config = {"epochs": 20, "lr": 1e-3, "batch_size": 16, "progress": False, **(train or {}),
+              "strategy": strategy, "output_dir": str(out), "seed": seed}  # fmt: skip
+    result = fit(
+        new, FitData(spec, new_train, splits.get("validation")), TrainConfig.from_dict(config)
+    )
+    reference = reference or _reference(parent)
+    metric = result.metric
+    comparison: dict[str, Any] = {"metric": metric, "new_data": {}, "reference": None}
+    test = splits["test"]
+    comparison["new_data"] = {"old": evaluate(old, test, spec), "new": evaluate(new, test, spec)}
+    if reference is not None:
+        ref_spec, ref_test = reference
+        before, after = evaluate(old, ref_test, ref_spec), evaluate(new, ref_test, ref_spec)
+        comparison["reference"] = {
+            "old": before,
+            "new": after,
+            "forgetting": before[metric] - after[metric],
+        }
+    comparison["gain"] = (
+        comparison["new_data"]["new"][metric] - comparison["new_data"]["old"][metric]
+    )
+    parent_record = (
+        json.loads((parent / LINEAGE_NAME).read_text()) if (parent / LINEAGE_NAME).is_file() else {}
+    )
+    write_json_atomic(out / LINEAGE_NAME, {
+        "parent": str(parent.resolve()), "version": int(parent_record.get("version", 1)) + 1,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "strategy": strategy, "budget": budget, "train_rows": len(new_train), "domains": list(domains or []),
+        "data": {k: v for k, v in spec.__dict__.items()}, "train": config,
+    })  # fmt: skip
+    write_json_atomic(out / COMPARISON_NAME, comparison)
+    (out / "comparison.md").write_text(comparison_markdown(comparison))
+    return comparison
+
+
+def comparison_markdown(comparison: Mapping[str, Any]) -> str:
+    metric = comparison["metric"]
+    lines = [f"| data | old {metric} | new {metric} | change |", "|---|---|---|---|"]
+    old, new = comparison["new_data"]["old"][metric], comparison["new_data"]["new"][metric]
+    lines.append(f"| new data (test) | {old:.4f} | {new:.4f} | {new - old:+.4f} |")
+    if comparison.get("reference"):
+        ref = comparison["reference"]
+        a, b = ref["old"][metric], ref["new"][metric]
+        lines.append(
+            f"| reference (test) | {a:.4f} | {b:.4f} | {b - a:+.4f} (forgetting {ref['forgetting']:+.4f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def history(run: str | Path) -> list[dict[str, Any]]:
+    """The chain of versions from the root to ``run``: folder, version, strategy, metrics."""
+    chain = []
+    current: Path | None = Path(run).resolve()
+    seen = set()
+    while current is not None and current not in seen:
+        seen.add(current)
+        entry: dict[str, Any] = {"run": str(current), "version": 1}
+        lineage = current / LINEAGE_NAME
+        if lineage.is_file():
+            record = json.loads(lineage.read_text())
+            entry.update(version=record["version"], strategy=record["strategy"], created=record["created"],
+                         train_rows=record["train_rows"])  # fmt: skip
+            comparison = json.loads((current / COMPARISON_NAME).read_text())
+            metric = comparison["metric"]
+            entry["new_data"] = comparison["new_data"]["new"][metric]
+            entry["previous_on_new_data"] = comparison["new_data"]["old"][metric]
+            if comparison.get("reference"):
+                entry["reference"] = comparison["reference"]["new"][metric]
+                entry["forgetting"] = comparison["reference"]["forgetting"]
+            parent = Path(record["parent"])
+            current = parent if parent.exists() else None
+            if current is None:
+                chain.append(entry)
+                chain.append(
+                    {"run": record["parent"], "version": record["version"] - 1, "missing": True}
+                )
+                break
+        else:
+            results = current / "results.json"
+            if results.is_file():
+                data = json.loads(results.read_text())
+                entry["test"] = data.get("test")
+            current = None
+        chain.append(entry)
+    return list(reversed(chain))
+
+
+def format_history(chain: Sequence[Mapping[str, Any]]) -> str:
+    lines = []
+    for e in chain:
+        if e.get("missing"):
+            lines.append(f"v{e['version']}  {e['run']}  (folder missing)")
+            continue
+        if e["version"] == 1 or "strategy" not in e:
+            test = e.get("test") or {}
+            key = headline_metric(test)
+            main = f"{key} {test[key]:.4f}" if key in test else ""
+            lines.append(f"v{e['version']}  {e['run']}  trained; test {main}".rstrip())
+            continue
+        text = (f"v{e['version']}  {e['run']}  {e['strategy']} on {e['train_rows']} rows ({e['created']}); "
+                f"new data {e['previous_on_new_data']:.4f} -> {e['new_data']:.4f}")  # fmt: skip
+        if "reference" in e:
+            text += f"; reference {e['reference']:.4f} (forgetting {e['forgetting']:+.4f})"
+        lines.append(text)
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Training runs from a run config, recorded so they can be reproduced and compared."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..core.io import write_json_atomic
+from ..core.provenance import git_state
+
+RUN_CONFIG_NAME = "run_config.json"
+RESULTS_NAME = "results.json"
+
+
+def provenance(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config hash and the versions of code and data behind a run, where known."""
+    from ..core.config import config_hash
+    from ..core.provenance import environment
+
+    data = dict(config.get("data") or {})
+    path = data.get("path", "synthetic")
+    if path == "synthetic":
+        data_state: dict[str, Any] = {"source": "synthetic", "options": data.get("options", {})}
+    elif Path(path).exists():
+        data_state = {"source": "local", "path": str(Path(path).resolve()), "git": git_state(path)}
+    else:
+        data_state = {"source": "hub", "id": path, "revision": data.get("revision")}
+    return {
+        "config_hash": config_hash(config),
+        "code": git_state(Path(__file__).resolve().parent),
+        "data": data_state,
+        "environment": environment(),
+    }
+
+
+def train_run(
+    config: Mapping[str, Any] | Any, output_dir: str | Path, resume_from: str | None = None
+) -> dict[str, Any]:
+    """Build, train and test the model of a run config; the run folder records the config
+    (``run_config.json``, with its hash and provenance) and ``results.json``."""
+    from ..data.collate import RowView
+    from ..data.loading import load_dataset
+    from ..engine import FitData, evaluate, fit
+    from ..modeling.model import build_model
+    from .config import RunConfig
+
+    start = time.perf_counter()
+    out = Path(output_dir)
+    run = RunConfig.from_dict(config)
+    config = run.to_dict()
+    write_json_atomic(out / RUN_CONFIG_NAME, {"config": config, **provenance(config)})
+    spec = run.data
+    dsd = load_dataset(spec)
+    view = RowView(dsd["train"], spec, "train")
+    rows = [view[i] for i in range(len(view))]
+    model = build_model(run.model.to_dict(), rows, seed=int(run.seed or 0))
+    cfg = run.stage(output_dir=str(out), resume_from=resume_from)
+    result = fit(model, FitData(spec, dsd["train"], dsd.get("validation")), cfg)
+    test = (
+        evaluate(model, dsd["test"], spec, cfg.eval_batch_size or cfg.batch_size)
+        if "test" in dsd
+        else {}
+    )
+    summary = {
+        "validation_" + result.metric: result.best_metric, "best_step": result.best_step,
+        "steps": result.steps, "skipped_steps": result.skipped_steps, "test": test,
+        "history": result.history, "wall_time_s": time.perf_counter() - start, "run_dir": str(out),
+    }  # fmt: skip
+    write_json_atomic(out / RESULTS_NAME, summary)
+    return summary
+
+
+def _flatten(results: Mapping[str, Any]) -> dict[str, float]:
+    """The comparable numbers of a results.json: validation and test metrics, step counts and
+    every evaluation in the history."""
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        if key.startswith("validation_") or key in ("best_step", "steps", "skipped_steps"):
+            if value is not None:
+                flat[key] = float(value)
+    for key, value in (results.get("test") or {}).items():
+        flat[f"test_{key}"] = float(value)
+    for record in results.get("history") or []:
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                flat[f"step_{record['step']}_{key}"] = float(value)
+    return flat
+
+
+def diff_results(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per number in either results: both values and their absolute difference."""
+    fa, fb = _flatten(a), _flatten(b)
+    rows = []
+    for key in sorted(set(fa) | set(fb), key=lambda k: (k.startswith("step_"), k)):
+        x, y = fa.get(key), fb.get(key)
+        diff = abs(x - y) if x is not None and y is not None else math.inf
+        rows.append({"key": key, "original": x, "reproduced": y, "abs_diff": diff})
+    return rows
+
+
+def reproduce(run_dir: str | Path, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Re-run a finished run from its recorded config and diff the metrics.
+
+    Returns {"rows": diff rows, "max_abs_diff", "environment_changes": {package: (old, new)},
+    "config_hash", "output_dir"}.
+    """
+    run_dir = Path(run_dir)
+    recorded_path, results_path = run_dir / RUN_CONFIG_NAME, run_dir / RESULTS_NAME
+    if not recorded_path.is_file() or not results_path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished run: it needs {RUN_CONFIG_NAME} and {RESULTS_NAME} "
+            "(runs made with `multimodal train` have both)"
+        )
+    recorded = json.loads(recorded_path.read_text())
+    original = json.loads(results_path.read_text())
+    out = Path(output_dir) if output_dir else run_dir / "reproduce"
+    if out.resolve() == run_dir.resolve():
+        raise ValueError("the reproduction must go to another folder than the run it checks")
+    with contextlib.suppress(FileNotFoundError):
+        if any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty; pass another --output-dir")
+    config = {k: v for k, v in recorded["config"].items() if k != "output_dir"}
+    reproduced = train_run(config, out)
+    rows = diff_results(original, reproduced)
+    now = provenance(config)
+    old_packages = (recorded.get("environment") or {}).get("packages", {})
+    changes = {
+        name: (old_packages.get(name), version)
+        for name, version in now["environment"]["packages"].items()
+        if old_packages.get(name) != version
+    }
+    result = {
+        "rows": rows, "max_abs_diff": max((r["abs_diff"] for r in rows), default=0.0),
+        "environment_changes": changes, "config_hash": recorded.get("config_hash"),
+        "code_then": recorded.get("code"), "code_now": now["code"], "output_dir": str(out),
+    }  # fmt: skip
+    write_json_atomic(out / "reproduction.json", result)
+    return result
+
+
+def format_diff(result: Mapping[str, Any], limit: int = 20) -> str:
+    rows = result["rows"]
+    lines = [f"{'metric':<36} {'original':>12} {'reproduced':>12} {'|diff|':>10}", "-" * 73]
+    shown = [r for r in rows if not r["key"].startswith("step_")][:limit]
+    for r in shown:
+        fmt = lambda v: "—" if v is None else f"{v:.6g}"  # noqa: E731
+        lines.append(
+            f"{r['key']:<36} {fmt(r['original']):>12} {fmt(r['reproduced']):>12} {r['abs_diff']:>10.3g}"
+        )
+    history = [r for r in rows if r["key"].startswith("step_")]
+    if history:
+        worst = max(r["abs_diff"] for r in history)
+        lines.append(
+            f"{len(history)} numbers in the evaluation history; largest |diff| {worst:.3g}"
+        )
+    lines.append(f"max |diff| {result['max_abs_diff']:.3g} over {len(rows)} numbers")
+    for name, (old, new) in result["environment_changes"].items():
+        lines.append(f"note: {name} was {old}, is now {new}")
+    return "\n".join(lines)

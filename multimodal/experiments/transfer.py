@@ -1,0 +1,225 @@
+"""The transfer protocol: source training, zero-shot, k-shot adaptation, scratch, forgetting."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from ..analysis.robustness import missing_modality_table
+from ..core.config import config_hash
+from ..core.io import write_json_atomic
+from ..data.collate import RowView
+from ..data.loading import k_shot, load_dataset, select_domains
+from ..data.spec import DatasetSpec
+from ..engine import FitData, evaluate, fit
+from ..modeling.model import MultimodalModel, build_model
+from .config import RunConfig, TransferConfig
+
+ADAPT_DEFAULTS = {"strategy": "head", "epochs": 20, "patience": None}
+SCRATCH_DEFAULTS = {"strategy": "full", "epochs": 20, "patience": None}
+# "Strategies" that name an unsupervised objective train on source labels + unlabelled target rows.
+UDA_METHODS = ("dann", "cdan", "coral", "mmd", "entropy")
+# The control for them: the same extra training on source labels, with no target rows.
+SOURCE_ONLY = "source_only"
+UDA_DEFAULTS = {"strategy": "full", "epochs": 3, "patience": None}
+
+
+@dataclass
+class TargetResult:
+    zero_shot: float
+    adapted: float
+    scratch: float
+    source_after: float
+    forgetting: float  # source metric before adaptation minus after
+    transfer_gain: float  # adapted minus scratch
+    adapt_samples: int
+
+
+@dataclass
+class TransferReport:
+    metric: str
+    source_domains: list[str]
+    target_domains: list[str]
+    source: float  # source test metric after source training
+    targets: dict[str, TargetResult]
+    stage_seconds: dict[str, float]
+    k_shot: int | None
+    seed: int
+    config_hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+    # With transfer.robustness: missing-modality tables of the source model on the source
+    # test split ("source") and of each adapted model on its target's test split.
+    robustness: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TransferReport:
+        data = json.loads(Path(path).read_text())
+        data["targets"] = {k: TargetResult(**v) for k, v in data["targets"].items()}
+        return cls(**data)
+
+    def table(self) -> str:
+        m = self.metric
+        head = f"{'target':<12} {'source ' + m:>16} {'zero-shot':>10} {'adapted':>9} {'scratch':>9} {'gain':>7} {'forgetting':>11}"
+        lines = [head, "-" * len(head)]
+        for t, r in self.targets.items():
+            lines.append(
+                f"{t:<12} {self.source:>16.4f} {r.zero_shot:>10.4f} {r.adapted:>9.4f} {r.scratch:>9.4f} "
+                f"{r.transfer_gain:>+7.4f} {r.forgetting:>+11.4f}"
+            )
+        return "\n".join(lines)
+
+
+def _rows(ds: datasets.Dataset, spec: DatasetSpec) -> list[dict[str, Any]]:
+    view = RowView(ds, spec, "train")
+    return [view[i] for i in range(len(view))]
+
+
+def _adapt_sample(
+    train: datasets.Dataset, settings: TransferConfig, seed: int, label: str
+) -> datasets.Dataset:
+    if settings.target_fraction:
+        n = max(1, int(round(float(settings.target_fraction) * len(train))))
+        return train.shuffle(seed=seed).select(range(n))
+    return k_shot(train, int(settings.k_shot), seed, label)
+
+
+def transfer(config: Mapping[str, Any] | RunConfig) -> TransferReport:
+    """Run the five stages on a run config (data, encoders, fusion, head, train, transfer).
+
+    Adapted and scratch models train on the same target sample (same seed); their
+    defaults are ``transfer.adapt`` = {strategy: head, epochs: 20} and
+    ``transfer.scratch`` = {strategy: full, epochs: 20}, on top of ``train``.
+    """
+    run = RunConfig.from_dict(config)
+    strategy = run.transfer.adapt.get("strategy", ADAPT_DEFAULTS["strategy"])
+    return transfer_strategies(run, [strategy])[strategy]
+
+
+def transfer_strategies(
+    config: Mapping[str, Any] | RunConfig, strategies: list[str]
+) -> dict[str, TransferReport]:
+    """``transfer`` for several adaptation strategies at once: the source model, the
+    zero-shot evaluation and the scratch baseline do not depend on the strategy, so they
+    are computed once and shared by the reports."""
+    run = RunConfig.from_dict(config)
+    settings, spec = run.transfer, run.data
+    seed = int(run.seed if run.seed is not None else (run.raw.get("train") or {}).get("seed", 0))
+    out = Path(run.output_dir) if run.output_dir else None
+    times: dict[str, float] = {}
+
+    tick = time.perf_counter()
+    dsd = load_dataset(spec)
+    domains = sorted(set(dsd["train"]["domain"]))
+    sources = list(settings.source or domains[:1])
+    targets = list(settings.target or [d for d in domains if d not in sources])
+    if not targets:
+        raise ValueError(f"no target domain: the data has {domains}, the source is {sources}")
+    split = {s: {d: select_domains(dsd[s], d) for d in targets} for s in dsd}
+    src = {s: select_domains(dsd[s], sources) for s in dsd}
+    times["load"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    model = build_model(run.model.to_dict(), _rows(src["train"], spec), seed=seed)
+    source_cfg = run.stage(output_dir=str(out / "source") if out else None, seed=seed)
+    metric = fit(model, FitData(spec, src["train"], src["validation"]), source_cfg).metric
+    times["source_train"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    batch = source_cfg.eval_batch_size or source_cfg.batch_size
+    source_score = evaluate(model, src["test"], spec, batch)[metric]
+    zero_shot = {t: evaluate(model, split["test"][t], spec, batch)[metric] for t in targets}
+    times["zero_shot_eval"] = time.perf_counter() - tick
+    robust = bool(settings.robustness)
+    source_robustness = (
+        missing_modality_table(model, src["test"], spec, batch, subsets="one") if robust else None
+    )
+
+    shots = {t: _adapt_sample(split["train"][t], settings, seed, spec.label) for t in targets}
+    tick = time.perf_counter()
+    scratch_scores = {t: _scratch(run, shots[t], split["test"][t], out / f"scratch-{t}" if out else None,
+                                  seed, batch, metric) for t in targets}  # fmt: skip
+    times["scratch"] = time.perf_counter() - tick
+
+    reports: dict[str, TransferReport] = {}
+    for strategy in strategies:
+        results: dict[str, TargetResult] = {}
+        robustness = {"source": source_robustness} if robust else {}
+        tick = time.perf_counter()
+        for t in targets:
+            folder = str(out / f"adapt-{strategy}-{t}") if out else None
+            adapted, adapt_samples = _adapt(model, strategy, run, FitData(spec, src["train"]),
+                                            split["train"][t], shots[t], folder, seed)  # fmt: skip
+            adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
+            source_after = evaluate(adapted, src["test"], spec, batch)[metric]
+            if robust:
+                robustness[t] = missing_modality_table(
+                    adapted, split["test"][t], spec, batch, subsets="one"
+                )
+            results[t] = TargetResult(
+                zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_scores[t], source_after=source_after,
+                forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_scores[t],
+                adapt_samples=adapt_samples,
+            )  # fmt: skip
+        stage_times = {**times, "adapt": time.perf_counter() - tick}
+        run_config = run.to_dict()
+        run_config.setdefault("transfer", {}).setdefault("adapt", {})["strategy"] = strategy
+        reports[strategy] = TransferReport(
+            metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
+            stage_seconds=stage_times, k_shot=None if settings.target_fraction else int(settings.k_shot),
+            seed=seed, config_hash=config_hash(run_config), config=run_config, robustness=robustness,
+        )  # fmt: skip
+        if out is not None:
+            name = "report.json" if len(strategies) == 1 else f"report-{strategy}.json"
+            reports[strategy].to_json(out / name)
+    return reports
+
+
+def _adapt(
+    model: MultimodalModel, strategy: str, run: RunConfig, source: FitData,
+    target_train: datasets.Dataset, shots: datasets.Dataset, folder: str | None, seed: int,
+) -> tuple[MultimodalModel, int]:  # fmt: skip
+    """A copy of the source model adapted by ``strategy``, and how many target rows it used.
+
+    An unsupervised method trains on the source labels plus the whole unlabelled target
+    train split; ``source_only`` is its control (the same extra source training, no target
+    rows); a freezing strategy fine-tunes on the labelled target sample ``shots``.
+    """
+    settings = run.transfer
+    adapted: MultimodalModel = copy.deepcopy(model)
+    if strategy in UDA_METHODS:
+        uda = {**UDA_DEFAULTS, **settings.uda, "adapt_method": strategy}
+        data, used = dataclasses.replace(source, unlabelled=target_train), len(target_train)
+    elif strategy == SOURCE_ONLY:
+        uda, data, used = {**UDA_DEFAULTS, **settings.uda}, source, 0
+    else:
+        uda = {**ADAPT_DEFAULTS, **settings.adapt, "strategy": strategy}
+        data, used = FitData(source.spec, shots), len(shots)
+    fit(adapted, data, run.stage(**uda, output_dir=folder, seed=seed))
+    return adapted, used
+
+
+def _scratch(
+    run: RunConfig, shots: datasets.Dataset, test: datasets.Dataset,
+    folder: Path | None, seed: int, batch: int, metric: str,
+) -> float:  # fmt: skip
+    """The baseline: a fresh model trained on the same target sample, scored on the target test."""
+    spec = run.data
+    scratch = build_model(run.model.to_dict(), _rows(shots, spec), seed=seed)
+    cfg = run.stage(**{**SCRATCH_DEFAULTS, **run.transfer.scratch},
+                       output_dir=str(folder) if folder else None, seed=seed)  # fmt: skip
+    fit(scratch, FitData(spec, shots), cfg)
+    return evaluate(scratch, test, spec, batch)[metric]

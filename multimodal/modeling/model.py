@@ -1,0 +1,271 @@
+"""Model assembly: encoders per modality -> fusion -> head, with save/load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from encoders import Encoder, create_encoder
+from encoders._registry import _ENCODERS
+from fusion import Fusion, create_fusion
+
+from ..core.config import check_keys, read_yaml
+from ..core.io import (
+    CHECKSUMS_NAME,
+    atomic_dir,
+    file_checksums,
+    verify_checkpoint,
+    write_json_atomic,
+)
+from .heads import Head
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+Batch = dict[str, Any]
+
+
+@dataclass
+class ModelOutput:
+    """logits: [B, C]; loss: task loss + aux_loss when labels are given; fused: [B, D]."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    fused: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def move_to(batch: Any, device: torch.device | str) -> Any:
+    """Move every tensor of a nested batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+class MultimodalModel(nn.Module):
+    """Encoders (one per modality key) -> fusion -> head.
+
+    Modality keys are names chosen by the user ("caption", "img", or simply "text");
+    each maps to an encoder. Keys are kept in sorted order everywhere.
+    """
+
+    def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: Head) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
+        if list(self.encoders) != fusion.modalities:
+            raise ValueError(
+                f"fusion was built for {fusion.modalities}, encoders are {list(self.encoders)}"
+            )
+        for m, enc in self.encoders.items():
+            if fusion.modality_dims[m] != enc.out_dim:
+                raise ValueError(
+                    f"fusion expects dim {fusion.modality_dims[m]} for {m!r}, its encoder gives {enc.out_dim}"
+                )
+        self.fusion = fusion
+        self.head = head
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def preprocess(self, samples: Sequence[Mapping[str, Any]], label_key: str = "label") -> Batch:
+        """Raw samples -> Batch: {modality: tensors, "present": {m: [B] bool}, "labels": [B]}.
+
+        A missing key, None, or a value the encoder counts as empty (blank text, a clip of
+        zero samples) makes the modality absent for that sample.
+        """
+        batch: Batch = {"present": {}}
+        for m, enc in self.encoders.items():
+            values = [s.get(m) for s in samples]
+            present = [not enc.is_missing(v) for v in values]
+            batch[m] = enc.process([v if p else None for v, p in zip(values, present, strict=True)])
+            batch["present"][m] = torch.tensor(present, dtype=torch.bool)
+        if any(label_key in s for s in samples):
+            batch["labels"] = self.head.check_labels([s.get(label_key) for s in samples])
+        return batch
+
+    def encode(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run every encoder: tokens {m: [B, T_m, D_m]}, masks {m: [B, T_m]} (absent rows all False)."""
+        tokens, masks = {}, {}
+        for m, enc in self.encoders.items():
+            out = enc(batch[m])
+            tokens[m] = out.tokens
+            masks[m] = out.mask & batch["present"][m].to(out.mask.device)[:, None]
+        return tokens, masks
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """A raw-input batch, or one whose "features" hold cached encoder outputs (tokens, masks)."""
+        if "features" in batch:
+            tokens, masks = batch["features"]["tokens"], batch["features"]["masks"]
+        else:
+            tokens, masks = self.encode(batch)
+        fused = self.fusion(tokens, masks)
+        if getattr(self.fusion, "combines_logits", False):
+            # Late fusion: the head decides per modality; the decisions are weighted.
+            per_modality = torch.stack(
+                [self.head(v) for v in fused.info["modality_vectors"].values()], dim=1
+            )  # B x M x C
+            logits = torch.einsum(
+                "bm,bmc->bc", fused.info["modality_weights"].to(per_modality.dtype), per_modality
+            )
+        else:
+            logits = self.head(fused.fused)
+        loss = None
+        if batch.get("labels") is not None:
+            loss = self.head.loss(logits, batch["labels"])
+            if fused.aux_loss is not None:
+                loss = loss + fused.aux_loss
+        return ModelOutput(logits, loss, fused.aux_loss, fused.fused, fused.info)
+
+    @torch.no_grad()
+    def predict(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Eval-mode predictions for raw samples: logits, and probs/labels for classification."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch = move_to(
+                self.preprocess([{k: v for k, v in s.items() if k != "label"} for s in samples]),
+                self.device,
+            )
+            logits = self(batch).logits.float()
+        finally:
+            self.train(was_training)
+        return self.head.task.outputs(logits)
+
+    def config(self, save_dir: Path) -> dict[str, Any]:
+        """The JSON config that rebuilds this architecture offline (extra files go in save_dir)."""
+        encoders = {}
+        for m, enc in self.encoders.items():
+            folder = save_dir / "encoders" / m
+            folder.mkdir(parents=True, exist_ok=True)
+            encoders[m] = {"name": _registry_name(enc), **enc.to_config(folder)}
+        fusion_kwargs = getattr(self.fusion, "init_kwargs", None)
+        if fusion_kwargs is None:
+            raise ValueError("save_pretrained needs a fusion built with fusion.create_fusion")
+        fusion_cfg = {k: v for k, v in fusion_kwargs.items() if k != "modality_dims"}
+        return {
+            "format_version": FORMAT_VERSION,
+            "encoders": encoders,
+            "fusion": {"name": _registry_name(self.fusion), **fusion_cfg},
+            "head": self.head.config(),
+        }
+
+    def save_pretrained(self, save_dir: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and tokenizer files, atomically."""
+        with atomic_dir(save_dir) as tmp:
+            write_json_atomic(tmp / CONFIG_NAME, self.config(tmp))
+            # Cloning gives every tensor its own storage: safetensors refuses views of a
+            # larger buffer (torchaudio's STFT window) and tied weights are simply stored twice.
+            state = {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            write_json_atomic(tmp / CHECKSUMS_NAME, {"sha256": file_checksums(tmp)})
+        return Path(save_dir)
+
+    @classmethod
+    def from_pretrained(
+        cls, save_dir: str | Path, device: str | torch.device = "cpu"
+    ) -> MultimodalModel:
+        """Rebuild from a ``save_pretrained`` folder, or a run folder holding ``best_model/``:
+        JSON + safetensors, never pickle. Files are checked against ``checksums.json`` when
+        the folder has one."""
+        save_dir = Path(save_dir)
+        if (save_dir / "best_model" / CONFIG_NAME).is_file():
+            save_dir = save_dir / "best_model"
+        if not (save_dir / WEIGHTS_NAME).is_file():
+            pickles = sorted(
+                p.name
+                for p in save_dir.glob("*")
+                if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+            )
+            if pickles:
+                raise ValueError(
+                    f"{save_dir}: refusing to load pickle file(s) {pickles}; only {WEIGHTS_NAME} "
+                    "(safetensors) is read. Convert trusted weights with safetensors.torch.save_file."
+                )
+        if not (save_dir / CONFIG_NAME).is_file() or not (save_dir / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{save_dir} has no {CONFIG_NAME} and {WEIGHTS_NAME}")
+        if (save_dir / CHECKSUMS_NAME).is_file():
+            verify_checkpoint(save_dir)
+        config = json.loads((save_dir / CONFIG_NAME).read_text())
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{save_dir}: unsupported format_version {config.get('format_version')!r}"
+            )
+        for m, enc_cfg in config["encoders"].items():
+            for key in getattr(_ENCODERS.get(enc_cfg["name"]), "path_kwargs", ()):
+                if enc_cfg.get(key) is not None:
+                    enc_cfg[key] = str(save_dir / "encoders" / m / enc_cfg[key])
+        model = build_model(config)
+        model.load_state_dict(load_file(str(save_dir / WEIGHTS_NAME)), strict=True)
+        return model.to(device).eval()
+
+
+def _registry_name(module: nn.Module) -> str:
+    name = getattr(module, "registry_name", None)
+    if name is None:
+        raise ValueError(
+            f"{type(module).__name__} is not registered; save_pretrained cannot rebuild it"
+        )
+    return name
+
+
+def load_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """A config dict from a dict or a YAML/JSON file."""
+    if isinstance(config, (str, Path)):
+        return read_yaml(config)
+    return dict(config)
+
+
+def build_model(
+    config: Mapping[str, Any] | str | Path,
+    samples: Sequence[Mapping[str, Any]] | None = None,
+    seed: int | None = None,
+) -> MultimodalModel:
+    """Build a model from ``{"encoders": {m: {name, ...}}, "fusion": {name, dim, ...}, "head": {...}}``.
+
+    With ``samples`` (raw training rows), data-dependent parts are fitted on them: a
+    tokenizer for text encoders built from a config, tabular standardisation statistics.
+    With ``seed``, the random initialisation is seeded (python, numpy, torch).
+    """
+    if seed is not None:
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
+    config = load_config(config)
+    check_keys(config, ("encoders", "fusion", "head", "format_version"))
+    if not config.get("encoders"):
+        raise ValueError("model config needs at least one entry under 'encoders'")
+    encoders: dict[str, Encoder] = {}
+    # Sorted: the initialisation must not depend on the order of keys in a config file.
+    for m, enc_cfg in sorted(config["encoders"].items()):
+        enc_cfg = dict(enc_cfg)
+        if "name" not in enc_cfg:
+            raise ValueError(f"encoders.{m}: needs a 'name' (one of the registered encoders)")
+        encoders[m] = create_encoder(enc_cfg.pop("name"), **enc_cfg)
+        if samples is not None:
+            values = [s.get(m) for s in samples]
+            encoders[m].fit([v for v in values if not encoders[m].is_missing(v)])
+    fusion_cfg = dict(config.get("fusion") or {"name": "concat"})
+    fusion_name = fusion_cfg.pop("name", "concat")
+    dim = int(fusion_cfg.pop("dim", 256))
+    fusion = create_fusion(
+        fusion_name, {m: e.out_dim for m, e in encoders.items()}, dim, **fusion_cfg
+    )
+    head = Head(fusion.out_dim, **(config.get("head") or {}))
+    return MultimodalModel(encoders, fusion, head)
