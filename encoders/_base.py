@@ -35,31 +35,61 @@ class AttackSurface(NamedTuple):
     high: torch.Tensor | None = None
 
 
-class Encoder(nn.Module):
-    """Base class of every encoder.
+class Processor:
+    """Raw values of one modality -> the tensors its encoder's ``forward`` takes.
 
-    Subclasses set ``modality`` (the kind of data: text, image, audio, tabular) and
-    ``out_dim``, and implement ``process`` (a list of raw values, ``None`` where a sample
-    lacks the modality, to a dict of tensors) and ``forward``.
+    A processor holds no weights: its state is the JSON of ``to_config`` plus the files it
+    writes beside it (a tokenizer), so the collator, the server and the ONNX runtime can
+    hold processors without the network. Subclasses set ``name`` and ``modality`` and are
+    registered with ``@register_processor``.
     """
 
+    name: str = ""
     modality: str = ""
-    out_dim: int
 
-    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """``values``: raw values, ``None`` where a sample lacks the modality."""
         raise NotImplementedError
-
-    @property
-    def processor(self) -> Any:
-        """Callable turning ``list[raw | None]`` into the tensors ``forward`` takes."""
-        return self.process
 
     def is_missing(self, value: Any) -> bool:
         """Whether a raw value counts as an absent modality (None by default)."""
         return value is None
 
+    def fit(self, values: Sequence[Any]) -> Processor:
+        """Fit data-dependent parts (a tokenizer) on training values."""
+        return self
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        """JSON that ``from_config`` rebuilds this processor from; extra files go in ``save_dir``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], save_dir: Path) -> Processor:
+        return cls(**config)
+
+
+class Encoder(nn.Module):
+    """Base class of every encoder.
+
+    Subclasses set ``modality`` (the kind of data: text, image, audio, tabular), ``out_dim``
+    and ``processor`` (a ``Processor``: raw values -> tensors), and implement ``forward``.
+    """
+
+    modality: str = ""
+    out_dim: int
+    processor: Processor
+
+    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """The processor's tensors for a list of raw values (None where absent)."""
+        return self.processor(values)
+
+    def is_missing(self, value: Any) -> bool:
+        """Whether a raw value counts as an absent modality."""
+        return self.processor.is_missing(value)
+
     def fit(self, values: Sequence[Any]) -> Encoder:
         """Fit data-dependent parts (tokenizer, feature statistics) on training values."""
+        self.processor.fit(values)
         return self
 
     def to_config(self, save_dir: Path) -> dict[str, Any]:

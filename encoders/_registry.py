@@ -23,3 +23,19 @@ def list_encoders(pattern: str = "*") -> list[str]:
 def create_encoder(name: str, **kwargs: Any) -> Any:
     """Build a registered encoder; kwargs that are None fall back to the encoder's defaults."""
     return _ENCODERS.create(name, **kwargs)
+
+
+_PROCESSORS: Registry[Any] = Registry("processor")
+
+
+def register_processor(
+    name: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a processor class under ``name``; saved processors name it in their JSON."""
+    return _PROCESSORS.register(name)
+
+
+def processor_from_config(config: dict[str, Any], save_dir: Any) -> Any:
+    """Rebuild a saved processor: ``config`` holds its registered ``name`` and its JSON."""
+    config = dict(config)
+    return _PROCESSORS.get(config.pop("name")).from_config(config, save_dir)

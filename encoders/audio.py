@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from ._base import AttackSurface, Encoder, EncoderOutput
-from ._registry import register_encoder
+from ._base import AttackSurface, Encoder, EncoderOutput, Processor
+from ._registry import register_encoder, register_processor
 from .image import create_timm_backbone, timm_blocks
 
 _MAX_CHANNELS = 16
@@ -87,16 +87,34 @@ def to_waveform(value: Any, default_rate: int) -> tuple[torch.Tensor, int]:
     return wave, rate
 
 
-class AudioProcessor:
+@register_processor("audio")
+class AudioProcessor(Processor):
     """Raw audio -> mono waveform at ``sample_rate``, cropped to ``max_seconds``, padded, + lengths.
 
     The padded width is at least ``min_length`` (the STFT's reflect padding needs n_fft // 2 + 1).
+    A clip of zero samples counts as absent.
     """
 
+    modality = "audio"
+
     def __init__(self, sample_rate: int, max_seconds: float, min_length: int = 1) -> None:
-        self.sample_rate = sample_rate
+        self.sample_rate, self.max_seconds = sample_rate, max_seconds
         self.max_length = int(round(max_seconds * sample_rate))
         self.min_length = min_length
+
+    def is_missing(self, value: Any) -> bool:
+        if value is None:
+            return True
+        array = value.get("array") if isinstance(value, dict) else value
+        if isinstance(value, tuple) and len(value) == 2:
+            array = value[0]
+        if isinstance(array, (np.ndarray, torch.Tensor, list)):
+            return np.asarray(array).size == 0
+        return False
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        return {"sample_rate": self.sample_rate, "max_seconds": self.max_seconds,
+                "min_length": self.min_length}  # fmt: skip
 
     def mono(self, value: Any) -> torch.Tensor:
         wave, rate = to_waveform(value, self.sample_rate)
@@ -192,23 +210,14 @@ class _AudioEncoder(Encoder):
             "sample_rate": sample_rate, "max_seconds": max_seconds, "n_mels": n_mels,
             "n_fft": n_fft, "hop_length": hop_length, "freq_mask": freq_mask, "time_mask": time_mask,
         }  # fmt: skip
-        self.audio_processor = AudioProcessor(sample_rate, max_seconds, min_length=n_fft // 2 + 1)
+        self.processor = AudioProcessor(sample_rate, max_seconds, min_length=n_fft // 2 + 1)
         self.front_end = LogMelFrontEnd(
             sample_rate, n_mels, n_fft, hop_length, freq_mask, time_mask
         )
 
-    def is_missing(self, value: Any) -> bool:
-        if value is None:
-            return True
-        array = value.get("array") if isinstance(value, dict) else value
-        if isinstance(value, tuple) and len(value) == 2:
-            array = value[0]
-        if isinstance(array, (np.ndarray, torch.Tensor, list)):
-            return np.asarray(array).size == 0
-        return False
-
-    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
-        return self.audio_processor(values)
+    @property
+    def audio_processor(self) -> AudioProcessor:
+        return self.processor
 
     def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface:
         """The waveform, in amplitude units (full scale is 1), within each clip's length."""

@@ -14,8 +14,8 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
-from ._base import AttackSurface, Encoder, EncoderOutput, tokens_from_features
-from ._registry import register_encoder
+from ._base import AttackSurface, Encoder, EncoderOutput, Processor, tokens_from_features
+from ._registry import register_encoder, register_processor
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # Larger images are refused before they are decoded: a header can claim any size, and
@@ -93,6 +93,51 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+@register_processor("image")
+class ImageProcessor(Processor):
+    """Raw images (PIL, arrays, file paths, bytes) -> ``pixel_values`` [B, 3, H, W] through
+    timm's eval transform for ``data_config`` (input_size, interpolation, mean, std, crop)."""
+
+    modality = "image"
+
+    def __init__(self, data_config: dict[str, Any]) -> None:
+        self.data_config = dict(data_config)
+        self.transform = create_transform(**self.data_config, is_training=False)
+
+    def is_missing(self, value: Any) -> bool:
+        """None, or an image or array with no pixels."""
+        if isinstance(value, Image.Image):
+            return value.width == 0 or value.height == 0
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            return value.size == 0 if isinstance(value, np.ndarray) else value.numel() == 0
+        return value is None
+
+    def __call__(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        _, height, width = self.data_config["input_size"]
+        pixels = torch.zeros(len(values), 3, height, width)
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            try:
+                image = open_image(value)
+                if image.width == 0 or image.height == 0:
+                    raise ValueError(f"the image is {image.width} x {image.height} pixels")
+                pixels[i] = self.transform(to_rgb(image))
+            except (OSError, ValueError, TypeError, Image.DecompressionBombError) as err:
+                raise ValueError(f"image sample {i}: cannot read it as an image ({err})") from err
+        return {"pixel_values": pixels}
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        return {"data_config": {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in self.data_config.items()}}  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], save_dir: Path) -> ImageProcessor:
+        data_config = {k: tuple(v) if isinstance(v, list) else v
+                       for k, v in config["data_config"].items()}  # fmt: skip
+        return cls(data_config)
+
+
 @register_encoder("timm_image")
 class TimmImageEncoder(Encoder):
     """Any timm model as an image encoder.
@@ -122,31 +167,11 @@ class TimmImageEncoder(Encoder):
         if img_size is not None:
             data_config["input_size"] = (3, img_size, img_size)
             data_config["crop_pct"] = 1.0
-        self.data_config = data_config
-        self.transform = create_transform(**data_config, is_training=False)
+        self.processor = ImageProcessor(data_config)
 
-    def is_missing(self, value: Any) -> bool:
-        """None, or an image or array with no pixels."""
-        if isinstance(value, Image.Image):
-            return value.width == 0 or value.height == 0
-        if isinstance(value, (np.ndarray, torch.Tensor)):
-            return value.size == 0 if isinstance(value, np.ndarray) else value.numel() == 0
-        return value is None
-
-    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
-        _, height, width = self.data_config["input_size"]
-        pixels = torch.zeros(len(values), 3, height, width)
-        for i, value in enumerate(values):
-            if value is None:
-                continue
-            try:
-                image = open_image(value)
-                if image.width == 0 or image.height == 0:
-                    raise ValueError(f"the image is {image.width} x {image.height} pixels")
-                pixels[i] = self.transform(to_rgb(image))
-            except (OSError, ValueError, TypeError, Image.DecompressionBombError) as err:
-                raise ValueError(f"image sample {i}: cannot read it as an image ({err})") from err
-        return {"pixel_values": pixels}
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return self.processor.data_config
 
     def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface:
         """Normalised pixels, in units of [0, 1] pixel intensity, kept inside the valid range."""

@@ -10,10 +10,131 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._base import AttackSurface, Encoder, EncoderOutput
-from ._registry import register_encoder
+from ._base import AttackSurface, Encoder, EncoderOutput, Processor
+from ._registry import register_encoder, register_processor
 
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+@register_processor("tabular")
+class TabularProcessor(Processor):
+    """Rows (a mapping column -> value, or a sequence ordered numerical then categorical) ->
+    ``numerical`` [B, n_num] float (NaN where missing) and ``categorical`` [B, n_cat] codes
+    (0 for missing or unseen categories). Standardisation lives in the encoder's weights.
+    """
+
+    modality = "tabular"
+
+    def __init__(
+        self,
+        numerical: Sequence[str] = (),
+        categorical: Mapping[str, Sequence[Any] | int] | None = None,
+    ) -> None:
+        self.numerical = list(numerical)
+        # Categories as a vocabulary (values mapped by position) or a cardinality (int codes).
+        self.categorical = {
+            k: (list(v) if not isinstance(v, int) else int(v))
+            for k, v in (categorical or {}).items()
+        }
+        self.vocab = {
+            k: {c: i + 1 for i, c in enumerate(v)}
+            for k, v in self.categorical.items()
+            if isinstance(v, list)
+        }
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numerical, *self.categorical]
+
+    def row(self, value: Any, index: int) -> list[Any]:
+        if isinstance(value, Mapping):
+            absent = [c for c in self.columns if c not in value]
+            if absent:
+                raise ValueError(
+                    f"tabular sample {index}: missing columns {absent}; it has {sorted(value)}"
+                )
+            return [value[c] for c in self.columns]
+        if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+            row = list(value.tolist() if hasattr(value, "tolist") else value)
+            if len(row) != len(self.columns):
+                raise ValueError(
+                    f"tabular sample {index}: expected {len(self.columns)} values {self.columns}, got {len(row)}"
+                )
+            return row
+        raise TypeError(
+            f"tabular sample {index}: expected a mapping or a sequence, got {type(value).__name__}"
+        )
+
+    def numbers(self, values: Sequence[Any]) -> torch.Tensor:
+        """[B, n_num] float64 with NaN for missing (None, NaN, inf) values."""
+        out = torch.full((len(values), len(self.numerical)), float("nan"), dtype=torch.float64)
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            row = self.row(value, i)
+            for j, column in enumerate(self.numerical):
+                x = row[j]
+                if x is None:
+                    continue
+                if (
+                    isinstance(x, bool)
+                    or not isinstance(x, (int, float))
+                    and not hasattr(x, "__float__")
+                ):
+                    raise TypeError(
+                        f"tabular sample {i}, column {column!r}: expected a number, got {x!r}"
+                    )
+                try:
+                    x = float(x)
+                except (OverflowError, ValueError, TypeError) as err:
+                    raise ValueError(
+                        f"tabular sample {i}, column {column!r}: cannot read {x!r} as a number ({err})"
+                    ) from err
+                if math.isfinite(x) and abs(x) > _FLOAT32_MAX:
+                    raise ValueError(
+                        f"tabular sample {i}, column {column!r}: {x!r} is outside the float32 range"
+                    )
+                out[i, j] = x if math.isfinite(x) else float("nan")
+        return out
+
+    def codes(self, values: Sequence[Any]) -> torch.Tensor:
+        """[B, n_cat] long, 0 for missing or unseen categories."""
+        out = torch.zeros(len(values), len(self.categorical), dtype=torch.long)
+        n_num = len(self.numerical)
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            row = self.row(value, i)
+            for j, (column, spec) in enumerate(self.categorical.items()):
+                x = row[n_num + j]
+                if x is None or (isinstance(x, float) and math.isnan(x)):
+                    continue
+                if isinstance(spec, list):
+                    try:
+                        out[i, j] = self.vocab[column].get(x, 0)
+                    except TypeError as err:  # unhashable: a list or dict in the cell
+                        raise TypeError(
+                            f"tabular sample {i}, column {column!r}: expected a category, got {x!r}"
+                        ) from err
+                else:
+                    try:
+                        code = int(x)
+                    except (TypeError, ValueError, OverflowError) as err:
+                        raise ValueError(
+                            f"tabular sample {i}, column {column!r}: expected a code in [0, {spec}), got {x!r}"
+                        ) from err
+                    if not 0 <= code < spec:
+                        raise ValueError(
+                            f"tabular sample {i}, column {column!r}: expected a code in [0, {spec}), got {x!r}"
+                        )
+                    out[i, j] = code + 1
+        return out
+
+    def __call__(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        return {"numerical": self.numbers(values).float(), "categorical": self.codes(values)}
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        return {"numerical": self.numerical, "categorical": self.categorical}
 
 
 @register_encoder("tabular_mlp")
@@ -51,11 +172,7 @@ class TabularMLPEncoder(Encoder):
         }
         if not self.numerical and not self.categorical:
             raise ValueError("tabular_mlp needs at least one numerical or categorical column")
-        self.vocab = {
-            k: {c: i + 1 for i, c in enumerate(v)}
-            for k, v in self.categorical.items()
-            if isinstance(v, list)
-        }
+        self.processor = TabularProcessor(self.numerical, self.categorical)
         self.token_mode = tokens
         self.dim = dim
         self.hidden_dim = hidden_dim
@@ -87,97 +204,13 @@ class TabularMLPEncoder(Encoder):
 
     @property
     def columns(self) -> list[str]:
-        return [*self.numerical, *self.categorical]
-
-    def _row(self, value: Any, index: int) -> list[Any]:
-        if isinstance(value, Mapping):
-            absent = [c for c in self.columns if c not in value]
-            if absent:
-                raise ValueError(
-                    f"tabular sample {index}: missing columns {absent}; it has {sorted(value)}"
-                )
-            return [value[c] for c in self.columns]
-        if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
-            row = list(value.tolist() if hasattr(value, "tolist") else value)
-            if len(row) != len(self.columns):
-                raise ValueError(
-                    f"tabular sample {index}: expected {len(self.columns)} values {self.columns}, got {len(row)}"
-                )
-            return row
-        raise TypeError(
-            f"tabular sample {index}: expected a mapping or a sequence, got {type(value).__name__}"
-        )
-
-    def _numbers(self, values: Sequence[Any]) -> torch.Tensor:
-        """[B, n_num] float64 with NaN for missing (None, NaN, inf) values."""
-        out = torch.full((len(values), len(self.numerical)), float("nan"), dtype=torch.float64)
-        for i, value in enumerate(values):
-            if value is None:
-                continue
-            row = self._row(value, i)
-            for j, column in enumerate(self.numerical):
-                x = row[j]
-                if x is None:
-                    continue
-                if (
-                    isinstance(x, bool)
-                    or not isinstance(x, (int, float))
-                    and not hasattr(x, "__float__")
-                ):
-                    raise TypeError(
-                        f"tabular sample {i}, column {column!r}: expected a number, got {x!r}"
-                    )
-                try:
-                    x = float(x)
-                except (OverflowError, ValueError, TypeError) as err:
-                    raise ValueError(
-                        f"tabular sample {i}, column {column!r}: cannot read {x!r} as a number ({err})"
-                    ) from err
-                if math.isfinite(x) and abs(x) > _FLOAT32_MAX:
-                    raise ValueError(
-                        f"tabular sample {i}, column {column!r}: {x!r} is outside the float32 range"
-                    )
-                out[i, j] = x if math.isfinite(x) else float("nan")
-        return out
-
-    def _codes(self, values: Sequence[Any]) -> torch.Tensor:
-        """[B, n_cat] long, 0 for missing or unseen categories."""
-        out = torch.zeros(len(values), len(self.categorical), dtype=torch.long)
-        n_num = len(self.numerical)
-        for i, value in enumerate(values):
-            if value is None:
-                continue
-            row = self._row(value, i)
-            for j, (column, spec) in enumerate(self.categorical.items()):
-                x = row[n_num + j]
-                if x is None or (isinstance(x, float) and math.isnan(x)):
-                    continue
-                if isinstance(spec, list):
-                    try:
-                        out[i, j] = self.vocab[column].get(x, 0)
-                    except TypeError as err:  # unhashable: a list or dict in the cell
-                        raise TypeError(
-                            f"tabular sample {i}, column {column!r}: expected a category, got {x!r}"
-                        ) from err
-                else:
-                    try:
-                        code = int(x)
-                    except (TypeError, ValueError, OverflowError) as err:
-                        raise ValueError(
-                            f"tabular sample {i}, column {column!r}: expected a code in [0, {spec}), got {x!r}"
-                        ) from err
-                    if not 0 <= code < spec:
-                        raise ValueError(
-                            f"tabular sample {i}, column {column!r}: expected a code in [0, {spec}), got {x!r}"
-                        )
-                    out[i, j] = code + 1
-        return out
+        return self.processor.columns
 
     def fit(self, values: Sequence[Any]) -> TabularMLPEncoder:
         """Fit the standardisation statistics on training rows (missing values ignored)."""
         if not self.numerical:
             return self
-        x = self._numbers([v for v in values if v is not None])
+        x = self.processor.numbers([v for v in values if v is not None])
         finite = ~torch.isnan(x)
         count = finite.sum(0).clamp(min=1)
         mean = torch.where(finite, x, 0).sum(0) / count
@@ -185,9 +218,6 @@ class TabularMLPEncoder(Encoder):
         self.mean.copy_(mean.float())
         self.std.copy_(var.sqrt().clamp(min=1e-6).float())
         return self
-
-    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
-        return {"numerical": self._numbers(values).float(), "categorical": self._codes(values)}
 
     def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface | None:
         """Numerical values, in units of each column's training standard deviation; missing

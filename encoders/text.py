@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
-from ._base import AttackSurface, Encoder, EncoderOutput
-from ._registry import register_encoder
+from ._base import AttackSurface, Encoder, EncoderOutput, Processor
+from ._registry import register_encoder, register_processor
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,73 @@ def _largest_module_list(model: nn.Module) -> list[nn.Module]:
     return best
 
 
+@register_processor("text")
+class TextProcessor(Processor):
+    """Texts -> ``input_ids``, ``attention_mask`` (and ``token_type_ids``) [B, T], padded to the
+    longest text and truncated at ``max_length``. Blank text counts as absent.
+
+    Without a tokenizer, ``fit`` trains one of ``vocab_size`` tokens (``tokenizer_kind``:
+    bpe or wordpiece) on the training texts.
+    """
+
+    modality = "text"
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerFast | None = None,
+        max_length: int = 128,
+        tokenizer_kind: str = "bpe",
+        vocab_size: int | None = None,
+    ) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.tokenizer_kind, self.vocab_size = tokenizer_kind, vocab_size
+
+    def fit(self, values: Sequence[Any]) -> TextProcessor:
+        if self.tokenizer is None:
+            if self.vocab_size is None:
+                raise ValueError(
+                    "a text processor without a tokenizer needs vocab_size to train one"
+                )
+            texts = [v for v in values if isinstance(v, str)]
+            self.tokenizer = train_tokenizer(texts, self.vocab_size, self.tokenizer_kind)
+        return self
+
+    def is_missing(self, value: Any) -> bool:
+        return value is None or (isinstance(value, str) and not value.strip())
+
+    def __call__(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            raise ValueError(
+                "hf_text has no tokenizer yet: pass tokenizer= or train_texts=, or call fit(texts)"
+            )
+        texts: list[str] = []
+        for i, value in enumerate(values):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(
+                    f"text sample {i}: expected a str or None, got {type(value).__name__}"
+                )
+            texts.append(value or "")
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {
+            k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+
+    def to_config(self, save_dir: Path) -> dict[str, Any]:
+        if self.tokenizer is None:
+            raise ValueError("cannot save a text processor before it has a tokenizer")
+        self.tokenizer.save_pretrained(save_dir / "tokenizer")
+        return {"tokenizer": "tokenizer", "max_length": self.max_length,
+                "tokenizer_kind": self.tokenizer_kind, "vocab_size": self.vocab_size}  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], save_dir: Path) -> TextProcessor:
+        config = dict(config)
+        tokenizer = AutoTokenizer.from_pretrained(str(save_dir / config.pop("tokenizer")))
+        return cls(tokenizer, **config)
+
+
 @register_encoder("hf_text")
 class HFTextEncoder(Encoder):
     """A ``transformers`` AutoModel over text; outputs every token state and the attention mask.
@@ -132,8 +199,6 @@ class HFTextEncoder(Encoder):
             )
         if (model_name_or_path is None) == (config is None):
             raise ValueError("hf_text needs exactly one of model_name_or_path or config")
-        self.max_length = max_length
-        self.tokenizer_kind = tokenizer_kind
         hub = {"revision": revision, "trust_remote_code": trust_remote_code}
         if config is not None:
             config = dict(config)
@@ -163,44 +228,23 @@ class HFTextEncoder(Encoder):
             model = model.get_encoder()
         self.model = model
         self.out_dim = int(model.config.hidden_size)
-        self.tokenizer: PreTrainedTokenizerFast | None = None
+        loaded = None
         source = tokenizer or model_name_or_path
         if source is not None:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, **hub)
-            if self.tokenizer.pad_token is None:  # GPT-style tokenizers ship without one
-                self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        elif train_texts is not None:
+            loaded = AutoTokenizer.from_pretrained(source, **hub)
+            if loaded.pad_token is None:  # GPT-style tokenizers ship without one
+                loaded.pad_token = loaded.eos_token or loaded.unk_token
+        self.processor = TextProcessor(loaded, max_length, tokenizer_kind, model.config.vocab_size)
+        if loaded is None and train_texts is not None:
             self.fit(train_texts)
 
-    def fit(self, values: Sequence[Any]) -> HFTextEncoder:
-        if self.tokenizer is None:
-            texts = [v for v in values if isinstance(v, str)]
-            self.tokenizer = train_tokenizer(
-                texts, self.model.config.vocab_size, self.tokenizer_kind
-            )
-        return self
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerFast | None:
+        return self.processor.tokenizer
 
-    def is_missing(self, value: Any) -> bool:
-        return value is None or (isinstance(value, str) and not value.strip())
-
-    def process(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
-        if self.tokenizer is None:
-            raise ValueError(
-                "hf_text has no tokenizer yet: pass tokenizer= or train_texts=, or call fit(texts)"
-            )
-        texts: list[str] = []
-        for i, value in enumerate(values):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(
-                    f"text sample {i}: expected a str or None, got {type(value).__name__}"
-                )
-            texts.append(value or "")
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {
-            k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-        }
+    @property
+    def max_length(self) -> int:
+        return self.processor.max_length
 
     def attack_surface(self, inputs: dict[str, torch.Tensor]) -> AttackSurface:
         """Input token embeddings, in units of the embedding table's standard deviation;
@@ -223,11 +267,10 @@ class HFTextEncoder(Encoder):
     def to_config(self, save_dir: Path) -> dict[str, Any]:
         if self.tokenizer is None:
             raise ValueError("cannot save hf_text before it has a tokenizer")
-        self.tokenizer.save_pretrained(save_dir / "tokenizer")
-        config = self.model.config.to_dict()
+        processor = self.processor.to_config(save_dir)
         return {
-            "config": config,
-            "tokenizer": "tokenizer",
-            "max_length": self.max_length,
-            "tokenizer_kind": self.tokenizer_kind,
+            "config": self.model.config.to_dict(),
+            "tokenizer": processor["tokenizer"],
+            "max_length": processor["max_length"],
+            "tokenizer_kind": processor["tokenizer_kind"],
         }

@@ -54,8 +54,8 @@ class RowView(torch.utils.data.Dataset):
 
 
 class MultimodalCollator:
-    """Raw rows -> Batch through ``MultimodalModel.preprocess``, with modality dropout and an
-    error policy.
+    """Raw rows -> Batch through a multimodal processor (``MultimodalModel.processor``), with
+    modality dropout and an error policy. It holds the processor, never the network.
 
     on_error="raise": a bad value raises, naming the split, row, column and expectation.
     on_error="missing": the modality becomes absent for that sample; ``events`` counts them.
@@ -64,7 +64,7 @@ class MultimodalCollator:
 
     def __init__(
         self,
-        model: Any,
+        processor: Any,
         spec: DatasetSpec,
         split: str = "train",
         on_error: str = "raise",
@@ -75,7 +75,9 @@ class MultimodalCollator:
     ) -> None:
         if on_error not in ("raise", "missing"):
             raise ValueError(f"on_error must be 'raise' or 'missing', got {on_error!r}")
-        self.model, self.spec, self.split, self.on_error = model, spec, split, on_error
+        # A model passed here stands for its processor.
+        self.processor = getattr(processor, "processor", processor)
+        self.spec, self.split, self.on_error = spec, split, on_error
         columns = spec.column_of()
         self.columns = {m: ", ".join(c) for m, c in columns.items()}
         p = modality_dropout or 0.0
@@ -94,12 +96,12 @@ class MultimodalCollator:
     def _isolate_errors(
         self, rows: Sequence[Mapping[str, Any]], samples: list[dict[str, Any]]
     ) -> None:
-        for m, enc in self.model.encoders.items():
+        for m, processor in self.processor.processors.items():
             for i, sample in enumerate(samples):
-                if enc.is_missing(sample[m]):
+                if processor.is_missing(sample[m]):
                     continue
                 try:
-                    enc.process([sample[m]])
+                    processor([sample[m]])
                 except (ValueError, TypeError) as err:
                     if self.on_error == "raise":
                         raise ValueError(f"{self._where(rows[i], m)}: {err}") from err
@@ -112,8 +114,8 @@ class MultimodalCollator:
     ) -> None:
         """Resolve file paths in media columns against the dataset folder; a path that
         leads outside it (``..``, an absolute path, a symlink) is a bad value."""
-        for m, enc in self.model.encoders.items():
-            if enc.modality not in ("image", "audio"):
+        for m in self.processor.modalities:
+            if self.processor.kind(m) not in ("image", "audio"):
                 continue
             for i, sample in enumerate(samples):
                 value = sample[m]
@@ -135,7 +137,7 @@ class MultimodalCollator:
                 sample[m] = None
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        samples = [{m: row.get(m) for m in self.model.modalities} for row in rows]
+        samples = [{m: row.get(m) for m in self.processor.modalities} for row in rows]
         if self.media_roots:
             self._contain_paths(rows, samples)
         # Seeded by the rows, not by history, so a resumed run drops the same modalities.
@@ -144,9 +146,9 @@ class MultimodalCollator:
             from .corruptions import corrupt
 
             m, name, severity = self.corruption
-            kind = self.model.encoders[m].modality
+            kind = self.processor.kind(m)
             for s in samples:
-                if not self.model.encoders[m].is_missing(s[m]):
+                if not self.processor.is_missing(m, s[m]):
                     s[m] = corrupt(kind, s[m], name, severity, rng)
         for m, p in self.dropout.items():
             if p > 0:
@@ -155,17 +157,17 @@ class MultimodalCollator:
                         s[m] = None
         if "label" in rows[0]:
             try:
-                labels = self.model.head.check_labels([r.get("label") for r in rows])
+                labels = self.processor.check_labels([r.get("label") for r in rows])
             except (ValueError, TypeError) as err:
                 raise type(err)(
                     f"split {self.split!r}, column {self.spec.label!r}: {err}; rows {[r['__row__'] for r in rows]}"
                 ) from err
         try:
-            batch = self.model.preprocess(samples)
+            batch = self.processor(samples)
         except (ValueError, TypeError):
             # Slow path, only when the batch fails: find the bad values one by one.
             self._isolate_errors(rows, samples)
-            batch = self.model.preprocess(samples)
+            batch = self.processor(samples)
         if "label" in rows[0]:
             batch["labels"] = labels
         batch["domain"] = torch.tensor(

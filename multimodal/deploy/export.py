@@ -8,8 +8,8 @@ exported audio input has that fixed length (``OnnxModel`` pads). A mixture-of-ex
 exports its dense form: every token through its top-k experts with no capacity limit, which
 equals PyTorch evaluation whenever no expert overflows its capacity.
 
-Processors stay in Python: the export folder holds the model's ``save_pretrained`` folder
-under ``processors/`` beside ``model.onnx`` and ``export.json``.
+Processors stay in Python: the export folder holds the multimodal processor (JSON and
+tokenizer files, no weights) under ``processors/`` beside ``model.onnx`` and ``export.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 
 from ..core.io import atomic_dir, write_json_atomic
 from ..modeling.model import Batch, MultimodalModel
+from ..modeling.processing import MultimodalProcessor
 from ..modeling.tasks import create_task
 
 ONNX_NAME = "model.onnx"
@@ -33,34 +34,39 @@ EXPORT_NAME = "export.json"
 SEQUENCE_KEYS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
-def example_value(encoder: Any) -> Any:
-    """A raw value the encoder accepts, for tracing."""
-    if encoder.modality == "image":
+def example_value(processor: Any) -> Any:
+    """A raw value a modality's processor (or encoder) accepts, for tracing."""
+    processor = getattr(processor, "processor", processor)
+    if processor.modality == "image":
         return Image.new("RGB", (32, 32), (128, 64, 32))
-    if encoder.modality == "audio":
-        rate = encoder.audio_processor.sample_rate
-        t = np.arange(encoder.audio_processor.max_length) / rate
+    if processor.modality == "audio":
+        rate = processor.sample_rate
+        t = np.arange(processor.max_length) / rate
         return {
             "array": (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
             "sampling_rate": rate,
         }
-    if encoder.modality == "text":
+    if processor.modality == "text":
         return "an example sentence for tracing the graph"
-    if encoder.modality == "tabular":
-        row: dict[str, Any] = {c: 0.5 for c in encoder.numerical}
-        for column, spec in encoder.categorical.items():
+    if processor.modality == "tabular":
+        row: dict[str, Any] = {c: 0.5 for c in processor.numerical}
+        for column, spec in processor.categorical.items():
             row[column] = spec[0] if isinstance(spec, list) else 0
         return row
-    raise ValueError(f"no example value for a {encoder.modality!r} encoder")
+    raise ValueError(f"no example value for a {processor.modality!r} processor")
 
 
-def pad_audio(model: MultimodalModel, batch: Batch) -> Batch:
-    """Pad every audio waveform to its encoder's maximum length (the exported input size)."""
-    for m, enc in model.encoders.items():
-        if enc.modality == "audio":
-            wave = batch[m]["waveform"]
-            width = max(enc.audio_processor.max_length, enc.audio_processor.min_length)
-            batch[m] = {**batch[m], "waveform": nn.functional.pad(wave, (0, width - wave.shape[1]))}
+def _audio_lengths(processor: MultimodalProcessor) -> dict[str, int]:
+    """The exported waveform length of each audio modality (its processor's maximum)."""
+    return {m: max(p.max_length, p.min_length) for m, p in processor.processors.items()
+            if p.modality == "audio"}  # fmt: skip
+
+
+def pad_audio(processor: MultimodalProcessor, batch: Batch) -> Batch:
+    """Pad every audio waveform to its processor's maximum length (the exported input size)."""
+    for m, width in _audio_lengths(processor).items():
+        wave = batch[m]["waveform"]
+        batch[m] = {**batch[m], "waveform": nn.functional.pad(wave, (0, width - wave.shape[1]))}
     return batch
 
 
@@ -93,10 +99,11 @@ def _flat(batch: Batch, layout: Sequence[tuple[str, Sequence[str]]]) -> list[tor
 def export_onnx(model: MultimodalModel, out: str | Path, opset: int | None = None) -> Path:
     """Write ``model.onnx``, ``export.json`` and ``processors/`` to ``out`` (atomically)."""
     model = model.eval()
-    samples = [{m: example_value(enc) for m, enc in model.encoders.items()} for _ in range(2)]
+    processor = model.processor
+    samples = [{m: example_value(p) for m, p in processor.processors.items()} for _ in range(2)]
     samples[1] = {**samples[1], **{m: "a second, longer example sentence with more words in it"
                                    for m, enc in model.encoders.items() if enc.modality == "text"}}  # fmt: skip
-    batch = pad_audio(model, model.preprocess(samples))
+    batch = pad_audio(processor, processor(samples))
     layout = [(m, sorted(batch[m])) for m in model.modalities]
     names = [f"{m}.{k}" for m, keys in layout for k in keys] + [f"present.{m}" for m, _ in layout]
     args = _flat(batch, layout)
@@ -115,14 +122,13 @@ def export_onnx(model: MultimodalModel, out: str | Path, opset: int | None = Non
             _Graph(model, layout), tuple(args), str(tmp / ONNX_NAME), input_names=names,
             output_names=["logits"], dynamic_shapes=(tuple(dynamic),), dynamo=True, **kwargs,
         )  # fmt: skip
-        model.save_pretrained(tmp / "processors")
+        processor.save_pretrained(tmp / "processors")
         write_json_atomic(
             tmp / EXPORT_NAME,
             {
                 "format": "onnx", "inputs": names, "layout": layout, "outputs": ["logits"],
                 "task": model.head.task.name, "num_classes": model.head.num_classes,
-                "audio_length": {m: max(e.audio_processor.max_length, e.audio_processor.min_length)
-                                 for m, e in model.encoders.items() if e.modality == "audio"},
+                "audio_length": _audio_lengths(processor),
             },
         )  # fmt: skip
     return Path(out)
@@ -137,14 +143,14 @@ class OnnxModel:
         folder = Path(folder)
         self.meta = json.loads((folder / EXPORT_NAME).read_text())
         self.layout = [(m, keys) for m, keys in self.meta["layout"]]
-        self.processors = MultimodalModel.from_pretrained(folder / "processors")
+        self.processor = MultimodalProcessor.from_pretrained(folder / "processors")
         self.session = ort.InferenceSession(
             str(folder / ONNX_NAME), providers=list(providers or ["CPUExecutionProvider"])
         )
 
     def logits(self, batch: Batch) -> np.ndarray:
-        """Logits for a preprocessed batch (``MultimodalModel.preprocess`` output)."""
-        batch = pad_audio(self.processors, {k: v for k, v in batch.items()})
+        """Logits for a preprocessed batch (the ``MultimodalProcessor``'s output)."""
+        batch = pad_audio(self.processor, {k: v for k, v in batch.items()})
         feed = {
             n: t.numpy()
             for n, t in zip(self.meta["inputs"], _flat(batch, self.layout), strict=True)
@@ -152,6 +158,6 @@ class OnnxModel:
         return self.session.run(None, feed)[0]
 
     def predict(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        logits = self.logits(self.processors.preprocess([dict(s) for s in samples]))
+        logits = self.logits(self.processor([dict(s) for s in samples]))
         task = create_task(self.meta["task"], self.meta["num_classes"])
         return {k: v.numpy() for k, v in task.outputs(torch.from_numpy(logits)).items()}

@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 
 from ..experiments.lineage import LINEAGE_NAME
 from ..modeling.model import MultimodalModel
+from ..modeling.processing import MultimodalProcessor
 
 MEDIA = ("image", "audio")
 
@@ -106,20 +107,20 @@ def _decode_base64(value: str, field: str) -> bytes:
         raise RequestError(422, field, f"expected base64-encoded file bytes ({err})") from err
 
 
-def check_sample(model: MultimodalModel, raw: Any, where: str) -> dict[str, Any]:
+def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[str, Any]:
     """A JSON sample as raw values the processors take; a ``RequestError`` names the field."""
     if not isinstance(raw, Mapping):
         raise RequestError(
             422, where, f"expected an object of modality values, got {type(raw).__name__}"
         )
-    unknown = sorted(set(raw) - set(model.modalities))
+    unknown = sorted(set(raw) - set(processor.modalities))
     if unknown:
         raise RequestError(
-            422, f"{where}.{unknown[0]}", f"unknown modality; the model takes {model.modalities}"
+            422, f"{where}.{unknown[0]}", f"unknown modality; the model takes {processor.modalities}"
         )
     sample: dict[str, Any] = {}
     for m, value in raw.items():
-        field, kind = f"{where}.{m}", model.encoders[m].modality
+        field, kind = f"{where}.{m}", processor.kind(m)
         if value is None:
             continue
         if kind in MEDIA and isinstance(value, str):
@@ -134,11 +135,10 @@ def check_sample(model: MultimodalModel, raw: Any, where: str) -> dict[str, Any]
             raise RequestError(
                 422, field, f"expected an object of column values, got {type(value).__name__}"
             )
-        encoder = model.encoders[m]
-        if encoder.is_missing(value):
+        if processor.is_missing(m, value):
             continue
         try:
-            encoder.process([value])  # the same checks the batch will run
+            processor.processors[m]([value])  # the same checks the batch will run
         except (ValueError, TypeError, OSError) as err:
             raise RequestError(422, field, str(err).replace("sample 0: ", "")) from err
         sample[m] = value
@@ -171,6 +171,7 @@ def create_app(
     """The FastAPI application serving the model of ``run`` (a run or save_pretrained folder)."""
     run = Path(run)
     model = MultimodalModel.from_pretrained(run).eval()
+    processor = model.processor
     batcher = Batcher(model, max_batch, max_wait_ms)
     labels = _label_names(run, model)
     version = _version(run)
@@ -198,7 +199,7 @@ def create_app(
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
         return {
-            "modalities": {m: e.modality for m, e in model.encoders.items()}, "task": model.head.task.name,
+            "modalities": {m: processor.kind(m) for m in processor.modalities}, "task": model.head.task.name,
             "labels": labels, "model": version, "max_batch": batcher.max_batch,
             "max_wait_ms": batcher.max_wait * 1000, "max_payload_bytes": limit,
         }  # fmt: skip
@@ -216,11 +217,11 @@ def create_app(
             if len(body) > limit:
                 return error(413, "body", f"payload is over the limit of {limit:,} bytes")
         try:
-            raw = await _parse(request, bytes(body), model)
+            raw = await _parse(request, bytes(body), processor)
             many = isinstance(raw, list)
             # Decoding and checking run off the event loop, so requests keep arriving meanwhile.
             samples = await asyncio.to_thread(
-                lambda: [check_sample(model, s, f"inputs[{i}]" if many else "inputs")
+                lambda: [check_sample(processor, s, f"inputs[{i}]" if many else "inputs")
                          for i, s in enumerate(raw if many else [raw])]
             )  # fmt: skip
         except RequestError as err:
@@ -239,7 +240,7 @@ def create_app(
     return app
 
 
-async def _parse(request: Any, body: bytes, model: MultimodalModel) -> Any:
+async def _parse(request: Any, body: bytes, processor: MultimodalProcessor) -> Any:
     """The ``inputs`` of a JSON body, or one sample from a multipart form."""
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
@@ -254,7 +255,7 @@ async def _parse(request: Any, body: bytes, model: MultimodalModel) -> Any:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 sample[key] = await value.read()
-            elif key in model.encoders and model.encoders[key].modality == "tabular":
+            elif key in processor.processors and processor.kind(key) == "tabular":
                 try:
                     sample[key] = json.loads(value)
                 except ValueError as err:

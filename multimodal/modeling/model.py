@@ -25,6 +25,7 @@ from ..core.io import (
     write_json_atomic,
 )
 from .heads import Head
+from .processing import MultimodalProcessor
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -84,21 +85,14 @@ class MultimodalModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def preprocess(self, samples: Sequence[Mapping[str, Any]], label_key: str = "label") -> Batch:
-        """Raw samples -> Batch: {modality: tensors, "present": {m: [B] bool}, "labels": [B]}.
+    @property
+    def processor(self) -> MultimodalProcessor:
+        """The encoders' processors and the head's task: raw samples -> Batch, no weights."""
+        return MultimodalProcessor({m: e.processor for m, e in self.encoders.items()}, self.head.task)
 
-        A missing key, None, or a value the encoder counts as empty (blank text, a clip of
-        zero samples) makes the modality absent for that sample.
-        """
-        batch: Batch = {"present": {}}
-        for m, enc in self.encoders.items():
-            values = [s.get(m) for s in samples]
-            present = [not enc.is_missing(v) for v in values]
-            batch[m] = enc.process([v if p else None for v, p in zip(values, present, strict=True)])
-            batch["present"][m] = torch.tensor(present, dtype=torch.bool)
-        if any(label_key in s for s in samples):
-            batch["labels"] = self.head.check_labels([s.get(label_key) for s in samples])
-        return batch
+    def preprocess(self, samples: Sequence[Mapping[str, Any]], label_key: str = "label") -> Batch:
+        """Raw samples -> Batch (see ``MultimodalProcessor``)."""
+        return self.processor(samples, label_key)
 
     def encode(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Run every encoder: tokens {m: [B, T_m, D_m]}, masks {m: [B, T_m]} (absent rows all False)."""

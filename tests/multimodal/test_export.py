@@ -33,6 +33,10 @@ def test_onnxruntime_matches_pytorch(fusion, data, tmp_path) -> None:
         if "router" in name:  # an untrained router ties every expert; ties break differently
             torch.nn.init.normal_(p)
     export_onnx(model, tmp_path)
+    weights = [
+        p.name for p in tmp_path.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth")
+    ]
+    assert weights == []  # the graph holds the weights; processors/ holds JSON and a tokenizer
     onnx_model = OnnxModel(tmp_path)
     inputs = {i.name: i.shape for i in onnx_model.session.get_inputs()}
     assert inputs["text.input_ids"][0] == "batch" and isinstance(
