@@ -116,7 +116,9 @@ def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[s
     unknown = sorted(set(raw) - set(processor.modalities))
     if unknown:
         raise RequestError(
-            422, f"{where}.{unknown[0]}", f"unknown modality; the model takes {processor.modalities}"
+            422,
+            f"{where}.{unknown[0]}",
+            f"unknown modality; the model takes {processor.modalities}",
         )
     sample: dict[str, Any] = {}
     for m, value in raw.items():

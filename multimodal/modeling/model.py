@@ -88,7 +88,9 @@ class MultimodalModel(nn.Module):
     @property
     def processor(self) -> MultimodalProcessor:
         """The encoders' processors and the head's task: raw samples -> Batch, no weights."""
-        return MultimodalProcessor({m: e.processor for m, e in self.encoders.items()}, self.head.task)
+        return MultimodalProcessor(
+            {m: e.processor for m, e in self.encoders.items()}, self.head.task
+        )
 
     def preprocess(self, samples: Sequence[Mapping[str, Any]], label_key: str = "label") -> Batch:
         """Raw samples -> Batch (see ``MultimodalProcessor``)."""

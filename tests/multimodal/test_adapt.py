@@ -95,9 +95,7 @@ def test_fit_with_unsupervised_adaptation(method: str, tmp_path) -> None:
     )
     result = engine.fit(
         model,
-        engine.FitData(
-            spec, source, mm.select_domains(dsd["validation"], "d0"), unlabelled=target
-        ),
+        engine.FitData(spec, source, mm.select_domains(dsd["validation"], "d0"), unlabelled=target),
         cfg,
     )
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -36,9 +36,7 @@ def trained():
     dsd = mm.load_dataset(spec)
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
-    engine.fit(
-        model, engine.FitData(spec, dsd["train"], dsd["validation"]), train_config(config)
-    )
+    engine.fit(model, engine.FitData(spec, dsd["train"], dsd["validation"]), train_config(config))
     return model, spec, dsd
 
 
