@@ -2,7 +2,7 @@
 and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plots.
 
     python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe|all]
-        [--strategy head,full] [--adapt dann,coral] [--seeds N] [--out DIR]
+        [--strategy head,full] [--uda dann,coral] [--seeds N] [--out DIR]
         [--robustness] [--modality-dropout 0,0.3]
 
 With no arguments: the synthetic-quick suite and its default fusions, written to
@@ -53,7 +53,9 @@ def main() -> None:
         "--strategy", help="comma-separated adaptation strategies (default: the suite's list)"
     )
     parser.add_argument(
+        "--uda",
         "--adapt",
+        dest="uda",
         help="comma-separated unsupervised methods to add beside the k-shot strategies: dann,cdan,coral,mmd,entropy; "
         "source_only is their control (the same extra source training, no target rows)",
     )
@@ -100,8 +102,10 @@ def main() -> None:
         else (args.fusion.split(",") if args.fusion else None)
     )
     strategies = args.strategy.split(",") if args.strategy else list(suite.strategies)
-    if args.adapt:
-        strategies += [m for m in args.adapt.split(",") if m not in strategies]
+    if any(a == "--adapt" or a.startswith("--adapt=") for a in sys.argv[1:]):
+        print("--adapt is deprecated: the flag is now --uda", file=sys.stderr)
+    if args.uda:
+        strategies += [m for m in args.uda.split(",") if m not in strategies]
     if args.modality_dropout:
         suite.grid["train.modality_dropout"] = [float(p) for p in args.modality_dropout.split(",")]
     robustness: list | None = None

@@ -16,7 +16,7 @@ from torch import nn
 
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor
 from ._registry import register_encoder, register_processor
-from .image import create_timm_backbone, timm_blocks
+from .image import TimmBackbone, create_timm_backbone
 
 _MAX_CHANNELS = 16
 
@@ -290,7 +290,7 @@ class AudioCNNEncoder(_AudioEncoder):
 
 
 @register_encoder("audio_timm")
-class AudioTimmEncoder(_AudioEncoder):
+class AudioTimmEncoder(TimmBackbone, _AudioEncoder):
     """Any timm backbone on the log-mel spectrogram as a 1-channel image.
 
     CNN feature maps [B, C, H, W] are averaged over frequency: tokens [B, W, C] with a
@@ -329,13 +329,5 @@ class AudioTimmEncoder(_AudioEncoder):
             mask = (frames > 0)[:, None].expand(tokens.shape[:2])
         return EncoderOutput(tokens, mask)
 
-    def layer_blocks(self) -> list[nn.Module]:
-        return timm_blocks(self.model)
-
     def to_config(self, save_dir: Path) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "pretrained": False,
-            "model_kwargs": self.model_kwargs,
-            **self.audio_kwargs,
-        }
+        return {**self.timm_config(), **self.audio_kwargs}

@@ -138,8 +138,27 @@ class ImageProcessor(Processor):
         return cls(data_config)
 
 
+class TimmBackbone:
+    """What encoders built on a timm model (``self.model``) share: its blocks, first to
+    last, and the keys that rebuild it offline (weights come from the state dict)."""
+
+    model: nn.Module
+    model_name: str
+    model_kwargs: dict[str, Any]
+
+    def layer_blocks(self) -> list[nn.Module]:
+        return timm_blocks(self.model)
+
+    def timm_config(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "pretrained": False,
+            "model_kwargs": self.model_kwargs,
+        }
+
+
 @register_encoder("timm_image")
-class TimmImageEncoder(Encoder):
+class TimmImageEncoder(TimmBackbone, Encoder):
     """Any timm model as an image encoder.
 
     The processor is timm's eval transform for the model (``resolve_model_data_config`` +
@@ -186,16 +205,8 @@ class TimmImageEncoder(Encoder):
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(tokens, mask)
 
-    def layer_blocks(self) -> list[nn.Module]:
-        return timm_blocks(self.model)
-
     def to_config(self, save_dir: Path) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "pretrained": False,
-            "img_size": self.img_size,
-            "model_kwargs": self.model_kwargs,
-        }
+        return {**self.timm_config(), "img_size": self.img_size}
 
 
 def create_timm_backbone(

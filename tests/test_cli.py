@@ -54,7 +54,7 @@ def test_help_lists_every_command() -> None:
         "export",
         "serve",
         "drift",
-        "adapt",
+        "readapt",
         "history",
     ):
         assert command in text
@@ -216,3 +216,15 @@ def test_run_folder_records_provenance_and_reproduce_shows_zero_diff(
     (tmp_path / "changed" / "results.json").write_text(json.dumps(results))
     assert main(["reproduce", str(tmp_path / "changed")]) == 1
     assert "NOT reproduced" in capsys.readouterr().out
+
+
+def test_old_spellings_still_work_with_a_deprecation_message(capsys) -> None:
+    args = build_parser().parse_args(["adapt", "--model", "m", "--data", "missing.yaml"])
+    assert args.command == "adapt" and args.func.__name__ == "run_readapt"
+    assert main(["adapt", "--model", "m", "--data", "missing.yaml"]) == 2
+    assert "multimodal adapt is deprecated" in capsys.readouterr().err
+    from multimodal.engine.config import TrainConfig
+
+    with pytest.warns(FutureWarning, match="train.adapt_method is deprecated; use train.uda"):
+        cfg = TrainConfig.from_dict({"adapt_method": "dann", "adapt_weight": 0.5})
+    assert (cfg.uda, cfg.uda_weight) == ("dann", 0.5)

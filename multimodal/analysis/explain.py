@@ -263,10 +263,7 @@ def write_explanation(result: Mapping[str, Any], out: str | Path) -> dict[str, P
     for ax in axes:
         ax.axhline(0, color="black", linewidth=0.6)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "contributions.png", dpi=120)
-    plt.close(fig)
-    paths["contributions"] = out / "contributions.png"
+    paths["contributions"] = _save(fig, out / "contributions.png")
 
     if "expert_load" in result:
         load = result["expert_load"]
@@ -280,10 +277,7 @@ def write_explanation(result: Mapping[str, Any], out: str | Path) -> dict[str, P
             ax.set_xlabel("expert")
             ax.set_title(f"expert load {key.replace('_', ' ')}")
             fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        fig.savefig(out / "expert_load.png", dpi=120)
-        plt.close(fig)
-        paths["expert_load"] = out / "expert_load.png"
+        paths["expert_load"] = _save(fig, out / "expert_load.png")
 
     if "attention" in result:
         attention = result["attention"]
@@ -309,8 +303,14 @@ def write_explanation(result: Mapping[str, Any], out: str | Path) -> dict[str, P
             ax.tick_params(axis="y", labelsize=7)
             ax.set_ylabel(f"{m} tokens")
             ax.set_title(f"{m} attends to (row {attention['row']})")
-        fig.tight_layout()
-        fig.savefig(out / "attention.png", dpi=120)
-        plt.close(fig)
-        paths["attention"] = out / "attention.png"
+        paths["attention"] = _save(fig, out / "attention.png")
     return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,4 +1,4 @@
-"""`multimodal adapt` and `history`: re-adaptation as versions of a model."""
+"""`multimodal readapt` and `history`: re-adaptation as versions of a model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from typing import Any
 from ._common import add_model, spec_section, spec_split
 
 
-def run_adapt(args: argparse.Namespace) -> int:
+def run_readapt(args: argparse.Namespace) -> int:
+    import sys
+
     from ..experiments.lineage import comparison_markdown, readapt
+
+    if args.command == "adapt":
+        print("multimodal adapt is deprecated: the command is now `multimodal readapt` "
+              "(\"adapt\" names the transfer stage)", file=sys.stderr)  # fmt: skip
 
     data = spec_section(args.data)
     reference = None
@@ -24,11 +30,12 @@ def run_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_adapt(sub: Any) -> None:
-
+def add_readapt(sub: Any) -> None:
     p = sub.add_parser(
-        "adapt", help="adapt a saved model to newly collected labelled data, as a new version"
-    )
+        "readapt", aliases=["adapt"],
+        help="adapt a saved model to newly collected labelled data, as a new version "
+        "(`adapt` is its deprecated old name)",
+    )  # fmt: skip
     add_model(p, "the run folder to start from (the parent)")
     p.add_argument(
         "--data", required=True, help="dataset spec YAML (or run config) of the new data"
@@ -44,7 +51,7 @@ def add_adapt(sub: Any) -> None:
     p.add_argument(
         "--out", help="the new version's folder (default MODEL-adapted); never overwritten"
     )
-    p.set_defaults(func=run_adapt)
+    p.set_defaults(func=run_readapt)
 
 
 def run_history(args: argparse.Namespace) -> int:

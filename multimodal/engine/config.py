@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,11 +51,11 @@ class TrainConfig:
     num_workers: int = 0
     on_error: str = "raise"
     modality_dropout: dict[str, float] | float | None = None
-    adapt_method: str = (
-        "none"  # none | dann | cdan | coral | mmd | entropy (needs FitData.unlabelled)
-    )
-    adapt_weight: float = 1.0
-    adapt_kwargs: dict[str, Any] = field(default_factory=dict)
+    # An unsupervised domain-adaptation objective on FitData.unlabelled target rows:
+    # none | dann | cdan | coral | mmd | entropy, its weight and its keyword arguments.
+    uda: str = "none"
+    uda_weight: float = 1.0
+    uda_kwargs: dict[str, Any] = field(default_factory=dict)
     # Adversarial training: {"method": fgsm|pgd, "budgets": {kind: radius}, "steps": 3,
     # "weight": 0.5}; the loss is (1 - weight) * clean + weight * adversarial.
     adversarial: dict[str, Any] | None = None
@@ -76,6 +77,7 @@ class TrainConfig:
         """``values`` checked against the fields (unknown keys fail, naming ``where``), with
         the floats YAML 1.1 reads as strings (``3e-4``) turned into floats."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = _renamed(values, where)
         check_keys(values, fields, where)
         return {
             k: float(v) if isinstance(v, str) and "float" in str(fields[k].type) else v
@@ -116,3 +118,20 @@ class FitResult:
     used_feature_cache: bool
     run_dir: str | None = None
     skipped_steps: int = 0  # optimizer updates skipped for a non-finite loss or gradient
+
+
+# Old spellings still read, with a warning: "adapt" names the transfer stage only.
+RENAMED = {"adapt_method": "uda", "adapt_weight": "uda_weight", "adapt_kwargs": "uda_kwargs"}
+
+
+def _renamed(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = dict(values)
+    for old, new in RENAMED.items():
+        if old in out:
+            warnings.warn(
+                f"{where}.{old} is deprecated; use {where}.{new}", FutureWarning, stacklevel=4
+            )
+            if new in out:
+                raise ValueError(f"{where}: give {new} or its old spelling {old}, not both")
+            out[new] = out.pop(old)
+    return out

@@ -102,10 +102,10 @@ def build_loaders(
             loader(data.validation, "validation", False) if data.validation is not None else None
         )
     target = None
-    if cfg.adapt_method != "none":
+    if cfg.uda != "none":
         if data.unlabelled is None:
             raise ValueError(
-                f"adapt_method={cfg.adapt_method!r} needs FitData.unlabelled: target rows to adapt to"
+                f"uda={cfg.uda!r} needs FitData.unlabelled: the target rows to adapt to"
             )
         unlabelled = data.unlabelled
         if data.spec.label in unlabelled.column_names:

@@ -15,21 +15,22 @@ from ..modeling.model import Batch, ModelOutput
 @dataclass
 class LossTerms:
     """total: what is back-propagated; clean: the model's loss on the batch (task loss plus
-    the fusion's auxiliary loss); adversarial and adaptation: the optional terms."""
+    the fusion's auxiliary loss); adversarial and uda: the optional terms."""
 
     total: torch.Tensor
     clean: torch.Tensor
     adversarial: torch.Tensor | None = None
-    adaptation: torch.Tensor | None = None
+    uda: torch.Tensor | None = None
 
 
 class Objective:
     """total = (1 - w_adv) * clean + w_adv * adversarial    (adversarial training)
-             + w_adapt * adaptation                        (a domain-adaptation objective)
+             + w_uda * uda                                  (a domain-adaptation objective)
 
-    ``model`` may be wrapped for distributed training; ``unwrapped`` is the bare module, and
-    ``adapter`` the bare adaptation objective. ``clean`` and ``adversarial`` are the model's loss (task + fusion auxiliary) on the batch
-    and on its attacked copy; ``adaptation`` compares the fused source and target features.
+    ``model`` may be wrapped for distributed training; ``unwrapped`` is the bare module and
+    ``uda`` the bare domain-adaptation objective. ``clean`` and ``adversarial`` are the
+    model's loss (task + fusion auxiliary) on the batch and on its attacked copy; ``uda``
+    compares the fused features of the source batch and of a target batch.
     """
 
     def __init__(
@@ -37,18 +38,18 @@ class Objective:
         model: Any,
         unwrapped: Any,
         adversarial: Mapping[str, Any] | None = None,
-        adapter: Any | None = None,
-        adapt_weight: float = 1.0,
+        uda: Any | None = None,
+        uda_weight: float = 1.0,
         target_batches: Iterator[Batch] | None = None,
     ) -> None:
-        if (adapter is None) != (target_batches is None):
-            raise ValueError("an adaptation objective needs target batches, and only it does")
+        if (uda is None) != (target_batches is None):
+            raise ValueError("a domain-adaptation objective needs target batches, and only it does")
         self.model, self.unwrapped, self.adversarial = model, unwrapped, adversarial
-        self.adapter, self.adapt_weight, self.target_batches = adapter, adapt_weight, target_batches
+        self.uda, self.uda_weight, self.target_batches = uda, uda_weight, target_batches
 
     def __call__(self, batch: Batch, progress: float) -> tuple[ModelOutput, LossTerms]:
         """The model's output on ``batch`` and the loss terms; ``progress`` in [0, 1] drives
-        the adaptation schedule (gradient reversal's coefficient)."""
+        the domain-adaptation schedule (gradient reversal's coefficient)."""
         out = self.model(batch)
         terms = LossTerms(total=out.loss, clean=out.loss)
         if self.adversarial is not None:
@@ -58,10 +59,8 @@ class Objective:
             terms.adversarial = self.model(adv).loss
             weight = self.adversarial["weight"]
             terms.total = (1 - weight) * terms.total + weight * terms.adversarial
-        if self.adapter is not None:
+        if self.uda is not None:
             target = self.model(next(self.target_batches))
-            terms.adaptation = self.adapter(
-                out.fused, target.fused, out.logits, target.logits, progress
-            )
-            terms.total = terms.total + self.adapt_weight * terms.adaptation
+            terms.uda = self.uda(out.fused, target.fused, out.logits, target.logits, progress)
+            terms.total = terms.total + self.uda_weight * terms.uda
         return out, terms

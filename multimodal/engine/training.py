@@ -25,7 +25,7 @@ from transformers import get_scheduler
 from ..core.config import check_keys
 from ..core.provenance import resident_memory_mb
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
-from ..modeling.uda import create_adapter
+from ..modeling.uda import create_uda_objective
 from .checkpoint import resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics
@@ -86,7 +86,7 @@ class _Run:
     target_sampler: Any
     optimizer: Any
     scheduler: Any
-    adapter: Any
+    uda: Any
     adversarial: dict[str, Any] | None
     total_steps: int
     run_dir: Path | None
@@ -128,15 +128,15 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     adversarial = _adversarial_options(cfg.adversarial)
     use_cache = use_feature_cache(cfg, frozen, len(model.encoders))
     loaders = build_loaders(model, data, cfg, use_cache, run_dir, accelerator.main_process_first)
-    adapter = None
+    uda = None
     if loaders.target is not None:
-        adapter = create_adapter(cfg.adapt_method, model.fusion.out_dim, model.head.num_classes,
-                                 weight=cfg.adapt_weight, **cfg.adapt_kwargs).to(accelerator.device)  # fmt: skip
+        uda = create_uda_objective(cfg.uda, model.fusion.out_dim, model.head.num_classes,
+                                       weight=cfg.uda_weight, **cfg.uda_kwargs).to(accelerator.device)  # fmt: skip
     optimizer = build_optimizer(model, cfg)
-    adapter_params = list(adapter.parameters()) if adapter is not None else []
-    if adapter_params:
+    uda_params = list(uda.parameters()) if uda is not None else []
+    if uda_params:
         optimizer.add_param_group(
-            {"params": adapter_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+            {"params": uda_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
         )
     n = accelerator.num_processes
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(loaders.train) / cfg.grad_accum / n)
@@ -152,14 +152,14 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     )
     if loaders.target is not None:
         loaders.target = accelerator.prepare(loaders.target)
-        if adapter_params:
-            adapter = accelerator.prepare(adapter)
+        if uda_params:
+            uda = accelerator.prepare(uda)
     if loaders.evaluation is not None:
         loaders.evaluation = accelerator.prepare(loaders.evaluation)
     return _Run(
         cfg=cfg, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model),
         frozen=frozen, counts=counts, loaders=loaders, train_sampler=train_sampler,
-        target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, adapter=adapter,
+        target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, uda=uda,
         adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
         recorder=RunRecorder(accelerator, cfg),
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
@@ -187,8 +187,8 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
         start = state.step * run.cfg.grad_accum
         target_batches = _target_stream(run.loaders.target, run.target_sampler, start)
     objective = Objective(run.model, run.unwrapped, run.adversarial,
-                          run.accelerator.unwrap_model(run.adapter) if run.adapter else None,
-                          run.cfg.adapt_weight, target_batches)  # fmt: skip
+                          run.accelerator.unwrap_model(run.uda) if run.uda else None,
+                          run.cfg.uda_weight, target_batches)  # fmt: skip
     return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
                      run.cfg.max_grad_norm, run.cfg.max_nonfinite_steps)  # fmt: skip
 
@@ -245,8 +245,8 @@ def _log_step(run: _Run, state: TrainState, outcome: StepOutcome, bar: Any) -> N
     rss = resident_memory_mb()
     if rss is not None:
         record["rss_mb"] = rss
-    if outcome.terms.adaptation is not None:
-        record["adapt_loss"] = outcome.terms.adaptation.item()
+    if outcome.terms.uda is not None:
+        record["uda_loss"] = outcome.terms.uda.item()
     if outcome.terms.adversarial is not None:
         record["adversarial_loss"] = outcome.terms.adversarial.item()
     bar.set_postfix(loss=f"{record['train_loss']:.4f}")

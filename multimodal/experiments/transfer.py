@@ -201,7 +201,7 @@ def _adapt(
     settings = run.transfer
     adapted: MultimodalModel = copy.deepcopy(model)
     if strategy in UDA_METHODS:
-        uda = {**UDA_DEFAULTS, **settings.uda, "adapt_method": strategy}
+        uda = {**UDA_DEFAULTS, **settings.uda, "uda": strategy}
         data, used = dataclasses.replace(source, unlabelled=target_train), len(target_train)
     elif strategy == SOURCE_ONLY:
         uda, data, used = {**UDA_DEFAULTS, **settings.uda}, source, 0

@@ -5,11 +5,16 @@ import math
 import pytest
 import torch
 
-from multimodal.modeling.uda import create_adapter, dann_schedule, grad_reverse, list_adapters
+from multimodal.modeling.uda import (
+    create_uda_objective,
+    dann_schedule,
+    grad_reverse,
+    list_uda_objectives,
+)
 
 
 def test_registry_has_every_method() -> None:
-    assert list_adapters() == ["cdan", "coral", "dann", "entropy", "mmd"]
+    assert list_uda_objectives() == ["cdan", "coral", "dann", "entropy", "mmd"]
 
 
 def test_gradient_reversal_and_schedule() -> None:
@@ -27,14 +32,14 @@ def test_coral_and_mmd_are_zero_on_the_same_sample_and_grow_with_shift() -> None
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)
     for name in ("coral", "mmd"):
-        loss = create_adapter(name, 8, 3)
+        loss = create_uda_objective(name, 8, 3)
         same = loss(x, x, None, None, 0.5).item()
         shifted = loss(x, x * 3 + 2, None, None, 0.5).item()
         assert abs(same) < 1e-5 and shifted > 0.01, name
 
 
 def test_entropy_is_log_c_when_uniform_and_small_when_confident() -> None:
-    loss = create_adapter("entropy", 8, 4)
+    loss = create_uda_objective("entropy", 8, 4)
     assert loss(None, None, None, torch.zeros(5, 4), 0.0).item() == pytest.approx(math.log(4))
     assert loss(None, None, None, torch.tensor([[20.0, 0, 0, 0]]), 0.0).item() < 1e-6
 
@@ -42,7 +47,7 @@ def test_entropy_is_log_c_when_uniform_and_small_when_confident() -> None:
 @pytest.mark.parametrize("name", ["dann", "cdan"])
 def test_adversarial_methods_reverse_the_feature_gradient(name: str) -> None:
     torch.manual_seed(0)
-    loss = create_adapter(name, 8, 3).eval()
+    loss = create_uda_objective(name, 8, 3).eval()
     fs, ft = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8)
     logits = torch.randn(6, 3)
     loss(fs, ft, logits, logits, progress=1.0).backward()
@@ -88,8 +93,8 @@ def test_fit_with_unsupervised_adaptation(method: str, tmp_path) -> None:
     cfg = train_config(
         config,
         epochs=2,
-        adapt_method=method,
-        adapt_weight=0.5,
+        uda=method,
+        uda_weight=0.5,
         output_dir=str(tmp_path),
         log_every=1,
     )
@@ -99,7 +104,7 @@ def test_fit_with_unsupervised_adaptation(method: str, tmp_path) -> None:
         cfg,
     )
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    adapt_losses = [r["adapt_loss"] for r in records if "adapt_loss" in r]
+    adapt_losses = [r["uda_loss"] for r in records if "uda_loss" in r]
     assert len(adapt_losses) == result.steps and all(math.isfinite(x) for x in adapt_losses)
 
 
@@ -115,9 +120,7 @@ def test_adaptation_without_target_rows_is_an_error() -> None:
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
     with pytest.raises(ValueError, match="needs FitData.unlabelled"):
-        engine.fit(
-            model, engine.FitData(spec, dsd["train"]), train_config(config, adapt_method="mmd")
-        )
+        engine.fit(model, engine.FitData(spec, dsd["train"]), train_config(config, uda="mmd"))
 
 
 def test_transfer_has_an_unsupervised_stage_beside_k_shot() -> None:

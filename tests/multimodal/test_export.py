@@ -8,7 +8,7 @@ import multimodal as mm
 from multimodal.deploy.export import OnnxModel, export_onnx
 from multimodal.experiments.config import model_config
 from tests.multimodal.test_adversarial import AUDIO, IMAGE
-from tests.multimodal.tiny_run import tiny_run
+from tests.multimodal.tiny_run import tiny_data, tiny_run
 
 TOLERANCE = 1e-4  # max |logit difference|, onnxruntime against PyTorch, float32
 FUSIONS = {"concat": {}, "cross_attention": {"depth": 1, "num_heads": 2}, "moe": {"num_experts": 4}}
@@ -16,11 +16,8 @@ FUSIONS = {"concat": {}, "cross_attention": {"depth": 1, "num_heads": 2}, "moe":
 
 @pytest.fixture(scope="module")
 def data():
-    config = tiny_run()
-    spec = mm.DatasetSpec.from_dict(config["data"])
-    dsd = mm.load_dataset(spec)
-    view = mm.data.RowView(dsd["test"], spec, "test")
-    return spec, [view[i] for i in range(len(view))]
+    _, spec, _, rows = tiny_data("test")
+    return spec, rows
 
 
 @pytest.mark.parametrize("fusion", list(FUSIONS))

@@ -15,16 +15,12 @@ from multimodal import engine
 from multimodal.core.io import CorruptCheckpointError, verify_checkpoint
 from multimodal.engine.checkpoint import resolve_resume
 from multimodal.experiments.config import model_config, train_config
-from tests.multimodal.tiny_run import tiny_run
+from tests.multimodal.tiny_run import tiny_data
 
 
 @pytest.fixture(scope="module")
 def setup():
-    config = tiny_run()
-    spec = mm.DatasetSpec.from_dict(config["data"])
-    dsd = mm.load_dataset(spec)
-    view = mm.data.RowView(dsd["train"], spec, "train")
-    return config, spec, dsd, [view[i] for i in range(len(view))]
+    return tiny_data()
 
 
 def _model(setup):

@@ -32,7 +32,7 @@ def test_adapt_writes_a_linked_version_with_comparison_and_history(tmp_path, cap
     # A third version, adapted from the second, through the CLI.
     spec = tmp_path / "b.yaml"
     spec.write_text(json.dumps(new_data))
-    assert main(["adapt", "--model", str(tmp_path / "v2"), "--data", str(spec), "--strategy", "head",
+    assert main(["readapt", "--model", str(tmp_path / "v2"), "--data", str(spec), "--strategy", "head",
                  "--budget", "4", "--epochs", "3", "--out", str(tmp_path / "v3")]) == 0  # fmt: skip
     chain = history(tmp_path / "v3")
     assert [e["version"] for e in chain] == [1, 2, 3]

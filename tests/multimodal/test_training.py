@@ -15,7 +15,7 @@ from multimodal import engine
 from multimodal.engine.optim import param_groups
 from multimodal.experiments.config import model_config, train_config
 from multimodal.modeling.freezing import apply_strategy, merge_lora
-from tests.multimodal.tiny_run import tiny_run
+from tests.multimodal.tiny_run import tiny_data
 
 SCRIPT = Path(__file__).with_name("tiny_run.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,12 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def setup():
-    config = tiny_run()
-    spec = mm.DatasetSpec.from_dict(config["data"])
-    dsd = mm.load_dataset(spec)
-    view = mm.data.RowView(dsd["train"], spec, "train")
-    rows = [view[i] for i in range(len(view))]
-    return config, spec, dsd, rows
+    return tiny_data()
 
 
 def _fit(setup, tmp_path=None, **train):

@@ -36,6 +36,19 @@ def tiny_run(**sections: Any) -> dict[str, Any]:
     return config
 
 
+def tiny_data(
+    split: str = "train", **sections: Any
+) -> tuple[dict[str, Any], Any, Any, list[dict[str, Any]]]:
+    """The tiny config, its spec, its DatasetDict and the raw rows of ``split``."""
+    import multimodal as mm
+
+    config = tiny_run(**sections)
+    spec = mm.DatasetSpec.from_dict(config["data"])
+    dsd = mm.load_dataset(spec)
+    view = mm.data.RowView(dsd[split], spec, split)
+    return config, spec, dsd, [view[i] for i in range(len(view))]
+
+
 def main() -> None:
     """python tiny_run.py OUT_DIR [--kill-after-checkpoint N] [--resume] [--per-process-batch B] [--max-steps N] [--sgd]"""
     import multimodal as mm

@@ -1,20 +1,20 @@
-"""Unsupervised domain adaptation objectives (``train.adapt_method``): dann, cdan, coral, mmd, entropy."""
+"""Unsupervised domain adaptation objectives (``train.uda``): dann, cdan, coral, mmd, entropy."""
 
 from . import cdan, dann, statistics  # noqa: F401  (registers the methods)
 from ._base import (
-    Adapter,
-    create_adapter,
+    UDAObjective,
+    create_uda_objective,
     dann_schedule,
     grad_reverse,
-    list_adapters,
-    register_adapter,
+    list_uda_objectives,
+    register_uda_objective,
 )
 
 __all__ = [
-    "Adapter",
-    "create_adapter",
+    "UDAObjective",
+    "create_uda_objective",
     "dann_schedule",
     "grad_reverse",
-    "list_adapters",
-    "register_adapter",
+    "list_uda_objectives",
+    "register_uda_objective",
 ]

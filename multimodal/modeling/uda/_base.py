@@ -9,23 +9,25 @@ from torch import nn
 
 from ...core.registry import Registry
 
-_ADAPTERS: Registry[Any] = Registry("adaptation method")
+_UDA_OBJECTIVES: Registry[Any] = Registry("domain-adaptation objective")
 
 
-def register_adapter(name: str):  # noqa: ANN201 - a decorator
-    return _ADAPTERS.register(name)
+def register_uda_objective(name: str):  # noqa: ANN201 - a decorator
+    return _UDA_OBJECTIVES.register(name)
 
 
-def list_adapters(pattern: str = "*") -> list[str]:
-    return _ADAPTERS.list(pattern)
+def list_uda_objectives(pattern: str = "*") -> list[str]:
+    return _UDA_OBJECTIVES.list(pattern)
 
 
-def create_adapter(name: str, feature_dim: int, num_classes: int, **kwargs: Any) -> Adapter:
+def create_uda_objective(
+    name: str, feature_dim: int, num_classes: int, **kwargs: Any
+) -> UDAObjective:
     """An adaptation objective by name: dann, cdan, coral, mmd or entropy."""
-    return _ADAPTERS.create(name, feature_dim=feature_dim, num_classes=num_classes, **kwargs)
+    return _UDA_OBJECTIVES.create(name, feature_dim=feature_dim, num_classes=num_classes, **kwargs)
 
 
-class Adapter(nn.Module):
+class UDAObjective(nn.Module):
     """forward(source_features [B_s, D], target_features [B_t, D], source_logits, target_logits,
     progress in [0, 1]) -> a scalar loss added to the task loss (times ``weight``)."""
 

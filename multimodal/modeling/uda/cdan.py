@@ -5,11 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._base import Adapter, dann_schedule, domain_classifier, grad_reverse, register_adapter
+from ._base import (
+    UDAObjective,
+    dann_schedule,
+    domain_classifier,
+    grad_reverse,
+    register_uda_objective,
+)
 
 
-@register_adapter("cdan")
-class CDAN(Adapter):
+@register_uda_objective("cdan")
+class CDAN(UDAObjective):
     """The domain classifier sees the multilinear map f ⊗ softmax(g) [B, D*C] (or its
     randomised version [B, random_dim] when D*C is larger), through gradient reversal.
     With ``entropy_weighting`` (CDAN+E) confident samples count more."""

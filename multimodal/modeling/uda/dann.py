@@ -5,11 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._base import Adapter, dann_schedule, domain_classifier, grad_reverse, register_adapter
+from ._base import (
+    UDAObjective,
+    dann_schedule,
+    domain_classifier,
+    grad_reverse,
+    register_uda_objective,
+)
 
 
-@register_adapter("dann")
-class DANN(Adapter):
+@register_uda_objective("dann")
+class DANN(UDAObjective):
     """Binary domain classification on the fused features [B, D]; the reversed gradient
     (coefficient scheduled 0 -> 1 over training) pushes the fusion towards features the
     classifier cannot tell apart."""

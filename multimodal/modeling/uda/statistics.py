@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ._base import Adapter, register_adapter
+from ._base import UDAObjective, register_uda_objective
 
 
-@register_adapter("coral")
-class CORAL(Adapter):
+@register_uda_objective("coral")
+class CORAL(UDAObjective):
     """Deep CORAL (Sun & Saenko, ECCV 2016 workshops): ||C_s - C_t||_F^2 / (4 D^2)."""
 
     def forward(
@@ -24,8 +24,8 @@ class CORAL(Adapter):
         return (cov(source_features) - cov(target_features)).pow(2).sum() / (4 * d * d)
 
 
-@register_adapter("mmd")
-class MKMMD(Adapter):
+@register_uda_objective("mmd")
+class MKMMD(UDAObjective):
     """Multi-kernel MMD (Long et al., ICML 2015): Gaussian kernels at bandwidths
     ``scales`` x the mean pairwise squared distance, biased estimate."""
 
@@ -50,8 +50,8 @@ class MKMMD(Adapter):
         return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
 
 
-@register_adapter("entropy")
-class EntropyMinimisation(Adapter):
+@register_uda_objective("entropy")
+class EntropyMinimisation(UDAObjective):
     """Entropy minimisation on the target predictions (Grandvalet & Bengio, NeurIPS 2004)."""
 
     def forward(

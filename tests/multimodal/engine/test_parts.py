@@ -84,15 +84,15 @@ def test_objective_sums_every_term_with_its_weight(monkeypatch) -> None:
     adapter = lambda fs, ft, ls, lt, progress: (ft - fs).sum() * progress  # noqa: E731
     targets = iter([{"x": torch.tensor(3.0)}])
     objective = Objective(model, model, {"method": "fgsm", "budgets": None, "steps": 1, "weight": 0.25},
-                          adapter, adapt_weight=2.0, target_batches=targets)  # fmt: skip
+                          adapter, uda_weight=2.0, target_batches=targets)  # fmt: skip
     _, terms = objective(clean, progress=0.5)
     assert terms.clean.item() == 2.0 and terms.adversarial.item() == 5.0
-    assert terms.adaptation.item() == pytest.approx(0.5)  # (3 - 2) * 0.5
+    assert terms.uda.item() == pytest.approx(0.5)  # (3 - 2) * 0.5
     assert terms.total.item() == pytest.approx(0.75 * 2.0 + 0.25 * 5.0 + 2.0 * 0.5)
     plain = Objective(model, model)
     assert plain(clean, 0.0)[1].total.item() == 2.0
     with pytest.raises(ValueError, match="needs target batches"):
-        Objective(model, model, adapter=adapter)
+        Objective(model, model, uda=adapter)
 
 
 def _step(max_nonfinite: int) -> tuple[TrainStep, _Model]:
