@@ -228,3 +228,13 @@ def test_old_spellings_still_work_with_a_deprecation_message(capsys) -> None:
     with pytest.warns(FutureWarning, match="train.adapt_method is deprecated; use train.uda"):
         cfg = TrainConfig.from_dict({"adapt_method": "dann", "adapt_weight": 0.5})
     assert (cfg.uda, cfg.uda_weight) == ("dann", 0.5)
+
+
+def test_help_imports_no_model_code() -> None:
+    import subprocess
+    import sys
+
+    script = ("import sys; from multimodal.cli import build_parser; build_parser(); "
+              "print(sorted(m for m in ('torch', 'transformers', 'timm', 'datasets') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import encoders
-import fusion
-
 
 def run_list(args: argparse.Namespace) -> int:
+    import encoders
+    import fusion
+
     print("encoders:")
     for name in encoders.list_encoders(args.pattern):
         print(f"  {name}")
