@@ -22,7 +22,7 @@ import torchmetrics.functional as tmf
 from ..core.io import write_json_atomic
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
-from ..modeling.model import move_to
+from ..modeling.model import Encoded, move_to
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def representations(
         for batch in loader:
             batch = move_to(batch, model.device)
             tokens, masks = model.encode(batch)
-            result = model({"features": {"tokens": tokens, "masks": masks}})
+            result = model({}, Encoded(tokens, masks))
             out["fused"].append(result.fused.float().cpu())
             for m in model.modalities:
                 present = masks[m].any(1)

@@ -22,13 +22,13 @@ import torch
 from ..core.io import write_json_atomic
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
-from ..modeling.model import Batch, move_to
+from ..modeling.model import Batch, Encoded, move_to
 
 
 def _forward_features(
     model: Any, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
 ) -> Any:
-    return model({"features": {"tokens": dict(tokens), "masks": dict(masks)}})
+    return model({}, Encoded(dict(tokens), dict(masks)))
 
 
 def _integrated_gradients(

@@ -120,7 +120,8 @@ class CachedFeatures(torch.utils.data.Dataset):
 
 
 class CachedCollator:
-    """Cached tokens -> a Batch with "features" ({tokens, masks}); modality dropout on masks."""
+    """Cached tokens -> a batch whose "encoded" holds {tokens, masks} (``Encoded``'s fields),
+    with labels, domains and rows; modality dropout acts on the masks."""
 
     def __init__(
         self,
@@ -169,7 +170,7 @@ class CachedCollator:
                 keep = torch.as_tensor(rng.random(len(rows)) >= p)
                 masks[m] = masks[m] & keep[:, None]
         batch: dict[str, Any] = {
-            "features": {"tokens": tokens, "masks": masks},
+            "encoded": {"tokens": tokens, "masks": masks},
             "domain": domain,
             "row": rows,
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
@@ -12,24 +12,36 @@ from accelerate import Accelerator
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
 
+Forward = Callable[[Any, Any], Any]
+
+
+def _call(model: Any, batch: Any) -> Any:
+    return model(batch)
+
 
 @torch.no_grad()
 def predict_loader(
-    model: Any, loader: Any, accelerator: Accelerator
+    model: Any, loader: Any, accelerator: Accelerator, forward: Forward | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits and labels over a whole (prepared) loader, gathered across processes."""
+    """Logits and labels over a whole (prepared) loader, gathered across processes.
+
+    ``forward(model, batch)`` runs the model on a batch (default ``model(batch)``).
+    """
+    forward = forward or _call
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        logits.append(accelerator.gather_for_metrics(model(batch).logits.float()))
+        logits.append(accelerator.gather_for_metrics(forward(model, batch).logits.float()))
         if "labels" in batch:
             labels.append(accelerator.gather_for_metrics(batch["labels"]))
     return torch.cat(logits), (torch.cat(labels) if labels else None)
 
 
-def eval_metrics(model: Any, loader: Any, accelerator: Accelerator) -> dict[str, float]:
+def eval_metrics(
+    model: Any, loader: Any, accelerator: Accelerator, forward: Forward | None = None
+) -> dict[str, float]:
     """Task loss (without auxiliary losses) and metrics on the gathered predictions."""
-    logits, labels = predict_loader(model, loader, accelerator)
+    logits, labels = predict_loader(model, loader, accelerator, forward)
     if labels is None:
         return {}
     task = accelerator.unwrap_model(model).head.task

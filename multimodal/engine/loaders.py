@@ -13,6 +13,7 @@ import torch
 
 from ..data.collate import EpochSampler, make_loader
 from ..data.spec import DatasetSpec
+from ..modeling.model import Batch, Encoded, ModelOutput
 from .cache import CachedCollator, CachedFeatures, compute_features
 from .config import FitData, TrainConfig
 
@@ -65,6 +66,12 @@ class Loaders:
     evaluation: Any | None
     target: Any | None
     use_cache: bool
+
+    def forward(self, model: Any, batch: Batch) -> ModelOutput:
+        """``model`` on a batch of these loaders; a cached batch hands in its encoder outputs."""
+        if self.use_cache:
+            return model(batch, Encoded(**batch["encoded"]))
+        return model(batch)
 
 
 def use_feature_cache(cfg: TrainConfig, frozen: list[str], num_encoders: int) -> bool:

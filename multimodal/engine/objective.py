@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,16 +41,19 @@ class Objective:
         uda: Any | None = None,
         uda_weight: float = 1.0,
         target_batches: Iterator[Batch] | None = None,
+        forward: Callable[[Any, Batch], ModelOutput] | None = None,
     ) -> None:
         if (uda is None) != (target_batches is None):
             raise ValueError("a domain-adaptation objective needs target batches, and only it does")
         self.model, self.unwrapped, self.adversarial = model, unwrapped, adversarial
         self.uda, self.uda_weight, self.target_batches = uda, uda_weight, target_batches
+        # how the model runs on a batch: cached batches hand in their encoder outputs
+        self.forward = forward or (lambda model, batch: model(batch))
 
     def __call__(self, batch: Batch, progress: float) -> tuple[ModelOutput, LossTerms]:
         """The model's output on ``batch`` and the loss terms; ``progress`` in [0, 1] drives
         the domain-adaptation schedule (gradient reversal's coefficient)."""
-        out = self.model(batch)
+        out = self.forward(self.model, batch)
         terms = LossTerms(total=out.loss, clean=out.loss)
         if self.adversarial is not None:
             # Attacks need input gradients only: the unwrapped model avoids a DDP sync.
@@ -60,7 +63,7 @@ class Objective:
             weight = self.adversarial["weight"]
             terms.total = (1 - weight) * terms.total + weight * terms.adversarial
         if self.uda is not None:
-            target = self.model(next(self.target_batches))
+            target = self.forward(self.model, next(self.target_batches))
             terms.uda = self.uda(out.fused, target.fused, out.logits, target.logits, progress)
             terms.total = terms.total + self.uda_weight * terms.uda
         return out, terms

@@ -188,7 +188,7 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
         target_batches = _target_stream(run.loaders.target, run.target_sampler, start)
     objective = Objective(run.model, run.unwrapped, run.adversarial,
                           run.accelerator.unwrap_model(run.uda) if run.uda else None,
-                          run.cfg.uda_weight, target_batches)  # fmt: skip
+                          run.cfg.uda_weight, target_batches, run.loaders.forward)  # fmt: skip
     return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
                      run.cfg.max_grad_norm, run.cfg.max_nonfinite_steps)  # fmt: skip
 
@@ -257,7 +257,7 @@ def _evaluate(run: _Run, state: TrainState) -> None:
     """Validation metrics into the history and the log; best weights and early stopping."""
     if run.loaders.evaluation is None:
         return
-    metrics = eval_metrics(run.model, run.loaders.evaluation, run.accelerator)
+    metrics = eval_metrics(run.model, run.loaders.evaluation, run.accelerator, run.loaders.forward)
     record = {
         "step": state.step,
         "epoch": state.epoch,

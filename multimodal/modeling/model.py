@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,6 +31,14 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 Batch = dict[str, Any]
+
+
+class Encoded(NamedTuple):
+    """A batch's encoder outputs: tokens {m: [B, T_m, D_m]}, masks {m: [B, T_m]} (all False
+    where a sample lacks the modality)."""
+
+    tokens: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -96,21 +104,23 @@ class MultimodalModel(nn.Module):
         """Raw samples -> Batch (see ``MultimodalProcessor``)."""
         return self.processor(samples, label_key)
 
-    def encode(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Run every encoder: tokens {m: [B, T_m, D_m]}, masks {m: [B, T_m]} (absent rows all False)."""
+    def encode(self, batch: Batch) -> Encoded:
+        """Run every encoder on the processor's tensors of ``batch``."""
         tokens, masks = {}, {}
         for m, enc in self.encoders.items():
             out = enc(batch[m])
             tokens[m] = out.tokens
             masks[m] = out.mask & batch["present"][m].to(out.mask.device)[:, None]
-        return tokens, masks
+        return Encoded(tokens, masks)
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        """A raw-input batch, or one whose "features" hold cached encoder outputs (tokens, masks)."""
-        if "features" in batch:
-            tokens, masks = batch["features"]["tokens"], batch["features"]["masks"]
-        else:
-            tokens, masks = self.encode(batch)
+    def forward(self, batch: Batch, encoded: Encoded | None = None) -> ModelOutput:
+        """Logits (and the loss, when ``batch`` has labels) of a batch of processor tensors.
+
+        With ``encoded``, encoder outputs computed earlier (the feature cache, attributions),
+        the encoders are skipped and ``batch`` only needs its labels, if any; the way
+        ``inputs_embeds`` stands in for ``input_ids`` in transformers.
+        """
+        tokens, masks = encoded if encoded is not None else self.encode(batch)
         fused = self.fusion(tokens, masks)
         if getattr(self.fusion, "combines_logits", False):
             # Late fusion: the head decides per modality; the decisions are weighted.

@@ -145,3 +145,15 @@ def test_initialisation_does_not_depend_on_the_order_of_config_keys() -> None:
     a = mm.build_model({k: config[k] for k in ("encoders", "fusion", "head")}, samples, seed=3)
     b = mm.build_model({k: reordered[k] for k in ("encoders", "fusion", "head")}, samples, seed=3)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_encoder_outputs_computed_earlier_enter_through_forward() -> None:
+    samples = acceptance_batch()
+    model = mm.build_model(four_modality_config("concat"), samples, seed=0).eval()
+    batch = model.preprocess(samples)
+    with torch.no_grad():
+        direct = model(batch)
+        encoded = model.encode(batch)
+        cached = model({"labels": batch["labels"]}, encoded)  # no processor tensors needed
+    assert torch.equal(cached.logits, direct.logits) and torch.equal(cached.loss, direct.loss)
+    assert not encoded.masks["text"][1].any()  # the absent text has no valid token
