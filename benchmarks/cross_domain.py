@@ -36,7 +36,7 @@ def _suite_path(name: str) -> Path:
     return candidate
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -73,7 +73,11 @@ def main() -> None:
         help="comma-separated training modality dropout rates to cross, e.g. 0,0.3",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     import datasets
     import transformers

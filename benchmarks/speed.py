@@ -24,6 +24,19 @@ SECTIONS = ("fusions", "models", "moe", "fit", "cache")
 QUICK = str(Path(__file__).parent / "configs" / "synthetic_quick.yaml")
 
 
+def _table(rows: list[dict], title: str) -> None:
+    print(title)
+    print(
+        f"{'fusion':<18} {'params':>12} {'GFLOP/sample':>13} {'train samples/s':>16} {'infer samples/s':>16} {'peak MB':>9}"
+    )
+    for r in rows:
+        flops = f"{r['gflops_per_sample']:.4f}" if "gflops_per_sample" in r else "-"
+        print(
+            f"{r['fusion']:<18} {r['params']:>12,} {flops:>13} {r['train_samples_per_s']:>16.1f} "
+            f"{r['infer_samples_per_s']:>16.1f} {r['peak_memory_mb']:>9.0f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -41,22 +54,10 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
 
-    def table(rows: list[dict], title: str) -> None:
-        print(title)
-        print(
-            f"{'fusion':<18} {'params':>12} {'GFLOP/sample':>13} {'train samples/s':>16} {'infer samples/s':>16} {'peak MB':>9}"
-        )
-        for r in rows:
-            flops = f"{r['gflops_per_sample']:.4f}" if "gflops_per_sample" in r else "-"
-            print(
-                f"{r['fusion']:<18} {r['params']:>12,} {flops:>13} {r['train_samples_per_s']:>16.1f} "
-                f"{r['infer_samples_per_s']:>16.1f} {r['peak_memory_mb']:>9.0f}"
-            )
-
     if "fusions" in sections:
         rows = fusion_throughput(device=device)
         results["fusions"] = rows
-        table(
+        _table(
             rows, f"fusion modules alone, batch {rows[0]['batch']}, encoder-sized tokens ({device})"
         )
         print()
@@ -69,7 +70,7 @@ def main() -> None:
             if r["realistic"]
             else "synthetic-quick encoder sizes"
         )
-        table(
+        _table(
             r["rows"],
             f"whole model, {size}, {r['precision']}, batch {r['rows'][0]['batch']} ({device})",
         )
