@@ -164,15 +164,11 @@ class TabularMLPEncoder(Encoder):
         super().__init__()
         if tokens not in ("pooled", "features"):
             raise ValueError(f"tokens must be 'pooled' or 'features', got {tokens!r}")
-        self.numerical = list(numerical)
-        # Categories as a vocabulary (values mapped by position) or a cardinality (int codes).
-        self.categorical = {
-            k: (list(v) if not isinstance(v, int) else int(v))
-            for k, v in (categorical or {}).items()
-        }
+        self.processor = TabularProcessor(numerical, categorical)
+        # the processor normalises the column lists; the encoder sizes its weights from them
+        self.numerical, self.categorical = self.processor.numerical, self.processor.categorical
         if not self.numerical and not self.categorical:
             raise ValueError("tabular_mlp needs at least one numerical or categorical column")
-        self.processor = TabularProcessor(self.numerical, self.categorical)
         self.token_mode = tokens
         self.dim = dim
         self.hidden_dim = hidden_dim

@@ -18,7 +18,7 @@ def run_export(args: argparse.Namespace) -> int:
     model = MultimodalModel.from_pretrained(args.model)
     out = Path(args.out or Path(args.model) / "onnx")
     export_onnx(model, out, args.opset)
-    samples = [{m: example_value(e) for m, e in model.encoders.items()}] * 3
+    samples = [{m: example_value(p) for m, p in model.processor.processors.items()}] * 3
     with torch.no_grad():
         expected = model.predict(samples)["logits"].numpy()
     got = OnnxModel(out).predict(samples)["logits"]

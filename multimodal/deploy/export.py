@@ -35,8 +35,7 @@ SEQUENCE_KEYS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
 def example_value(processor: Any) -> Any:
-    """A raw value a modality's processor (or encoder) accepts, for tracing."""
-    processor = getattr(processor, "processor", processor)
+    """A raw value a modality's processor accepts, for tracing."""
     if processor.modality == "image":
         return Image.new("RGB", (32, 32), (128, 64, 32))
     if processor.modality == "audio":
