@@ -3,11 +3,17 @@ and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plot
 
     python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe|all]
         [--strategy head,full] [--uda dann,coral] [--seeds N] [--out DIR]
-        [--robustness] [--modality-dropout 0,0.3]
+        [--robustness] [--modality-dropout 0,0.3] [--no-unimodal] [--compare-to DIR]
 
 With no arguments: the synthetic-quick suite and its default fusions, written to
 runs/benchmarks/synthetic-quick. Runs already in --out are skipped, so an interrupted
-benchmark resumes and a finished one only rewrites the summary.
+benchmark resumes and a finished one only rewrites the summary. Each modality alone
+(``image-only``, ...) runs beside the fusions under the same protocol, unless --no-unimodal.
+
+--compare-to DIR reruns the reference in DIR (its suite, fusions, strategies and seeds, as
+its summary.json recorded them) into --out, or reads that rerun if --out holds it, and says
+per row whether the new mean lies inside the reference's 95% CI; it exits with status 1
+when more rows fall outside than chance allows.
 
 --robustness also evaluates every source and adapted model with each modality missing at
 test time (robustness.csv/json/md); --modality-dropout crosses the runs with training-time
@@ -61,7 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, help="number of seeds (default: the suite's)")
     parser.add_argument(
-        "--out", type=Path, help="results folder (default: benchmarks/results/SUITE)"
+        "--out", type=Path, help="results folder (default: runs/benchmarks/SUITE)"
+    )
+    parser.add_argument(
+        "--no-unimodal", action="store_true", help="skip the one-modality baselines"
+    )
+    parser.add_argument(
+        "--compare-to",
+        type=Path,
+        metavar="DIR",
+        help="a reference results folder (its summary.json) to rerun and check against",
     )
     parser.add_argument(
         "--robustness",
@@ -76,12 +91,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reference_args(args: argparse.Namespace) -> dict:
+    """The reference's summary.json; its recorded settings fill the arguments not given."""
+    import json
+
+    path = args.compare_to / "summary.json"
+    if not path.is_file():
+        raise SystemExit(f"--compare-to {args.compare_to}: no summary.json there")
+    reference = json.loads(path.read_text())
+    settings = reference.get("settings") or {}
+    args.suite = settings.get("suite", args.suite) if args.suite == "synthetic-quick" else args.suite
+    args.fusion = args.fusion or ",".join(settings.get("fusions", [])) or None
+    args.strategy = args.strategy or ",".join(settings.get("strategies", [])) or None
+    args.seeds = args.seeds or settings.get("seeds")
+    args.no_unimodal = args.no_unimodal or settings.get("unimodal") is False
+    return reference
+
+
+def _prepare_data(suite) -> None:
+    """Build a suite's local dataset with its builder script when the folder is missing."""
+    import importlib.util
+
+    path = Path(suite.base.get("data", {}).get("path", ""))
+    if suite.builder is None or path.exists():
+        return
+    script = Path(__file__).parent / suite.builder
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    print(f"building {path} with {script.name} (first run only)", file=sys.stderr)
+    module.build(path)
+
+
+def _compare(summary: list, reference: dict, out: Path) -> bool:
+    from multimodal.core.io import write_json_atomic
+    from multimodal.experiments.bench import compare_summaries, comparison_table
+
+    result = compare_summaries(summary, reference["summary"])
+    result["reference_environment"] = reference.get("environment")
+    write_json_atomic(out / "compare.json", result)
+    (out / "compare.md").write_text(comparison_table(result) + "\n")
+    print("\n" + comparison_table(result))
+    return result["passed"]
+
+
 def main() -> None:
     args = build_parser().parse_args()
+    reference = _reference_args(args) if args.compare_to else None
 
     import datasets
     import transformers
 
+    from multimodal.core.provenance import environment
     from multimodal.experiments.bench import (
         load_suite,
         robustness_table,
@@ -97,13 +158,15 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     suite = load_suite(_suite_path(args.suite))
+    suite.unimodal = suite.unimodal and not args.no_unimodal
+    _prepare_data(suite)
     out = args.out or Path("runs") / "benchmarks" / suite.name
     from fusion import list_fusions
 
     fusions = (
         list_fusions()
         if args.fusion == "all"
-        else (args.fusion.split(",") if args.fusion else None)
+        else (args.fusion.split(",") if args.fusion else list(suite.fusions))
     )
     strategies = args.strategy.split(",") if args.strategy else list(suite.strategies)
     if any(a == "--adapt" or a.startswith("--adapt=") for a in sys.argv[1:]):
@@ -116,14 +179,18 @@ def main() -> None:
     if args.robustness:
         suite.base.setdefault("transfer", {})["robustness"] = True
         robustness = []
+    seeds = args.seeds or suite.seeds
     start = time.perf_counter()
     rows = run_benchmark(
-        suite, out, fusions, strategies, args.seeds, progress=not args.quiet, robustness=robustness
+        suite, out, fusions, strategies, seeds, progress=not args.quiet, robustness=robustness
     )
     summary = summarize(rows)
     command = " ".join(["python", "benchmarks/cross_domain.py", *sys.argv[1:]])
-    header = f"# {suite.name}\n\n{suite.description.strip()}\n\nCommand: `{command}`. Metric: {rows[0]['metric']}; mean ± 95% CI over seeds."
-    paths = write_results(rows, summary, out, header)
+    header = f"# {suite.name}\n\n{suite.description.strip()}\n\nCommand: `{command}`. Metric: {rows[0]['metric']}."
+    settings = {"suite": suite.name, "fusions": fusions, "strategies": strategies, "seeds": seeds,
+                "unimodal": suite.unimodal, "command": command}  # fmt: skip
+    record = {"settings": settings, "environment": environment()}
+    paths = write_results(rows, summary, out, header, record)
     print(summary_table(summary))
     if robustness:
         robust_summary = summarize_robustness(robustness)
@@ -134,6 +201,8 @@ def main() -> None:
         f"\n{len(rows)} result rows in {time.perf_counter() - start:.0f} s; wrote "
         + ", ".join(str(p) for p in paths.values())
     )
+    if reference is not None and not _compare(summary, reference, out):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -295,7 +295,11 @@ class AudioTimmEncoder(TimmBackbone, _AudioEncoder):
 
     CNN feature maps [B, C, H, W] are averaged over frequency: tokens [B, W, C] with a
     time mask. Backbones that return tokens [B, N, C] (ViTs) see the spectrogram padded
-    to ``max_seconds`` and their tokens are all valid for a present clip.
+    to ``max_seconds`` and their tokens are all valid for a present clip. ``checkpoint_path``
+    loads image-pretrained weights as for ``timm_image``, the stem summed to one channel.
+    ``normalize="clip"`` standardises each clip's log-mel spectrogram (zero mean, unit
+    variance) before the backbone: image-pretrained weights expect inputs near N(0, 1),
+    where decibels lie in the tens.
     """
 
     def __init__(
@@ -303,21 +307,33 @@ class AudioTimmEncoder(TimmBackbone, _AudioEncoder):
         model_name: str = "resnet18",
         pretrained: bool = False,
         model_kwargs: dict[str, Any] | None = None,
+        checkpoint_path: str | None = None,
+        normalize: str | None = None,
         **audio_kwargs: Any,
     ) -> None:
         super().__init__(**audio_kwargs)
+        if normalize not in (None, "clip"):
+            raise ValueError(f"audio_timm normalize must be None or 'clip', got {normalize!r}")
+        self.normalize = normalize
         self.model_name = model_name
         self.model_kwargs = dict(model_kwargs or {})
         max_frames = self.audio_processor.max_length // self.audio_kwargs["hop_length"] + 1
         self.max_frames = max_frames
         kwargs = {"in_chans": 1, **self.model_kwargs}
         self.model = create_timm_backbone(
-            model_name, pretrained, (self.audio_kwargs["n_mels"], max_frames), kwargs
+            model_name,
+            pretrained,
+            (self.audio_kwargs["n_mels"], max_frames),
+            kwargs,
+            checkpoint_path,
         )
         self.out_dim = int(self.model.num_features)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         spec, frames = self.front_end(inputs["waveform"], inputs["lengths"])
+        if self.normalize == "clip":
+            mean = spec.mean(dim=(-2, -1), keepdim=True)
+            spec = (spec - mean) / spec.std(dim=(-2, -1), keepdim=True).clamp_min(1e-5)
         if hasattr(self.model, "patch_embed"):  # fixed-size input: pad or crop to max_frames
             spec = F.pad(spec, (0, self.max_frames - spec.shape[-1]))[..., : self.max_frames]
         features = self.model.forward_features(spec)
@@ -330,4 +346,4 @@ class AudioTimmEncoder(TimmBackbone, _AudioEncoder):
         return EncoderOutput(tokens, mask)
 
     def to_config(self, save_dir: Path) -> dict[str, Any]:
-        return {**self.timm_config(), **self.audio_kwargs}
+        return {**self.timm_config(), **self.audio_kwargs, "normalize": self.normalize}

@@ -16,6 +16,7 @@ from torch import nn
 
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor, tokens_from_features
 from ._registry import register_encoder, register_processor
+from ._weights import align_state_dict, read_state_dict
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # Larger images are refused before they are decoded: a header can claim any size, and
@@ -163,6 +164,8 @@ class TimmImageEncoder(TimmBackbone, Encoder):
 
     The processor is timm's eval transform for the model (``resolve_model_data_config`` +
     ``create_transform``), with ``img_size`` overriding the input size where given.
+    Weights: ``pretrained`` from the hub, or ``checkpoint_path`` from a local file (a state
+    dict in safetensors or torch format, or ``package:NAME/path`` inside an installed package).
     tokens: [B, H*W, C] for CNN maps, [B, N, C] for ViTs (prefix tokens included);
     mask: all True (padding does not exist for images).
     """
@@ -175,12 +178,15 @@ class TimmImageEncoder(TimmBackbone, Encoder):
         pretrained: bool = False,
         img_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        checkpoint_path: str | None = None,
     ) -> None:
         super().__init__()
         self.model_name = model_name
         self.img_size = img_size
         self.model_kwargs = dict(model_kwargs or {})
-        self.model = create_timm_backbone(model_name, pretrained, img_size, self.model_kwargs)
+        self.model = create_timm_backbone(
+            model_name, pretrained, img_size, self.model_kwargs, checkpoint_path
+        )
         self.out_dim = int(self.model.num_features)
         data_config = resolve_model_data_config(self.model)
         if img_size is not None:
@@ -210,10 +216,24 @@ class TimmImageEncoder(TimmBackbone, Encoder):
 
 
 def create_timm_backbone(
-    model_name: str, pretrained: bool, img_size: Any, model_kwargs: dict[str, Any]
+    model_name: str,
+    pretrained: bool,
+    img_size: Any,
+    model_kwargs: dict[str, Any],
+    checkpoint_path: str | None = None,
 ) -> nn.Module:
-    """A headless timm model; ``img_size`` goes to models that take it (ViTs) and not to CNNs."""
+    """A headless timm model; ``img_size`` goes to models that take it (ViTs) and not to CNNs.
+
+    ``checkpoint_path`` (a file, or ``package:NAME/path`` inside an installed package) loads
+    local weights through timm's own loader, so the classifier is dropped and the stem is
+    adapted to ``in_chans`` as for hub weights; nothing is downloaded.
+    """
     kwargs = {"pretrained": pretrained, "num_classes": 0, **model_kwargs}
+    if checkpoint_path is not None:
+        kwargs["pretrained"] = True
+        kwargs["pretrained_cfg_overlay"] = {
+            "state_dict": _timm_state_dict(model_name, checkpoint_path, model_kwargs)
+        }
     if img_size is None:
         return timm.create_model(model_name, **kwargs)
     try:
@@ -222,6 +242,17 @@ def create_timm_backbone(
         if "img_size" not in str(err):
             raise
         return timm.create_model(model_name, **kwargs)
+
+
+def _timm_state_dict(
+    model_name: str, checkpoint_path: str, model_kwargs: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The checkpoint under the key names of ``model_name`` as timm builds it for its own
+    weights (3 input channels, its default classifier), built on the meta device."""
+    kwargs = {k: v for k, v in model_kwargs.items() if k not in ("in_chans", "num_classes")}
+    with torch.device("meta"):
+        reference = timm.create_model(model_name, pretrained=False, **kwargs).state_dict()
+    return align_state_dict(read_state_dict(checkpoint_path), reference, checkpoint_path)
 
 
 def timm_blocks(model: nn.Module) -> list[nn.Module]:

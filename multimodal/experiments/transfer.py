@@ -41,6 +41,7 @@ class TargetResult:
     forgetting: float  # source metric before adaptation minus after
     transfer_gain: float  # adapted minus scratch
     adapt_samples: int
+    test_samples: int = 0  # rows of the target's test split behind each metric (0: not recorded)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TransferReport:
     # With transfer.robustness: missing-modality tables of the source model on the source
     # test split ("source") and of each adapted model on its target's test split.
     robustness: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    source_test_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,7 +174,7 @@ def transfer_strategies(
             results[t] = TargetResult(
                 zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_scores[t], source_after=source_after,
                 forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_scores[t],
-                adapt_samples=adapt_samples,
+                adapt_samples=adapt_samples, test_samples=len(split["test"][t]),
             )  # fmt: skip
         stage_times = {**times, "adapt": time.perf_counter() - tick}
         run_config = run.to_dict()
@@ -181,6 +183,7 @@ def transfer_strategies(
             metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
             stage_seconds=stage_times, k_shot=None if settings.target_fraction else int(settings.k_shot),
             seed=seed, config_hash=config_hash(run_config), config=run_config, robustness=robustness,
+            source_test_samples=len(src["test"]),
         )  # fmt: skip
         if out is not None:
             name = "report.json" if len(strategies) == 1 else f"report-{strategy}.json"
