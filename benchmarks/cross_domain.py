@@ -1,8 +1,8 @@
-"""Compare fusion modules on a cross-domain suite: transfer runs over fusions, strategies
+"""Compare fusion modules on a cross-domain suite: transfer runs over fusions, adaptations
 and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plots.
 
     python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe|all]
-        [--strategy head,full] [--uda dann,coral] [--seeds N] [--out DIR]
+        [--adaptation head,full] [--uda dann,coral] [--seeds N] [--out DIR]
         [--robustness] [--modality-dropout 0,0.3] [--no-unimodal] [--compare-to DIR]
 
 With no arguments: the synthetic-quick suite and its default fusions, written to
@@ -10,7 +10,7 @@ runs/benchmarks/synthetic-quick. Runs already in --out are skipped, so an interr
 benchmark resumes and a finished one only rewrites the summary. Each modality alone
 (``image-only``, ...) runs beside the fusions under the same protocol, unless --no-unimodal.
 
---compare-to DIR reruns the reference in DIR (its suite, fusions, strategies and seeds, as
+--compare-to DIR reruns the reference in DIR (its suite, fusions, adaptations and seeds, as
 its summary.json recorded them) into --out, or reads that rerun if --out holds it, and says
 per row whether the new mean lies inside the reference's 95% CI; it exits with status 1
 when more rows fall outside than chance allows.
@@ -56,19 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated fusions, or 'all' for every registered one (default: the suite's list)",
     )
     parser.add_argument(
-        "--strategy", help="comma-separated adaptation strategies (default: the suite's list)"
+        "--adaptation",
+        "--strategy",
+        dest="adaptation",
+        help="comma-separated adaptations: freezing strategies fine-tuned on the k-shot sample "
+        "(head, top_k, full, lora) (default: the suite's list)",
     )
     parser.add_argument(
         "--uda",
         "--adapt",
         dest="uda",
-        help="comma-separated unsupervised methods to add beside the k-shot strategies: dann,cdan,coral,mmd,entropy; "
+        help="comma-separated unsupervised methods to add beside the k-shot adaptations: dann,cdan,coral,mmd,entropy; "
         "source_only is their control (the same extra source training, no target rows)",
     )
     parser.add_argument("--seeds", type=int, help="number of seeds (default: the suite's)")
-    parser.add_argument(
-        "--out", type=Path, help="results folder (default: runs/benchmarks/SUITE)"
-    )
+    parser.add_argument("--out", type=Path, help="results folder (default: runs/benchmarks/SUITE)")
     parser.add_argument(
         "--no-unimodal", action="store_true", help="skip the one-modality baselines"
     )
@@ -100,9 +102,12 @@ def _reference_args(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--compare-to {args.compare_to}: no summary.json there")
     reference = json.loads(path.read_text())
     settings = reference.get("settings") or {}
-    args.suite = settings.get("suite", args.suite) if args.suite == "synthetic-quick" else args.suite
+    args.suite = (
+        settings.get("suite", args.suite) if args.suite == "synthetic-quick" else args.suite
+    )
     args.fusion = args.fusion or ",".join(settings.get("fusions", [])) or None
-    args.strategy = args.strategy or ",".join(settings.get("strategies", [])) or None
+    recorded = settings.get("adaptations", settings.get("strategies", []))
+    args.adaptation = args.adaptation or ",".join(recorded) or None
     args.seeds = args.seeds or settings.get("seeds")
     args.no_unimodal = args.no_unimodal or settings.get("unimodal") is False
     return reference
@@ -118,6 +123,7 @@ def _prepare_data(suite) -> None:
     script = Path(__file__).parent / suite.builder
     spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     print(f"building {path} with {script.name} (first run only)", file=sys.stderr)
     module.build(path)
@@ -168,11 +174,12 @@ def main() -> None:
         if args.fusion == "all"
         else (args.fusion.split(",") if args.fusion else list(suite.fusions))
     )
-    strategies = args.strategy.split(",") if args.strategy else list(suite.strategies)
-    if any(a == "--adapt" or a.startswith("--adapt=") for a in sys.argv[1:]):
-        print("--adapt is deprecated: the flag is now --uda", file=sys.stderr)
+    adaptations = args.adaptation.split(",") if args.adaptation else list(suite.adaptations)
+    for old, new in (("--adapt", "--uda"), ("--strategy", "--adaptation")):
+        if any(a == old or a.startswith(old + "=") for a in sys.argv[1:]):
+            print(f"{old} is deprecated: the flag is now {new}", file=sys.stderr)
     if args.uda:
-        strategies += [m for m in args.uda.split(",") if m not in strategies]
+        adaptations += [m for m in args.uda.split(",") if m not in adaptations]
     if args.modality_dropout:
         suite.grid["train.modality_dropout"] = [float(p) for p in args.modality_dropout.split(",")]
     robustness: list | None = None
@@ -182,12 +189,12 @@ def main() -> None:
     seeds = args.seeds or suite.seeds
     start = time.perf_counter()
     rows = run_benchmark(
-        suite, out, fusions, strategies, seeds, progress=not args.quiet, robustness=robustness
+        suite, out, fusions, adaptations, seeds, progress=not args.quiet, robustness=robustness
     )
     summary = summarize(rows)
     command = " ".join(["python", "benchmarks/cross_domain.py", *sys.argv[1:]])
     header = f"# {suite.name}\n\n{suite.description.strip()}\n\nCommand: `{command}`. Metric: {rows[0]['metric']}."
-    settings = {"suite": suite.name, "fusions": fusions, "strategies": strategies, "seeds": seeds,
+    settings = {"suite": suite.name, "fusions": fusions, "adaptations": adaptations, "seeds": seeds,
                 "unimodal": suite.unimodal, "command": command}  # fmt: skip
     record = {"settings": settings, "environment": environment()}
     paths = write_results(rows, summary, out, header, record)

@@ -61,4 +61,8 @@ def align_state_dict(
                 f"model's {ref_name!r} has {tuple(ref_tensor.shape)}; not the same network"
             )
         aligned[ref_name] = tensor
-    return aligned
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    ref_counters = [k for k in reference if k.endswith("num_batches_tracked")]
+    if len(counters) == len(ref_counters):  # BatchNorm step counters, by position too
+        aligned.update({r: state[k] for k, r in zip(counters, ref_counters, strict=True)})
+    return {k: aligned[k] for k in reference if k in aligned}

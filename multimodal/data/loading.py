@@ -30,6 +30,8 @@ def _load_one(
         path, data_files = DATA_FILE_SUFFIXES[local.suffix], {"train": str(local)}
     if data_files is not None:
         kwargs["data_files"] = data_files
+    if local.is_dir() and not spec.streaming:
+        kwargs["cache_dir"] = str(local_cache_dir(local))
     if spec.trust_remote_code:
         kwargs["trust_remote_code"] = True  # only when the spec asks for it
         logger.warning(
@@ -39,6 +41,23 @@ def _load_one(
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded
+
+
+def local_cache_dir(folder: Path) -> Path:
+    """Where ``datasets`` caches a local folder's Arrow tables: a folder per path and content.
+
+    For a folder whose README declares its configs, ``datasets`` keys the cache by the
+    folder's name and card alone, so two folders of one name, or a folder rewritten in
+    place, would load each other's rows; the path, sizes and mtimes of its files key it here.
+    """
+    import hashlib
+
+    folder = folder.resolve()
+    digest = hashlib.sha256(str(folder).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return Path(datasets.config.HF_DATASETS_CACHE) / "transferfuse-local" / digest.hexdigest()[:16]
 
 
 def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.DatasetDict:

@@ -1,4 +1,4 @@
-"""Cross-domain benchmarks: suites of transfer runs over fusions, strategies and seeds,
+"""Cross-domain benchmarks: suites of transfer runs over fusions, adaptations and seeds,
 summarised as mean and 95% CI with paired comparisons, as CSV, JSON, Markdown and PNG."""
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ SUITE_KEYS = {
     "base",
     "fusions",
     "fusion_kwargs",
-    "strategies",
+    "adaptations",
+    "strategies",  # the former name of adaptations
     "seeds",
     "pairs",
     "k_shot",
@@ -59,7 +60,9 @@ ONLY = "-only"
 class Suite:
     """A benchmark suite: a base run config and the axes to sweep.
 
-    base: a run config (data, encoders, fusion, head, train, transfer); pairs: source ->
+    base: a run config (data, encoders, fusion, head, train, transfer); adaptations: the
+    transfer arms to compare, each a freezing strategy fine-tuned on the k-shot target
+    sample (head, top_k, full, lora), a UDA method (dann, ...) or source_only; pairs: source ->
     target domain lists; k_shot: sizes; grid: keys -> values to cross, where a plain key is a
     ``data.options`` key and a dotted one a config path (``train.modality_dropout``);
     encoders: named encoder sets crossed as a grid axis ``encoders`` (each replaces the
@@ -72,7 +75,7 @@ class Suite:
     name: str
     base: dict[str, Any]
     fusions: list[str]
-    strategies: list[str] = field(default_factory=lambda: ["head", "full"])
+    adaptations: list[str] = field(default_factory=lambda: ["head", "full"])
     seeds: int = 3
     pairs: list[dict[str, list[str]]] = field(default_factory=list)
     k_shot: list[int] = field(default_factory=lambda: [5])
@@ -91,6 +94,9 @@ class Suite:
 def load_suite(path: str | Path) -> Suite:
     data = read_yaml(path)
     check_keys(data, SUITE_KEYS, "suite")
+    if "strategies" in data:
+        logger.warning("suite %s: 'strategies' is now 'adaptations'", path)
+        data.setdefault("adaptations", data.pop("strategies"))
     suite = Suite(**data)
     validate(suite.base)
     return suite
@@ -98,7 +104,7 @@ def load_suite(path: str | Path) -> Suite:
 
 @dataclass(frozen=True)
 class Unit:
-    """One transfer run: every strategy's adaptation shares its source model and scratch baseline."""
+    """One transfer run: its adaptations share the source model and the scratch baseline."""
 
     fusion: str
     seed: int
@@ -152,7 +158,10 @@ def unit_config(suite: Suite, unit: Unit) -> dict[str, Any]:
     options = config.setdefault("data", {}).setdefault("options", {})
     for key, value in unit.grid:
         if key == "encoders":
-            config["encoders"] = {**config.get("encoders", {}), **copy.deepcopy(suite.encoders[value])}
+            config["encoders"] = {
+                **config.get("encoders", {}),
+                **copy.deepcopy(suite.encoders[value]),
+            }
             continue
         *sections, leaf = key.split(".")
         node = config if sections else options
@@ -185,7 +194,7 @@ def run_benchmark(
     suite: Suite,
     out: str | Path,
     fusions: Sequence[str] | None = None,
-    strategies: Sequence[str] | None = None,
+    adaptations: Sequence[str] | None = None,
     seeds: int | None = None,
     progress: bool = True,
     run_unit: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None,
@@ -201,16 +210,14 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    from .transfer import transfer_strategies
+    from .transfer import transfer_adaptations
 
     out = Path(out)
     fusions = list(fusions or suite.fusions)
-    strategies = list(strategies or suite.strategies)
+    adaptations = list(adaptations or suite.adaptations)
     units = plan(suite, fusions, seeds or suite.seeds)
     run_unit = run_unit or (
-        lambda config, strats: {
-            s: r.to_dict() for s, r in transfer_strategies(config, strats).items()
-        }
+        lambda config, arms: {s: r.to_dict() for s, r in transfer_adaptations(config, arms).items()}
     )
     from ..core.provenance import environment
 
@@ -220,10 +227,10 @@ def run_benchmark(
         config = unit_config(suite, unit)
         path = out / "runs" / f"{config_hash(config)}.json"
         done = json.loads(path.read_text()) if path.is_file() else None
-        if done is None or not set(strategies) <= set(done["reports"]):
+        if done is None or not set(adaptations) <= set(done["reports"]):
             todo.append((unit, config, path, done["reports"] if done else {}))
         else:
-            reports = {s: done["reports"][s] for s in strategies}
+            reports = {s: done["reports"][s] for s in adaptations}
             rows += _rows(suite, unit, reports)
             if robustness is not None:
                 robustness += _robustness_rows(unit, reports)
@@ -233,16 +240,21 @@ def run_benchmark(
     bar = tqdm(todo, desc=f"{suite.name}", unit="run", disable=not progress)
     for unit, config, path, earlier in bar:
         bar.set_postfix(fusion=unit.fusion, seed=unit.seed)
-        missing = [s for s in strategies if s not in earlier]
+        missing = [s for s in adaptations if s not in earlier]
         reports = {
-            **{s: earlier[s] for s in strategies if s in earlier},
+            **{s: earlier[s] for s in adaptations if s in earlier},
             **run_unit(config, missing),
         }
-        reports = {s: reports[s] for s in strategies}
-        # Keep the strategies of earlier invocations: the shared stages are seeded, so the
+        reports = {s: reports[s] for s in adaptations}
+        # Keep the adaptations of earlier invocations: the shared stages are seeded, so the
         # unit's source model and scratch baseline are the same ones.
         stored = {**earlier, **reports}
-        record = {"unit": unit.__dict__, "config": config, "reports": stored, "environment": machine}
+        record = {
+            "unit": unit.__dict__,
+            "config": config,
+            "reports": stored,
+            "environment": machine,
+        }
         write_json_atomic(path, record)
         rows += _rows(suite, unit, reports)
         if robustness is not None:
@@ -252,7 +264,7 @@ def run_benchmark(
 
 def _robustness_rows(unit: Unit, reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per model x dropped modality: the source model on the source test split
-    (once per unit), and each strategy's adapted model on its target's test split."""
+    (once per unit), and each adaptation's adapted model on its target's test split."""
     rows: list[dict[str, Any]] = []
 
     def add(model: str, domain: str, metric: str, table: Sequence[Mapping[str, Any]]) -> None:
@@ -266,10 +278,10 @@ def _robustness_rows(unit: Unit, reports: Mapping[str, Mapping[str, Any]]) -> li
     first = next(iter(reports.values()), {})
     if (first.get("robustness") or {}).get("source"):
         add("source", "source", first["metric"], first["robustness"]["source"])
-    for strategy, report in reports.items():
+    for adaptation, report in reports.items():
         tables = report.get("robustness") or {}
         for domain in sorted(d for d in tables if d != "source"):
-            add(f"adapted-{strategy}", domain, report["metric"], tables[domain])
+            add(f"adapted-{adaptation}", domain, report["metric"], tables[domain])
     return rows
 
 
@@ -346,11 +358,11 @@ def _rows(
     suite: Suite, unit: Unit, reports: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     rows = []
-    for strategy, report in reports.items():
+    for adaptation, report in reports.items():
         for target, result in report["targets"].items():
             rows.append({
                 "suite": suite.name, **dict(unit.grid), "source_domains": "+".join(report["source_domains"]),
-                "target": target, "k_shot": unit.k_shot, "fusion": unit.fusion, "strategy": strategy, "seed": unit.seed,
+                "target": target, "k_shot": unit.k_shot, "fusion": unit.fusion, "adaptation": adaptation, "seed": unit.seed,
                 "metric": report["metric"], "source": report["source"], "zero_shot": result["zero_shot"],
                 "adapted": result["adapted"], "scratch": result["scratch"], "transfer_gain": result["transfer_gain"],
                 "forgetting": result["forgetting"], "adapt_samples": result["adapt_samples"],
@@ -390,20 +402,22 @@ def paired_comparison(
 
 
 # Columns of result rows that are not grid axes.
-ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "strategy", "seed", "metric",
+ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "adaptation", "seed", "metric",
             "adapt_samples", "test_samples", "source_test_samples", "config_hash", "wall_s", *METRICS}  # fmt: skip
 # With fewer seeds than this, accuracies get their CI from the test samples instead.
 SEED_CI_MIN = 3
 ABSOLUTE = ("source", "zero_shot", "adapted", "scratch")
 
 
-def _per_seed(rows: Sequence[Mapping[str, Any]], grid_keys: list[str]) -> dict[tuple, dict[str, float]]:
-    """(*grid, k, fusion, strategy, target, seed) -> metrics and test sizes, with target
+def _per_seed(
+    rows: Sequence[Mapping[str, Any]], grid_keys: list[str]
+) -> dict[tuple, dict[str, float]]:
+    """(*grid, k, fusion, adaptation, target, seed) -> metrics and test sizes, with target
     "all" holding the mean over targets (and their summed test size)."""
     by_seed: dict[tuple, dict[str, float]] = {}
     overall: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
-        key = (*[r.get(k) for k in grid_keys], r["k_shot"], r["fusion"], r["strategy"])
+        key = (*[r.get(k) for k in grid_keys], r["k_shot"], r["fusion"], r["adaptation"])
         by_seed[(*key, r["target"], r["seed"])] = {
             **{m: r[m] for m in METRICS}, "n": r.get("test_samples", 0), "n_source": r.get("source_test_samples", 0),
         }  # fmt: skip
@@ -415,7 +429,7 @@ def _per_seed(rows: Sequence[Mapping[str, Any]], grid_keys: list[str]) -> dict[t
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> list[dict[str, Any]]:
-    """Per grid point x k x fusion x strategy x target (and the mean over targets, "all"):
+    """Per grid point x k x fusion x adaptation x target (and the mean over targets, "all"):
     mean and 95% CI of every metric with n, the test rows per target; the adapted metric
     paired against ``baseline`` and against the best unimodal baseline (``<m>-only`` rows).
 
@@ -430,23 +444,27 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> li
         groups[key[:-1]][key[-1]] = value
     summary = []
     for key, seeds in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        *grid_values, k, fusion, strategy, target = key
+        *grid_values, k, fusion, adaptation, target = key
         first = seeds[min(seeds)]
         entry: dict[str, Any] = {**dict(zip(grid_keys, grid_values, strict=True)), "k_shot": k, "fusion": fusion,
-                                 "strategy": strategy, "target": target, "seeds": sorted(seeds), "n": first["n"]}  # fmt: skip
+                                 "adaptation": adaptation, "target": target, "seeds": sorted(seeds), "n": first["n"]}  # fmt: skip
         for m in METRICS:
             n = first["n_source"] if m == "source" else first["n"]
-            entry[m] = metric_ci([seeds[s][m] for s in sorted(seeds)], n if m in ABSOLUTE else 0, accuracy)
-        base = groups.get((*grid_values, k, baseline, strategy, target))
+            entry[m] = metric_ci(
+                [seeds[s][m] for s in sorted(seeds)], n if m in ABSOLUTE else 0, accuracy
+            )
+        base = groups.get((*grid_values, k, baseline, adaptation, target))
         if base is not None and fusion != baseline and not unimodal(fusion):
             entry[f"adapted_vs_{baseline}"] = _paired(seeds, base)
         if not unimodal(fusion):
-            _versus_unimodal(entry, seeds, groups, (*grid_values, k), (strategy, target))
+            _versus_unimodal(entry, seeds, groups, (*grid_values, k), (adaptation, target))
         summary.append(entry)
     return summary
 
 
-def _paired(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
+def _paired(
+    a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]]
+) -> dict[str, float]:
     common = sorted(set(a) & set(b))
     return paired_comparison([a[s]["adapted"] for s in common], [b[s]["adapted"] for s in common])
 
@@ -465,7 +483,10 @@ def _versus_unimodal(entry: dict[str, Any], seeds: Mapping[int, Mapping[str, flo
         return
     best = max(candidates, key=lambda m: np.mean([v["adapted"] for v in candidates[m].values()]))
     values = candidates[best]
-    entry["best_unimodal"] = {"modality": best, **mean_ci(values[s]["adapted"] for s in sorted(values))}
+    entry["best_unimodal"] = {
+        "modality": best,
+        **mean_ci(values[s]["adapted"] for s in sorted(values)),
+    }
     entry["gain_vs_unimodal"] = _paired(seeds, values)
 
 
@@ -492,16 +513,26 @@ def _fmt(stat: Mapping[str, float]) -> str:
 
 
 def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat") -> str:
-    """A Markdown table: one line per grid point x k x fusion x strategy x target, with n
+    """A Markdown table: one line per grid point x k x fusion x adaptation x target, with n
     (test rows per target), the best unimodal baseline and each fusion's gain over it
     (marked ✗ where the fusion does not beat it), and a note on where the CIs come from."""
-    extra = {"k_shot", "fusion", "strategy", "target", "seeds", "n", "best_unimodal", "gain_vs_unimodal", *METRICS}
+    extra = {
+        "k_shot",
+        "fusion",
+        "adaptation",
+        "target",
+        "seeds",
+        "n",
+        "best_unimodal",
+        "gain_vs_unimodal",
+        *METRICS,
+    }
     grid_keys = [k for k in summary[0] if k not in extra and not k.startswith("adapted_vs_")] if summary else []  # fmt: skip
-    head = [*grid_keys, "k", "fusion", "strategy", "target", "n", "source", "zero-shot", "adapted", "scratch", "gain",
+    head = [*grid_keys, "k", "fusion", "adaptation", "target", "n", "source", "zero-shot", "adapted", "scratch", "gain",
             "forgetting", "best unimodal", "fusion − unimodal", f"adapted − {baseline} (p)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
-        cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["strategy"], e["target"],
+        cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["adaptation"], e["target"],
                  str(e.get("n", "")), *[_fmt(e[m]) for m in METRICS], *_unimodal_cells(e),
                  _compare_cell(e.get(f"adapted_vs_{baseline}"))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -552,27 +583,27 @@ def write_results(
 
 
 def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Path]:
-    """Grouped bars (zero-shot, adapted, scratch per fusion and strategy, mean over targets)
-    and a heatmap of adapted accuracy, fusion x target, per strategy."""
+    """Grouped bars (zero-shot, adapted, scratch per fusion and adaptation, mean over targets)
+    and a heatmap of adapted accuracy, fusion x target, per adaptation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     overall = [e for e in summary if e["target"] == "all"]
-    strategies = sorted({e["strategy"] for e in overall})
+    adaptations = sorted({e["adaptation"] for e in overall})
     fusions = sorted({e["fusion"] for e in overall})
     paths = {}
     fig, axes = plt.subplots(
-        1, len(strategies), figsize=(4.5 * len(strategies), 4), squeeze=False, sharey=True
+        1, len(adaptations), figsize=(4.5 * len(adaptations), 4), squeeze=False, sharey=True
     )
     colors = {"zero_shot": "#9e9e9e", "adapted": "#1f77b4", "scratch": "#ff7f0e"}
-    for ax, strategy in zip(axes[0], strategies, strict=True):
+    for ax, adaptation in zip(axes[0], adaptations, strict=True):
         x = np.arange(len(fusions))
         for i, m in enumerate(("zero_shot", "adapted", "scratch")):
             stats = [
                 next(
-                    (e[m] for e in overall if e["fusion"] == f and e["strategy"] == strategy),
+                    (e[m] for e in overall if e["fusion"] == f and e["adaptation"] == adaptation),
                     {"mean": math.nan, "ci": math.nan},
                 )
                 for f in fusions
@@ -589,7 +620,7 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, P
                 color=colors[m],
             )
         ax.set_xticks(x, fusions, rotation=20)
-        ax.set_title(f"adaptation: {strategy}")
+        ax.set_title(f"adaptation: {adaptation}")
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("target accuracy")
@@ -599,24 +630,24 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, P
     paths["bars"] = out / "bars.png"
     fig.savefig(paths["bars"], dpi=120)
     plt.close(fig)
-    paths["heatmap"] = _plot_heatmap(summary, strategies, fusions, out / "heatmap.png")
+    paths["heatmap"] = _plot_heatmap(summary, adaptations, fusions, out / "heatmap.png")
     return paths
 
 
-def _plot_heatmap(summary: Sequence[Mapping[str, Any]], strategies: list[str],
+def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
                   fusions: list[str], path: Path) -> Path:  # fmt: skip
-    """Adapted accuracy, fusion x target, one panel per strategy."""
+    """Adapted accuracy, fusion x target, one panel per adaptation."""
     import matplotlib.pyplot as plt
 
     targets = sorted({e["target"] for e in summary if e["target"] != "all"})
     fig, axes = plt.subplots(
-        1, len(strategies), figsize=((1.2 * len(targets) + 1.5) * len(strategies) + 2, 0.5 * len(fusions) + 2),
+        1, len(adaptations), figsize=((1.2 * len(targets) + 1.5) * len(adaptations) + 2, 0.5 * len(fusions) + 2),
         squeeze=False, sharey=True,
     )  # fmt: skip
-    for ax, strategy in zip(axes[0], strategies, strict=True):
+    for ax, adaptation in zip(axes[0], adaptations, strict=True):
         grid = np.full((len(fusions), len(targets)), np.nan)
         for e in summary:
-            if e["strategy"] == strategy and e["target"] in targets:
+            if e["adaptation"] == adaptation and e["target"] in targets:
                 grid[fusions.index(e["fusion"]), targets.index(e["target"])] = e["adapted"]["mean"]
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(targets)), targets, rotation=30)
@@ -628,7 +659,7 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], strategies: list[str],
             if not math.isnan(v):
                 color = "white" if v < 0.6 else "black"
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", color=color, fontsize=8)
-        ax.set_title(f"adapted accuracy ({strategy})")
+        ax.set_title(f"adapted accuracy ({adaptation})")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -637,7 +668,9 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], strategies: list[str],
 
 def _row_key(entry: Mapping[str, Any]) -> tuple:
     stats = {"seeds", "n", "best_unimodal", "gain_vs_unimodal", *METRICS}
-    return tuple((k, str(v)) for k, v in entry.items() if k not in stats and not k.startswith("adapted_vs_"))
+    return tuple(
+        (k, str(v)) for k, v in entry.items() if k not in stats and not k.startswith("adapted_vs_")
+    )
 
 
 def outside_rate(seeds: int, ci_over: str) -> float:
@@ -653,7 +686,9 @@ def outside_rate(seeds: int, ci_over: str) -> float:
 
 
 def compare_summaries(
-    new: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]], metric: str = "adapted"
+    new: Sequence[Mapping[str, Any]],
+    reference: Sequence[Mapping[str, Any]],
+    metric: str = "adapted",
 ) -> dict[str, Any]:
     """Per per-target row of ``reference``: does the rerun's mean ``metric`` lie inside the
     reference's 95% CI? The check fails when more rows fall outside than chance allows: a
@@ -689,8 +724,15 @@ def compare_summaries(
 def comparison_table(result: Mapping[str, Any]) -> str:
     """Markdown: one line per compared row, then the verdict."""
     rows = result["rows"]
-    keys = [k for k in (rows[0] if rows else {}) if k not in ("reference", "reference_ci", "rerun", "inside")]
-    lines = ["| " + " | ".join([*keys, "reference", "rerun", "inside CI"]) + " |", "|" + "---|" * (len(keys) + 3)]
+    keys = [
+        k
+        for k in (rows[0] if rows else {})
+        if k not in ("reference", "reference_ci", "rerun", "inside")
+    ]
+    lines = [
+        "| " + " | ".join([*keys, "reference", "rerun", "inside CI"]) + " |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
     for r in rows:
         cells = [str(r[k]) for k in keys] + [f"{r['reference']:.3f} ± {r['reference_ci']:.3f}", f"{r['rerun']:.3f}",
                                             "yes" if r["inside"] else "**no**"]  # fmt: skip

@@ -43,14 +43,17 @@ class TransferConfig:
 
     source/target: domain names (default: the first domain, and every other one);
     k_shot: labelled target rows per class for adaptation and scratch (or target_fraction of
-    the target train split); adapt/scratch/uda: train keys each stage overrides;
-    robustness: also evaluate with each modality missing.
+    the target train split); adaptation: the arm ``transfer`` runs: a freezing strategy
+    fine-tuned on the k-shot sample (default: ``adapt.strategy``, else head), a UDA method
+    (dann, cdan, coral, mmd, entropy) or source_only; adapt/scratch/uda: train keys each
+    stage overrides; robustness: also evaluate with each modality missing.
     """
 
     source: list[str] | None = None
     target: list[str] | None = None
     k_shot: int = 10
     target_fraction: float | None = None
+    adaptation: str | None = None
     adapt: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
     uda: dict[str, Any] = field(default_factory=dict)

@@ -25,7 +25,7 @@ from .config import RunConfig, TransferConfig
 
 ADAPT_DEFAULTS = {"strategy": "head", "epochs": 20, "patience": None}
 SCRATCH_DEFAULTS = {"strategy": "full", "epochs": 20, "patience": None}
-# "Strategies" that name an unsupervised objective train on source labels + unlabelled target rows.
+# Adaptations that name an unsupervised objective train on source labels + unlabelled target rows.
 UDA_METHODS = ("dann", "cdan", "coral", "mmd", "entropy")
 # The control for them: the same extra training on source labels, with no target rows.
 SOURCE_ONLY = "source_only"
@@ -104,19 +104,22 @@ def transfer(config: Mapping[str, Any] | RunConfig) -> TransferReport:
 
     Adapted and scratch models train on the same target sample (same seed); their
     defaults are ``transfer.adapt`` = {strategy: head, epochs: 20} and
-    ``transfer.scratch`` = {strategy: full, epochs: 20}, on top of ``train``.
+    ``transfer.scratch`` = {strategy: full, epochs: 20}, on top of ``train``. The arm is
+    ``transfer.adaptation`` (a UDA method or source_only included), else ``adapt.strategy``.
     """
     run = RunConfig.from_dict(config)
-    strategy = run.transfer.adapt.get("strategy", ADAPT_DEFAULTS["strategy"])
-    return transfer_strategies(run, [strategy])[strategy]
+    adaptation = run.transfer.adaptation or run.transfer.adapt.get(
+        "strategy", ADAPT_DEFAULTS["strategy"]
+    )
+    return transfer_adaptations(run, [adaptation])[adaptation]
 
 
-def transfer_strategies(
-    config: Mapping[str, Any] | RunConfig, strategies: list[str]
+def transfer_adaptations(
+    config: Mapping[str, Any] | RunConfig, adaptations: list[str]
 ) -> dict[str, TransferReport]:
-    """``transfer`` for several adaptation strategies at once: the source model, the
-    zero-shot evaluation and the scratch baseline do not depend on the strategy, so they
-    are computed once and shared by the reports."""
+    """``transfer`` for several adaptations at once: the source model, the zero-shot
+    evaluation and the scratch baseline do not depend on the adaptation, so they are
+    computed once and shared by the reports (keyed by adaptation)."""
     run = RunConfig.from_dict(config)
     settings, spec = run.transfer, run.data
     seed = int(run.seed if run.seed is not None else (run.raw.get("train") or {}).get("seed", 0))
@@ -157,13 +160,13 @@ def transfer_strategies(
     times["scratch"] = time.perf_counter() - tick
 
     reports: dict[str, TransferReport] = {}
-    for strategy in strategies:
+    for adaptation in adaptations:
         results: dict[str, TargetResult] = {}
         robustness = {"source": source_robustness} if robust else {}
         tick = time.perf_counter()
         for t in targets:
-            folder = str(out / f"adapt-{strategy}-{t}") if out else None
-            adapted, adapt_samples = _adapt(model, strategy, run, FitData(spec, src["train"]),
+            folder = str(out / f"adapt-{adaptation}-{t}") if out else None
+            adapted, adapt_samples = _adapt(model, adaptation, run, FitData(spec, src["train"]),
                                             split["train"][t], shots[t], folder, seed)  # fmt: skip
             adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
             source_after = evaluate(adapted, src["test"], spec, batch)[metric]
@@ -178,24 +181,28 @@ def transfer_strategies(
             )  # fmt: skip
         stage_times = {**times, "adapt": time.perf_counter() - tick}
         run_config = run.to_dict()
-        run_config.setdefault("transfer", {}).setdefault("adapt", {})["strategy"] = strategy
-        reports[strategy] = TransferReport(
+        run_config.setdefault("transfer", {})["adaptation"] = adaptation
+        reports[adaptation] = TransferReport(
             metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
             stage_seconds=stage_times, k_shot=None if settings.target_fraction else int(settings.k_shot),
             seed=seed, config_hash=config_hash(run_config), config=run_config, robustness=robustness,
             source_test_samples=len(src["test"]),
         )  # fmt: skip
         if out is not None:
-            name = "report.json" if len(strategies) == 1 else f"report-{strategy}.json"
-            reports[strategy].to_json(out / name)
+            name = "report.json" if len(adaptations) == 1 else f"report-{adaptation}.json"
+            reports[adaptation].to_json(out / name)
     return reports
 
 
+# The former name, kept for callers written before the rename.
+transfer_strategies = transfer_adaptations
+
+
 def _adapt(
-    model: MultimodalModel, strategy: str, run: RunConfig, source: FitData,
+    model: MultimodalModel, adaptation: str, run: RunConfig, source: FitData,
     target_train: datasets.Dataset, shots: datasets.Dataset, folder: str | None, seed: int,
 ) -> tuple[MultimodalModel, int]:  # fmt: skip
-    """A copy of the source model adapted by ``strategy``, and how many target rows it used.
+    """A copy of the source model adapted by ``adaptation``, and how many target rows it used.
 
     An unsupervised method trains on the source labels plus the whole unlabelled target
     train split; ``source_only`` is its control (the same extra source training, no target
@@ -203,13 +210,13 @@ def _adapt(
     """
     settings = run.transfer
     adapted: MultimodalModel = copy.deepcopy(model)
-    if strategy in UDA_METHODS:
-        uda = {**UDA_DEFAULTS, **settings.uda, "uda": strategy}
+    if adaptation in UDA_METHODS:
+        uda = {**UDA_DEFAULTS, **settings.uda, "uda": adaptation}
         data, used = dataclasses.replace(source, unlabelled=target_train), len(target_train)
-    elif strategy == SOURCE_ONLY:
+    elif adaptation == SOURCE_ONLY:
         uda, data, used = {**UDA_DEFAULTS, **settings.uda}, source, 0
     else:
-        uda = {**ADAPT_DEFAULTS, **settings.adapt, "strategy": strategy}
+        uda = {**ADAPT_DEFAULTS, **settings.adapt, "strategy": adaptation}
         data, used = FitData(source.spec, shots), len(shots)
     fit(adapted, data, run.stage(**uda, output_dir=folder, seed=seed))
     return adapted, used

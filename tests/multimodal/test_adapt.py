@@ -124,7 +124,7 @@ def test_adaptation_without_target_rows_is_an_error() -> None:
 
 
 def test_transfer_has_an_unsupervised_stage_beside_k_shot() -> None:
-    from multimodal.experiments.transfer import transfer_strategies
+    from multimodal.experiments.transfer import transfer_adaptations
     from tests.multimodal.tiny_run import tiny_run
 
     config = tiny_run(
@@ -137,7 +137,7 @@ def test_transfer_has_an_unsupervised_stage_beside_k_shot() -> None:
         }
     )
     config["train"]["epochs"] = 1
-    reports = transfer_strategies(config, ["head", "coral"])
+    reports = transfer_adaptations(config, ["head", "coral"])
     robustness = reports["coral"].robustness
     assert set(robustness) == {"source", "d1"}  # the source model, and the adapted one on d1
     assert [r["dropped"] for r in robustness["source"]] == [[], ["tabular"], ["text"]]
@@ -149,4 +149,4 @@ def test_transfer_has_an_unsupervised_stage_beside_k_shot() -> None:
     assert (
         head.adapt_samples == 12 and coral.adapt_samples > 12
     )  # k-shot vs the unlabelled target split
-    assert reports["coral"].config["transfer"]["adapt"]["strategy"] == "coral"
+    assert reports["coral"].config["transfer"]["adaptation"] == "coral"

@@ -46,7 +46,7 @@ def _rows() -> list[dict]:
         for seed in range(3):
             for target, shift in (("t1", 0.0), ("t2", 0.2)):
                 adapted = 0.5 + bonus + 0.01 * seed - shift
-                rows.append({"suite": "s", "source_domains": "s", "target": target, "k_shot": 2, "fusion": fusion, "strategy": "head",
+                rows.append({"suite": "s", "source_domains": "s", "target": target, "k_shot": 2, "fusion": fusion, "adaptation": "head",
                              "seed": seed, "metric": "accuracy", "source": 0.9, "zero_shot": 0.4, "adapted": adapted, "scratch": 0.3,
                              "transfer_gain": adapted - 0.3, "forgetting": 0.1, "adapt_samples": 8, "config_hash": "x", "wall_s": 1.0})  # fmt: skip
     return rows
@@ -83,16 +83,16 @@ def test_write_results_files(tmp_path) -> None:
 
 
 def test_resume_skips_finished_runs(tmp_path) -> None:
-    suite = Suite(name="stub", base={"data": {"path": "synthetic"}}, fusions=["concat", "moe"], strategies=["head"], seeds=2,
+    suite = Suite(name="stub", base={"data": {"path": "synthetic"}}, fusions=["concat", "moe"], adaptations=["head"], seeds=2,
                   pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[2])  # fmt: skip
     calls = []
 
-    def stub(config, strategies):
+    def stub(config, adaptations):
         calls.append(config["fusion"]["name"])
         report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.9, "config_hash": "h", "stage_seconds": {"all": 1.0},
                   "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5, "transfer_gain": 0.1, "forgetting": 0.0,
                                      "adapt_samples": 8, "source_after": 0.9}}}  # fmt: skip
-        return {s: report for s in strategies}
+        return {s: report for s in adaptations}
 
     assert len(plan(suite, suite.fusions, 2)) == 4
     rows = run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
@@ -102,27 +102,27 @@ def test_resume_skips_finished_runs(tmp_path) -> None:
     run_benchmark(suite, tmp_path, fusions=["moe"], seeds=3, run_unit=stub, progress=False)
     assert calls[4:] == ["moe"], "only the new seed of the slice runs"
     asked = []
-    rows = run_benchmark(suite, tmp_path, strategies=["head", "coral"], seeds=2, progress=False,
+    rows = run_benchmark(suite, tmp_path, adaptations=["head", "coral"], seeds=2, progress=False,
                          run_unit=lambda c, s: asked.append(s) or stub(c, s))  # fmt: skip
-    assert asked == [["coral"]] * 4 and len(rows) == 8, "only the new strategy runs"
+    assert asked == [["coral"]] * 4 and len(rows) == 8, "only the new adaptation runs"
     stored = [json.loads(p.read_text())["reports"] for p in (tmp_path / "runs").glob("*.json")]
     assert sum(set(r) == {"head", "coral"} for r in stored) == 4  # earlier reports are kept
     rows = run_benchmark(
-        suite, tmp_path, strategies=["head"], seeds=2, run_unit=stub, progress=False
+        suite, tmp_path, adaptations=["head"], seeds=2, run_unit=stub, progress=False
     )
-    assert {r["strategy"] for r in rows} == {"head"} and len(calls) == 9  # nothing reruns
+    assert {r["adaptation"] for r in rows} == {"head"} and len(calls) == 9  # nothing reruns
 
 
 def test_dotted_grid_keys_set_config_paths_and_robustness_rows_are_summarised(tmp_path) -> None:
     suite = Suite(name="stub", base={"data": {"path": "synthetic", "options": {"noise": 0.1}}, "train": {"epochs": 2}},
-                  fusions=["concat"], strategies=["head", "full"], seeds=2, grid={"noise": [0.2], "train.modality_dropout": [0.0, 0.3]})  # fmt: skip
+                  fusions=["concat"], adaptations=["head", "full"], seeds=2, grid={"noise": [0.2], "train.modality_dropout": [0.0, 0.3]})  # fmt: skip
     units = plan(suite, suite.fusions, 2)
     configs = [unit_config(suite, u) for u in units]
     assert sorted({c["train"]["modality_dropout"] for c in configs}) == [0.0, 0.3]
     assert all(c["data"]["options"]["noise"] == 0.2 and c["train"]["epochs"] == 2 for c in configs)
     assert all("train.modality_dropout" not in c["data"]["options"] for c in configs)
 
-    def stub(config, strategies):
+    def stub(config, adaptations):
         p = config["train"]["modality_dropout"]
         table = [  # dropout lowers the loss with image missing, by construction here
             {"dropped": [], "accuracy": 0.8, "loss": 0.5, "relative": 1.0},
@@ -137,12 +137,12 @@ def test_dotted_grid_keys_set_config_paths_and_robustness_rows_are_summarised(tm
                   "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5, "transfer_gain": 0.1, "forgetting": 0.0,
                                      "adapt_samples": 8, "source_after": 0.8}},
                   "robustness": {"source": table, "d1": table}}  # fmt: skip
-        return {s: report for s in strategies}
+        return {s: report for s in adaptations}
 
     robustness: list = []
     rows = run_benchmark(suite, tmp_path, run_unit=stub, progress=False, robustness=robustness)
-    assert len(rows) == 8  # 2 dropout rates x 2 seeds x 2 strategies x 1 target
-    # The source model once per unit, each strategy's adapted model once per target.
+    assert len(rows) == 8  # 2 dropout rates x 2 seeds x 2 adaptations x 1 target
+    # The source model once per unit, each adaptation's adapted model once per target.
     assert len(robustness) == 4 * (2 + 2 * 2)
     summary = summarize_robustness(robustness)
     image = {
@@ -161,3 +161,86 @@ def test_dotted_grid_keys_set_config_paths_and_robustness_rows_are_summarised(tm
     again: list = []
     run_benchmark(suite, tmp_path, run_unit=stub, progress=False, robustness=again)
     assert again == robustness  # resumed units give back their stored tables
+
+
+def _with_unimodal(rows: list[dict]) -> list[dict]:
+    """_rows() plus two unimodal baselines: image alone at 0.55 (+ 0.01 per seed), audio at 0.2."""
+    extra = []
+    for fusion, level in (("image-only", 0.55), ("audio-only", 0.2)):
+        for seed in range(3):
+            for target in ("t1", "t2"):
+                extra.append({**rows[0], "fusion": fusion, "seed": seed, "target": target, "adapted": level + 0.01 * seed,
+                              "test_samples": 200, "source_test_samples": 150})  # fmt: skip
+    return [{**r, "test_samples": 200, "source_test_samples": 150} for r in rows] + extra
+
+
+def test_summary_shows_the_best_unimodal_baseline_and_marks_fusions_that_do_not_beat_it() -> None:
+    summary = summarize(_with_unimodal(_rows()))
+    by = {(e["fusion"], e["target"]): e for e in summary}
+    concat, moe = by[("concat", "t1")], by[("moe", "t1")]
+    assert concat["best_unimodal"]["modality"] == "image" and concat["best_unimodal"][
+        "mean"
+    ] == pytest.approx(0.56)
+    assert concat["gain_vs_unimodal"]["mean"] == pytest.approx(0.51 - 0.56)  # paired by seed
+    assert moe["gain_vs_unimodal"]["mean"] == pytest.approx(0.61 - 0.56)
+    assert (
+        "best_unimodal" not in by[("image-only", "t1")]
+        and concat["n"] == 200
+        and by[("concat", "all")]["n"] == 400
+    )
+    lines = {
+        line.split(" | ")[1]: line
+        for line in summary_table(summary).splitlines()
+        if "| t1 |" in line
+    }
+    assert "✗ " in lines["concat"] and "✗ " not in lines["moe"] and "| 200 |" in lines["concat"]
+
+
+def test_accuracy_cis_come_from_test_samples_when_seeds_are_few() -> None:
+    one = [r for r in _with_unimodal(_rows()) if r["seed"] == 0]
+    entry = next(e for e in summarize(one) if e["fusion"] == "concat" and e["target"] == "t1")
+    # one seed, p = 0.5 on 200 rows: 1.96 * sqrt(0.25 / 200)
+    assert entry["adapted"]["ci"] == pytest.approx(1.959964 * math.sqrt(0.25 / 200))
+    assert entry["adapted"]["ci_over"] == "test samples"
+    assert entry["source"]["ci"] == pytest.approx(1.959964 * math.sqrt(0.9 * 0.1 / 150))
+    assert math.isnan(entry["transfer_gain"]["ci"])  # a difference has no binomial interval
+    three = next(
+        e
+        for e in summarize(_with_unimodal(_rows()))
+        if e["fusion"] == "concat" and e["target"] == "t1"
+    )
+    assert three["adapted"]["ci_over"] == "seeds"
+
+
+def test_compare_to_counts_rows_inside_the_reference_ci_and_fails_beyond_chance() -> None:
+    from multimodal.experiments.bench import compare_summaries, outside_rate
+
+    reference = summarize(_with_unimodal(_rows()))
+    same = compare_summaries(reference, reference)
+    assert same["checked"] == 8 and same["inside"] == 8 and same["passed"]  # 4 fusions x 2 targets
+    assert outside_rate(3, "seeds") == pytest.approx(0.0931, abs=2e-3)
+    shifted = [dict(r, adapted=r["adapted"] + 0.2) for r in _with_unimodal(_rows())]
+    worse = compare_summaries(summarize(shifted), reference)
+    assert worse["outside"] == 8 and not worse["passed"] and worse["p_value"] < 1e-6
+
+
+def test_every_run_and_the_summary_record_the_environment(tmp_path) -> None:
+    suite = Suite(name="stub", base={"data": {"path": "synthetic"}}, fusions=["concat"], adaptations=["head"], seeds=1,
+                  pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[2])  # fmt: skip
+
+    def stub(config, adaptations):
+        report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.9, "config_hash": "h", "stage_seconds": {"all": 1.0},
+                  "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5, "transfer_gain": 0.1, "forgetting": 0.0,
+                                     "adapt_samples": 8, "source_after": 0.9, "test_samples": 50}}}  # fmt: skip
+        return {s: report for s in adaptations}
+
+    rows = run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    env = record["environment"]
+    assert {"torch", "transformers", "datasets"} <= set(env["packages"]) and env["threads"] >= 1
+    assert env["cpu"] and "algorithms" in env["deterministic"] and "code" in env
+    from multimodal.core.provenance import environment
+
+    write_results(rows, summarize(rows), tmp_path, record={"environment": environment()})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["environment"]["packages"]["torch"] and summary["summary"][0]["n"] == 50

@@ -308,3 +308,27 @@ def test_domains_as_separate_datasets(tmp_path) -> None:
     assert sorted(set(dsd["train"]["domain"])) == ["books", "music"]
     music = mm.select_domains(dsd["test"], "music")
     assert all(x >= 100 for x in music["x"])
+
+
+def test_local_folders_of_one_name_never_share_cached_rows(tmp_path) -> None:
+    """datasets keys a carded folder's cache by its name; ours adds its path and files."""
+    import datasets as hf
+
+    from multimodal.data.loading import export_dataset
+
+    def write(folder, n: int) -> None:
+        rows = {"text": [f"row {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
+        export_dataset(hf.DatasetDict({"train": hf.Dataset.from_dict(rows)}), folder)
+
+    write(tmp_path / "a" / "same-name", 6)
+    write(tmp_path / "b" / "same-name", 10)
+    spec = {
+        "columns": {"text": "text"},
+        "domain": None,
+        "validation_fraction": 0.0,
+        "test_fraction": 0.0,
+    }
+    assert len(mm.load_dataset({**spec, "path": str(tmp_path / "a" / "same-name")})["train"]) == 6
+    assert len(mm.load_dataset({**spec, "path": str(tmp_path / "b" / "same-name")})["train"]) == 10
+    write(tmp_path / "a" / "same-name", 8)  # rewritten in place
+    assert len(mm.load_dataset({**spec, "path": str(tmp_path / "a" / "same-name")})["train"]) == 8
