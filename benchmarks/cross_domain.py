@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--suite",
-        default="synthetic-quick",
-        help="a suite name in benchmarks/suites or a YAML path",
+        help="a suite name in benchmarks/suites or a YAML path (default: synthetic-quick, or "
+        "with --compare-to the reference's)",
     )
     parser.add_argument(
         "--fusion",
@@ -102,9 +102,7 @@ def _reference_args(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--compare-to {args.compare_to}: no summary.json there")
     reference = json.loads(path.read_text())
     settings = reference.get("settings") or {}
-    args.suite = (
-        settings.get("suite", args.suite) if args.suite == "synthetic-quick" else args.suite
-    )
+    args.suite = args.suite or settings.get("suite")
     args.fusion = args.fusion or ",".join(settings.get("fusions", [])) or None
     recorded = settings.get("adaptations", settings.get("strategies", []))
     args.adaptation = args.adaptation or ",".join(recorded) or None
@@ -163,7 +161,7 @@ def main() -> None:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    suite = load_suite(_suite_path(args.suite))
+    suite = load_suite(_suite_path(args.suite or "synthetic-quick"))
     suite.unimodal = suite.unimodal and not args.no_unimodal
     _prepare_data(suite)
     out = args.out or Path("runs") / "benchmarks" / suite.name
