@@ -667,9 +667,14 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
 
 
 def _row_key(entry: Mapping[str, Any]) -> tuple:
+    """A summary row's identity, in key order (summary.json is written with sorted keys)."""
     stats = {"seeds", "n", "best_unimodal", "gain_vs_unimodal", *METRICS}
     return tuple(
-        (k, str(v)) for k, v in entry.items() if k not in stats and not k.startswith("adapted_vs_")
+        sorted(
+            (k, str(v))
+            for k, v in entry.items()
+            if k not in stats and not k.startswith("adapted_vs_")
+        )
     )
 
 
