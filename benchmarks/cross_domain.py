@@ -134,8 +134,9 @@ def _compare(summary: list, reference: dict, out: Path) -> bool:
     result = compare_summaries(summary, reference["summary"])
     result["reference_environment"] = reference.get("environment")
     write_json_atomic(out / "compare.json", result)
-    (out / "compare.md").write_text(comparison_table(result) + "\n")
-    print("\n" + comparison_table(result))
+    table = comparison_table(result)
+    (out / "compare.md").write_text(table + "\n")
+    print("\n" + table)
     return result["passed"]
 
 
