@@ -54,9 +54,12 @@ def local_cache_dir(folder: Path) -> Path:
 
     folder = folder.resolve()
     digest = hashlib.sha256(str(folder).encode())
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if ".cache" in relative.parts:  # huggingface_hub's download metadata, not data
+            continue
         stat = path.stat()
-        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return Path(datasets.config.HF_DATASETS_CACHE) / "transferfuse-local" / digest.hexdigest()[:16]
 
 
