@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gzip
 import io
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,18 +114,21 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def font_files() -> dict[str, Path]:
+@functools.cache
+def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
+    """A bundled matplotlib font, read once per name and size."""
     import matplotlib
 
-    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    return {name: folder / f"{name}.ttf" for name in FONTS}
+    return ImageFont.truetype(
+        str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / f"{name}.ttf"), size
+    )
 
 
 def typeset(digit: int, rng: np.random.Generator) -> tuple[bytes, str]:
     """The digit in a random bundled font, white on black at 28 x 28 like MNIST, with the
     size, position and slant a scanned print would vary in."""
     name = FONTS[int(rng.integers(len(FONTS)))]
-    font = ImageFont.truetype(str(font_files()[name]), int(rng.integers(18, 25)))
+    font = _font(name, int(rng.integers(18, 25)))
     canvas = Image.new("L", (56, 56), 0)
     draw = ImageDraw.Draw(canvas)
     left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
@@ -228,18 +233,11 @@ def _write_card(folder: Path, dsd) -> None:
     """Keep the hub card's YAML header; replace its prose with this suite's description."""
     readme = folder / "README.md"
     header = readme.read_text().split("\n---\n")[0] + "\n---\n"
-    counts = [[s, d, n] for s in dsd for d, n in sorted(_count(dsd[s]["domain"]).items())]
+    counts = [[s, d, n] for s in dsd for d, n in sorted(Counter(dsd[s]["domain"]).items())]
     with io.StringIO() as buf:
         csv.writer(buf).writerows([["split", "domain", "rows"], *counts])
         table = buf.getvalue()
     readme.write_text(f"{header}\n# real-digits\n\n{__doc__}\nRows:\n\n```\n{table}```\n")
-
-
-def _count(values: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from ..core.config import config_hash
-from ..core.provenance import environment, git_state, importlib_available
+from ..core.provenance import environment, importlib_available
 from .config import TrainConfig
 
 
@@ -46,7 +46,6 @@ class RunRecorder:
                 "device": str(accelerator.device),
                 "processes": accelerator.num_processes,
                 "train_config_hash": config_hash(config),
-                "code": git_state(Path(__file__).resolve().parent),
             }
             (self.run_dir / "environment.json").write_text(
                 json.dumps(record, indent=2, default=str)
