@@ -4,6 +4,8 @@ and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plot
     python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe|all]
         [--adaptation head,full] [--uda dann,coral] [--seeds N] [--out DIR]
         [--robustness] [--modality-dropout 0,0.3] [--no-unimodal] [--compare-to DIR]
+        [--workers N] [--ray-address auto|ray://HOST:PORT] [--cpus-per-run C] [--gpus-per-run G]
+        [--trackers tensorboard,mlflow]
 
 With no arguments: the synthetic-quick suite and its default fusions, written to
 runs/benchmarks/synthetic-quick. Runs already in --out are skipped, so an interrupted
@@ -14,6 +16,13 @@ benchmark resumes and a finished one only rewrites the summary. Each modality al
 its summary.json recorded them) into --out, or reads that rerun if --out holds it, and says
 per row whether the new mean lies inside the reference's 95% CI; it exits with status 1
 when more rows fall outside than chance allows.
+
+--workers N runs N units at a time as Ray tasks on a local Ray instance (nothing to start
+first); --ray-address runs them on an existing Ray cluster instead, whose nodes have this
+package installed. Each unit's result does not depend on where it ran; a unit whose worker
+dies is run again (--max-retries). Without either flag units run one after another here
+and Ray is not imported. --trackers logs one tracker run per unit (MLflow reads
+MLFLOW_TRACKING_URI; TensorBoard writes to OUT/logs).
 
 --robustness also evaluates every source and adapted model with each modality missing at
 test time (robustness.csv/json/md); --modality-dropout crosses the runs with training-time
@@ -90,7 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated training modality dropout rates to cross, e.g. 0,0.3",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    scale = parser.add_argument_group("scale-out (Ray) and tracking")
+    scale.add_argument(
+        "--workers",
+        type=int,
+        help="units run at a time on Ray (default: one after another, no Ray)",
+    )
+    scale.add_argument("--ray-address", help="an existing Ray cluster: auto, or ray://HOST:PORT")
+    scale.add_argument(
+        "--cpus-per-run", type=float, default=1.0, help="CPUs each unit holds on Ray (default: 1)"
+    )
+    scale.add_argument(
+        "--gpus-per-run", type=float, default=0.0, help="GPUs each unit holds on Ray (default: 0)"
+    )
+    scale.add_argument("--max-retries", type=int, default=3,
+                       help="times a unit is rerun when its Ray worker dies (default: 3)")  # fmt: skip
+    scale.add_argument(
+        "--trackers",
+        help="comma-separated accelerate trackers, one run per unit: tensorboard,mlflow,wandb",
+    )
     return parser
+
+
+def _executor(args: argparse.Namespace):
+    """A Ray executor when --workers or --ray-address asks for one, else None (in-process)."""
+    if args.workers is None and args.ray_address is None:
+        return None
+    from multimodal.experiments.distributed import RayExecutor
+
+    return RayExecutor(workers=args.workers, address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                       gpus_per_run=args.gpus_per_run, max_retries=args.max_retries)  # fmt: skip
 
 
 def _reference_args(args: argparse.Namespace) -> dict:
@@ -187,9 +225,9 @@ def main() -> None:
         robustness = []
     seeds = args.seeds or suite.seeds
     start = time.perf_counter()
-    rows = run_benchmark(
-        suite, out, fusions, adaptations, seeds, progress=not args.quiet, robustness=robustness
-    )
+    trackers = args.trackers.split(",") if args.trackers else ()
+    rows = run_benchmark(suite, out, fusions, adaptations, seeds, progress=not args.quiet,
+                         robustness=robustness, executor=_executor(args), trackers=trackers)  # fmt: skip
     summary = summarize(rows)
     command = " ".join(["python", "benchmarks/cross_domain.py", *sys.argv[1:]])
     header = f"# {suite.name}\n\n{suite.description.strip()}\n\nCommand: `{command}`. Metric: {rows[0]['metric']}."

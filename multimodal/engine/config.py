@@ -63,7 +63,11 @@ class TrainConfig:
     # row stop the run with an error naming the step and the last good checkpoint.
     max_nonfinite_steps: int = 10
     log_every: int = 10
-    tensorboard: bool = True
+    tensorboard: bool = True  # the default tracker when trackers is unset
+    # accelerate trackers: tensorboard, mlflow, wandb, ...; unset: tensorboard if installed.
+    trackers: list[str] | None = None
+    tracker_project: str = "transferfuse"  # MLflow experiment, W&B project, TensorBoard folder
+    tracker_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per tracker
     progress: bool = True
 
     @classmethod

@@ -12,13 +12,17 @@ from accelerate import Accelerator
 from ..core.config import config_hash
 from ..core.provenance import environment, importlib_available
 from .config import TrainConfig
+from .trackers import Trackers
 
 
-def tracker_for(cfg: TrainConfig) -> str | None:
-    """The accelerate tracker a run logs to: TensorBoard when asked for and installed."""
+def trackers_for(cfg: TrainConfig) -> list[str]:
+    """The trackers a run logs to: ``train.trackers``, or by default TensorBoard when the
+    run has a folder, ``train.tensorboard`` is on and it is installed."""
+    if cfg.trackers is not None:
+        return list(cfg.trackers)
     if cfg.output_dir and cfg.tensorboard and importlib_available("tensorboard"):
-        return "tensorboard"
-    return None
+        return ["tensorboard"]
+    return []
 
 
 class RunRecorder:
@@ -30,7 +34,12 @@ class RunRecorder:
     def __init__(self, accelerator: Accelerator, cfg: TrainConfig) -> None:
         self.accelerator, self.cfg = accelerator, cfg
         self.run_dir = Path(cfg.output_dir) if cfg.output_dir else None
-        self.tracker = tracker_for(cfg)
+        names = trackers_for(cfg)
+        run = self.run_dir.name if self.run_dir is not None else "run"
+        logs = self.run_dir / "logs" if self.run_dir is not None else None
+        self.trackers = (
+            Trackers(names, cfg.tracker_project, run, logs, cfg.tracker_kwargs) if names else None
+        )
         self._file: Any = None
 
     def start(self, counts: dict[str, int], resumed_at: int) -> None:
@@ -55,13 +64,8 @@ class RunRecorder:
                 self._write({"step": 0, "strategy": cfg.strategy,
                              "trainable_parameters": counts["trainable"],
                              "total_parameters": counts["total"]})  # fmt: skip
-        if self.tracker is not None:
-            scalars = {
-                k: v
-                for k, v in dataclasses.asdict(cfg).items()
-                if isinstance(v, (int, float, str, bool))
-            }
-            accelerator.init_trackers(self.tracker, config=scalars)
+        if self.trackers is not None:
+            self.trackers.start({"train": dataclasses.asdict(cfg)})
 
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -71,16 +75,12 @@ class RunRecorder:
         """One line of ``metrics.jsonl`` and the numbers of ``record`` to the trackers."""
         if self._file is not None:
             self._write(record)
-        if self.tracker is not None:
-            numbers = {
-                k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"
-            }
-            self.accelerator.log(numbers, step=record["step"])
+        if self.trackers is not None:
+            self.trackers.log({k: v for k, v in record.items() if k != "step"}, record["step"])
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None, step: int = 0) -> None:
+        """Close the metrics log; the trackers get ``summary`` as final values at ``step``."""
         if self._file is not None:
             self._file.close()
-        # end_training() would also destroy the process group, which later evaluations and the
-        # transfer stages of the same launch still need: finish the trackers only.
-        for tracker in self.accelerator.trackers:
-            tracker.finish()
+        if self.trackers is not None:
+            self.trackers.finish(summary, step)

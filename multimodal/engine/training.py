@@ -8,6 +8,7 @@ and ``recorder`` (the run's files and trackers).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ from .evaluate import eval_metrics
 from .loaders import Loaders, build_loaders, use_feature_cache
 from .objective import Objective
 from .optim import build_optimizer
-from .recorder import RunRecorder, tracker_for
+from .recorder import RunRecorder
 from .state import TrainState
 from .step import StepOutcome, TrainStep
 from .tracking import BestTracker
@@ -111,7 +112,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     _allow_precision(cfg.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-        log_with=tracker_for(cfg), project_dir=str(run_dir) if run_dir else None,
+        project_dir=str(run_dir) if run_dir else None,
     )  # fmt: skip
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
@@ -282,10 +283,9 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
         merge_lora(run.unwrapped)
     if run.accelerator.is_main_process and run.run_dir is not None:
         run.unwrapped.save_pretrained(run.run_dir / "best_model")
-    run.recorder.close()
     run.unwrapped.eval()
     per_s = lambda n: n / clock.seconds if clock.seconds > 0 else 0.0  # noqa: E731
-    return FitResult(
+    result = FitResult(
         best_metric=state.best, best_step=state.best_step, metric=run.best.metric, steps=state.step,
         history=state.history, trainable_parameters=run.counts["trainable"],
         total_parameters=run.counts["total"], wall_time_s=wall_time,
@@ -293,6 +293,11 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
         epoch_seconds=clock.epoch_seconds, used_feature_cache=run.loaders.use_cache,
         run_dir=str(run.run_dir) if run.run_dir else None, skipped_steps=state.skipped_steps,
     )  # fmt: skip
+    summary = {
+        k: v for k, v in dataclasses.asdict(result).items() if k not in ("history", "epoch_seconds")
+    }
+    run.recorder.close(summary, state.step)
+    return result
 
 
 def _train_mode(run: _Run) -> None:
