@@ -19,8 +19,9 @@ when more rows fall outside than chance allows.
 
 --workers N runs N units at a time as Ray tasks on a local Ray instance (nothing to start
 first); --ray-address runs them on an existing Ray cluster instead, whose nodes have this
-package installed. Each unit's result does not depend on where it ran; a unit whose worker
-dies is run again (--max-retries). Without either flag units run one after another here
+package installed. A unit computes the same numbers wherever it runs, given the same torch
+thread count (--threads-per-run; by default this process's); a unit whose worker dies is
+run again (--max-retries). Without either flag units run one after another here
 and Ray is not imported. --trackers logs one tracker run per unit (MLflow reads
 MLFLOW_TRACKING_URI; TensorBoard writes to OUT/logs).
 
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument(
         "--gpus-per-run", type=float, default=0.0, help="GPUs each unit holds on Ray (default: 0)"
     )
+    scale.add_argument("--threads-per-run", type=int,
+                       help="torch threads per unit on Ray (default: this process's count, so each unit computes "
+                       "what a sequential run here computes)")  # fmt: skip
     scale.add_argument("--max-retries", type=int, default=3,
                        help="times a unit is rerun when its Ray worker dies (default: 3)")  # fmt: skip
     scale.add_argument(
@@ -128,7 +132,8 @@ def _executor(args: argparse.Namespace):
     from multimodal.experiments.distributed import RayExecutor
 
     return RayExecutor(workers=args.workers, address=args.ray_address, cpus_per_run=args.cpus_per_run,
-                       gpus_per_run=args.gpus_per_run, max_retries=args.max_retries)  # fmt: skip
+                       gpus_per_run=args.gpus_per_run, max_retries=args.max_retries,
+                       threads_per_run=args.threads_per_run)  # fmt: skip
 
 
 def _reference_args(args: argparse.Namespace) -> dict:

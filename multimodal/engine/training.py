@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,20 @@ from .step import StepOutcome, TrainStep
 from .tracking import BestTracker
 
 logger = logging.getLogger(__name__)
+# Called with each evaluation's metrics and the state; True stops training.
+EvalCallback = Callable[[dict[str, float], TrainState], bool]
 
 
 def fit(
-    model: Any, data: FitData, config: TrainConfig | Mapping[str, Any] | None = None
+    model: Any,
+    data: FitData,
+    config: TrainConfig | Mapping[str, Any] | None = None,
+    on_evaluate: Sequence[EvalCallback] = (),
 ) -> FitResult:
     """Train ``model`` on ``data.train``, validating on ``data.validation``; restores the best weights.
+
+    Each of ``on_evaluate`` gets every evaluation's metrics and the training state; one
+    that returns True stops training there (a pruned hyperparameter trial, say).
 
     With ``output_dir`` the run folder holds ``config.json``, ``environment.json``,
     ``metrics.jsonl``, ``checkpoints/step_N`` (accelerate ``save_state``), ``best_state.safetensors``
@@ -53,6 +61,7 @@ def fit(
     cfg = TrainConfig.from_dict(config)
     start = time.perf_counter()
     run = _prepare(model, data, cfg)
+    run.on_evaluate = list(on_evaluate)
     state = _restore(run)
     run.train_step = _train_step(run, state)
     run.recorder.start(run.counts, state.step)
@@ -93,6 +102,7 @@ class _Run:
     run_dir: Path | None
     recorder: RunRecorder
     best: BestTracker
+    on_evaluate: list[EvalCallback] = field(default_factory=list)
     train_step: TrainStep | None = None
 
 
@@ -268,6 +278,8 @@ def _evaluate(run: _Run, state: TrainState) -> None:
     run.recorder.log(record)
     was_stopped = state.stopped
     run.best.update(metrics, state, run.unwrapped)
+    if any([callback(metrics, state) for callback in run.on_evaluate]):
+        state.stopped = True
     if state.stopped and not was_stopped:
         run.accelerator.print(f"early stopping at step {state.step}: no {run.best.metric} gain "
                               f"in {run.cfg.patience} evaluations")  # fmt: skip

@@ -41,7 +41,8 @@ class SequentialExecutor:
 def _in_driver_folder(fn: UnitFn, cwd: str, threads: int, config: dict[str, Any],
                       arms: list[str]) -> dict[str, Any]:  # fmt: skip
     """Run ``fn`` from the driver's working folder (relative data paths in a suite) with
-    ``threads`` intra-op threads, as the worker's CPU share allows."""
+    ``threads`` intra-op threads: the order of float sums follows the thread count, so a
+    unit computes the same numbers as in the driver only with the driver's count."""
     import torch
 
     if os.path.isdir(cwd):
@@ -57,6 +58,11 @@ class RayExecutor:
     the workers; ``"auto"`` or ``"ray://HOST:PORT"`` joins an existing cluster, whose nodes
     need this package installed. A task whose worker process dies is run again, up to
     ``max_retries`` times (Ray's own retry); results arrive in completion order.
+
+    ``threads_per_run`` (default: this process's torch thread count) sets each unit's
+    intra-op threads. The default makes a unit's numbers those of a sequential run on this
+    machine, even when that oversubscribes the CPUs; ``cpus_per_run`` threads avoid that
+    and give numbers that match a sequential run with as many threads.
     """
 
     workers: int | None = None
@@ -64,6 +70,7 @@ class RayExecutor:
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
     max_retries: int = 3
+    threads_per_run: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -83,15 +90,21 @@ class RayExecutor:
                          include_dashboard=False, log_to_driver=True)  # fmt: skip
             else:
                 ray.init(address=self.address, log_to_driver=True)
+        import torch
+
+        self.threads_per_run = self.threads_per_run or torch.get_num_threads()
+        # Oversubscribed OpenMP threads that spin while waiting slow every worker down.
+        passive = self.threads_per_run > self.cpus_per_run
         self._ray = ray
         self._remote = ray.remote(_in_driver_folder).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=self.max_retries,
             retry_exceptions=False,
+            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}} if passive else None,
         )  # fmt: skip
 
     def map(self, fn: UnitFn, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
         ray, cwd = self._ray, os.getcwd()
-        threads = max(1, int(self.cpus_per_run))
+        threads = self.threads_per_run
         limit = self.workers or len(jobs)
         pending: dict[Any, int] = {}
         queue = list(enumerate(jobs))

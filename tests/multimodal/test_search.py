@@ -1,20 +1,49 @@
 from __future__ import annotations
 
-from multimodal.experiments.search import successive_halving
+import pytest
+
+from multimodal.experiments.search import fusion_parameters, fusion_search
 from tests.multimodal.tiny_run import tiny_run
 
+optuna = pytest.importorskip("optuna", reason="the distributed extra is not installed")
 
-def test_successive_halving_keeps_halving_and_grows_the_budget() -> None:
-    config = tiny_run(train={"epochs": 1, "batch_size": 16, "lr": 0.01, "progress": False})
-    result = successive_halving(
-        config, ["concat", "gated", "late"], min_epochs=1, eta=2, evaluate_target=True
-    )
-    assert [r["epochs"] for r in result.rungs] == [1, 2]
-    assert [len(r["scores"]) for r in result.rungs] == [3, 2]
-    assert (
-        result.rungs[0]["kept"]
-        == sorted(result.rungs[0]["scores"], key=result.rungs[0]["scores"].get, reverse=True)[:2]
-    )
-    assert result.chosen in result.rungs[1]["kept"] and len(result.rungs[1]["kept"]) == 1
-    assert result.target["config"]["fusion"]["name"] == result.chosen
+
+def test_fusion_search_samples_each_fusions_own_space_prunes_and_transfers_the_best(
+    tmp_path,
+) -> None:
+    config = tiny_run(train={"epochs": 3, "batch_size": 16, "lr": 0.01, "progress": False})
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    space = {
+        "dim": {"choices": [8, 16]},
+        "num_experts": {"choices": [2, 3]},
+        "dropout": {"low": 0.0, "high": 0.2},
+    }
+    result = fusion_search(config, ["concat", "moe", "late"], trials=6, space=space, storage=storage,
+                           study_name="tiny", min_epochs=1, eta=2)  # fmt: skip
+    assert len(result.trials) == 6
+    for t in result.trials:
+        names = {k.split(".")[1] for k in t["params"]}
+        assert names == (
+            {"dim", "num_experts", "dropout"} if t["fusion"] == "moe" else {"dim", "dropout"}
+        )
+        assert all(k.startswith(f"{t['fusion']}.") for k in t["params"])
+    finished = [t for t in result.trials if t["state"] == "COMPLETE"]
+    best = max(finished, key=lambda t: t["value"])
+    assert (result.chosen, result.value) == (best["fusion"], best["value"])
+    assert all(t["epochs"] < 3 for t in result.trials if t["state"] == "PRUNED")
+    assert result.target["config"]["fusion"] == {
+        **config["fusion"],
+        "name": result.chosen,
+        **result.params,
+    }
     assert set(result.target["targets"]) == {"d1"}
+    # The study lives in the RDB: a second process (here: call) joins it and adds trials.
+    again = fusion_search(config, ["concat", "moe", "late"], trials=2, space=space, storage=storage,
+                          study_name="tiny", evaluate_target=False)  # fmt: skip
+    assert len(again.trials) == 8 and again.target == {}
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 8
+
+
+def test_fusion_parameters_come_from_the_constructor() -> None:
+    assert {"num_experts", "top_k", "dim", "dropout"} <= fusion_parameters("moe")
+    assert "num_experts" not in fusion_parameters("concat")
