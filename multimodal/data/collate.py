@@ -15,8 +15,31 @@ import torch
 
 from .loading import raw_media
 from .spec import DatasetSpec
+from .streaming import is_streaming, rows_with_index
 
 logger = logging.getLogger(__name__)
+
+
+def modality_mapper(spec: DatasetSpec, has_label: bool) -> Any:
+    """A batched function from dataset columns to {modality: raw values, "label", "domain"}."""
+    columns = spec.column_of()
+    label = spec.label
+
+    def to_modalities(batch: dict[str, list]) -> dict[str, list]:
+        n = len(next(iter(batch.values())))
+        out: dict[str, list] = {}
+        for m, cols in columns.items():
+            if len(cols) == 1 and m != "tabular":
+                out[m] = batch[cols[0]]
+            else:  # several columns: one mapping per row, None when every value is None
+                rows = [{c: batch[c][i] for c in cols} for i in range(n)]
+                out[m] = [r if any(v is not None for v in r.values()) else None for r in rows]
+        if has_label:
+            out["label"] = batch[label]
+        out["domain"] = batch["domain"]
+        return out
+
+    return to_modalities
 
 
 class RowView(torch.utils.data.Dataset):
@@ -27,24 +50,8 @@ class RowView(torch.utils.data.Dataset):
 
     def __init__(self, ds: datasets.Dataset, spec: DatasetSpec, split: str) -> None:
         self.split = split
-        columns = spec.column_of()
-        label, has_label = spec.label, spec.label in ds.column_names
-
-        def to_modalities(batch: dict[str, list]) -> dict[str, list]:
-            n = len(next(iter(batch.values())))
-            out: dict[str, list] = {}
-            for m, cols in columns.items():
-                if len(cols) == 1 and m != "tabular":
-                    out[m] = batch[cols[0]]
-                else:  # several columns: one mapping per row, None when every value is None
-                    rows = [{c: batch[c][i] for c in cols} for i in range(n)]
-                    out[m] = [r if any(v is not None for v in r.values()) else None for r in rows]
-            if has_label:
-                out["label"] = batch[label]
-            out["domain"] = batch["domain"]
-            return out
-
-        self.ds = raw_media(ds).with_transform(to_modalities)
+        mapper = modality_mapper(spec, spec.label in ds.column_names)
+        self.ds = raw_media(ds).with_transform(mapper)
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -218,8 +225,15 @@ def make_loader(
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``ds`` that decodes and processes lazily, in the workers.
 
-    Its order comes from an ``EpochSampler`` (``loader.sampler.set_epoch(e)``).
+    Its order comes from an ``EpochSampler`` (``loader.sampler.set_epoch(e)``). A streamed
+    ``ds`` is read shard by shard instead: the workers split its shards between them, and a
+    shuffle draws from a buffer of ``spec.shuffle_buffer`` rows, reseeded per epoch
+    (``set_epoch``).
     """
+    if is_streaming(ds):
+        return _stream_loader(
+            ds, model, spec, split, batch_size, shuffle, num_workers, seed, collator_kwargs
+        )
     view = RowView(ds, spec, split)
     # A private generator: creating an iterator must not consume the global RNG.
     generator = torch.Generator().manual_seed(seed)
@@ -232,3 +246,19 @@ def make_loader(
         generator=generator,
         persistent_workers=num_workers > 0,
     )
+
+
+def _stream_loader(ds: datasets.IterableDataset, model: Any, spec: DatasetSpec, split: str, batch_size: int,
+                   shuffle: bool, num_workers: int, seed: int, collator_kwargs: Mapping[str, Any]) -> Any:  # fmt: skip
+    ds = raw_media(ds)
+    if shuffle:
+        ds = ds.shuffle(seed=seed, buffer_size=spec.shuffle_buffer)
+    has_label = spec.label in (ds.column_names or [spec.label])
+    rows = rows_with_index(ds, modality_mapper(spec, has_label), ds.column_names)
+    if num_workers > rows.num_shards:
+        logger.warning("%s: %d DataLoader workers for %d shards; %d of them stay idle",
+                       split, num_workers, rows.num_shards, num_workers - rows.num_shards)  # fmt: skip
+    return torch.utils.data.DataLoader(
+        rows, batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0,
+        collate_fn=MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs),
+    )  # fmt: skip

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from .spec import DatasetSpec
+from .streaming import filter_domains, hash_splits, is_streaming, with_column
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +96,19 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
                 where.get("data_files", spec.data_files),
             )
             if "split" in where:
-                one = datasets.DatasetDict({"train": one[where["split"]]})
+                one = type(one)({"train": one[where["split"]]})
             parts[domain] = _rename_splits(one, spec.split)
         dsd = _concat_domains(parts)
     else:
         dsd = _rename_splits(_load_one(spec, spec.path, spec.name, spec.data_files), spec.split)
         if spec.domain is None:
-            dsd = datasets.DatasetDict(
-                {k: v.add_column("domain", ["default"] * len(v)) for k, v in dsd.items()}
-            )
+            dsd = type(dsd)({k: _add_domain(v, "default") for k, v in dsd.items()})
         elif spec.domain != "domain":
             _check_columns(dsd, [spec.domain], "domain")
-            dsd = datasets.DatasetDict(
-                {k: v.rename_column(spec.domain, "domain") for k, v in dsd.items()}
-            )
-    if spec.keep_domains:
+            dsd = type(dsd)({k: v.rename_column(spec.domain, "domain") for k, v in dsd.items()})
+    if spec.keep_domains and spec.streaming:  # unknown names only show as an empty stream
+        dsd = type(dsd)({k: filter_domains(v, spec.keep_domains) for k, v in dsd.items()})
+    elif spec.keep_domains:
         known = set(dsd["train"]["domain"])
         unknown = sorted(set(spec.keep_domains) - known)
         if unknown:
@@ -119,7 +118,9 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
         dsd = datasets.DatasetDict(
             {k: select_domains(v, spec.keep_domains) for k, v in dsd.items()}
         )
-    if not spec.streaming:
+    if spec.streaming:
+        dsd = stream_splits(dsd, spec)
+    else:
         dsd = make_splits(dsd, spec.seed, spec.validation_fraction, spec.test_fraction)
     wanted = [c for cols in spec.column_of().values() for c in cols] + [spec.label, "domain"]
     _check_columns(dsd, wanted, "spec")
@@ -128,8 +129,32 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
     return dsd
 
 
+def _add_domain(ds: Any, name: str) -> Any:
+    if is_streaming(ds):
+        return with_column(ds, "domain", name, datasets.Value("string"))
+    return ds.add_column("domain", [name] * len(ds))
+
+
+def stream_splits(
+    dsd: datasets.IterableDatasetDict, spec: DatasetSpec
+) -> datasets.IterableDatasetDict:
+    """A stream's own train/validation/test, or, when it lacks validation or test, all
+    three carved from train by a seeded hash of each row (``spec.row_key``, else the whole
+    row): the same row always lands in the same split, with no pass over the data."""
+    if "validation" in dsd and "test" in dsd:
+        return datasets.IterableDatasetDict({s: dsd[s] for s in SPLITS})
+    validation = 0.0 if "validation" in dsd else spec.validation_fraction  # only what is missing
+    test = 0.0 if "test" in dsd else spec.test_fraction
+    carved = hash_splits(dsd["train"], spec.seed, validation, test, spec.row_key)
+    return datasets.IterableDatasetDict(
+        {s: dsd[s] if s in dsd and s != "train" else carved[s] for s in SPLITS}
+    )
+
+
 def _encode_labels(dsd: datasets.DatasetDict, spec: DatasetSpec) -> datasets.DatasetDict:
     """Map string labels to class ids in ``label_names`` order; others raise or are dropped."""
+    if spec.streaming:
+        return _encode_stream_labels(dsd, spec)
     names = list(spec.label_names or [])
     known = set(names)
     out = {}
@@ -154,6 +179,32 @@ def _encode_labels(dsd: datasets.DatasetDict, spec: DatasetSpec) -> datasets.Dat
     return datasets.DatasetDict(out)
 
 
+def _encode_stream_labels(
+    dsd: datasets.IterableDatasetDict, spec: DatasetSpec
+) -> datasets.IterableDatasetDict:
+    """``_encode_labels`` row by row as a stream is read."""
+    names = list(spec.label_names or [])
+    ids = {n: i for i, n in enumerate(names)}
+    features = None
+    out = {}
+    for split, ds in dsd.items():
+        if spec.other_labels == "drop":
+            ds = ds.filter(lambda row: row[spec.label] in ids)
+
+        def encode(row: dict[str, Any], index: int, split: str = split) -> dict[str, Any]:
+            if row[spec.label] not in ids:
+                raise ValueError(f"split {split!r}, row {index} of the stream, column {spec.label!r}: label "
+                                 f"{row[spec.label]!r} is not one of {names} (set other_labels: drop to skip such rows)")  # fmt: skip
+            return {spec.label: ids[row[spec.label]]}
+
+        if ds.features:
+            features = datasets.Features(
+                {**ds.features, spec.label: datasets.ClassLabel(names=names)}
+            )
+        out[split] = ds.map(encode, with_indices=True, features=features)
+    return datasets.IterableDatasetDict(out)
+
+
 def _check_columns(dsd: datasets.DatasetDict, wanted: Sequence[str], what: str) -> None:
     for split, ds in dsd.items():
         have = list(ds.column_names or ds.features or [])
@@ -175,20 +226,16 @@ def _rename_splits(dsd: datasets.DatasetDict, mapping: Mapping[str, str]) -> dat
         raise ValueError(
             f"no train split: the data has {list(dsd)}; map one with split: {{train: NAME}}"
         )
-    return datasets.DatasetDict(out)
+    return type(dsd)(out)
 
 
 def _concat_domains(parts: Mapping[str, datasets.DatasetDict]) -> datasets.DatasetDict:
     out = {}
     for split in SPLITS:
-        pieces = [
-            ds[split].add_column("domain", [d] * len(ds[split]))
-            for d, ds in parts.items()
-            if split in ds
-        ]
+        pieces = [_add_domain(ds[split], d) for d, ds in parts.items() if split in ds]
         if pieces:
             out[split] = datasets.concatenate_datasets(pieces)
-    return datasets.DatasetDict(out)
+    return type(next(iter(parts.values())))(out)
 
 
 def make_splits(
@@ -221,8 +268,10 @@ def make_splits(
 
 
 def select_domains(ds: datasets.Dataset, domains: str | Sequence[str]) -> datasets.Dataset:
-    """The rows of ``ds`` whose domain is in ``domains``."""
+    """The rows of ``ds`` whose domain is in ``domains`` (a lazy filter for a stream)."""
     wanted = {domains} if isinstance(domains, str) else set(domains)
+    if is_streaming(ds):
+        return filter_domains(ds, wanted)
     have = set(ds.unique("domain"))
     if unknown := sorted(wanted - have):
         raise ValueError(f"unknown domains {unknown}; the data has {sorted(have)}")
@@ -242,7 +291,12 @@ def k_shot_indices(labels: Sequence[int], k: int, seed: int) -> list[int]:
 
 
 def k_shot(ds: datasets.Dataset, k: int, seed: int, label: str = "label") -> datasets.Dataset:
-    """A stratified k-shot sample of ``ds`` (see ``k_shot_indices``)."""
+    """A stratified k-shot sample of ``ds`` (see ``k_shot_indices``); of a stream, k rows
+    per class from a bounded reservoir (``streaming.reservoir_k_shot``)."""
+    if is_streaming(ds):
+        from .streaming import reservoir_k_shot
+
+        return reservoir_k_shot(ds, k, seed, label)
     return ds.select(k_shot_indices(ds[label], k, seed))
 
 
@@ -254,7 +308,7 @@ def unlabelled(ds: datasets.Dataset, label: str = "label") -> datasets.Dataset:
 def raw_media(ds: datasets.Dataset) -> datasets.Dataset:
     """Turn off decoding of Image/Audio columns: the encoders' processors decode, per sample,
     in the DataLoader workers, where a bad file can be handled by the error policy."""
-    for col, feature in ds.features.items():
+    for col, feature in (ds.features or {}).items():
         if isinstance(feature, (datasets.Image, datasets.Audio)) and feature.decode:
             ds = ds.cast_column(col, type(feature)(decode=False))
     return ds

@@ -26,6 +26,8 @@ class DatasetSpec:
         split/path/data_files} when domains are separate configs, splits or datasets.
     split: our split name (train/validation/test) -> the dataset's own split name.
     keep_domains: only these domains' rows are loaded (the source domain of a run, say).
+    streaming: read rows lazily (``datasets`` streaming) instead of loading the dataset;
+        see ``multimodal.data.streaming``.
     media_root: the folder that file paths in image and audio columns must lie in (relative
         paths are taken from it); by default the local dataset's folder (or data file's).
     """
@@ -50,6 +52,10 @@ class DatasetSpec:
     test_fraction: float = 0.15
     media_root: str | None = None
     keep_domains: list[str] | None = None  # load only these domains' rows
+    # Streaming: the column that identifies a row (splits are carved by its hash; default:
+    # the whole row) and the rows a training shuffle buffer holds.
+    row_key: str | None = None
+    shuffle_buffer: int = 1000
 
     def media_roots(self) -> list[Path]:
         """Folders a media path in a row may point into; empty for hub and synthetic data."""

@@ -96,7 +96,11 @@ class TrainConfig:
 
 @dataclass
 class FitData:
-    """The splits ``fit`` trains and validates on, with the spec that maps their columns."""
+    """The splits ``fit`` trains and validates on, with the spec that maps their columns.
+
+    Streamed splits (``datasets.IterableDataset``) are read once before training to count
+    the training rows and find the domains, unless ``train_rows`` and ``domains`` say.
+    """
 
     spec: DatasetSpec
     train: datasets.Dataset
@@ -104,6 +108,8 @@ class FitData:
     unlabelled: datasets.Dataset | None = (
         None  # target rows for unsupervised adaptation (labels unused)
     )
+    train_rows: int | None = None
+    domains: list[str] | None = None
 
 
 @dataclass

@@ -7,12 +7,15 @@ from typing import Any
 
 import datasets
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
 
 Forward = Callable[[Any, Any], Any]
+# Each process reads its own batches, a stream included (accelerate would otherwise have
+# the main process read a stream and send every batch to the others).
+LOADER_CONFIG = DataLoaderConfiguration(dispatch_batches=False)
 
 
 def _call(model: Any, batch: Any) -> Any:
@@ -63,7 +66,7 @@ def evaluate(
     ``drop_modalities`` are made absent for every sample (missing-modality evaluation);
     ``corruption`` = (modality, name, severity) corrupts that modality's raw values.
     """
-    accelerator = Accelerator()
+    accelerator = Accelerator(dataloader_config=LOADER_CONFIG)
     unknown = sorted(set(drop_modalities) - set(model.modalities))
     if unknown:
         raise ValueError(f"cannot drop {unknown}: the model's modalities are {model.modalities}")

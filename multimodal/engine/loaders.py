@@ -4,6 +4,7 @@ when every encoder is frozen. This is the one place that decides between them.""
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 
 from ..data.collate import EpochSampler, make_loader
 from ..data.spec import DatasetSpec
+from ..data.streaming import is_streaming, scan
 from ..modeling.model import Batch, Encoded, ModelOutput
 from .cache import CachedCollator, CachedFeatures, compute_features
 from .config import FitData, TrainConfig
@@ -66,6 +68,7 @@ class Loaders:
     evaluation: Any | None
     target: Any | None
     use_cache: bool
+    train_batches: int  # per epoch, before sharding over processes
 
     def forward(self, model: Any, batch: Batch) -> ModelOutput:
         """``model`` on a batch of these loaders; a cached batch hands in its encoder outputs."""
@@ -89,10 +92,7 @@ def build_loaders(
     ``main_process_first`` is accelerate's context manager: the main process writes a disk
     cache before the others read it.
     """
-    domains = sorted(
-        set(data.train["domain"])
-        | (set(data.validation["domain"]) if data.validation is not None else set())
-    )
+    train_rows, domains = _rows_and_domains(data)
     cache_dir = run_dir / "feature_cache" if (use_cache and run_dir) else None
 
     def loader(ds: datasets.Dataset, split: str, train: bool) -> Any:
@@ -118,4 +118,24 @@ def build_loaders(
         if data.spec.label in unlabelled.column_names:
             unlabelled = unlabelled.remove_columns([data.spec.label])  # never seen by the objective
         target = loader(unlabelled, "unlabelled", True)
-    return Loaders(train, evaluation, target, use_cache)
+    return Loaders(train, evaluation, target, use_cache, math.ceil(train_rows / cfg.batch_size))
+
+
+def _rows_and_domains(data: FitData) -> tuple[int, list[str]]:
+    """Training rows and the domains of train and validation; a stream is scanned once
+    for what ``data`` does not say."""
+    if not is_streaming(data.train):
+        domains = set(data.train["domain"])
+        domains |= set(data.validation["domain"]) if data.validation is not None else set()
+        return len(data.train), sorted(domains)
+    rows, domains = data.train_rows, data.domains
+    if rows is None or domains is None:
+        counted, seen = scan(data.train)
+        if data.validation is not None and domains is None:
+            seen = sorted(set(seen) | set(scan(data.validation)[1]))
+        rows, domains = rows if rows is not None else counted, domains or seen
+    if rows == 0:
+        raise ValueError(
+            "the streamed training split has no rows (check the domains and split fractions)"
+        )
+    return rows, list(domains)

@@ -25,11 +25,12 @@ from transformers import get_scheduler
 
 from ..core.config import check_keys
 from ..core.provenance import resident_memory_mb
+from ..data.streaming import is_streaming
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.uda import create_uda_objective
 from .checkpoint import resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
-from .evaluate import eval_metrics
+from .evaluate import LOADER_CONFIG, eval_metrics
 from .loaders import Loaders, build_loaders, use_feature_cache
 from .objective import Objective
 from .optim import build_optimizer
@@ -102,6 +103,7 @@ class _Run:
     run_dir: Path | None
     recorder: RunRecorder
     best: BestTracker
+    streaming: bool = False
     on_evaluate: list[EvalCallback] = field(default_factory=list)
     train_step: TrainStep | None = None
 
@@ -122,7 +124,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     _allow_precision(cfg.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-        project_dir=str(run_dir) if run_dir else None,
+        project_dir=str(run_dir) if run_dir else None, dataloader_config=LOADER_CONFIG,
     )  # fmt: skip
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
@@ -137,7 +139,8 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     frozen = frozen_encoders(model)
     model.to(accelerator.device)
     adversarial = _adversarial_options(cfg.adversarial)
-    use_cache = use_feature_cache(cfg, frozen, len(model.encoders))
+    # A stream is never held whole, and neither are its encoder outputs.
+    use_cache = use_feature_cache(cfg, frozen, len(model.encoders)) and not is_streaming(data.train)
     loaders = build_loaders(model, data, cfg, use_cache, run_dir, accelerator.main_process_first)
     uda = None
     if loaders.target is not None:
@@ -150,7 +153,9 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
             {"params": uda_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
         )
     n = accelerator.num_processes
-    total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(loaders.train) / cfg.grad_accum / n)
+    total_steps = cfg.max_steps or cfg.epochs * math.ceil(
+        loaders.train_batches / cfg.grad_accum / n
+    )
     # accelerate steps a prepared scheduler once per process at every optimizer step.
     scheduler = get_scheduler(
         cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n
@@ -172,7 +177,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         frozen=frozen, counts=counts, loaders=loaders, train_sampler=train_sampler,
         target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, uda=uda,
         adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
-        recorder=RunRecorder(accelerator, cfg),
+        recorder=RunRecorder(accelerator, cfg), streaming=is_streaming(data.train),
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
     )  # fmt: skip
 
@@ -219,6 +224,11 @@ def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
     _train_mode(run)
     tick = epoch_start = time.perf_counter()
     eval_time = 0.0
+    if run.streaming:
+        loader = _lockstep(
+            loader,
+            math.ceil(run.loaders.train_batches / accelerator.num_processes) - state.batch_in_epoch,
+        )
     for batch in loader:
         outcome = run.train_step(batch, state.step / max(run.total_steps, 1))
         state.batch_in_epoch += 1
@@ -329,6 +339,22 @@ def _adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | 
     if not 0.0 <= float(out["weight"]) <= 1.0:
         raise ValueError(f"train.adversarial.weight must be in [0, 1], got {out['weight']}")
     return out
+
+
+def _lockstep(loader: Any, batches: int) -> Any:
+    """Exactly ``batches`` batches of a streamed loader, starting it over if it runs out:
+    processes that read different shards of a stream take the same number of steps, so
+    none waits forever in a gradient all-reduce the others never join."""
+    given = 0
+    while given < batches:
+        before = given
+        for batch in loader:
+            yield batch
+            given += 1
+            if given == batches:
+                return
+        if given == before:
+            raise ValueError("the streamed training split gave this process no rows")
 
 
 def _target_stream(loader: Any, sampler: Any, start_step: int) -> Any:

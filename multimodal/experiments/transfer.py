@@ -19,6 +19,7 @@ from ..core.io import write_json_atomic
 from ..data.collate import RowView
 from ..data.loading import k_shot, load_dataset, select_domains
 from ..data.spec import DatasetSpec
+from ..data.streaming import head, is_streaming, scan
 from ..engine import FitData, evaluate, fit
 from ..modeling.model import MultimodalModel, build_model
 from .config import RunConfig, TransferConfig
@@ -86,13 +87,18 @@ class TransferReport:
 
 
 def _rows(ds: datasets.Dataset, spec: DatasetSpec) -> list[dict[str, Any]]:
-    view = RowView(ds, spec, "train")
+    """The rows the processors are fitted on: all of them, or a stream's first rows."""
+    view = RowView(head(ds) if is_streaming(ds) else ds, spec, "train")
     return [view[i] for i in range(len(view))]
 
 
 def _adapt_sample(
     train: datasets.Dataset, settings: TransferConfig, seed: int, label: str
 ) -> datasets.Dataset:
+    if settings.target_fraction and is_streaming(train):
+        raise ValueError(
+            "transfer.target_fraction needs the size of the target split; with streaming use k_shot"
+        )
     if settings.target_fraction:
         n = max(1, int(round(float(settings.target_fraction) * len(train))))
         return train.shuffle(seed=seed).select(range(n))
@@ -128,7 +134,14 @@ def transfer_adaptations(
 
     tick = time.perf_counter()
     dsd = load_dataset(spec)
-    domains = sorted(set(dsd["train"]["domain"]))
+    if settings.source and settings.target:
+        domains = sorted({*settings.source, *settings.target})
+    else:  # a stream is read once (its domain column) to find them
+        domains = (
+            scan(dsd["train"])[1]
+            if is_streaming(dsd["train"])
+            else sorted(set(dsd["train"]["domain"]))
+        )
     sources = list(settings.source or domains[:1])
     targets = list(settings.target or [d for d in domains if d not in sources])
     if not targets:
@@ -140,7 +153,13 @@ def transfer_adaptations(
     tick = time.perf_counter()
     model = build_model(run.model.to_dict(), _rows(src["train"], spec), seed=seed)
     source_cfg = run.stage(output_dir=str(out / "source") if out else None, seed=seed)
-    metric = fit(model, FitData(spec, src["train"], src["validation"]), source_cfg).metric
+    source_data = FitData(
+        spec,
+        src["train"],
+        src["validation"],
+        domains=sources if is_streaming(src["train"]) else None,
+    )
+    metric = fit(model, source_data, source_cfg).metric
     times["source_train"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -159,6 +178,7 @@ def transfer_adaptations(
                                   seed, batch, metric) for t in targets}  # fmt: skip
     times["scratch"] = time.perf_counter() - tick
 
+    test_sizes = {t: _size(split["test"][t]) for t in targets}
     reports: dict[str, TransferReport] = {}
     for adaptation in adaptations:
         results: dict[str, TargetResult] = {}
@@ -166,7 +186,7 @@ def transfer_adaptations(
         tick = time.perf_counter()
         for t in targets:
             folder = str(out / f"adapt-{adaptation}-{t}") if out else None
-            adapted, adapt_samples = _adapt(model, adaptation, run, FitData(spec, src["train"]),
+            adapted, adapt_samples = _adapt(model, adaptation, run, dataclasses.replace(source_data, validation=None),
                                             split["train"][t], shots[t], folder, seed)  # fmt: skip
             adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
             source_after = evaluate(adapted, src["test"], spec, batch)[metric]
@@ -177,7 +197,7 @@ def transfer_adaptations(
             results[t] = TargetResult(
                 zero_shot=zero_shot[t], adapted=adapted_score, scratch=scratch_scores[t], source_after=source_after,
                 forgetting=source_score - source_after, transfer_gain=adapted_score - scratch_scores[t],
-                adapt_samples=adapt_samples, test_samples=len(split["test"][t]),
+                adapt_samples=adapt_samples, test_samples=test_sizes[t],
             )  # fmt: skip
         stage_times = {**times, "adapt": time.perf_counter() - tick}
         run_config = run.to_dict()
@@ -186,7 +206,7 @@ def transfer_adaptations(
             metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
             stage_seconds=stage_times, k_shot=None if settings.target_fraction else int(settings.k_shot),
             seed=seed, config_hash=config_hash(run_config), config=run_config, robustness=robustness,
-            source_test_samples=len(src["test"]),
+            source_test_samples=_size(src["test"]),
         )  # fmt: skip
         if out is not None:
             name = "report.json" if len(adaptations) == 1 else f"report-{adaptation}.json"
@@ -210,6 +230,10 @@ def _adapt(
     """
     settings = run.transfer
     adapted: MultimodalModel = copy.deepcopy(model)
+    if adaptation in UDA_METHODS + (SOURCE_ONLY,) and is_streaming(source.train):
+        raise ValueError(
+            f"adaptation {adaptation!r} trains on whole splits; with streaming use a k-shot adaptation"
+        )
     if adaptation in UDA_METHODS:
         uda = {**UDA_DEFAULTS, **settings.uda, "uda": adaptation}
         data, used = dataclasses.replace(source, unlabelled=target_train), len(target_train)
@@ -220,6 +244,10 @@ def _adapt(
         data, used = FitData(source.spec, shots), len(shots)
     fit(adapted, data, run.stage(**uda, output_dir=folder, seed=seed))
     return adapted, used
+
+
+def _size(ds: datasets.Dataset) -> int:
+    return scan(ds)[0] if is_streaming(ds) else len(ds)
 
 
 def _scratch(

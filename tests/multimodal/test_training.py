@@ -192,19 +192,15 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, whole_run, kill_at: in
     assert a["best"] == b["best"]
 
 
-def test_two_process_ddp_matches_one_process(tmp_path) -> None:
-    """gloo DDP with 2 x 4 samples a step against 1 x 8 for 8 steps (whole batches only:
-    the last, uneven batch of an epoch is padded with repeated samples under DDP). The
-    same samples form each step and gradients are averaged, so only the order of float
-    sums differs (no dropout, no BatchNorm in this model): after one step parameters agree
-    to about 1e-8. SGD keeps that noise at that size; Adam divides near-zero gradients by
-    their own magnitude and turns it into a 0.3% loss difference after 8 steps, so the
-    comparison uses SGD: accuracy equal to 1e-4, loss to 1e-4 relative."""
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict:
+    """8 SGD steps of 8 samples in one process: the reference for the distributed runs."""
+    out = tmp_path_factory.mktemp("one")
     one = _run(
         [
             sys.executable,
             str(SCRIPT),
-            str(tmp_path / "one"),
+            str(out),
             "--per-process-batch",
             "8",
             "--max-steps",
@@ -213,18 +209,76 @@ def test_two_process_ddp_matches_one_process(tmp_path) -> None:
         ]
     )
     assert one.returncode == 0, one.stderr[-2000:]
+    return json.loads((out / "final.json").read_text())
+
+
+def _matches_one_process(one: dict, folder: Path) -> None:
+    two = json.loads((folder / "final.json").read_text())
+    assert one["steps"] == two["steps"]
+    assert json.loads((folder / "environment.json").read_text())["processes"] == 2
+    assert two["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=1e-4)
+    assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, one_process) -> None:
+    """gloo DDP with 2 x 4 samples a step against 1 x 8 for 8 steps (whole batches only:
+    the last, uneven batch of an epoch is padded with repeated samples under DDP). The
+    same samples form each step and gradients are averaged, so only the order of float
+    sums differs (no dropout, no BatchNorm in this model): after one step parameters agree
+    to about 1e-8. SGD keeps that noise at that size; Adam divides near-zero gradients by
+    their own magnitude and turns it into a 0.3% loss difference after 8 steps, so the
+    comparison uses SGD: accuracy equal to 1e-4, loss to 1e-4 relative."""
     two = _run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(SCRIPT),
          str(tmp_path / "two"), "--per-process-batch", "4", "--max-steps", "8", "--sgd"],
         env={"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    a = json.loads((tmp_path / "one" / "final.json").read_text())
-    b = json.loads((tmp_path / "two" / "final.json").read_text())
-    assert a["steps"] == b["steps"]
-    assert json.loads((tmp_path / "two" / "environment.json").read_text())["processes"] == 2
-    assert b["test"]["accuracy"] == pytest.approx(a["test"]["accuracy"], abs=1e-4)
-    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)
+    _matches_one_process(one_process, tmp_path / "two")
+
+
+def test_two_machine_accelerate_launch_rehearsed_on_one_matches_one_process(
+    tmp_path, one_process
+) -> None:
+    """The README's two-machine recipe, both "machines" here: two ``accelerate launch``
+    commands with --machine_rank 0 and 1 and --main_process_ip 127.0.0.1, one CPU (gloo)
+    process each, the same global batch of 8 as the one-process run. On CPU the recipe
+    takes accelerate's torchrun launcher (--multi_gpu) with ACCELERATE_USE_CPU=true: its
+    --cpu launcher starts more than one process only through MPI."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+              "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", "29544",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+    }
+    machines = [
+        subprocess.Popen([*launch, "--machine_rank", str(rank), str(SCRIPT), str(tmp_path / f"machine{rank}"),
+                          "--per-process-batch", "4", "--max-steps", "8", "--sgd"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    outputs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    _matches_one_process(one_process, tmp_path / "machine0")
+
+
+def test_a_streamed_split_under_ddp_takes_the_same_steps_on_every_process(tmp_path) -> None:
+    """Accelerate gives each process its own shards of a stream, which hold different
+    numbers of rows; every process still takes ceil(batches / processes) steps an epoch
+    (a process that runs out starts its shards over), so none hangs in an all-reduce."""
+    two = _run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537", str(SCRIPT),
+         str(tmp_path / "two"), "--per-process-batch", "4", "--streaming"],
+        env={"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    result = json.loads((tmp_path / "two" / "final.json").read_text())
+    per_process = math.ceil(math.ceil(result["train_rows"] / 4) / 2)
+    assert result["steps"] == 3 * per_process and len(result["history"]) == 3
+    assert math.isfinite(result["test"]["loss"])
 
 
 def test_bf16_mixed_precision_on_cpu_stays_finite(setup) -> None:

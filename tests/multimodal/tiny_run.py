@@ -50,7 +50,8 @@ def tiny_data(
 
 
 def main() -> None:
-    """python tiny_run.py OUT_DIR [--kill-after-checkpoint N] [--resume] [--per-process-batch B] [--max-steps N] [--sgd]"""
+    """python tiny_run.py OUT_DIR [--kill-after-checkpoint N] [--resume] [--per-process-batch B] [--max-steps N] [--sgd]
+    [--streaming]"""
     import multimodal as mm
     from multimodal import engine
     from multimodal.experiments.config import model_config, train_config
@@ -85,9 +86,13 @@ def main() -> None:
     dsd = mm.load_dataset(spec)
     view = mm.data.RowView(dsd["train"], spec, "train")
     model = mm.build_model(model_config(config), [view[i] for i in range(len(view))], seed=0)
+    train = dsd["train"]
+    if "--streaming" in args:  # 3 uneven shards: processes read different numbers of rows
+        train = train.to_iterable_dataset(num_shards=3)
+        overrides.pop("max_steps", None)
     result = engine.fit(
         model,
-        engine.FitData(spec, dsd["train"], dsd["validation"]),
+        engine.FitData(spec, train, dsd["validation"]),
         train_config(config, **overrides),
     )
     test = engine.evaluate(model, dsd["test"], spec)
@@ -99,6 +104,7 @@ def main() -> None:
                     "steps": result.steps,
                     "history": result.history,
                     "test": test,
+                    "train_rows": len(dsd["train"]),
                 },
                 f,
             )
