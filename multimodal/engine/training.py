@@ -288,11 +288,11 @@ def _evaluate(run: _Run, state: TrainState) -> None:
     run.recorder.log(record)
     was_stopped = state.stopped
     run.best.update(metrics, state, run.unwrapped)
-    if any([callback(metrics, state) for callback in run.on_evaluate]):
-        state.stopped = True
-    if state.stopped and not was_stopped:
+    stop = any([callback(metrics, state) for callback in run.on_evaluate])
+    if state.stopped and not was_stopped:  # by patience
         run.accelerator.print(f"early stopping at step {state.step}: no {run.best.metric} gain "
                               f"in {run.cfg.patience} evaluations")  # fmt: skip
+    state.stopped = state.stopped or stop
     _train_mode(run)
 
 

@@ -147,16 +147,20 @@ def fusion_search(
         run = RunConfig.from_dict(with_fusion(name, params))
         model = build_model(run.model.to_dict(), rows, seed=seed)
 
+        pruned: list[int] = []  # the pruner decides once per rung: keep its answer
+
         def report(metrics: dict[str, float], state: Any) -> bool:
             trial.report(metrics[metric], step=state.epoch + 1)
-            return trial.should_prune()
+            if trial.should_prune():
+                pruned.append(state.epoch + 1)
+            return bool(pruned)
 
         cfg = run.stage(epochs=max_epochs, patience=None, save_every=None, output_dir=None, seed=seed,
                         metric=metric, trackers=[])  # fmt: skip
         result = fit(model, data, cfg, on_evaluate=[report])
         trial.set_user_attr("epochs", len(result.history))
-        if len(result.history) < max_epochs and trial.should_prune():
-            raise optuna.TrialPruned()
+        if pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}")
         return result.history[-1][f"eval_{metric}"]
 
     study = optuna.create_study(

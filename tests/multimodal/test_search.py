@@ -30,7 +30,8 @@ def test_fusion_search_samples_each_fusions_own_space_prunes_and_transfers_the_b
     finished = [t for t in result.trials if t["state"] == "COMPLETE"]
     best = max(finished, key=lambda t: t["value"])
     assert (result.chosen, result.value) == (best["fusion"], best["value"])
-    assert all(t["epochs"] < 3 for t in result.trials if t["state"] == "PRUNED")
+    pruned = [t for t in result.trials if t["state"] == "PRUNED"]
+    assert pruned and all(t["epochs"] < 3 for t in pruned)  # weak trials stop early
     assert result.target["config"]["fusion"] == {
         **config["fusion"],
         "name": result.chosen,
