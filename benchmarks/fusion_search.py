@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 SUITES = Path(__file__).parent / "suites"
@@ -107,7 +108,11 @@ def main() -> None:
     print(TransferReport(**report).table())
     print(f"\n{result.seconds:.0f} s")
     if args.out:
-        args.out.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        from multimodal.core.provenance import environment
+
+        command = " ".join(["python", "benchmarks/fusion_search.py", *sys.argv[1:]])
+        record = {**result.to_dict(), "command": command, "environment": environment()}
+        args.out.write_text(json.dumps(record, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ from multimodal.experiments.config import model_config, train_config
 from tests.multimodal.tiny_run import tiny_data
 
 
+def _needs(*modules: str) -> None:
+    for module in modules:
+        pytest.importorskip(module, reason="the tracking extra is not installed")
+
+
 def _event_scalars(folder) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -28,6 +33,7 @@ def _event_scalars(folder) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_fit_logs_config_steps_and_summary_to_tensorboard_and_mlflow(tmp_path, monkeypatch) -> None:
+    _needs("tensorboard", "mlflow")
     from mlflow.tracking import MlflowClient
 
     # A local file store: MLflow 3 keeps its plain-folder backend only behind an opt-out flag
@@ -81,6 +87,8 @@ def test_flat_config_keeps_what_trackers_can_store() -> None:
 
 def test_the_benchmark_runner_logs_one_tracker_run_per_unit(tmp_path) -> None:
     from multimodal.experiments.bench import Suite, run_benchmark
+
+    _needs("tensorboard")
 
     suite = Suite(name="stub", base={"data": {"path": "synthetic"}}, fusions=["concat"], adaptations=["head"], seeds=2,
                   pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[2], unimodal=False)  # fmt: skip
