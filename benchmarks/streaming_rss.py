@@ -1,7 +1,8 @@
 """Peak memory of a streaming transfer as the dataset grows: local hub-layout folders of
 PNG images, text and tabular columns (no validation or test split: the stream carves them
 by row hash), each run as `transfer` in a fresh process whose peak RSS is read from the
-kernel (getrusage of the child).
+kernel (getrusage of the child). The kernel counts a child's memory from the fork on, so
+this process imports nothing heavy: the folders are built by a child of their own.
 
     python benchmarks/streaming_rss.py [--rows 2000,20000] [--map-style] [--out FILE]
 
@@ -108,12 +109,18 @@ def main() -> None:
     parser.add_argument("--rows", default="2000,20000", help="folder sizes (default: 2000,20000)")
     parser.add_argument("--map-style", action="store_true", help="also run with streaming off")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "streaming_rss.json")
+    parser.add_argument(
+        "--build", type=int, help=argparse.SUPPRESS
+    )  # the child that writes a folder
     args = parser.parse_args()
-    from multimodal.core.provenance import environment
-
+    if args.build:
+        build(HERE / "data" / f"streaming-{args.build}", args.build)
+        return
     results = []
     for rows in map(int, args.rows.split(",")):
-        folder = build(HERE / "data" / f"streaming-{rows}", rows)
+        folder = HERE / "data" / f"streaming-{rows}"
+        if not (folder / "README.md").is_file():
+            subprocess.run([sys.executable, __file__, "--build", str(rows)], check=True)
         size = sum(p.stat().st_size for p in (folder / "data").iterdir())
         for streaming in (True, False) if args.map_style else (True,):
             result = {
@@ -125,6 +132,8 @@ def main() -> None:
             print(f"{rows:>7} rows ({result['parquet_mib']} MiB parquet), streaming={streaming}: "
                   f"peak RSS {result['peak_rss_mib']} MiB, {result['wall_s']} s, "
                   f"target test rows {result['targets']['d1']['test_samples']}")  # fmt: skip
+    from multimodal.core.provenance import environment
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"results": results, "environment": environment()}, indent=2) + "\n"
