@@ -30,39 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    # fmt: off
     parser.add_argument("--suite", default="synthetic-quick", help="(default: synthetic-quick)")
-    parser.add_argument(
-        "--fusions", default="all", help="'all' (every registered fusion) or a comma-separated list"
-    )
+    parser.add_argument("--fusions", default="all", help="'all' (every registered fusion) or a comma-separated list")
     parser.add_argument("--trials", type=int, default=20, help="trials run here (default: 20)")
-    parser.add_argument(
-        "--space", type=Path, help="a YAML search space (default: the built-in one)"
-    )
-    parser.add_argument(
-        "--min-epochs",
-        type=int,
-        default=1,
-        help="epochs before pruning can stop a trial (default: 1)",
-    )
-    parser.add_argument(
-        "--max-epochs", type=int, help="epochs of a full trial (default: the suite's train.epochs)"
-    )
-    parser.add_argument(
-        "--eta",
-        type=int,
-        default=2,
-        help="the pruner keeps 1/eta of the trials per rung (default: 2)",
-    )
-    parser.add_argument(
-        "--pruner", default="sha", choices=["sha", "hyperband", "none"], help="(default: sha)"
-    )
-    parser.add_argument(
-        "--storage", help="an Optuna RDB URL shared by every searching process (default: in memory)"
-    )
+    parser.add_argument("--space", type=Path, help="a YAML search space (default: the built-in one)")
+    parser.add_argument("--min-epochs", type=int, default=1, help="epochs before pruning can stop a trial (default: 1)")
+    parser.add_argument("--max-epochs", type=int, help="epochs of a full trial (default: the suite's train.epochs)")
+    parser.add_argument("--eta", type=int, default=2, help="the pruner keeps 1/eta of the trials per rung (default: 2)")
+    parser.add_argument("--pruner", default="sha", choices=["sha", "hyperband", "none"], help="(default: sha)")
+    parser.add_argument("--storage", help="an Optuna RDB URL shared by every searching process (default: in memory)")
     parser.add_argument("--study-name", default="fusion-search", help="(default: fusion-search)")
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parser.add_argument("--out", type=Path, help="write the search as JSON here")
-    return parser  # fmt: skip
+    # fmt: on
+    return parser
 
 
 def main() -> None:

@@ -8,12 +8,13 @@ arguments come from ``tracker_kwargs[name]``.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker, get_available_trackers
+
+from ..core.config import close_matches
 
 
 def check_trackers(names: Sequence[str], logging_dir: str | Path | None) -> list[str]:
@@ -22,10 +23,8 @@ def check_trackers(names: Sequence[str], logging_dir: str | Path | None) -> list
     available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
     for name in names:
         if name not in LOGGER_TYPE_TO_CLASS:
-            close = difflib.get_close_matches(name, LOGGER_TYPE_TO_CLASS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"train.trackers: unknown tracker {name!r}{hint} (known: {', '.join(LOGGER_TYPE_TO_CLASS)})"
+                f"train.trackers: unknown tracker {name!r}; {close_matches(name, list(LOGGER_TYPE_TO_CLASS))}"
             )
         if name not in available:
             raise ValueError(

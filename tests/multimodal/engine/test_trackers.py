@@ -66,7 +66,7 @@ def test_fit_logs_config_steps_and_summary_to_tensorboard_and_mlflow(tmp_path, m
 
 def test_tracker_names_are_checked_before_training(tmp_path) -> None:
     with pytest.raises(
-        ValueError, match="unknown tracker 'tensorbord'; did you mean 'tensorboard'"
+        ValueError, match="unknown tracker 'tensorbord'; close matches: \\['tensorboard'\\]"
     ):
         check_trackers(["tensorbord"], tmp_path)
     with pytest.raises(ValueError, match="writes files and the run has no output_dir"):
