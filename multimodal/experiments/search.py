@@ -137,31 +137,10 @@ def fusion_search(
     metric = base.train.metric or task.default_metric
     direction = "maximize" if METRIC_MODES.get(metric, "max") == "max" else "minimize"
 
-    def with_fusion(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        run = copy.deepcopy(config)
-        run["fusion"] = {**(run.get("fusion") or {}), "name": name, **params}
-        return run
-
     def objective(trial: optuna.Trial) -> float:
         name, params = sample_fusion(trial, fusions, space, fusion_kwargs or {})
-        run = RunConfig.from_dict(with_fusion(name, params))
-        model = build_model(run.model.to_dict(), rows, seed=seed)
-
-        pruned: list[int] = []  # the pruner decides once per rung: keep its answer
-
-        def report(metrics: dict[str, float], state: Any) -> bool:
-            trial.report(metrics[metric], step=state.epoch + 1)
-            if trial.should_prune():
-                pruned.append(state.epoch + 1)
-            return bool(pruned)
-
-        cfg = run.stage(epochs=max_epochs, patience=None, save_every=None, output_dir=None, seed=seed,
-                        metric=metric, trackers=[])  # fmt: skip
-        result = fit(model, data, cfg, on_evaluate=[report])
-        trial.set_user_attr("epochs", len(result.history))
-        if pruned:
-            raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}")
-        return result.history[-1][f"eval_{metric}"]
+        run = RunConfig.from_dict(_with_fusion(config, name, params))
+        return _train_trial(trial, run, rows, data, metric, max_epochs, seed)
 
     study = optuna.create_study(
         study_name=study_name, storage=storage, load_if_exists=storage is not None, direction=direction,
@@ -175,11 +154,41 @@ def fusion_search(
     if evaluate_target:
         from .transfer import transfer
 
-        run = with_fusion(chosen, {**(fusion_kwargs or {}).get(chosen, {}), **params})
+        run = _with_fusion(config, chosen, {**(fusion_kwargs or {}).get(chosen, {}), **params})
         run.pop("output_dir", None)
         target = transfer(run).to_dict()
     return SearchResult(chosen, params, metric, float(best.value), _trial_rows(study), study_name, storage,
                         target, time.perf_counter() - start)  # fmt: skip
+
+
+def _with_fusion(config: Mapping[str, Any], name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    run = copy.deepcopy(dict(config))
+    run["fusion"] = {**(run.get("fusion") or {}), "name": name, **params}
+    return run
+
+
+def _train_trial(trial: Any, run: RunConfig, rows: list[dict[str, Any]], data: FitData, metric: str,
+                 max_epochs: int, seed: int) -> float:  # fmt: skip
+    """One trial: train, reporting the validation metric after each epoch; a pruned trial
+    stops there and raises ``TrialPruned``."""
+    import optuna
+
+    model = build_model(run.model.to_dict(), rows, seed=seed)
+    pruned: list[int] = []  # the pruner decides once per rung: keep its answer
+
+    def report(metrics: dict[str, float], state: Any) -> bool:
+        trial.report(metrics[metric], step=state.epoch + 1)
+        if trial.should_prune():
+            pruned.append(state.epoch + 1)
+        return bool(pruned)
+
+    cfg = run.stage(epochs=max_epochs, patience=None, save_every=None, output_dir=None, seed=seed,
+                    metric=metric, trackers=[])  # fmt: skip
+    result = fit(model, data, cfg, on_evaluate=[report])
+    trial.set_user_attr("epochs", len(result.history))
+    if pruned:
+        raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}")
+    return result.history[-1][f"eval_{metric}"]
 
 
 def _trial_rows(study: Any) -> list[dict[str, Any]]:

@@ -134,18 +134,7 @@ def transfer_adaptations(
 
     tick = time.perf_counter()
     dsd = load_dataset(spec)
-    if settings.source and settings.target:
-        domains = sorted({*settings.source, *settings.target})
-    else:  # a stream is read once (its domain column) to find them
-        domains = (
-            scan(dsd["train"])[1]
-            if is_streaming(dsd["train"])
-            else sorted(set(dsd["train"]["domain"]))
-        )
-    sources = list(settings.source or domains[:1])
-    targets = list(settings.target or [d for d in domains if d not in sources])
-    if not targets:
-        raise ValueError(f"no target domain: the data has {domains}, the source is {sources}")
+    sources, targets = _source_and_targets(dsd["train"], settings)
     split = {s: {d: select_domains(dsd[s], d) for d in targets} for s in dsd}
     src = {s: select_domains(dsd[s], sources) for s in dsd}
     times["load"] = time.perf_counter() - tick
@@ -153,11 +142,9 @@ def transfer_adaptations(
     tick = time.perf_counter()
     model = build_model(run.model.to_dict(), _rows(src["train"], spec), seed=seed)
     source_cfg = run.stage(output_dir=str(out / "source") if out else None, seed=seed)
+    streamed = is_streaming(src["train"])
     source_data = FitData(
-        spec,
-        src["train"],
-        src["validation"],
-        domains=sources if is_streaming(src["train"]) else None,
+        spec, src["train"], src["validation"], domains=sources if streamed else None
     )
     metric = fit(model, source_data, source_cfg).metric
     times["source_train"] = time.perf_counter() - tick
@@ -179,6 +166,7 @@ def transfer_adaptations(
     times["scratch"] = time.perf_counter() - tick
 
     test_sizes = {t: _size(split["test"][t]) for t in targets}
+    source_test_samples = _size(src["test"])
     reports: dict[str, TransferReport] = {}
     for adaptation in adaptations:
         results: dict[str, TargetResult] = {}
@@ -206,7 +194,7 @@ def transfer_adaptations(
             metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
             stage_seconds=stage_times, k_shot=None if settings.target_fraction else int(settings.k_shot),
             seed=seed, config_hash=config_hash(run_config), config=run_config, robustness=robustness,
-            source_test_samples=_size(src["test"]),
+            source_test_samples=source_test_samples,
         )  # fmt: skip
         if out is not None:
             name = "report.json" if len(adaptations) == 1 else f"report-{adaptation}.json"
@@ -216,6 +204,21 @@ def transfer_adaptations(
 
 # The former name, kept for callers written before the rename.
 transfer_strategies = transfer_adaptations
+
+
+def _source_and_targets(
+    train: datasets.Dataset, settings: TransferConfig
+) -> tuple[list[str], list[str]]:
+    """The source and target domains: as configured, else the first domain and the rest
+    (a stream is read once, its domain column only, to find them)."""
+    if settings.source and settings.target:
+        return list(settings.source), list(settings.target)
+    domains = scan(train)[1] if is_streaming(train) else sorted(set(train["domain"]))
+    sources = list(settings.source or domains[:1])
+    targets = list(settings.target or [d for d in domains if d not in sources])
+    if not targets:
+        raise ValueError(f"no target domain: the data has {domains}, the source is {sources}")
+    return sources, targets
 
 
 def _adapt(
