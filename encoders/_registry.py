@@ -7,7 +7,11 @@ from typing import Any
 
 from multimodal.core.registry import Registry
 
-_ENCODERS: Registry[Any] = Registry("encoder")
+# The names this package's modules register, listed without importing them.
+_ENCODERS: Registry[Any] = Registry("encoder", {
+    "hf_text": "encoders.text", "timm_image": "encoders.image", "audio_cnn": "encoders.audio",
+    "audio_timm": "encoders.audio", "tabular_mlp": "encoders.tabular",
+})  # fmt: skip
 
 
 def register_encoder(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -25,7 +29,9 @@ def create_encoder(name: str, **kwargs: Any) -> Any:
     return _ENCODERS.create(name, **kwargs)
 
 
-_PROCESSORS: Registry[Any] = Registry("processor")
+_PROCESSORS: Registry[Any] = Registry("processor", {
+    "text": "encoders.text", "image": "encoders.image", "audio": "encoders.audio", "tabular": "encoders.tabular",
+})  # fmt: skip
 
 
 def register_processor(

@@ -7,7 +7,12 @@ from typing import Any
 
 from multimodal.core.registry import Registry
 
-_FUSIONS: Registry[Any] = Registry("fusion")
+# The names this package's modules register, listed without importing them.
+_FUSIONS: Registry[Any] = Registry("fusion", {
+    "bottleneck": "fusion.bottleneck", "transformer": "fusion.bottleneck", "concat": "fusion.concat",
+    "cross_attention": "fusion.cross_attention", "gated": "fusion.gated", "film": "fusion.gated",
+    "late": "fusion.late", "moe": "fusion.moe", "tensor": "fusion.tensor", "low_rank_tensor": "fusion.tensor",
+})  # fmt: skip
 
 
 def register_fusion(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

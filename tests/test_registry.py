@@ -53,3 +53,30 @@ def test_console_script_is_installed() -> None:
         [sys.executable, "-m", "multimodal.cli", "list"], capture_output=True, text=True, check=True
     )
     assert "cross_attention" in out.stdout
+
+
+@pytest.mark.parametrize("package", ["encoders", "fusion"])
+def test_the_lazy_index_names_each_registration_and_its_module(package: str) -> None:
+    """Every built-in name is listed before its module is imported, and importing every
+    module of the package registers exactly the indexed names, each from its indexed module."""
+    import importlib
+    import pkgutil
+
+    module = importlib.import_module(package)
+    registries = [r for r in vars(importlib.import_module(f"{package}._registry")).values()
+                  if type(r).__name__ == "Registry"]  # fmt: skip
+    for info in pkgutil.iter_modules(module.__path__):
+        importlib.import_module(f"{package}.{info.name}")
+    for registry in registries:
+        assert set(registry._builders) == set(registry._lazy), registry.kind
+        for name, builder in registry._builders.items():
+            assert builder.__module__ == registry._lazy[name], (registry.kind, name)
+
+
+def test_list_imports_no_torch_model_code() -> None:
+    code = ("import sys; from multimodal.cli import main; main(['list']); "
+            "heavy = sorted(m for m in ('torch', 'timm', 'transformers', 'torchaudio') if m in sys.modules); "
+            "print('heavy:', heavy)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "heavy: []" in out.stdout and "cross_attention" in out.stdout

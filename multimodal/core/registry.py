@@ -6,23 +6,31 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to builders; shared by ``encoders`` and ``fusion``."""
+    """Maps names to builders; shared by ``encoders`` and ``fusion``.
 
-    def __init__(self, kind: str) -> None:
+    ``lazy`` maps the names a package's own modules register to those modules: they are
+    listed without importing anything and imported on first use, as transformers resolves
+    its models, so ``multimodal list`` never loads torch.
+    """
+
+    def __init__(self, kind: str, lazy: Mapping[str, str] | None = None) -> None:
         self.kind = kind
         self._builders: dict[str, Callable[..., T]] = {}
+        self._lazy = dict(lazy or {})
 
     def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(builder: Callable[..., T]) -> Callable[..., T]:
             key = name or builder.__name__
-            if key in self._builders:
+            taken = key in self._lazy and getattr(builder, "__module__", None) != self._lazy[key]
+            if key in self._builders or taken:  # a built-in name, imported or not yet
                 raise ValueError(f"{self.kind} {key!r} is already registered")
             self._builders[key] = builder
             if isinstance(builder, type):
@@ -32,11 +40,13 @@ class Registry(Generic[T]):
         return decorator
 
     def list(self, pattern: str = "*") -> list[str]:
-        return sorted(n for n in self._builders if fnmatch.fnmatch(n, pattern))
+        return sorted(n for n in {*self._builders, *self._lazy} if fnmatch.fnmatch(n, pattern))
 
     def get(self, name: str) -> Callable[..., T]:
+        if name not in self._builders and name in self._lazy:
+            importlib.import_module(self._lazy[name])  # its decorator registers the name
         if name not in self._builders:
-            close = difflib.get_close_matches(name, list(self._builders), n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, self.list(), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(
                 f"Unknown {self.kind} {name!r}.{hint} Registered: {', '.join(self.list())}"
