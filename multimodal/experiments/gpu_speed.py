@@ -1,0 +1,141 @@
+"""The measurements behind ``benchmarks/gpu.py``: whole four-modality models at realistic
+sizes (BERT-base text, ViT-B/16 image, the audio CNN, random init, synthetic batches), per
+fusion x precision x compile: training and inference samples/s, peak memory, FLOPs counted
+by ``torch.utils.flop_counter`` and the model FLOP utilisation against the device's peak."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .speed import _peak_memory_mb, _throughput_inputs, time_call
+
+# Dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name().
+PEAK_BF16_FLOPS = {
+    "H200": 989.4e12, "H100": 989.4e12, "GH200": 989.4e12, "A100": 312e12, "A800": 312e12,
+    "L40S": 362e12, "L4": 121e12, "A10": 125e12, "RTX 4090": 165.2e12, "V100": 125e12,
+}  # fmt: skip
+
+
+@dataclass
+class Sizes:
+    """Encoder sizes and batch: ``realistic`` (BERT-base, ViT-B/16 at 224 px, 10 s audio)
+    or ``tiny`` (the test suite's CPU sizes)."""
+
+    batch: int
+    encoders: dict[str, Any]
+    samples: list[dict[str, Any]] = field(repr=False)
+
+
+def sizes(realistic: bool, batch: int) -> Sizes:
+    encoders, samples = _throughput_inputs(realistic, batch)
+    if realistic:
+        encoders["image"] = {"name": "timm_image", "model_name": "vit_base_patch16_224"}
+    return Sizes(batch, encoders, samples)
+
+
+def peak_flops(device: str, override: float | None = None) -> float | None:
+    """The device's dense bf16 peak FLOP/s: ``override``, else from its name (None on CPU
+    or for a device not in ``PEAK_BF16_FLOPS``)."""
+    if override:
+        return override
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _step_flops(step: Callable[[], Any]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def measure(model: torch.nn.Module, batch: dict[str, Any], size: int, device: str, precision: str,
+            compile_backend: str | None, repeats: int, peak: float | None) -> dict[str, Any]:  # fmt: skip
+    """One configuration: train (forward, backward, AdamW) and inference samples/s, FLOPs
+    per sample of each, MFU and peak memory."""
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    autocast = torch.autocast(device, dtype=dtype, enabled=dtype is not None)
+    fused = device == "cuda"  # fused AdamW exists on CUDA only
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, fused=fused, foreach=None if fused else True
+    )
+    forward = torch.compile(model, backend=compile_backend) if compile_backend else model
+
+    def train_step(run: Any = forward) -> None:
+        model.train()
+        with autocast:
+            loss = run(batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer(run: Any = forward) -> None:
+        model.eval()
+        with autocast:
+            run(batch)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    tick = time.perf_counter()
+    train_step(), infer()  # the first calls compile
+    first_s = time.perf_counter() - tick
+    train, inference = (
+        time_call(train_step, repeats=repeats, warmup=2),
+        time_call(infer, repeats=repeats, warmup=2),
+    )
+    # Counted on the eager model: compiling changes the kernels, not the arithmetic.
+    flops = {
+        "train": _step_flops(lambda: train_step(model)),
+        "infer": _step_flops(lambda: infer(model)),
+    }
+    row = {"precision": precision, "compile": compile_backend or "off", "batch": size, "first_call_s": first_s,
+           "train_samples_per_s": size / train["median_ms"] * 1e3, "infer_samples_per_s": size / inference["median_ms"] * 1e3,
+           "train_gflops_per_sample": flops["train"] / size / 1e9, "infer_gflops_per_sample": flops["infer"] / size / 1e9,
+           "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
+    for kind, timing in (("train", train), ("infer", inference)):
+        achieved = flops[kind] / (timing["median_ms"] / 1e3)
+        row[f"{kind}_tflops"] = achieved / 1e12
+        row[f"{kind}_mfu"] = achieved / peak if peak else None
+    return row
+
+
+def device_matrix(device: str, realistic: bool, batch: int, fusions: list[str], precisions: list[str],
+                  compile_backends: list[str | None], repeats: int = 5, budget_s: float | None = None,
+                  peak: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every compile x precision x fusion setting, in that order, until ``budget_s`` is
+    spent (the first always runs; the rest are listed as skipped, never silently dropped)."""
+    from ..modeling.model import build_model, move_to
+
+    size = sizes(realistic, batch)
+    peak = peak_flops(device, peak)
+    start, rows, skipped = time.perf_counter(), [], []
+    for backend in compile_backends:  # uncompiled first: compiling is what may not fit the budget
+        for precision in precisions:
+            for name in fusions:
+                setting = {"fusion": name, "precision": precision, "compile": backend or "off"}
+                if budget_s is not None and rows and time.perf_counter() - start > budget_s:
+                    skipped.append(setting)
+                    continue
+                torch.manual_seed(0)
+                config = {"encoders": size.encoders, "fusion": {"name": name, "dim": 256},
+                          "head": {"task": "classification", "num_classes": 4}}  # fmt: skip
+                model = build_model(config, size.samples, seed=0).to(device)
+                inputs = move_to(model.preprocess(size.samples), device)
+                row = measure(model, inputs, batch, device, precision, backend, repeats, peak)
+                rows.append(
+                    {"fusion": name, "params": sum(p.numel() for p in model.parameters()), **row}
+                )
+                del model, inputs
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "peak_bf16_flops": peak,
+            "realistic": realistic, "encoders": size.encoders, "rows": rows, "skipped": skipped,
+            "seconds": time.perf_counter() - start}  # fmt: skip

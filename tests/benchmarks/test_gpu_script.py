@@ -1,0 +1,39 @@
+"""benchmarks/gpu.py at tiny sizes on CPU, so the script a lent GPU runs cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+
+
+def test_gpu_script_measures_every_setting_and_writes_json(tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu.json"
+    # The eager backend traces through dynamo without compiling kernels (quick on CPU).
+    module.main(["--tiny", "--device", "cpu", "--batch", "4", "--repeats", "1", "--fusions", "moe", "--precisions", "bf16",
+                 "--compile-backend", "eager", "--peak-tflops", "1", "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    settings = [(r["fusion"], r["precision"], r["compile"]) for r in result["rows"]]
+    assert settings == [(f, p, c) for c in ("off", "eager") for p in ("bf16",) for f in ("moe",)]
+    assert result["skipped"] == [] and result["peak_bf16_flops"] == 1e12
+    for r in result["rows"]:
+        assert r["train_samples_per_s"] > 0 and r["infer_samples_per_s"] > 0
+        # a training step costs more than inference: the backward pass is about twice the forward
+        assert r["train_gflops_per_sample"] > 2 * r["infer_gflops_per_sample"] > 0
+        assert math.isclose(r["train_mfu"], r["train_tflops"] / 1.0, rel_tol=1e-9)
+    assert "packages" in result["environment"]
+
+
+def test_a_spent_budget_lists_the_settings_left_and_fp32_runs(tmp_path) -> None:
+    from multimodal.experiments.gpu_speed import device_matrix
+
+    result = device_matrix("cpu", realistic=False, batch=2, fusions=["concat", "moe"], precisions=["fp32"],
+                           compile_backends=[None], repeats=1, budget_s=0.0)  # fmt: skip
+    assert [r["fusion"] for r in result["rows"]] == ["concat"]
+    assert result["skipped"] == [{"fusion": "moe", "precision": "fp32", "compile": "off"}]
