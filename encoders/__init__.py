@@ -3,8 +3,7 @@ without importing it; a module is imported when one of its names is first used."
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from multimodal.core.registry import lazy_attributes
 
 from ._registry import create_encoder as create_encoder
 from ._registry import list_encoders as list_encoders
@@ -27,15 +26,5 @@ __all__ = sorted([*_LAZY, "create_encoder", "list_encoders", "processor_from_con
                   "register_encoder", "register_processor"])  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    """Public names resolve on first use, so importing the package (to list its registry,
-    say) loads no torch model code."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+# Public names resolve on first use: importing the package loads no torch model code.
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

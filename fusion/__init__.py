@@ -3,8 +3,7 @@ importing it; a module is imported when one of its names is first used."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from multimodal.core.registry import lazy_attributes
 
 from ._registry import create_fusion as create_fusion
 from ._registry import list_fusions as list_fusions
@@ -25,15 +24,5 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "create_fusion", "list_fusions", "register_fusion"])
 
 
-def __getattr__(name: str) -> Any:
-    """Public names resolve on first use, so importing the package (to list its registry,
-    say) loads no torch model code."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+# Public names resolve on first use: importing the package loads no torch model code.
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -60,3 +60,22 @@ class Registry(Generic[T]):
         if not hasattr(obj, "init_kwargs"):
             obj.init_kwargs = kwargs
         return obj
+
+
+def lazy_attributes(package: str, names: Mapping[str, str],
+                    namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:  # fmt: skip
+    """A package's module ``__getattr__`` and ``__dir__`` (PEP 562) that import the module
+    named in ``names`` (public name -> relative module) on a name's first use and keep the
+    value in ``namespace``, so importing the package loads none of them."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in names:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(names[name], package), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *names})
+
+    return __getattr__, __dir__
