@@ -37,9 +37,8 @@ print(json.dumps({"targets": {t: r.__dict__ for t, r in report.targets.items()},
 def build(folder: Path, rows: int) -> Path:
     """``rows`` synthetic rows over two domains as ``SHARDS`` parquet files of one train split."""
     import datasets
-    import yaml
 
-    from multimodal.data.loading import _embed
+    from multimodal.data.loading import export_dataset
     from multimodal.data.synthetic import make_synthetic
 
     if (folder / "README.md").is_file():
@@ -47,19 +46,10 @@ def build(folder: Path, rows: int) -> Path:
     dsd = make_synthetic(samples_per_domain=rows // 2, domains=2, num_classes=6, image_size=32,
                          audio_seconds=0.25, seed=0)  # fmt: skip
     table = datasets.concatenate_datasets([dsd[s] for s in ("train", "validation", "test")])
-    table = _embed(table.remove_columns(["audio"]))
-    table = table.add_column("id", [f"row-{i:07d}" for i in range(len(table))])
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    for i in range(SHARDS):
-        part = table.shard(SHARDS, i, contiguous=True)
-        part.to_parquet(str(folder / "data" / f"train-{i:05d}-of-{SHARDS:05d}.parquet"))
-    card = {
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
-        ]
-    }
-    (folder / "README.md").write_text("---\n" + yaml.safe_dump(card) + "---\n")
-    return folder
+    table = table.remove_columns(["audio"]).add_column(
+        "id", [f"row-{i:07d}" for i in range(len(table))]
+    )
+    return export_dataset(datasets.DatasetDict({"train": table}), folder, num_shards=SHARDS)
 
 
 def config(folder: Path, streaming: bool) -> dict:

@@ -314,14 +314,19 @@ def raw_media(ds: datasets.Dataset) -> datasets.Dataset:
     return ds
 
 
-def export_dataset(dsd: datasets.DatasetDict, folder: str | os.PathLike[str]) -> Path:
-    """Write ``dsd`` as a folder in the hub layout: parquet shards (media embedded) + README.md."""
+def export_dataset(
+    dsd: datasets.DatasetDict, folder: str | os.PathLike[str], num_shards: int = 1
+) -> Path:
+    """Write ``dsd`` as a folder in the hub layout: ``num_shards`` parquet files per split
+    (media embedded; a stream reads them in parallel) + README.md."""
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     configs = []
     for split, ds in dsd.items():
         ds = _embed(ds)
-        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+        for i in range(num_shards):
+            name = f"{split}-{i:05d}-of-{num_shards:05d}.parquet"
+            ds.shard(num_shards, i, contiguous=True).to_parquet(str(folder / "data" / name))
         configs.append({"split": split, "path": f"data/{split}-*"})
     card = {"configs": [{"config_name": "default", "data_files": configs}]}
     readme = (

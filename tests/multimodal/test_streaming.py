@@ -8,10 +8,10 @@ from pathlib import Path
 
 import datasets
 import pytest
-import yaml
 
 import multimodal as mm
 from multimodal.data.collate import make_loader
+from multimodal.data.loading import export_dataset
 from multimodal.data.streaming import hash_splits, reservoir_k_shot, scan
 from multimodal.data.synthetic import make_synthetic, synthetic_columns
 from multimodal.experiments.transfer import transfer
@@ -24,25 +24,13 @@ def write_folder(
     folder: Path, samples_per_domain: int = 60, domains: int = 2, seed: int = 0
 ) -> Path:
     """One train split (no validation or test) of synthetic rows in ``SHARDS`` parquet files."""
-    from multimodal.data.loading import _embed
-
     dsd = make_synthetic(samples_per_domain=samples_per_domain, domains=domains, num_classes=4,
                          image_size=16, audio_seconds=0.25, seed=seed)  # fmt: skip
     rows = datasets.concatenate_datasets([dsd[s] for s in ("train", "validation", "test")])
-    rows = _embed(rows.remove_columns(["audio"]))
-    rows = rows.add_column("id", [f"row-{i:06d}" for i in range(len(rows))])
-    (folder / "data").mkdir(parents=True)
-    for i in range(SHARDS):
-        rows.shard(SHARDS, i, contiguous=True).to_parquet(
-            str(folder / "data" / f"train-{i:05d}-of-{SHARDS:05d}.parquet")
-        )
-    card = {
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
-        ]
-    }
-    (folder / "README.md").write_text("---\n" + yaml.safe_dump(card) + "---\n")
-    return folder
+    rows = rows.remove_columns(["audio"]).add_column(
+        "id", [f"row-{i:06d}" for i in range(len(rows))]
+    )
+    return export_dataset(datasets.DatasetDict({"train": rows}), folder, num_shards=SHARDS)
 
 
 def _spec(folder: Path, **extra) -> dict:
