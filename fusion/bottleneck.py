@@ -7,22 +7,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ._attention import SelfAttentionBlock, key_padding
 from ._base import Fusion, FusionOutput, presence
 from ._registry import register_fusion
-
-
-def _layer(
-    dim: int, num_heads: int, mlp_ratio: float, dropout: float
-) -> nn.TransformerEncoderLayer:
-    return nn.TransformerEncoderLayer(
-        dim,
-        num_heads,
-        int(dim * mlp_ratio),
-        dropout,
-        activation="gelu",
-        batch_first=True,
-        norm_first=True,
-    )
 
 
 @register_fusion("bottleneck")
@@ -44,12 +31,18 @@ class BottleneckFusion(Fusion):
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.1,
+        attn_dropout: float = 0.0,
     ) -> None:
         super().__init__(modality_dims, dim)
         self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.modality_dims.items()})
         self.bottleneck = nn.Parameter(torch.randn(1, num_bottlenecks, dim) * 0.02)
         self.layers = nn.ModuleList(
-            nn.ModuleDict({m: _layer(dim, num_heads, mlp_ratio, dropout) for m in self.modalities})
+            nn.ModuleDict(
+                {
+                    m: SelfAttentionBlock(dim, num_heads, mlp_ratio, dropout, attn_dropout)
+                    for m in self.modalities
+                }
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
@@ -65,15 +58,13 @@ class BottleneckFusion(Fusion):
             shared.dtype
         )  # B x M
         weights = present / present.sum(1, keepdim=True).clamp(min=1.0)
+        # The bottleneck tokens are always visible, so no softmax row is all-masked.
+        ones = torch.ones(batch, n, dtype=torch.bool, device=shared.device)
+        allowed = {m: key_padding(torch.cat([masks[m], ones], dim=1)) for m in self.modalities}
         for layer in self.layers:
             copies = []
             for m in self.modalities:
-                keep = torch.cat(
-                    [masks[m], torch.ones(batch, n, dtype=torch.bool, device=shared.device)], dim=1
-                )
-                out = layer[m](
-                    torch.cat([x[m], shared], dim=1), src_key_padding_mask=~keep
-                )  # B x (T_m + n) x dim
+                out = layer[m](torch.cat([x[m], shared], dim=1), allowed[m])  # B x (T_m + n) x dim
                 x[m], copy = out[:, :-n], out[:, -n:]
                 copies.append(copy)
             stacked = torch.stack(copies, dim=1)  # B x M x n x dim
@@ -89,7 +80,7 @@ class TransformerFusion(Fusion):
     VisualBERT-style single-stream models and AutoGluon's fusion transformer).
 
     tokens -> Linear + modality-type embedding -> [CLS; all tokens] [B, 1 + sum T_m, dim]
-    -> ``depth`` pre-norm transformer layers with key padding masks -> CLS [B, dim].
+    -> ``depth`` pre-norm SDPA transformer blocks with key padding masks -> CLS [B, dim].
     """
 
     def __init__(
@@ -100,6 +91,7 @@ class TransformerFusion(Fusion):
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.1,
+        attn_dropout: float = 0.0,
     ) -> None:
         super().__init__(modality_dims, dim)
         self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.modality_dims.items()})
@@ -107,8 +99,9 @@ class TransformerFusion(Fusion):
             {m: nn.Parameter(torch.randn(dim) * 0.02) for m in self.modalities}
         )
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.encoder = nn.TransformerEncoder(
-            _layer(dim, num_heads, mlp_ratio, dropout), depth, enable_nested_tensor=False
+        self.layers = nn.ModuleList(
+            SelfAttentionBlock(dim, num_heads, mlp_ratio, dropout, attn_dropout)
+            for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
 
@@ -121,7 +114,7 @@ class TransformerFusion(Fusion):
         for m in self.modalities:
             parts.append(self.project[m](tokens[m]) + self.type_embedding[m])
             keep.append(masks[m])
-        x = self.encoder(
-            torch.cat(parts, dim=1), src_key_padding_mask=~torch.cat(keep, dim=1)
-        )  # B x (1 + sum T) x dim
+        x, allowed = torch.cat(parts, dim=1), key_padding(torch.cat(keep, dim=1))
+        for layer in self.layers:
+            x = layer(x, allowed)  # B x (1 + sum T) x dim
         return FusionOutput(self.norm(x[:, 0]), None, {})
