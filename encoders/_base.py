@@ -92,6 +92,11 @@ class Encoder(nn.Module):
         self.processor.fit(values)
         return self
 
+    def use_channels_last(self) -> bool:
+        """Switch convolutions over images to the NHWC memory layout (faster on tensor
+        cores); returns whether this encoder has any. The default has none."""
+        return False
+
     def to_config(self, save_dir: Path) -> dict[str, Any]:
         """Keyword arguments that rebuild this encoder offline, without pretrained weights.
 

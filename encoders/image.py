@@ -206,8 +206,18 @@ class TimmImageEncoder(TimmBackbone, Encoder):
         mask = torch.ones_like(pixels, dtype=torch.bool)
         return AttackSurface("pixel_values", pixels, 1 / std, mask, -mean / std, (1 - mean) / std)
 
+    channels_last: bool = False
+
+    def use_channels_last(self) -> bool:
+        self.model.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return True
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        tokens = tokens_from_features(self.model.forward_features(inputs["pixel_values"]))
+        pixels = inputs["pixel_values"]
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        tokens = tokens_from_features(self.model.forward_features(pixels))
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(tokens, mask)
 

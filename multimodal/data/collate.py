@@ -221,6 +221,7 @@ def make_loader(
     shuffle: bool = False,
     num_workers: int = 0,
     seed: int = 0,
+    pin_memory: bool = False,
     **collator_kwargs: Any,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``ds`` that decodes and processes lazily, in the workers.
@@ -228,12 +229,11 @@ def make_loader(
     Its order comes from an ``EpochSampler`` (``loader.sampler.set_epoch(e)``). A streamed
     ``ds`` is read shard by shard instead: the workers split its shards between them, and a
     shuffle draws from a buffer of ``spec.shuffle_buffer`` rows, reseeded per epoch
-    (``set_epoch``).
+    (``set_epoch``). ``pin_memory``: batches in page-locked memory, for fast copies to a GPU.
     """
     if is_streaming(ds):
-        return _stream_loader(
-            ds, model, spec, split, batch_size, shuffle, num_workers, seed, collator_kwargs
-        )
+        return _stream_loader(ds, model, spec, split, batch_size, shuffle, num_workers, seed,
+                              pin_memory, collator_kwargs)  # fmt: skip
     view = RowView(ds, spec, split)
     # A private generator: creating an iterator must not consume the global RNG.
     generator = torch.Generator().manual_seed(seed)
@@ -245,11 +245,13 @@ def make_loader(
         collate_fn=MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs),
         generator=generator,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
     )
 
 
 def _stream_loader(ds: datasets.IterableDataset, model: Any, spec: DatasetSpec, split: str, batch_size: int,
-                   shuffle: bool, num_workers: int, seed: int, collator_kwargs: Mapping[str, Any]) -> Any:  # fmt: skip
+                   shuffle: bool, num_workers: int, seed: int, pin_memory: bool,
+                   collator_kwargs: Mapping[str, Any]) -> Any:  # fmt: skip
     ds = raw_media(ds)
     if shuffle:
         ds = ds.shuffle(seed=seed, buffer_size=spec.shuffle_buffer)
@@ -260,5 +262,5 @@ def _stream_loader(ds: datasets.IterableDataset, model: Any, spec: DatasetSpec, 
                        split, num_workers, rows.num_shards, num_workers - rows.num_shards)  # fmt: skip
     return torch.utils.data.DataLoader(
         rows, batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0,
-        collate_fn=MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs),
+        pin_memory=pin_memory, collate_fn=MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs),
     )  # fmt: skip

@@ -69,6 +69,14 @@ class TrainConfig:
     tracker_project: str = "transferfuse"  # MLflow experiment, W&B project, TensorBoard folder
     tracker_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per tracker
     progress: bool = True
+    # Speed. compile and channels_last change numerics slightly, so they are off unless set;
+    # pin_memory and fused_optimizer (None) are on when training on CUDA.
+    compile: bool = False  # torch.compile each encoder and the fusion
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None  # default | reduce-overhead | max-autotune
+    channels_last: bool = False  # NHWC layout for encoders that convolve images
+    pin_memory: bool | None = None
+    fused_optimizer: bool | None = None  # AdamW/SGD as one fused kernel
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | TrainConfig | None) -> TrainConfig:

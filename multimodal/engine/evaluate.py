@@ -13,9 +13,13 @@ from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
 
 Forward = Callable[[Any, Any], Any]
+
+
 # Each process reads its own batches, a stream included (accelerate would otherwise have
 # the main process read a stream and send every batch to the others).
-LOADER_CONFIG = DataLoaderConfiguration(dispatch_batches=False)
+# With pinned loader memory, batches go to the device without blocking.
+def loader_config(non_blocking: bool = False) -> DataLoaderConfiguration:
+    return DataLoaderConfiguration(dispatch_batches=False, non_blocking=non_blocking)
 
 
 def _call(model: Any, batch: Any) -> Any:
@@ -66,7 +70,7 @@ def evaluate(
     ``drop_modalities`` are made absent for every sample (missing-modality evaluation);
     ``corruption`` = (modality, name, severity) corrupts that modality's raw values.
     """
-    accelerator = Accelerator(dataloader_config=LOADER_CONFIG)
+    accelerator = Accelerator(dataloader_config=loader_config())
     unknown = sorted(set(drop_modalities) - set(model.modalities))
     if unknown:
         raise ValueError(f"cannot drop {unknown}: the model's modalities are {model.modalities}")

@@ -28,18 +28,21 @@ def _loader(
     cfg: TrainConfig,
     train: bool,
     domains: list[str],
+    pin_memory: bool = False,
 ) -> Any:
     return make_loader(
         ds, model, spec, split,
         batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
         shuffle=train, num_workers=cfg.num_workers, seed=cfg.seed, on_error=cfg.on_error,
         modality_dropout=cfg.modality_dropout if train else None, domains=domains,
+        pin_memory=pin_memory,
     )  # fmt: skip
 
 
 def _cached_loader(
-    model: Any, source: Any, cfg: TrainConfig, train: bool, folder: Path | None
-) -> Any:
+    model: Any, source: Any, cfg: TrainConfig, train: bool, folder: Path | None,
+    pin_memory: bool = False,
+) -> Any:  # fmt: skip
     """Encoder outputs of ``source`` (a raw loader, unshuffled, without modality dropout)
     computed once, in row order, then served in the same order as the raw loader."""
     rows = compute_features(model, source)
@@ -56,6 +59,7 @@ def _cached_loader(
         sampler=EpochSampler(len(dataset), cfg.seed, train),
         collate_fn=CachedCollator(dataset, dims, dropout, cfg.seed),
         generator=torch.Generator().manual_seed(cfg.seed),
+        pin_memory=pin_memory,
     )
 
 
@@ -85,21 +89,22 @@ def use_feature_cache(cfg: TrainConfig, frozen: list[str], num_encoders: int) ->
 
 def build_loaders(
     model: Any, data: FitData, cfg: TrainConfig, use_cache: bool, run_dir: Path | None,
-    main_process_first: Any,
+    main_process_first: Any, pin_memory: bool = False,
 ) -> Loaders:  # fmt: skip
     """Raw or cached loaders for the train, validation and unlabelled target rows.
 
     ``main_process_first`` is accelerate's context manager: the main process writes a disk
-    cache before the others read it.
+    cache before the others read it. ``pin_memory``: batches in page-locked memory.
     """
     train_rows, domains = _rows_and_domains(data)
     cache_dir = run_dir / "feature_cache" if (use_cache and run_dir) else None
 
     def loader(ds: datasets.Dataset, split: str, train: bool) -> Any:
         if not use_cache:
-            return _loader(model, ds, data.spec, split, cfg, train, domains)
+            return _loader(model, ds, data.spec, split, cfg, train, domains, pin_memory)
         source = _loader(model, ds, data.spec, split, cfg, False, domains)
-        return _cached_loader(model, source, cfg, train, cache_dir / split if cache_dir else None)
+        folder = cache_dir / split if cache_dir else None
+        return _cached_loader(model, source, cfg, train, folder, pin_memory)
 
     if use_cache:
         model.eval()

@@ -35,11 +35,13 @@ def param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
-def build_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: Any, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``param_groups``: one fused kernel per step with ``fused``, else
+    foreach (one multi-tensor update per group; torch picks it by default on GPUs only)."""
     groups = param_groups(model, cfg)
-    # foreach: one fused update per parameter group; torch only picks it by default on GPUs.
+    kernels = {"fused": True} if fused else {"foreach": True}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr, **kernels)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **kernels)
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")

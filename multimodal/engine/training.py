@@ -30,10 +30,11 @@ from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.uda import create_uda_objective
 from .checkpoint import resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
-from .evaluate import LOADER_CONFIG, eval_metrics
+from .evaluate import eval_metrics, loader_config
 from .loaders import Loaders, build_loaders, use_feature_cache
 from .objective import Objective
 from .optim import build_optimizer
+from .performance import apply_speedups, fused_optimizer, pin_memory, undo_speedups
 from .recorder import RunRecorder
 from .state import TrainState
 from .step import StepOutcome, TrainStep
@@ -124,8 +125,10 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     _allow_precision(cfg.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-        project_dir=str(run_dir) if run_dir else None, dataloader_config=LOADER_CONFIG,
+        project_dir=str(run_dir) if run_dir else None, dataloader_config=loader_config(),
     )  # fmt: skip
+    pinned = pin_memory(cfg, accelerator.device)
+    accelerator.dataloader_config.non_blocking = pinned  # read when the loaders are prepared
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
             f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process; on CPU "
@@ -138,15 +141,20 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
                     f"{counts['trainable']:,}", f"{counts['total']:,}")  # fmt: skip
     frozen = frozen_encoders(model)
     model.to(accelerator.device)
+    applied = apply_speedups(model, cfg)
+    if applied and accelerator.is_main_process:
+        logger.info("speed-ups: %s", ", ".join(applied))
     adversarial = _adversarial_options(cfg.adversarial)
     # A stream is never held whole, and neither are its encoder outputs.
     use_cache = use_feature_cache(cfg, frozen, len(model.encoders)) and not is_streaming(data.train)
-    loaders = build_loaders(model, data, cfg, use_cache, run_dir, accelerator.main_process_first)
+    loaders = build_loaders(
+        model, data, cfg, use_cache, run_dir, accelerator.main_process_first, pinned
+    )
     uda = None
     if loaders.target is not None:
         uda = create_uda_objective(cfg.uda, model.fusion.out_dim, model.head.num_classes,
                                        weight=cfg.uda_weight, **cfg.uda_kwargs).to(accelerator.device)  # fmt: skip
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, fused_optimizer(cfg, accelerator.device))
     uda_params = list(uda.parameters()) if uda is not None else []
     if uda_params:
         optimizer.add_param_group(
@@ -300,6 +308,7 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
     """A last checkpoint, the best weights back (LoRA merged), ``best_model/`` saved."""
     if run.run_dir is not None:
         save_checkpoint(run.accelerator, run.run_dir, state, run.cfg.keep_checkpoints)
+    undo_speedups(run.unwrapped)
     run.best.restore(run.unwrapped)
     if run.cfg.strategy == "lora":
         merge_lora(run.unwrapped)
