@@ -1,6 +1,10 @@
-"""Speed table: MoE time against the number of experts (more sections join as the engine grows).
+"""Speed tables: fusion modules alone, whole models, MoE time against the number of
+experts, ``fit`` against a hand-written loop, and the feature cache.
 
-python benchmarks/speed.py [--only moe] [--out benchmarks/results/speed.json]
+python benchmarks/speed.py [--only fusions|models|moe|fit|cache] [--fusions a,b]
+    [--pairs 5] [--out benchmarks/results/speed.json]
+
+With --out, the sections run are written into the file and the others already in it are kept.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from multimodal.experiments.speed import (
     feature_cache_speedup,
     fit_vs_raw_loop,
     fusion_throughput,
+    matmul_gflops,
     model_throughput,
     moe_scaling,
 )
@@ -27,13 +32,14 @@ QUICK = str(Path(__file__).parent / "configs" / "synthetic_quick.yaml")
 def _table(rows: list[dict], title: str) -> None:
     print(title)
     print(
-        f"{'fusion':<18} {'params':>12} {'GFLOP/sample':>13} {'train samples/s':>16} {'infer samples/s':>16} {'peak MB':>9}"
+        f"{'fusion':<18} {'params':>12} {'GFLOP/sample':>13} {'train samples/s':>16} {'infer samples/s':>16} {'infer GFLOP/s':>14} {'peak MB':>9}"
     )
     for r in rows:
         flops = f"{r['gflops_per_sample']:.4f}" if "gflops_per_sample" in r else "-"
+        rate = f"{r['infer_gflops_per_s']:.1f}" if "infer_gflops_per_s" in r else "-"
         print(
             f"{r['fusion']:<18} {r['params']:>12,} {flops:>13} {r['train_samples_per_s']:>16.1f} "
-            f"{r['infer_samples_per_s']:>16.1f} {r['peak_memory_mb']:>9.0f}"
+            f"{r['infer_samples_per_s']:>16.1f} {rate:>14} {r['peak_memory_mb']:>9.0f}"
         )
 
 
@@ -43,7 +49,18 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--fusions", help="fusions section: these only, comma-separated (default: all)"
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=5, help="fit section: timed fit/raw-loop pairs (default: 5)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the results as JSON here (other sections in it are kept)",
+    )
     args = parser.parse_args()
     sections = args.only or list(SECTIONS)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,12 +72,17 @@ def main() -> None:
     }
 
     if "fusions" in sections:
-        rows = fusion_throughput(device=device)
+        rows = fusion_throughput(
+            device=device, fusions=args.fusions.split(",") if args.fusions else None
+        )
         results["fusions"] = rows
+        results["matmul_gflops_per_s"] = matmul_gflops(device)
         _table(
             rows, f"fusion modules alone, batch {rows[0]['batch']}, encoder-sized tokens ({device})"
         )
-        print()
+        print(
+            f"one [8192, 256] x [256, 768] fp32 matrix product: {results['matmul_gflops_per_s']:.1f} GFLOP/s\n"
+        )
 
     if "models" in sections:
         r = model_throughput(device=device)
@@ -89,14 +111,16 @@ def main() -> None:
             )
 
     if "fit" in sections:
-        r = fit_vs_raw_loop(QUICK)
+        r = fit_vs_raw_loop(QUICK, repeats=args.pairs)
         results["fit_vs_raw_loop"] = r
         print(
             f"\nfit vs raw loop ({r['steps']} steps x {len(r['ratios'])}, synthetic_quick model, same batches)"
         )
         for f, w, q in zip(r["fit_steps_per_s"], r["raw_steps_per_s"], r["ratios"], strict=True):
             print(f"  fit {f:.2f} steps/s, raw {w:.2f} steps/s, ratio {q:.3f}")
-        print(f"  median ratio {r['ratio']:.3f}")
+        print(
+            f"  median ratio {r['ratio']:.3f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f})"
+        )
 
     if "cache" in sections:
         r = feature_cache_speedup(QUICK)
@@ -114,7 +138,8 @@ def main() -> None:
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        kept = json.loads(args.out.read_text()) if args.out.exists() else {}
+        args.out.write_text(json.dumps({**kept, **results}, indent=2) + "\n")
         print(f"wrote {args.out}")
 
 

@@ -63,6 +63,30 @@ class Processor:
         """JSON that ``from_config`` rebuilds this processor from; extra files go in ``save_dir``."""
         raise NotImplementedError
 
+    # Where ``collate`` pads sequences, and with what (0 unless a subclass says otherwise).
+    padding_side: str = "right"
+
+    def pad_value(self, key: str) -> float:
+        return 0
+
+    def collate(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One batch from the outputs of ``self([value])`` per sample (each [1, ...]): the
+        tensors ``self(values)`` gives, sequences [1, L] padded to the longest."""
+        out = {}
+        for key in items[0]:
+            parts = [item[key] for item in items]
+            if parts[0].ndim == 2:
+                width = max(p.shape[1] for p in parts)
+                parts = [self._pad(p, width, self.pad_value(key)) for p in parts]
+            out[key] = torch.cat(parts)
+        return out
+
+    def _pad(self, x: torch.Tensor, width: int, value: float) -> torch.Tensor:
+        extra = width - x.shape[1]
+        return torch.nn.functional.pad(
+            x, (extra, 0) if self.padding_side == "left" else (0, extra), value=value
+        )
+
     @classmethod
     def from_config(cls, config: dict[str, Any], save_dir: Path) -> Processor:
         return cls(**config)

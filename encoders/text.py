@@ -150,6 +150,13 @@ class TextProcessor(Processor):
             k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
         }
 
+    @property
+    def padding_side(self) -> str:  # type: ignore[override]
+        return self.tokenizer.padding_side if self.tokenizer is not None else "right"
+
+    def pad_value(self, key: str) -> float:
+        return self.tokenizer.pad_token_id if key == "input_ids" else 0
+
     def to_config(self, save_dir: Path) -> dict[str, Any]:
         if self.tokenizer is None:
             raise ValueError("cannot save a text processor before it has a tokenizer")

@@ -97,6 +97,14 @@ class MultimodalCollator:
         self.corruption = corruption  # (modality, corruption name, severity), applied to raw values
         self.events: Counter[str] = Counter()
 
+    def dropped(
+        self, rows: Sequence[int], rng: np.random.Generator | None = None
+    ) -> dict[str, np.ndarray]:
+        """{modality: [B] bool}: which samples modality dropout removes from this batch.
+        Seeded by the row ids, not by history, so a resumed run drops the same modalities."""
+        rng = rng if rng is not None else np.random.default_rng([self.seed, *rows])
+        return {m: rng.random(len(rows)) < p for m, p in self.dropout.items() if p > 0}
+
     def _where(self, row: Mapping[str, Any], modality: str) -> str:
         return f"split {self.split!r}, row {row['__row__']}, column {self.columns.get(modality, modality)!r}"
 
@@ -157,11 +165,10 @@ class MultimodalCollator:
             for s in samples:
                 if not self.processor.is_missing(m, s[m]):
                     s[m] = corrupt(kind, s[m], name, severity, rng)
-        for m, p in self.dropout.items():
-            if p > 0:
-                for s, drop in zip(samples, rng.random(len(samples)) < p, strict=True):
-                    if drop:
-                        s[m] = None
+        for m, drop in self.dropped([int(r["__row__"]) for r in rows], rng).items():
+            for s, d in zip(samples, drop, strict=True):
+                if d:
+                    s[m] = None
         if "label" in rows[0]:
             try:
                 labels = self.processor.check_labels([r.get("label") for r in rows])
@@ -235,6 +242,12 @@ def make_loader(
         return _stream_loader(ds, model, spec, split, batch_size, shuffle, num_workers, seed,
                               pin_memory, collator_kwargs)  # fmt: skip
     view = RowView(ds, spec, split)
+    collator = MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs)
+    # Raw values are corrupted before processing, so corrupted rows are never cached.
+    if spec.cache_processed and len(view) and collator.corruption is None:
+        from .processed import processed_loader
+
+        return processed_loader(view, collator, batch_size, shuffle, num_workers, seed, pin_memory)
     # A private generator: creating an iterator must not consume the global RNG.
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
@@ -242,7 +255,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=EpochSampler(len(view), seed, shuffle),
         num_workers=num_workers,
-        collate_fn=MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs),
+        collate_fn=collator,
         generator=generator,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,

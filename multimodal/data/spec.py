@@ -56,6 +56,9 @@ class DatasetSpec:
     # the whole row) and the rows a training shuffle buffer holds.
     row_key: str | None = None
     shuffle_buffer: int = 1000
+    # Decode once: each split's processed tensors are kept (Arrow, keyed by the processors'
+    # config and the data) and later epochs and stages read them; see data.processed.
+    cache_processed: bool = True
 
     def media_roots(self) -> list[Path]:
         """Folders a media path in a row may point into; empty for hub and synthetic data."""

@@ -95,9 +95,10 @@ def fit_vs_raw_loop(
 ) -> dict[str, Any]:
     """Training steps/s of ``fit`` against a minimal hand-written loop: same model, same batches.
 
-    The two alternate ``warmup + repeats`` times (CPU timings drift with heat and caches;
-    the first pair runs cold and is discarded); the ratio reported is the median of the
-    per-pair ratios.
+    The two alternate ``warmup + repeats`` times, each pair in the other order than the one
+    before (CPU timings drift with heat, caches and the machine's other load; the first
+    pair runs cold and is discarded). The ratio reported is the median of the per-pair
+    ratios, with their minimum and maximum as the spread.
     """
     from ..data.collate import make_loader
     from ..engine import FitData, build_optimizer, fit
@@ -132,11 +133,17 @@ def fit_vs_raw_loop(
             epoch += 1
         return steps / (time.perf_counter() - start)
 
-    pairs = []
-    for _ in range(warmup + repeats):
+    def fit_loop() -> float:
         model = build_model(run.model.to_dict(), rows, seed=0)
-        fit_rate = fit(model, FitData(spec, dsd["train"]), cfg).train_steps_per_s
-        pairs.append((fit_rate, raw_loop()))
+        return fit(model, FitData(spec, dsd["train"]), cfg).train_steps_per_s
+
+    pairs = []
+    for i in range(warmup + repeats):
+        if i % 2:
+            raw_rate = raw_loop()
+            pairs.append((fit_loop(), raw_rate))
+        else:
+            pairs.append((fit_loop(), raw_loop()))
     pairs = pairs[warmup:]
     ratios = [f / r for f, r in pairs]
     return {
@@ -144,8 +151,20 @@ def fit_vs_raw_loop(
         "raw_steps_per_s": [r for _, r in pairs],
         "ratios": ratios,
         "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
         "steps": steps,
     }
+
+
+def matmul_gflops(device: str = "cpu", rows: int = 8192, repeats: int = 10) -> float:
+    """GFLOP/s of one [rows, 256] x [256, 768] fp32 matrix product (the shape of a fusion's
+    QKV projection at batch 64): the ceiling the attention fusions' GEMMs work against."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, 256, generator=g).to(device)
+    b = torch.randn(256, 768, generator=g).to(device)
+    timing = time_call(lambda: a @ b, repeats=repeats)
+    return 2 * rows * 256 * 768 / (timing["median_ms"] / 1e3) / 1e9
 
 
 def feature_cache_speedup(
@@ -234,10 +253,12 @@ def fusion_throughput(
         inference = time_call(infer, repeats=repeats)
         with FlopCounterMode(display=False) as counter:
             infer()
+        flops = counter.get_total_flops() / batch
+        infer_rate = batch / inference["median_ms"] * 1e3
         rows.append({
             "fusion": name, "params": sum(p.numel() for p in f.parameters()), "batch": batch,
-            "gflops_per_sample": counter.get_total_flops() / batch / 1e9,
-            "train_samples_per_s": batch / train["median_ms"] * 1e3, "infer_samples_per_s": batch / inference["median_ms"] * 1e3,
+            "gflops_per_sample": flops / 1e9, "train_samples_per_s": batch / train["median_ms"] * 1e3,
+            "infer_samples_per_s": infer_rate, "infer_gflops_per_s": flops * infer_rate / 1e9,
             "peak_memory_mb": _peak_memory_mb(device),
         })  # fmt: skip
     return rows
