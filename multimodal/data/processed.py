@@ -23,6 +23,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 
 from .collate import EpochSampler, MultimodalCollator, RowView
@@ -108,7 +109,7 @@ def build_processed(
             process, input_columns="index", batched=True, batch_size=64, remove_columns=["index"],
             features=_features(first), keep_in_memory=in_memory, new_fingerprint=key,
             cache_file_name=None if in_memory else _cache_file(source, key), num_proc=num_proc,
-        ).with_format("torch")  # fmt: skip
+        )  # fmt: skip
     if in_memory:
         _IN_MEMORY[key] = processed
         while len(_IN_MEMORY) > IN_MEMORY_KEPT:
@@ -153,48 +154,73 @@ def _cache_file(source: datasets.Dataset, key: str) -> str:
     )
 
 
+# A batch read from the cache, by column: [B, ...] tensors for fixed shapes and scalars,
+# a list of B tensors where the length varies, a list of str for domains.
+Columns = dict[str, Any]
+
+
+def _column(array: pa.Array, feature: Any) -> Any:
+    """One Arrow column -> torch, without the per-element walk of ``datasets``' formatter."""
+    if isinstance(feature, datasets.Value):
+        if feature.dtype == "string":
+            return array.to_pylist()
+        return torch.from_numpy(np.array(array.to_numpy(zero_copy_only=False)))
+    if isinstance(feature, datasets.List):
+        values = torch.from_numpy(np.array(array.flatten().to_numpy(zero_copy_only=False)))
+        return list(values.split(np.diff(array.offsets.to_numpy()).tolist()))
+    return torch.from_numpy(np.array(array.to_numpy(zero_copy_only=False)))  # ArrayND
+
+
 class ProcessedRows(torch.utils.data.Dataset):
-    """Rows of a processed split; ``__getitems__`` reads a batch's rows in one Arrow slice."""
+    """Rows of a processed split; ``__getitems__`` reads a batch's rows as one Arrow take."""
 
     def __init__(self, processed: datasets.Dataset) -> None:
-        self.processed = processed
+        self.processed = processed.with_format("arrow")
+        self.features = processed.features
 
     def __len__(self) -> int:
         return len(self.processed)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.processed[int(index)]
+    def __getitem__(self, index: int) -> Columns:
+        return self.__getitems__([index])
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        columns = self.processed[list(indices)]
-        return [{k: v[i] for k, v in columns.items()} for i in range(len(indices))]
+    def __getitems__(self, indices: Sequence[int]) -> Columns:
+        table = self.processed[[int(i) for i in indices]]
+        return {
+            name: _column(table.column(name).combine_chunks(), self.features[name])
+            for name in table.column_names
+        }
 
 
 class ProcessedCollator:
-    """Processed rows -> Batch, equal to ``MultimodalCollator`` on the raw rows: the same
-    modality dropout (same draws), and each processor's ``collate`` pads and stacks."""
+    """A batch of processed rows (``Columns``) -> Batch, equal to ``MultimodalCollator`` on
+    the raw rows: the same modality dropout (same draws), and each processor's ``collate``
+    pads and stacks."""
 
     def __init__(self, collator: MultimodalCollator) -> None:
         self.collator, self.processor = collator, collator.processor
         # What a processor makes of an absent value: dropped rows get it, as in the raw path.
         self.empty = {m: p([None]) for m, p in self.processor.processors.items()}
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        row_ids = [int(r[ROW]) for r in rows]
+    def __call__(self, columns: Columns) -> dict[str, Any]:
+        row_ids = columns[ROW].tolist()
         dropped = self.collator.dropped(row_ids)
         batch: dict[str, Any] = {"present": {}}
         for m, processor in self.processor.processors.items():
-            keys, drop = list(self.empty[m]), dropped.get(m, np.zeros(len(rows), dtype=bool))
-            items, present = [], []
-            for i, r in enumerate(rows):
-                keep = bool(r[PRESENT + m]) and not drop[i]
-                items.append({k: r[f"{m}.{k}"][None] for k in keys} if keep else self.empty[m])
-                present.append(keep)
+            keep = columns[PRESENT + m].clone()
+            if m in dropped:
+                keep &= ~torch.from_numpy(dropped[m])
+            values = {k: columns[f"{m}.{k}"] for k in self.empty[m]}
+            items = [
+                {k: v[i][None] for k, v in values.items()} if kept else self.empty[m]
+                for i, kept in enumerate(keep.tolist())
+            ]
             batch[m] = processor.collate(items)
-            batch["present"][m] = torch.tensor(present, dtype=torch.bool)
-        if LABEL in rows[0]:
-            batch["labels"] = torch.stack([torch.as_tensor(r[LABEL]) for r in rows])
+            batch["present"][m] = keep
+        if LABEL in columns:
+            labels = columns[LABEL]
+            batch["labels"] = torch.stack(labels) if isinstance(labels, list) else labels
         ids = self.collator.domain_ids
-        batch["domain"] = torch.tensor([ids.get(r[DOMAIN], -1) for r in rows], dtype=torch.long)
-        batch["row"] = torch.tensor(row_ids, dtype=torch.long)
+        batch["domain"] = torch.tensor([ids.get(d, -1) for d in columns[DOMAIN]], dtype=torch.long)
+        batch["row"] = columns[ROW]
         return batch
