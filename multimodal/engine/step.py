@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from ..modeling.model import Batch, ModelOutput
 from .checkpoint import last_checkpoint
@@ -62,9 +63,7 @@ class TrainStep:
             self.finite = self.finite and bool(torch.isfinite(terms.total.detach()))
             skipped = False
             if accelerator.sync_gradients:
-                norm = accelerator.clip_grad_norm_(
-                    self.model.parameters(), self.max_grad_norm or math.inf
-                )
+                norm = self._clip_or_norm()
                 self.finite = self.finite and (norm is None or bool(torch.isfinite(norm)))
                 if accelerator.scaler is None:
                     skipped = not _on_every_process(accelerator, self.finite)
@@ -77,6 +76,21 @@ class TrainStep:
                     self.scheduler.step()
             self.optimizer.zero_grad()
         return StepOutcome(out, terms, accelerator.sync_gradients, skipped)
+
+    def _clip_or_norm(self) -> torch.Tensor | None:
+        """Clip to ``max_grad_norm`` through accelerate (sharded and fp16-scaled gradients
+        included), returning the norm. Without clipping, only the non-finite guard needs the
+        norm: fp16's grad scaler checks by itself, and plain gradients (DDP has reduced
+        them) are measured without accelerate's clipping pass."""
+        accelerator = self.accelerator
+        if self.max_grad_norm is not None:
+            return accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if accelerator.scaler is not None:
+            return None
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return accelerator.clip_grad_norm_(self.model.parameters(), math.inf)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads, foreach=True) if grads else None
 
     def count_skip(self, state: TrainState, run_dir: Path | None) -> None:
         """Count a skipped update; raise once ``max_nonfinite`` came in a row."""
