@@ -1,11 +1,18 @@
 """Load test of the inference server on 127.0.0.1, with and without dynamic batching.
 
-    python benchmarks/serve_load.py [--model RUN_DIR] [--requests 256] [--concurrency 32]
+    python benchmarks/serve_load.py [--model RUN_DIR] [--configs deploy_a,model_bound]
+        [--requests 256] [--concurrency 32] [--out benchmarks/results/serve_load.json]
 
-Without --model it trains benchmarks/configs/deploy_a.yaml into runs/serve_load/model once.
-For each setting (--max-batch 32 --max-wait-ms 10, then --max-batch 1) it starts
-`multimodal serve`, sends a bounded burst of requests (text, tabular, a PNG and a WAV each)
-from --concurrency client threads, and reports requests/s and p50/p95/p99 latency.
+Two models, unless --model names one:
+- deploy_a: benchmarks/configs/deploy_a.yaml (tiny encoders), trained once into
+  runs/serve_load/model; decoding and processing dominate.
+- model_bound: a BERT-base-sized text encoder, ViT-S/16 on 32 px images and a wider audio
+  CNN, random init (built from configs, saved once into runs/serve_load/model_bound), on
+  the same small inputs; the network dominates.
+For each model and setting (--max-batch 32 --max-wait-ms 10, then --max-batch 1) it starts
+`multimodal serve`, sends a bounded burst of requests (text, tabular, a 32 px PNG and a
+0.5 s WAV each) from --concurrency client threads, and reports requests/s and p50/p95/p99
+latency.
 """
 
 from __future__ import annotations
@@ -21,6 +28,38 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_BOUND = {
+    "encoders": {
+        "text": {"name": "hf_text", "config": {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12,
+                 "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 1000,
+                 "max_position_embeddings": 64}, "max_length": 32},
+        "image": {"name": "timm_image", "model_name": "vit_small_patch16_224", "img_size": 32},
+        "audio": {"name": "audio_cnn", "channels": [32, 64, 128], "sample_rate": 8000, "max_seconds": 0.5},
+        "tabular": {"name": "tabular_mlp", "numerical": ["tab_0", "tab_1", "tab_2", "tab_3"],
+                    "categorical": {"tab_channel": ["web", "store", "phone"]}, "dim": 64},
+    },
+    "fusion": {"name": "concat", "dim": 256},
+    "head": {"task": "classification", "num_classes": 4},
+}  # fmt: skip
+
+
+def _model(name: str) -> Path:
+    """The served folder of a named model, built (and for deploy_a, trained) on first use."""
+    folder = Path("runs/serve_load") / ("model" if name == "deploy_a" else name)
+    if name == "deploy_a" and not (folder / "best_model").is_dir():
+        from multimodal.experiments.config import load_run_config
+        from multimodal.experiments.runs import train_run
+
+        train_run(load_run_config(ROOT / "benchmarks/configs/deploy_a.yaml"), folder)
+    elif name == "model_bound" and not (folder / "model.safetensors").is_file():
+        import multimodal as mm
+
+        spec = mm.DatasetSpec(options={"samples_per_domain": 100})
+        view = mm.data.RowView(mm.load_dataset(spec)["train"], spec, "train")
+        mm.build_model(MODEL_BOUND, [view[i] for i in range(len(view))], seed=0).save_pretrained(
+            folder
+        )
+    return folder
 
 
 def _sample(i: int) -> dict:
@@ -90,29 +129,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path)
+    parser.add_argument("--model", type=Path, help="serve this run or save_pretrained folder only")
+    parser.add_argument(
+        "--configs", default="deploy_a,model_bound", help="(default: deploy_a,model_bound)"
+    )
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("runs/serve_load/results.json"))
     args = parser.parse_args()
-    model = args.model
-    if model is None:
-        model = Path("runs/serve_load/model")
-        if not (model / "best_model").is_dir():
-            from multimodal.experiments.config import load_run_config
-            from multimodal.experiments.runs import train_run
-
-            train_run(load_run_config(ROOT / "benchmarks/configs/deploy_a.yaml"), model)
-    rows = [
-        load(model, 32, 10.0, args.requests, args.concurrency),
-        load(model, 1, 0.0, args.requests, args.concurrency),
-    ]
-    print(f"{'setting':<22} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6}")
+    models = (
+        {str(args.model): args.model}
+        if args.model
+        else {n: _model(n) for n in args.configs.split(",")}
+    )
+    rows = []
+    for name, model in models.items():
+        for max_batch, wait in ((32, 10.0), (1, 0.0)):
+            rows.append(
+                {"model": name, **load(model, max_batch, wait, args.requests, args.concurrency)}
+            )
+    print(
+        f"{'model':<14} {'setting':<18} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6}"
+    )
     for r in rows:
-        name = f"batched (max {r['max_batch']})" if r["max_batch"] > 1 else "unbatched"
-        print(
-            f"{name:<22} {r['requests_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['mean_batch_size']:>6.1f}"
-        )
+        setting = f"batched (max {r['max_batch']})" if r["max_batch"] > 1 else "unbatched"
+        print(f"{r['model']:<14} {setting:<18} {r['requests_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
+              f"{r['p99_ms']:>8.1f} {r['mean_batch_size']:>6.1f}")  # fmt: skip
+    for name in models:
+        batched, unbatched = (r for r in rows if r["model"] == name)
+        print(f"{name}: batched / unbatched requests/s {batched['requests_per_s'] / unbatched['requests_per_s']:.2f}x, "
+              f"p95 {batched['p95_ms']:.0f} ms against {unbatched['p95_ms']:.0f} ms")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out}")

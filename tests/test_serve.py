@@ -124,3 +124,37 @@ def test_a_burst_of_concurrent_requests_is_batched(server) -> None:
     after = httpx.get(f"{server}/health").json()
     samples, batches = after["samples"] - before["samples"], after["batches"] - before["batches"]
     assert samples == 64 and batches < 64  # grouped into fewer, larger batches
+
+
+def test_checked_samples_collate_to_what_predict_preprocesses() -> None:
+    import torch
+
+    import multimodal as mm
+    from multimodal.deploy.serve import Batcher, check_sample
+    from multimodal.experiments.config import model_config
+    from tests.multimodal.tiny_run import tiny_data
+
+    config, _, _, rows = tiny_data(
+        encoders={**tiny_run()["encoders"], "image": IMAGE, "audio": AUDIO}
+    )
+    model = mm.build_model(model_config(config), rows, seed=0).eval()
+    raw = [
+        {**SAMPLE, "image": _png(), "audio": base64.b64encode(_wav()).decode()},
+        {"text": "only a much longer text than the others, to pad"},
+        {},
+        {"audio": base64.b64encode(_wav()[:2000]).decode(), "tabular": SAMPLE["tabular"]},
+    ]
+    checked = [check_sample(model.processor, s, "inputs") for s in raw]
+    assert set(checked[1]) == {"text"} and checked[2] == {}
+    decoded = [
+        {m: base64.b64decode(v) if m in ("image", "audio") else v for m, v in s.items()}
+        for s in raw
+    ]
+    expected = model.preprocess(decoded)
+    batcher = Batcher(model, max_batch=8, max_wait_ms=0)
+    got = batcher.collate(checked)
+    for m in model.modalities:
+        assert got["present"][m].tolist() == expected["present"][m].tolist()
+        for key, value in expected[m].items():
+            assert torch.allclose(got[m][key], value, rtol=0, atol=0, equal_nan=True), (m, key)
+    assert batcher._predict(checked)["probs"] == model.predict(decoded)["probs"].tolist()

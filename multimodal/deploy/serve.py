@@ -6,8 +6,9 @@ audio as base64 strings of their encoded files (PNG, JPEG, WAV, FLAC...). It als
 multipart forms: one field per modality, files for images and audio, a JSON object for a
 tabular row. Any modality may be left out: the model's missing-modality path handles it.
 
-Concurrent requests wait in a queue; a worker runs them as one batch once ``max_batch``
-samples are waiting or the oldest has waited ``max_wait_ms``.
+Each sample is decoded, checked and processed once, off the event loop, as it arrives;
+its tensors wait in a queue, and a worker pads and stacks them into one batch once
+``max_batch`` samples are waiting or the oldest has waited ``max_wait_ms``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves the route
 from fastapi.responses import JSONResponse
 
 from ..experiments.lineage import LINEAGE_NAME
-from ..modeling.model import MultimodalModel
+from ..modeling.model import Batch, MultimodalModel, move_to
 from ..modeling.processing import MultimodalProcessor
 
 MEDIA = ("image", "audio")
@@ -51,6 +52,9 @@ class Batcher:
 
     def __init__(self, model: MultimodalModel, max_batch: int, max_wait_ms: float) -> None:
         self.model, self.max_batch, self.max_wait = model, max(1, max_batch), max_wait_ms / 1000
+        processors = model.processor.processors
+        # What a processor makes of an absent value, as model.predict would give it.
+        self.empty = {m: p([None]) for m, p in processors.items()}
         self.queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future]] | None = None
         self.executor = ThreadPoolExecutor(max_workers=1)
         self.batches = 0
@@ -83,9 +87,21 @@ class Batcher:
                 if not future.done():
                     future.set_result({k: v[i] for k, v in result.items()})
 
+    def collate(self, samples: list[dict[str, Any]]) -> Batch:
+        """Checked samples ({modality: that modality's tensors for the sample}) -> one
+        batch, padded and stacked by each processor: what ``model.preprocess`` gives for
+        the raw samples."""
+        batch: Batch = {"present": {}}
+        for m, processor in self.model.processor.processors.items():
+            batch[m] = processor.collate([s.get(m, self.empty[m]) for s in samples])
+            batch["present"][m] = torch.tensor([m in s for s in samples], dtype=torch.bool)
+        return batch
+
     def _predict(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        model = self.model
         with torch.inference_mode():
-            out = self.model.predict(samples)
+            logits = model(move_to(self.collate(samples), model.device)).logits.float()
+            out = model.head.task.outputs(logits)
         with self.lock:
             self.batches += 1
             self.samples += len(samples)
@@ -108,7 +124,9 @@ def _decode_base64(value: str, field: str) -> bytes:
 
 
 def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[str, Any]:
-    """A JSON sample as raw values the processors take; a ``RequestError`` names the field."""
+    """A JSON sample, decoded, checked and processed once: {modality: the processor's
+    tensors for it (batch of one)}, absent modalities left out. A ``RequestError`` names
+    the field."""
     if not isinstance(raw, Mapping):
         raise RequestError(
             422, where, f"expected an object of modality values, got {type(raw).__name__}"
@@ -140,10 +158,9 @@ def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[s
         if processor.is_missing(m, value):
             continue
         try:
-            processor.processors[m]([value])  # the same checks the batch will run
+            sample[m] = processor.processors[m]([value])
         except (ValueError, TypeError, OSError) as err:
             raise RequestError(422, field, str(err).replace("sample 0: ", "")) from err
-        sample[m] = value
     return sample
 
 
