@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -106,7 +107,9 @@ def fit_vs_raw_loop(
 
     run, spec, dsd, rows = _quick_setup(config_path, samples_per_domain)
     cfg = run.stage(max_steps=steps, patience=None, save_every=None, output_dir=None, progress=False,
-                       feature_cache="off", max_grad_norm=None, warmup_ratio=0.0)  # fmt: skip
+                       feature_cache="off", warmup_ratio=0.0)  # fmt: skip
+    # No clipping, as in the raw loop (stage() keeps a field given None, so set it here).
+    cfg = dataclasses.replace(cfg, max_grad_norm=None)
 
     def raw_loop() -> float:
         model = build_model(run.model.to_dict(), rows, seed=0).train()
