@@ -43,99 +43,87 @@ def _table(rows: list[dict], title: str) -> None:
         )
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    # fmt: off
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument(
-        "--fusions", help="fusions section: these only, comma-separated (default: all)"
+    parser.add_argument("--fusions", help="fusions section: these only, comma-separated (default: all)")
+    parser.add_argument("--pairs", type=int, default=5, help="fit section: timed fit/raw-loop pairs (default: 5)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (other sections in it are kept)")
+    # fmt: on
+    return parser
+
+
+def _fusions(args: argparse.Namespace, device: str, results: dict) -> None:
+    rows = fusion_throughput(
+        device=device, fusions=args.fusions.split(",") if args.fusions else None
     )
-    parser.add_argument(
-        "--pairs", type=int, default=5, help="fit section: timed fit/raw-loop pairs (default: 5)"
+    results["fusions"] = rows
+    results["matmul_gflops_per_s"] = matmul_gflops(device)
+    _table(rows, f"fusion modules alone, batch {rows[0]['batch']}, encoder-sized tokens ({device})")
+    print(
+        f"one [8192, 256] x [256, 768] fp32 matrix product: {results['matmul_gflops_per_s']:.1f} GFLOP/s\n"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="write the results as JSON here (other sections in it are kept)",
+
+
+def _models(args: argparse.Namespace, device: str, results: dict) -> None:
+    r = results["models"] = model_throughput(device=device)
+    size = ("realistic encoder sizes (BERT-base, ViT-S/16, CNN10 on 10 s audio)" if r["realistic"]
+            else "synthetic-quick encoder sizes")  # fmt: skip
+    _table(
+        r["rows"],
+        f"whole model, {size}, {r['precision']}, batch {r['rows'][0]['batch']} ({device})",
     )
-    args = parser.parse_args()
-    sections = args.only or list(SECTIONS)
+    print()
+
+
+def _moe(args: argparse.Namespace, device: str, results: dict) -> None:
+    rows = results["moe"] = moe_scaling(repeats=args.repeats, device=device)
+    print(
+        f"MoE fusion, forward+backward, top-{rows[0]['top_k']}, batch {rows[0]['batch']}, same expert size ({device})"
+    )
+    print(f"{'experts':>8} {'params':>10} {'median ms':>10} {'p90 ms':>8} {'x vs 2':>7}")
+    for r in rows:
+        print(
+            f"{r['num_experts']:>8} {r['params']:>10,} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['relative_to_first']:>7.2f}"
+        )
+
+
+def _fit(args: argparse.Namespace, device: str, results: dict) -> None:
+    r = results["fit_vs_raw_loop"] = fit_vs_raw_loop(QUICK, repeats=args.pairs)
+    print(
+        f"\nfit vs raw loop ({r['steps']} steps x {len(r['ratios'])}, synthetic_quick model, same batches)"
+    )
+    for f, w, q in zip(r["fit_steps_per_s"], r["raw_steps_per_s"], r["ratios"], strict=True):
+        print(f"  fit {f:.2f} steps/s, raw {w:.2f} steps/s, ratio {q:.3f}")
+    print(f"  median ratio {r['ratio']:.3f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f})")
+
+
+def _cache(args: argparse.Namespace, device: str, results: dict) -> None:
+    r = results["feature_cache"] = feature_cache_speedup(QUICK)
+    print("\nstrategy=head epoch seconds (synthetic_quick model)")
+    for mode in ("off", "memory"):
+        epochs = ", ".join(f"{t:.2f}" for t in r[mode]["epoch_seconds"])
+        print(f"  cache {mode:<6}: {epochs}  (whole fit {r[mode]['total_seconds']:.1f} s)")
+    print(
+        f"  speed-up from the second epoch: {r['speedup_from_second_epoch']:.1f}x; whole fit: {r['speedup_total']:.1f}x"
+    )
+
+
+RUNNERS = {"fusions": _fusions, "models": _models, "moe": _moe, "fit": _fit, "cache": _cache}
+
+
+def main() -> None:
+    args = _parser().parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict = {
-        "device": device,
-        "torch": torch.__version__,
-        "cpu": platform.processor(),
-        "threads": torch.get_num_threads(),
-    }
-
-    if "fusions" in sections:
-        rows = fusion_throughput(
-            device=device, fusions=args.fusions.split(",") if args.fusions else None
-        )
-        results["fusions"] = rows
-        results["matmul_gflops_per_s"] = matmul_gflops(device)
-        _table(
-            rows, f"fusion modules alone, batch {rows[0]['batch']}, encoder-sized tokens ({device})"
-        )
-        print(
-            f"one [8192, 256] x [256, 768] fp32 matrix product: {results['matmul_gflops_per_s']:.1f} GFLOP/s\n"
-        )
-
-    if "models" in sections:
-        r = model_throughput(device=device)
-        results["models"] = r
-        size = (
-            "realistic encoder sizes (BERT-base, ViT-S/16, CNN10 on 10 s audio)"
-            if r["realistic"]
-            else "synthetic-quick encoder sizes"
-        )
-        _table(
-            r["rows"],
-            f"whole model, {size}, {r['precision']}, batch {r['rows'][0]['batch']} ({device})",
-        )
-        print()
-
-    if "moe" in sections:
-        rows = moe_scaling(repeats=args.repeats, device=device)
-        results["moe"] = rows
-        print(
-            f"MoE fusion, forward+backward, top-{rows[0]['top_k']}, batch {rows[0]['batch']}, same expert size ({device})"
-        )
-        print(f"{'experts':>8} {'params':>10} {'median ms':>10} {'p90 ms':>8} {'x vs 2':>7}")
-        for r in rows:
-            print(
-                f"{r['num_experts']:>8} {r['params']:>10,} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['relative_to_first']:>7.2f}"
-            )
-
-    if "fit" in sections:
-        r = fit_vs_raw_loop(QUICK, repeats=args.pairs)
-        results["fit_vs_raw_loop"] = r
-        print(
-            f"\nfit vs raw loop ({r['steps']} steps x {len(r['ratios'])}, synthetic_quick model, same batches)"
-        )
-        for f, w, q in zip(r["fit_steps_per_s"], r["raw_steps_per_s"], r["ratios"], strict=True):
-            print(f"  fit {f:.2f} steps/s, raw {w:.2f} steps/s, ratio {q:.3f}")
-        print(
-            f"  median ratio {r['ratio']:.3f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f})"
-        )
-
-    if "cache" in sections:
-        r = feature_cache_speedup(QUICK)
-        results["feature_cache"] = r
-        print("\nstrategy=head epoch seconds (synthetic_quick model)")
-        for mode in ("off", "memory"):
-            print(
-                f"  cache {mode:<6}: "
-                + ", ".join(f"{t:.2f}" for t in r[mode]["epoch_seconds"])
-                + f"  (whole fit {r[mode]['total_seconds']:.1f} s)"
-            )
-        print(
-            f"  speed-up from the second epoch: {r['speedup_from_second_epoch']:.1f}x; whole fit: {r['speedup_total']:.1f}x"
-        )
-
+    results: dict = {"device": device, "torch": torch.__version__, "cpu": platform.processor(),
+                     "threads": torch.get_num_threads()}  # fmt: skip
+    for section in SECTIONS:
+        if section in (args.only or SECTIONS):
+            RUNNERS[section](args, device, results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         kept = json.loads(args.out.read_text()) if args.out.exists() else {}
