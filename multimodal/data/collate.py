@@ -247,7 +247,8 @@ def make_loader(
     if spec.cache_processed and len(view) and collator.corruption is None:
         from .processed import processed_loader
 
-        return processed_loader(view, collator, batch_size, shuffle, num_workers, seed, pin_memory)
+        sampler = EpochSampler(len(view), seed, shuffle)
+        return processed_loader(view, collator, batch_size, sampler, num_workers, seed, pin_memory)
     # A private generator: creating an iterator must not consume the global RNG.
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(

@@ -26,7 +26,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .collate import EpochSampler, MultimodalCollator, RowView
+# The RowView and MultimodalCollator of data.collate are passed in, never imported:
+# collate.make_loader calls this module, and sibling modules import one way only.
+RowView = Any
+MultimodalCollator = Any
 
 logger = logging.getLogger(__name__)
 PRESENT, LABEL, DOMAIN, ROW = "present.", "labels", "domain", "__row__"
@@ -117,15 +120,16 @@ def build_processed(
     return processed
 
 
-def processed_loader(view: RowView, collator: MultimodalCollator, batch_size: int, shuffle: bool,
-                     num_workers: int, seed: int, pin_memory: bool) -> torch.utils.data.DataLoader:  # fmt: skip
-    """A DataLoader over the processed rows of ``view``, in the order the raw loader has."""
+def processed_loader(view: RowView, collator: MultimodalCollator, batch_size: int,
+                     sampler: torch.utils.data.Sampler, num_workers: int, seed: int,
+                     pin_memory: bool) -> torch.utils.data.DataLoader:  # fmt: skip
+    """A DataLoader over the processed rows of ``view``, in ``sampler``'s order (the one
+    the raw loader has)."""
     rows = ProcessedRows(build_processed(view, collator, num_proc=num_workers or None))
     return torch.utils.data.DataLoader(
-        rows, batch_size=batch_size, sampler=EpochSampler(len(rows), seed, shuffle),
-        num_workers=num_workers, collate_fn=ProcessedCollator(collator),
-        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,
-        pin_memory=pin_memory,
+        rows, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=ProcessedCollator(collator), generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0, pin_memory=pin_memory,
     )  # fmt: skip
 
 
