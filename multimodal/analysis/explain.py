@@ -138,7 +138,20 @@ def explain(
         }
     if attention is not None:
         result["attention"] = {"row": attention_sample, **attention}
+    if _has_imbalance(model, ds, spec):
+        from .imbalance import modality_imbalance
+
+        result["imbalance"] = modality_imbalance(model, ds, spec, batch_size)
     return result
+
+
+def _has_imbalance(model: Any, ds: datasets.Dataset, spec: DatasetSpec) -> bool:
+    """Modality imbalance is measured on labelled classification splits of 2+ modalities."""
+    return (
+        model.head.task.default_metric == "accuracy"
+        and len(model.modalities) > 1
+        and spec.label in ds.column_names
+    )
 
 
 def _share(counts: torch.Tensor) -> list[float]:
@@ -231,6 +244,18 @@ def format_explanation(result: Mapping[str, Any]) -> str:
     lines.append(
         f"ranking: drop-one {result['ablation']['ranking']}, IG {result['integrated_gradients']['ranking']}"
     )
+    if "imbalance" in result:
+        imb = result["imbalance"]
+        lines.append(
+            f"modality imbalance (accuracy {imb['full']:.3f}, chance {imb['chance']:.3f}):"
+        )
+        lines.append(f"  {'modality':<12} {'alone':>7} {'without':>8} {'utilisation':>12}")
+        for m in result["modalities"]:
+            lines.append(f"  {m:<12} {imb['alone'][m]:>7.3f} {imb['full'] - imb['contribution'][m]:>8.3f} "
+                         f"{imb['utilisation'][m]:>12.3f}")  # fmt: skip
+        lines.append(
+            f"  imbalance degree {imb['imbalance_degree']:.3f} (dominant: {imb['dominant']})"
+        )
     if "expert_load" in result:
         lines.append("expert load per modality:")
         for m, v in result["expert_load"]["per_modality"].items():

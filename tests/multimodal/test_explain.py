@@ -58,6 +58,10 @@ def test_explain_ranks_the_only_informative_modality_first(carrier, tmp_path) ->
     assert accuracy > 0.4  # chance is 0.25: the model did learn from the carrier
     result = explain(model, dsd["test"], spec, ig_steps=16)
     assert result["ablation"]["ranking"][0] == carrier
+    # The carrier alone keeps the model's skill; the shuffled modalities alone keep none.
+    imbalance = result["imbalance"]
+    assert imbalance["dominant"] == carrier and imbalance["imbalance_degree"] > 0.3
+    assert imbalance["contribution"][carrier] == max(imbalance["contribution"].values())
     assert result["integrated_gradients"]["ranking"][0] == carrier
     assert result["samples"] == len(dsd["test"]) == len(result["per_sample"])
     paths = write_explanation(result, tmp_path)
