@@ -100,12 +100,16 @@ def build_processed(
     builder = copy.copy(collator)  # shares the error counts (events)
     builder.dropout = {}  # dropout is drawn per batch, after the cache
 
+    def one(index: int) -> dict[str, np.ndarray]:
+        row = view[index]
+        return _flatten(builder([row]), row)
+
     def process(indices: list[int]) -> dict[str, list]:
-        rows = [_flatten(builder([view[i]]), view[i]) for i in indices]
+        rows = [one(i) for i in indices]
         # Scalars as Python values: Arrow reads a 0-d array as a list.
         return {k: [r[k].item() if r[k].ndim == 0 else r[k] for r in rows] for k in rows[0]}
 
-    first = _flatten(builder([view[0]]), view[0])
+    first = one(0)
     logger.info("%s: decoding and processing %d rows once", view.split, len(view))
     with _quiet():
         processed = datasets.Dataset.from_dict({"index": list(range(len(view)))}).map(
