@@ -207,24 +207,19 @@ class ProcessedCollator:
 
     def __init__(self, collator: MultimodalCollator) -> None:
         self.collator, self.processor = collator, collator.processor
-        # What a processor makes of an absent value: dropped rows get it, as in the raw path.
-        self.empty = {m: p([None]) for m, p in self.processor.processors.items()}
 
     def __call__(self, columns: Columns) -> dict[str, Any]:
         row_ids = columns[ROW].tolist()
         dropped = self.collator.dropped(row_ids)
-        batch: dict[str, Any] = {"present": {}}
-        for m, processor in self.processor.processors.items():
-            keep = columns[PRESENT + m].clone()
-            if m in dropped:
-                keep &= ~torch.from_numpy(dropped[m])
-            values = {k: columns[f"{m}.{k}"] for k in self.empty[m]}
-            items = [
-                {k: v[i][None] for k, v in values.items()} if kept else self.empty[m]
-                for i, kept in enumerate(keep.tolist())
-            ]
-            batch[m] = processor.collate(items)
-            batch["present"][m] = keep
+        samples: list[dict[str, Any]] = [{} for _ in row_ids]
+        for m in self.processor.modalities:
+            keep = columns[PRESENT + m].tolist()
+            drop = dropped.get(m, np.zeros(len(row_ids), dtype=bool))
+            values = {k: columns[f"{m}.{k}"] for k in self.processor.empty(m)}
+            for i, sample in enumerate(samples):
+                if keep[i] and not drop[i]:  # a dropped row gets the absent value, as raw
+                    sample[m] = {k: v[i][None] for k, v in values.items()}
+        batch = self.processor.collate(samples)
         if LABEL in columns:
             labels = columns[LABEL]
             batch["labels"] = torch.stack(labels) if isinstance(labels, list) else labels

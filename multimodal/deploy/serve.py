@@ -52,9 +52,6 @@ class Batcher:
 
     def __init__(self, model: MultimodalModel, max_batch: int, max_wait_ms: float) -> None:
         self.model, self.max_batch, self.max_wait = model, max(1, max_batch), max_wait_ms / 1000
-        processors = model.processor.processors
-        # What a processor makes of an absent value, as model.predict would give it.
-        self.empty = {m: p([None]) for m, p in processors.items()}
         self.queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future]] | None = None
         self.executor = ThreadPoolExecutor(max_workers=1)
         self.batches = 0
@@ -89,13 +86,8 @@ class Batcher:
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
         """Checked samples ({modality: that modality's tensors for the sample}) -> one
-        batch, padded and stacked by each processor: what ``model.preprocess`` gives for
-        the raw samples."""
-        batch: Batch = {"present": {}}
-        for m, processor in self.model.processor.processors.items():
-            batch[m] = processor.collate([s.get(m, self.empty[m]) for s in samples])
-            batch["present"][m] = torch.tensor([m in s for s in samples], dtype=torch.bool)
-        return batch
+        batch: what ``model.preprocess`` gives for the raw samples."""
+        return self.model.processor.collate(samples)
 
     def _predict(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         model = self.model

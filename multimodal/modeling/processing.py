@@ -61,6 +61,23 @@ class MultimodalProcessor:
             batch["labels"] = self.check_labels([s.get(label_key) for s in samples])
         return batch
 
+    def empty(self, modality: str) -> dict[str, torch.Tensor]:
+        """What a modality's processor makes of an absent value (a batch of one), kept."""
+        cache = self.__dict__.setdefault("_empty", {})
+        if modality not in cache:
+            cache[modality] = self.processors[modality]([None])
+        return cache[modality]
+
+    def collate(self, samples: Sequence[Mapping[str, dict[str, torch.Tensor]]]) -> Batch:
+        """Per-sample processor outputs ({modality: its tensors for the sample, as a batch of
+        one}; absent modalities left out) -> the modality tensors and "present" flags that
+        ``self`` gives on the raw samples, padded and stacked by each processor."""
+        batch: Batch = {"present": {}}
+        for m, processor in self.processors.items():
+            batch[m] = processor.collate([s.get(m, self.empty(m)) for s in samples])
+            batch["present"][m] = torch.tensor([m in s for s in samples], dtype=torch.bool)
+        return batch
+
     def save_pretrained(self, save_dir: str | Path) -> Path:
         """``processor.json`` and each processor's files (``m/...``), atomically."""
         with atomic_dir(save_dir) as tmp:
