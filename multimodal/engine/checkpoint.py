@@ -7,9 +7,12 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..core.io import (
     CHECKSUMS_NAME,
@@ -32,8 +35,11 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int) -> Path:
-    """accelerate's save_state into a temporary folder, then the state JSON, then one rename."""
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int,
+                    modules: Mapping[str, nn.Module] | None = None) -> Path:  # fmt: skip
+    """accelerate's save_state into a temporary folder, then the state JSON (and the state
+    dicts of ``modules`` that accelerate does not hold, as ``NAME.safetensors``), then one
+    rename."""
     final = run_dir / "checkpoints" / f"step_{state.step}"
     tmp = run_dir / "checkpoints" / f".tmp-step_{state.step}"
     if accelerator.is_main_process:
@@ -45,6 +51,9 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state.save(tmp)
+            for name, module in (modules or {}).items():
+                tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+                save_file(tensors, str(tmp / f"{name}.safetensors"))
             # Written last: a checkpoint is complete exactly when its checksums file exists.
             write_json_atomic(tmp / CHECKSUMS_NAME, {"sha256": file_checksums(tmp)})
             if final.exists():
@@ -59,6 +68,18 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
         raise
     accelerator.wait_for_everyone()
     return final
+
+
+def load_modules(path: Path, modules: Mapping[str, nn.Module]) -> None:
+    """Restore the state dicts ``save_checkpoint`` wrote for ``modules``."""
+    for name, module in modules.items():
+        file = path / f"{name}.safetensors"
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{path} has no {file.name}: it was saved by a run without {name}"
+            )
+        device = next(iter(module.state_dict().values())).device
+        module.load_state_dict(load_file(str(file), device=str(device)))
 
 
 def resolve_resume(resume_from: str, run_dir: Path | None) -> Path | None:

@@ -56,6 +56,11 @@ class TrainConfig:
     uda: str = "none"
     uda_weight: float = 1.0
     uda_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Modality balancing: none | ogm_ge | grad_blend | unimodal_aux (modeling.balance), its
+    # strength (0: training identical to none) and its keyword arguments (ogm_ge: ge).
+    balance: str = "none"
+    balance_strength: float = 1.0
+    balance_kwargs: dict[str, Any] = field(default_factory=dict)
     # Adversarial training: {"method": fgsm|pgd, "budgets": {kind: radius}, "steps": 3,
     # "weight": 0.5}; the loss is (1 - weight) * clean + weight * adversarial.
     adversarial: dict[str, Any] | None = None

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..modeling.attacks import perturb
+from ..modeling.balance import Balancer
 from ..modeling.model import Batch, ModelOutput
 
 
@@ -26,11 +27,13 @@ class LossTerms:
 class Objective:
     """total = (1 - w_adv) * clean + w_adv * adversarial    (adversarial training)
              + w_uda * uda                                  (a domain-adaptation objective)
+             + balance                                      (a modality-balancing term)
 
     ``model`` may be wrapped for distributed training; ``unwrapped`` is the bare module and
     ``uda`` the bare domain-adaptation objective. ``clean`` and ``adversarial`` are the
     model's loss (task + fusion auxiliary) on the batch and on its attacked copy; ``uda``
-    compares the fused features of the source batch and of a target batch.
+    compares the fused features of the source batch and of a target batch; ``balancer``
+    (``modeling.balance``) sees every output and may add its own term.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class Objective:
         uda_weight: float = 1.0,
         target_batches: Iterator[Batch] | None = None,
         forward: Callable[[Any, Batch], ModelOutput] | None = None,
+        balancer: Balancer | None = None,
     ) -> None:
         if (uda is None) != (target_batches is None):
             raise ValueError("a domain-adaptation objective needs target batches, and only it does")
@@ -49,12 +53,15 @@ class Objective:
         self.uda, self.uda_weight, self.target_batches = uda, uda_weight, target_batches
         # how the model runs on a batch: cached batches hand in their encoder outputs
         self.forward = forward or (lambda model, batch: model(batch))
+        self.balancer = balancer or Balancer()
 
     def __call__(self, batch: Batch, progress: float) -> tuple[ModelOutput, LossTerms]:
         """The model's output on ``batch`` and the loss terms; ``progress`` in [0, 1] drives
         the domain-adaptation schedule (gradient reversal's coefficient)."""
         out = self.forward(self.model, batch)
         terms = LossTerms(total=out.loss, clean=out.loss)
+        self.balancer.observe(self.unwrapped, out, batch)
+        terms.balance = self.balancer.loss(out, batch)
         if self.adversarial is not None:
             # Attacks need input gradients only: the unwrapped model avoids a DDP sync.
             adv = perturb(self.unwrapped, batch, self.adversarial["method"],
@@ -66,4 +73,6 @@ class Objective:
             target = self.forward(self.model, next(self.target_batches))
             terms.uda = self.uda(out.fused, target.fused, out.logits, target.logits, progress)
             terms.total = terms.total + self.uda_weight * terms.uda
+        if terms.balance is not None:
+            terms.total = terms.total + terms.balance
         return out, terms

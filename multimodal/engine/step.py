@@ -57,6 +57,7 @@ class TrainStep:
         # accelerate recognises a model's own parameter list when clipping under FSDP.
         self.params = list(model.parameters())
         self.consecutive_skips = 0
+        self.balance_log: dict[str, float] = {}  # the balancing method's last coefficients
 
     def __call__(self, batch: Batch, progress: float) -> StepOutcome:
         accelerator = self.accelerator
@@ -66,6 +67,9 @@ class TrainStep:
             self.finite = self.finite and bool(torch.isfinite(terms.total.detach()))
             skipped = False
             if accelerator.sync_gradients:
+                self.balance_log = self.objective.balancer.modulate(
+                    self.objective.unwrapped, accelerator
+                )
                 norm = self._clip_or_norm()
                 self.finite = self.finite and (norm is None or bool(torch.isfinite(norm)))
                 if accelerator.scaler is None:

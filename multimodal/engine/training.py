@@ -26,9 +26,10 @@ from transformers import get_scheduler
 from ..core.config import check_keys
 from ..core.provenance import resident_memory_mb
 from ..data.streaming import is_streaming
+from ..modeling.balance import Balancer, create_balancer
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.uda import create_uda_objective
-from .checkpoint import resolve_resume, save_checkpoint
+from .checkpoint import load_modules, resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics, loader_config
 from .loaders import Loaders, build_loaders, use_feature_cache
@@ -99,6 +100,7 @@ class _Run:
     optimizer: Any
     scheduler: Any
     uda: Any
+    balancer: Balancer
     adversarial: dict[str, Any] | None
     total_steps: int
     run_dir: Path | None
@@ -156,10 +158,12 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
                                        weight=cfg.uda_weight, **cfg.uda_kwargs).to(accelerator.device)  # fmt: skip
     optimizer = build_optimizer(model, cfg, fused_optimizer(cfg, accelerator.device))
     uda_params = list(uda.parameters()) if uda is not None else []
-    if uda_params:
-        optimizer.add_param_group(
-            {"params": uda_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
-        )
+    balancer = _balancer(model, data, cfg, accelerator)
+    for extra in (uda_params, list(balancer.parameters())):
+        if extra:
+            optimizer.add_param_group(
+                {"params": extra, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+            )
     n = accelerator.num_processes
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(
         loaders.train_batches / cfg.grad_accum / n
@@ -184,10 +188,26 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         cfg=cfg, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model),
         frozen=frozen, counts=counts, loaders=loaders, train_sampler=train_sampler,
         target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, uda=uda,
-        adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
+        balancer=balancer, adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
         recorder=RunRecorder(accelerator, cfg), streaming=is_streaming(data.train),
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
     )  # fmt: skip
+
+
+def _balancer(model: Any, data: FitData, cfg: TrainConfig, accelerator: Accelerator) -> Balancer:
+    """The modality-balancing method, on the device, its state saved with checkpoints."""
+    balancer = create_balancer(cfg.balance, model, cfg.balance_strength, seed=cfg.seed,
+                               has_validation=data.validation is not None, **cfg.balance_kwargs)  # fmt: skip
+    balancer.to(accelerator.device)
+    if cfg.balance != "none" and accelerator.is_main_process:
+        logger.info("modality balancing: %s, strength %s", cfg.balance, cfg.balance_strength)
+    return balancer
+
+
+def _saved_modules(run: _Run) -> dict[str, Any]:
+    """What checkpoints hold beside accelerate's state: the balancing method's heads and
+    statistics."""
+    return {"balance": run.balancer} if list(run.balancer.state_dict()) else {}
 
 
 def _restore(run: _Run) -> TrainState:
@@ -198,6 +218,7 @@ def _restore(run: _Run) -> TrainState:
         path = resolve_resume(run.cfg.resume_from, run.run_dir)
         if path is not None:
             run.accelerator.load_state(str(path))
+            load_modules(path, _saved_modules(run))
             state = TrainState.load(path)
             run.accelerator.print(f"resumed from {path} at step {state.step}")
     run.best.resume(state)
@@ -212,7 +233,8 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
         target_batches = _target_stream(run.loaders.target, run.target_sampler, start)
     objective = Objective(run.model, run.unwrapped, run.adversarial,
                           run.accelerator.unwrap_model(run.uda) if run.uda else None,
-                          run.cfg.uda_weight, target_batches, run.loaders.forward)  # fmt: skip
+                          run.cfg.uda_weight, target_batches, run.loaders.forward,
+                          run.balancer)  # fmt: skip
     return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
                      run.cfg.max_grad_norm, run.cfg.max_nonfinite_steps)  # fmt: skip
 
@@ -259,7 +281,9 @@ def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
             tick = time.perf_counter()
             eval_time += tick - paused
         if run.run_dir is not None and cfg.save_every and state.step % cfg.save_every == 0:
-            save_checkpoint(accelerator, run.run_dir, state, cfg.keep_checkpoints)
+            save_checkpoint(
+                accelerator, run.run_dir, state, cfg.keep_checkpoints, _saved_modules(run)
+            )
         if state.step >= run.total_steps or state.stopped:
             break
     clock.seconds += time.perf_counter() - tick
@@ -278,6 +302,9 @@ def _log_step(run: _Run, state: TrainState, outcome: StepOutcome, bar: Any) -> N
         record["uda_loss"] = outcome.terms.uda.item()
     if outcome.terms.adversarial is not None:
         record["adversarial_loss"] = outcome.terms.adversarial.item()
+    if outcome.terms.balance is not None:
+        record["balance_loss"] = outcome.terms.balance.item()
+    record.update(run.train_step.balance_log)
     bar.set_postfix(loss=f"{record['train_loss']:.4f}")
     run.recorder.log(record)
 
@@ -287,10 +314,14 @@ def _evaluate(run: _Run, state: TrainState) -> None:
     if run.loaders.evaluation is None:
         return
     metrics = eval_metrics(run.model, run.loaders.evaluation, run.accelerator, run.loaders.forward)
+    balance = run.balancer.on_evaluate(
+        run.model, run.loaders.evaluation, run.loaders.forward, run.accelerator
+    )
     record = {
         "step": state.step,
         "epoch": state.epoch,
         **{f"eval_{k}": v for k, v in metrics.items()},
+        **balance,
     }
     state.history.append(record)
     run.recorder.log(record)
@@ -307,7 +338,8 @@ def _evaluate(run: _Run, state: TrainState) -> None:
 def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> FitResult:
     """A last checkpoint, the best weights back (LoRA merged), ``best_model/`` saved."""
     if run.run_dir is not None:
-        save_checkpoint(run.accelerator, run.run_dir, state, run.cfg.keep_checkpoints)
+        save_checkpoint(run.accelerator, run.run_dir, state, run.cfg.keep_checkpoints,
+                        _saved_modules(run))  # fmt: skip
     undo_speedups(run.unwrapped)
     run.best.restore(run.unwrapped)
     if run.cfg.strategy == "lora":

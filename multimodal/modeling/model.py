@@ -14,7 +14,7 @@ from torch import nn
 
 from encoders import Encoder, create_encoder
 from encoders._registry import _ENCODERS
-from fusion import Fusion, create_fusion
+from fusion import Fusion, FusionOutput, create_fusion
 
 from ..core.config import check_keys, read_yaml
 from ..core.io import (
@@ -43,13 +43,15 @@ class Encoded(NamedTuple):
 
 @dataclass
 class ModelOutput:
-    """logits: [B, C]; loss: task loss + aux_loss when labels are given; fused: [B, D]."""
+    """logits: [B, C]; loss: task loss + aux_loss when labels are given; fused: [B, D];
+    encoded: the encoder outputs the fusion read (what balancing methods inspect)."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     fused: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    encoded: Encoded | None = None
 
 
 def move_to(batch: Any, device: torch.device | str) -> Any:
@@ -120,7 +122,19 @@ class MultimodalModel(nn.Module):
         the encoders are skipped and ``batch`` only needs its labels, if any; the way
         ``inputs_embeds`` stands in for ``input_ids`` in transformers.
         """
-        tokens, masks = encoded if encoded is not None else self.encode(batch)
+        encoded = encoded if encoded is not None else self.encode(batch)
+        logits, fused = self.fuse(*encoded)
+        loss = None
+        if batch.get("labels") is not None:
+            loss = self.head.loss(logits, batch["labels"])
+            if fused.aux_loss is not None:
+                loss = loss + fused.aux_loss
+        return ModelOutput(logits, loss, fused.aux_loss, fused.fused, fused.info, encoded)
+
+    def fuse(
+        self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, FusionOutput]:
+        """Logits and the fusion's output from encoder outputs."""
         fused = self.fusion(tokens, masks)
         if getattr(self.fusion, "combines_logits", False):
             # Late fusion: the head decides per modality; the decisions are weighted.
@@ -132,12 +146,17 @@ class MultimodalModel(nn.Module):
             )
         else:
             logits = self.head(fused.fused)
-        loss = None
-        if batch.get("labels") is not None:
-            loss = self.head.loss(logits, batch["labels"])
-            if fused.aux_loss is not None:
-                loss = loss + fused.aux_loss
-        return ModelOutput(logits, loss, fused.aux_loss, fused.fused, fused.info)
+        return logits, fused
+
+    def unimodal_logits(self, encoded: Encoded) -> dict[str, torch.Tensor]:
+        """{m: logits [B, C] with only m present}: every other modality goes through the
+        fusion's missing-modality path, as ``drop_modalities`` does at evaluation."""
+        tokens, masks = encoded
+        out = {}
+        for m in self.modalities:
+            alone = {n: k if n == m else torch.zeros_like(k) for n, k in masks.items()}
+            out[m] = self.fuse(tokens, alone)[0]
+        return out
 
     @torch.no_grad()
     def predict(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
