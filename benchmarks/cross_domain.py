@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--modality-dropout",
         help="comma-separated training modality dropout rates to cross, e.g. 0,0.3",
     )
+    parser.add_argument(
+        "--balance",
+        help="comma-separated modality-balancing methods to cross with the fusions, e.g. "
+        "none,ogm_ge,grad_blend,unimodal_aux (train.balance); implies --imbalance",
+    )
+    parser.add_argument(
+        "--imbalance",
+        action="store_true",
+        help="also measure each source model's per-modality utilisation and imbalance degree",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     scale = parser.add_argument_group("scale-out (Ray) and tracking")
     scale.add_argument(
@@ -192,6 +202,7 @@ def main() -> None:
 
     from multimodal.core.provenance import environment
     from multimodal.experiments.bench import (
+        imbalance_table,
         load_suite,
         robustness_table,
         run_benchmark,
@@ -224,6 +235,10 @@ def main() -> None:
         adaptations += [m for m in args.uda.split(",") if m not in adaptations]
     if args.modality_dropout:
         suite.grid["train.modality_dropout"] = [float(p) for p in args.modality_dropout.split(",")]
+    if args.balance:
+        suite.grid["train.balance"] = args.balance.split(",")
+    if args.balance or args.imbalance:
+        suite.base.setdefault("transfer", {})["imbalance"] = True
     robustness: list | None = None
     if args.robustness:
         suite.base.setdefault("transfer", {})["robustness"] = True
@@ -241,6 +256,8 @@ def main() -> None:
     record = {"settings": settings, "environment": environment()}
     paths = write_results(rows, summary, out, header, record)
     print(summary_table(summary))
+    if imbalance_table(summary):
+        print("\nModality imbalance of the source models:\n" + imbalance_table(summary))
     if robustness:
         robust_summary = summarize_robustness(robustness)
         paths.update(write_robustness(robustness, robust_summary, out))

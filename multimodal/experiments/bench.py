@@ -189,6 +189,10 @@ def _keep_modality(config: dict[str, Any], modality: str) -> None:
     train = config.get("train") or {}
     if train.get("modality_dropout"):
         train["modality_dropout"] = 0.0  # dropping the only modality leaves nothing to learn
+    if train.get("balance", "none") != "none":  # one modality has nothing to balance
+        train["balance"] = "none"
+        train.pop("balance_kwargs", None)
+        train.pop("balance_strength", None)
 
 
 def run_unit_reports(config: dict[str, Any], adaptations: list[str]) -> dict[str, Any]:
@@ -395,8 +399,26 @@ def _rows(
                 "forgetting": result["forgetting"], "adapt_samples": result["adapt_samples"],
                 "test_samples": result.get("test_samples", 0), "source_test_samples": report.get("source_test_samples", 0),
                 "config_hash": report["config_hash"], "wall_s": sum(report["stage_seconds"].values()),
+                "train_s": report["stage_seconds"].get("source_train", math.nan),
+                **_imbalance_columns(report.get("imbalance") or {}, target),
             })  # fmt: skip
     return rows
+
+
+def _imbalance_columns(imbalance: Mapping[str, Mapping[str, Any]], target: str) -> dict[str, float]:
+    """A result row's modality-imbalance columns (with ``transfer.imbalance``): the source
+    model's imbalance degree on the source and the target test split, the accuracy it loses
+    on the source test split without its dominant modality, and each modality's utilisation
+    there (``util_<modality>``)."""
+    source = imbalance.get("source")
+    if not source:
+        return {}
+    return {
+        "imbalance_degree": source["imbalance_degree"],
+        "target_imbalance_degree": imbalance[target]["imbalance_degree"],
+        "dominant_loss": source["contribution"][source["dominant"]],
+        **{f"{UTIL}{m}": u for m, u in source["utilisation"].items()},
+    }
 
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, float]:
@@ -428,9 +450,16 @@ def paired_comparison(
     return out
 
 
+# Per-run numbers summarised beside METRICS when the rows hold them (transfer.imbalance).
+EXTRA_METRICS = ("imbalance_degree", "target_imbalance_degree", "dominant_loss", "train_s")
+UTIL = "util_"  # the prefix of per-modality utilisation columns
 # Columns of result rows that are not grid axes.
 ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "adaptation", "seed", "metric",
-            "adapt_samples", "test_samples", "source_test_samples", "config_hash", "wall_s", *METRICS}  # fmt: skip
+            "adapt_samples", "test_samples", "source_test_samples", "config_hash", "wall_s", *METRICS,
+            *EXTRA_METRICS}  # fmt: skip
+# Keys of a summary entry that are not grid axes.
+_STAT_KEYS = {"k_shot", "fusion", "adaptation", "target", "seeds", "n", "best_unimodal",
+              "gain_vs_unimodal", "utilisation", *METRICS, *EXTRA_METRICS}  # fmt: skip
 # With fewer seeds than this, accuracies get their CI from the test samples instead.
 SEED_CI_MIN = 3
 ABSOLUTE = ("source", "zero_shot", "adapted", "scratch")
@@ -447,10 +476,12 @@ def _per_seed(
         key = (*[r.get(k) for k in grid_keys], r["k_shot"], r["fusion"], r["adaptation"])
         by_seed[(*key, r["target"], r["seed"])] = {
             **{m: r[m] for m in METRICS}, "n": r.get("test_samples", 0), "n_source": r.get("source_test_samples", 0),
+            **{m: r[m] for m in r if m in EXTRA_METRICS or m.startswith(UTIL)},
         }  # fmt: skip
         overall[(*key, "all", r["seed"])].append(by_seed[(*key, r["target"], r["seed"])])
     for key, members in overall.items():
-        by_seed[key] = {m: float(np.mean([v[m] for v in members])) for m in METRICS}
+        averaged = [m for m in members[0] if m not in ("n", "n_source")]
+        by_seed[key] = {m: float(np.mean([v[m] for v in members])) for m in averaged}
         by_seed[key].update(n=sum(v["n"] for v in members), n_source=members[0]["n_source"])
     return by_seed
 
@@ -464,7 +495,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> li
     accuracy's CI comes instead from its test samples (the bootstrap over test rows of a
     0/1 vector has the binomial standard error), and ``ci_over`` says which.
     """
-    grid_keys = sorted({k for r in rows for k in r} - ROW_KEYS)
+    grid_keys = sorted({k for r in rows for k in r if not k.startswith(UTIL)} - ROW_KEYS)
     accuracy = bool(rows) and rows[0]["metric"] == "accuracy"
     groups: dict[tuple, dict[int, dict[str, float]]] = defaultdict(dict)
     for key, value in _per_seed(rows, grid_keys).items():
@@ -480,6 +511,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> li
             entry[m] = metric_ci(
                 [seeds[s][m] for s in sorted(seeds)], n if m in ABSOLUTE else 0, accuracy
             )
+        _extra_metrics(entry, seeds)
         base = groups.get((*grid_values, k, baseline, adaptation, target))
         if base is not None and fusion != baseline and not unimodal(fusion):
             entry[f"adapted_vs_{baseline}"] = _paired(seeds, base)
@@ -487,6 +519,19 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> li
             _versus_unimodal(entry, seeds, groups, (*grid_values, k), (adaptation, target))
         summary.append(entry)
     return summary
+
+
+def _extra_metrics(entry: dict[str, Any], seeds: Mapping[int, Mapping[str, float]]) -> None:
+    """Mean and CI over seeds of the imbalance columns and wall time, where present."""
+    first = seeds[min(seeds)]
+    for m in EXTRA_METRICS:
+        if m in first:
+            entry[m] = mean_ci(seeds[s][m] for s in sorted(seeds))
+    util = sorted(k for k in first if k.startswith(UTIL))
+    if util:
+        entry["utilisation"] = {
+            k[len(UTIL) :]: mean_ci(seeds[s][k] for s in sorted(seeds)) for k in util
+        }
 
 
 def _paired(
@@ -543,18 +588,7 @@ def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat"
     """A Markdown table: one line per grid point x k x fusion x adaptation x target, with n
     (test rows per target), the best unimodal baseline and each fusion's gain over it
     (marked ✗ where the fusion does not beat it), and a note on where the CIs come from."""
-    extra = {
-        "k_shot",
-        "fusion",
-        "adaptation",
-        "target",
-        "seeds",
-        "n",
-        "best_unimodal",
-        "gain_vs_unimodal",
-        *METRICS,
-    }
-    grid_keys = [k for k in summary[0] if k not in extra and not k.startswith("adapted_vs_")] if summary else []  # fmt: skip
+    grid_keys = [k for k in summary[0] if k not in _STAT_KEYS and not k.startswith("adapted_vs_")] if summary else []  # fmt: skip
     head = [*grid_keys, "k", "fusion", "adaptation", "target", "n", "source", "zero-shot", "adapted", "scratch", "gain",
             "forgetting", "best unimodal", "fusion − unimodal", f"adapted − {baseline} (p)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -568,6 +602,31 @@ def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat"
         "\n\nn: test rows per target (summed for all). ± is a 95% CI over "
         + " and over ".join(over)
         + " (t over seeds with ≥ 3 seeds; with fewer, an accuracy's binomial interval over its test rows)."
+    )
+    return "\n".join(lines) + note
+
+
+def imbalance_table(summary: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown, for rows with imbalance columns: one line per grid point x k x fusion x
+    adaptation (mean over targets) with accuracy, transfer gain, the source model's imbalance
+    degree on the source and target test splits, the source accuracy it loses without its
+    dominant modality, and the source training time. Empty without such rows."""
+    entries = [e for e in summary if e["target"] == "all" and "imbalance_degree" in e]
+    if not entries:
+        return ""
+    grid_keys = [k for k in entries[0] if k not in _STAT_KEYS and not k.startswith("adapted_vs_")]
+    head = [*grid_keys, "k", "fusion", "adaptation", "source", "zero-shot", "adapted", "gain",
+            "imbalance (source)", "imbalance (target)", "loss without dominant", "train s"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["adaptation"],
+                 *[_fmt(e[m]) for m in ("source", "zero_shot", "adapted", "transfer_gain", *EXTRA_METRICS)]]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (
+        "\n\nImbalance degree: max minus min over modalities of the utilisation (accuracy with that"
+        " modality alone, above chance, as a share of the full model's); loss without dominant:"
+        " source test accuracy lost when the modality that is best alone is missing. ± is a 95% CI"
+        " over seeds."
     )
     return "\n".join(lines) + note
 
@@ -601,12 +660,54 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows, sort=True)
     write_json_atomic(out / "summary.json", {**(record or {}), "summary": list(summary)})
+    imbalance = imbalance_table(summary)
     (out / "summary.md").write_text(
         (header + "\n\n" if header else "") + summary_table(summary) + "\n"
-    )
+        + (f"\n## Modality imbalance\n\n{imbalance}\n" if imbalance else "")
+    )  # fmt: skip
     paths = {"csv": out / "results.csv", "json": out / "summary.json", "md": out / "summary.md"}
     paths.update(plot_summary(summary, out))
+    if imbalance:
+        paths["utilisation"] = plot_utilisation(summary, out / "utilisation.png")
     return paths
+
+
+def plot_utilisation(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Per-modality utilisation of the source models, one panel per fusion, one bar group
+    per modality and one bar per grid point (balancing methods, say); first adaptation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in summary if e["target"] == "all" and "utilisation" in e]
+    entries = [e for e in entries if e["adaptation"] == entries[0]["adaptation"]]
+    grid_keys = [k for k in entries[0] if k not in _STAT_KEYS and not k.startswith("adapted_vs_")]
+    fusions = list(dict.fromkeys(e["fusion"] for e in entries))
+    modalities = sorted(entries[0]["utilisation"])
+    fig, axes = plt.subplots(
+        1, len(fusions), figsize=(4.5 * len(fusions), 3.8), squeeze=False, sharey=True
+    )
+    for ax, fusion in zip(axes[0], fusions, strict=True):
+        mine = [e for e in entries if e["fusion"] == fusion]
+        width = 0.8 / len(mine)
+        for i, e in enumerate(mine):
+            stats = [e["utilisation"][m] for m in modalities]
+            label = ", ".join(f"{e[k]}" for k in grid_keys) or fusion
+            ax.bar(np.arange(len(modalities)) + (i - (len(mine) - 1) / 2) * width, [s["mean"] for s in stats],
+                   width, yerr=[0 if math.isnan(s["ci"]) else s["ci"] for s in stats], capsize=2, label=label)  # fmt: skip
+        ax.set_xticks(range(len(modalities)), modalities)
+        ax.set_title(fusion)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("utilisation (source test)")
+    axes[0][-1].legend(fontsize=7, title=", ".join(grid_keys) or None, title_fontsize=7)
+    fig.suptitle("accuracy with one modality alone, above chance, as a share of the full model's;"
+                 " error bars: 95% CI over seeds", fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Path]:
@@ -695,7 +796,7 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
 
 def _row_key(entry: Mapping[str, Any]) -> tuple:
     """A summary row's identity, in key order (summary.json is written with sorted keys)."""
-    stats = {"seeds", "n", "best_unimodal", "gain_vs_unimodal", *METRICS}
+    stats = _STAT_KEYS - {"k_shot", "fusion", "adaptation", "target"}
     return tuple(
         sorted(
             (k, str(v))

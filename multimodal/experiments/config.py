@@ -46,7 +46,9 @@ class TransferConfig:
     the target train split); adaptation: the arm ``transfer`` runs: a freezing strategy
     fine-tuned on the k-shot sample (default: ``adapt.strategy``, else head), a UDA method
     (dann, cdan, coral, mmd, entropy) or source_only; adapt/scratch/uda: train keys each
-    stage overrides; robustness: also evaluate with each modality missing.
+    stage overrides; robustness: also evaluate with each modality missing; imbalance: the
+    source model's per-modality utilisation and imbalance degree on the source and each
+    target's test split (``analysis.imbalance``).
     """
 
     source: list[str] | None = None
@@ -58,6 +60,7 @@ class TransferConfig:
     scratch: dict[str, Any] = field(default_factory=dict)
     uda: dict[str, Any] = field(default_factory=dict)
     robustness: bool = False
+    imbalance: bool = False
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 
 import datasets
 
+from ..analysis.imbalance import modality_imbalance
 from ..analysis.robustness import missing_modality_table
 from ..core.config import config_hash
 from ..core.io import write_json_atomic
@@ -24,13 +25,16 @@ from ..engine import FitData, evaluate, fit
 from ..modeling.model import MultimodalModel, build_model
 from .config import RunConfig, TransferConfig
 
-ADAPT_DEFAULTS = {"strategy": "head", "epochs": 20, "patience": None}
-SCRATCH_DEFAULTS = {"strategy": "full", "epochs": 20, "patience": None}
+# Modality balancing (train.balance) is a source-training method: the later stages train
+# without it unless their own section sets it, so every balancing arm shares one baseline.
+UNBALANCED = {"balance": "none", "balance_kwargs": {}}
+ADAPT_DEFAULTS = {"strategy": "head", "epochs": 20, "patience": None, **UNBALANCED}
+SCRATCH_DEFAULTS = {"strategy": "full", "epochs": 20, "patience": None, **UNBALANCED}
 # Adaptations that name an unsupervised objective train on source labels + unlabelled target rows.
 UDA_METHODS = ("dann", "cdan", "coral", "mmd", "entropy")
 # The control for them: the same extra training on source labels, with no target rows.
 SOURCE_ONLY = "source_only"
-UDA_DEFAULTS = {"strategy": "full", "epochs": 3, "patience": None}
+UDA_DEFAULTS = {"strategy": "full", "epochs": 3, "patience": None, **UNBALANCED}
 
 
 @dataclass
@@ -61,6 +65,9 @@ class TransferReport:
     # test split ("source") and of each adapted model on its target's test split.
     robustness: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     source_test_samples: int = 0
+    # With transfer.imbalance: the source model's modality imbalance on the source test
+    # split ("source") and on each target's test split.
+    imbalance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,6 +165,7 @@ def transfer_adaptations(
     source_robustness = (
         missing_modality_table(model, src["test"], spec, batch, subsets="one") if robust else None
     )
+    imbalance = _imbalance(model, settings, src["test"], split["test"], spec, batch, times)
 
     shots = {t: _adapt_sample(split["train"][t], settings, seed, spec.label) for t in targets}
     tick = time.perf_counter()
@@ -194,7 +202,7 @@ def transfer_adaptations(
             metric=metric, source_domains=sources, target_domains=targets, source=source_score, targets=results,
             stage_seconds=stage_times, k_shot=None if settings.target_fraction else int(settings.k_shot),
             seed=seed, config_hash=config_hash(run_config), config=run_config, robustness=robustness,
-            source_test_samples=source_test_samples,
+            source_test_samples=source_test_samples, imbalance=imbalance,
         )  # fmt: skip
         if out is not None:
             name = "report.json" if len(adaptations) == 1 else f"report-{adaptation}.json"
@@ -204,6 +212,21 @@ def transfer_adaptations(
 
 # The former name, kept for callers written before the rename.
 transfer_strategies = transfer_adaptations
+
+
+def _imbalance(
+    model: MultimodalModel, settings: TransferConfig, source_test: datasets.Dataset,
+    target_tests: Mapping[str, datasets.Dataset], spec: DatasetSpec, batch: int,
+    times: dict[str, float],
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """With ``transfer.imbalance``, the source model's modality imbalance per test split."""
+    if not settings.imbalance:
+        return {}
+    tick = time.perf_counter()
+    tests = {"source": source_test, **target_tests}
+    out = {d: modality_imbalance(model, ds, spec, batch) for d, ds in tests.items()}
+    times["imbalance_eval"] = time.perf_counter() - tick
+    return out
 
 
 def _source_and_targets(

@@ -48,3 +48,25 @@ def test_synergy_needs_every_modality_together() -> None:
     (acc,) = fit_and_score(_all(train), train["label"], [(_all(test), test["label"])])
     print(f"synergy, all modalities: {acc:.3f}")
     assert acc > chance + 0.3
+
+
+def test_imbalance_suite_rewards_using_every_modality() -> None:
+    """The synthetic-imbalance suite's data: the image is the strongest modality alone, yet
+    all three together carry clearly more, so leaning on the image costs accuracy."""
+    from multimodal.experiments.bench import load_suite
+
+    suite = load_suite("benchmarks/suites/synthetic-imbalance.yaml")
+    options = {**suite.base["data"]["options"], "domains": 1}
+    ds = mm.make_synthetic(**options)
+    train, test = ds["train"], ds["test"]
+    names = options["modalities"]
+    alone = {}
+    for m in names:
+        (alone[m],) = fit_and_score(
+            features(train, m), train["label"], [(features(test, m), test["label"])]
+        )
+    both = lambda d: np.concatenate([features(d, m) for m in names], 1)  # noqa: E731
+    (together,) = fit_and_score(both(train), train["label"], [(both(test), test["label"])])
+    print(f"imbalance suite: alone {alone}, together {together:.3f}")
+    assert max(alone, key=alone.get) == "image"
+    assert together > alone["image"] + 0.06
