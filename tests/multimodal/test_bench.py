@@ -246,3 +246,52 @@ def test_every_run_and_the_summary_record_the_environment(tmp_path) -> None:
     write_results(rows, summarize(rows), tmp_path, record={"environment": environment()})
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["environment"]["packages"]["torch"] and summary["summary"][0]["n"] == 50
+
+
+def test_balance_axis_summarises_imbalance_and_runs_shared_baselines_once(tmp_path) -> None:
+    encoders = {"image": {"name": "timm_image"}, "text": {"name": "hf_text"}}
+    suite = Suite(name="stub", base={"data": {"path": "synthetic"}, "encoders": encoders, "train": {"epochs": 2}},
+                  fusions=["concat"], adaptations=["head"], seeds=2, grid={"train.balance": ["none", "ogm_ge"]},
+                  pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[2])  # fmt: skip
+    calls = []
+
+    def stub(config, adaptations):
+        calls.append(
+            (config["fusion"]["name"], sorted(config["encoders"]), config["train"]["balance"])
+        )
+        balanced = config["train"]["balance"] != "none"
+        util = {"image": 1.0, "text": 0.6 if balanced else 0.1 * (1 + config["seed"])}
+        imbalance = {d: {"imbalance_degree": 1.0 - util["text"], "contribution": {"image": 0.3, "text": 0.05},
+                         "dominant": "image", "utilisation": util} for d in ("source", "d1")}  # fmt: skip
+        report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.8, "config_hash": "h",
+                  "stage_seconds": {"source_train": 2.0 + balanced, "adapt": 1.0}, "imbalance": imbalance,
+                  "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5, "transfer_gain": 0.1,
+                                     "forgetting": 0.0, "adapt_samples": 8, "source_after": 0.8}}}  # fmt: skip
+        if len(config["encoders"]) == 1:
+            report = {**report, "imbalance": {}}
+        return {s: report for s in adaptations}
+
+    rows = run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
+    # each one-modality baseline trains unbalanced, once per seed, shared by both grid points
+    assert sorted(c for c in calls if len(c[1]) == 1) == sorted(
+        [("concat", ["image"], "none")] * 2 + [("concat", ["text"], "none")] * 2
+    )
+    assert len(calls) == 4 + 4 and len(rows) == 4 + 8
+    summary = summarize(rows)
+    fused = {
+        e["train.balance"]: e for e in summary if e["fusion"] == "concat" and e["target"] == "all"
+    }
+    assert fused["none"]["imbalance_degree"]["mean"] == pytest.approx(0.85)
+    assert fused["ogm_ge"]["utilisation"]["text"]["mean"] == pytest.approx(0.6)
+    assert (
+        fused["ogm_ge"]["train_s"]["mean"] == 3.0 and fused["none"]["dominant_loss"]["mean"] == 0.3
+    )
+    assert "best_unimodal" in fused["ogm_ge"]  # the shared baselines reach every grid point
+    paths = write_results(rows, summary, tmp_path)
+    text = paths["md"].read_text()
+    assert "## Modality imbalance" in text
+    assert (
+        "| ogm_ge | 2 | concat | head | 0.800 ± 0.000 | 0.400 ± 0.000 | 0.600 ± 0.000 | 0.100 ± 0.000 | 0.400 ± 0.000 |"
+        in text
+    )
+    assert paths["utilisation"].is_file()
