@@ -75,9 +75,39 @@ def test_unknown_override_is_an_error_naming_close_matches(config_file, capsys) 
 
 def test_evaluate_reproduces_the_logged_test_metrics(trained, config_file, capsys) -> None:
     capsys.readouterr()
-    assert main(["evaluate", "--model", str(trained), "--config", str(config_file)]) == 0
-    metrics = json.loads(capsys.readouterr().out)
-    assert metrics == json.loads((trained / "results.json").read_text())["test"]
+    args = ["evaluate", "--model", str(trained), "--config", str(config_file)]
+    assert main([*args, "--domain", "d0"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == json.loads((trained / "results.json").read_text())["test"]
+    assert "in-domain evaluation" in out.err  # d0 is the domain it trained on
+    assert main([*args, "--domain", "d1"]) == 0
+    assert "in-domain" not in capsys.readouterr().err
+
+
+def test_train_with_a_transfer_section_trains_on_the_source_domains(
+    trained, config_file, tmp_path, capsys
+) -> None:
+    recorded = json.loads((trained / "run_config.json").read_text())
+    assert recorded["trained_domains"] == ["d0"] and recorded["all_domains"] is False
+    assert json.loads((trained / "results.json").read_text())["trained_domains"] == ["d0"]
+    out = tmp_path / "all"
+    assert main(["train", "--config", str(config_file), "--output-dir", str(out), "--all-domains",
+                 "train.epochs=1"]) == 0  # fmt: skip
+    recorded = json.loads((out / "run_config.json").read_text())
+    assert recorded["trained_domains"] == ["d0", "d1"] and recorded["all_domains"] is True
+    capsys.readouterr()
+    robustness = [
+        "robustness",
+        "--model",
+        str(trained),
+        "--config",
+        str(config_file),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    assert main(robustness) == 0
+    assert "in-domain: the model trained on d0" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "robustness.json").read_text())["in_domain"] == ["d0"]
 
 
 def test_predict_from_a_dataset_and_from_files(trained, config_file, tmp_path) -> None:

@@ -46,6 +46,25 @@ def spec_split(path: str, split: str, domains: Sequence[str] | None) -> tuple[An
     return spec, select_domains(ds, list(domains)) if domains else ds
 
 
+def in_domain(args: argparse.Namespace, ds: Any) -> list[str]:
+    """The evaluated domains that --model trained on (as its run folder records them),
+    warned about on stderr: numbers on them are in-domain, not transfer."""
+    import sys
+
+    from ..data.streaming import is_streaming, scan
+    from ..experiments.runs import trained_domains
+
+    trained = trained_domains(args.model)
+    if not trained:
+        return []
+    evaluated = args.domain or (scan(ds)[1] if is_streaming(ds) else sorted(set(ds["domain"])))
+    seen = sorted(set(evaluated) & set(trained))
+    if seen:
+        print(f"warning: in-domain evaluation: the model trained on domains {trained}, and the "
+              f"evaluated rows come from {sorted(evaluated)}", file=sys.stderr)  # fmt: skip
+    return seen
+
+
 MODEL_HELP = "a save_pretrained folder or a run folder"
 
 

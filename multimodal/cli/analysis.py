@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model, add_overrides, add_split, config_split, model_and_split, spec_split
+from ._common import (
+    add_model,
+    add_overrides,
+    add_split,
+    config_split,
+    in_domain,
+    model_and_split,
+    spec_split,
+)
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -31,9 +39,12 @@ def run_robustness(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    seen = in_domain(args, ds)
+    if seen:
+        print(f"in-domain: the model trained on {', '.join(seen)}")
     rows = missing_modality_table(model, ds, spec, args.batch_size, args.subsets)
     print(format_missing_table(rows))
-    result: dict[str, Any] = {"missing_modalities": rows}
+    result: dict[str, Any] = {"in_domain": seen, "missing_modalities": rows}
     if args.corruptions:
         from ..analysis.robustness import (
             corruption_curves,
@@ -118,7 +129,11 @@ def run_explain(args: argparse.Namespace) -> int:
     model, spec, ds = model_and_split(args)
     if args.max_samples and len(ds) > args.max_samples:
         ds = ds.select(range(args.max_samples))
+    seen = in_domain(args, ds)
     result = explain(model, ds, spec, args.batch_size, args.ig_steps, args.sample)
+    result["in_domain"] = seen
+    if seen:
+        print(f"in-domain: the model trained on {', '.join(seen)}")
     print(format_explanation(result))
     paths = write_explanation(result, args.out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))

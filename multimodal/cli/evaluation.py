@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model, add_overrides, add_split, config_split, model_and_split
+from ._common import (
+    add_model,
+    add_overrides,
+    add_split,
+    config_split,
+    in_domain,
+    model_and_split,
+)
 
 
 def _file_samples(model: Any, files: Sequence[str]) -> list[dict[str, Any]]:
@@ -63,6 +70,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..engine import evaluate
 
     model, spec, ds = model_and_split(args)
+    in_domain(args, ds)
     metrics = evaluate(model, ds, spec, args.batch_size)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -15,10 +15,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = load_run_config(args.config, args.overrides)
     out = args.output_dir or config.get("output_dir") or "runs/train"
-    summary = train_run(config, out, resume_from=args.resume_from)
+    summary = train_run(config, out, resume_from=args.resume_from, all_domains=args.all_domains)
     metric = next(k for k in summary if k.startswith("validation_"))
     print(f"best {metric.replace('_', ' ')}: {summary[metric]:.4f} at step {summary['best_step']}")
-    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+    domains = ", ".join(summary["trained_domains"])
+    print(
+        f"test (domains {domains}): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items())
+    )
     if summary["skipped_steps"]:
         print(f"skipped {summary['skipped_steps']} steps with a non-finite loss or gradient")
     print(f"wall time {summary['wall_time_s']:.1f} s; run folder {out}")
@@ -35,6 +39,12 @@ def add_train(sub: Any) -> None:
         "--output-dir", help="run folder (default: output_dir from the config, else runs/train)"
     )
     p.add_argument("--resume-from", help="a checkpoint folder, or 'latest'")
+    p.add_argument(
+        "--all-domains",
+        action="store_true",
+        help="train on every domain; by default a config with a transfer section trains on its "
+        "source domains only (transfer.source, else the first domain)",
+    )
     add_overrides(p)
     p.set_defaults(func=run_train)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -15,6 +16,8 @@ from ..core.provenance import git_state
 
 RUN_CONFIG_NAME = "run_config.json"
 RESULTS_NAME = "results.json"
+TRAINED_ON = "trained_domains"  # run_config.json: the domains the model saw in training
+logger = logging.getLogger(__name__)
 
 
 def provenance(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,13 +41,32 @@ def provenance(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def training_domains(run: Any, train: Any, all_domains: bool = False) -> list[str] | None:
+    """The domains ``train`` trains on: a config with a ``transfer`` section trains on its
+    source domains (``transfer.source``, else the first domain, as the transfer protocol
+    picks them), so that its targets stay unseen; None (every domain) otherwise, or with
+    ``all_domains``."""
+    from .transfer import source_and_targets
+
+    if all_domains or "transfer" not in run.raw:
+        return None
+    try:
+        return source_and_targets(train, run.transfer)[0]
+    except ValueError:  # one domain only: it is the source, and every domain
+        return None
+
+
 def train_run(
-    config: Mapping[str, Any] | Any, output_dir: str | Path, resume_from: str | None = None
-) -> dict[str, Any]:
+    config: Mapping[str, Any] | Any, output_dir: str | Path, resume_from: str | None = None,
+    all_domains: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """Build, train and test the model of a run config; the run folder records the config
-    (``run_config.json``, with its hash and provenance) and ``results.json``."""
+    (``run_config.json``, with its hash, provenance and the domains trained on) and
+    ``results.json``. With a ``transfer`` section, training and the test see only the source
+    domains (``training_domains``) unless ``all_domains``."""
     from ..data.collate import RowView
-    from ..data.loading import load_dataset
+    from ..data.loading import load_dataset, select_domains
+    from ..data.streaming import is_streaming, scan
     from ..engine import FitData, evaluate, fit
     from ..modeling.model import build_model
     from .config import RunConfig
@@ -53,9 +75,17 @@ def train_run(
     out = Path(output_dir)
     run = RunConfig.from_dict(config)
     config = run.to_dict()
-    write_json_atomic(out / RUN_CONFIG_NAME, {"config": config, **provenance(config)})
     spec = run.data
     dsd = load_dataset(spec)
+    sources = training_domains(run, dsd["train"], all_domains)
+    if sources is not None:
+        logger.warning("training on the source domains %s (transfer.source); the other domains "
+                       "stay unseen (--all-domains trains on every domain)", sources)  # fmt: skip
+        dsd = {name: select_domains(split, sources) for name, split in dsd.items()}
+    train_domains = sources or (scan(dsd["train"])[1] if is_streaming(dsd["train"])
+                                else sorted(set(dsd["train"]["domain"])))  # fmt: skip
+    record = {"config": config, TRAINED_ON: train_domains, "all_domains": sources is None}
+    write_json_atomic(out / RUN_CONFIG_NAME, {**record, **provenance(config)})
     view = RowView(dsd["train"], spec, "train")
     rows = [view[i] for i in range(len(view))]
     model = build_model(run.model.to_dict(), rows, seed=int(run.seed or 0))
@@ -69,6 +99,7 @@ def train_run(
     summary = {
         "validation_" + result.metric: result.best_metric, "best_step": result.best_step,
         "steps": result.steps, "skipped_steps": result.skipped_steps, "test": test,
+        "trained_domains": train_domains,
         "history": result.history, "wall_time_s": time.perf_counter() - start, "run_dir": str(out),
     }  # fmt: skip
     write_json_atomic(out / RESULTS_NAME, summary)
@@ -125,7 +156,7 @@ def reproduce(run_dir: str | Path, output_dir: str | Path | None = None) -> dict
         if any(out.iterdir()):
             raise FileExistsError(f"{out} is not empty; pass another --output-dir")
     config = {k: v for k, v in recorded["config"].items() if k != "output_dir"}
-    reproduced = train_run(config, out)
+    reproduced = train_run(config, out, all_domains=bool(recorded.get("all_domains")))
     rows = diff_results(original, reproduced)
     now = provenance(config)
     old_packages = (recorded.get("environment") or {}).get("packages", {})
@@ -141,6 +172,16 @@ def reproduce(run_dir: str | Path, output_dir: str | Path | None = None) -> dict
     }  # fmt: skip
     write_json_atomic(out / "reproduction.json", result)
     return result
+
+
+def trained_domains(model_dir: str | Path) -> list[str] | None:
+    """The domains a saved model trained on, from the ``run_config.json`` of its run folder
+    (the folder itself, or the parent of its ``best_model/``); None when not recorded."""
+    for folder in (Path(model_dir), Path(model_dir).parent):
+        path = folder / RUN_CONFIG_NAME
+        if path.is_file():
+            return json.loads(path.read_text()).get(TRAINED_ON)
+    return None
 
 
 def format_diff(result: Mapping[str, Any], limit: int = 20) -> str:

@@ -141,7 +141,7 @@ def transfer_adaptations(
 
     tick = time.perf_counter()
     dsd = load_dataset(spec)
-    sources, targets = _source_and_targets(dsd["train"], settings)
+    sources, targets = source_and_targets(dsd["train"], settings)
     split = {s: {d: select_domains(dsd[s], d) for d in targets} for s in dsd}
     src = {s: select_domains(dsd[s], sources) for s in dsd}
     times["load"] = time.perf_counter() - tick
@@ -229,7 +229,7 @@ def _imbalance(
     return out
 
 
-def _source_and_targets(
+def source_and_targets(
     train: datasets.Dataset, settings: TransferConfig
 ) -> tuple[list[str], list[str]]:
     """The source and target domains: as configured, else the first domain and the rest
