@@ -41,6 +41,11 @@ from pathlib import Path
 SUITES = Path(__file__).parent / "suites"
 
 
+def default_out(suite: str) -> Path:
+    """Where results go without --out."""
+    return Path("runs") / "benchmarks" / suite
+
+
 def _suite_path(name: str) -> Path:
     path = Path(name)
     if path.is_file():
@@ -53,9 +58,9 @@ def _suite_path(name: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from multimodal.cli._common import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     parser.add_argument(
         "--suite",
         help="a suite name in benchmarks/suites or a YAML path (default: synthetic-quick, or "
@@ -80,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "source_only is their control (the same extra source training, no target rows)",
     )
     parser.add_argument("--seeds", type=int, help="number of seeds (default: the suite's)")
-    parser.add_argument("--out", type=Path, help="results folder (default: runs/benchmarks/SUITE)")
+    parser.add_argument(
+        "--out", type=Path, help=f"results folder (default: {default_out('SUITE')})"
+    )
     parser.add_argument(
         "--no-unimodal", action="store_true", help="skip the one-modality baselines"
     )
@@ -118,16 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scale.add_argument("--ray-address", help="an existing Ray cluster: auto, or ray://HOST:PORT")
     scale.add_argument(
-        "--cpus-per-run", type=float, default=1.0, help="CPUs each unit holds on Ray (default: 1)"
+        "--cpus-per-run", type=float, default=1.0, help="CPUs each unit holds on Ray"
     )
     scale.add_argument(
-        "--gpus-per-run", type=float, default=0.0, help="GPUs each unit holds on Ray (default: 0)"
+        "--gpus-per-run", type=float, default=0.0, help="GPUs each unit holds on Ray"
     )
     scale.add_argument("--threads-per-run", type=int,
                        help="torch threads per unit on Ray (default: this process's count, so each unit computes "
                        "what a sequential run here computes)")  # fmt: skip
     scale.add_argument("--max-retries", type=int, default=3,
-                       help="times a unit is rerun when its Ray worker dies (default: 3)")  # fmt: skip
+                       help="times a unit is rerun when its Ray worker dies")  # fmt: skip
     scale.add_argument(
         "--trackers",
         help="comma-separated accelerate trackers, one run per unit: tensorboard,mlflow,wandb",
@@ -219,7 +226,7 @@ def main() -> None:
     suite = load_suite(_suite_path(args.suite or "synthetic-quick"))
     suite.unimodal = suite.unimodal and not args.no_unimodal
     _prepare_data(suite)
-    out = args.out or Path("runs") / "benchmarks" / suite.name
+    out = args.out or default_out(suite.name)
     from fusion import list_fusions
 
     fusions = (

@@ -268,3 +268,51 @@ def test_help_imports_no_model_code() -> None:
               "print(sorted(m for m in ('torch', 'transformers', 'timm', 'datasets') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_documented_defaults_are_the_ones_the_code_uses(tmp_path) -> None:
+    import argparse
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from multimodal.cli.training import transfer_output_dir
+
+    def documented(parser: argparse.ArgumentParser) -> list[tuple[str, str, object]]:
+        """(dest, the default the help states, the parser's default) of each option that has one."""
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found += documented(sub)
+                continue
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+                continue
+            text = parser._get_formatter()._expand_help(action) if action.help else ""
+            m = re.search(r"\(default:? ([^)]*)\)", text)
+            assert m, f"--{action.dest}: the help does not state its default {action.default!r}"
+            found.append((action.dest, m.group(1), action.default))
+        return found
+
+    checked = documented(build_parser())
+    script = Path(__file__).parents[1] / "benchmarks" / "cross_domain.py"
+    spec = importlib.util.spec_from_file_location("cross_domain_script", script)
+    cross_domain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cross_domain)
+    checked += documented(cross_domain.build_parser())
+    assert len(checked) >= 5
+    for dest, text, default in checked:
+        assert str(default) in text, f"--{dest}: help says {text!r}, the default is {default!r}"
+    out_help = next(a.help for a in cross_domain.build_parser()._actions if a.dest == "out")
+    assert str(cross_domain.default_out("SUITE")) in out_help
+    assert cross_domain.default_out("synthetic-quick") == Path("runs/benchmarks/synthetic-quick")
+    # transfer writes into a folder of its own
+    assert transfer_output_dir({}, None) == Path("runs/transfer")
+    trained = tmp_path / "run"
+    (trained / "transfer").mkdir(parents=True)
+    (trained / "run_config.json").write_text("{}")
+    assert transfer_output_dir({"output_dir": str(trained)}, None) == trained / "transfer"
+    (trained / "transfer" / "results.json").write_text("{}")
+    with pytest.raises(SystemExit, match="another command's outputs"):
+        transfer_output_dir({"output_dir": str(trained)}, None)
+    assert transfer_output_dir({}, str(trained)) == trained  # asked for explicitly: a warning

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import analysis, dataset, deploy, evaluation, listing, training, versions
+from ._common import Parser
 
 # The order of ``multimodal --help``.
 COMMANDS = (
@@ -20,7 +21,7 @@ COMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multimodal", description="Multimodal fusion toolkit.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in COMMANDS:
         add(sub)
     return parser

@@ -9,6 +9,29 @@ from typing import Any
 OVERRIDES_HELP = "dotted key=value overrides, e.g. fusion.name=moe train.lr=3e-4"
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that states each option's default from the parser itself, so it cannot drift
+    from the code; an option whose default is computed says how in its own help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings
+            or action.default in (None, False, [], argparse.SUPPRESS)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """The commands' parser: ``DefaultsHelpFormatter`` unless told otherwise."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def config_split(args: argparse.Namespace) -> tuple[Any, Any]:
     """The spec and the --split (optionally --domain) of --config's data, with overrides."""
     from ..data.loading import load_dataset, select_domains
@@ -76,7 +99,7 @@ def add_split(parser: argparse.ArgumentParser, verb: str | None = "evaluate",
               required: bool = True) -> None:  # fmt: skip
     """--config (whose data section names the dataset), --split and, with ``verb``, --domain."""
     parser.add_argument("--config", required=required, help="a config with a data section")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="the dataset split to read")
     if verb:
         parser.add_argument("--domain", action="append", help=f"{verb} on these domains only")
 

@@ -31,7 +31,7 @@ def add_export(sub: Any) -> None:
 
     p = sub.add_parser("export", help="export a saved model (after its processors) to ONNX")
     add_model(p)
-    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     p.add_argument("--out", help="the export folder (default MODEL/onnx)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.set_defaults(func=run_export)
@@ -52,9 +52,9 @@ def add_serve(sub: Any) -> None:
 
     p = sub.add_parser("serve", help="an HTTP inference server with dynamic batching")
     add_model(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--max-batch", type=int, default=32, help="1 turns dynamic batching off")
-    p.add_argument("--max-wait-ms", type=float, default=10.0)
-    p.add_argument("--max-payload-mb", type=float, default=10.0)
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
+    p.add_argument("--max-payload-mb", type=float, default=10.0, help="largest request body")
     p.set_defaults(func=run_serve)

@@ -81,7 +81,7 @@ def add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset split")
     add_model(p)
     add_split(p, "evaluate")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     add_overrides(p)
     p.set_defaults(func=run_evaluate)
 
@@ -136,6 +136,6 @@ def add_predict(sub: Any) -> None:
     add_split(p, None, required=False)
     p.add_argument("--files", nargs="+", help="images, audio, a .txt (one text a line) or a .csv")
     p.add_argument("--out", required=True, help="predictions file, .csv or .jsonl")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     add_overrides(p)
     p.set_defaults(func=run_predict)

@@ -76,9 +76,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     from ..experiments.transfer import transfer
 
     config = load_run_config(args.config, args.overrides)
-    if args.output_dir:
-        config["output_dir"] = args.output_dir
-    config.setdefault("output_dir", "runs/transfer")
+    config["output_dir"] = str(transfer_output_dir(config, args.output_dir))
     report = transfer(config)
     print(report.table())
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()))
@@ -86,12 +84,41 @@ def run_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+# Other commands' outputs: a transfer never writes beside them unasked.
+OTHER_OUTPUTS = ("run_config.json", "results.json", "best_model")
+
+
+def transfer_output_dir(config: dict[str, Any], given: str | None) -> Path:
+    """Where ``transfer`` writes: ``given``, else a ``transfer`` folder inside the config's
+    ``output_dir`` (which ``train`` uses), else ``runs/transfer``. A folder that already
+    holds a training run's files is refused unless given explicitly, and then warned about."""
+    import sys
+
+    out = Path(
+        given
+        or (
+            Path(config["output_dir"]) / "transfer" if config.get("output_dir") else "runs/transfer"
+        )
+    )
+    mixed = [name for name in OTHER_OUTPUTS if (out / name).exists()]
+    if mixed and not given:
+        raise SystemExit(
+            f"{out} holds another command's outputs ({', '.join(mixed)}); pass --output-dir"
+        )
+    if mixed:
+        print(f"warning: {out} already holds {', '.join(mixed)} from another command; the "
+              "transfer's report.json, source/, adapt-*/ and scratch-*/ go beside them", file=sys.stderr)  # fmt: skip
+    return out
+
+
 def add_transfer(sub: Any) -> None:
 
     p = sub.add_parser("transfer", help="run the transfer protocol and print its table")
     p.add_argument("--config", required=True, help="run config YAML with a transfer section")
     p.add_argument(
-        "--output-dir", help="where the runs and report.json go (default: runs/transfer)"
+        "--output-dir",
+        help="where the runs and report.json go (default: OUTPUT_DIR/transfer for the "
+        "config's output_dir, else runs/transfer)",
     )
     add_overrides(p)
     p.set_defaults(func=run_transfer)

@@ -40,7 +40,12 @@ def add_readapt(sub: Any) -> None:
     p.add_argument(
         "--data", required=True, help="dataset spec YAML (or run config) of the new data"
     )
-    p.add_argument("--strategy", choices=["head", "top_k", "full", "lora"], default="head")
+    p.add_argument(
+        "--strategy",
+        choices=["head", "top_k", "full", "lora"],
+        default="head",
+        help="what is trained on the new data",
+    )
     p.add_argument("--budget", type=int, help="labelled rows per class (k-shot); default all")
     p.add_argument("--domain", action="append", help="use these domains of the new data")
     p.add_argument("--epochs", type=int)
