@@ -186,6 +186,7 @@ def _keep_modality(config: dict[str, Any], modality: str) -> None:
 
         config["data"]["columns"] = synthetic_columns([modality])
     config["transfer"]["robustness"] = False
+    config["transfer"]["imbalance"] = False  # needs two modalities
     train = config.get("train") or {}
     if train.get("modality_dropout"):
         train["modality_dropout"] = 0.0  # dropping the only modality leaves nothing to learn

@@ -219,8 +219,9 @@ def _imbalance(
     target_tests: Mapping[str, datasets.Dataset], spec: DatasetSpec, batch: int,
     times: dict[str, float],
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """With ``transfer.imbalance``, the source model's modality imbalance per test split."""
-    if not settings.imbalance:
+    """With ``transfer.imbalance``, the source model's modality imbalance per test split
+    (nothing to measure for a model of one modality)."""
+    if not settings.imbalance or len(model.modalities) < 2:
         return {}
     tick = time.perf_counter()
     tests = {"source": source_test, **target_tests}
