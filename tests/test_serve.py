@@ -158,3 +158,32 @@ def test_checked_samples_collate_to_what_predict_preprocesses() -> None:
         for key, value in expected[m].items():
             assert torch.allclose(got[m][key], value, rtol=0, atol=0, equal_nan=True), (m, key)
     assert batcher._predict(checked)["probs"] == model.predict(decoded)["probs"].tolist()
+
+
+def test_tabular_columns_left_out_are_missing_values_and_unknown_ones_fail() -> None:
+    import math
+
+    import multimodal as mm
+    from multimodal.deploy.serve import RequestError, check_sample
+    from multimodal.experiments.config import model_config
+    from tests.multimodal.tiny_run import tiny_data
+
+    config, _, _, rows = tiny_data()
+    processor = mm.build_model(model_config(config), rows, seed=0).processor
+    partial = check_sample(processor, {"tabular": {"tab_0": 0.5, "tab_channel": "web"}}, "inputs")
+    numbers = partial["tabular"]["numerical"][0].tolist()
+    assert not math.isnan(numbers[0]) and all(math.isnan(v) for v in numbers[1:])
+    nulls = {"tab_0": 0.5, "tab_1": None, "tab_2": None, "tab_3": None, "tab_channel": "web"}
+    same = check_sample(processor, {"tabular": nulls}, "inputs")
+    assert torch_equal(same["tabular"], partial["tabular"])
+    with pytest.raises(RequestError) as err:
+        check_sample(processor, {"tabular": {"tab_0": 0.5, "colour": "red", "age": 3}}, "inputs")
+    assert err.value.field == "inputs.tabular.age" and "['age', 'colour']" in str(err.value)
+
+
+def torch_equal(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) or torch.allclose(a[k], b[k], equal_nan=True) for k in a
+    )

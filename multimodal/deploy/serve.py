@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -143,10 +143,8 @@ def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[s
             )
         elif kind == "text" and not isinstance(value, str):
             raise RequestError(422, field, f"expected a string, got {type(value).__name__}")
-        elif kind == "tabular" and not isinstance(value, Mapping):
-            raise RequestError(
-                422, field, f"expected an object of column values, got {type(value).__name__}"
-            )
+        elif kind == "tabular":
+            value = _tabular_row(processor.processors[m].columns, value, field)
         if processor.is_missing(m, value):
             continue
         try:
@@ -154,6 +152,23 @@ def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[s
         except (ValueError, TypeError, OSError) as err:
             raise RequestError(422, field, str(err).replace("sample 0: ", "")) from err
     return sample
+
+
+def _tabular_row(columns: Sequence[str], value: Any, field: str) -> dict[str, Any]:
+    """A tabular object with every column the model reads: a column left out is a missing
+    value, as ``null`` is; a column the model does not read is an error naming it."""
+    if not isinstance(value, Mapping):
+        raise RequestError(
+            422, field, f"expected an object of column values, got {type(value).__name__}"
+        )
+    unknown = sorted(set(value) - set(columns))
+    if unknown:
+        raise RequestError(
+            422,
+            f"{field}.{unknown[0]}",
+            f"unknown columns {unknown}; the model reads {list(columns)}",
+        )
+    return {c: value.get(c) for c in columns}
 
 
 def _version(run: Path) -> dict[str, Any]:
