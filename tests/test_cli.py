@@ -126,8 +126,25 @@ def test_predict_from_a_dataset_and_from_files(trained, config_file, tmp_path) -
         == 0
     )
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
-    assert rows and {"index", "row", "prediction", "probabilities"} <= set(rows[0])
+    assert rows and {
+        "index",
+        "row",
+        "domain",
+        "prediction",
+        "class",
+        "probabilities",
+        "true",
+        "true_class",
+    } <= set(rows[0])
     assert abs(sum(json.loads(rows[0]["probabilities"])) - 1) < 1e-4
+    # the synthetic label column is a ClassLabel: its names travel with the run
+    assert json.loads((trained / "run_config.json").read_text())["class_names"] == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
+    assert all(r["class"] == r["prediction"] and r["true_class"] == r["true"] for r in rows)
     (tmp_path / "texts.txt").write_text("the velno quiet words\nanother line here\n")
     with open(tmp_path / "table.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -150,7 +167,16 @@ def test_predict_from_a_dataset_and_from_files(trained, config_file, tmp_path) -
         == 0
     )
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 3 and all(0 <= r["prediction"] < 4 for r in records)
+    # the files make one sample: the text file's text and the one-row table
+    assert len(records) == 1 and 0 <= records[0]["prediction"] < 4
+    assert records[0]["files"] == f"{tmp_path / 'texts.txt'} {tmp_path / 'table.csv'}"
+    assert records[0]["class"] == str(records[0]["prediction"])
+    files = ["--files", str(tmp_path / "texts.txt"), str(tmp_path / "table.csv")]
+    assert main(["predict", "--model", str(trained), *files, "--each", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and [r["files"] for r in records] == [files[1], files[1], files[2]]
+    twice = ["--files", str(tmp_path / "texts.txt"), str(tmp_path / "texts.txt")]
+    assert main(["predict", "--model", str(trained), *twice, "--out", str(out)]) == 2
 
 
 def test_transfer_prints_the_table_and_writes_the_report(config_file, tmp_path, capsys) -> None:

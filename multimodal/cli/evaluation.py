@@ -18,41 +18,54 @@ from ._common import (
     model_and_split,
 )
 
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
 
-def _file_samples(model: Any, files: Sequence[str]) -> list[dict[str, Any]]:
-    """One sample per file, its modality told by the extension; a CSV gives one per row."""
-    kinds = {m: e.modality for m, e in model.encoders.items()}
-    by_kind = {v: k for k, v in kinds.items()}
-    image_ext, audio_ext = (
-        {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"},
-        {".wav", ".flac", ".mp3", ".ogg"},
+
+def _file_samples(model: Any, files: Sequence[str], each: bool = False) -> list[dict[str, Any]]:
+    """The files as samples, each modality told by the extension: by default all of them
+    make one sample (an image, a clip, a .txt's whole text, a one-row .csv); with ``each``,
+    one sample per file (a .txt one per line, a .csv one per row). ``__files__`` names the
+    files behind a sample."""
+    read = [(name, _read_file(model, Path(name), each)) for name in files]
+    if each:
+        return [{**s, "__files__": [name]} for name, samples in read for s in samples]
+    sample: dict[str, Any] = {"__files__": list(files)}
+    source: dict[str, str] = {}
+    for name, samples in read:
+        if len(samples) != 1:
+            raise ValueError(f"{name} holds {len(samples)} samples; with several files in one sample "
+                             "each file gives one value (pass --each for one sample per file or row)")  # fmt: skip
+        for m, value in samples[0].items():
+            if m in source:
+                raise ValueError(f"{source[m]} and {name} both give {m!r}; one sample takes one "
+                                 "value per modality (pass --each for one sample per file)")  # fmt: skip
+            sample[m], source[m] = value, name
+    return [sample]
+
+
+def _read_file(model: Any, path: Path, each: bool) -> list[dict[str, Any]]:
+    by_kind = {e.modality: m for m, e in model.encoders.items()}
+    ext = path.suffix.lower()
+    if ext == ".csv":
+        with open(path, newline="") as f:
+            return [{m: row.get(m) for m in model.modalities if m in row} | _tabular_from(row, model)
+                    for row in csv.DictReader(f)]  # fmt: skip
+    if ext in IMAGE_EXT and "image" in by_kind:
+        return [{by_kind["image"]: str(path)}]
+    if ext in AUDIO_EXT and "audio" in by_kind:
+        return [{by_kind["audio"]: str(path)}]
+    if ext == ".txt" and "text" in by_kind:
+        if not each:
+            return [{by_kind["text"]: path.read_text().strip()}]
+        return [
+            {by_kind["text"]: line.rstrip("\n")}
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
+    raise ValueError(
+        f"{path}: no modality of this model reads {ext or 'files without an extension'} files"
     )
-    samples: list[dict[str, Any]] = []
-    for name in files:
-        path = Path(name)
-        ext = path.suffix.lower()
-        if ext == ".csv":
-            with open(path, newline="") as f:
-                for row in csv.DictReader(f):
-                    samples.append(
-                        {m: row.get(m) for m in model.modalities if m in row}
-                        | _tabular_from(row, model)
-                    )
-        elif ext in image_ext and "image" in by_kind:
-            samples.append({by_kind["image"]: str(path)})
-        elif ext in audio_ext and "audio" in by_kind:
-            samples.append({by_kind["audio"]: str(path)})
-        elif ext == ".txt" and "text" in by_kind:
-            samples += [
-                {by_kind["text"]: line.rstrip("\n")}
-                for line in path.read_text().splitlines()
-                if line.strip()
-            ]
-        else:
-            raise ValueError(
-                f"{path}: no modality of this model reads {ext or 'files without an extension'} files"
-            )
-    return samples
 
 
 def _tabular_from(row: dict[str, str], model: Any) -> dict[str, Any]:
@@ -88,6 +101,7 @@ def add_evaluate(sub: Any) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..data.collate import RowView
+    from ..experiments.runs import recorded_class_names
     from ..modeling.model import MultimodalModel
 
     model = MultimodalModel.from_pretrained(args.model)
@@ -96,28 +110,52 @@ def run_predict(args: argparse.Namespace) -> int:
         view = RowView(ds, spec, args.split)
         samples = [view[i] for i in range(len(view))]
     elif args.files:
-        samples = _file_samples(model, args.files)
+        samples = _file_samples(model, args.files, args.each)
     else:
         raise SystemExit("predict needs --config (a dataset spec) or files")
+    names = recorded_class_names(args.model)
     records = []
     for start in range(0, len(samples), args.batch_size):
         chunk = samples[start : start + args.batch_size]
         out = model.predict([{m: s.get(m) for m in model.modalities} for s in chunk])
-        for i, s in enumerate(chunk):
-            record = {"index": start + i}
-            if "__row__" in s:
-                record["row"] = s["__row__"]
-            if "labels" in out:
-                record["prediction"] = out["labels"][i].tolist()
-                record["probabilities"] = [round(p, 6) for p in out["probs"][i].tolist()]
-            else:
-                record["prediction"] = out["predictions"][i].tolist()
-            records.append(record)
-    out_path = Path(args.out)
+        records += [_record(start + i, s, out, i, names) for i, s in enumerate(chunk)]
+    _write_records(records, Path(args.out))
+    print(f"wrote {len(records)} predictions to {args.out}")
+    return 0
+
+
+def _record(index: int, sample: dict[str, Any], out: dict[str, Any], i: int,
+            names: list[str] | None) -> dict[str, Any]:  # fmt: skip
+    """One prediction: where the sample came from (files, or row and domain), the predicted
+    class with its name, the probabilities, and the true label when the split has one."""
+    record: dict[str, Any] = {"index": index}
+    if "__files__" in sample:
+        record["files"] = " ".join(sample["__files__"])
+    if "__row__" in sample:
+        record.update(row=sample["__row__"], domain=sample.get("domain"))
+    name = lambda c: names[c] if names and isinstance(c, int) and 0 <= c < len(names) else None  # noqa: E731
+    if "labels" in out:
+        predicted = out["labels"][i].tolist()
+        record["prediction"] = predicted
+        if names:
+            record["class"] = name(predicted)
+        record["probabilities"] = [round(p, 6) for p in out["probs"][i].tolist()]
+    else:
+        record["prediction"] = out["predictions"][i].tolist()
+    if sample.get("label") is not None:
+        record["true"] = sample["label"]
+        if names:
+            record["true_class"] = name(sample["label"])
+    return record
+
+
+def _write_records(records: list[dict[str, Any]], out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".csv":
         with open(out_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer = csv.DictWriter(
+                f, fieldnames=list(dict.fromkeys(k for r in records for k in r))
+            )
             writer.writeheader()
             writer.writerows(
                 {k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
@@ -125,8 +163,6 @@ def run_predict(args: argparse.Namespace) -> int:
             )
     else:
         out_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    print(f"wrote {len(records)} predictions to {out_path}")
-    return 0
 
 
 def add_predict(sub: Any) -> None:
@@ -134,7 +170,17 @@ def add_predict(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict with a saved model on a dataset split or files")
     add_model(p)
     add_split(p, None, required=False)
-    p.add_argument("--files", nargs="+", help="images, audio, a .txt (one text a line) or a .csv")
+    p.add_argument(
+        "--files",
+        nargs="+",
+        help="files that make one sample together, one per modality: an image, an audio clip, "
+        "a .txt (its text), a one-row .csv (tabular columns)",
+    )
+    p.add_argument(
+        "--each",
+        action="store_true",
+        help="one sample per file instead (a .txt gives one per line, a .csv one per row)",
+    )
     p.add_argument("--out", required=True, help="predictions file, .csv or .jsonl")
     p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     add_overrides(p)

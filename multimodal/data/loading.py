@@ -290,9 +290,33 @@ def k_shot_indices(labels: Sequence[int], k: int, seed: int) -> list[int]:
     return sorted(picked)
 
 
-def k_shot(ds: datasets.Dataset, k: int, seed: int, label: str = "label") -> datasets.Dataset:
-    """A stratified k-shot sample of ``ds`` (see ``k_shot_indices``); of a stream, k rows
-    per class from a bounded reservoir (``streaming.reservoir_k_shot``)."""
+def label_column(ds: Any, label: str | DatasetSpec | None = None) -> str:
+    """The label column of ``ds``: ``label`` (a column name, or a spec's ``label``), else
+    the dataset's only ClassLabel column, else a column named ``label``."""
+    if isinstance(label, DatasetSpec):
+        return label.label
+    if label is not None:
+        return label
+    features = ds.features or {}
+    classes = [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
+    if len(classes) == 1:
+        return classes[0]
+    if "label" in features:
+        return "label"
+    raise ValueError(
+        f"which column is the label? the dataset has {sorted(features)}, "
+        f"{'ClassLabel columns ' + str(classes) if classes else 'no ClassLabel column'}; pass label=spec "
+        "(the DatasetSpec) or label='COLUMN'"
+    )
+
+
+def k_shot(
+    ds: datasets.Dataset, k: int, seed: int, label: str | DatasetSpec | None = None
+) -> datasets.Dataset:
+    """A stratified k-shot sample of ``ds`` (see ``k_shot_indices``) by its label column
+    (``label_column``); of a stream, k rows per class from a bounded reservoir
+    (``streaming.reservoir_k_shot``)."""
+    label = label_column(ds, label)
     if is_streaming(ds):
         from .streaming import reservoir_k_shot
 
@@ -300,9 +324,10 @@ def k_shot(ds: datasets.Dataset, k: int, seed: int, label: str = "label") -> dat
     return ds.select(k_shot_indices(ds[label], k, seed))
 
 
-def unlabelled(ds: datasets.Dataset, label: str = "label") -> datasets.Dataset:
-    """A view of ``ds`` without its label column, for unsupervised domain adaptation."""
-    return ds.remove_columns([label])
+def unlabelled(ds: datasets.Dataset, label: str | DatasetSpec | None = None) -> datasets.Dataset:
+    """A view of ``ds`` without its label column (``label_column``), for unsupervised
+    domain adaptation."""
+    return ds.remove_columns([label_column(ds, label)])
 
 
 def raw_media(ds: datasets.Dataset) -> datasets.Dataset:

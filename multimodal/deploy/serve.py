@@ -183,12 +183,9 @@ def _version(run: Path) -> dict[str, Any]:
 
 
 def _label_names(run: Path, model: MultimodalModel) -> list[str]:
-    recorded = run / "run_config.json"
-    if recorded.is_file():
-        names = (json.loads(recorded.read_text())["config"].get("data") or {}).get("label_names")
-        if names:
-            return [str(n) for n in names]
-    return [str(i) for i in range(model.head.num_classes)]
+    from ..experiments.runs import recorded_class_names
+
+    return recorded_class_names(run) or [str(i) for i in range(model.head.num_classes)]
 
 
 def create_app(

@@ -17,6 +17,7 @@ from ..core.provenance import git_state
 RUN_CONFIG_NAME = "run_config.json"
 RESULTS_NAME = "results.json"
 TRAINED_ON = "trained_domains"  # run_config.json: the domains the model saw in training
+CLASS_NAMES = "class_names"  # run_config.json: class id -> name, when the data name them
 logger = logging.getLogger(__name__)
 
 
@@ -84,7 +85,8 @@ def train_run(
         dsd = {name: select_domains(split, sources) for name, split in dsd.items()}
     train_domains = sources or (scan(dsd["train"])[1] if is_streaming(dsd["train"])
                                 else sorted(set(dsd["train"]["domain"])))  # fmt: skip
-    record = {"config": config, TRAINED_ON: train_domains, "all_domains": sources is None}
+    record = {"config": config, TRAINED_ON: train_domains, "all_domains": sources is None,
+              CLASS_NAMES: class_names(spec, dsd["train"])}  # fmt: skip
     write_json_atomic(out / RUN_CONFIG_NAME, {**record, **provenance(config)})
     view = RowView(dsd["train"], spec, "train")
     rows = [view[i] for i in range(len(view))]
@@ -174,14 +176,39 @@ def reproduce(run_dir: str | Path, output_dir: str | Path | None = None) -> dict
     return result
 
 
-def trained_domains(model_dir: str | Path) -> list[str] | None:
-    """The domains a saved model trained on, from the ``run_config.json`` of its run folder
-    (the folder itself, or the parent of its ``best_model/``); None when not recorded."""
+def class_names(spec: Any, train: Any) -> list[str] | None:
+    """The class names of a classification dataset: ``label_names``, else the names of a
+    ClassLabel label column; None when the data do not name their classes."""
+    import datasets
+
+    if spec.label_names:
+        return [str(n) for n in spec.label_names]
+    feature = (train.features or {}).get(spec.label)
+    return [str(n) for n in feature.names] if isinstance(feature, datasets.ClassLabel) else None
+
+
+def run_record(model_dir: str | Path) -> dict[str, Any]:
+    """The ``run_config.json`` of a saved model's run folder (the folder itself, or the
+    parent of its ``best_model/``); empty when there is none."""
     for folder in (Path(model_dir), Path(model_dir).parent):
         path = folder / RUN_CONFIG_NAME
         if path.is_file():
-            return json.loads(path.read_text()).get(TRAINED_ON)
-    return None
+            return json.loads(path.read_text())
+    return {}
+
+
+def trained_domains(model_dir: str | Path) -> list[str] | None:
+    """The domains a saved model trained on, as its run folder records them, or None."""
+    return run_record(model_dir).get(TRAINED_ON)
+
+
+def recorded_class_names(model_dir: str | Path) -> list[str] | None:
+    """The class names a saved model's run recorded (``label_names`` or ClassLabel), or None."""
+    record = run_record(model_dir)
+    names = record.get(CLASS_NAMES) or ((record.get("config") or {}).get("data") or {}).get(
+        "label_names"
+    )
+    return [str(n) for n in names] if names else None
 
 
 def format_diff(result: Mapping[str, Any], limit: int = 20) -> str:

@@ -332,3 +332,26 @@ def test_local_folders_of_one_name_never_share_cached_rows(tmp_path) -> None:
     assert len(mm.load_dataset({**spec, "path": str(tmp_path / "b" / "same-name")})["train"]) == 10
     write(tmp_path / "a" / "same-name", 8)  # rewritten in place
     assert len(mm.load_dataset({**spec, "path": str(tmp_path / "a" / "same-name")})["train"]) == 8
+
+
+def test_k_shot_finds_the_label_column_without_being_told() -> None:
+    import datasets
+
+    from multimodal.data.loading import k_shot, unlabelled
+
+    features = datasets.Features(
+        {"category": datasets.ClassLabel(names=["a", "b"]), "x": datasets.Value("int64")}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"category": [0, 1] * 10, "x": list(range(20))}, features=features
+    )
+    picked = k_shot(ds, 3, seed=0)  # the only ClassLabel column
+    assert sorted(picked["category"]) == [0, 0, 0, 1, 1, 1]
+    spec = mm.DatasetSpec.from_dict(
+        {"path": "synthetic", "label": "category", "columns": {"text": "x"}}
+    )
+    assert k_shot(ds, 2, seed=0, label=spec)["x"] == k_shot(ds, 2, seed=0, label="category")["x"]
+    assert unlabelled(ds, spec).column_names == ["x"]
+    plain = datasets.Dataset.from_dict({"tag": ["a", "b"] * 5, "x": list(range(10))})
+    with pytest.raises(ValueError, match="which column is the label.*'tag'.*label=spec"):
+        k_shot(plain, 2, seed=0)
