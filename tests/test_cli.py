@@ -73,14 +73,32 @@ def test_unknown_override_is_an_error_naming_close_matches(config_file, capsys) 
     assert "unknown key 'train.learning_rate'" in err and "lr" in err
 
 
-def test_evaluate_reproduces_the_logged_test_metrics(trained, config_file, capsys) -> None:
+def test_evaluate_reproduces_the_logged_test_metrics(
+    trained, config_file, tmp_path, capsys
+) -> None:
     capsys.readouterr()
     args = ["evaluate", "--model", str(trained), "--config", str(config_file)]
-    assert main([*args, "--domain", "d0"]) == 0
+    assert main([*args, "--domain", "d0", "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr()
-    assert json.loads(out.out) == json.loads((trained / "results.json").read_text())["test"]
+    report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    logged = json.loads((trained / "results.json").read_text())["test"]
+    assert {k: v for k, v in report["overall"].items() if k != "n"} == pytest.approx(logged)
     assert "in-domain evaluation" in out.err  # d0 is the domain it trained on
-    assert main([*args, "--domain", "d1"]) == 0
+    assert "d0 (in-domain)" in out.out and report["in_domain"] == ["d0"]
+    assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    report = json.loads((tmp_path / "all" / "evaluation.json").read_text())
+    assert sorted(report["domains"]) == ["d0", "d1"]
+    assert report["overall"]["n"] == sum(d["n"] for d in report["domains"].values())
+    matrix = report["confusion"]["matrix"]
+    assert sum(map(sum, matrix)) == report["overall"]["n"]
+    assert sum(matrix[i][i] for i in range(4)) / report["overall"]["n"] == pytest.approx(
+        report["overall"]["accuracy"]
+    )
+    assert [c["support"] for c in report["classes"].values()] == [sum(row) for row in matrix]
+    assert (tmp_path / "all" / "confusion.png").is_file()
+    printed = capsys.readouterr().out
+    assert "overall" in printed and "precision" in printed
+    assert main([*args, "--domain", "d1", "--out", str(tmp_path / "t")]) == 0
     assert "in-domain" not in capsys.readouterr().err
 
 

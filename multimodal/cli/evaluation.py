@@ -80,21 +80,35 @@ def _tabular_from(row: dict[str, str], model: Any) -> dict[str, Any]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..engine import evaluate
+    from ..analysis.evaluation import evaluation_report, format_report, write_report
+    from ..experiments.runs import recorded_class_names
 
     model, spec, ds = model_and_split(args)
-    in_domain(args, ds)
-    metrics = evaluate(model, ds, spec, args.batch_size)
-    print(json.dumps(metrics, indent=2))
+    seen = in_domain(args, ds)
+    report = evaluation_report(model, ds, spec, args.batch_size, recorded_class_names(args.model))
+    report["in_domain"] = seen
+    print(format_report(report, seen))
+    out = Path(args.out) if args.out else Path(args.model) / f"evaluation-{args.split}"
+    paths = write_report(report, out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
 def add_evaluate(sub: Any) -> None:
 
-    p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset split")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a saved model on a dataset split: metrics overall, per domain and per "
+        "class, and the confusion matrix",
+    )
     add_model(p)
     add_split(p, "evaluate")
     p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    p.add_argument(
+        "--out",
+        help="where evaluation.json, confusion.json and confusion.png go "
+        "(default: MODEL/evaluation-SPLIT)",
+    )
     add_overrides(p)
     p.set_defaults(func=run_evaluate)
 

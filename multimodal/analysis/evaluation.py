@@ -1,0 +1,137 @@
+"""An evaluation report: metrics overall, per domain and, for a classifier, per class, with
+the confusion matrix (rows: true class, columns: predicted)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from ..core.io import write_json_atomic
+from ..data.collate import make_loader
+from ..data.spec import DatasetSpec
+from ..data.streaming import is_streaming
+from ..modeling.model import move_to
+
+
+@torch.no_grad()
+def _predictions(model: Any, ds: datasets.Dataset, spec: DatasetSpec,
+                 batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
+    """Logits, labels and each row's domain (empty for a stream), in row order."""
+    model.eval()
+    logits, labels, rows = [], [], []
+    for batch in make_loader(ds, model, spec, "eval", batch_size=batch_size):
+        logits.append(model(move_to(batch, model.device)).logits.float().cpu())
+        labels.append(batch["labels"])
+        rows += [int(r) for r in batch["row"]]
+    column = None if is_streaming(ds) else ds["domain"]
+    domains = [column[r] for r in rows] if column is not None else []
+    return torch.cat(logits), torch.cat(labels), domains
+
+
+def evaluation_report(
+    model: Any, ds: datasets.Dataset, spec: DatasetSpec, batch_size: int = 64,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """{"overall": metrics, "domains": {domain: metrics and n}, "classes": {name: precision,
+    recall, f1, support}, "confusion": {"labels": names, "matrix": counts}}; the last two
+    for a classifier only."""
+    logits, labels, domains = _predictions(model, ds, spec, batch_size)
+    task = model.head.task
+    if labels.numel() == 0:
+        raise ValueError("the split has no rows to evaluate")
+
+    def metrics(keep: torch.Tensor) -> dict[str, float]:
+        return {"n": int(keep.sum()), "loss": task.loss(logits[keep], labels[keep]).item(),
+                **task.metrics(logits[keep], labels[keep])}  # fmt: skip
+
+    report: dict[str, Any] = {
+        "overall": metrics(torch.ones(len(labels), dtype=torch.bool)),
+        "domains": {
+            d: metrics(torch.tensor([x == d for x in domains])) for d in sorted(set(domains))
+        },
+    }
+    if task.name == "classification":
+        report.update(_per_class(logits.argmax(-1), labels, model.head.num_classes, class_names))
+    return report
+
+
+def _per_class(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int,
+               class_names: Sequence[str] | None) -> dict[str, Any]:  # fmt: skip
+    names = [str(n) for n in class_names] if class_names else [str(c) for c in range(num_classes)]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_(
+        (labels.long(), predicted.long()),
+        torch.ones_like(labels, dtype=torch.long),
+        accumulate=True,
+    )
+    classes = {}
+    for c, name in enumerate(names):
+        tp, support, predicted_c = (
+            int(confusion[c, c]),
+            int(confusion[c].sum()),
+            int(confusion[:, c].sum()),
+        )
+        precision = tp / predicted_c if predicted_c else math.nan
+        recall = tp / support if support else math.nan
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else math.nan
+        classes[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return {"classes": classes, "confusion": {"labels": names, "matrix": confusion.tolist()}}
+
+
+def format_report(report: dict[str, Any], in_domain: Sequence[str] = ()) -> str:
+    """The report as text tables: overall and per domain, then per class."""
+    keys = [k for k in report["overall"] if k != "n"]
+    head = f"{'rows':<14} {'n':>6} " + " ".join(f"{k:>10}" for k in keys)
+    lines = [head, "-" * len(head)]
+    rows = [("overall", report["overall"])] + list(report["domains"].items())
+    for name, m in rows:
+        label = f"{name} (in-domain)" if name in in_domain else name
+        lines.append(
+            f"{label:<14} {m['n']:>6} " + " ".join(f"{m.get(k, math.nan):>10.4f}" for k in keys)
+        )
+    if "classes" in report:
+        lines += ["", f"{'class':<14} {'support':>8} {'precision':>10} {'recall':>10} {'f1':>10}"]
+        for name, c in report["classes"].items():
+            lines.append(
+                f"{name:<14} {c['support']:>8} {c['precision']:>10.4f} {c['recall']:>10.4f} {c['f1']:>10.4f}"
+            )
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    """evaluation.json and, for a classifier, confusion.json and confusion.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "evaluation.json", report)
+    paths = {"json": out / "evaluation.json"}
+    if "confusion" in report:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        write_json_atomic(out / "confusion.json", report["confusion"])
+        names, matrix = report["confusion"]["labels"], report["confusion"]["matrix"]
+        size = 1.0 + 0.45 * len(names)
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+        image = ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        top = max(max(row) for row in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                        color="white" if v > top / 2 else "black")  # fmt: skip
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        fig.savefig(out / "confusion.png", dpi=120)
+        plt.close(fig)
+        paths.update(confusion_json=out / "confusion.json", confusion_png=out / "confusion.png")
+    return paths
