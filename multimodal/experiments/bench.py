@@ -479,7 +479,8 @@ def _per_seed(
     rows: Sequence[Mapping[str, Any]], grid_keys: list[str]
 ) -> dict[tuple, dict[str, float]]:
     """(*grid, k, fusion, adaptation, target, seed) -> metrics and test sizes, with target
-    "all" holding the mean over targets (and their summed test size)."""
+    "all" holding the mean over targets (and their summed test size) where there are two
+    targets or more."""
     by_seed: dict[tuple, dict[str, float]] = {}
     overall: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -490,6 +491,8 @@ def _per_seed(
         }  # fmt: skip
         overall[(*key, "all", r["seed"])].append(by_seed[(*key, r["target"], r["seed"])])
     for key, members in overall.items():
+        if len(members) < 2:  # one target: an "all" row would only copy it
+            continue
         averaged = [m for m in members[0] if m not in ("n", "n_source")]
         by_seed[key] = {m: float(np.mean([v[m] for v in members])) for m in averaged}
         by_seed[key].update(n=sum(v["n"] for v in members), n_source=members[0]["n_source"])
@@ -588,7 +591,7 @@ def _fmt(stat: Mapping[str, float]) -> str:
     if math.isnan(stat["mean"]):
         return "n/a"
     return (
-        f"{stat['mean']:.3f}"
+        f"{stat['mean']:.3f} ± n/a"
         if math.isnan(stat["ci"])
         else f"{stat['mean']:.3f} ± {stat['ci']:.3f}"
     )
@@ -616,12 +619,30 @@ def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat"
     return "\n".join(lines) + note
 
 
+def overall_entries(summary: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The entries over all targets: the "all" rows, or each row where a run had one target."""
+    keyed = defaultdict(list)
+    for e in summary:
+        keyed[
+            tuple(
+                (k, str(v))
+                for k, v in e.items()
+                if k not in _STAT_KEYS or k in ("k_shot", "fusion", "adaptation")
+            )
+        ].append(e)
+    out = []
+    for group in keyed.values():
+        every = [e for e in group if e["target"] == "all"]
+        out += every or (group if len(group) == 1 else [])
+    return out
+
+
 def imbalance_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """Markdown, for rows with imbalance columns: one line per grid point x k x fusion x
     adaptation (mean over targets) with accuracy, transfer gain, the source model's imbalance
     degree on the source and target test splits, the source accuracy it loses without its
     dominant modality, and the source training time. Empty without such rows."""
-    entries = [e for e in summary if e["target"] == "all" and "imbalance_degree" in e]
+    entries = [e for e in overall_entries(summary) if "imbalance_degree" in e]
     if not entries:
         return ""
     grid_keys = [k for k in entries[0] if k not in _STAT_KEYS and not k.startswith("adapted_vs_")]
@@ -690,7 +711,7 @@ def plot_utilisation(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [e for e in summary if e["target"] == "all" and "utilisation" in e]
+    entries = [e for e in overall_entries(summary) if "utilisation" in e]
     entries = [e for e in entries if e["adaptation"] == entries[0]["adaptation"]]
     grid_keys = [k for k in entries[0] if k not in _STAT_KEYS and not k.startswith("adapted_vs_")]
     fusions = list(dict.fromkeys(e["fusion"] for e in entries))
@@ -728,7 +749,7 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    overall = [e for e in summary if e["target"] == "all"]
+    overall = overall_entries(summary)
     adaptations = sorted({e["adaptation"] for e in overall})
     fusions = sorted({e["fusion"] for e in overall})
     paths = {}

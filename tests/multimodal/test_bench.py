@@ -278,9 +278,8 @@ def test_balance_axis_summarises_imbalance_and_runs_shared_baselines_once(tmp_pa
     )
     assert len(calls) == 4 + 4 and len(rows) == 4 + 8
     summary = summarize(rows)
-    fused = {
-        e["train.balance"]: e for e in summary if e["fusion"] == "concat" and e["target"] == "all"
-    }
+    assert all(e["target"] == "d1" for e in summary)  # one target: no "all" row copying it
+    fused = {e["train.balance"]: e for e in summary if e["fusion"] == "concat"}
     assert fused["none"]["imbalance_degree"]["mean"] == pytest.approx(0.85)
     assert fused["ogm_ge"]["utilisation"]["text"]["mean"] == pytest.approx(0.6)
     assert (
@@ -295,3 +294,5 @@ def test_balance_axis_summarises_imbalance_and_runs_shared_baselines_once(tmp_pa
         in text
     )
     assert paths["utilisation"].is_file()
+    one_seed = summary_table(summarize([r for r in rows if r["seed"] == 0]))
+    assert "| 0.100 ± n/a |" in one_seed  # no zero-width interval from a single seed
