@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import pytest
 import yaml
@@ -85,6 +86,8 @@ def test_evaluate_reproduces_the_logged_test_metrics(
     assert {k: v for k, v in report["overall"].items() if k != "n"} == pytest.approx(logged)
     assert "in-domain evaluation" in out.err  # d0 is the domain it trained on
     assert "d0 (in-domain)" in out.out and report["in_domain"] == ["d0"]
+    assert "Flattening the indices" not in out.err and "Map" not in out.err  # quiet
+    assert logging.getLogger("onnx_ir").getEffectiveLevel() >= logging.WARNING
     assert main([*args, "--out", str(tmp_path / "all")]) == 0
     report = json.loads((tmp_path / "all" / "evaluation.json").read_text())
     assert sorted(report["domains"]) == ["d0", "d1"]

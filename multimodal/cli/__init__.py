@@ -27,12 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries whose INFO lines are not news to the user (the ONNX exporter's optimiser logs
+# one line per deduplicated initializer).
+QUIET_LOGGERS = ("httpx", "urllib3", "datasets", "accelerate", "filelock", "onnx_ir", "onnxscript",
+                 "torch.onnx")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import logging
+    import os
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "urllib3", "datasets", "accelerate", "filelock"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # datasets' own progress bars ("Flattening the indices", "Map") on every select and map
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:  # imported before: the variable was read already
+        sys.modules["datasets"].disable_progress_bars()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
