@@ -11,7 +11,6 @@ ratios measured in one run mean anything.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
