@@ -234,7 +234,7 @@ def test_transfer_prints_the_table_and_writes_the_report(config_file, tmp_path, 
 
 def test_robustness_missing_modalities(trained, config_file, tmp_path, capsys) -> None:
     capsys.readouterr()
-    args = ["robustness", "--model", str(trained), "--config", str(config_file)]
+    args = ["robustness", "--model", str(trained), "--config", str(config_file), "--domain", "d0"]
     assert main([*args, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "(none)" in out and "tabular" in out

@@ -75,8 +75,8 @@ def main() -> None:
 
         save = training.save_checkpoint
 
-        def save_then_die(accelerator, run_dir, state, keep):
-            path = save(accelerator, run_dir, state, keep)
+        def save_then_die(accelerator, run_dir, state, keep, modules=None):
+            path = save(accelerator, run_dir, state, keep, modules)
             if state.step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             return path
