@@ -211,3 +211,26 @@ def test_methods_say_what_they_cannot_do(tiny) -> None:
     one = {**config, "encoders": {"text": config["encoders"]["text"]}}
     with pytest.raises(ValueError, match="only \\['text'\\]"):
         create_balancer("unimodal_aux", mm.build_model(model_config(one), rows, seed=0))
+
+
+@pytest.mark.parametrize("method", ["ogm_ge", "grad_blend", "unimodal_aux"])
+def test_every_fusion_takes_every_method(tiny, method: str) -> None:
+    """One step's hooks on every registered fusion: the per-modality scores and heads read
+    the encoder outputs, so no fusion needs its own support."""
+    from fusion import list_fusions
+
+    config, spec, dsd, rows = tiny
+    for name in list_fusions():
+        model = mm.build_model(
+            model_config({**config, "fusion": {"name": name, "dim": 16}}), rows[:16], seed=0
+        )
+        batch = model.preprocess(rows[:8])
+        balancer = create_balancer(method, model, strength=1.0)
+        out = model(batch)
+        balancer.observe(model, out, batch)
+        term = balancer.loss(out, batch)
+        total = out.loss if term is None else out.loss + term
+        total.backward()
+        logged = balancer.modulate(model, ONE_PROCESS)
+        assert torch.isfinite(total), name
+        assert all(math.isfinite(v) for v in logged.values()), name
