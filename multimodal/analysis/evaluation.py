@@ -86,13 +86,15 @@ def _per_class(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int,
 def format_report(report: dict[str, Any], in_domain: Sequence[str] = ()) -> str:
     """The report as text tables: overall and per domain, then per class."""
     keys = [k for k in report["overall"] if k != "n"]
-    head = f"{'rows':<14} {'n':>6} " + " ".join(f"{k:>10}" for k in keys)
+    rows = [("overall", report["overall"])] + [
+        (f"{d} (in-domain)" if d in in_domain else d, m) for d, m in report["domains"].items()
+    ]
+    width = max(14, *(len(name) for name, _ in rows))
+    head = f"{'rows':<{width}} {'n':>6} " + " ".join(f"{k:>10}" for k in keys)
     lines = [head, "-" * len(head)]
-    rows = [("overall", report["overall"])] + list(report["domains"].items())
     for name, m in rows:
-        label = f"{name} (in-domain)" if name in in_domain else name
         lines.append(
-            f"{label:<14} {m['n']:>6} " + " ".join(f"{m.get(k, math.nan):>10.4f}" for k in keys)
+            f"{name:<{width}} {m['n']:>6} " + " ".join(f"{m.get(k, math.nan):>10.4f}" for k in keys)
         )
     if "classes" in report:
         lines += ["", f"{'class':<14} {'support':>8} {'precision':>10} {'recall':>10} {'f1':>10}"]

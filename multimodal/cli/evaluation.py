@@ -183,7 +183,7 @@ def add_predict(sub: Any) -> None:
 
     p = sub.add_parser("predict", help="predict with a saved model on a dataset split or files")
     add_model(p)
-    add_split(p, None, required=False)
+    add_split(p, "predict", required=False)
     p.add_argument(
         "--files",
         nargs="+",
