@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also measure each source model's per-modality utilisation and imbalance degree",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_scale_arguments(parser)
+    return parser
+
+
+def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     scale = parser.add_argument_group("scale-out (Ray) and tracking")
     scale.add_argument(
         "--workers",
@@ -139,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--trackers",
         help="comma-separated accelerate trackers, one run per unit: tensorboard,mlflow,wandb",
     )
-    return parser
 
 
 def _executor(args: argparse.Namespace):
