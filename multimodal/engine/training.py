@@ -51,11 +51,13 @@ def fit(
     data: FitData,
     config: TrainConfig | Mapping[str, Any] | None = None,
     on_evaluate: Sequence[EvalCallback] = (),
+    on_step: Sequence[Callable[[TrainState], None]] = (),
 ) -> FitResult:
     """Train ``model`` on ``data.train``, validating on ``data.validation``; restores the best weights.
 
     Each of ``on_evaluate`` gets every evaluation's metrics and the training state; one
-    that returns True stops training there (a pruned hyperparameter trial, say).
+    that returns True stops training there (a pruned hyperparameter trial, say). Each of
+    ``on_step`` is called after every optimizer update (a progress bar over several fits).
 
     With ``output_dir`` the run folder holds ``config.json``, ``environment.json``,
     ``metrics.jsonl``, ``checkpoints/step_N`` (accelerate ``save_state``), ``best_state.safetensors``
@@ -64,7 +66,7 @@ def fit(
     cfg = TrainConfig.from_dict(config)
     start = time.perf_counter()
     run = _prepare(model, data, cfg)
-    run.on_evaluate = list(on_evaluate)
+    run.on_evaluate, run.on_step = list(on_evaluate), list(on_step)
     state = _restore(run)
     run.train_step = _train_step(run, state)
     run.recorder.start(run.counts, state.step)
@@ -108,6 +110,7 @@ class _Run:
     best: BestTracker
     streaming: bool = False
     on_evaluate: list[EvalCallback] = field(default_factory=list)
+    on_step: list[Callable[[TrainState], None]] = field(default_factory=list)
     train_step: TrainStep | None = None
 
 
@@ -272,6 +275,8 @@ def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
         state.step += 1
         clock.steps += 1
         bar.update(1)
+        for callback in run.on_step:
+            callback(state)
         if state.step % cfg.log_every == 0:
             _log_step(run, state, outcome, bar)
         if cfg.eval_every and state.step % cfg.eval_every == 0:

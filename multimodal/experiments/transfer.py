@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..data.collate import RowView
 from ..data.loading import k_shot, load_dataset, select_domains
 from ..data.spec import DatasetSpec
 from ..data.streaming import head, is_streaming, scan
-from ..engine import FitData, evaluate, fit
+from ..engine import FitData, TrainConfig, evaluate, fit
 from ..modeling.model import MultimodalModel, build_model
 from .config import RunConfig, TransferConfig
 
@@ -146,14 +147,10 @@ def transfer_adaptations(
     src = {s: select_domains(dsd[s], sources) for s in dsd}
     times["load"] = time.perf_counter() - tick
 
+    shots = {t: _adapt_sample(split["train"][t], settings, seed, spec.label) for t in targets}
+    progress = _plan(run, adaptations, src["train"], shots)
     tick = time.perf_counter()
-    model = build_model(run.model.to_dict(), _rows(src["train"], spec), seed=seed)
-    source_cfg = run.stage(output_dir=str(out / "source") if out else None, seed=seed)
-    streamed = is_streaming(src["train"])
-    source_data = FitData(
-        spec, src["train"], src["validation"], domains=sources if streamed else None
-    )
-    metric = fit(model, source_data, source_cfg).metric
+    model, source_cfg, source_data, metric = _source_model(run, src, sources, out, seed, progress)
     times["source_train"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -167,10 +164,9 @@ def transfer_adaptations(
     )
     imbalance = _imbalance(model, settings, src["test"], split["test"], spec, batch, times)
 
-    shots = {t: _adapt_sample(split["train"][t], settings, seed, spec.label) for t in targets}
     tick = time.perf_counter()
     scratch_scores = {t: _scratch(run, shots[t], split["test"][t], out / f"scratch-{t}" if out else None,
-                                  seed, batch, metric) for t in targets}  # fmt: skip
+                                  seed, batch, metric, progress) for t in targets}  # fmt: skip
     times["scratch"] = time.perf_counter() - tick
 
     test_sizes = {t: _size(split["test"][t]) for t in targets}
@@ -183,7 +179,7 @@ def transfer_adaptations(
         for t in targets:
             folder = str(out / f"adapt-{adaptation}-{t}") if out else None
             adapted, adapt_samples = _adapt(model, adaptation, run, dataclasses.replace(source_data, validation=None),
-                                            split["train"][t], shots[t], folder, seed)  # fmt: skip
+                                            split["train"][t], shots[t], folder, seed, progress)  # fmt: skip
             adapted_score = evaluate(adapted, split["test"][t], spec, batch)[metric]
             source_after = evaluate(adapted, src["test"], spec, batch)[metric]
             if robust:
@@ -207,7 +203,36 @@ def transfer_adaptations(
         if out is not None:
             name = "report.json" if len(adaptations) == 1 else f"report-{adaptation}.json"
             reports[adaptation].to_json(out / name)
+    progress.bar.close()
     return reports
+
+
+def _source_model(
+    run: RunConfig, src: Mapping[str, datasets.Dataset], sources: list[str], out: Path | None,
+    seed: int, progress: _Progress,
+) -> tuple[MultimodalModel, TrainConfig, FitData, str]:  # fmt: skip
+    """The model trained on the source domains, its stage config, data and metric name."""
+    spec = run.data
+    model = build_model(run.model.to_dict(), _rows(src["train"], spec), seed=seed)
+    cfg = run.stage(output_dir=str(out / "source") if out else None, seed=seed, progress=False)
+    streamed = is_streaming(src["train"])
+    data = FitData(spec, src["train"], src["validation"], domains=sources if streamed else None)
+    metric = fit(model, data, cfg, on_step=progress.stage("source")).metric
+    return model, cfg, data, metric
+
+
+def _plan(run: RunConfig, adaptations: list[str], source_train: datasets.Dataset,
+          shots: Mapping[str, datasets.Dataset]) -> _Progress:  # fmt: skip
+    """The transfer's progress bar, its total the optimizer steps of every stage."""
+    progress = _Progress(run, enabled=run.train.progress)
+    source_rows = None if is_streaming(source_train) else len(source_train)
+    progress.plan({}, source_rows)
+    for shot in shots.values():
+        progress.plan(stage_overrides(run, "scratch"), len(shot))
+        for adaptation in adaptations:
+            whole = adaptation in UDA_METHODS + (SOURCE_ONLY,)
+            progress.plan(stage_overrides(run, adaptation), source_rows if whole else len(shot))
+    return progress
 
 
 # The former name, kept for callers written before the rename.
@@ -245,9 +270,51 @@ def source_and_targets(
     return sources, targets
 
 
+def stage_overrides(run: RunConfig, stage: str) -> dict[str, Any]:
+    """The train keys a stage sets over the run's train section: ``scratch``, an
+    unsupervised method, ``source_only``, or a freezing strategy fine-tuned on the sample."""
+    settings = run.transfer
+    if stage == "scratch":
+        return {**SCRATCH_DEFAULTS, **settings.scratch}
+    if stage in UDA_METHODS:
+        return {**UDA_DEFAULTS, **settings.uda, "uda": stage}
+    if stage == SOURCE_ONLY:
+        return {**UDA_DEFAULTS, **settings.uda}
+    return {**ADAPT_DEFAULTS, **settings.adapt, "strategy": stage}
+
+
+class _Progress:
+    """One bar over the optimizer steps of every stage of a transfer, the running stage
+    named beside it, so its ETA covers the whole command (the stages' own bars stay off)."""
+
+    def __init__(self, run: RunConfig, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.run, self.known = run, True
+        self.bar = tqdm(total=0, desc="transfer", unit="step", disable=not enabled)
+
+    def plan(self, overrides: Mapping[str, Any], rows: int | None) -> None:
+        """Add a stage of ``rows`` training rows (None: a stream, whose length is unknown)."""
+        if rows is None:
+            self.known, self.bar.total = False, None
+        if not self.known:
+            return
+        cfg = self.run.stage(**overrides)
+        self.bar.total += cfg.max_steps or cfg.epochs * math.ceil(
+            math.ceil(rows / cfg.batch_size) / cfg.grad_accum
+        )
+        self.bar.refresh()
+
+    def stage(self, name: str) -> list[Any]:
+        """The ``on_step`` callbacks of a stage's fit."""
+        self.bar.set_postfix_str(name)
+        return [lambda state: self.bar.update(1)]
+
+
 def _adapt(
     model: MultimodalModel, adaptation: str, run: RunConfig, source: FitData,
     target_train: datasets.Dataset, shots: datasets.Dataset, folder: str | None, seed: int,
+    progress: _Progress,
 ) -> tuple[MultimodalModel, int]:  # fmt: skip
     """A copy of the source model adapted by ``adaptation``, and how many target rows it used.
 
@@ -255,21 +322,21 @@ def _adapt(
     train split; ``source_only`` is its control (the same extra source training, no target
     rows); a freezing strategy fine-tunes on the labelled target sample ``shots``.
     """
-    settings = run.transfer
     adapted: MultimodalModel = copy.deepcopy(model)
     if adaptation in UDA_METHODS + (SOURCE_ONLY,) and is_streaming(source.train):
         raise ValueError(
             f"adaptation {adaptation!r} trains on whole splits; with streaming use a k-shot adaptation"
         )
     if adaptation in UDA_METHODS:
-        uda = {**UDA_DEFAULTS, **settings.uda, "uda": adaptation}
         data, used = dataclasses.replace(source, unlabelled=target_train), len(target_train)
     elif adaptation == SOURCE_ONLY:
-        uda, data, used = {**UDA_DEFAULTS, **settings.uda}, source, 0
+        data, used = source, 0
     else:
-        uda = {**ADAPT_DEFAULTS, **settings.adapt, "strategy": adaptation}
         data, used = FitData(source.spec, shots), len(shots)
-    fit(adapted, data, run.stage(**uda, output_dir=folder, seed=seed))
+    cfg = run.stage(
+        **stage_overrides(run, adaptation), output_dir=folder, seed=seed, progress=False
+    )
+    fit(adapted, data, cfg, on_step=progress.stage(f"adapt {adaptation}"))
     return adapted, used
 
 
@@ -279,12 +346,12 @@ def _size(ds: datasets.Dataset) -> int:
 
 def _scratch(
     run: RunConfig, shots: datasets.Dataset, test: datasets.Dataset,
-    folder: Path | None, seed: int, batch: int, metric: str,
+    folder: Path | None, seed: int, batch: int, metric: str, progress: _Progress,
 ) -> float:  # fmt: skip
     """The baseline: a fresh model trained on the same target sample, scored on the target test."""
     spec = run.data
     scratch = build_model(run.model.to_dict(), _rows(shots, spec), seed=seed)
-    cfg = run.stage(**{**SCRATCH_DEFAULTS, **run.transfer.scratch},
-                       output_dir=str(folder) if folder else None, seed=seed)  # fmt: skip
-    fit(scratch, FitData(spec, shots), cfg)
+    cfg = run.stage(**stage_overrides(run, "scratch"), output_dir=str(folder) if folder else None,
+                    seed=seed, progress=False)  # fmt: skip
+    fit(scratch, FitData(spec, shots), cfg, on_step=progress.stage("scratch"))
     return evaluate(scratch, test, spec, batch)[metric]

@@ -150,3 +150,16 @@ def test_transfer_has_an_unsupervised_stage_beside_k_shot() -> None:
         head.adapt_samples == 12 and coral.adapt_samples > 12
     )  # k-shot vs the unlabelled target split
     assert reports["coral"].config["transfer"]["adaptation"] == "coral"
+
+
+def test_transfer_shows_one_bar_whose_total_is_every_stage_step(capsys) -> None:
+    from multimodal.experiments.transfer import transfer_adaptations
+    from tests.multimodal.tiny_run import tiny_run
+
+    transfer_adaptations(tiny_run(train={"progress": True}), ["head", "full"])
+    updates = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    bars = [line for line in updates if "step" in line]
+    assert bars and all(line.startswith("transfer:") for line in bars)  # no per-fit "train" bars
+    # source: 3 epochs x 5 batches (34 rows of 8); scratch and the 2 adaptations on the
+    # 12-row sample (3 per class): 3 epochs x 2 batches each
+    assert "| 33/33 [" in bars[-1] and "adapt full" in bars[-1]
