@@ -216,15 +216,19 @@ class UnimodalHeads(nn.Module):
         return out
 
 
-class UnimodalAux(Balancer):
-    """``L_fused + strength * sum_m L_m`` with a linear head per modality."""
-
-    name = "unimodal_aux"
+class _WithUnimodalHeads(Balancer):
+    """A method that trains a linear head per modality beside the model."""
 
     def __init__(self, model: Any, strength: float, seed: int) -> None:
         super().__init__(strength)
         self.task = model.head.task
         self.unimodal = UnimodalHeads(model, seed)
+
+
+class UnimodalAux(_WithUnimodalHeads):
+    """``L_fused + strength * sum_m L_m`` with a linear head per modality."""
+
+    name = "unimodal_aux"
 
     def loss(self, out: ModelOutput, batch: Batch) -> torch.Tensor:
         losses = self.unimodal.losses(self.task, out.encoded, batch["labels"])
@@ -253,15 +257,13 @@ def blend_weights(
     return {k: v / total for k, v in raw.items()}
 
 
-class GradBlend(Balancer):
+class GradBlend(_WithUnimodalHeads):
     """Online gradient blending over the fused head and one linear head per modality."""
 
     name = "grad_blend"
 
     def __init__(self, model: Any, strength: float, seed: int) -> None:
-        super().__init__(strength)
-        self.task = model.head.task
-        self.unimodal = UnimodalHeads(model, seed)
+        super().__init__(model, strength, seed)
         self.keys = [FUSED, *model.modalities]
         n = len(self.keys)
         self.register_buffer("weights", torch.full((n,), 1.0 / n, dtype=torch.float64))
