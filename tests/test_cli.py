@@ -363,3 +363,21 @@ def test_documented_defaults_are_the_ones_the_code_uses(tmp_path) -> None:
     with pytest.raises(SystemExit, match="another command's outputs"):
         transfer_output_dir({"output_dir": str(trained)}, None)
     assert transfer_output_dir({}, str(trained)) == trained  # asked for explicitly: a warning
+
+
+def test_a_run_recorded_before_source_only_training_reproduces_on_every_domain(
+    trained, tmp_path
+) -> None:
+    import shutil
+
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(trained / "results.json", old / "results.json")
+    record = json.loads((trained / "run_config.json").read_text())
+    for key in ("trained_domains", "all_domains", "class_names"):
+        record.pop(key)
+    (old / "run_config.json").write_text(json.dumps(record))
+    # the numbers differ (it trains on more rows); what matters is what it trained on
+    main(["reproduce", str(old), "--output-dir", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "run_config.json").read_text())
+    assert again["all_domains"] is True and again["trained_domains"] == ["d0", "d1"]

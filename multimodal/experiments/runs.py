@@ -158,7 +158,8 @@ def reproduce(run_dir: str | Path, output_dir: str | Path | None = None) -> dict
         if any(out.iterdir()):
             raise FileExistsError(f"{out} is not empty; pass another --output-dir")
     config = {k: v for k, v in recorded["config"].items() if k != "output_dir"}
-    reproduced = train_run(config, out, all_domains=bool(recorded.get("all_domains")))
+    # Runs recorded before training kept to the source domains trained on every domain.
+    reproduced = train_run(config, out, all_domains=bool(recorded.get("all_domains", True)))
     rows = diff_results(original, reproduced)
     now = provenance(config)
     old_packages = (recorded.get("environment") or {}).get("packages", {})
