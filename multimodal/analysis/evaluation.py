@@ -15,22 +15,24 @@ from ..core.io import write_json_atomic
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
 from ..data.streaming import is_streaming
-from ..modeling.model import move_to
 
 
-@torch.no_grad()
 def _predictions(model: Any, ds: datasets.Dataset, spec: DatasetSpec,
                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
-    """Logits, labels and each row's domain (empty for a stream), in row order."""
-    model.eval()
-    logits, labels, rows = [], [], []
-    for batch in make_loader(ds, model, spec, "eval", batch_size=batch_size):
-        logits.append(model(move_to(batch, model.device)).logits.float().cpu())
-        labels.append(batch["labels"])
-        rows += [int(r) for r in batch["row"]]
-    column = None if is_streaming(ds) else ds["domain"]
-    domains = [column[r] for r in rows] if column is not None else []
-    return torch.cat(logits), torch.cat(labels), domains
+    """Logits, labels and each row's domain (empty for a stream), in row order, through
+    the engine's evaluation loop."""
+    from accelerate import Accelerator
+
+    from ..engine import predict_loader
+
+    accelerator = Accelerator()
+    model.to(accelerator.device)
+    loader = accelerator.prepare(make_loader(ds, model, spec, "eval", batch_size=batch_size))
+    logits, labels = predict_loader(model, loader, accelerator)
+    if labels is None:
+        raise ValueError(f"column {spec.label!r}: the split has no labels to evaluate against")
+    domains = [] if is_streaming(ds) else list(ds["domain"])
+    return logits.cpu(), labels.cpu(), domains
 
 
 def evaluation_report(
