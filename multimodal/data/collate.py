@@ -229,6 +229,7 @@ def make_loader(
     num_workers: int = 0,
     seed: int = 0,
     pin_memory: bool = False,
+    drop_last: bool = False,
     **collator_kwargs: Any,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``ds`` that decodes and processes lazily, in the workers.
@@ -237,10 +238,11 @@ def make_loader(
     ``ds`` is read shard by shard instead: the workers split its shards between them, and a
     shuffle draws from a buffer of ``spec.shuffle_buffer`` rows, reseeded per epoch
     (``set_epoch``). ``pin_memory``: batches in page-locked memory, for fast copies to a GPU.
+    ``drop_last``: leave out an incomplete last batch.
     """
     if is_streaming(ds):
         return _stream_loader(ds, model, spec, split, batch_size, shuffle, num_workers, seed,
-                              pin_memory, collator_kwargs)  # fmt: skip
+                              pin_memory, drop_last, collator_kwargs)  # fmt: skip
     view = RowView(ds, spec, split)
     collator = MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs)
     # Raw values are corrupted before processing, so corrupted rows are never cached.
@@ -248,7 +250,8 @@ def make_loader(
         from .processed import processed_loader
 
         sampler = EpochSampler(len(view), seed, shuffle)
-        return processed_loader(view, collator, batch_size, sampler, num_workers, seed, pin_memory)
+        return processed_loader(view, collator, batch_size, sampler, num_workers, seed, pin_memory,
+                                drop_last)  # fmt: skip
     # A private generator: creating an iterator must not consume the global RNG.
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
@@ -260,11 +263,12 @@ def make_loader(
         generator=generator,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
+        drop_last=drop_last,
     )
 
 
 def _stream_loader(ds: datasets.IterableDataset, model: Any, spec: DatasetSpec, split: str, batch_size: int,
-                   shuffle: bool, num_workers: int, seed: int, pin_memory: bool,
+                   shuffle: bool, num_workers: int, seed: int, pin_memory: bool, drop_last: bool,
                    collator_kwargs: Mapping[str, Any]) -> Any:  # fmt: skip
     ds = raw_media(ds)
     if shuffle:
@@ -277,4 +281,5 @@ def _stream_loader(ds: datasets.IterableDataset, model: Any, spec: DatasetSpec, 
     return torch.utils.data.DataLoader(
         rows, batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0,
         pin_memory=pin_memory, collate_fn=MultimodalCollator(model, spec, split, seed=seed, **collator_kwargs),
+        drop_last=drop_last,
     )  # fmt: skip

@@ -126,14 +126,14 @@ def build_processed(
 
 def processed_loader(view: RowView, collator: MultimodalCollator, batch_size: int,
                      sampler: torch.utils.data.Sampler, num_workers: int, seed: int,
-                     pin_memory: bool) -> torch.utils.data.DataLoader:  # fmt: skip
+                     pin_memory: bool, drop_last: bool = False) -> torch.utils.data.DataLoader:  # fmt: skip
     """A DataLoader over the processed rows of ``view``, in ``sampler``'s order (the one
     the raw loader has)."""
     rows = ProcessedRows(build_processed(view, collator, num_proc=num_workers or None))
     return torch.utils.data.DataLoader(
         rows, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=ProcessedCollator(collator), generator=torch.Generator().manual_seed(seed),
-        persistent_workers=num_workers > 0, pin_memory=pin_memory,
+        persistent_workers=num_workers > 0, pin_memory=pin_memory, drop_last=drop_last,
     )  # fmt: skip
 
 

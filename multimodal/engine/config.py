@@ -22,6 +22,9 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 32
     eval_batch_size: int | None = None
+    # Leave out an incomplete last training batch. None: only one of a single row, and only
+    # for a model with BatchNorm, which cannot train on one row.
+    drop_last: bool | None = None
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
     encoder_lr: float | None = None  # default: lr

@@ -4,6 +4,7 @@ when every encoder is frozen. This is the one place that decides between them.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from ..modeling.model import Batch, Encoded, ModelOutput
 from .cache import CachedCollator, CachedFeatures, compute_features
 from .config import FitData, TrainConfig
 
+logger = logging.getLogger(__name__)
+
 
 def _loader(
     model: Any,
@@ -29,19 +32,20 @@ def _loader(
     train: bool,
     domains: list[str],
     pin_memory: bool = False,
+    drop_last: bool = False,
 ) -> Any:
     return make_loader(
         ds, model, spec, split,
         batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
         shuffle=train, num_workers=cfg.num_workers, seed=cfg.seed, on_error=cfg.on_error,
         modality_dropout=cfg.modality_dropout if train else None, domains=domains,
-        pin_memory=pin_memory,
+        pin_memory=pin_memory, drop_last=drop_last,
     )  # fmt: skip
 
 
 def _cached_loader(
     model: Any, source: Any, cfg: TrainConfig, train: bool, folder: Path | None,
-    pin_memory: bool = False,
+    pin_memory: bool = False, drop_last: bool = False,
 ) -> Any:  # fmt: skip
     """Encoder outputs of ``source`` (a raw loader, unshuffled, without modality dropout)
     computed once, in row order, then served in the same order as the raw loader."""
@@ -60,6 +64,7 @@ def _cached_loader(
         collate_fn=CachedCollator(dataset, dims, dropout, cfg.seed),
         generator=torch.Generator().manual_seed(cfg.seed),
         pin_memory=pin_memory,
+        drop_last=drop_last,
     )
 
 
@@ -99,17 +104,18 @@ def build_loaders(
     train_rows, domains = _rows_and_domains(data)
     cache_dir = run_dir / "feature_cache" if (use_cache and run_dir) else None
 
-    def loader(ds: datasets.Dataset, split: str, train: bool) -> Any:
+    def loader(ds: datasets.Dataset, split: str, train: bool, rows: int | None = None) -> Any:
+        drop = train and drop_last(cfg, model, split, rows if rows is not None else _length(ds))
         if not use_cache:
-            return _loader(model, ds, data.spec, split, cfg, train, domains, pin_memory)
+            return _loader(model, ds, data.spec, split, cfg, train, domains, pin_memory, drop)
         source = _loader(model, ds, data.spec, split, cfg, False, domains)
         folder = cache_dir / split if cache_dir else None
-        return _cached_loader(model, source, cfg, train, folder, pin_memory)
+        return _cached_loader(model, source, cfg, train, folder, pin_memory, drop)
 
     if use_cache:
         model.eval()
     with main_process_first() if use_cache else contextlib.nullcontext():
-        train = loader(data.train, "train", True)
+        train = loader(data.train, "train", True, train_rows)
         evaluation = (
             loader(data.validation, "validation", False) if data.validation is not None else None
         )
@@ -123,7 +129,30 @@ def build_loaders(
         if data.spec.label in unlabelled.column_names:
             unlabelled = unlabelled.remove_columns([data.spec.label])  # never seen by the objective
         target = loader(unlabelled, "unlabelled", True)
-    return Loaders(train, evaluation, target, use_cache, math.ceil(train_rows / cfg.batch_size))
+    batches = (train_rows // cfg.batch_size if train.drop_last else math.ceil(train_rows / cfg.batch_size))  # fmt: skip
+    return Loaders(train, evaluation, target, use_cache, batches)
+
+
+def _length(ds: Any) -> int | None:
+    return None if is_streaming(ds) else len(ds)
+
+
+def drop_last(cfg: TrainConfig, model: Any, split: str, rows: int | None) -> bool:
+    """Whether the ``split`` training loader leaves out its incomplete last batch:
+    ``cfg.drop_last`` when set, else only a last batch of one row (of ``rows``, when
+    known) in a model with BatchNorm, which cannot normalise a single row."""
+    if cfg.drop_last is not None:
+        return cfg.drop_last
+    if rows is None or rows <= cfg.batch_size or rows % cfg.batch_size != 1:
+        return False
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    logger.info(
+        "%s: %d rows in batches of %d leave one row in the last batch, which BatchNorm cannot "
+        "train on; it is left out of each epoch (a different row each shuffle). "
+        "train.drop_last sets this.", split, rows, cfg.batch_size,
+    )  # fmt: skip
+    return True
 
 
 def _rows_and_domains(data: FitData) -> tuple[int, list[str]]:

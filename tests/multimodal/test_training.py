@@ -293,3 +293,26 @@ def test_same_config_and_seed_give_bit_identical_metrics_in_two_processes(
     assert again.returncode == 0, again.stderr[-2000:]
     b = json.loads((tmp_path / "again" / "final.json").read_text())
     assert b["history"] == whole_run["history"] and b["test"] == whole_run["test"]  # exact floats
+
+
+def test_a_one_row_last_batch_is_left_out_only_where_batchnorm_would_fail(caplog) -> None:
+    from tests.multimodal.test_adversarial import IMAGE
+
+    config, spec, dsd, rows = tiny_data(encoders={**tiny_data()[0]["encoders"], "image": IMAGE})
+    train = dsd["train"].select(range(17))  # batches of 8: 8, 8 and one row
+    data = engine.FitData(spec, train, None)
+
+    def fit(encoders: dict, **cfg) -> engine.FitResult:
+        config_ = {**config, "encoders": encoders}
+        model = mm.build_model(model_config(config_), rows, seed=0)
+        return engine.fit(model, data, train_config(config_, epochs=1, **cfg))
+
+    # the image encoder's last feature map is 1 x 1: BatchNorm cannot train on one row
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fit(config["encoders"], drop_last=False)
+    with caplog.at_level("INFO", logger="multimodal.engine.loaders"):
+        assert fit(config["encoders"]).steps == 2
+    assert "17 rows in batches of 8 leave one row" in caplog.text
+    no_batchnorm = {m: e for m, e in config["encoders"].items() if m != "image"}
+    assert fit(no_batchnorm).steps == 3
+    assert fit(no_batchnorm, drop_last=True).steps == 2
