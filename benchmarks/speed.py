@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
 
+from multimodal.core.provenance import cpu_model
 from multimodal.experiments.speed import (
     feature_cache_speedup,
     fit_vs_raw_loop,
@@ -30,16 +30,22 @@ QUICK = str(Path(__file__).parent / "configs" / "synthetic_quick.yaml")
 
 
 def _table(rows: list[dict], title: str) -> None:
+    """Columns absent from the rows (FLOPs of whole models, ceilings) print as '-'."""
     print(title)
     print(
-        f"{'fusion':<18} {'params':>12} {'GFLOP/sample':>13} {'train samples/s':>16} {'infer samples/s':>16} {'infer GFLOP/s':>14} {'peak MB':>9}"
+        f"{'fusion':<18} {'params':>12} {'GFLOP/sample':>13} {'train samples/s':>16} {'train GFLOP/s':>14} "
+        f"{'ceiling':>8} {'infer samples/s':>16} {'infer GFLOP/s':>14} {'peak MB':>9}"
     )
+
+    def cell(r: dict, key: str, spec: str) -> str:
+        return format(r[key], spec) if key in r else "-"
+
     for r in rows:
-        flops = f"{r['gflops_per_sample']:.4f}" if "gflops_per_sample" in r else "-"
-        rate = f"{r['infer_gflops_per_s']:.1f}" if "infer_gflops_per_s" in r else "-"
         print(
-            f"{r['fusion']:<18} {r['params']:>12,} {flops:>13} {r['train_samples_per_s']:>16.1f} "
-            f"{r['infer_samples_per_s']:>16.1f} {rate:>14} {r['peak_memory_mb']:>9.0f}"
+            f"{r['fusion']:<18} {r['params']:>12,} {cell(r, 'gflops_per_sample', '.4f'):>13} "
+            f"{r['train_samples_per_s']:>16.1f} {cell(r, 'train_gflops_per_s', '.1f'):>14} "
+            f"{cell(r, 'train_ceiling_samples_per_s', '.0f'):>8} {r['infer_samples_per_s']:>16.1f} "
+            f"{cell(r, 'infer_gflops_per_s', '.1f'):>14} {r['peak_memory_mb']:>9.0f}"
         )
 
 
@@ -61,11 +67,18 @@ def _fusions(args: argparse.Namespace, device: str, results: dict) -> None:
     rows = fusion_throughput(
         device=device, fusions=args.fusions.split(",") if args.fusions else None
     )
+    matmul = matmul_gflops(device)
+    for r in rows:  # what a step would reach if all its FLOPs ran at the best matmul rate
+        r["train_ceiling_samples_per_s"] = matmul["best"] / r["train_gflops_per_sample"]
     results["fusions"] = rows
-    results["matmul_gflops_per_s"] = matmul_gflops(device)
+    results["matmul_gflops_per_s"], results["matmul_best_gflops_per_s"] = (
+        matmul["median"],
+        matmul["best"],
+    )
     _table(rows, f"fusion modules alone, batch {rows[0]['batch']}, encoder-sized tokens ({device})")
     print(
-        f"one [8192, 256] x [256, 768] fp32 matrix product: {results['matmul_gflops_per_s']:.1f} GFLOP/s\n"
+        f"one [8192, 256] x [256, 768] fp32 matrix product: {matmul['median']:.1f} GFLOP/s median, "
+        f"{matmul['best']:.1f} best; ceiling = training samples/s if every FLOP ran at the best rate\n"
     )
 
 
@@ -119,7 +132,7 @@ RUNNERS = {"fusions": _fusions, "models": _models, "moe": _moe, "fit": _fit, "ca
 def main() -> None:
     args = _parser().parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict = {"device": device, "torch": torch.__version__, "cpu": platform.processor(),
+    results: dict = {"device": device, "torch": torch.__version__, "cpu": cpu_model(),
                      "threads": torch.get_num_threads()}  # fmt: skip
     for section in SECTIONS:
         if section in (args.only or SECTIONS):

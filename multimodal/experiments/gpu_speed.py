@@ -6,14 +6,12 @@ by ``torch.utils.flop_counter`` and the model FLOP utilisation against the devic
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from .speed import _peak_memory_mb, _throughput_inputs, time_call
+from .speed import _peak_memory_mb, _throughput_inputs, count_flops, time_call
 
 # Dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {
@@ -48,12 +46,6 @@ def peak_flops(device: str, override: float | None = None) -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
-
-def _step_flops(step: Callable[[], Any]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return counter.get_total_flops()
 
 
 def measure(model: torch.nn.Module, batch: dict[str, Any], size: int, device: str, precision: str,
@@ -93,8 +85,8 @@ def measure(model: torch.nn.Module, batch: dict[str, Any], size: int, device: st
     )
     # Counted on the eager model: compiling changes the kernels, not the arithmetic.
     flops = {
-        "train": _step_flops(lambda: train_step(model)),
-        "infer": _step_flops(lambda: infer(model)),
+        "train": count_flops(lambda: train_step(model)),
+        "infer": count_flops(lambda: infer(model)),
     }
     row = {"precision": precision, "compile": compile_backend or "off", "batch": size, "first_call_s": first_s,
            "train_samples_per_s": size / train["median_ms"] * 1e3, "infer_samples_per_s": size / inference["median_ms"] * 1e3,
