@@ -81,6 +81,17 @@ class RayExecutor:
             ) from error
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        import torch
+
+        self._ray, self._remote, self._owns = ray, None, False
+        self.threads_per_run = self.threads_per_run or torch.get_num_threads()
+
+    def _start(self) -> Any:
+        """Ray, started (or joined) on first use: a benchmark whose units are all stored
+        runs none and starts nothing."""
+        if self._remote is not None:
+            return self._remote
+        ray = self._ray
         self._owns = not ray.is_initialized()
         if self._owns:
             if self.address is None:
@@ -90,20 +101,19 @@ class RayExecutor:
                          include_dashboard=False, log_to_driver=True)  # fmt: skip
             else:
                 ray.init(address=self.address, log_to_driver=True)
-        import torch
-
-        self.threads_per_run = self.threads_per_run or torch.get_num_threads()
         # Oversubscribed OpenMP threads that spin while waiting slow every worker down.
         passive = self.threads_per_run > self.cpus_per_run
-        self._ray = ray
         self._remote = ray.remote(_in_driver_folder).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=self.max_retries,
             retry_exceptions=False,
             runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}} if passive else None,
         )  # fmt: skip
+        return self._remote
 
     def map(self, fn: UnitFn, jobs: Sequence[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
-        ray, cwd = self._ray, os.getcwd()
+        if not jobs:
+            return
+        ray, cwd, remote = self._ray, os.getcwd(), self._start()
         threads = self.threads_per_run
         limit = self.workers or len(jobs)
         pending: dict[Any, int] = {}
@@ -111,7 +121,7 @@ class RayExecutor:
         while queue or pending:
             while queue and len(pending) < limit:
                 index, (config, arms) = queue.pop(0)
-                pending[self._remote.remote(fn, cwd, threads, config, arms)] = index
+                pending[remote.remote(fn, cwd, threads, config, arms)] = index
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 yield pending.pop(ref), ray.get(ref)
@@ -119,3 +129,4 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns:
             self._ray.shutdown()
+            self._owns, self._remote = False, None

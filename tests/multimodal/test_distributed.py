@@ -41,6 +41,24 @@ def _stored(folder: Path) -> dict[str, dict]:
     return runs
 
 
+def _stub_unit(config: dict, adaptations: list[str]) -> dict:
+    name = f"{config['fusion']['name']}-{config['seed']}"
+    report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.9, "config_hash": name,
+              "stage_seconds": {"all": 1.0}, "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6,
+              "scratch": 0.5, "transfer_gain": 0.1, "forgetting": 0.0, "adapt_samples": 8}}}  # fmt: skip
+    return {s: report for s in adaptations}
+
+
+def test_ray_starts_only_when_a_unit_is_left_to_run(tmp_path) -> None:
+    assert not ray.is_initialized()  # this test runs before the module's shared instance
+    suite = _tiny_suite()
+    first = run_benchmark(suite, tmp_path, run_unit=_stub_unit, progress=False)
+    again = run_benchmark(suite, tmp_path, run_unit=_stub_unit, progress=False,
+                          executor=RayExecutor(workers=2))  # fmt: skip
+    assert again == first
+    assert not ray.is_initialized(), "every unit was stored: nothing to start Ray for"
+
+
 def test_ray_workers_write_the_per_run_json_of_a_sequential_run(tmp_path, local_ray) -> None:
     suite = _tiny_suite()
     sequential = run_benchmark(suite, tmp_path / "seq", progress=False)
@@ -66,10 +84,7 @@ def test_a_unit_whose_worker_dies_is_run_again(tmp_path, local_ray) -> None:
         (attempts / name).write_text("1" if first else "2")
         if name == "moe-1" and first:
             os._exit(1)  # the worker process dies mid-unit, as a killed or OOM worker would
-        report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.9, "config_hash": name,
-                  "stage_seconds": {"all": 1.0}, "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5,
-                  "transfer_gain": 0.1, "forgetting": 0.0, "adapt_samples": 8}}}  # fmt: skip
-        return {s: report for s in adaptations}
+        return _stub_unit(config, adaptations)
 
     rows = run_benchmark(suite, tmp_path / "out", run_unit=crash_once, progress=False,
                          executor=RayExecutor(workers=2, max_retries=2))  # fmt: skip
