@@ -131,7 +131,7 @@ def test_train_with_a_transfer_section_trains_on_the_source_domains(
     assert json.loads((tmp_path / "r" / "robustness.json").read_text())["in_domain"] == ["d0"]
 
 
-def test_predict_from_a_dataset_and_from_files(trained, config_file, tmp_path) -> None:
+def test_predict_from_a_dataset_and_from_files(trained, config_file, tmp_path, capsys) -> None:
     assert (
         main(
             [
@@ -146,6 +146,7 @@ def test_predict_from_a_dataset_and_from_files(trained, config_file, tmp_path) -
         )
         == 0
     )
+    assert "in-domain evaluation" in capsys.readouterr().err  # the test split holds d0 rows
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert rows and {
         "index",

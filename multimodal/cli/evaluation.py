@@ -121,6 +121,7 @@ def run_predict(args: argparse.Namespace) -> int:
     model = MultimodalModel.from_pretrained(args.model)
     if args.config:
         spec, ds = config_split(args)
+        in_domain(args, ds)
         view = RowView(ds, spec, args.split)
         samples = [view[i] for i in range(len(view))]
     elif args.files:
