@@ -104,8 +104,8 @@ def build_loaders(
     train_rows, domains = _rows_and_domains(data)
     cache_dir = run_dir / "feature_cache" if (use_cache and run_dir) else None
 
-    def loader(ds: datasets.Dataset, split: str, train: bool, rows: int | None = None) -> Any:
-        drop = train and drop_last(cfg, model, split, rows if rows is not None else _length(ds))
+    def loader(ds: datasets.Dataset, split: str, train: bool) -> Any:
+        drop = train and drop_last(cfg, model, split, None if is_streaming(ds) else len(ds))
         if not use_cache:
             return _loader(model, ds, data.spec, split, cfg, train, domains, pin_memory, drop)
         source = _loader(model, ds, data.spec, split, cfg, False, domains)
@@ -115,7 +115,7 @@ def build_loaders(
     if use_cache:
         model.eval()
     with main_process_first() if use_cache else contextlib.nullcontext():
-        train = loader(data.train, "train", True, train_rows)
+        train = loader(data.train, "train", True)
         evaluation = (
             loader(data.validation, "validation", False) if data.validation is not None else None
         )
@@ -133,14 +133,11 @@ def build_loaders(
     return Loaders(train, evaluation, target, use_cache, batches)
 
 
-def _length(ds: Any) -> int | None:
-    return None if is_streaming(ds) else len(ds)
-
-
 def drop_last(cfg: TrainConfig, model: Any, split: str, rows: int | None) -> bool:
     """Whether the ``split`` training loader leaves out its incomplete last batch:
     ``cfg.drop_last`` when set, else only a last batch of one row (of ``rows``, when
-    known) in a model with BatchNorm, which cannot normalise a single row."""
+    known: a stream's batches split over workers and processes) in a model with BatchNorm,
+    which cannot normalise a single row."""
     if cfg.drop_last is not None:
         return cfg.drop_last
     if rows is None or rows <= cfg.batch_size or rows % cfg.batch_size != 1:
