@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,18 +95,20 @@ def use_feature_cache(cfg: TrainConfig, frozen: list[str], num_encoders: int) ->
 
 def build_loaders(
     model: Any, data: FitData, cfg: TrainConfig, use_cache: bool, run_dir: Path | None,
-    main_process_first: Any, pin_memory: bool = False,
+    main_process_first: Any, pin_memory: bool = False, frozen: Sequence[str] = (),
 ) -> Loaders:  # fmt: skip
     """Raw or cached loaders for the train, validation and unlabelled target rows.
 
     ``main_process_first`` is accelerate's context manager: the main process writes a disk
     cache before the others read it. ``pin_memory``: batches in page-locked memory.
+    ``frozen``: the encoders that stay in eval mode (their BatchNorm does not train).
     """
     train_rows, domains = _rows_and_domains(data)
     cache_dir = run_dir / "feature_cache" if (use_cache and run_dir) else None
 
     def loader(ds: datasets.Dataset, split: str, train: bool) -> Any:
-        drop = train and drop_last(cfg, model, split, None if is_streaming(ds) else len(ds))
+        rows = None if is_streaming(ds) else len(ds)
+        drop = train and drop_last(cfg, model, split, rows, frozen)
         if not use_cache:
             return _loader(model, ds, data.spec, split, cfg, train, domains, pin_memory, drop)
         source = _loader(model, ds, data.spec, split, cfg, False, domains)
@@ -133,16 +136,20 @@ def build_loaders(
     return Loaders(train, evaluation, target, use_cache, batches)
 
 
-def drop_last(cfg: TrainConfig, model: Any, split: str, rows: int | None) -> bool:
+def drop_last(
+    cfg: TrainConfig, model: Any, split: str, rows: int | None, frozen: Sequence[str] = ()
+) -> bool:
     """Whether the ``split`` training loader leaves out its incomplete last batch:
     ``cfg.drop_last`` when set, else only a last batch of one row (of ``rows``, when
-    known: a stream's batches split over workers and processes) in a model with BatchNorm,
-    which cannot normalise a single row."""
+    known: a stream's batches split over workers and processes) when BatchNorm trains
+    outside the ``frozen`` encoders: it cannot normalise a single row."""
     if cfg.drop_last is not None:
         return cfg.drop_last
     if rows is None or rows <= cfg.batch_size or rows % cfg.batch_size != 1:
         return False
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    in_eval = {id(m) for name in frozen for m in model.encoders[name].modules()}
+    batchnorm = torch.nn.modules.batchnorm._BatchNorm
+    if not any(isinstance(m, batchnorm) and id(m) not in in_eval for m in model.modules()):
         return False
     logger.info(
         "%s: %d rows in batches of %d leave one row in the last batch, which BatchNorm cannot "

@@ -153,7 +153,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     # A stream is never held whole, and neither are its encoder outputs.
     use_cache = use_feature_cache(cfg, frozen, len(model.encoders)) and not is_streaming(data.train)
     loaders = build_loaders(
-        model, data, cfg, use_cache, run_dir, accelerator.main_process_first, pinned
+        model, data, cfg, use_cache, run_dir, accelerator.main_process_first, pinned, frozen
     )
     uda = None
     if loaders.target is not None:

@@ -314,6 +314,7 @@ def test_a_one_row_last_batch_is_left_out_only_where_batchnorm_would_fail(caplog
     with caplog.at_level("INFO", logger="multimodal.engine.loaders"):
         assert fit(config["encoders"]).steps == 2
     assert "17 rows in batches of 8 leave one row" in caplog.text
+    assert fit(config["encoders"], strategy="head").steps == 3  # frozen encoders: BatchNorm in eval
     no_batchnorm = {m: e for m, e in config["encoders"].items() if m != "image"}
     assert fit(no_batchnorm).steps == 3
     assert fit(no_batchnorm, drop_last=True).steps == 2
