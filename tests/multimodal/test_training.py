@@ -238,6 +238,28 @@ def test_two_process_ddp_matches_one_process(tmp_path, one_process) -> None:
     _matches_one_process(one_process, tmp_path / "two")
 
 
+def test_two_process_ddp_with_ogm_ge_balancing_matches_one_process(tmp_path, one_process) -> None:
+    """OGM-GE under DDP: each process sees half of a step's rows, so the per-modality
+    scores behind the coefficients are summed over processes, and the GE noise is seeded
+    alike on both; the run must match one process on the same global batches."""
+    args = ["--max-steps", "8", "--sgd", "--balance", "ogm_ge"]
+    one = _run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "one"), "--per-process-batch", "8", *args]
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    balanced = json.loads((tmp_path / "one" / "final.json").read_text())
+    assert balanced["test"]["loss"] != one_process["test"]["loss"]  # the balancing acts
+    two = _run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535", str(SCRIPT),
+         str(tmp_path / "two"), "--per-process-batch", "4", *args],
+        env={"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"},
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    _matches_one_process(
+        json.loads((tmp_path / "one" / "final.json").read_text()), tmp_path / "two"
+    )
+
+
 def test_two_machine_accelerate_launch_rehearsed_on_one_matches_one_process(
     tmp_path, one_process
 ) -> None:

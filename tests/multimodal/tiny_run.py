@@ -51,7 +51,7 @@ def tiny_data(
 
 def main() -> None:
     """python tiny_run.py OUT_DIR [--kill-after-checkpoint N] [--resume] [--per-process-batch B] [--max-steps N] [--sgd]
-    [--streaming]"""
+    [--streaming] [--balance METHOD]"""
     import multimodal as mm
     from multimodal import engine
     from multimodal.experiments.config import model_config, train_config
@@ -65,6 +65,8 @@ def main() -> None:
         overrides.pop("save_every")
     if "--sgd" in args:
         overrides.update(optimizer="sgd", lr=0.1)
+    if "--balance" in args:
+        overrides["balance"] = args[args.index("--balance") + 1]
     if "--max-steps" in args:
         overrides["max_steps"] = int(args[args.index("--max-steps") + 1])
     if "--resume" in args:
