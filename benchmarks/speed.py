@@ -71,10 +71,8 @@ def _fusions(args: argparse.Namespace, device: str, results: dict) -> None:
     for r in rows:  # what a step would reach if all its FLOPs ran at the best matmul rate
         r["train_ceiling_samples_per_s"] = matmul["best"] / r["train_gflops_per_sample"]
     results["fusions"] = rows
-    results["matmul_gflops_per_s"], results["matmul_best_gflops_per_s"] = (
-        matmul["median"],
-        matmul["best"],
-    )
+    results["matmul_gflops_per_s"] = matmul["median"]
+    results["matmul_best_gflops_per_s"] = matmul["best"]
     _table(rows, f"fusion modules alone, batch {rows[0]['batch']}, encoder-sized tokens ({device})")
     print(
         f"one [8192, 256] x [256, 768] fp32 matrix product: {matmul['median']:.1f} GFLOP/s median, "

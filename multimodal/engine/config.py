@@ -23,7 +23,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int | None = None
     # Leave out an incomplete last training batch. None: only one of a single row, and only
-    # for a model with BatchNorm, which cannot train on one row.
+    # where BatchNorm trains (not in frozen encoders): it cannot normalise one row.
     drop_last: bool | None = None
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
