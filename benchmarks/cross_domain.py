@@ -2,7 +2,7 @@
 and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plots.
 
     python benchmarks/cross_domain.py [--suite NAME|PATH] [--fusion concat,cross_attention,moe|all]
-        [--adaptation head,full] [--uda dann,coral] [--seeds N] [--out DIR]
+        [--adaptation head,full] [--uda dann,coral] [--seeds N] [--episodes N] [--out DIR]
         [--robustness] [--modality-dropout 0,0.3] [--no-unimodal] [--compare-to DIR]
         [--workers N] [--ray-address auto|ray://HOST:PORT] [--cpus-per-run C] [--gpus-per-run G]
         [--trackers tensorboard,mlflow]
@@ -12,10 +12,11 @@ runs/benchmarks/synthetic-quick. Runs already in --out are skipped, so an interr
 benchmark resumes and a finished one only rewrites the summary. Each modality alone
 (``image-only``, ...) runs beside the fusions under the same protocol, unless --no-unimodal.
 
---compare-to DIR reruns the reference in DIR (its suite, fusions, adaptations and seeds, as
-its summary.json recorded them) into --out, or reads that rerun if --out holds it, and says
-per row whether the new mean lies inside the reference's 95% CI; it exits with status 1
-when more rows fall outside than chance allows.
+--compare-to DIR reruns the reference in DIR (its suite, fusions, adaptations, seeds and
+episodes, as its summary.json recorded them) into --out, or reads that rerun if --out holds
+it, and pairs each row's adapted metric with the reference's (results.csv) on common seeds
+and episodes; it exits with status 1 when a row's mean paired difference exceeds
+--tolerance.
 
 --workers N runs N units at a time as Ray tasks on a local Ray instance (nothing to start
 first); --ray-address runs them on an existing Ray cluster instead, whose nodes have this
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, help="number of seeds (default: the suite's)")
     parser.add_argument(
+        "--episodes",
+        type=int,
+        help="k-shot episodes per target and seed, the same rows for every fusion and "
+        "adaptation (transfer.episodes; default: the suite's)",
+    )
+    parser.add_argument(
         "--out", type=Path, help=f"results folder (default: {default_out('SUITE')})"
     )
     parser.add_argument(
@@ -95,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-to",
         type=Path,
         metavar="DIR",
-        help="a reference results folder (its summary.json) to rerun and check against",
+        help="a reference results folder (its summary.json and results.csv) to rerun and check against",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="with --compare-to: the largest mean paired difference of a row's adapted metric "
+        "from the reference's that still agrees",
     )
     parser.add_argument(
         "--robustness",
@@ -171,6 +185,7 @@ def _reference_args(args: argparse.Namespace) -> dict:
     recorded = settings.get("adaptations", settings.get("strategies", []))
     args.adaptation = args.adaptation or ",".join(recorded) or None
     args.seeds = args.seeds or settings.get("seeds")
+    args.episodes = args.episodes or settings.get("episodes")
     args.no_unimodal = args.no_unimodal or settings.get("unimodal") is False
     return reference
 
@@ -191,11 +206,11 @@ def _prepare_data(suite) -> None:
     module.build(path)
 
 
-def _compare(summary: list, reference: dict, out: Path) -> bool:
+def _compare(rows: list, reference: dict, args: argparse.Namespace, out: Path) -> bool:
     from multimodal.core.io import write_json_atomic
-    from multimodal.experiments.bench import compare_summaries, comparison_table
+    from multimodal.experiments.bench import compare_results, comparison_table, read_results
 
-    result = compare_summaries(summary, reference["summary"])
+    result = compare_results(rows, read_results(args.compare_to / "results.csv"), args.tolerance)
     result["reference_environment"] = reference.get("environment")
     write_json_atomic(out / "compare.json", result)
     table = comparison_table(result)
@@ -255,6 +270,9 @@ def main() -> None:
         suite.base.setdefault("transfer", {})["robustness"] = True
         robustness = []
     seeds = args.seeds or suite.seeds
+    if args.episodes:
+        suite.base.setdefault("transfer", {})["episodes"] = args.episodes
+    episodes = int((suite.base.get("transfer") or {}).get("episodes", 1))
     start = time.perf_counter()
     trackers = args.trackers.split(",") if args.trackers else ()
     rows = run_benchmark(suite, out, fusions, adaptations, seeds, progress=not args.quiet,
@@ -263,7 +281,7 @@ def main() -> None:
     command = " ".join(["python", "benchmarks/cross_domain.py", *sys.argv[1:]])
     header = f"# {suite.name}\n\n{suite.description.strip()}\n\nCommand: `{command}`. Metric: {rows[0]['metric']}."
     settings = {"suite": suite.name, "fusions": fusions, "adaptations": adaptations, "seeds": seeds,
-                "unimodal": suite.unimodal, "command": command}  # fmt: skip
+                "episodes": episodes, "unimodal": suite.unimodal, "command": command}  # fmt: skip
     record = {"settings": settings, "environment": environment()}
     paths = write_results(rows, summary, out, header, record)
     print(summary_table(summary))
@@ -278,7 +296,7 @@ def main() -> None:
         f"\n{len(rows)} result rows in {time.perf_counter() - start:.0f} s; wrote "
         + ", ".join(str(p) for p in paths.values())
     )
-    if reference is not None and not _compare(summary, reference, out):
+    if reference is not None and not _compare(rows, reference, args, out):
         sys.exit(1)
 
 

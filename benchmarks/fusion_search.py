@@ -58,7 +58,7 @@ def main() -> None:
     from multimodal.core.config import read_yaml
     from multimodal.experiments.bench import load_suite, plan, unit_config
     from multimodal.experiments.search import fusion_search
-    from multimodal.experiments.transfer import TargetResult, TransferReport
+    from multimodal.experiments.transfer import TransferReport
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -85,9 +85,7 @@ def main() -> None:
         )
     print(f"\nchosen: {result.chosen} {result.params} (source validation {result.metric} "
           f"{result.value:.3f}); on the held-out targets:")  # fmt: skip
-    report = dict(result.target)
-    report["targets"] = {k: TargetResult(**v) for k, v in report["targets"].items()}
-    print(TransferReport(**report).table())
+    print(TransferReport.from_dict(dict(result.target)).table())
     print(f"\n{result.seconds:.0f} s")
     if args.out:
         from multimodal.core.provenance import environment

@@ -1,14 +1,26 @@
-"""Feature cache: with every encoder frozen, encoder outputs are computed once per split."""
+"""Feature cache: encoder outputs computed once per set of encoder weights and split.
+
+``FEATURES`` (a ``FeatureStore``) keeps the outputs of every split a frozen-encoder fit or
+a cached evaluation has seen, keyed by a hash of the encoder weights, the processors' saved
+config and the data, so later fits and evaluations with the same encoders (the stages and
+episodes of a transfer, the trials of a search) read them instead of running the encoders.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import logging
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def _trim(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +70,7 @@ class CachedFeatures(torch.utils.data.Dataset):
         self.length = len(rows)
         self.table: datasets.Dataset | None = None
         self.padded: dict[str, Any] | None = None
+        self.renumbered = False  # a subset: rows are positions in it
         if disk_dir is not None:
             self.table = self._to_arrow(rows, Path(disk_dir))
         else:
@@ -101,11 +114,45 @@ class CachedFeatures(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held (0 for a table on disk)."""
+        if self.padded is None:
+            return 0
+        tensors = [v for v in self.padded.values() if isinstance(v, torch.Tensor)]
+        tensors += [t for v in self.padded.values() if isinstance(v, tuple) for t in v]
+        return sum(t.element_size() * t.nelement() for t in tensors)
+
+    def subset(self, indices: Sequence[int]) -> CachedFeatures:
+        """The rows at ``indices``, numbered 0..len-1 as ``Dataset.select`` numbers them."""
+        out = object.__new__(CachedFeatures)
+        out.modalities, out.length = self.modalities, len(indices)
+        out.table, out.padded, out.renumbered = None, None, True
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        if self.table is not None:
+            out.table = self.table.select(idx.tolist())
+            return out
+        assert self.padded is not None
+        padded: dict[str, Any] = {
+            "row": torch.arange(len(idx)),
+            "domain": self.padded["domain"][idx],
+        }
+        if "label" in self.padded:
+            padded["label"] = self.padded["label"][idx]
+        for m in self.modalities:
+            tokens, mask, lengths = self.padded[m]
+            width = max(int(lengths[idx].max()) if len(idx) else 0, 1)
+            padded[m] = (tokens[idx, :width], mask[idx, :width], lengths[idx])
+        out.padded = padded
+        return out
+
     def __getitem__(self, index: int) -> Any:
         if self.padded is not None:
             return int(index)
+        assert self.table is not None
         item = self.table[int(index)]
-        out = {"row": int(item["row"]), "domain": int(item["domain"])}
+        row = int(index) if self.renumbered else int(item["row"])
+        out = {"row": row, "domain": int(item["domain"])}
         if item["label"] is not None:
             out["label"] = torch.as_tensor(item["label"])
         for m in self.modalities:
@@ -177,3 +224,108 @@ class CachedCollator:
         if labels is not None:
             batch["labels"] = labels
         return batch
+
+
+# Each tensor's digest by id, dropped when the tensor dies and recomputed after an in-place
+# change (its version counter moves) or a new storage: a frozen encoder is hashed once per copy.
+_DIGESTS: dict[int, tuple[int, int, bytes]] = {}
+
+
+def _tensor_digest(tensor: torch.Tensor) -> bytes:
+    stamp = (tensor._version, tensor.data_ptr())
+    known = _DIGESTS.get(id(tensor))
+    if known is not None and known[:2] == stamp:
+        return known[2]
+    flat = tensor.detach().contiguous().reshape(-1).cpu()
+    digest = hashlib.blake2b(flat.view(torch.uint8).numpy(), digest_size=16).digest()
+    if known is None:
+        weakref.finalize(tensor, _DIGESTS.pop, id(tensor), None)
+    _DIGESTS[id(tensor)] = (*stamp, digest)
+    return digest
+
+
+def encoder_fingerprint(model: Any) -> str:
+    """A hash of every encoder's class, parameters and buffers (BatchNorm statistics too):
+    two models with this hash compute the same encoder outputs in eval mode."""
+    digest = hashlib.blake2b(digest_size=16)
+    for m in sorted(model.encoders):
+        encoder = model.encoders[m]
+        digest.update(f"{m}:{type(encoder).__module__}.{type(encoder).__qualname__}".encode())
+        named = [*encoder.named_parameters(), *encoder.named_buffers()]
+        for name, tensor in sorted(named, key=lambda kv: kv[0]):
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(_tensor_digest(tensor))
+    return digest.hexdigest()
+
+
+def data_fingerprint(ds: datasets.Dataset, spec: Any, on_error: str) -> str:
+    """The rows a split's features come from: the dataset's content fingerprint, how its
+    columns map to modalities and the label, and the error policy (a bad value raises or
+    goes missing)."""
+    return hashlib.blake2b(
+        f"{ds._fingerprint}|{spec.column_of()}|{spec.label}|{on_error}".encode(), digest_size=16
+    ).hexdigest()
+
+
+class FeatureStore:
+    """Encoder outputs of whole splits, in memory, most recently used last, up to
+    ``max_bytes`` (older entries are dropped past it; 0 keeps nothing).
+
+    The key is (``encoder_fingerprint``, the processors' hash, ``data_fingerprint``, where
+    they are kept: memory or a folder on disk): the same
+    encoders on the same rows through the same processors give the same features, whichever
+    model, stage or episode asks. ``hits`` and ``misses`` count lookups.
+    """
+
+    def __init__(self, max_bytes: int = 4 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, ...], CachedFeatures] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def key(
+        self, model: Any, ds: datasets.Dataset, spec: Any, on_error: str
+    ) -> tuple[str, str, str]:
+        from ..data.processed import processor_hash
+
+        return (encoder_fingerprint(model), processor_hash(model.processor),
+                data_fingerprint(ds, spec, on_error))  # fmt: skip
+
+    def get(
+        self, model: Any, ds: datasets.Dataset, spec: Any, on_error: str,
+        raw_loader: Callable[[], Any], disk_dir: Path | None = None,
+    ) -> CachedFeatures:  # fmt: skip
+        """The encoder outputs of every row of ``ds`` in row order, computed with
+        ``raw_loader()`` (unshuffled, without modality dropout) when not stored. With
+        ``disk_dir`` they are written there as Arrow instead, and kept only by handle."""
+        key = (*self.key(model, ds, spec, on_error), "disk" if disk_dir is not None else "memory")
+        if key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        self.misses += 1
+        folder = disk_dir / key[0][:12] / key[2][:12] if disk_dir is not None else None
+        features = CachedFeatures(compute_features(model, raw_loader()), model.modalities, folder)
+        self._put(key, features)
+        return features
+
+    def _put(self, key: tuple[str, ...], features: CachedFeatures) -> None:
+        if features.nbytes > self.max_bytes:
+            logger.info("encoder outputs of %d rows (%.0f MB) exceed the feature store's "
+                        "%.0f MB; not kept", len(features), features.nbytes / 2**20,
+                        self.max_bytes / 2**20)  # fmt: skip
+            return
+        self._entries[key] = features
+        while sum(f.nbytes for f in self._entries.values()) > self.max_bytes:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# The process's store: every fit with frozen encoders and every cached evaluation use it.
+FEATURES = FeatureStore()

@@ -126,6 +126,9 @@ class FitData:
     )
     train_rows: int | None = None
     domains: list[str] | None = None
+    # Train on these rows of ``train`` only (a k-shot episode): with the feature cache the
+    # encoder outputs of the whole split are computed once and these rows taken from them.
+    train_indices: list[int] | None = None
 
 
 @dataclass

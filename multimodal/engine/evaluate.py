@@ -11,6 +11,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
+from ..data.streaming import is_streaming
 
 Forward = Callable[[Any, Any], Any]
 
@@ -64,16 +65,28 @@ def evaluate(
     on_error: str = "raise",
     drop_modalities: Sequence[str] = (),
     corruption: tuple[str, str, int] | None = None,
+    cached: bool = False,
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``ds`` (every process gathers; all get the same numbers).
 
     ``drop_modalities`` are made absent for every sample (missing-modality evaluation);
     ``corruption`` = (modality, name, severity) corrupts that modality's raw values.
+    ``cached``: read the encoder outputs from the feature store (``engine.cache.FEATURES``),
+    computing and keeping them if no model with the same encoder weights has yet, so later
+    models that share those encoders (frozen during training) skip them.
     """
     accelerator = Accelerator(dataloader_config=loader_config())
     unknown = sorted(set(drop_modalities) - set(model.modalities))
     if unknown:
         raise ValueError(f"cannot drop {unknown}: the model's modalities are {model.modalities}")
+    if cached and not drop_modalities and corruption is None and not is_streaming(ds):
+        from .config import TrainConfig
+        from .loaders import cached_forward, cached_loader, split_features
+
+        cfg = TrainConfig(batch_size=batch_size, num_workers=num_workers, on_error=on_error)
+        model.to(accelerator.device)
+        loader = cached_loader(model, split_features(model, ds, spec, cfg), cfg, train=False)
+        return eval_metrics(model, accelerator.prepare(loader), accelerator, cached_forward)
     loader = make_loader(
         ds, model, spec, "eval", batch_size=batch_size, num_workers=num_workers, on_error=on_error,
         modality_dropout={m: 1.0 for m in drop_modalities}, corruption=corruption,

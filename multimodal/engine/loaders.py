@@ -18,7 +18,7 @@ from ..data.collate import EpochSampler, make_loader
 from ..data.spec import DatasetSpec
 from ..data.streaming import is_streaming, scan
 from ..modeling.model import Batch, Encoded, ModelOutput
-from .cache import CachedCollator, CachedFeatures, compute_features
+from .cache import FEATURES, CachedCollator, CachedFeatures
 from .config import FitData, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -44,16 +44,11 @@ def _loader(
     )  # fmt: skip
 
 
-def _cached_loader(
-    model: Any, source: Any, cfg: TrainConfig, train: bool, folder: Path | None,
+def cached_loader(
+    model: Any, dataset: CachedFeatures, cfg: TrainConfig, train: bool,
     pin_memory: bool = False, drop_last: bool = False,
 ) -> Any:  # fmt: skip
-    """Encoder outputs of ``source`` (a raw loader, unshuffled, without modality dropout)
-    computed once, in row order, then served in the same order as the raw loader."""
-    rows = compute_features(model, source)
-    dataset = CachedFeatures(
-        rows, model.modalities, folder if cfg.feature_cache == "disk" else None
-    )
+    """Batches of cached encoder outputs, in the order the raw loader would give them."""
     dims = {m: e.out_dim for m, e in model.encoders.items()}
     dropout = cfg.modality_dropout if train else None
     if isinstance(dropout, (int, float)):
@@ -69,6 +64,21 @@ def _cached_loader(
     )
 
 
+def split_features(
+    model: Any, ds: datasets.Dataset, spec: DatasetSpec, cfg: TrainConfig,
+    disk_dir: Path | None = None,
+) -> CachedFeatures:  # fmt: skip
+    """``FEATURES``' encoder outputs of every row of ``ds`` (computed now if not stored).
+    Their batches carry domain id -1: the features serve every stage, whatever domains it
+    trains on, and no objective reads the ids (UDA tells source from target by loader)."""
+    model.eval()
+    return FEATURES.get(
+        model, ds, spec, cfg.on_error,
+        lambda: _loader(model, ds, spec, "features", cfg, False, []),
+        disk_dir if cfg.feature_cache == "disk" else None,
+    )  # fmt: skip
+
+
 @dataclass
 class Loaders:
     """train: shuffled source batches; evaluation: validation batches (or None); target:
@@ -82,9 +92,12 @@ class Loaders:
 
     def forward(self, model: Any, batch: Batch) -> ModelOutput:
         """``model`` on a batch of these loaders; a cached batch hands in its encoder outputs."""
-        if self.use_cache:
-            return model(batch, Encoded(**batch["encoded"]))
-        return model(batch)
+        return cached_forward(model, batch) if self.use_cache else model(batch)
+
+
+def cached_forward(model: Any, batch: Batch) -> ModelOutput:
+    """``model`` on a batch of cached encoder outputs (``cached_loader``)."""
+    return model(batch, Encoded(**batch["encoded"]))
 
 
 def use_feature_cache(cfg: TrainConfig, frozen: list[str], num_encoders: int) -> bool:
@@ -107,13 +120,17 @@ def build_loaders(
     cache_dir = run_dir / "feature_cache" if (use_cache and run_dir) else None
 
     def loader(ds: datasets.Dataset, split: str, train: bool) -> Any:
-        rows = None if is_streaming(ds) else len(ds)
+        indices = data.train_indices if split == "train" else None
+        if indices is not None and not use_cache:
+            ds = ds.select(indices)
+        rows = None if is_streaming(ds) else len(indices if indices is not None else ds)
         drop = train and drop_last(cfg, model, split, rows, frozen)
         if not use_cache:
             return _loader(model, ds, data.spec, split, cfg, train, domains, pin_memory, drop)
-        source = _loader(model, ds, data.spec, split, cfg, False, domains)
-        folder = cache_dir / split if cache_dir else None
-        return _cached_loader(model, source, cfg, train, folder, pin_memory, drop)
+        features = split_features(model, ds, data.spec, cfg, cache_dir)
+        if indices is not None:
+            features = features.subset(indices)
+        return cached_loader(model, features, cfg, train, pin_memory, drop)
 
     if use_cache:
         model.eval()
@@ -163,9 +180,10 @@ def _rows_and_domains(data: FitData) -> tuple[int, list[str]]:
     """Training rows and the domains of train and validation; a stream is scanned once
     for what ``data`` does not say."""
     if not is_streaming(data.train):
-        domains = set(data.train["domain"])
+        train = data.train if data.train_indices is None else data.train.select(data.train_indices)
+        domains = set(train["domain"])
         domains |= set(data.validation["domain"]) if data.validation is not None else set()
-        return len(data.train), sorted(domains)
+        return len(train), sorted(domains)
     rows, domains = data.train_rows, data.domains
     if rows is None or domains is None:
         counted, seen = scan(data.train)

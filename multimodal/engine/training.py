@@ -369,10 +369,20 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
 
 
 def _train_mode(run: _Run) -> None:
-    """Train mode, except frozen encoders: no BatchNorm updates, dropout or SpecAugment."""
-    run.model.train()
-    for m in run.frozen:
-        run.unwrapped.encoders[m].eval()
+    """Train mode, except frozen encoders: no BatchNorm updates, dropout or SpecAugment.
+    A frozen encoder already in eval mode is left alone: walking a large pretrained
+    network's modules every epoch costs more than a small head's whole epoch."""
+    run.model.training = True  # the wrapper (DDP), if any
+    for name, child in run.unwrapped.named_children():
+        if name != "encoders":
+            child.train()
+    run.unwrapped.training = True
+    for m, encoder in run.unwrapped.encoders.items():
+        if m not in run.frozen:
+            encoder.train()
+        elif encoder.training:
+            encoder.eval()
+    run.unwrapped.encoders.training = True
 
 
 def _adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:

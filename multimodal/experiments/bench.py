@@ -10,7 +10,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,18 @@ from ..core.config import check_keys, config_hash, read_yaml
 from ..core.io import write_json_atomic
 from .config import validate
 from .distributed import Executor, SequentialExecutor
+from .stats import mean_ci, paired_comparison  # noqa: F401  (re-exported)
+from .summary import (  # noqa: F401  (summarize, ROW_KEYS re-exported)
+    EXTRA_METRICS,
+    METRICS,
+    ONLY,
+    ROW_KEYS,
+    UTIL,
+    comparisons,
+    summarize,
+    unimodal,
+)
+from .summary import STAT_KEYS as _STAT_KEYS
 
 logger = logging.getLogger(__name__)
 # Columns of robustness rows that are not grid axes (with "seed" per run, "seeds" summarised).
@@ -35,7 +47,6 @@ ROBUSTNESS_KEYS = {
     "loss",
     "relative",
 }
-METRICS = ("source", "zero_shot", "adapted", "scratch", "transfer_gain", "forgetting")
 SUITE_KEYS = {
     "name",
     "description",
@@ -53,8 +64,6 @@ SUITE_KEYS = {
     "unimodal",
     "builder",
 }
-# Unimodal baselines run as fusions named "<modality>-only": the suite's config with one encoder.
-ONLY = "-only"
 
 
 @dataclass
@@ -134,11 +143,6 @@ def plan(suite: Suite, fusions: Sequence[str], seeds: int) -> list[Unit]:
         for fusion in arms
         for seed in range(seeds)
     ]
-
-
-def unimodal(fusion: str) -> str | None:
-    """The modality of a unimodal baseline's name (``image-only`` -> ``image``), else None."""
-    return fusion[: -len(ONLY)] if fusion.endswith(ONLY) else None
 
 
 def unit_config(suite: Suite, unit: Unit) -> dict[str, Any]:
@@ -398,20 +402,23 @@ def write_robustness(
 def _rows(
     suite: Suite, unit: Unit, reports: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
+    """One row per adaptation x target x episode (a report from before episodes: one)."""
     rows = []
     for adaptation, report in reports.items():
         for target, result in report["targets"].items():
-            rows.append({
+            common = {
                 "suite": suite.name, **dict(unit.grid), "source_domains": "+".join(report["source_domains"]),
                 "target": target, "k_shot": unit.k_shot, "fusion": unit.fusion, "adaptation": adaptation, "seed": unit.seed,
                 "metric": report["metric"], "source": report["source"], "zero_shot": result["zero_shot"],
-                "adapted": result["adapted"], "scratch": result["scratch"], "transfer_gain": result["transfer_gain"],
-                "forgetting": result["forgetting"], "adapt_samples": result["adapt_samples"],
                 "test_samples": result.get("test_samples", 0), "source_test_samples": report.get("source_test_samples", 0),
                 "config_hash": report["config_hash"], "wall_s": sum(report["stage_seconds"].values()),
                 "train_s": report["stage_seconds"].get("source_train", math.nan),
                 **_imbalance_columns(report.get("imbalance") or {}, target),
-            })  # fmt: skip
+            }  # fmt: skip
+            episodes = result.get("episodes") or [{**result, "episode": 0, "seed": None}]
+            for e in episodes:
+                rows.append({**common, "episode": e["episode"], "episode_seed": e["seed"],
+                             **{m: e[m] for m in ("adapted", "scratch", "transfer_gain", "forgetting", "adapt_samples")}})  # fmt: skip
     return rows
 
 
@@ -431,162 +438,6 @@ def _imbalance_columns(imbalance: Mapping[str, Mapping[str, Any]], target: str) 
     }
 
 
-def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean and the half-width of its t-distribution confidence interval (nan for n < 2)."""
-    from scipy import stats
-
-    x = np.asarray(list(values), dtype=float)
-    n = len(x)
-    if n == 0:
-        return {"mean": math.nan, "ci": math.nan, "n": 0}
-    if n < 2:
-        return {"mean": float(x.mean()), "ci": math.nan, "n": 1}
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-    return {"mean": float(x.mean()), "ci": float(half), "n": n}
-
-
-def paired_comparison(
-    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
-) -> dict[str, float]:
-    """a - b over paired seeds: mean difference, its CI, and the paired t-test p-value."""
-    from scipy import stats
-
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    out = mean_ci(diff, confidence)
-    if len(diff) >= 2 and np.ptp(diff) > 0:
-        out["p_value"] = float(stats.ttest_rel(a, b).pvalue)
-    else:
-        out["p_value"] = math.nan if len(diff) < 2 else (1.0 if diff.mean() == 0 else 0.0)
-    return out
-
-
-# Per-run numbers summarised beside METRICS when the rows hold them (transfer.imbalance).
-EXTRA_METRICS = ("imbalance_degree", "target_imbalance_degree", "dominant_loss", "train_s")
-UTIL = "util_"  # the prefix of per-modality utilisation columns
-# Columns of result rows that are not grid axes.
-ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "adaptation", "seed", "metric",
-            "adapt_samples", "test_samples", "source_test_samples", "config_hash", "wall_s", *METRICS,
-            *EXTRA_METRICS}  # fmt: skip
-# Keys of a summary entry that are not grid axes.
-_STAT_KEYS = {"k_shot", "fusion", "adaptation", "target", "seeds", "n", "best_unimodal",
-              "gain_vs_unimodal", "utilisation", *METRICS, *EXTRA_METRICS}  # fmt: skip
-# With fewer seeds than this, accuracies get their CI from the test samples instead.
-SEED_CI_MIN = 3
-ABSOLUTE = ("source", "zero_shot", "adapted", "scratch")
-
-
-def _per_seed(
-    rows: Sequence[Mapping[str, Any]], grid_keys: list[str]
-) -> dict[tuple, dict[str, float]]:
-    """(*grid, k, fusion, adaptation, target, seed) -> metrics and test sizes, with target
-    "all" holding the mean over targets (and their summed test size) where there are two
-    targets or more."""
-    by_seed: dict[tuple, dict[str, float]] = {}
-    overall: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
-    for r in rows:
-        key = (*[r.get(k) for k in grid_keys], r["k_shot"], r["fusion"], r["adaptation"])
-        by_seed[(*key, r["target"], r["seed"])] = {
-            **{m: r[m] for m in METRICS}, "n": r.get("test_samples", 0), "n_source": r.get("source_test_samples", 0),
-            **{m: r[m] for m in r if m in EXTRA_METRICS or m.startswith(UTIL)},
-        }  # fmt: skip
-        overall[(*key, "all", r["seed"])].append(by_seed[(*key, r["target"], r["seed"])])
-    for key, members in overall.items():
-        if len(members) < 2:  # one target: an "all" row would only copy it
-            continue
-        averaged = [m for m in members[0] if m not in ("n", "n_source")]
-        by_seed[key] = {m: float(np.mean([v[m] for v in members])) for m in averaged}
-        by_seed[key].update(n=sum(v["n"] for v in members), n_source=members[0]["n_source"])
-    return by_seed
-
-
-def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> list[dict[str, Any]]:
-    """Per grid point x k x fusion x adaptation x target (and the mean over targets, "all"):
-    mean and 95% CI of every metric with n, the test rows per target; the adapted metric
-    paired against ``baseline`` and against the best unimodal baseline (``<m>-only`` rows).
-
-    CIs come from a t-distribution over seeds; with fewer than ``SEED_CI_MIN`` seeds, an
-    accuracy's CI comes instead from its test samples (the bootstrap over test rows of a
-    0/1 vector has the binomial standard error), and ``ci_over`` says which.
-    """
-    grid_keys = sorted({k for r in rows for k in r if not k.startswith(UTIL)} - ROW_KEYS)
-    accuracy = bool(rows) and rows[0]["metric"] == "accuracy"
-    groups: dict[tuple, dict[int, dict[str, float]]] = defaultdict(dict)
-    for key, value in _per_seed(rows, grid_keys).items():
-        groups[key[:-1]][key[-1]] = value
-    summary = []
-    for key, seeds in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        *grid_values, k, fusion, adaptation, target = key
-        first = seeds[min(seeds)]
-        entry: dict[str, Any] = {**dict(zip(grid_keys, grid_values, strict=True)), "k_shot": k, "fusion": fusion,
-                                 "adaptation": adaptation, "target": target, "seeds": sorted(seeds), "n": first["n"]}  # fmt: skip
-        for m in METRICS:
-            n = first["n_source"] if m == "source" else first["n"]
-            entry[m] = metric_ci(
-                [seeds[s][m] for s in sorted(seeds)], n if m in ABSOLUTE else 0, accuracy
-            )
-        _extra_metrics(entry, seeds)
-        base = groups.get((*grid_values, k, baseline, adaptation, target))
-        if base is not None and fusion != baseline and not unimodal(fusion):
-            entry[f"adapted_vs_{baseline}"] = _paired(seeds, base)
-        if not unimodal(fusion):
-            _versus_unimodal(entry, seeds, groups, (*grid_values, k), (adaptation, target))
-        summary.append(entry)
-    return summary
-
-
-def _extra_metrics(entry: dict[str, Any], seeds: Mapping[int, Mapping[str, float]]) -> None:
-    """Mean and CI over seeds of the imbalance columns and wall time, where present."""
-    first = seeds[min(seeds)]
-    for m in EXTRA_METRICS:
-        if m in first:
-            entry[m] = mean_ci(seeds[s][m] for s in sorted(seeds))
-    util = sorted(k for k in first if k.startswith(UTIL))
-    if util:
-        entry["utilisation"] = {
-            k[len(UTIL) :]: mean_ci(seeds[s][k] for s in sorted(seeds)) for k in util
-        }
-
-
-def _paired(
-    a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]]
-) -> dict[str, float]:
-    common = sorted(set(a) & set(b))
-    return paired_comparison([a[s]["adapted"] for s in common], [b[s]["adapted"] for s in common])
-
-
-def _versus_unimodal(entry: dict[str, Any], seeds: Mapping[int, Mapping[str, float]],
-                     groups: Mapping[tuple, Mapping[int, Mapping[str, float]]],
-                     prefix: tuple, suffix: tuple) -> None:  # fmt: skip
-    """The best single modality's adapted metric (by mean over seeds) and this fusion's
-    paired gain over it."""
-    candidates = {
-        unimodal(key[len(prefix)]): values
-        for key, values in groups.items()
-        if key[: len(prefix)] == prefix and key[len(prefix) + 1 :] == suffix and unimodal(key[len(prefix)])
-    }  # fmt: skip
-    if not candidates:
-        return
-    best = max(candidates, key=lambda m: np.mean([v["adapted"] for v in candidates[m].values()]))
-    values = candidates[best]
-    entry["best_unimodal"] = {
-        "modality": best,
-        **mean_ci(values[s]["adapted"] for s in sorted(values)),
-    }
-    entry["gain_vs_unimodal"] = _paired(seeds, values)
-
-
-def metric_ci(values: Sequence[float], n_test: int, accuracy: bool) -> dict[str, Any]:
-    """``mean_ci`` over seeds, or, for an accuracy with fewer than ``SEED_CI_MIN`` seeds and
-    a known test size, the binomial 95% interval of the pooled test rows."""
-    stat: dict[str, Any] = {**mean_ci(values), "ci_over": "seeds"}
-    if stat["n"] >= SEED_CI_MIN or not accuracy or n_test <= 0 or stat["n"] == 0:
-        return stat
-    p = min(max(stat["mean"], 0.0), 1.0)
-    stat["ci"] = 1.959964 * math.sqrt(p * (1 - p) / (n_test * stat["n"]))
-    stat["ci_over"] = "test samples"
-    return stat
-
-
 def _fmt(stat: Mapping[str, float]) -> str:
     if math.isnan(stat["mean"]):
         return "n/a"
@@ -599,24 +450,42 @@ def _fmt(stat: Mapping[str, float]) -> str:
 
 def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat") -> str:
     """A Markdown table: one line per grid point x k x fusion x adaptation x target, with n
-    (test rows per target), the best unimodal baseline and each fusion's gain over it
-    (marked ✗ where the fusion does not beat it), and a note on where the CIs come from."""
+    (test rows per target), episodes per seed and seeds; the transfer gain, the gain over
+    the best unimodal baseline (marked ✗ where the fusion does not beat it), over
+    ``baseline`` and over the ``head`` adaptation, each with its Holm-corrected p and
+    minimum detectable difference; and a note on how the CIs and tests are computed."""
     grid_keys = [k for k in summary[0] if k not in _STAT_KEYS and not k.startswith("adapted_vs_")] if summary else []  # fmt: skip
-    head = [*grid_keys, "k", "fusion", "adaptation", "target", "n", "source", "zero-shot", "adapted", "scratch", "gain",
-            "forgetting", "best unimodal", "fusion − unimodal", f"adapted − {baseline} (p)"]  # fmt: skip
+    versus_head = any("adapted_vs_head" in e for e in summary)
+    head = [*grid_keys, "k", "fusion", "adaptation", "target", "n", "episodes", "seeds", "source", "zero-shot",
+            "adapted", "scratch", "adapted − scratch", "forgetting", "best unimodal", "fusion − unimodal",
+            f"adapted − {baseline}", *(["adapted − head"] if versus_head else [])]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
         cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["adaptation"], e["target"],
-                 str(e.get("n", "")), *[_fmt(e[m]) for m in METRICS], *_unimodal_cells(e),
-                 _compare_cell(e.get(f"adapted_vs_{baseline}"))]  # fmt: skip
+                 str(e.get("n", "")), str(e.get("episodes", 1)), str(len(e["seeds"])),
+                 *[_fmt(e[m]) for m in ("source", "zero_shot", "adapted", "scratch")],
+                 _compare_cell(e["transfer_gain"]), _fmt(e["forgetting"]), *_unimodal_cells(e),
+                 _compare_cell(e.get(f"adapted_vs_{baseline}")),
+                 *([_compare_cell(e.get("adapted_vs_head"))] if versus_head else [])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + table_note(summary)
+
+
+def table_note(summary: Sequence[Mapping[str, Any]]) -> str:
+    """How the table's CIs and tests were computed."""
     over = sorted({e["adapted"].get("ci_over", "seeds") for e in summary})
-    note = (
-        "\n\nn: test rows per target (summed for all). ± is a 95% CI over "
+    tests = next((c.get("tests", 0) for e in summary for _, c in comparisons(e)), 0)
+    return (
+        "n: test rows per target (summed for all); episodes: k-shot draws per seed, the same rows "
+        "for every fusion and adaptation; seeds: source models. ± is a 95% CI over "
         + " and over ".join(over)
-        + " (t over seeds with ≥ 3 seeds; with fewer, an accuracy's binomial interval over its test rows)."
+        + ": with 3 seeds or more, the t-interval over the seeds' means "
+        "of their episodes (seeds random, episodes nested in them, so both levels count); with "
+        "fewer, over every (seed, episode), or an accuracy's binomial interval over its test rows. "
+        "Differences are paired on common (seed, episode) and tested by a one-sample t-test on the "
+        f"same units; p is Holm-corrected across the table's {tests} tests; MDD is the smallest true "
+        f"difference found with 80% power at Bonferroni's level 0.05/{tests}, which bounds Holm's."
     )
-    return "\n".join(lines) + note
 
 
 def overall_entries(summary: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -671,11 +540,15 @@ def _unimodal_cells(e: Mapping[str, Any]) -> list[str]:
 
 
 def _compare_cell(cmp: Mapping[str, float] | None) -> str:
+    """``mean ± ci (p=…, MDD …)``, p Holm-corrected where the table has been corrected."""
     if not cmp:
         return "—"
-    if math.isnan(cmp.get("p_value", math.nan)):
+    p = cmp.get("p_holm", cmp.get("p_value", math.nan))
+    if math.isnan(p):
         return _fmt(cmp)
-    return f"{_fmt(cmp)} (p={cmp['p_value']:.2f})"
+    shown = "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+    mdd = cmp.get("mdd", math.nan)
+    return f"{_fmt(cmp)} ({shown}" + ("" if math.isnan(mdd) else f", MDD {mdd:.3f}") + ")"
 
 
 def write_results(
@@ -825,85 +698,96 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
     return path
 
 
-def _row_key(entry: Mapping[str, Any]) -> tuple:
-    """A summary row's identity, in key order (summary.json is written with sorted keys)."""
-    stats = _STAT_KEYS - {"k_shot", "fusion", "adaptation", "target"}
+# Result-row columns that identify a row of the table (with the grid axes): not values,
+# not the seed or episode, not timings.
+_NOT_KEYS = {"seed", "episode", "episode_seed", "metric", "adapt_samples", "test_samples",
+             "source_test_samples", "config_hash", "wall_s", *METRICS, *EXTRA_METRICS}  # fmt: skip
+COMPARE_TOLERANCE = 0.02
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """``results.csv`` back as rows: numbers as numbers (a file from before episodes: each
+    row is episode 0)."""
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                try:
+                    row[k] = (
+                        int(v)
+                        if k in ("seed", "episode", "k_shot")
+                        else (float(v) if k in _NOT_KEYS else v)
+                    )
+                except ValueError:
+                    row[k] = v
+            row.setdefault("episode", 0)
+            rows.append(row)
+    return rows
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple:
     return tuple(
-        sorted(
-            (k, str(v))
-            for k, v in entry.items()
-            if k not in stats and not k.startswith("adapted_vs_")
-        )
+        sorted((k, str(v)) for k, v in row.items() if k not in _NOT_KEYS and not k.startswith(UTIL))
     )
 
 
-def outside_rate(seeds: int, ci_over: str) -> float:
-    """The chance that a rerun's mean falls outside the reference's 95% CI when both come
-    from the same distribution: the difference of two means has twice the variance of one.
-    Over seeds that is P(|T_{s-1}| > t_crit / sqrt 2); over test samples P(|Z| > 1.96 / sqrt 2)."""
-    from scipy import stats
+def compare_results(
+    new: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
+    tolerance: float = COMPARE_TOLERANCE, metric: str = "adapted",
+) -> dict[str, Any]:  # fmt: skip
+    """Per row of the reference's table (per target, not "all"): the rerun's ``metric`` minus
+    the reference's, paired on the (seed, episode) both hold, its mean and 95% CI over seeds
+    and episodes (``stats.two_level``). A row agrees when the mean difference is within
+    ``tolerance``; the comparison passes when every row present in both agrees."""
+    from .stats import two_level
 
-    if ci_over == "seeds":
-        t_crit = stats.t.ppf(0.975, seeds - 1)
-        return float(2 * stats.t.sf(t_crit / math.sqrt(2), seeds - 1))
-    return float(2 * stats.norm.sf(1.959964 / math.sqrt(2)))
+    def by_row(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, dict[int, dict[int, float]]]:
+        out: dict[tuple, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+        for r in rows:
+            out[_row_key(r)][int(r["seed"])][int(r.get("episode", 0) or 0)] = float(r[metric])
+        return out
 
-
-def compare_summaries(
-    new: Sequence[Mapping[str, Any]],
-    reference: Sequence[Mapping[str, Any]],
-    metric: str = "adapted",
-) -> dict[str, Any]:
-    """Per per-target row of ``reference``: does the rerun's mean ``metric`` lie inside the
-    reference's 95% CI? The check fails when more rows fall outside than chance allows: a
-    one-sided binomial test (p < 0.05) against the rate ``outside_rate`` gives for rows
-    that agree only in distribution. Rows over all targets repeat the per-target ones and
-    are left out; so are rows without a CI."""
-    from scipy import stats
-
-    ours = {_row_key(e): e for e in new}
-    rows, rates = [], []
-    for ref in reference:
-        if ref["target"] == "all" or math.isnan(ref[metric]["ci"]):
-            continue
-        mine = ours.get(_row_key(ref))
+    ours, theirs = by_row(new), by_row(reference)
+    rows = []
+    for key, ref in theirs.items():
+        mine = ours.get(key)
         if mine is None:
             continue
-        lo, hi = ref[metric]["mean"] - ref[metric]["ci"], ref[metric]["mean"] + ref[metric]["ci"]
-        value = mine[metric]["mean"]
-        rows.append({**dict(_row_key(ref)), "reference": ref[metric]["mean"], "reference_ci": ref[metric]["ci"],
-                     "rerun": value, "inside": bool(lo - 1e-12 <= value <= hi + 1e-12)})  # fmt: skip
-        rates.append(outside_rate(ref[metric]["n"], ref[metric].get("ci_over", "seeds")))
-    outside = sum(not r["inside"] for r in rows)
-    expected = float(np.mean(rates)) if rates else 0.0
-    p_value = float(stats.binom.sf(outside - 1, len(rows), expected)) if rows else math.nan
-    return {
-        "metric": metric, "rows": rows, "checked": len(rows), "inside": len(rows) - outside,
-        "outside": outside, "expected_outside_rate": expected, "p_value": p_value,
-        "passed": bool(rows) and p_value >= 0.05, "missing": len([r for r in reference if r["target"] != "all"
-                                                                  and _row_key(r) not in ours]),
-    }  # fmt: skip
+        diff = {
+            s: [mine[s][e] - ref[s][e] for e in sorted(set(mine[s]) & set(ref[s]))]
+            for s in set(mine) & set(ref)
+        }
+        diff = {s: v for s, v in diff.items() if v}
+        if not diff:
+            continue
+        stat = two_level(diff)
+        rows.append({**dict(key), "reference": float(np.mean([v for s in ref.values() for v in s.values()])),
+                     "rerun": float(np.mean([v for s in mine.values() for v in s.values()])),
+                     "difference": stat["mean"], "difference_ci": stat["ci"],
+                     "pairs": sum(len(v) for v in diff.values()), "within": abs(stat["mean"]) <= tolerance + 1e-12})  # fmt: skip
+    outside = sum(not r["within"] for r in rows)
+    return {"metric": metric, "tolerance": tolerance, "rows": rows, "checked": len(rows),
+            "within": len(rows) - outside, "outside": outside, "passed": bool(rows) and outside == 0,
+            "missing": len(set(theirs) - set(ours))}  # fmt: skip
 
 
 def comparison_table(result: Mapping[str, Any]) -> str:
     """Markdown: one line per compared row, then the verdict."""
     rows = result["rows"]
-    keys = [
-        k
-        for k in (rows[0] if rows else {})
-        if k not in ("reference", "reference_ci", "rerun", "inside")
-    ]
-    lines = [
-        "| " + " | ".join([*keys, "reference", "rerun", "inside CI"]) + " |",
-        "|" + "---|" * (len(keys) + 3),
-    ]
+    shown = ("reference", "rerun", "difference", "difference_ci", "pairs", "within")
+    keys = [k for k in (rows[0] if rows else {}) if k not in shown and k != "suite"]
+    lines = ["| " + " | ".join([*keys, "reference", "rerun", "rerun − reference", "pairs", "within"]) + " |",
+             "|" + "---|" * (len(keys) + 5)]  # fmt: skip
     for r in rows:
-        cells = [str(r[k]) for k in keys] + [f"{r['reference']:.3f} ± {r['reference_ci']:.3f}", f"{r['rerun']:.3f}",
-                                            "yes" if r["inside"] else "**no**"]  # fmt: skip
+        ci = "n/a" if math.isnan(r["difference_ci"]) else f"{r['difference_ci']:.3f}"
+        cells = [str(r[k]) for k in keys] + [f"{r['reference']:.3f}", f"{r['rerun']:.3f}",
+                                            f"{r['difference']:+.4f} ± {ci}", str(r["pairs"]),
+                                            "yes" if r["within"] else "**no**"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     verdict = (
-        f"\n\n{result['inside']} of {result['checked']} rows inside the reference's 95% CI ({result['metric']}); "
-        f"{result['outside']} outside, where chance alone puts {result['expected_outside_rate']:.1%} of rows outside "
-        f"(binomial p = {result['p_value']:.3f}): {'PASSED' if result['passed'] else 'FAILED'}."
+        f"\n\n{result['within']} of {result['checked']} rows within ±{result['tolerance']} of the reference "
+        f"({result['metric']}, mean paired difference over common seeds and episodes; ± is its 95% CI); "
+        f"{result['outside']} outside: {'PASSED' if result['passed'] else 'FAILED'}."
     )
     return "\n".join(lines) + verdict

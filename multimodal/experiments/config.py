@@ -43,7 +43,9 @@ class TransferConfig:
 
     source/target: domain names (default: the first domain, and every other one);
     k_shot: labelled target rows per class for adaptation and scratch (or target_fraction of
-    the target train split); adaptation: the arm ``transfer`` runs: a freezing strategy
+    the target train split); episodes: independent k-shot draws per target, each trained on
+    by every adapt and scratch arm and evaluated on the whole target test split (episode e
+    draws the same rows for every fusion, adaptation and encoder set); adaptation: the arm ``transfer`` runs: a freezing strategy
     fine-tuned on the k-shot sample (default: ``adapt.strategy``, else head), a UDA method
     (dann, cdan, coral, mmd, entropy) or source_only; adapt/scratch/uda: train keys each
     stage overrides; robustness: also evaluate with each modality missing; imbalance: the
@@ -55,6 +57,7 @@ class TransferConfig:
     target: list[str] | None = None
     k_shot: int = 10
     target_fraction: float | None = None
+    episodes: int = 1
     adaptation: str | None = None
     adapt: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)

@@ -212,18 +212,23 @@ def test_accuracy_cis_come_from_test_samples_when_seeds_are_few() -> None:
     assert three["adapted"]["ci_over"] == "seeds"
 
 
-def test_compare_to_counts_rows_inside_the_reference_ci_and_fails_beyond_chance() -> None:
-    from multimodal.experiments.bench import compare_summaries, outside_rate
+def test_compare_to_pairs_episodes_and_fails_on_a_row_shifted_by_three_tolerances(tmp_path) -> None:
+    from multimodal.experiments.bench import compare_results, read_results, write_csv
 
-    reference = summarize(_with_unimodal(_rows()))
-    # The reference comes back from summary.json, whose keys are written sorted.
-    stored = json.loads(json.dumps(reference, sort_keys=True))
-    same = compare_summaries(reference, stored)
-    assert same["checked"] == 8 and same["inside"] == 8 and same["passed"]  # 4 fusions x 2 targets
-    assert outside_rate(3, "seeds") == pytest.approx(0.0931, abs=2e-3)
-    shifted = [dict(r, adapted=r["adapted"] + 0.2) for r in _with_unimodal(_rows())]
-    worse = compare_summaries(summarize(shifted), reference)
-    assert worse["outside"] == 8 and not worse["passed"] and worse["p_value"] < 1e-6
+    rows = [dict(r, episode=e, adapted=r["adapted"] + 0.01 * e) for r in _with_unimodal(_rows()) for e in range(3)]
+    write_csv(tmp_path / "results.csv", rows)
+    reference = read_results(tmp_path / "results.csv")  # as --compare-to reads it back
+    same = compare_results(rows, reference, tolerance=0.01)
+    assert same["checked"] == 8 and same["within"] == 8 and same["passed"]  # 4 fusions x 2 targets
+    assert all(r["difference"] == 0 and r["pairs"] == 9 for r in same["rows"])
+    shifted = [dict(r, adapted=r["adapted"] + 0.03) if (r["fusion"], r["target"]) == ("moe", "t1") else r
+               for r in reference]  # fmt: skip
+    worse = compare_results(rows, shifted, tolerance=0.01)
+    assert worse["outside"] == 1 and not worse["passed"]
+    (bad,) = [r for r in worse["rows"] if not r["within"]]
+    assert (bad["fusion"], bad["target"]) == ("moe", "t1") and bad["difference"] == pytest.approx(-0.03)
+    noisy = [dict(r, adapted=r["adapted"] + (0.005 if r["episode"] % 2 else -0.005)) for r in reference]
+    assert compare_results(rows, noisy, tolerance=0.01)["passed"], "differences within the tolerance pass"
 
 
 def test_every_run_and_the_summary_record_the_environment(tmp_path) -> None:

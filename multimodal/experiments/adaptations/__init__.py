@@ -1,0 +1,45 @@
+"""Adaptation arms of the transfer protocol, chosen by name (``transfer.adaptation``, a
+suite's ``adaptations``, ``cross_domain.py --adaptation``).
+
+An arm says which train keys its stage sets over the run's ``train`` section and what it
+trains on. Built in: the freezing strategies fine-tuned on the k-shot episode (``head``,
+``top_k``, ``full``, ``lora``), the unsupervised objectives on the unlabelled target rows
+(``dann``, ``cdan``, ``coral``, ``mmd``, ``entropy``) and their control ``source_only``. A
+new method is one ``Adaptation`` subclass in a file of this package, registered with
+``@register_adaptation("name")`` and named in ``_LAZY`` below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...core.registry import Registry
+from ._base import UNBALANCED, Adaptation, AdaptContext
+
+# name -> module: listed without importing, imported on first use (as encoders and fusions).
+_LAZY = {
+    **{name: f"{__name__}.finetune" for name in ("head", "top_k", "full", "lora")},
+    **{name: f"{__name__}.unsupervised" for name in ("dann", "cdan", "coral", "mmd", "entropy", "source_only")},
+}  # fmt: skip
+ADAPTATIONS: Registry[Adaptation] = Registry("adaptation", lazy=_LAZY)
+register_adaptation = ADAPTATIONS.register
+
+
+def create_adaptation(name: str, **kwargs: Any) -> Adaptation:
+    """The registered arm ``name``; an unknown name is a ValueError naming close matches."""
+    return ADAPTATIONS.create(name, **kwargs)
+
+
+def list_adaptations(pattern: str = "*") -> list[str]:
+    return ADAPTATIONS.list(pattern)
+
+
+__all__ = [
+    "ADAPTATIONS",
+    "UNBALANCED",
+    "AdaptContext",
+    "Adaptation",
+    "create_adaptation",
+    "list_adaptations",
+    "register_adaptation",
+]

@@ -1,0 +1,48 @@
+"""Fine-tuning on the k-shot episode under a freezing strategy (``train.strategy``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ...engine.config import FitData
+from . import register_adaptation
+from ._base import UNBALANCED, Adaptation, AdaptContext, stage_keys
+
+ADAPT_DEFAULTS: dict[str, Any] = {"strategy": "head", "epochs": 20, "patience": None, **UNBALANCED}
+
+
+class FineTune(Adaptation):
+    """The source model fine-tuned on the episode's labelled target rows, its pretrained
+    parts frozen as ``strategy`` says; ``transfer.adapt`` sets its other train keys."""
+
+    strategy: ClassVar[str]
+
+    def overrides(self, transfer: Any) -> dict[str, Any]:
+        return stage_keys(ADAPT_DEFAULTS, transfer.adapt, strategy=self.strategy)
+
+    def data(self, context: AdaptContext) -> tuple[FitData, int]:
+        spec = context.source.spec
+        if context.rows is None:  # a stream's episode, drawn from a reservoir
+            assert context.sample is not None
+            return FitData(spec, context.sample), len(context.sample)
+        return FitData(spec, context.target_train, train_indices=context.rows), len(context.rows)
+
+
+@register_adaptation("head")
+class Head(FineTune):
+    strategy = "head"
+
+
+@register_adaptation("top_k")
+class TopK(FineTune):
+    strategy = "top_k"
+
+
+@register_adaptation("full")
+class Full(FineTune):
+    strategy = "full"
+
+
+@register_adaptation("lora")
+class LoRA(FineTune):
+    strategy = "lora"

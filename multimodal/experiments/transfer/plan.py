@@ -1,0 +1,181 @@
+"""A transfer's plan: the splits, the k-shot episodes per target, the seed, the metric and
+where the stages write; and the progress bar over every stage."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from ...data.collate import RowView
+from ...data.loading import k_shot, k_shot_indices, label_column, load_dataset, select_domains
+from ...data.spec import DatasetSpec
+from ...data.streaming import head, is_streaming, scan
+from ...engine import TrainConfig, evaluate
+from ..config import RunConfig, TransferConfig
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One labelled draw from a target's train split: ``rows`` index that split (None for
+    a stream, whose draw is ``sample``). ``seed`` depends only on (run seed, target, index),
+    so episode e holds the same rows for every fusion, adaptation and encoder set."""
+
+    target: str
+    index: int
+    seed: int
+    rows: tuple[int, ...] | None
+    sample: datasets.Dataset | None = field(default=None, compare=False)
+
+    def dataset(self, train: datasets.Dataset) -> datasets.Dataset:
+        """The episode's rows as a dataset of their own."""
+        return self.sample if self.rows is None else train.select(list(self.rows))
+
+
+def episode_seed(seed: int, target: str, index: int) -> int:
+    """The seed of episode ``index`` of ``target``: common random numbers across arms."""
+    state = np.random.SeedSequence([seed, zlib.crc32(target.encode()), index]).generate_state(1)
+    return int(state[0])
+
+
+def draw_episode(
+    train: datasets.Dataset, settings: TransferConfig, seed: int, target: str, index: int,
+    label: str,
+) -> Episode:  # fmt: skip
+    """k rows per class (``transfer.k_shot``), or ``transfer.target_fraction`` of the rows,
+    drawn with the episode's seed."""
+    own = episode_seed(seed, target, index)
+    if is_streaming(train):
+        if settings.target_fraction:
+            raise ValueError(
+                "transfer.target_fraction needs the size of the target split; with streaming use k_shot"
+            )
+        return Episode(target, index, own, None, k_shot(train, int(settings.k_shot), own, label))
+    if settings.target_fraction:
+        n = max(1, int(round(float(settings.target_fraction) * len(train))))
+        rows = np.random.default_rng(own).permutation(len(train))[:n]
+        return Episode(target, index, own, tuple(sorted(int(r) for r in rows)))
+    column = label_column(train, label)
+    return Episode(
+        target, index, own, tuple(k_shot_indices(train[column], int(settings.k_shot), own))
+    )
+
+
+def source_and_targets(
+    train: datasets.Dataset, settings: TransferConfig
+) -> tuple[list[str], list[str]]:
+    """The source and target domains: as configured, else the first domain and the rest
+    (a stream is read once, its domain column only, to find them)."""
+    if settings.source and settings.target:
+        return list(settings.source), list(settings.target)
+    domains = scan(train)[1] if is_streaming(train) else sorted(set(train["domain"]))
+    sources = list(settings.source or domains[:1])
+    targets = list(settings.target or [d for d in domains if d not in sources])
+    if not targets:
+        raise ValueError(f"no target domain: the data has {domains}, the source is {sources}")
+    return sources, targets
+
+
+def split_size(ds: datasets.Dataset) -> int:
+    return scan(ds)[0] if is_streaming(ds) else len(ds)
+
+
+def fitting_rows(ds: datasets.Dataset, spec: DatasetSpec) -> list[dict[str, Any]]:
+    """The rows processors are fitted on: all of them, or a stream's first rows."""
+    view = RowView(head(ds) if is_streaming(ds) else ds, spec, "train")
+    return [view[i] for i in range(len(view))]
+
+
+@dataclass
+class TransferPlan:
+    """Everything the stages share: the run config, its seed (from the typed config), the
+    source and target splits, each target's episodes, the output folder and the metric
+    (known once the source model has trained)."""
+
+    run: RunConfig
+    seed: int
+    sources: list[str]
+    targets: list[str]
+    source: dict[str, datasets.Dataset]  # split -> the source domains' rows
+    target: dict[str, dict[str, datasets.Dataset]]  # target -> split -> rows
+    episodes: dict[str, list[Episode]]
+    out: Path | None
+    progress: Progress
+    metric: str = ""
+
+    @classmethod
+    def build(cls, run: RunConfig) -> TransferPlan:
+        settings, spec = run.transfer, run.data
+        if int(settings.episodes) < 1:
+            raise ValueError(f"transfer.episodes must be 1 or more, got {settings.episodes}")
+        seed = int(run.seed if run.seed is not None else run.train.seed)
+        dsd = load_dataset(spec)
+        sources, targets = source_and_targets(dsd["train"], settings)
+        source = {s: select_domains(dsd[s], sources) for s in dsd}
+        target = {t: {s: select_domains(dsd[s], t) for s in dsd} for t in targets}
+        episodes = {
+            t: [draw_episode(target[t]["train"], settings, seed, t, e, spec.label)
+                for e in range(int(settings.episodes))]
+            for t in targets
+        }  # fmt: skip
+        out = Path(run.output_dir) if run.output_dir else None
+        return cls(run, seed, sources, targets, source, target, episodes, out,
+                   Progress(run, enabled=run.train.progress))  # fmt: skip
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.run.data
+
+    @property
+    def eval_batch(self) -> int:
+        return self.run.train.eval_batch_size or self.run.train.batch_size
+
+    def folder(self, name: str, episode: int = 0) -> str | None:
+        """A stage's run folder: episode 0's runs keep theirs; later episodes write none."""
+        return str(self.out / name) if self.out is not None and episode == 0 else None
+
+    def stage(self, overrides: Mapping[str, Any], folder: str | None, seed: int) -> TrainConfig:
+        return self.run.stage(**overrides, output_dir=folder, seed=seed, progress=False)
+
+    def score(self, model: Any, ds: datasets.Dataset, cached: bool = True) -> float:
+        """The metric of ``model`` on ``ds``; ``cached``: its encoder outputs read from (and
+        kept in) the feature store, for encoders that later stages share."""
+        return evaluate(model, ds, self.spec, self.eval_batch, cached=cached)[self.metric]
+
+
+class Progress:
+    """One bar over the optimizer steps of every stage of a transfer, the running stage
+    named beside it, so its ETA covers the whole command (the stages' own bars stay off)."""
+
+    def __init__(self, run: RunConfig, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.run, self.known = run, True
+        self.bar = tqdm(total=0, desc="transfer", unit="step", disable=not enabled)
+
+    def plan(self, overrides: Mapping[str, Any], rows: int | None, times: int = 1) -> None:
+        """Add ``times`` stages of ``rows`` training rows (None: a stream, of unknown length)."""
+        if rows is None:
+            self.known, self.bar.total = False, None
+        if not self.known:
+            return
+        cfg = self.run.stage(**overrides)
+        steps = cfg.max_steps or cfg.epochs * math.ceil(
+            math.ceil(rows / cfg.batch_size) / cfg.grad_accum
+        )
+        self.bar.total += steps * times
+        self.bar.refresh()
+
+    def stage(self, name: str) -> list[Any]:
+        """The ``on_step`` callbacks of a stage's fit."""
+        self.bar.set_postfix_str(name)
+        return [lambda state: self.bar.update(1)]
+
+    def close(self) -> None:
+        self.bar.close()

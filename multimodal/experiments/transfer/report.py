@@ -1,0 +1,115 @@
+"""What a transfer run reports: per target, the mean over episodes of each stage's metric,
+and every episode's own numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...core.io import write_json_atomic
+
+
+@dataclass
+class EpisodeResult:
+    """One k-shot draw of one target: the rows adapt and scratch trained on, and their scores."""
+
+    episode: int
+    seed: int  # depends only on (the run's seed, the target, the episode index)
+    rows: list[int]  # indices into the target's train split (empty: no labelled rows)
+    adapted: float
+    scratch: float
+    source_after: float
+    forgetting: float  # source metric before adaptation minus after
+    transfer_gain: float  # adapted minus scratch
+    adapt_samples: int
+
+
+@dataclass
+class TargetResult:
+    """A target's zero-shot metric and, over its episodes, the means of the others."""
+
+    zero_shot: float
+    adapted: float
+    scratch: float
+    source_after: float
+    forgetting: float  # source metric before adaptation minus after
+    transfer_gain: float  # adapted minus scratch
+    adapt_samples: int
+    test_samples: int = 0  # rows of the target's test split behind each metric (0: not recorded)
+    episodes: list[EpisodeResult] = field(default_factory=list)
+
+    @classmethod
+    def from_episodes(
+        cls, zero_shot: float, episodes: list[EpisodeResult], test_samples: int
+    ) -> TargetResult:
+        def mean(name: str) -> float:
+            return float(sum(getattr(e, name) for e in episodes) / len(episodes))
+
+        return cls(
+            zero_shot=zero_shot, adapted=mean("adapted"), scratch=mean("scratch"),
+            source_after=mean("source_after"), forgetting=mean("forgetting"),
+            transfer_gain=mean("transfer_gain"), adapt_samples=episodes[0].adapt_samples,
+            test_samples=test_samples, episodes=episodes,
+        )  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TargetResult:
+        episodes = [EpisodeResult(**e) for e in data.get("episodes") or []]
+        return cls(**{**data, "episodes": episodes})
+
+
+@dataclass
+class TransferReport:
+    metric: str
+    source_domains: list[str]
+    target_domains: list[str]
+    source: float  # source test metric after source training
+    targets: dict[str, TargetResult]
+    stage_seconds: dict[str, float]
+    k_shot: int | None
+    seed: int
+    config_hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+    # With transfer.robustness: missing-modality tables of the source model on the source
+    # test split ("source") and of each adapted model (episode 0) on its target's test split.
+    robustness: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    source_test_samples: int = 0
+    # With transfer.imbalance: the source model's modality imbalance on the source test
+    # split ("source") and on each target's test split.
+    imbalance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    episodes: int = 1
+    # Feature store lookups of this run: encoder outputs reused ("hits") or computed.
+    feature_store: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransferReport:
+        targets = {k: TargetResult.from_dict(v) for k, v in data["targets"].items()}
+        return cls(**{**data, "targets": targets})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TransferReport:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def table(self) -> str:
+        m = self.metric
+        head = f"{'target':<12} {'source ' + m:>16} {'zero-shot':>10} {'adapted':>9} {'scratch':>9} {'gain':>7} {'forgetting':>11}"
+        lines = [head, "-" * len(head)]
+        for t, r in self.targets.items():
+            lines.append(
+                f"{t:<12} {self.source:>16.4f} {r.zero_shot:>10.4f} {r.adapted:>9.4f} {r.scratch:>9.4f} "
+                f"{r.transfer_gain:>+7.4f} {r.forgetting:>+11.4f}"
+            )
+        if self.episodes > 1:
+            lines.append(
+                f"adapted, scratch, gain and forgetting: means over {self.episodes} episodes"
+            )
+        return "\n".join(lines)
