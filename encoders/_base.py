@@ -59,6 +59,10 @@ class Processor:
         """Fit data-dependent parts (a tokenizer) on training values."""
         return self
 
+    def fits_on_data(self) -> bool:
+        """Whether ``fit`` would change this processor (nothing to fit by default)."""
+        return False
+
     def to_config(self, save_dir: Path) -> dict[str, Any]:
         """JSON that ``from_config`` rebuilds this processor from; extra files go in ``save_dir``."""
         raise NotImplementedError
@@ -115,6 +119,11 @@ class Encoder(nn.Module):
         """Fit data-dependent parts (tokenizer, feature statistics) on training values."""
         self.processor.fit(values)
         return self
+
+    def fits_on_data(self) -> bool:
+        """Whether ``fit`` would change this encoder or its processor: if not, a model built
+        from it is the same whatever rows it is built on."""
+        return self.processor.fits_on_data()
 
     def use_channels_last(self) -> bool:
         """Switch convolutions over images to the NHWC memory layout (faster on tensor

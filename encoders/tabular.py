@@ -202,6 +202,9 @@ class TabularMLPEncoder(Encoder):
     def columns(self) -> list[str]:
         return self.processor.columns
 
+    def fits_on_data(self) -> bool:
+        return bool(self.numerical) or super().fits_on_data()
+
     def fit(self, values: Sequence[Any]) -> TabularMLPEncoder:
         """Fit the standardisation statistics on training rows (missing values ignored)."""
         if not self.numerical:

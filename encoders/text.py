@@ -128,6 +128,9 @@ class TextProcessor(Processor):
             self.tokenizer = train_tokenizer(texts, self.vocab_size, self.tokenizer_kind)
         return self
 
+    def fits_on_data(self) -> bool:
+        return self.tokenizer is None  # fit trains a tokenizer only when there is none
+
     def is_missing(self, value: Any) -> bool:
         return value is None or (isinstance(value, str) and not value.strip())
 

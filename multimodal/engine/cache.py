@@ -258,6 +258,28 @@ def encoder_fingerprint(model: Any) -> str:
     return digest.hexdigest()
 
 
+# processor_hash of a model's processors, by the identity of each processor and of the
+# objects it holds (a processor refitted with a new tokenizer holds a new object), and the
+# task's settings. Cleared when any processor is collected, so no id is reused.
+_PROCESSOR_HASHES: dict[tuple, str] = {}
+
+
+def processors_fingerprint(model: Any) -> str:
+    """``data.processed.processor_hash`` of ``model.processor``, saved and hashed once per
+    set of processor objects (models that share encoders share their processors)."""
+    from ..data.processed import processor_hash
+
+    parts = [model.encoders[m].processor for m in sorted(model.encoders)]
+    key = tuple((id(o), tuple(sorted((k, id(v)) for k, v in vars(o).items()))) for o in parts)
+    task = model.head.task  # small, and copied with every head: by value
+    key += (type(task).__qualname__, repr(sorted(vars(task).items())))
+    if key not in _PROCESSOR_HASHES:
+        for part in parts:
+            weakref.finalize(part, _PROCESSOR_HASHES.clear)
+        _PROCESSOR_HASHES[key] = processor_hash(model.processor)
+    return _PROCESSOR_HASHES[key]
+
+
 def data_fingerprint(ds: datasets.Dataset, spec: Any, on_error: str) -> str:
     """The rows a split's features come from: the dataset's content fingerprint, how its
     columns map to modalities and the label, and the error policy (a bad value raises or
@@ -286,9 +308,7 @@ class FeatureStore:
     def key(
         self, model: Any, ds: datasets.Dataset, spec: Any, on_error: str
     ) -> tuple[str, str, str]:
-        from ..data.processed import processor_hash
-
-        return (encoder_fingerprint(model), processor_hash(model.processor),
+        return (encoder_fingerprint(model), processors_fingerprint(model),
                 data_fingerprint(ds, spec, on_error))  # fmt: skip
 
     def get(

@@ -202,3 +202,38 @@ def test_minimum_detectable_difference_is_the_difference_found_with_80_percent_p
     crit = stats.t.ppf(0.995, 4)
     assert stats.nct.sf(crit, 4, mdd / 0.02) == pytest.approx(0.8, abs=1e-4)
     assert detectable(0.02, 4, alpha=0.01) > detectable(0.02, 4, alpha=0.05)
+
+
+def test_scratch_copies_one_built_model_only_when_no_encoder_fits_on_rows() -> None:
+    import copy
+
+    from multimodal.experiments.config import RunConfig
+    from multimodal.experiments.transfer import ScratchStage, TransferPlan
+    from multimodal.modeling.model import build_model
+    from tests.conftest import TINY_ENCODERS
+
+    image = {"name": "timm_image", **TINY_ENCODERS["timm_image"]}
+    config = tiny_run(transfer={"k_shot": 2, "episodes": 2})
+    config["encoders"] = {"image": image}
+    config["data"]["columns"] = {"image": "image"}
+    plan = TransferPlan.build(RunConfig.from_dict(config))
+    first, second = (ScratchStage(plan, "d1", e) for e in plan.episodes["d1"])
+    copied = first.initial_model(share_encoders=True)
+    again = second.initial_model(share_encoders=True)
+    assert (
+        plan.scratch_template is not False and copied.encoders is again.encoders
+    )  # frozen: shared
+    fresh = build_model(RunConfig.from_dict(config).model.to_dict(), seed=0)
+    state = copy.deepcopy(copied.state_dict())
+    assert all(torch_equal(state[k], v) for k, v in fresh.state_dict().items())
+    assert second.initial_model(share_encoders=False).encoders is not copied.encoders
+    # a tokenizer trained on the rows: every episode builds its own model
+    text_plan = TransferPlan.build(RunConfig.from_dict(tiny_run(transfer={"k_shot": 2})))
+    ScratchStage(text_plan, "d1", text_plan.episodes["d1"][0]).initial_model(share_encoders=False)
+    assert text_plan.scratch_template is False
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

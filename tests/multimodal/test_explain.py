@@ -20,7 +20,7 @@ TABULAR = ["tab_0", "tab_1", "tab_2", "tab_3", "tab_channel"]
 
 def _config(fusion: dict) -> dict:
     config = tiny_run(encoders={**tiny_run()["encoders"], "image": IMAGE}, fusion=fusion)
-    config["data"]["options"]["samples_per_domain"] = 96
+    config["data"]["options"]["samples_per_domain"] = 192
     return config
 
 

@@ -99,3 +99,26 @@ def test_a_bad_value_raises_at_the_build_or_goes_missing_as_configured(setup) ->
     present = torch.cat([b["present"]["image"] for b in batches])
     assert present.tolist() == [i != 5 for i in range(12)]
     assert lenient.collate_fn.collator.events["image"] == 1  # counted once, at the build
+
+
+def test_a_processor_hashes_the_same_before_and_after_it_tokenizes(setup) -> None:
+    import copy
+
+    from multimodal.engine.cache import processors_fingerprint
+
+    _, _, built = setup
+    model = copy.deepcopy(built)  # a tokenizer no call has touched yet
+    model.encoders["text"].processor.tokenizer = copy.deepcopy(
+        model.encoders["text"].processor.tokenizer
+    )
+    before = processed.processor_hash(model.processor)
+    model.encoders["text"].processor(
+        ["a bright red circle"] * 3
+    )  # sets the fast tokenizer's truncation
+    assert processed.processor_hash(model.processor) == before
+    assert processors_fingerprint(model) == before
+    # a refitted processor holds a new tokenizer: a new hash
+    processor = model.encoders["text"].processor
+    processor.tokenizer = None
+    processor.fit(["other words entirely", "and more of them"] * 4)
+    assert processors_fingerprint(model) == processed.processor_hash(model.processor) != before

@@ -108,6 +108,9 @@ class TransferPlan:
     out: Path | None
     progress: Progress
     metric: str = ""
+    # The scratch stage's untrained model, when building it does not depend on the rows
+    # (False: it does, and each episode builds its own).
+    scratch_template: Any = field(default=None, repr=False)
 
     @classmethod
     def build(cls, run: RunConfig) -> TransferPlan:

@@ -122,6 +122,23 @@ class ScratchStage:
         folder = plan.folder(f"scratch-{self.target}", self.episode.index)
         return plan.stage(scratch_overrides(plan.run), folder, self.episode.seed)
 
+    def initial_model(self, share_encoders: bool) -> MultimodalModel:
+        """``build_model`` on the episode's rows with the run's seed. When no encoder fits
+        anything on rows (pretrained tokenizers, no tabular statistics), that model is the
+        same for every episode: it is built once per plan and copied, its encoders shared
+        between copies when they stay frozen (``share_encoders``)."""
+        plan = self.plan
+        if plan.scratch_template is None:
+            template = build_model(plan.run.model.to_dict(), seed=plan.seed)
+            fits = any(e.fits_on_data() for e in template.encoders.values())
+            plan.scratch_template = False if fits else template
+        if plan.scratch_template is False:
+            rows = fitting_rows(self.episode.dataset(plan.target[self.target]["train"]), plan.spec)
+            return build_model(plan.run.model.to_dict(), rows, seed=plan.seed)
+        template = plan.scratch_template
+        shared = {id(template.encoders): template.encoders} if share_encoders else {}
+        return copy.deepcopy(template, shared)
+
     def data(self) -> FitData:
         train = self.plan.target[self.target]["train"]
         if self.episode.rows is None:
@@ -131,7 +148,7 @@ class ScratchStage:
     def run(self) -> float:
         """The scratch model's metric on the target's test split."""
         plan = self.plan
-        rows = fitting_rows(self.episode.dataset(plan.target[self.target]["train"]), plan.spec)
-        model = build_model(plan.run.model.to_dict(), rows, seed=plan.seed)
-        fit(model, self.data(), self.train_config(), on_step=plan.progress.stage("scratch"))
+        cfg = self.train_config()
+        model = self.initial_model(share_encoders=cfg.strategy == "head")
+        fit(model, self.data(), cfg, on_step=plan.progress.stage("scratch"))
         return plan.score(model, plan.target[self.target]["test"], shares_encoders(model))
