@@ -28,21 +28,8 @@ class FineTune(Adaptation):
         return FitData(spec, context.target_train, train_indices=context.rows), len(context.rows)
 
 
-@register_adaptation("head")
-class Head(FineTune):
-    strategy = "head"
-
-
-@register_adaptation("top_k")
-class TopK(FineTune):
-    strategy = "top_k"
-
-
-@register_adaptation("full")
-class Full(FineTune):
-    strategy = "full"
-
-
-@register_adaptation("lora")
-class LoRA(FineTune):
-    strategy = "lora"
+# One registered arm per freezing strategy (``modeling.freezing.STRATEGIES``).
+for _strategy in ("head", "top_k", "full", "lora"):
+    register_adaptation(_strategy)(
+        type(f"FineTune_{_strategy}", (FineTune,), {"strategy": _strategy, "__module__": __name__})
+    )

@@ -30,29 +30,11 @@ class Unsupervised(Adaptation):
         return dataclasses.replace(context.source, unlabelled=train), len(train)
 
 
-@register_adaptation("dann")
-class DANN(Unsupervised):
-    method = "dann"
-
-
-@register_adaptation("cdan")
-class CDAN(Unsupervised):
-    method = "cdan"
-
-
-@register_adaptation("coral")
-class CORAL(Unsupervised):
-    method = "coral"
-
-
-@register_adaptation("mmd")
-class MMD(Unsupervised):
-    method = "mmd"
-
-
-@register_adaptation("entropy")
-class Entropy(Unsupervised):
-    method = "entropy"
+# One registered arm per objective of ``modeling.uda``.
+for _method in ("dann", "cdan", "coral", "mmd", "entropy"):
+    register_adaptation(_method)(
+        type(f"UDA_{_method}", (Unsupervised,), {"method": _method, "__module__": __name__})
+    )
 
 
 @register_adaptation("source_only")
