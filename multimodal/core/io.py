@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -99,5 +102,31 @@ def verify_checkpoint(path: Path) -> None:
         )
 
 
+def verify_folder(path: Path, allow_unverified: bool = False) -> None:
+    """The rule for every folder of weights the toolkit loads (a saved model, an export):
+    its files must match ``checksums.json``. A folder without one is refused, unless the
+    caller passes ``allow_unverified``; then it loads with a warning."""
+    if (path / CHECKSUMS_NAME).is_file():
+        verify_checkpoint(path)
+        return
+    if not allow_unverified:
+        raise UnverifiedFolderError(
+            f"{path} has no {CHECKSUMS_NAME}, so its weights cannot be checked against what "
+            "was saved; save it again with save_pretrained/export, or load it anyway with "
+            "allow_unverified=True (--allow-unverified)"
+        )
+    logger.warning("loading %s UNVERIFIED: it has no %s", path, CHECKSUMS_NAME)
+
+
+def write_checksums(folder: Path) -> None:
+    """``checksums.json`` over every file in ``folder``; written last, so its presence marks
+    the folder complete."""
+    write_json_atomic(folder / CHECKSUMS_NAME, {"sha256": file_checksums(folder)})
+
+
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint whose files are missing, truncated or altered."""
+
+
+class UnverifiedFolderError(CorruptCheckpointError):
+    """A folder of weights with no checksums to verify it by."""

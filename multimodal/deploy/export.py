@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..core.io import atomic_dir, write_json_atomic
+from ..core.io import atomic_dir, verify_folder, write_checksums, write_json_atomic
 from ..modeling.model import Batch, MultimodalModel
 from ..modeling.processing import MultimodalProcessor
 from ..modeling.tasks import create_task
@@ -130,16 +130,23 @@ def export_onnx(model: MultimodalModel, out: str | Path, opset: int | None = Non
                 "audio_length": _audio_lengths(processor),
             },
         )  # fmt: skip
+        write_checksums(tmp)
     return Path(out)
 
 
 class OnnxModel:
     """Python processors + onnxruntime: ``predict`` takes raw samples as ``MultimodalModel``."""
 
-    def __init__(self, folder: str | Path, providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        providers: Sequence[str] | None = None,
+        allow_unverified: bool = False,
+    ) -> None:
         import onnxruntime as ort
 
         folder = Path(folder)
+        verify_folder(folder, allow_unverified)
         self.meta = json.loads((folder / EXPORT_NAME).read_text())
         self.layout = [(m, keys) for m, keys in self.meta["layout"]]
         self.processor = MultimodalProcessor.from_pretrained(folder / "processors")

@@ -7,20 +7,14 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core.io import (
-    CHECKSUMS_NAME,
-    CorruptCheckpointError,
-    file_checksums,
-    verify_checkpoint,
-    write_json_atomic,
-)
+from ..core.io import CorruptCheckpointError, verify_checkpoint, write_checksums
 from .state import STATE_NAME, TrainState
 
 logger = logging.getLogger(__name__)
@@ -36,10 +30,11 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int,
-                    modules: Mapping[str, nn.Module] | None = None) -> Path:  # fmt: skip
+                    modules: Mapping[str, nn.Module] | None = None,
+                    files: Sequence[Path] = ()) -> Path:  # fmt: skip
     """accelerate's save_state into a temporary folder, then the state JSON (and the state
-    dicts of ``modules`` that accelerate does not hold, as ``NAME.safetensors``), then one
-    rename."""
+    dicts of ``modules`` that accelerate does not hold, as ``NAME.safetensors``, and copies
+    of the run's ``files`` that exist), then one rename."""
     final = run_dir / "checkpoints" / f"step_{state.step}"
     tmp = run_dir / "checkpoints" / f".tmp-step_{state.step}"
     if accelerator.is_main_process:
@@ -54,8 +49,11 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
             for name, module in (modules or {}).items():
                 tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
                 save_file(tensors, str(tmp / f"{name}.safetensors"))
+            for file in files:
+                if file.is_file():
+                    shutil.copyfile(file, tmp / file.name)
             # Written last: a checkpoint is complete exactly when its checksums file exists.
-            write_json_atomic(tmp / CHECKSUMS_NAME, {"sha256": file_checksums(tmp)})
+            write_checksums(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -80,6 +78,27 @@ def load_modules(path: Path, modules: Mapping[str, nn.Module]) -> None:
             )
         device = next(iter(module.state_dict().values())).device
         module.load_state_dict(load_file(str(file), device=str(device)))
+
+
+def check_random_states(path: Path, process_index: int) -> None:
+    """Raise ``CorruptCheckpointError`` unless this process's random states in ``path`` load
+    as plain data. accelerate would log the refusal at INFO and resume without them, and
+    the run would no longer match an unbroken one."""
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils import load as safe_load
+
+    file = path / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    if not file.is_file():
+        raise CorruptCheckpointError(f"checkpoint {path} has no {file.name} (its random states)")
+    try:
+        states = safe_load(file)
+    except Exception as err:  # what an unpickler refuses varies: UnpicklingError, EOF, ...
+        raise CorruptCheckpointError(
+            f"checkpoint {path}: {file.name} is not plain tensors and numbers, so it was not "
+            f"unpickled ({type(err).__name__}); resume from another checkpoint or start over"
+        ) from None
+    if not isinstance(states, dict) or "torch_manual_seed" not in states:
+        raise CorruptCheckpointError(f"checkpoint {path}: {file.name} holds no random states")
 
 
 def resolve_resume(resume_from: str, run_dir: Path | None) -> Path | None:

@@ -12,7 +12,10 @@ from accelerate import Accelerator
 from ..core.config import config_hash
 from ..core.provenance import environment, importlib_available
 from .config import TrainConfig
+from .state import TrainState
 from .trackers import Trackers
+
+METRICS_NAME = "metrics.jsonl"
 
 
 def trackers_for(cfg: TrainConfig) -> list[str]:
@@ -42,9 +45,10 @@ class RunRecorder:
         )
         self._file: Any = None
 
-    def start(self, counts: dict[str, int], resumed_at: int) -> None:
+    def start(self, counts: dict[str, int], resumed: TrainState) -> None:
         """Write the config and environment, start the trackers and open the metrics log;
-        a fresh run (``resumed_at`` 0) logs the trainable parameter counts first."""
+        a fresh run (at step 0) logs the trainable parameter counts first, a resumed one
+        first cuts the log back to where its checkpoint was taken."""
         cfg, accelerator = self.cfg, self.accelerator
         if accelerator.is_main_process and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -59,13 +63,20 @@ class RunRecorder:
             (self.run_dir / "environment.json").write_text(
                 json.dumps(record, indent=2, default=str)
             )
-            self._file = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
-            if resumed_at == 0:
+            log = self.run_dir / METRICS_NAME
+            if resumed.step and log.is_file():
+                _rewind(log, resumed)
+            self._file = open(log, "a")  # noqa: SIM115
+            if resumed.step == 0:
                 self._write({"step": 0, "strategy": cfg.strategy,
                              "trainable_parameters": counts["trainable"],
                              "total_parameters": counts["total"]})  # fmt: skip
         if self.trackers is not None:
             self.trackers.start({"train": dataclasses.asdict(cfg)})
+
+    def position(self) -> int | None:
+        """Bytes written to ``metrics.jsonl`` so far (None where this process writes none)."""
+        return self._file.tell() if self._file is not None else None
 
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -84,3 +95,15 @@ class RunRecorder:
             self._file.close()
         if self.trackers is not None:
             self.trackers.finish(summary, step)
+
+
+def _rewind(log: Path, resumed: TrainState) -> None:
+    """Drop what an interrupted run logged after the checkpoint ``resumed`` came from: the
+    bytes past ``log_bytes``, or for a checkpoint that predates it, lines past its step."""
+    if resumed.log_bytes is not None:
+        with open(log, "r+b") as f:
+            f.truncate(min(resumed.log_bytes, log.stat().st_size))
+        return
+    kept = [line for line in log.read_text().splitlines(keepends=True)
+            if json.loads(line).get("step", 0) <= resumed.step]  # fmt: skip
+    log.write_text("".join(kept))

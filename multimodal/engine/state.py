@@ -30,6 +30,9 @@ class TrainState:
     stopped: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_steps: int = 0
+    # Bytes of metrics.jsonl when the checkpoint was taken: a resumed run cuts the log back
+    # to them, so lines an interrupted run wrote after its last checkpoint are not doubled.
+    log_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

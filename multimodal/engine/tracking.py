@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core.io import CorruptCheckpointError
 from ..modeling.tasks import METRIC_MODES
 from .state import TrainState
 
@@ -40,10 +42,20 @@ class BestTracker:
         self.write = write
         self.weights: dict[str, torch.Tensor] | None = None
 
-    def resume(self, state: TrainState) -> None:
-        """Reload the best weights of a resumed run."""
-        if state.best_step is not None and self.path is not None and self.path.is_file():
-            self.weights = load_file(str(self.path))
+    def resume(self, state: TrainState, checkpoint: Path | None) -> None:
+        """Reload the best weights of a run resumed from ``checkpoint``: its own copy, which
+        checksums cover and which a later improvement cannot have overwritten."""
+        if state.best_step is None or checkpoint is None:
+            return
+        saved = checkpoint / BEST_STATE_NAME
+        if not saved.is_file():
+            raise CorruptCheckpointError(
+                f"checkpoint {checkpoint} has no {BEST_STATE_NAME}, the weights of its best "
+                f"evaluation (step {state.best_step}); it cannot be resumed exactly"
+            )
+        self.weights = load_file(str(saved))
+        if self.write and self.path is not None:
+            shutil.copyfile(saved, self.path)
 
     def update(self, metrics: dict[str, float], state: TrainState, model: Any) -> None:
         """Record one evaluation of ``model`` (the unwrapped module) in ``state``."""

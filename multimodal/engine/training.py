@@ -29,7 +29,7 @@ from ..data.streaming import is_streaming
 from ..modeling.balance import Balancer, create_balancer
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.uda import create_uda_objective
-from .checkpoint import load_modules, resolve_resume, save_checkpoint
+from .checkpoint import check_random_states, load_modules, resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics, loader_config
 from .loaders import Loaders, build_loaders, use_feature_cache
@@ -69,7 +69,7 @@ def fit(
     run.on_evaluate, run.on_step = list(on_evaluate), list(on_step)
     state = _restore(run)
     run.train_step = _train_step(run, state)
-    run.recorder.start(run.counts, state.step)
+    run.recorder.start(run.counts, state)
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train",
                disable=not (cfg.progress and run.accelerator.is_local_main_process))  # fmt: skip
     clock = _Clock()
@@ -213,18 +213,24 @@ def _saved_modules(run: _Run) -> dict[str, Any]:
     return {"balance": run.balancer} if list(run.balancer.state_dict()) else {}
 
 
+def _checkpoint(run: _Run, state: TrainState) -> None:
+    state.log_bytes = run.recorder.position()
+    save_checkpoint(run.accelerator, run.run_dir, state, run.cfg.keep_checkpoints,
+                    _saved_modules(run), files=[run.best.path] if run.best.path else [])  # fmt: skip
+
+
 def _restore(run: _Run) -> TrainState:
     """A fresh state, or the one of the checkpoint ``resume_from`` names (with its weights,
     optimizer, scheduler and RNG states, and the best weights so far)."""
     state = TrainState()
-    if run.cfg.resume_from:
-        path = resolve_resume(run.cfg.resume_from, run.run_dir)
-        if path is not None:
-            run.accelerator.load_state(str(path))
-            load_modules(path, _saved_modules(run))
-            state = TrainState.load(path)
-            run.accelerator.print(f"resumed from {path} at step {state.step}")
-    run.best.resume(state)
+    path = resolve_resume(run.cfg.resume_from, run.run_dir) if run.cfg.resume_from else None
+    if path is not None:
+        check_random_states(path, run.accelerator.process_index)
+        run.accelerator.load_state(str(path))
+        load_modules(path, _saved_modules(run))
+        state = TrainState.load(path)
+        run.accelerator.print(f"resumed from {path} at step {state.step}")
+    run.best.resume(state, path)
     return state
 
 
@@ -286,9 +292,7 @@ def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
             tick = time.perf_counter()
             eval_time += tick - paused
         if run.run_dir is not None and cfg.save_every and state.step % cfg.save_every == 0:
-            save_checkpoint(
-                accelerator, run.run_dir, state, cfg.keep_checkpoints, _saved_modules(run)
-            )
+            _checkpoint(run, state)
         if state.step >= run.total_steps or state.stopped:
             break
     clock.seconds += time.perf_counter() - tick
@@ -343,8 +347,7 @@ def _evaluate(run: _Run, state: TrainState) -> None:
 def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> FitResult:
     """A last checkpoint, the best weights back (LoRA merged), ``best_model/`` saved."""
     if run.run_dir is not None:
-        save_checkpoint(run.accelerator, run.run_dir, state, run.cfg.keep_checkpoints,
-                        _saved_modules(run))  # fmt: skip
+        _checkpoint(run, state)
     undo_speedups(run.unwrapped)
     run.best.restore(run.unwrapped)
     if run.cfg.strategy == "lora":

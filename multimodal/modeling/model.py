@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +19,7 @@ from encoders._registry import _ENCODERS
 from fusion import Fusion, FusionOutput, create_fusion
 
 from ..core.config import check_keys, read_yaml
-from ..core.io import (
-    CHECKSUMS_NAME,
-    atomic_dir,
-    file_checksums,
-    verify_checkpoint,
-    write_json_atomic,
-)
+from ..core.io import atomic_dir, verify_folder, write_checksums, write_json_atomic
 from .heads import Head
 from .processing import MultimodalProcessor
 
@@ -31,6 +27,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 Batch = dict[str, Any]
+logger = logging.getLogger(__name__)
 
 
 class Encoded(NamedTuple):
@@ -86,6 +83,7 @@ class MultimodalModel(nn.Module):
                 )
         self.fusion = fusion
         self.head = head
+        _own_storage(self)
 
     @property
     def modalities(self) -> list[str]:
@@ -195,38 +193,31 @@ class MultimodalModel(nn.Module):
         """Write ``config.json``, ``model.safetensors`` and tokenizer files, atomically."""
         with atomic_dir(save_dir) as tmp:
             write_json_atomic(tmp / CONFIG_NAME, self.config(tmp))
-            # Cloning gives every tensor its own storage: safetensors refuses views of a
-            # larger buffer (torchaudio's STFT window) and tied weights are simply stored twice.
+            # Tied weights share storage; safetensors refuses that, so each is stored apart.
             state = {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            write_json_atomic(tmp / CHECKSUMS_NAME, {"sha256": file_checksums(tmp)})
+            write_checksums(tmp)
         return Path(save_dir)
 
     @classmethod
     def from_pretrained(
-        cls, save_dir: str | Path, device: str | torch.device = "cpu"
+        cls,
+        save_dir: str | Path,
+        device: str | torch.device = "cpu",
+        *,
+        trust_remote_code: bool = False,
+        allow_unverified: bool = False,
     ) -> MultimodalModel:
         """Rebuild from a ``save_pretrained`` folder, or a run folder holding ``best_model/``:
-        JSON + safetensors, never pickle. Files are checked against ``checksums.json`` when
-        the folder has one."""
-        save_dir = Path(save_dir)
-        if (save_dir / "best_model" / CONFIG_NAME).is_file():
-            save_dir = save_dir / "best_model"
-        if not (save_dir / WEIGHTS_NAME).is_file():
-            pickles = sorted(
-                p.name
-                for p in save_dir.glob("*")
-                if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-            )
-            if pickles:
-                raise ValueError(
-                    f"{save_dir}: refusing to load pickle file(s) {pickles}; only {WEIGHTS_NAME} "
-                    "(safetensors) is read. Convert trusted weights with safetensors.torch.save_file."
-                )
-        if not (save_dir / CONFIG_NAME).is_file() or not (save_dir / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{save_dir} has no {CONFIG_NAME} and {WEIGHTS_NAME}")
-        if (save_dir / CHECKSUMS_NAME).is_file():
-            verify_checkpoint(save_dir)
+        JSON + safetensors, never pickle.
+
+        Every file must match the folder's ``checksums.json``; a folder without one is refused
+        unless ``allow_unverified``. Remote code runs only if the caller passes
+        ``trust_remote_code``: a ``trust_remote_code`` key in the folder's own config is
+        ignored, since whoever wrote the folder is not the one taking the risk.
+        """
+        save_dir = _model_folder(Path(save_dir))
+        verify_folder(save_dir, allow_unverified)
         config = json.loads((save_dir / CONFIG_NAME).read_text())
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(
@@ -236,9 +227,57 @@ class MultimodalModel(nn.Module):
             for key in getattr(_ENCODERS.get(enc_cfg["name"]), "path_kwargs", ()):
                 if enc_cfg.get(key) is not None:
                     enc_cfg[key] = str(save_dir / "encoders" / m / enc_cfg[key])
+            _caller_trust(enc_cfg, trust_remote_code, f"{save_dir}: encoders.{m}")
         model = build_model(config)
         model.load_state_dict(load_file(str(save_dir / WEIGHTS_NAME)), strict=True)
         return model.to(device).eval()
+
+
+def _model_folder(save_dir: Path) -> Path:
+    """The saved-model folder of ``save_dir`` (itself, or a run folder's ``best_model/``),
+    with its config and safetensors weights; pickled weights are refused by name."""
+    if (save_dir / "best_model" / CONFIG_NAME).is_file():
+        save_dir = save_dir / "best_model"
+    if not (save_dir / WEIGHTS_NAME).is_file():
+        pickles = sorted(
+            p.name
+            for p in save_dir.glob("*")
+            if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+        )
+        if pickles:
+            raise ValueError(
+                f"{save_dir}: refusing to load pickle file(s) {pickles}; only {WEIGHTS_NAME} "
+                "(safetensors) is read. Convert trusted weights with safetensors.torch.save_file."
+            )
+    if not (save_dir / CONFIG_NAME).is_file() or not (save_dir / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{save_dir} has no {CONFIG_NAME} and {WEIGHTS_NAME}")
+    return save_dir
+
+
+def _caller_trust(enc_cfg: dict[str, Any], trust_remote_code: bool, where: str) -> None:
+    """Replace a saved encoder config's ``trust_remote_code`` by the caller's choice."""
+    if enc_cfg.pop("trust_remote_code", False) and not trust_remote_code:
+        logger.warning(
+            "%s asks for trust_remote_code; ignored: only the caller can allow remote code "
+            "(trust_remote_code=True, --trust-remote-code)",
+            where,
+        )
+    if (
+        trust_remote_code
+        and "trust_remote_code" in inspect.signature(_ENCODERS.get(enc_cfg["name"])).parameters
+    ):
+        enc_cfg["trust_remote_code"] = True
+
+
+def _own_storage(module: nn.Module) -> None:
+    """Give every buffer that views part of a larger storage (torchaudio's periodic STFT
+    window is the first 256 of 257 values) a storage of its own: safetensors, and with it
+    accelerate's ``load_state``, refuses to load into a tensor that does not cover its
+    storage, so a resumed run would fail on it."""
+    for sub in module.modules():
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is not None and buffer.untyped_storage().nbytes() != buffer.nbytes:
+                sub._buffers[name] = buffer.clone()
 
 
 def _registry_name(module: nn.Module) -> str:

@@ -49,16 +49,39 @@ def tiny_data(
     return config, spec, dsd, [view[i] for i in range(len(view))]
 
 
+# synthetic_quick.yaml cut down: 84 training rows, 10 batches an epoch, logs every step.
+QUICK_OVERRIDES = ("data.options.samples_per_domain=40", "train.batch_size=9", "train.log_every=1",
+                   "train.eval_every=2", "train.patience=null", "train.progress=false")  # fmt: skip
+
+
+def _kill_after(module: Any, name: str, step: int) -> None:
+    """Wrap ``module.name(..., state, ...)`` to SIGKILL the process once it ran at ``step``."""
+    original = getattr(module, name)
+
+    def then_die(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        state = next(a for a in args if hasattr(a, "batch_in_epoch"))
+        if state.step == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    setattr(module, name, then_die)
+
+
 def main() -> None:
-    """python tiny_run.py OUT_DIR [--kill-after-checkpoint N] [--resume] [--per-process-batch B] [--max-steps N] [--sgd]
-    [--streaming] [--balance METHOD]"""
+    """python tiny_run.py OUT_DIR [--config YAML] [--kill-after-checkpoint N] [--kill-after-log N]
+    [--resume] [--per-process-batch B] [--max-steps N] [--sgd] [--streaming] [--balance METHOD]"""
     import multimodal as mm
     from multimodal import engine
-    from multimodal.experiments.config import model_config, train_config
+    from multimodal.engine import training
+    from multimodal.experiments.config import load_run_config, model_config, train_config
 
     out = sys.argv[1]
     args = sys.argv[2:]
-    config = tiny_run()
+    if "--config" in args:
+        config = load_run_config(args[args.index("--config") + 1], QUICK_OVERRIDES)
+    else:
+        config = tiny_run()
     overrides: dict[str, Any] = {"output_dir": out, "save_every": 3, "max_steps": 15}
     if "--per-process-batch" in args:
         overrides["batch_size"] = int(args[args.index("--per-process-batch") + 1])
@@ -72,18 +95,11 @@ def main() -> None:
     if "--resume" in args:
         overrides["resume_from"] = "latest"
     if "--kill-after-checkpoint" in args:
-        kill_at = int(args[args.index("--kill-after-checkpoint") + 1])
-        from multimodal.engine import training
-
-        save = training.save_checkpoint
-
-        def save_then_die(accelerator, run_dir, state, keep, modules=None):
-            path = save(accelerator, run_dir, state, keep, modules)
-            if state.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return path
-
-        training.save_checkpoint = save_then_die
+        _kill_after(
+            training, "save_checkpoint", int(args[args.index("--kill-after-checkpoint") + 1])
+        )
+    if "--kill-after-log" in args:
+        _kill_after(training, "_log_step", int(args[args.index("--kill-after-log") + 1]))
     spec = mm.DatasetSpec.from_dict(config["data"])
     dsd = mm.load_dataset(spec)
     view = mm.data.RowView(dsd["train"], spec, "train")

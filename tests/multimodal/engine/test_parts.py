@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from multimodal.core.io import CorruptCheckpointError
 from multimodal.engine.config import TrainConfig
 from multimodal.engine.objective import Objective
 from multimodal.engine.recorder import RunRecorder
 from multimodal.engine.state import STATE_NAME, TrainState
 from multimodal.engine.step import NonFiniteTrainingError, TrainStep
-from multimodal.engine.tracking import BestTracker
+from multimodal.engine.tracking import BEST_STATE_NAME, BestTracker
 from multimodal.modeling.heads import Head
 
 
@@ -49,9 +51,19 @@ def test_best_tracker_keeps_the_best_weights_and_stops_after_patience(tmp_path) 
     assert (state.best, state.best_step, state.bad_evals, state.stopped) == (0.8, 1, 2, True)
     tracker.restore(model)
     assert model.weight.tolist() == [2.0, 2.0]
+    # A checkpoint carries its own copy (save_checkpoint copies the run's file into it); a
+    # resume reads that one, which a later improvement cannot have overwritten.
+    checkpoint = tmp_path / "checkpoints" / "step_3"
+    checkpoint.mkdir(parents=True)
+    shutil.copyfile(tmp_path / BEST_STATE_NAME, checkpoint / BEST_STATE_NAME)
+    model.weight.data.fill_(9.0)
+    tracker.update({"accuracy": 0.99}, state, model)  # after the checkpoint, then lost
     resumed = BestTracker("accuracy", run_dir=tmp_path)
-    resumed.resume(state)
-    assert resumed.weights["weight"].tolist() == [2.0, 2.0]  # from best_state.safetensors
+    resumed.resume(state, checkpoint)
+    assert resumed.weights["weight"].tolist() == [2.0, 2.0]
+    (checkpoint / BEST_STATE_NAME).unlink()
+    with pytest.raises(CorruptCheckpointError, match="has no best_state.safetensors"):
+        resumed.resume(state, checkpoint)
 
 
 def test_best_tracker_minimises_loss_like_metrics_and_names_a_missing_one() -> None:
@@ -128,12 +140,20 @@ def test_run_recorder_writes_config_environment_and_metrics(tmp_path) -> None:
 
     cfg = TrainConfig(output_dir=str(tmp_path), tensorboard=False)
     recorder = RunRecorder(Accelerator(cpu=True), cfg)
-    recorder.start({"trainable": 3, "total": 5}, resumed_at=0)
+    recorder.start({"trainable": 3, "total": 5}, TrainState())
     recorder.log({"step": 1, "train_loss": 0.5})
+    at_checkpoint = recorder.position()
+    recorder.log({"step": 2, "train_loss": 0.4})  # written after the checkpoint, then killed
     recorder.close()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert lines == [{"step": 0, "strategy": "full", "trainable_parameters": 3, "total_parameters": 5},
-                     {"step": 1, "train_loss": 0.5}]  # fmt: skip
+    assert lines[:2] == [{"step": 0, "strategy": "full", "trainable_parameters": 3, "total_parameters": 5},
+                         {"step": 1, "train_loss": 0.5}]  # fmt: skip
+    resumed = RunRecorder(Accelerator(cpu=True), cfg)
+    resumed.start({"trainable": 3, "total": 5}, TrainState(step=1, log_bytes=at_checkpoint))
+    resumed.log({"step": 2, "train_loss": 0.45})
+    resumed.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 1, 2] and lines[2]["train_loss"] == 0.45
     assert json.loads((tmp_path / "config.json").read_text())["output_dir"] == str(tmp_path)
     env = json.loads((tmp_path / "environment.json").read_text())
     assert len(env["train_config_hash"]) == 12 and env["processes"] == 1
