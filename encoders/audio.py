@@ -21,32 +21,62 @@ from .image import TimmBackbone, create_timm_backbone
 _MAX_CHANNELS = 16
 
 
-def decode_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
-    """Decode a file or encoded bytes to ([C, T] float32, rate): soundfile, else torchcodec."""
+def decode_audio(
+    source: str | Path | bytes, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode a file or encoded bytes to ([C, T] float32, rate): soundfile, else torchcodec.
+
+    With ``max_seconds`` only the start of the clip is decoded, so the cost is bounded by
+    it, not by what the file's header claims (silence compresses to almost nothing).
+    """
     import soundfile
 
     data = (
         io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     )
     try:
-        array, rate = soundfile.read(data, dtype="float32", always_2d=True)  # T x C
-        return array.T, int(rate)
+        with soundfile.SoundFile(data) as f:
+            frames = -1 if max_seconds is None else math.ceil(max_seconds * f.samplerate) + 1
+            array = f.read(frames=frames, dtype="float32", always_2d=True)  # T x C
+            return array.T, int(f.samplerate)
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
-        from torchcodec.decoders import AudioDecoder  # mp3, ogg, ... through FFmpeg
-
         if isinstance(data, io.BytesIO):
-            data = data.getvalue()
-        samples = AudioDecoder(data).get_all_samples()
-        return samples.data.numpy(), int(samples.sample_rate)
+            data.seek(0)
+    return _decode_with_ffmpeg(
+        data.getvalue() if isinstance(data, io.BytesIO) else data, max_seconds
+    )
 
 
-def to_waveform(value: Any, default_rate: int) -> tuple[torch.Tensor, int]:
+def _decode_with_ffmpeg(data: Any, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """mp3, ogg, m4a... through torchcodec; its errors, which name its build paths, become
+    one line saying the bytes are not audio it can read."""
+    from torchcodec.decoders import AudioDecoder
+
+    try:
+        decoder = AudioDecoder(data)
+        samples = (
+            decoder.get_all_samples()
+            if max_seconds is None
+            else decoder.get_samples_played_in_range(0.0, max_seconds)
+        )
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).rsplit(": ", 1)[-1].strip() or type(err).__name__
+        raise ValueError(
+            f"cannot decode the audio: not a format soundfile or FFmpeg reads ({reason})"
+        ) from None
+    return samples.data.numpy(), int(samples.sample_rate)
+
+
+def to_waveform(
+    value: Any, default_rate: int, max_seconds: float | None = None
+) -> tuple[torch.Tensor, int]:
     """A waveform [C, T] float32 and its rate from any supported raw audio value.
 
     Takes ``{"array", "sampling_rate"}`` dicts (the ``datasets`` Audio feature), undecoded
     ``{"bytes", "path"}`` dicts, torchcodec decoders, ``(array, rate)`` tuples, paths,
     encoded bytes and bare arrays (taken to be at ``default_rate``). 2-D arrays may be
-    [C, T] or [T, C]; integer PCM is scaled to [-1, 1].
+    [C, T] or [T, C]; integer PCM is scaled to [-1, 1]. Encoded audio is decoded only up to
+    ``max_seconds``.
     """
     rate = default_rate
     if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder, as datasets>=4 yields
@@ -56,7 +86,7 @@ def to_waveform(value: Any, default_rate: int) -> tuple[torch.Tensor, int]:
         if value.get("array") is not None:
             value, rate = value["array"], int(value.get("sampling_rate") or default_rate)
         elif value.get("bytes") or value.get("path"):
-            value, rate = decode_audio(value.get("bytes") or value["path"])
+            value, rate = decode_audio(value.get("bytes") or value["path"], max_seconds)
         else:
             raise ValueError(
                 f"expected an audio dict with 'array' or 'bytes'/'path', got keys {sorted(value)}"
@@ -64,7 +94,7 @@ def to_waveform(value: Any, default_rate: int) -> tuple[torch.Tensor, int]:
     elif isinstance(value, tuple) and len(value) == 2:
         value, rate = value[0], int(value[1])
     elif isinstance(value, (str, Path, bytes, bytearray, memoryview)):
-        value, rate = decode_audio(value)
+        value, rate = decode_audio(value, max_seconds)
     wave = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
     if wave.dtype == torch.int16:
         wave = wave.float() / 32768.0
@@ -117,7 +147,8 @@ class AudioProcessor(Processor):
                 "min_length": self.min_length}  # fmt: skip
 
     def mono(self, value: Any) -> torch.Tensor:
-        wave, rate = to_waveform(value, self.sample_rate)
+        # Decoding stops a frame past max_seconds at the file's rate; the rest is cropped.
+        wave, rate = to_waveform(value, self.sample_rate, self.max_seconds)
         wave = wave.mean(dim=0)  # mix to mono
         if not torch.isfinite(wave).all():
             raise ValueError("audio contains NaN or inf samples")

@@ -22,6 +22,10 @@ _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # Larger images are refused before they are decoded: a header can claim any size, and
 # decoding 100k x 100k pixels would exhaust memory. Raise it for large scans if needed.
 MAX_IMAGE_PIXELS = 64_000_000
+# A thin image passes the pixel limit but not these: resizing its short side to the model's
+# size scales the long side by as much (1 x 600,000 pixels became 2.3 GB in a resize).
+MAX_IMAGE_SIDE = 16_384
+MAX_ASPECT_RATIO = 100.0
 
 
 def _check_size(width: int, height: int) -> None:
@@ -29,6 +33,16 @@ def _check_size(width: int, height: int) -> None:
         raise ValueError(
             f"image of {width} x {height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels "
             "(encoders.image.MAX_IMAGE_PIXELS)"
+        )
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ValueError(
+            f"image of {width} x {height} pixels has a side over the limit of "
+            f"{MAX_IMAGE_SIDE:,} (encoders.image.MAX_IMAGE_SIDE)"
+        )
+    if min(width, height) > 0 and max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"image of {width} x {height} pixels is more than {MAX_ASPECT_RATIO:g} times longer "
+            "than wide (encoders.image.MAX_ASPECT_RATIO)"
         )
 
 

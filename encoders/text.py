@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
-from multimodal.core.resources import resolve_resource
+from multimodal.core.resources import local_or_hub
 
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor
 from ._registry import register_encoder, register_processor
@@ -145,13 +145,45 @@ class TextProcessor(Processor):
                 raise TypeError(
                     f"text sample {i}: expected a str or None, got {type(value).__name__}"
                 )
-            texts.append(value or "")
+            texts.append(self._kept_part(value or ""))
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return {
             k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
         }
+
+    def _kept_part(self, text: str) -> str:
+        """The start of ``text`` that holds every token truncation keeps, cut before
+        tokenizing: the cost of a text is bounded by ``max_length``, not by its size.
+
+        The cut falls on whitespace, which every word-level pre-tokenizer splits on, so the
+        words before it tokenize as in the whole text; it is taken once those words give
+        more than ``max_length`` tokens, and pushed further (x4, three times at most) while
+        they do not. A text with no whitespace in reach is cut at the character budget, and
+        one whose first 64 budgets are mostly whitespace the tokenizer drops, at the last.
+        """
+        budget = self.max_length * (self._longest_token() + 1)
+        for _ in range(4):
+            if len(text) <= budget:
+                return text
+            head = text[:budget]
+            cut = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+            if cut <= 0:
+                return head
+            ids = self.tokenizer(head[:cut], add_special_tokens=False)["input_ids"]
+            if len(ids) > self.max_length:
+                return head[:cut]
+            budget *= 4
+        return text[: budget // 4]
+
+    def _longest_token(self) -> int:
+        """Characters in the vocabulary's longest token (an upper bound on what one token
+        covers), computed once per tokenizer."""
+        if getattr(self, "_longest", None) is None or self._longest[0] is not self.tokenizer:
+            vocab = self.tokenizer.get_vocab()
+            self._longest = (self.tokenizer, max((len(t) for t in vocab), default=1))
+        return self._longest[1]
 
     @property
     def padding_side(self) -> str:  # type: ignore[override]
@@ -207,9 +239,9 @@ class HFTextEncoder(Encoder):
     ) -> None:
         super().__init__()
         if model_name_or_path is not None:
-            model_name_or_path = resolve_resource(model_name_or_path)
+            model_name_or_path = local_or_hub(model_name_or_path, "hf_text model_name_or_path")
         if tokenizer is not None:
-            tokenizer = resolve_resource(tokenizer)
+            tokenizer = local_or_hub(tokenizer, "hf_text tokenizer")
         if trust_remote_code:
             logger.warning(
                 "hf_text %s: trust_remote_code=True, code from the hub runs on this machine",

@@ -187,3 +187,47 @@ def torch_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
         torch.equal(a[k], b[k]) or torch.allclose(a[k], b[k], equal_nan=True) for k in a
     )
+
+
+def _thin_png(width: int = 600_000) -> str:
+    """A few hundred bytes of PNG whose header says 1 x ``width`` pixels."""
+    buf = io.BytesIO()
+    Image.new("L", (width, 1), 0).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _long_wav(seconds: float) -> str:
+    buf = io.BytesIO()
+    sf.write(
+        buf, np.zeros(int(8000 * seconds), dtype=np.int16), 8000, format="WAV", subtype="PCM_16"
+    )
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_hostile_requests_are_refused_or_cut_before_the_work(server) -> None:
+    """Each cost is bounded by a limit before it is paid: JSON 100,000 levels deep (a
+    RecursionError in the parser once, a 500), the same inside a multipart tabular field,
+    a 1 x 600,000 pixel PNG under the pixel limit (a 2.3 GB resize once) get 4xx naming
+    the field; a 900 KB text is cut to what the tokenizer keeps and a 40 s clip decoded
+    only to the encoder's length, so both answer 200. The server keeps serving."""
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = httpx.post(f"{server}/predict", content=deep,
+                          headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 422 and "nested more than" in response.json()["error"]
+    nested_row = "[" * 50_000 + "]" * 50_000
+    response = httpx.post(f"{server}/predict", files={"tabular": (None, nested_row)})
+    assert response.status_code == 422 and response.json()["field"] == "tabular"
+    response = httpx.post(f"{server}/predict", json={"inputs": {"image": _thin_png()}})
+    assert response.status_code == 422 and "MAX_IMAGE_SIDE" in response.json()["error"]
+    response = httpx.post(f"{server}/predict", json={"inputs": {"image": _thin_png(5_000)}})
+    assert response.status_code == 422 and "MAX_ASPECT_RATIO" in response.json()["error"]
+    words = " ".join(f"word{i % 97}" for i in range(100_000))[:900_000]
+    assert (
+        httpx.post(f"{server}/predict", json={"inputs": {"text": words}}, timeout=30).status_code
+        == 200
+    )
+    response = httpx.post(
+        f"{server}/predict", json={"inputs": {"audio": _long_wav(40)}}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert httpx.post(f"{server}/predict", json={"inputs": SAMPLE}).status_code == 200

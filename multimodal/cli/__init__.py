@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from . import analysis, dataset, deploy, evaluation, listing, training, versions
 from ._common import Parser
+from .errors import user_error
 
 # The order of ``multimodal --help``.
 COMMANDS = (
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in COMMANDS:
         add(sub)
+    for command in {id(p): p for p in sub.choices.values()}.values():  # aliases share one
+        command.add_argument("--debug", action="store_true",
+                             help="show the traceback of an error, not one line")  # fmt: skip
     return parser
 
 
@@ -47,8 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"multimodal {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = user_error(err)
+        if message is None or args.debug:
+            raise  # a bug, or asked for: the whole traceback
+        print(f"multimodal {args.command}: error: {message} (--debug shows where)", file=sys.stderr)
         return 2
 
 

@@ -46,9 +46,7 @@ def config_split(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def model_and_split(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The saved model of --model and the --split (optionally --domain) of --config's data."""
-    from ..modeling.model import MultimodalModel
-
-    return MultimodalModel.from_pretrained(args.model), *config_split(args)
+    return load_model(args), *config_split(args)
 
 
 def spec_section(path: str) -> dict[str, Any]:
@@ -93,6 +91,30 @@ MODEL_HELP = "a save_pretrained folder or a run folder"
 
 def add_model(parser: argparse.ArgumentParser, help: str = MODEL_HELP) -> None:
     parser.add_argument("--model", required=True, help=help)
+    add_load_options(parser)
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """What only the user can allow when a saved model is loaded."""
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let encoders run code from the hub; a model folder cannot ask for it",
+    )
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="load a model folder that has no checksums.json, with a warning")  # fmt: skip
+
+
+def load_model(args: argparse.Namespace, path: str | None = None) -> Any:
+    """The saved model at ``path`` (default --model), loaded as --trust-remote-code and
+    --allow-unverified say."""
+    from ..modeling.model import MultimodalModel
+
+    return MultimodalModel.from_pretrained(
+        path or args.model,
+        trust_remote_code=getattr(args, "trust_remote_code", False),
+        allow_unverified=getattr(args, "allow_unverified", False),
+    )
 
 
 def add_split(parser: argparse.ArgumentParser, verb: str | None = "evaluate",

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    add_load_options,
     add_model,
     add_overrides,
     add_split,
     config_split,
     in_domain,
+    load_model,
     model_and_split,
     spec_split,
 )
@@ -33,7 +35,6 @@ def parse_budget(text: str) -> tuple[str, float]:
 def run_robustness(args: argparse.Namespace) -> int:
     from ..analysis.robustness import format_missing_table, missing_modality_table
     from ..core.io import write_json_atomic
-    from ..modeling.model import MultimodalModel
 
     model, spec, ds = model_and_split(args)
     out = Path(args.out) if args.out else None
@@ -56,7 +57,7 @@ def run_robustness(args: argparse.Namespace) -> int:
 
         curves = corruption_curves(model, ds, spec, args.batch_size)
         if args.reference:
-            reference = MultimodalModel.from_pretrained(args.reference)
+            reference = load_model(args, args.reference)
             main = headline_metric(curves[0])
             for row, ref in zip(
                 curves, corruption_curves(reference, ds, spec, args.batch_size), strict=True
@@ -162,9 +163,8 @@ def add_explain(sub: Any) -> None:
 def run_ensemble(args: argparse.Namespace) -> int:
     from ..analysis.ensemble import evaluate_ensemble, evaluate_soup, format_ensemble_table
     from ..core.io import write_json_atomic
-    from ..modeling.model import MultimodalModel
 
-    models = [MultimodalModel.from_pretrained(path) for path in args.models]
+    models = [load_model(args, path) for path in args.models]
     spec, ds = config_split(args)
     rows = evaluate_ensemble(models, ds, spec, args.batch_size, names=args.models)
     if args.soup or args.save_soup:
@@ -187,6 +187,7 @@ def add_ensemble(sub: Any) -> None:
         help="average the predictions of saved models; optionally a uniform weight soup",
     )
     p.add_argument("--models", nargs="+", required=True, help="save_pretrained or run folders")
+    add_load_options(p)
     add_split(p, "evaluate")
     p.add_argument(
         "--soup", action="store_true", help="also average the weights (one architecture)"
@@ -200,9 +201,8 @@ def add_ensemble(sub: Any) -> None:
 
 def run_drift(args: argparse.Namespace) -> int:
     from ..analysis.drift import detect_drift, drift_markdown, write_drift_report
-    from ..modeling.model import MultimodalModel
 
-    model = MultimodalModel.from_pretrained(args.model)
+    model = load_model(args)
     ref_spec, reference = spec_split(args.reference, args.reference_split, args.reference_domain)
     inc_spec, incoming = spec_split(args.incoming, args.incoming_split, args.incoming_domain)
     report = detect_drift(model, reference, incoming, ref_spec, inc_spec, alpha=args.alpha,

@@ -6,16 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model
+from ._common import add_model, load_model
 
 
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..deploy.export import OnnxModel, example_value, export_onnx
-    from ..modeling.model import MultimodalModel
 
-    model = MultimodalModel.from_pretrained(args.model)
+    model = load_model(args)
     out = Path(args.out or Path(args.model) / "onnx")
     export_onnx(model, out, args.opset)
     samples = [{m: example_value(p) for m, p in model.processor.processors.items()}] * 3
@@ -44,7 +43,8 @@ def run_serve(args: argparse.Namespace) -> int:
         f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /health, /metadata)"
     )
     serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-          max_payload_mb=args.max_payload_mb)  # fmt: skip
+          max_payload_mb=args.max_payload_mb, trust_remote_code=args.trust_remote_code,
+          allow_unverified=args.allow_unverified)  # fmt: skip
     return 0
 
 

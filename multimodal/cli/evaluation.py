@@ -15,6 +15,7 @@ from ._common import (
     add_split,
     config_split,
     in_domain,
+    load_model,
     model_and_split,
 )
 
@@ -116,9 +117,8 @@ def add_evaluate(sub: Any) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from ..data.collate import RowView
     from ..experiments.runs import recorded_class_names
-    from ..modeling.model import MultimodalModel
 
-    model = MultimodalModel.from_pretrained(args.model)
+    model = load_model(args)
     if args.config:
         spec, ds = config_split(args)
         in_domain(args, ds)

@@ -36,6 +36,9 @@ from ..modeling.model import Batch, MultimodalModel, move_to
 from ..modeling.processing import MultimodalProcessor
 
 MEDIA = ("image", "audio")
+# {"inputs": [{modality: {column: value}}]} nests 4 deep; anything deeper is refused before
+# it is walked (100,000 nested brackets raised RecursionError in the parser).
+MAX_JSON_DEPTH = 6
 
 
 class RequestError(ValueError):
@@ -115,6 +118,39 @@ def _decode_base64(value: str, field: str) -> bytes:
         raise RequestError(422, field, f"expected base64-encoded file bytes ({err})") from err
 
 
+def loads(text: str | bytes, field: str, status: int = 422) -> Any:
+    """JSON of at most ``MAX_JSON_DEPTH`` levels, or a ``RequestError`` naming ``field``."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        data = None
+        depth = MAX_JSON_DEPTH + 1
+    except ValueError as err:
+        raise RequestError(status, field, f"expected JSON ({err})") from None
+    else:
+        depth = _depth(data, MAX_JSON_DEPTH + 1)
+    if depth > MAX_JSON_DEPTH:
+        raise RequestError(
+            422, field, f"JSON nested more than {MAX_JSON_DEPTH} levels deep (serve.MAX_JSON_DEPTH)"
+        )
+    return data
+
+
+def _depth(data: Any, stop: int) -> int:
+    """Nesting depth of parsed JSON, walked without recursion, up to ``stop``."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest >= stop:
+                return deepest
+            stack.extend(
+                (v, depth + 1) for v in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
+
+
 def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[str, Any]:
     """A JSON sample, decoded, checked and processed once: {modality: the processor's
     tensors for it (batch of one)}, absent modalities left out. A ``RequestError`` names
@@ -189,11 +225,19 @@ def _label_names(run: Path, model: MultimodalModel) -> list[str]:
 
 
 def create_app(
-    run: str | Path, max_batch: int = 32, max_wait_ms: float = 10.0, max_payload_mb: float = 10.0
+    run: str | Path,
+    max_batch: int = 32,
+    max_wait_ms: float = 10.0,
+    max_payload_mb: float = 10.0,
+    trust_remote_code: bool = False,
+    allow_unverified: bool = False,
 ) -> Any:
-    """The FastAPI application serving the model of ``run`` (a run or save_pretrained folder)."""
+    """The FastAPI application serving the model of ``run`` (a run or save_pretrained folder);
+    ``trust_remote_code`` and ``allow_unverified`` are the caller's, as for ``from_pretrained``."""
     run = Path(run)
-    model = MultimodalModel.from_pretrained(run).eval()
+    model = MultimodalModel.from_pretrained(
+        run, trust_remote_code=trust_remote_code, allow_unverified=allow_unverified
+    ).eval()
     processor = model.processor
     batcher = Batcher(model, max_batch, max_wait_ms)
     labels = _label_names(run, model)
@@ -279,19 +323,11 @@ async def _parse(request: Any, body: bytes, processor: MultimodalProcessor) -> A
             if isinstance(value, UploadFile):
                 sample[key] = await value.read()
             elif key in processor.processors and processor.kind(key) == "tabular":
-                try:
-                    sample[key] = json.loads(value)
-                except ValueError as err:
-                    raise RequestError(
-                        422, key, f"expected a JSON object of column values ({err})"
-                    ) from err
+                sample[key] = loads(value, key)
             else:
                 sample[key] = value
         return sample
-    try:
-        data = json.loads(body)
-    except ValueError as err:
-        raise RequestError(400, "body", f"expected JSON or a multipart form ({err})") from err
+    data = await asyncio.to_thread(loads, body, "body", 400)  # 10 MB parse off the event loop
     if not isinstance(data, Mapping) or "inputs" not in data:
         raise RequestError(422, "inputs", 'expected {"inputs": SAMPLE or [SAMPLE, ...]}')
     return data["inputs"]
