@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,7 +24,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message goes on to suggest weights_only=False: unsafe for a file of
+        # unknown origin, so only its first sentence is kept.
+        first = str(err).split(".", 1)[0].strip()
+        raise ValueError(
+            f"{path}: refused to unpickle it: it holds more than tensors ({first}); convert "
+            "a copy you trust with safetensors.torch.save_file"
+        ) from None
     for key in _WRAPPERS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch import nn
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor
 from ._registry import register_encoder, register_processor
 
+logger = logging.getLogger(__name__)
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -94,8 +96,20 @@ class TabularProcessor(Processor):
                     raise ValueError(
                         f"tabular sample {i}, column {column!r}: {x!r} is outside the float32 range"
                     )
+                if math.isinf(x):
+                    self._note_infinite(column, i, x)
                 out[i, j] = x if math.isfinite(x) else float("nan")
         return out
+
+    def _note_infinite(self, column: str, index: int, x: float) -> None:
+        """An infinite value is taken as missing, and said so once per column."""
+        noted = self.__dict__.setdefault("_noted_infinite", set())
+        if column not in noted:
+            noted.add(column)
+            logger.warning(
+                "tabular sample %d, column %r: %r is taken as a missing value (and so is any "
+                "later infinite value in this column)", index, column, x,
+            )  # fmt: skip
 
     def codes(self, values: Sequence[Any]) -> torch.Tensor:
         """[B, n_cat] long, 0 for missing or unseen categories."""

@@ -96,6 +96,11 @@ if TYPE_CHECKING:
     )
 
 
+# The flat modules of the first release (multimodal.config, .model, .training, .heads)
+# still import, with a FutureWarning naming where each name lives now.
+importlib.import_module("multimodal.core.moved").install()
+
+
 def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
         return importlib.import_module(f"multimodal.{name}")

@@ -382,3 +382,109 @@ def test_a_run_recorded_before_source_only_training_reproduces_on_every_domain(
     main(["reproduce", str(old), "--output-dir", str(tmp_path / "again")])
     again = json.loads((tmp_path / "again" / "run_config.json").read_text())
     assert again["all_domains"] is True and again["trained_domains"] == ["d0", "d1"]
+
+
+@pytest.fixture(scope="module")
+def hostile_folders(trained, tmp_path_factory):
+    """A corrupt saved model, one without checksums.json and a corrupt checkpoint."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("hostile")
+    corrupt = shutil.copytree(trained / "best_model", root / "corrupt")
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    unverified = shutil.copytree(trained / "best_model", root / "unverified")
+    (unverified / "checksums.json").unlink()
+    checkpoint = shutil.copytree(sorted((trained / "checkpoints").iterdir())[-1], root / "step_9")
+    (checkpoint / "optimizer.bin").write_bytes(b"not an optimizer")
+    (root / "broken.yaml").write_text("train: [1\n")
+    (root / "tag.yaml").write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
+    return root
+
+
+# (arguments, a fragment of the one line on stderr); {cfg} is the tiny config, {h} the folder
+# of hostile_folders.
+BAD_CONFIGS = [
+    (["train", "--config", "{cfg}", "train.epochs=abc"], "train.epochs: expected an integer, got 'abc'"),
+    (["train", "--config", "{cfg}", "train.lr=[1,2]"], "train.lr: expected a number"),
+    (["train", "--config", "{cfg}", "train.batch_size=0"], "train.batch_size: expected at least 1"),
+    (["train", "--config", "{cfg}", "train.lrr=1"], "unknown key 'train.lrr'"),
+    (["train", "--config", "{cfg}", "transfer.k_shot=x"], "transfer.k_shot: expected an integer"),
+    (["train", "--config", "{h}/broken.yaml"], "broken.yaml, line 2: not valid YAML"),
+    (["train", "--config", "{h}/tag.yaml"], "line 1: not valid YAML: could not determine a constructor"),
+    (["train", "--config", "{h}/missing.yaml"], "No such file or directory"),
+    (["train", "--config", "{cfg}", "data.path=does_not_exist.csv"], "data.path: 'does_not_exist.csv' does not exist"),
+    (["train", "--config", "{cfg}", "encoders.text.config=null", "encoders.text.model_name_or_path=package:os/x"],
+     "'os' is a module, not a package"),
+    (["train", "--config", "{cfg}", "--resume-from", "{h}/step_9"], "checksum mismatch in ['optimizer.bin']"),
+    (["predict", "--model", "{h}/corrupt", "--config", "{cfg}", "--out", "{h}/p.jsonl"],
+     "checksum mismatch in ['model.safetensors']"),
+    (["predict", "--model", "{h}/unverified", "--config", "{cfg}", "--out", "{h}/p.jsonl"],
+     "has no checksums.json"),
+    (["evaluate", "--model", "{h}/nowhere", "--config", "{cfg}"], "nowhere has no config.json"),
+]  # fmt: skip
+
+
+def _filled(args: list[str], config_file, folders) -> list[str]:
+    filled = [a.format(cfg=config_file, h=folders) for a in args]
+    return filled + (["--output-dir", str(folders / "out")] if args[0] == "train" else [])
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"), BAD_CONFIGS, ids=[" ".join(a[3:] or a[:3]) for a, _ in BAD_CONFIGS]
+)
+def test_bad_configs_and_files_get_one_line_and_exit_status_2(
+    config_file, hostile_folders, capsys, monkeypatch, args, fragment
+) -> None:
+    """Each case through the CLI's entry point: exit status 2, one line on stderr naming the
+    key, file or row, and no exception escaping (which would print a traceback)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(_filled(args, config_file, hostile_folders)) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("multimodal ")]
+    assert len(errors) == 1 and fragment in errors[0], lines
+    assert "Traceback" not in "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_as_processes_stderr_is_one_line_and_debug_shows_the_traceback(
+    config_file, hostile_folders
+) -> None:
+    """Three cases as a user runs them, logging included: stderr is exactly one line; and
+    --debug gives the traceback instead."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cases = [BAD_CONFIGS[i] for i in (0, 6, 11)]
+    runs = [subprocess.Popen([sys.executable, "-m", "multimodal.cli", *_filled(args, config_file, hostile_folders)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for args, _ in cases]  # fmt: skip
+    for (args, fragment), run in zip(cases, runs, strict=True):
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 2, (args, stderr[-2000:])
+        assert stderr.count("\n") == 1 and fragment in stderr and "Traceback" not in stderr, stderr
+    debug = subprocess.run([sys.executable, "-m", "multimodal.cli", *_filled(cases[0][0], config_file, hostile_folders), "--debug"],
+                           capture_output=True, text=True, env=env)  # fmt: skip
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_user_errors_from_a_full_disk_name_it_and_bugs_keep_their_traceback(tmp_path) -> None:
+    import errno
+
+    from multimodal.cli.errors import user_error
+    from multimodal.core.io import CorruptCheckpointError
+
+    full = user_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.bin")))
+    assert "disk is full or over quota" in full and "MiB free in" in full and "x.bin" in full
+    torch_full = user_error(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    )
+    assert "disk is full" in torch_full
+    assert (
+        user_error(CorruptCheckpointError("checkpoint x is corrupt")) == "checkpoint x is corrupt"
+    )
+    assert user_error(ValueError("a\nb")) == "a; b"
+    assert user_error(KeyError("bug")) is None and user_error(ZeroDivisionError()) is None
+    assert user_error(RuntimeError("CUDA error")) is None

@@ -141,10 +141,10 @@ class MultimodalCollator:
                 else:
                     continue
                 resolved = _inside(Path(path), self.media_roots)
-                if resolved is not None:
+                if resolved is not None and resolved.exists():
                     sample[m] = str(resolved)
                     continue
-                err = f"path {str(path)!r} is outside the dataset folder {[str(r) for r in self.media_roots]}"
+                err = _bad_path(Path(path), resolved, self.media_roots)
                 if self.on_error == "raise":
                     raise ValueError(f"{self._where(rows[i], m)}: {err}")
                 self.events[m] += 1
@@ -189,6 +189,19 @@ class MultimodalCollator:
         )
         batch["row"] = torch.tensor([r["__row__"] for r in rows], dtype=torch.long)
         return batch
+
+
+def _bad_path(path: Path, resolved: Path | None, roots: Sequence[Path]) -> str:
+    """Why a media path was refused, with the folders it was looked for in and the key
+    that sets them."""
+    folders = [str(r) for r in roots]
+    if resolved is None:
+        return f"path {str(path)!r} is outside the dataset folder {folders} (data.media_root)"
+    hint = ""
+    if not path.is_absolute() and path.exists():
+        hint = f"; it exists from the working folder: set data.media_root: {Path.cwd()}"
+    return (f"no file {str(path)!r} in {folders} (relative paths are read from "
+            f"data.media_root, by default the dataset's folder){hint}")  # fmt: skip
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> Path | None:

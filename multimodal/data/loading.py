@@ -13,6 +13,7 @@ import datasets
 import numpy as np
 import yaml
 
+from ..core.resources import local_or_hub
 from .spec import DatasetSpec
 from .streaming import filter_domains, hash_splits, is_streaming, with_column
 
@@ -23,12 +24,15 @@ DATA_FILE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".j
 
 
 def _load_one(
-    spec: DatasetSpec, path: str, name: str | None, data_files: Any
+    spec: DatasetSpec, path: str, name: str | None, data_files: Any, key: str = "data.path"
 ) -> datasets.DatasetDict:
     kwargs: dict[str, Any] = {"revision": spec.revision, "streaming": spec.streaming}
+    path = local_or_hub(path, key)
     local = Path(path)
     if local.is_file() and local.suffix in DATA_FILE_SUFFIXES:
         path, data_files = DATA_FILE_SUFFIXES[local.suffix], {"train": str(local)}
+    elif local.is_dir() and data_files is not None:
+        _check_data_files(local, data_files, key.replace("path", "data_files"))
     if data_files is not None:
         kwargs["data_files"] = data_files
     if local.is_dir() and not spec.streaming:
@@ -42,6 +46,29 @@ def _load_one(
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded
+
+
+def _check_data_files(folder: Path, data_files: Any, key: str) -> None:
+    """Each local data file (or pattern) must match something under ``folder``, which
+    ``datasets`` reads them from; name the first that does not, and where it was looked for."""
+    if isinstance(data_files, Mapping):
+        patterns = [p for v in data_files.values() for p in ([v] if isinstance(v, str) else v)]
+    else:
+        patterns = [data_files] if isinstance(data_files, str) else list(data_files)
+    for pattern in patterns:
+        if (
+            "://" in pattern
+            or any(folder.glob(pattern))
+            or Path(pattern).is_absolute()
+            and Path(pattern).exists()
+        ):
+            continue
+        hint = (f"; {pattern!r} exists from the working folder {Path.cwd()}: give it relative to "
+                f"{folder} or as an absolute path" if Path(pattern).exists() else "")  # fmt: skip
+        raise FileNotFoundError(
+            f"{key}: {pattern!r} matches no file in {folder} (data_files are read relative to "
+            f"the dataset folder){hint}"
+        )
 
 
 def local_cache_dir(folder: Path) -> Path:
@@ -94,6 +121,7 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
                 where.get("path", spec.path),
                 where.get("name", spec.name),
                 where.get("data_files", spec.data_files),
+                f"data.domains.{domain}.path" if "path" in where else "data.path",
             )
             if "split" in where:
                 one = type(one)({"train": one[where["split"]]})
@@ -103,9 +131,10 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
         dsd = _rename_splits(_load_one(spec, spec.path, spec.name, spec.data_files), spec.split)
         if spec.domain is None:
             dsd = type(dsd)({k: _add_domain(v, "default") for k, v in dsd.items()})
-        elif spec.domain != "domain":
-            _check_columns(dsd, [spec.domain], "domain")
-            dsd = type(dsd)({k: v.rename_column(spec.domain, "domain") for k, v in dsd.items()})
+        else:
+            _check_domain_column(dsd, spec.domain)
+            if spec.domain != "domain":
+                dsd = type(dsd)({k: v.rename_column(spec.domain, "domain") for k, v in dsd.items()})
     if spec.keep_domains and spec.streaming:  # unknown names only show as an empty stream
         dsd = type(dsd)({k: filter_domains(v, spec.keep_domains) for k, v in dsd.items()})
     elif spec.keep_domains:
@@ -118,6 +147,9 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
         dsd = datasets.DatasetDict(
             {k: select_domains(v, spec.keep_domains) for k, v in dsd.items()}
         )
+    if not spec.streaming and spec.label in dsd["train"].column_names:
+        dsd = _check_float_labels(dsd, spec)
+    _say_carved(dsd, spec)
     if spec.streaming:
         dsd = stream_splits(dsd, spec)
     else:
@@ -129,10 +161,58 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
     return dsd
 
 
+def _check_domain_column(dsd: Any, column: str) -> None:
+    """The column ``data.domain`` names must exist; say what to set when it does not."""
+    have = dsd["train"].column_names if "train" in dsd else next(iter(dsd.values())).column_names
+    if have is not None and column not in have:
+        raise ValueError(
+            f"data.domain is {column!r}, but the data has no such column (columns: {have}); "
+            "set data.domain to the column that names each row's domain, or data.domain: null "
+            "if all rows come from one domain"
+        )
+
+
 def _add_domain(ds: Any, name: str) -> Any:
     if is_streaming(ds):
         return with_column(ds, "domain", name, datasets.Value("string"))
     return ds.add_column("domain", [name] * len(ds))
+
+
+def _check_float_labels(dsd: datasets.DatasetDict, spec: DatasetSpec) -> datasets.DatasetDict:
+    """A label column a reader made float: a missing or infinite label is an error naming
+    its row and value; for classification, whole-number floats become integers again (a CSV
+    reader turns 0/1 into 0.0/1.0 once one label is empty)."""
+    out = {}
+    for split, ds in dsd.items():
+        feature = ds.features.get(spec.label)
+        if not isinstance(feature, datasets.Value) or not feature.dtype.startswith("float"):
+            out[split] = ds
+            continue
+        values = np.asarray(ds[spec.label], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise ValueError(
+                f"split {split!r}, row {int(bad[0])}, column {spec.label!r} (data.label): the "
+                f"label is {float(values[bad[0]])}; {len(bad)} row(s) have no finite label "
+                f"(first: {bad[:5].tolist()}): fill or drop them"
+            )
+        if spec.task == "classification" and np.all(values == np.round(values)):
+            ds = ds.cast_column(spec.label, datasets.Value("int64"))
+        out[split] = ds
+    return datasets.DatasetDict(out)
+
+
+def _say_carved(dsd: Any, spec: DatasetSpec) -> None:
+    """A split carved from the data says so: which, how much, and the keys that set it."""
+    missing = [s for s in ("validation", "test") if s not in dsd]
+    if missing:
+        fractions = {"validation": spec.validation_fraction, "test": spec.test_fraction}
+        carved = ", ".join(f"{s} {fractions[s]:.0%}" for s in missing)
+        logger.warning(
+            "%s has no %s split: carved %s of train per domain with seed %d "
+            "(data.validation_fraction, data.test_fraction, data.seed)",
+            spec.path, " or ".join(missing), carved, spec.seed,
+        )  # fmt: skip
 
 
 def stream_splits(

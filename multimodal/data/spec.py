@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import check_keys, read_yaml
+from ..core.config import check_keys, checked_fields, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,11 @@ class DatasetSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> DatasetSpec:
         check_keys(data, (f.name for f in dataclasses.fields(cls)), where)
-        return cls(**data)
+        return cls(
+            **checked_fields(
+                cls, data, where or "data", {"validation_fraction": 0, "test_fraction": 0}
+            )
+        )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> DatasetSpec:

@@ -10,7 +10,7 @@ from typing import Any
 
 import datasets
 
-from ..core.config import check_keys
+from ..core.config import check_keys, checked_fields
 from ..data.spec import DatasetSpec
 
 
@@ -94,20 +94,26 @@ class TrainConfig:
 
     @classmethod
     def coerce(cls, values: Mapping[str, Any], where: str = "train") -> dict[str, Any]:
-        """``values`` checked against the fields (unknown keys fail, naming ``where``), with
-        the floats YAML 1.1 reads as strings (``3e-4``) turned into floats."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        """``values`` checked against the fields: unknown keys, wrong types and values out
+        of range fail, naming ``where.key``; the floats YAML 1.1 reads as strings (``3e-4``)
+        become floats."""
         values = _renamed(values, where)
-        check_keys(values, fields, where)
-        return {
-            k: float(v) if isinstance(v, str) and "float" in str(fields[k].type) else v
-            for k, v in values.items()
-        }
+        check_keys(values, (f.name for f in dataclasses.fields(cls)), where)
+        return checked_fields(cls, values, where, MINIMUM)
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """A stage's config: this one with ``overrides`` (None values keep the field)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **self.coerce(given))
+
+
+# The least value each count or rate may take.
+MINIMUM = {
+    "epochs": 0, "max_steps": 0, "batch_size": 1, "eval_batch_size": 1, "lr": 0, "encoder_lr": 0,
+    "weight_decay": 0, "warmup_ratio": 0, "grad_accum": 1, "max_grad_norm": 0, "top_k": 0,
+    "patience": 1, "min_delta": 0, "eval_every": 1, "save_every": 1, "keep_checkpoints": 0,
+    "num_workers": 0, "max_nonfinite_steps": 1, "log_every": 1,
+}  # fmt: skip
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 from encoders._registry import _ENCODERS
 from fusion._registry import _FUSIONS
 
-from ..core.config import check_keys, parse_value, read_yaml
+from ..core.config import check_keys, checked_fields, parse_value, read_yaml
 from ..data.spec import DatasetSpec
 from ..engine import TrainConfig
 from ..modeling.heads import Head
@@ -94,7 +94,9 @@ class RunConfig:
         return cls(
             data=DatasetSpec.from_dict(raw.get("data") or {}, "data"),
             model=ModelConfig(**{k: copy.deepcopy(raw.get(k) or {}) for k in ("encoders", "fusion", "head")}),
-            train=TrainConfig.from_dict(train), transfer=TransferConfig(**transfer),
+            train=TrainConfig.from_dict(train),
+            transfer=TransferConfig(**checked_fields(TransferConfig, transfer, "transfer",
+                                                     {"k_shot": 1, "episodes": 1})),
             output_dir=raw.get("output_dir"), seed=raw.get("seed"), raw=raw,
         )  # fmt: skip
 

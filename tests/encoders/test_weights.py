@@ -48,8 +48,11 @@ def test_state_dicts_are_read_from_safetensors_and_torch_files_without_unpicklin
 
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"x": Payload()}, f)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(
+        ValueError, match="refused to unpickle it: it holds more than tensors"
+    ) as refused:
         read_state_dict(tmp_path / "evil.pth")
+    assert "weights_only=False" not in str(refused.value)  # torch's advice, unsafe here
 
 
 def test_alignment_keeps_matching_names_maps_by_position_and_refuses_other_networks() -> None:

@@ -215,7 +215,11 @@ def test_accuracy_cis_come_from_test_samples_when_seeds_are_few() -> None:
 def test_compare_to_pairs_episodes_and_fails_on_a_row_shifted_by_three_tolerances(tmp_path) -> None:
     from multimodal.experiments.bench import compare_results, read_results, write_csv
 
-    rows = [dict(r, episode=e, adapted=r["adapted"] + 0.01 * e) for r in _with_unimodal(_rows()) for e in range(3)]
+    rows = [
+        dict(r, episode=e, adapted=r["adapted"] + 0.01 * e)
+        for r in _with_unimodal(_rows())
+        for e in range(3)
+    ]
     write_csv(tmp_path / "results.csv", rows)
     reference = read_results(tmp_path / "results.csv")  # as --compare-to reads it back
     same = compare_results(rows, reference, tolerance=0.01)
@@ -226,9 +230,15 @@ def test_compare_to_pairs_episodes_and_fails_on_a_row_shifted_by_three_tolerance
     worse = compare_results(rows, shifted, tolerance=0.01)
     assert worse["outside"] == 1 and not worse["passed"]
     (bad,) = [r for r in worse["rows"] if not r["within"]]
-    assert (bad["fusion"], bad["target"]) == ("moe", "t1") and bad["difference"] == pytest.approx(-0.03)
-    noisy = [dict(r, adapted=r["adapted"] + (0.005 if r["episode"] % 2 else -0.005)) for r in reference]
-    assert compare_results(rows, noisy, tolerance=0.01)["passed"], "differences within the tolerance pass"
+    assert (bad["fusion"], bad["target"]) == ("moe", "t1") and bad["difference"] == pytest.approx(
+        -0.03
+    )
+    noisy = [
+        dict(r, adapted=r["adapted"] + (0.005 if r["episode"] % 2 else -0.005)) for r in reference
+    ]
+    assert compare_results(rows, noisy, tolerance=0.01)["passed"], (
+        "differences within the tolerance pass"
+    )
 
 
 def test_every_run_and_the_summary_record_the_environment(tmp_path) -> None:
