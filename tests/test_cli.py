@@ -488,3 +488,7 @@ def test_user_errors_from_a_full_disk_name_it_and_bugs_keep_their_traceback(tmp_
     assert user_error(ValueError("a\nb")) == "a; b"
     assert user_error(KeyError("bug")) is None and user_error(ZeroDivisionError()) is None
     assert user_error(RuntimeError("CUDA error")) is None
+    hub = user_error(
+        OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck it")
+    )
+    assert hub.startswith("We couldn't connect") and "HF_HUB_OFFLINE=1" in hub

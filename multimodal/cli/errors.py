@@ -29,6 +29,11 @@ def user_error(err: BaseException) -> str | None:
         return _one_line(str(err) or f"{type(err).__name__}: {err.filename}")
     if isinstance(err, (ValueError, TypeError, CorruptCheckpointError)):
         return _one_line(str(err))
+    if isinstance(err, OSError) and "huggingface.co" in str(err):
+        # transformers' own words, then what to do here: the hub is out of reach
+        return _one_line(
+            str(err).splitlines()[0] + " (HF_HUB_OFFLINE=1 reads only the local cache)"
+        )
     return None
 
 
