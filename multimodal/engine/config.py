@@ -64,6 +64,11 @@ class TrainConfig:
     balance: str = "none"
     balance_strength: float = 1.0
     balance_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Forgetting less (modeling.regularize): none | l2sp | ewc | lwf, the term's weight and its
+    # keyword arguments (lwf: temperature; ewc: reference_rows, the rows its Fisher uses).
+    regularize: str = "none"
+    regularize_weight: float = 1.0
+    regularize_kwargs: dict[str, Any] = field(default_factory=dict)
     # Adversarial training: {"method": fgsm|pgd, "budgets": {kind: radius}, "steps": 3,
     # "weight": 0.5}; the loss is (1 - weight) * clean + weight * adversarial.
     adversarial: dict[str, Any] | None = None
@@ -112,7 +117,7 @@ MINIMUM = {
     "epochs": 0, "max_steps": 0, "batch_size": 1, "eval_batch_size": 1, "lr": 0, "encoder_lr": 0,
     "weight_decay": 0, "warmup_ratio": 0, "grad_accum": 1, "max_grad_norm": 0, "top_k": 0,
     "patience": 1, "min_delta": 0, "eval_every": 1, "save_every": 1, "keep_checkpoints": 0,
-    "num_workers": 0, "max_nonfinite_steps": 1, "log_every": 1,
+    "num_workers": 0, "max_nonfinite_steps": 1, "log_every": 1, "regularize_weight": 0,
 }  # fmt: skip
 
 
@@ -135,6 +140,8 @@ class FitData:
     # Train on these rows of ``train`` only (a k-shot episode): with the feature cache the
     # encoder outputs of the whole split are computed once and these rows taken from them.
     train_indices: list[int] | None = None
+    # Rows whose fit a regularizer protects (train.regularize=ewc: the source training split).
+    reference: datasets.Dataset | None = None
 
 
 @dataclass

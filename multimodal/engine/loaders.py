@@ -4,6 +4,7 @@ when every encoder is frozen. This is the one place that decides between them.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -195,3 +196,22 @@ def _rows_and_domains(data: FitData) -> tuple[int, list[str]]:
             "the streamed training split has no rows (check the domains and split fractions)"
         )
     return rows, list(domains)
+
+
+def reference_batches(
+    model: Any, data: FitData, cfg: TrainConfig, use_cache: bool, rows: int = 256
+) -> Any:
+    """Single-row batches of up to ``rows`` rows of ``data.reference`` (a seeded sample), as
+    the training loaders give them: what a regularizer measures importance on."""
+    ds = data.reference
+    if ds is None:
+        return None
+    picked = sorted(
+        torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))[:rows].tolist()
+    )
+    one = dataclasses.replace(cfg, batch_size=1, eval_batch_size=1, modality_dropout=None)
+    if use_cache:
+        return cached_loader(
+            model, split_features(model, ds, data.spec, one).subset(picked), one, False
+        )
+    return _loader(model, ds.select(picked), data.spec, "reference", one, False, [])

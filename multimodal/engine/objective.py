@@ -22,18 +22,21 @@ class LossTerms:
     clean: torch.Tensor
     adversarial: torch.Tensor | None = None
     uda: torch.Tensor | None = None
+    regularize: torch.Tensor | None = None
 
 
 class Objective:
     """total = (1 - w_adv) * clean + w_adv * adversarial    (adversarial training)
              + w_uda * uda                                  (a domain-adaptation objective)
              + balance                                      (a modality-balancing term)
+             + regularize                                   (a pull toward the starting model)
 
     ``model`` may be wrapped for distributed training; ``unwrapped`` is the bare module and
     ``uda`` the bare domain-adaptation objective. ``clean`` and ``adversarial`` are the
     model's loss (task + fusion auxiliary) on the batch and on its attacked copy; ``uda``
     compares the fused features of the source batch and of a target batch; ``balancer``
-    (``modeling.balance``) sees every output and may add its own term.
+    (``modeling.balance``) sees every output and may add its own term; ``regularizer``
+    (``modeling.regularize``) holds the model near where it started.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class Objective:
         target_batches: Iterator[Batch] | None = None,
         forward: Callable[[Any, Batch], ModelOutput] | None = None,
         balancer: Balancer | None = None,
+        regularizer: Any | None = None,
     ) -> None:
         if (uda is None) != (target_batches is None):
             raise ValueError("a domain-adaptation objective needs target batches, and only it does")
@@ -54,6 +58,7 @@ class Objective:
         # how the model runs on a batch: cached batches hand in their encoder outputs
         self.forward = forward or (lambda model, batch: model(batch))
         self.balancer = balancer or Balancer()
+        self.regularizer = regularizer
 
     def __call__(self, batch: Batch, progress: float) -> tuple[ModelOutput, LossTerms]:
         """The model's output on ``batch`` and the loss terms; ``progress`` in [0, 1] drives
@@ -75,4 +80,7 @@ class Objective:
             terms.total = terms.total + self.uda_weight * terms.uda
         if terms.balance is not None:
             terms.total = terms.total + terms.balance
+        if self.regularizer is not None:
+            terms.regularize = self.regularizer(self.unwrapped, out, batch)
+            terms.total = terms.total + terms.regularize
         return out, terms

@@ -28,11 +28,13 @@ from ..core.provenance import resident_memory_mb
 from ..data.streaming import is_streaming
 from ..modeling.balance import Balancer, create_balancer
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
+from ..modeling.model import move_to
+from ..modeling.regularize import Regularizer, create_regularizer
 from ..modeling.uda import create_uda_objective
 from .checkpoint import check_random_states, load_modules, resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics, loader_config
-from .loaders import Loaders, build_loaders, use_feature_cache
+from .loaders import Loaders, build_loaders, reference_batches, use_feature_cache
 from .objective import Objective
 from .optim import build_optimizer
 from .performance import apply_speedups, fused_optimizer, pin_memory, undo_speedups
@@ -103,6 +105,7 @@ class _Run:
     scheduler: Any
     uda: Any
     balancer: Balancer
+    regularizer: Regularizer | None
     adversarial: dict[str, Any] | None
     total_steps: int
     run_dir: Path | None
@@ -162,6 +165,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     optimizer = build_optimizer(model, cfg, fused_optimizer(cfg, accelerator.device))
     uda_params = list(uda.parameters()) if uda is not None else []
     balancer = _balancer(model, data, cfg, accelerator)
+    regularizer = _regularizer(model, data, cfg, loaders, accelerator.device)
     for extra in (uda_params, list(balancer.parameters())):
         if extra:
             optimizer.add_param_group(
@@ -191,7 +195,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         cfg=cfg, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model),
         frozen=frozen, counts=counts, loaders=loaders, train_sampler=train_sampler,
         target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, uda=uda,
-        balancer=balancer, adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
+        balancer=balancer, regularizer=regularizer, adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
         recorder=RunRecorder(accelerator, cfg), streaming=is_streaming(data.train),
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
     )  # fmt: skip
@@ -205,6 +209,20 @@ def _balancer(model: Any, data: FitData, cfg: TrainConfig, accelerator: Accelera
     if cfg.balance != "none" and accelerator.is_main_process:
         logger.info("modality balancing: %s, strength %s", cfg.balance, cfg.balance_strength)
     return balancer
+
+
+def _regularizer(
+    model: Any, data: FitData, cfg: TrainConfig, loaders: Loaders, device: Any
+) -> Regularizer | None:
+    """The pull toward the starting model (``train.regularize``), built from it now."""
+    kwargs = dict(cfg.regularize_kwargs)
+    rows = int(kwargs.pop("reference_rows", 256))
+    reference = None
+    if cfg.regularize == "ewc" and data.reference is not None:
+        batches = reference_batches(model, data, cfg, loaders.use_cache, rows)
+        reference = (move_to(b, device) for b in batches)
+    return create_regularizer(cfg.regularize, model, cfg.regularize_weight, loaders.forward,
+                              reference, **kwargs)  # fmt: skip
 
 
 def _saved_modules(run: _Run) -> dict[str, Any]:
@@ -243,7 +261,7 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
     objective = Objective(run.model, run.unwrapped, run.adversarial,
                           run.accelerator.unwrap_model(run.uda) if run.uda else None,
                           run.cfg.uda_weight, target_batches, run.loaders.forward,
-                          run.balancer)  # fmt: skip
+                          run.balancer, run.regularizer)  # fmt: skip
     return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
                      run.cfg.max_grad_norm, run.cfg.max_nonfinite_steps)  # fmt: skip
 
@@ -313,6 +331,8 @@ def _log_step(run: _Run, state: TrainState, outcome: StepOutcome, bar: Any) -> N
         record["adversarial_loss"] = outcome.terms.adversarial.item()
     if outcome.terms.balance is not None:
         record["balance_loss"] = outcome.terms.balance.item()
+    if outcome.terms.regularize is not None:
+        record["regularize_loss"] = outcome.terms.regularize.item()
     record.update(run.train_step.balance_log)
     bar.set_postfix(loss=f"{record['train_loss']:.4f}")
     run.recorder.log(record)
