@@ -45,6 +45,7 @@ def test_help_lists_every_command() -> None:
         "list",
         "train",
         "evaluate",
+        "calibrate",
         "predict",
         "transfer",
         "export-dataset",
@@ -83,7 +84,10 @@ def test_evaluate_reproduces_the_logged_test_metrics(
     out = capsys.readouterr()
     report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
     logged = json.loads((trained / "results.json").read_text())["test"]
-    assert {k: v for k, v in report["overall"].items() if k != "n"} == pytest.approx(logged)
+    assert {k: report["overall"][k] for k in logged} == pytest.approx(logged)
+    assert {"ece", "brier"} <= set(logged)
+    assert report["overall"]["accuracy_at_100"] == pytest.approx(logged["accuracy"])
+    assert (tmp_path / "e" / "reliability.png").is_file()
     assert "in-domain evaluation" in out.err  # d0 is the domain it trained on
     assert "d0 (in-domain)" in out.out and report["in_domain"] == ["d0"]
     assert "Flattening the indices" not in out.err and "Map" not in out.err  # quiet

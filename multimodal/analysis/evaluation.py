@@ -17,7 +17,7 @@ from ..data.spec import DatasetSpec
 from ..data.streaming import is_streaming
 
 
-def _predictions(model: Any, ds: datasets.Dataset, spec: DatasetSpec,
+def predictions(model: Any, ds: datasets.Dataset, spec: DatasetSpec,
                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
     """Logits, labels and each row's domain (empty for a stream), in row order, through
     the engine's evaluation loop."""
@@ -42,7 +42,7 @@ def evaluation_report(
     """{"overall": metrics, "domains": {domain: metrics and n}, "classes": {name: precision,
     recall, f1, support}, "confusion": {"labels": names, "matrix": counts}}; the last two
     for a classifier only."""
-    logits, labels, domains = _predictions(model, ds, spec, batch_size)
+    logits, labels, domains = predictions(model, ds, spec, batch_size)
     task = model.head.task
     if labels.numel() == 0:
         raise ValueError("the split has no rows to evaluate")
@@ -58,6 +58,12 @@ def evaluation_report(
         },
     }
     if task.name == "classification":
+        from .calibration import reliability_bins, selective_accuracy
+
+        probs = task.probabilities(logits)
+        report["overall"].update(selective_accuracy(probs, labels))
+        report["reliability"] = reliability_bins(probs, labels)
+        report["temperature"] = task.temperature
         report.update(_per_class(logits.argmax(-1), labels, model.head.num_classes, class_names))
     return report
 
@@ -108,7 +114,8 @@ def format_report(report: dict[str, Any], in_domain: Sequence[str] = ()) -> str:
 
 
 def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
-    """evaluation.json and, for a classifier, confusion.json and confusion.png."""
+    """evaluation.json and, for a classifier, confusion.json, confusion.png and
+    reliability.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "evaluation.json", report)
@@ -138,4 +145,11 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
         fig.savefig(out / "confusion.png", dpi=120)
         plt.close(fig)
         paths.update(confusion_json=out / "confusion.json", confusion_png=out / "confusion.png")
+    if "reliability" in report:
+        from .calibration import plot_reliability
+
+        title = f"ECE {report['overall'].get('ece', math.nan):.3f}, temperature {report.get('temperature', 1.0):.2f}"
+        paths["reliability_png"] = plot_reliability(
+            report["reliability"], out / "reliability.png", title
+        )
     return paths

@@ -13,7 +13,8 @@ from .errors import user_error
 
 # The order of ``multimodal --help``.
 COMMANDS = (
-    listing.add_list, training.add_train, evaluation.add_evaluate, evaluation.add_predict,
+    listing.add_list, training.add_train, evaluation.add_evaluate, evaluation.add_calibrate,
+    evaluation.add_predict,
     analysis.add_robustness, deploy.add_export, analysis.add_drift, versions.add_readapt,
     versions.add_history, deploy.add_serve, training.add_reproduce, analysis.add_explain,
     analysis.add_ensemble, training.add_transfer, dataset.add_export_dataset,

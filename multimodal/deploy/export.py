@@ -127,6 +127,7 @@ def export_onnx(model: MultimodalModel, out: str | Path, opset: int | None = Non
             {
                 "format": "onnx", "inputs": names, "layout": layout, "outputs": ["logits"],
                 "task": model.head.task.name, "num_classes": model.head.num_classes,
+                "temperature": model.head.task.temperature,
                 "audio_length": _audio_lengths(processor),
             },
         )  # fmt: skip
@@ -165,5 +166,6 @@ class OnnxModel:
 
     def predict(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         logits = self.logits(self.processor([dict(s) for s in samples]))
-        task = create_task(self.meta["task"], self.meta["num_classes"])
+        task = create_task(self.meta["task"], self.meta["num_classes"],
+                           temperature=self.meta.get("temperature", 1.0))  # fmt: skip
         return {k: v.numpy() for k, v in task.outputs(torch.from_numpy(logits)).items()}

@@ -29,9 +29,10 @@ class Head(nn.Module):
         hidden_dim: int = 0,
         dropout: float = 0.1,
         label_smoothing: float = 0.0,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
-        self.task: Task = create_task(task, num_classes, label_smoothing)
+        self.task: Task = create_task(task, num_classes, label_smoothing, temperature)
         self.num_classes = num_classes
         self.hidden_dim, self.dropout_p, self.label_smoothing = hidden_dim, dropout, label_smoothing
         layers: list[nn.Module] = [nn.Dropout(dropout)]
@@ -58,4 +59,5 @@ class Head(nn.Module):
             "hidden_dim": self.hidden_dim,
             "dropout": self.dropout_p,
             "label_smoothing": self.label_smoothing,
+            "temperature": self.task.temperature,
         }

@@ -86,7 +86,8 @@ class MultimodalProcessor:
                 (tmp / m).mkdir()
                 processors[m] = {"name": processor.registry_name, **processor.to_config(tmp / m)}
             task = {"name": self.task.name, "num_classes": self.task.num_classes,
-                    "label_smoothing": self.task.label_smoothing}  # fmt: skip
+                    "label_smoothing": self.task.label_smoothing,
+                    "temperature": self.task.temperature}  # fmt: skip
             write_json_atomic(tmp / PROCESSOR_NAME, {"format_version": FORMAT_VERSION,
                                                      "task": task, "processors": processors})  # fmt: skip
         return Path(save_dir)

@@ -32,12 +32,19 @@ class Task:
     default_metric: ClassVar[str] = "accuracy"
     min_classes: ClassVar[int] = 1
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, num_classes: int, label_smoothing: float = 0.0, temperature: float = 1.0
+    ) -> None:
         if num_classes < self.min_classes:
             raise ValueError(
                 f"{self.name} needs num_classes >= {self.min_classes}, got {num_classes}"
             )
+        if not temperature > 0:
+            raise ValueError(f"head temperature must be positive, got {temperature}")
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        # Probabilities are softmax(logits / temperature): 1 until a calibration sets it
+        # (analysis.calibration); training and the loss always see the raw logits.
+        self.temperature = float(temperature)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
@@ -104,21 +111,28 @@ class ClassificationTask(Task):
         return F.cross_entropy(logits.float(), labels, reduction="none")
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.softmax(-1)
+        return (logits / self.temperature).softmax(-1)
 
     def outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        probs = logits.softmax(-1)
+        probs = self.probabilities(logits)
         return {"logits": logits, "probs": probs, "labels": probs.argmax(-1)}
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         logits, labels = logits.float().cpu(), labels.cpu()
         if len(labels) == 0:
             return {}
-        probs = logits.softmax(-1)
+        probs = self.probabilities(logits)
         kwargs = {"task": "multiclass", "num_classes": logits.shape[-1]}
         out = {
             "accuracy": tmf.accuracy(probs, labels, **kwargs).item(),
             "macro_f1": tmf.f1_score(probs, labels, average="macro", **kwargs).item(),
+            # calibration: 15-bin expected calibration error and the Brier score
+            "ece": tmf.calibration_error(probs, labels, n_bins=15, norm="l1", **kwargs).item(),
+            "brier": (probs - F.one_hot(labels.long(), probs.shape[-1]))
+            .pow(2)
+            .sum(-1)
+            .mean()
+            .item(),
         }
         if len(torch.unique(labels)) > 1:  # AUROC is undefined with a single class present
             out["auroc"] = tmf.auroc(probs, labels, average="macro", **kwargs).item()
@@ -224,10 +238,12 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def create_task(name: str, num_classes: int, label_smoothing: float = 0.0) -> Task:
+def create_task(
+    name: str, num_classes: int, label_smoothing: float = 0.0, temperature: float = 1.0
+) -> Task:
     if name not in TASKS:
         raise ValueError(f"head task must be one of {tuple(TASKS)}, got {name!r}")
-    return TASKS[name](num_classes, label_smoothing)
+    return TASKS[name](num_classes, label_smoothing, temperature)
 
 
 def compute_metrics(task: str, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
