@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import datasets
 
-from ...engine.config import FitData
+from ...engine.config import FitData, TrainConfig
+from ...engine.training import fit
 
 # Modality balancing (train.balance) is a source-training method: the later stages train
 # without it unless their own section sets it, so every balancing arm shares one baseline.
@@ -54,6 +55,13 @@ class Adaptation:
     def data(self, context: AdaptContext) -> tuple[FitData, int]:
         """What ``fit`` trains on, and how many target rows that uses."""
         raise NotImplementedError
+
+    def train(
+        self, model: Any, data: FitData, cfg: TrainConfig, on_step: Sequence[Any] = ()
+    ) -> None:
+        """Adapt ``model`` in place: by default ``fit`` on ``data`` under ``cfg``; an arm
+        that does not train by gradient steps on labels (test-time adaptation) overrides it."""
+        fit(model, data, cfg, on_step=on_step)
 
 
 def stage_keys(

@@ -106,7 +106,7 @@ class AdaptStage:
         shared = {id(self.model.encoders): self.model.encoders} if cfg.strategy == "head" else {}
         adapted: MultimodalModel = copy.deepcopy(self.model, shared)
         data, used = self.data()
-        fit(adapted, data, cfg, on_step=self.plan.progress.stage(f"adapt {self.arm.name}"))
+        self.arm.train(adapted, data, cfg, self.plan.progress.stage(f"adapt {self.arm.name}"))
         return adapted, used
 
 
