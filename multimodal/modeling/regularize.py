@@ -5,8 +5,8 @@
   penalty toward the starting weights, ``weight / 2 * sum ||theta - theta_0||^2`` over the
   parameters that train (TLlib's ``SPRegularization``).
 - ``ewc`` (Kirkpatrick et al. 2017): the same pull, per parameter scaled by the diagonal
-  empirical Fisher information ``F = mean_i (d loss_i / d theta)^2`` on reference rows (the
-  source training split), ``weight / 2 * sum F * (theta - theta_0)^2``.
+  Fisher information ``F = mean_x E_{y ~ p(y|x)} (d log p(y|x) / d theta)^2`` on reference
+  rows (the source training split), ``weight / 2 * sum F * (theta - theta_0)^2``.
 - ``lwf`` (Li and Hoiem 2016, "Learning without forgetting"): the starting model's softened
   outputs on the training batch distilled into the model,
   ``weight * T^2 * KL(softmax(z_0 / T) || softmax(z / T))``.
@@ -77,10 +77,11 @@ class L2SP(Regularizer):
 def fisher_diagonal(
     model: nn.Module, batches: Iterable[Any], forward: Forward
 ) -> dict[str, torch.Tensor]:
-    """The diagonal empirical Fisher of the trainable parameters: the mean over samples of
-    each squared gradient of the sample's loss. ``batches`` must hold one sample each (a
-    batch's gradient squared is not the mean of the squares). The model is put in eval
-    mode (no dropout) and its gradients are left zeroed."""
+    """The diagonal Fisher information of the trainable parameters of a classifier: the
+    mean over rows of E_{y ~ p(y|x)} (d log p(y|x) / d theta)^2, the expectation taken
+    exactly over the classes. Not the empirical Fisher (true labels): on rows a model fits
+    well its gradients vanish, and with them the penalty. ``batches`` hold one row each;
+    the model is put in eval mode (no dropout) and its gradients are left zeroed."""
     was_training = model.training
     model.eval()
     params = _trainable(model)
@@ -88,11 +89,14 @@ def fisher_diagonal(
     count = 0
     try:
         for batch in batches:
-            model.zero_grad(set_to_none=True)
-            forward(model, batch).loss.backward()
-            for n, p in params:
-                if p.grad is not None:
-                    sums[n] += p.grad.detach().pow(2)
+            log_probs = forward(model, batch).logits.float().log_softmax(-1)[0]
+            weights = log_probs.detach().exp()
+            for c in range(len(log_probs)):
+                grads = torch.autograd.grad(log_probs[c], [p for _, p in params], retain_graph=True,
+                                            allow_unused=True)  # fmt: skip
+                for (n, _), g in zip(params, grads, strict=True):
+                    if g is not None:
+                        sums[n] += weights[c] * g.detach().pow(2)
             count += 1
     finally:
         model.zero_grad(set_to_none=True)

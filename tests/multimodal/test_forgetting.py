@@ -50,41 +50,39 @@ def test_l2sp_is_half_the_weighted_squared_distance_to_the_start(setup) -> None:
 
 
 class _Out:
-    def __init__(self, loss: torch.Tensor) -> None:
-        self.loss = loss
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
 
 
 class _Linear(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        self.net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-def test_ewc_fisher_is_the_mean_of_per_sample_squared_gradients() -> None:
-    """Checked against torch.func's per-sample gradients (vmap over grad)."""
-    from torch.func import functional_call, grad, vmap
+def test_ewc_fisher_is_the_expected_squared_score_under_the_model() -> None:
+    """Checked against torch.func's per-sample gradients (vmap over jacrev): the mean over
+    rows of sum_c p(c|x) (d log p(c|x) / d theta)^2, whatever the rows' labels."""
+    from torch.func import functional_call, jacrev, vmap
 
     torch.manual_seed(0)
     model = _Linear()
-    x, y = torch.randn(7, 3), torch.tensor([0, 1, 1, 0, 1, 0, 0])
-
-    def forward(m, batch):
-        return _Out(nn.functional.cross_entropy(m.net(batch[0]), batch[1]))
-
-    fisher = fisher_diagonal(model, [(x[i : i + 1], y[i : i + 1]) for i in range(7)], forward)
+    x = torch.randn(7, 3)
+    fisher = fisher_diagonal(model, [x[i : i + 1] for i in range(7)], lambda m, b: _Out(m(b)))
     params = {k: v.detach() for k, v in model.named_parameters()}
 
-    def loss(p, xi, yi):
-        return nn.functional.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+    def log_probs(p, xi):
+        return functional_call(model, p, (xi[None],))[0].log_softmax(-1)
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    for name in params:
-        torch.testing.assert_close(fisher[name], per_sample[name].pow(2).mean(0))
-    # not the square of the mean gradient, which a batch-of-7 backward would give
-    assert not torch.allclose(fisher["net.0.weight"], per_sample["net.0.weight"].mean(0).pow(2))
+    jac = vmap(jacrev(log_probs), in_dims=(None, 0))(params, x)  # name -> [rows, classes, *shape]
+    probs = model(x).softmax(-1).detach()
+    for name, j in jac.items():
+        weights = probs.reshape(*probs.shape, *([1] * (j.dim() - 2)))
+        torch.testing.assert_close(fisher[name], (weights * j.pow(2)).sum(1).mean(0))
+    assert fisher["net.0.weight"].abs().sum() > 0
 
 
 @pytest.mark.parametrize("method", ["l2sp", "lwf"])

@@ -4,8 +4,10 @@
 ``lwf``.
 
 Default weights follow the references, not a search on these benchmarks: L2-SP's 0.01
-(TLlib's trade-off), LwF's 1 at temperature 2 (Li and Hoiem), and EWC's 100 (its Fisher
-diagonal is a mean of squared per-row gradients, typically 1e-4 to 1e-2 here).
+(TLlib's trade-off), LwF's 1 at temperature 2 (Li and Hoiem), and EWC's 100 (on
+real-digits' concat fusion and head its Fisher diagonal has mean 2.7e-6 and largest 1.9e-3,
+so 100 pulls the most important weights ten times harder than L2-SP does, the mean
+weight 40 times less).
 ``transfer.adapt.regularize_weight`` and ``regularize_kwargs`` override them.
 """
 
