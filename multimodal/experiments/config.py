@@ -58,6 +58,11 @@ class TransferConfig:
     k_shot: int = 10
     target_fraction: float | None = None
     episodes: int = 1
+    # Which rows an episode labels: random | entropy | margin | kcenter (transfer.select)
+    # from the source model's view of the target train split, within a seeded pool of
+    # select_pool of each class's rows.
+    select: str = "random"
+    select_pool: float = 0.5
     adaptation: str | None = None
     adapt: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from ...data.spec import DatasetSpec
 from ...data.streaming import head, is_streaming, scan
 from ...engine import TrainConfig, evaluate
 from ..config import RunConfig, TransferConfig
+from .select import SELECTORS, select_rows
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,27 @@ class Episode:
     def dataset(self, train: datasets.Dataset) -> datasets.Dataset:
         """The episode's rows as a dataset of their own."""
         return self.sample if self.rows is None else train.select(list(self.rows))
+
+
+def model_view(
+    model: Any, ds: datasets.Dataset, spec: DatasetSpec, cfg: TrainConfig
+) -> tuple[Any, Any]:
+    """``model``'s class probabilities and fused features on every row of ``ds``, in row
+    order, in eval mode; the encoder outputs come from (and stay in) the feature store."""
+    import torch
+
+    from ...engine.loaders import cached_forward, cached_loader, split_features
+    from ...modeling.model import move_to
+
+    loader = cached_loader(model, split_features(model, ds, spec, cfg), cfg, train=False)
+    model.eval()
+    probs, fused = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = cached_forward(model, move_to(batch, model.device))
+            probs.append(model.head.task.probabilities(out.logits.float()).cpu())
+            fused.append(out.fused.float().cpu())
+    return torch.cat(probs).numpy(), torch.cat(fused).numpy()
 
 
 def episode_seed(seed: int, target: str, index: int) -> int:
@@ -117,6 +139,8 @@ class TransferPlan:
         settings, spec = run.transfer, run.data
         if int(settings.episodes) < 1:
             raise ValueError(f"transfer.episodes must be 1 or more, got {settings.episodes}")
+        if settings.select not in SELECTORS:
+            raise ValueError(f"transfer.select must be one of {SELECTORS}, got {settings.select!r}")
         seed = int(run.seed if run.seed is not None else run.train.seed)
         dsd = load_dataset(spec)
         sources, targets = source_and_targets(dsd["train"], settings)
@@ -134,6 +158,29 @@ class TransferPlan:
     @property
     def spec(self) -> DatasetSpec:
         return self.run.data
+
+    def reselect(self, model: Any) -> None:
+        """Redraw every episode with ``transfer.select`` (not random), from ``model``'s class
+        probabilities and fused features on each target's train split; each episode keeps
+        its seed and its budget of k rows per class."""
+        settings = self.run.transfer
+        if settings.target_fraction:
+            raise ValueError(
+                "transfer.select picks k rows per class: use k_shot, not target_fraction"
+            )
+        for t in self.targets:
+            train = self.target[t]["train"]
+            if is_streaming(train):
+                raise ValueError(
+                    f"transfer.select={settings.select} reads the whole target train split; a stream cannot"
+                )
+            probs, fused = model_view(model, train, self.spec, self.run.train)
+            labels = train[label_column(train, self.spec.label)]
+            self.episodes[t] = [
+                Episode(t, e.index, e.seed, tuple(select_rows(settings.select, labels, int(settings.k_shot), e.seed,
+                                                              probs, fused, settings.select_pool)))
+                for e in self.episodes[t]
+            ]  # fmt: skip
 
     @property
     def eval_batch(self) -> int:

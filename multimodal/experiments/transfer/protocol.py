@@ -59,6 +59,8 @@ def transfer_adaptations(
     tick = time.perf_counter()
     model = SourceStage(plan).run()
     times["source_train"] = time.perf_counter() - tick
+    if run.transfer.select != "random":
+        plan.reselect(model)  # the rows to label, chosen by the source model
     tick = time.perf_counter()
     scores = ZeroShotStage(plan, model).run()
     times["zero_shot_eval"] = time.perf_counter() - tick
