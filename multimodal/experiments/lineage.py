@@ -18,6 +18,7 @@ import datasets
 from ..core.io import write_json_atomic
 from ..data.loading import k_shot, load_dataset, select_domains
 from ..data.spec import DatasetSpec
+from ..data.streaming import is_streaming
 from ..engine import FitData, TrainConfig, evaluate, fit
 from ..modeling.model import MultimodalModel
 from ..modeling.tasks import headline_metric
@@ -40,6 +41,46 @@ def _reference(run: Path) -> tuple[DatasetSpec, datasets.Dataset] | None:
     return None
 
 
+def _parent_train(run: Path) -> tuple[DatasetSpec, datasets.Dataset]:
+    """The rows the parent version was trained or adapted on (its data's train split)."""
+    lineage = run / LINEAGE_NAME
+    if lineage.is_file():
+        record = json.loads(lineage.read_text())
+        return DatasetSpec.from_dict(record["data"]), _split(
+            DatasetSpec.from_dict(record["data"]), "train", record.get("domains")
+        )
+    recorded = run / "run_config.json"
+    if not recorded.is_file():
+        raise FileNotFoundError(f"{run}: no {LINEAGE_NAME} or run_config.json, so its training rows are unknown and "
+                                "rehearsal cannot draw from them")  # fmt: skip
+    spec = DatasetSpec.from_dict(json.loads(recorded.read_text())["config"].get("data") or {})
+    return spec, load_dataset(spec)["train"]
+
+
+def rehearsal_mix(
+    new_train: datasets.Dataset, parent: Path, rows: int, seed: int
+) -> datasets.Dataset:
+    """``new_train`` with a seeded sample of ``rows`` of the parent's training rows mixed in
+    (``datasets.interleave_datasets``, each row once, in proportion to the two sizes)."""
+    _, old = _parent_train(parent)
+    if is_streaming(old) or is_streaming(new_train):
+        raise ValueError(
+            "rehearsal draws from the parent's whole training split; streamed data cannot"
+        )
+    sample = old.shuffle(seed=seed).select(range(min(rows, len(old))))
+    missing = sorted(set(new_train.column_names) - set(sample.column_names))
+    if missing:
+        raise ValueError(
+            f"rehearsal: the parent's training rows lack the new data's columns {missing}"
+        )
+    sample = sample.select_columns(new_train.column_names).cast(new_train.features)
+    total = len(new_train) + len(sample)
+    return datasets.interleave_datasets(
+        [new_train, sample], probabilities=[len(new_train) / total, len(sample) / total], seed=seed,
+        stopping_strategy="all_exhausted_without_replacement",
+    )  # fmt: skip
+
+
 def _split(spec: DatasetSpec, split: str, domains: Sequence[str] | None) -> datasets.Dataset:
     ds = load_dataset(spec)[split]
     return select_domains(ds, list(domains)) if domains else ds
@@ -55,9 +96,11 @@ def readapt(
     train: Mapping[str, Any] | None = None,
     reference: tuple[DatasetSpec, datasets.Dataset] | None = None,
     seed: int = 0,
+    rehearsal: int = 0,
 ) -> dict[str, Any]:
     """Adapt the parent's model to ``data`` (its train split, or ``budget`` labelled rows per
-    class of it), validate on its validation split and compare old and new.
+    class of it), validate on its validation split and compare old and new. ``rehearsal``:
+    that many of the parent's training rows (a seeded sample) are mixed into the new ones.
 
     Returns the comparison: old and new metrics on the new data's test split and on the
     reference test split, and the forgetting (reference metric, old minus new).
@@ -71,6 +114,10 @@ def readapt(
     dsd = load_dataset(spec)
     splits = {k: select_domains(v, list(domains)) if domains else v for k, v in dsd.items()}
     new_train = k_shot(splits["train"], budget, seed, spec.label) if budget else splits["train"]
+    rehearsed = 0
+    if rehearsal:
+        mixed = rehearsal_mix(new_train, parent, rehearsal, seed)
+        rehearsed, new_train = len(mixed) - len(new_train), mixed
     old = MultimodalModel.from_pretrained(parent)
     new = MultimodalModel.from_pretrained(parent)
     config = {"epochs": 20, "lr": 1e-3, "batch_size": 16, "progress": False, **(train or {}),
@@ -100,7 +147,8 @@ def readapt(
     write_json_atomic(out / LINEAGE_NAME, {
         "parent": str(parent.resolve()), "version": int(parent_record.get("version", 1)) + 1,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "strategy": strategy, "budget": budget, "train_rows": len(new_train), "domains": list(domains or []),
+        "strategy": strategy, "budget": budget, "train_rows": len(new_train), "rehearsal_rows": rehearsed,
+        "domains": list(domains or []),
         "data": {k: v for k, v in spec.__dict__.items()}, "train": config,
     })  # fmt: skip
     write_json_atomic(out / COMPARISON_NAME, comparison)

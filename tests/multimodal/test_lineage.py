@@ -45,3 +45,29 @@ def test_adapt_writes_a_linked_version_with_comparison_and_history(tmp_path, cap
     assert main(["history", str(tmp_path / "v3")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("v1") and lines[2].startswith("v3") and "forgetting" in lines[2]
+
+
+def test_rehearsal_mixes_a_seeded_sample_of_the_parents_training_rows(tmp_path) -> None:
+    from multimodal.data.loading import load_dataset
+    from multimodal.data.spec import DatasetSpec
+    from multimodal.experiments.lineage import rehearsal_mix
+
+    config = tiny_run()
+    config["data"]["keep_domains"] = ["d0"]
+    train_run(config, tmp_path / "v1")
+    new_data = {**tiny_run()["data"], "keep_domains": ["d1"]}
+    new_train = load_dataset(DatasetSpec.from_dict(new_data))["train"]
+    parent_train = load_dataset(DatasetSpec.from_dict(config["data"]))["train"]
+    mixed = rehearsal_mix(new_train, tmp_path / "v1", 10, seed=3)
+    assert len(mixed) == len(new_train) + 10
+    domains = mixed["domain"]
+    assert domains.count("d0") == 10 and domains.count("d1") == len(new_train)
+    parent_rows = {(r["text"], r["label"]) for r in parent_train}
+    assert all((r["text"], r["label"]) in parent_rows for r in mixed if r["domain"] == "d0")
+    assert rehearsal_mix(new_train, tmp_path / "v1", 10, seed=3)["text"] == mixed["text"]
+    assert rehearsal_mix(new_train, tmp_path / "v1", 10, seed=4)["text"] != mixed["text"]
+    comparison = readapt(tmp_path / "v1", new_data, tmp_path / "v2", strategy="head", budget=4,
+                         train={"epochs": 2}, rehearsal=8)  # fmt: skip
+    lineage = json.loads((tmp_path / "v2" / "lineage.json").read_text())
+    assert lineage["rehearsal_rows"] == 8 and lineage["train_rows"] == 16 + 8
+    assert comparison["reference"] is not None
