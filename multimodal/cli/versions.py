@@ -24,7 +24,7 @@ def run_readapt(args: argparse.Namespace) -> int:
     out = args.out or f"{str(args.model).rstrip('/')}-adapted"
     train = {"epochs": args.epochs} if args.epochs else {}
     comparison = readapt(args.model, data, out, args.strategy, args.budget, args.domain, train,
-                         reference, args.seed, args.rehearsal)  # fmt: skip
+                         reference, args.seed, args.rehearsal, args.tta)  # fmt: skip
     print(comparison_markdown(comparison))
     print(f"new version in {out}")
     return 0
@@ -47,8 +47,14 @@ def add_readapt(sub: Any) -> None:
         help="what is trained on the new data",
     )
     p.add_argument("--budget", type=int, help="labelled rows per class (k-shot); default all")
-    p.add_argument("--rehearsal", type=int, default=0,
-                   help="mix this many of the parent's training rows (a seeded sample) into the new data")  # fmt: skip
+    p.add_argument(
+        "--rehearsal",
+        type=int,
+        default=0,
+        help="mix this many of the parent's training rows (a seeded sample) into the new data",
+    )
+    p.add_argument("--tta", choices=["tent", "bn_adapt"],
+                   help="adapt without labels on the new data's train split (after drift flags a shift)")  # fmt: skip
     p.add_argument("--domain", action="append", help="use these domains of the new data")
     p.add_argument("--epochs", type=int)
     p.add_argument("--reference", help="spec of the data forgetting is measured on "

@@ -97,10 +97,13 @@ def readapt(
     reference: tuple[DatasetSpec, datasets.Dataset] | None = None,
     seed: int = 0,
     rehearsal: int = 0,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Adapt the parent's model to ``data`` (its train split, or ``budget`` labelled rows per
     class of it), validate on its validation split and compare old and new. ``rehearsal``:
     that many of the parent's training rows (a seeded sample) are mixed into the new ones.
+    ``tta`` (tent, bn_adapt): adapt without labels on the new train split instead, as after
+    ``drift`` flags a shift that nobody has labelled yet.
 
     Returns the comparison: old and new metrics on the new data's test split and on the
     reference test split, and the forgetting (reference metric, old minus new).
@@ -122,11 +125,17 @@ def readapt(
     new = MultimodalModel.from_pretrained(parent)
     config = {"epochs": 20, "lr": 1e-3, "batch_size": 16, "progress": False, **(train or {}),
               "strategy": strategy, "output_dir": str(out), "seed": seed}  # fmt: skip
-    result = fit(
-        new, FitData(spec, new_train, splits.get("validation")), TrainConfig.from_dict(config)
-    )
+    if tta:
+        config["lr"] = (train or {}).get("lr", 1e-3)
+        metric = _test_time(new, tta, FitData(spec, new_train, unlabelled=splits["train"]),
+                            TrainConfig.from_dict(config), out)  # fmt: skip
+        strategy = tta
+    else:
+        fitted = fit(
+            new, FitData(spec, new_train, splits.get("validation")), TrainConfig.from_dict(config)
+        )
+        metric = fitted.metric
     reference = reference or _reference(parent)
-    metric = result.metric
     comparison: dict[str, Any] = {"metric": metric, "new_data": {}, "reference": None}
     test = splits["test"]
     comparison["new_data"] = {"old": evaluate(old, test, spec), "new": evaluate(new, test, spec)}
@@ -154,6 +163,18 @@ def readapt(
     write_json_atomic(out / COMPARISON_NAME, comparison)
     (out / "comparison.md").write_text(comparison_markdown(comparison))
     return comparison
+
+
+def _test_time(
+    model: MultimodalModel, method: str, data: FitData, cfg: TrainConfig, out: Path
+) -> str:
+    """``model`` adapted by the test-time arm ``method`` and saved as ``out/best_model``;
+    the metric its comparison reports."""
+    from .adaptations import create_adaptation
+
+    create_adaptation(method).train(model, data, cfg)
+    model.save_pretrained(out / "best_model")
+    return cfg.metric or model.head.task.default_metric
 
 
 def comparison_markdown(comparison: Mapping[str, Any]) -> str:

@@ -71,3 +71,23 @@ def test_rehearsal_mixes_a_seeded_sample_of_the_parents_training_rows(tmp_path) 
     lineage = json.loads((tmp_path / "v2" / "lineage.json").read_text())
     assert lineage["rehearsal_rows"] == 8 and lineage["train_rows"] == 16 + 8
     assert comparison["reference"] is not None
+
+
+def test_readapt_tta_adapts_without_labels_and_records_the_method(tmp_path) -> None:
+    from tests.multimodal.test_adversarial import IMAGE
+
+    config = tiny_run(encoders={**tiny_run()["encoders"], "image": IMAGE})
+    config["data"]["keep_domains"] = ["d0"]
+    config["train"]["epochs"] = 1
+    train_run(config, tmp_path / "v1")
+    new_data = {**config["data"], "keep_domains": ["d1"]}
+    comparison = readapt(tmp_path / "v1", new_data, tmp_path / "v2", tta="bn_adapt")
+    lineage = json.loads((tmp_path / "v2" / "lineage.json").read_text())
+    assert lineage["strategy"] == "bn_adapt" and comparison["metric"] == "accuracy"
+    import torch
+
+    from multimodal.modeling.model import MultimodalModel
+
+    old, new = (MultimodalModel.from_pretrained(tmp_path / v) for v in ("v1", "v2"))
+    changed = [k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])]
+    assert changed and all("running_" in k or "num_batches_tracked" in k for k in changed)
