@@ -55,7 +55,8 @@ class TrainConfig:
     on_error: str = "raise"
     modality_dropout: dict[str, float] | float | None = None
     # An unsupervised domain-adaptation objective on FitData.unlabelled target rows:
-    # none | dann | cdan | coral | mmd | entropy, its weight and its keyword arguments.
+    # none | dann | cdan | coral | mmd | entropy | pseudo_label, its weight and its keyword
+    # arguments.
     uda: str = "none"
     uda_weight: float = 1.0
     uda_kwargs: dict[str, Any] = field(default_factory=dict)

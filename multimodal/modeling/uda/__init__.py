@@ -1,6 +1,7 @@
-"""Unsupervised domain adaptation objectives (``train.uda``): dann, cdan, coral, mmd, entropy."""
+"""Unsupervised domain adaptation objectives (``train.uda``): dann, cdan, coral, mmd, entropy,
+and pseudo_label (self-training on confident target predictions)."""
 
-from . import cdan, dann, statistics  # noqa: F401  (registers the methods)
+from . import cdan, dann, pseudo, statistics  # noqa: F401  (registers the methods)
 from ._base import (
     UDAObjective,
     create_uda_objective,
