@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..core.config import check_keys
+from ..core.io import CorruptCheckpointError
 from ..core.provenance import resident_memory_mb
 from ..data.streaming import is_streaming
 from ..modeling.balance import Balancer, create_balancer
@@ -244,7 +246,14 @@ def _restore(run: _Run) -> TrainState:
     path = resolve_resume(run.cfg.resume_from, run.run_dir) if run.cfg.resume_from else None
     if path is not None:
         check_random_states(path, run.accelerator.process_index)
-        run.accelerator.load_state(str(path))
+        try:
+            run.accelerator.load_state(str(path))
+        except pickle.UnpicklingError as err:
+            # torch's message goes on to advise weights_only=False: unsafe for this file.
+            raise CorruptCheckpointError(
+                f"checkpoint {path} holds a file that is not plain tensors, so it was not "
+                f"unpickled ({str(err).split('.', 1)[0]}); resume from another checkpoint"
+            ) from None
         load_modules(path, _saved_modules(run))
         state = TrainState.load(path)
         run.accelerator.print(f"resumed from {path} at step {state.step}")

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import time
 import warnings
 
@@ -114,6 +115,19 @@ def test_a_refused_random_state_pickle_stops_the_resume(setup, tmp_path) -> None
     write_checksums(checkpoint)
     with pytest.raises(CorruptCheckpointError, match="random_states_0.pkl is not plain"):
         fit(max_steps=6, save_every=3, resume_from="latest")
+    # The same payload as the optimizer state: refused, without torch's weights_only advice.
+    shutil.rmtree(tmp_path / "checkpoints")
+    fit(max_steps=3, save_every=3)
+    checkpoint = engine.checkpoints(tmp_path)[-1]
+    with open(checkpoint / "optimizer.bin", "wb") as f:
+        pickle.dump({"state": Payload()}, f)
+    (checkpoint / "checksums.json").unlink()
+    write_checksums(checkpoint)
+    with pytest.raises(
+        CorruptCheckpointError, match="not plain tensors, so it was not unpickled"
+    ) as refused:
+        fit(max_steps=6, save_every=3, resume_from="latest")
+    assert "weights_only=False" not in str(refused.value)
 
 
 def test_own_storage_lets_safetensors_load_every_buffer() -> None:

@@ -39,7 +39,7 @@ def _batches(setup, model, n: int = 3):
     _, spec, dsd, _ = setup
     rows = dsd["validation"].remove_columns(["label"])
     loader = mm.make_loader(rows, model, spec, "tta", batch_size=8)
-    return [b for _, b in zip(range(n), loader)]
+    return [b for _, b in zip(range(n), loader, strict=False)]
 
 
 def _norm_affine(model) -> set[str]:
