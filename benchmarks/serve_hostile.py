@@ -143,8 +143,9 @@ def load(model: Path, requests: int, concurrency: int, hostile_share: float) -> 
     every = round(1 / hostile_share) if hostile_share else 0
     for i in range(requests):
         if every and i % every == every - 1:
-            kind = KINDS[(i // every) % len(KINDS)]
-            plan.append((kind, *hostile(kind, i)))
+            nth = i // every  # the nth hostile request: kinds in turn, each kind's variants in turn
+            kind = KINDS[nth % len(KINDS)]
+            plan.append((kind, *hostile(kind, nth // len(KINDS))))
         else:
             body = json.dumps({"inputs": _sample(i)}).encode()
             plan.append(("good", body, {"content-type": "application/json"}))

@@ -235,9 +235,8 @@ def create_app(
     """The FastAPI application serving the model of ``run`` (a run or save_pretrained folder);
     ``trust_remote_code`` and ``allow_unverified`` are the caller's, as for ``from_pretrained``."""
     run = Path(run)
-    model = MultimodalModel.from_pretrained(
-        run, trust_remote_code=trust_remote_code, allow_unverified=allow_unverified
-    ).eval()
+    trust = {"trust_remote_code": trust_remote_code, "allow_unverified": allow_unverified}
+    model = MultimodalModel.from_pretrained(run, **trust).eval()
     processor = model.processor
     batcher = Batcher(model, max_batch, max_wait_ms)
     labels = _label_names(run, model)
