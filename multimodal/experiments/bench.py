@@ -418,7 +418,8 @@ def _rows(
             episodes = result.get("episodes") or [{**result, "episode": 0, "seed": None}]
             for e in episodes:
                 rows.append({**common, "episode": e["episode"], "episode_seed": e["seed"],
-                             **{m: e[m] for m in ("adapted", "scratch", "transfer_gain", "forgetting", "adapt_samples")}})  # fmt: skip
+                             **{m: e[m] for m in ("adapted", "scratch", "transfer_gain", "forgetting", "adapt_samples")},
+                             **({"adapted_ece": e["adapted_ece"]} if e.get("adapted_ece") is not None else {})})  # fmt: skip
     return rows
 
 
@@ -701,7 +702,7 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
 # Result-row columns that identify a row of the table (with the grid axes): not values,
 # not the seed or episode, not timings.
 _NOT_KEYS = {"seed", "episode", "episode_seed", "metric", "adapt_samples", "test_samples",
-             "source_test_samples", "config_hash", "wall_s", *METRICS, *EXTRA_METRICS}  # fmt: skip
+             "source_test_samples", "config_hash", "wall_s", "adapted_ece", *METRICS, *EXTRA_METRICS}  # fmt: skip
 COMPARE_TOLERANCE = 0.02
 
 

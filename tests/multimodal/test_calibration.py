@@ -96,3 +96,16 @@ def test_calibrate_saves_a_model_whose_probabilities_use_the_temperature(tmp_pat
     raw, scaled = model.predict(samples), calibrated.predict(samples)
     assert torch.equal(raw["labels"], scaled["labels"])
     torch.testing.assert_close(scaled["probs"], (raw["logits"] / report["temperature"]).softmax(-1))
+
+
+def test_transfer_records_the_adapted_models_target_ece_per_episode() -> None:
+    from multimodal.experiments.transfer import transfer
+    from tests.multimodal.tiny_run import tiny_run
+
+    config = tiny_run()
+    config["transfer"] = {**config["transfer"], "source": ["d0"], "target": ["d1"], "episodes": 2}
+    config["train"] = {**config["train"], "epochs": 1}
+    result = transfer(config).targets["d1"]
+    eces = [e.adapted_ece for e in result.episodes]
+    assert all(0.0 <= x <= 1.0 for x in eces)
+    assert result.adapted_ece == pytest.approx(sum(eces) / 2)

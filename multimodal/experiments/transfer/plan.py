@@ -196,7 +196,11 @@ class TransferPlan:
     def score(self, model: Any, ds: datasets.Dataset, cached: bool = True) -> float:
         """The metric of ``model`` on ``ds``; ``cached``: its encoder outputs read from (and
         kept in) the feature store, for encoders that later stages share."""
-        return evaluate(model, ds, self.spec, self.eval_batch, cached=cached)[self.metric]
+        return self.metrics(model, ds, cached)[self.metric]
+
+    def metrics(self, model: Any, ds: datasets.Dataset, cached: bool = True) -> dict[str, float]:
+        """Every metric of ``model`` on ``ds`` (``score``'s, and ECE for a classifier)."""
+        return evaluate(model, ds, self.spec, self.eval_batch, cached=cached)
 
 
 class Progress:

@@ -105,20 +105,21 @@ def _target(plan: TransferPlan, arm: Adaptation, model: MultimodalModel, target:
     once and its scores stand for every episode."""
     test = plan.target[target]["test"]
     episodes: list[EpisodeResult] = []
-    trained: tuple[float, float, int] | None = None
+    trained: tuple[float, float | None, float, int] | None = None
     for episode, scratch_score in zip(plan.episodes[target], scratch, strict=True):
         if arm.episodic or trained is None:
             adapted, used = AdaptStage(plan, arm, model, target, episode).run()
             cached = shares_encoders(adapted)
-            trained = (plan.score(adapted, test, cached),
+            on_target = plan.metrics(adapted, test, cached)
+            trained = (on_target[plan.metric], on_target.get("ece"),
                        plan.score(adapted, plan.source["test"], cached), used)  # fmt: skip
             if episode.index == 0:
                 robustness.update(_robustness(plan, adapted, target, test))
-        score, after, used = trained
+        score, ece, after, used = trained
         episodes.append(EpisodeResult(
             episode=episode.index, seed=episode.seed, rows=list(episode.rows or []), adapted=score,
             scratch=scratch_score, source_after=after, forgetting=scores["source"] - after,
-            transfer_gain=score - scratch_score, adapt_samples=used,
+            transfer_gain=score - scratch_score, adapt_samples=used, adapted_ece=ece,
         ))  # fmt: skip
     return TargetResult.from_episodes(scores[target], episodes, split_size(test))
 

@@ -25,6 +25,7 @@ class EpisodeResult:
     forgetting: float  # source metric before adaptation minus after
     transfer_gain: float  # adapted minus scratch
     adapt_samples: int
+    adapted_ece: float | None = None  # the adapted model's ECE on the target test split
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TargetResult:
     adapt_samples: int
     test_samples: int = 0  # rows of the target's test split behind each metric (0: not recorded)
     episodes: list[EpisodeResult] = field(default_factory=list)
+    adapted_ece: float | None = None  # mean over episodes (classification only)
 
     @classmethod
     def from_episodes(
@@ -53,6 +55,7 @@ class TargetResult:
             source_after=mean("source_after"), forgetting=mean("forgetting"),
             transfer_gain=mean("transfer_gain"), adapt_samples=episodes[0].adapt_samples,
             test_samples=test_samples, episodes=episodes,
+            adapted_ece=mean("adapted_ece") if all(e.adapted_ece is not None for e in episodes) else None,
         )  # fmt: skip
 
     @classmethod
