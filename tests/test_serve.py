@@ -29,8 +29,9 @@ def server(tmp_path_factory):
     config["train"]["epochs"] = 1
     train_run(config, run)
     process, url = start_server(
-        run, "--max-batch", "16", "--max-wait-ms", "50", "--max-payload-mb", "1"
-    )
+        run, "--max-batch", "16", "--max-wait-ms", "50", "--max-payload-mb", "1",
+        "--max-text-chars", "500000", "--max-audio-seconds", "30",
+    )  # fmt: skip
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -208,8 +209,9 @@ def test_hostile_requests_are_refused_or_cut_before_the_work(server) -> None:
     """Each cost is bounded by a limit before it is paid: JSON 100,000 levels deep (a
     RecursionError in the parser once, a 500), the same inside a multipart tabular field,
     a 1 x 600,000 pixel PNG under the pixel limit (a 2.3 GB resize once) get 4xx naming
-    the field; a 900 KB text is cut to what the tokenizer keeps and a 40 s clip decoded
-    only to the encoder's length, so both answer 200. The server keeps serving."""
+    the field; text and audio over --max-text-chars and --max-audio-seconds get 422, and
+    under them a 400 KB text is cut to what the tokenizer keeps and a 20 s clip decoded only
+    to the encoder's length, so both answer 200. The server keeps serving."""
     deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     response = httpx.post(f"{server}/predict", content=deep,
                           headers={"content-type": "application/json"})  # fmt: skip
@@ -221,13 +223,21 @@ def test_hostile_requests_are_refused_or_cut_before_the_work(server) -> None:
     assert response.status_code == 422 and "MAX_IMAGE_SIDE" in response.json()["error"]
     response = httpx.post(f"{server}/predict", json={"inputs": {"image": _thin_png(5_000)}})
     assert response.status_code == 422 and "MAX_ASPECT_RATIO" in response.json()["error"]
-    words = " ".join(f"word{i % 97}" for i in range(100_000))[:900_000]
-    assert (
-        httpx.post(f"{server}/predict", json={"inputs": {"text": words}}, timeout=30).status_code
-        == 200
+    words = " ".join(f"word{i % 97}" for i in range(100_000))
+    response = httpx.post(
+        f"{server}/predict", json={"inputs": {"text": words[:400_000]}}, timeout=30
     )
+    assert response.status_code == 200  # under --max-text-chars: cut before tokenizing
+    response = httpx.post(
+        f"{server}/predict", json={"inputs": {"text": words[:600_000]}}, timeout=30
+    )
+    assert response.status_code == 422 and "--max-text-chars" in response.json()["error"]
+    response = httpx.post(
+        f"{server}/predict", json={"inputs": {"audio": _long_wav(20)}}, timeout=30
+    )
+    assert response.status_code == 200, response.text  # decoded only to the encoder's 0.25 s
     response = httpx.post(
         f"{server}/predict", json={"inputs": {"audio": _long_wav(40)}}, timeout=30
     )
-    assert response.status_code == 200, response.text
+    assert response.status_code == 422 and "--max-audio-seconds" in response.json()["error"]
     assert httpx.post(f"{server}/predict", json={"inputs": SAMPLE}).status_code == 200

@@ -37,14 +37,15 @@ def add_export(sub: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..deploy.serve import serve
+    from ..deploy.serve import Limits, serve
 
     print(
         f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /health, /metadata)"
     )
     serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
           max_payload_mb=args.max_payload_mb, trust_remote_code=args.trust_remote_code,
-          allow_unverified=args.allow_unverified)  # fmt: skip
+          allow_unverified=args.allow_unverified,
+          limits=Limits(text_chars=args.max_text_chars, audio_seconds=args.max_audio_seconds))  # fmt: skip
     return 0
 
 
@@ -57,4 +58,7 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="1 turns dynamic batching off")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
     p.add_argument("--max-payload-mb", type=float, default=10.0, help="largest request body")
+    p.add_argument("--max-text-chars", type=int, default=100_000, help="longest text in a sample")
+    p.add_argument("--max-audio-seconds", type=float, default=60.0,
+                   help="longest audio clip in a sample, from its header")  # fmt: skip
     p.set_defaults(func=run_serve)

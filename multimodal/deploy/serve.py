@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,16 @@ MEDIA = ("image", "audio")
 # {"inputs": [{modality: {column: value}}]} nests 4 deep; anything deeper is refused before
 # it is walked (100,000 nested brackets raised RecursionError in the parser).
 MAX_JSON_DEPTH = 6
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one sample may ask the server to process, checked before any work: longer text
+    or audio is a 422 (within them, text is still cut to what the tokenizer keeps and audio
+    decoded only to the encoder's length)."""
+
+    text_chars: int = 100_000
+    audio_seconds: float = 60.0
 
 
 class RequestError(ValueError):
@@ -151,10 +162,12 @@ def _depth(data: Any, stop: int) -> int:
     return deepest
 
 
-def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[str, Any]:
-    """A JSON sample, decoded, checked and processed once: {modality: the processor's
-    tensors for it (batch of one)}, absent modalities left out. A ``RequestError`` names
-    the field."""
+def check_sample(
+    processor: MultimodalProcessor, raw: Any, where: str, limits: Limits = Limits()
+) -> dict[str, Any]:
+    """A JSON sample, decoded, checked against ``limits`` and processed once: {modality:
+    the processor's tensors for it (batch of one)}, absent modalities left out. A
+    ``RequestError`` names the field."""
     if not isinstance(raw, Mapping):
         raise RequestError(
             422, where, f"expected an object of modality values, got {type(raw).__name__}"
@@ -181,6 +194,7 @@ def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[s
             raise RequestError(422, field, f"expected a string, got {type(value).__name__}")
         elif kind == "tabular":
             value = _tabular_row(processor.processors[m].columns, value, field)
+        _within(kind, value, field, limits)
         if processor.is_missing(m, value):
             continue
         try:
@@ -188,6 +202,26 @@ def check_sample(processor: MultimodalProcessor, raw: Any, where: str) -> dict[s
         except (ValueError, TypeError, OSError) as err:
             raise RequestError(422, field, str(err).replace("sample 0: ", "")) from err
     return sample
+
+
+def _within(kind: str, value: Any, field: str, limits: Limits) -> None:
+    """A text or an audio file over ``limits`` is refused before it is processed; an audio
+    file's length comes from its header (when soundfile reads it; decoding is bounded anyway)."""
+    if kind == "text" and len(value) > limits.text_chars:
+        raise RequestError(422, field, f"text of {len(value):,} characters is over the limit of "
+                                       f"{limits.text_chars:,} (--max-text-chars)")  # fmt: skip
+    if kind == "audio" and isinstance(value, (bytes, bytearray)):
+        import io
+
+        import soundfile
+
+        try:
+            info = soundfile.info(io.BytesIO(bytes(value)))
+        except (soundfile.LibsndfileError, RuntimeError, TypeError):
+            return
+        if info.duration > limits.audio_seconds:
+            raise RequestError(422, field, f"audio of {info.duration:.1f} s is over the limit of "
+                                           f"{limits.audio_seconds:g} s (--max-audio-seconds)")  # fmt: skip
 
 
 def _tabular_row(columns: Sequence[str], value: Any, field: str) -> dict[str, Any]:
@@ -231,6 +265,7 @@ def create_app(
     max_payload_mb: float = 10.0,
     trust_remote_code: bool = False,
     allow_unverified: bool = False,
+    limits: Limits = Limits(),
 ) -> Any:
     """The FastAPI application serving the model of ``run`` (a run or save_pretrained folder);
     ``trust_remote_code`` and ``allow_unverified`` are the caller's, as for ``from_pretrained``."""
@@ -241,8 +276,7 @@ def create_app(
     batcher = Batcher(model, max_batch, max_wait_ms)
     labels = _label_names(run, model)
     version = _version(run)
-    limit = int(max_payload_mb * 2**20)
-    started = time.time()
+    limit, started = int(max_payload_mb * 2**20), time.time()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -267,7 +301,7 @@ def create_app(
         return {
             "modalities": {m: processor.kind(m) for m in processor.modalities}, "task": model.head.task.name,
             "labels": labels, "model": version, "max_batch": batcher.max_batch,
-            "max_wait_ms": batcher.max_wait * 1000, "max_payload_bytes": limit,
+            "max_wait_ms": batcher.max_wait * 1000, "max_payload_bytes": limit, **asdict(limits),
         }  # fmt: skip
 
     @app.post("/predict")
@@ -287,7 +321,7 @@ def create_app(
             many = isinstance(raw, list)
             # Decoding and checking run off the event loop, so requests keep arriving meanwhile.
             samples = await asyncio.to_thread(
-                lambda: [check_sample(processor, s, f"inputs[{i}]" if many else "inputs")
+                lambda: [check_sample(processor, s, f"inputs[{i}]" if many else "inputs", limits)
                          for i, s in enumerate(raw if many else [raw])]
             )  # fmt: skip
         except RequestError as err:
