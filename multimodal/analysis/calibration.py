@@ -38,22 +38,16 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
 
 def calibration_metrics(
-    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, bins: int = 15
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
 ) -> dict[str, float]:
-    """NLL, ECE (``bins`` equal-width confidence bins) and the Brier score of
-    softmax(logits / temperature)."""
-    import torchmetrics.functional as tmf
+    """NLL, ECE (15 bins) and the Brier score of softmax(logits / temperature); ECE and
+    Brier as every classification evaluation computes them (``ClassificationTask``)."""
+    from ..modeling.tasks import create_task
 
-    scaled = logits.float() / temperature
-    probs = scaled.softmax(-1)
-    k = probs.shape[-1]
-    return {
-        "nll": F.cross_entropy(scaled, labels.long()).item(),
-        "ece": tmf.calibration_error(
-            probs, labels, task="multiclass", num_classes=k, n_bins=bins
-        ).item(),
-        "brier": (probs - F.one_hot(labels.long(), k)).pow(2).sum(-1).mean().item(),
-    }
+    task = create_task("classification", logits.shape[-1], temperature=temperature)
+    metrics = task.metrics(logits, labels)
+    nll = F.cross_entropy(logits.float() / temperature, labels.long()).item()
+    return {"nll": nll, "ece": metrics["ece"], "brier": metrics["brier"]}
 
 
 def selective_accuracy(

@@ -27,34 +27,24 @@ LINEAGE_NAME = "lineage.json"
 COMPARISON_NAME = "comparison.json"
 
 
-def _reference(run: Path) -> tuple[DatasetSpec, datasets.Dataset] | None:
-    """The data the parent was trained or adapted on: its spec and test split."""
+def _parent_split(run: Path, split: str) -> tuple[DatasetSpec, datasets.Dataset] | None:
+    """The data the parent was trained or adapted on: its spec and ``split`` (None when the
+    folder records neither a lineage nor a run config)."""
     lineage = run / LINEAGE_NAME
     if lineage.is_file():
         record = json.loads(lineage.read_text())
         spec = DatasetSpec.from_dict(record["data"])
-        return spec, _split(spec, "test", record.get("domains"))
+        return spec, _split(spec, split, record.get("domains"))
     recorded = run / "run_config.json"
     if recorded.is_file():
         spec = DatasetSpec.from_dict(json.loads(recorded.read_text())["config"].get("data") or {})
-        return spec, load_dataset(spec)["test"]
+        return spec, load_dataset(spec)[split]
     return None
 
 
-def _parent_train(run: Path) -> tuple[DatasetSpec, datasets.Dataset]:
-    """The rows the parent version was trained or adapted on (its data's train split)."""
-    lineage = run / LINEAGE_NAME
-    if lineage.is_file():
-        record = json.loads(lineage.read_text())
-        return DatasetSpec.from_dict(record["data"]), _split(
-            DatasetSpec.from_dict(record["data"]), "train", record.get("domains")
-        )
-    recorded = run / "run_config.json"
-    if not recorded.is_file():
-        raise FileNotFoundError(f"{run}: no {LINEAGE_NAME} or run_config.json, so its training rows are unknown and "
-                                "rehearsal cannot draw from them")  # fmt: skip
-    spec = DatasetSpec.from_dict(json.loads(recorded.read_text())["config"].get("data") or {})
-    return spec, load_dataset(spec)["train"]
+def _reference(run: Path) -> tuple[DatasetSpec, datasets.Dataset] | None:
+    """The parent's data and its test split: what forgetting is measured on."""
+    return _parent_split(run, "test")
 
 
 def rehearsal_mix(
@@ -62,7 +52,11 @@ def rehearsal_mix(
 ) -> datasets.Dataset:
     """``new_train`` with a seeded sample of ``rows`` of the parent's training rows mixed in
     (``datasets.interleave_datasets``, each row once, in proportion to the two sizes)."""
-    _, old = _parent_train(parent)
+    found = _parent_split(parent, "train")
+    if found is None:
+        raise FileNotFoundError(f"{parent}: no {LINEAGE_NAME} or run_config.json, so its training rows are "
+                                "unknown and rehearsal cannot draw from them")  # fmt: skip
+    old = found[1]
     if is_streaming(old) or is_streaming(new_train):
         raise ValueError(
             "rehearsal draws from the parent's whole training split; streamed data cannot"

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ...data.loading import k_shot_indices
+
 SELECTORS = ("random", "entropy", "margin", "kcenter")
 
 
@@ -72,13 +74,12 @@ def select_rows(
     labels = np.asarray(labels)
     probs = np.asarray(probs) if probs is not None else None
     features = np.asarray(features, dtype=np.float64) if features is not None else None
+    if selector == "random":  # the draw the protocol's episodes make
+        return k_shot_indices(labels, k, seed)
     rng = np.random.default_rng(seed)
     picked: list[int] = []
     for c in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == c))
-        if selector == "random":
-            picked += rows[:k].tolist()
-            continue
         candidates = rows[: max(k, math.ceil(pool * len(rows)))]
         if selector == "entropy":
             order = np.argsort(-entropy(probs[candidates]), kind="stable")
