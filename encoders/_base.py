@@ -147,6 +147,13 @@ class Encoder(nn.Module):
         when the encoder has none."""
         return None
 
+    def augment(
+        self, inputs: dict[str, torch.Tensor], strength: str
+    ) -> dict[str, torch.Tensor] | None:
+        """``inputs`` (a batch, as ``forward`` takes it) augmented at ``strength`` (weak or
+        strong, ``encoders._augment``); None when the encoder has no augmentation."""
+        return None
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         raise NotImplementedError
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from ._augment import augment_audio
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor
 from ._registry import register_encoder, register_processor
 from .image import TimmBackbone, create_timm_backbone
@@ -200,8 +201,10 @@ class LogMelFrontEnd(nn.Module):
         )
 
     def forward(
-        self, waveform: torch.Tensor, lengths: torch.Tensor
+        self, waveform: torch.Tensor, lengths: torch.Tensor, augment: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``augment`` [B] bool: rows that get SpecAugment even in eval mode (a frozen
+        encoder under ``train.augment: strong``); in training mode every row gets it."""
         # The mel filterbank runs in float32: its dB conversion underflows in half precision.
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             spec = self.mel(waveform.float()).unsqueeze(1)  # B x 1 x n_mels x F
@@ -209,6 +212,8 @@ class LogMelFrontEnd(nn.Module):
             spec = self.to_db(spec)
         if self.training:
             spec = self.spec_augment(spec)
+        elif augment is not None and bool(augment.any()):
+            spec = torch.where(augment[:, None, None, None], self.spec_augment(spec), spec)
         # center=True framing: a clip of L samples spans L // hop + 1 frames.
         frames = torch.where(lengths > 0, lengths // self.hop_length + 1, torch.zeros_like(lengths))
         return spec, frames.clamp(max=spec.shape[-1])
@@ -258,6 +263,10 @@ class _AudioEncoder(Encoder):
         one = torch.ones((), device=wave.device)
         return AttackSurface("waveform", wave, one, mask, -one, one)
 
+    def augment(self, inputs: dict[str, torch.Tensor], strength: str) -> dict[str, torch.Tensor]:
+        """Gain and time shift (weak); also noise and SpecAugment (strong): ``encoders._augment``."""
+        return augment_audio(inputs, strength)
+
 
 class ConvBlock(nn.Module):
     """PANNs CNN10 block: (conv3x3 -> BN -> ReLU) x 2 -> 2x2 average pool."""
@@ -303,7 +312,9 @@ class AudioCNNEncoder(_AudioEncoder):
         self.out_dim = self.channels[-1]
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        spec, frames = self.front_end(inputs["waveform"], inputs["lengths"])
+        spec, frames = self.front_end(
+            inputs["waveform"], inputs["lengths"], inputs.get("spec_augment")
+        )
         spec = self.bn0(spec.transpose(1, 2)).transpose(1, 2)  # normalise each mel bin
         stride = 2 ** len(self.blocks)
         total = -(-spec.shape[-1] // stride) * stride  # ceil, in integers
@@ -361,7 +372,9 @@ class AudioTimmEncoder(TimmBackbone, _AudioEncoder):
         self.out_dim = int(self.model.num_features)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        spec, frames = self.front_end(inputs["waveform"], inputs["lengths"])
+        spec, frames = self.front_end(
+            inputs["waveform"], inputs["lengths"], inputs.get("spec_augment")
+        )
         if self.normalize == "clip":
             mean = spec.mean(dim=(-2, -1), keepdim=True)
             spec = (spec - mean) / spec.std(dim=(-2, -1), keepdim=True).clamp_min(1e-5)

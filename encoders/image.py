@@ -14,6 +14,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
+from ._augment import augment_image
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor, tokens_from_features
 from ._registry import register_encoder, register_processor
 from ._weights import align_state_dict, read_state_dict
@@ -219,6 +220,13 @@ class TimmImageEncoder(TimmBackbone, Encoder):
         std = torch.tensor(self.data_config["std"], device=pixels.device)[:, None, None]
         mask = torch.ones_like(pixels, dtype=torch.bool)
         return AttackSurface("pixel_values", pixels, 1 / std, mask, -mean / std, (1 - mean) / std)
+
+    def augment(self, inputs: dict[str, torch.Tensor], strength: str) -> dict[str, torch.Tensor]:
+        """Shift (weak); shift, RandAugment and Cutout (strong): ``encoders._augment``."""
+        pixels = augment_image(
+            inputs["pixel_values"], self.data_config["mean"], self.data_config["std"], strength
+        )
+        return {**inputs, "pixel_values": pixels}
 
     channels_last: bool = False
 

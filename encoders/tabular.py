@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._augment import augment_tabular
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor
 from ._registry import register_encoder, register_processor
 
@@ -239,6 +240,11 @@ class TabularMLPEncoder(Encoder):
         if numerical.shape[-1] == 0:
             return None
         return AttackSurface("numerical", numerical, self.std, ~torch.isnan(numerical))
+
+    def augment(self, inputs: dict[str, torch.Tensor], strength: str) -> dict[str, torch.Tensor]:
+        """Noise scaled by the fitted std (weak); also feature dropout (strong):
+        ``encoders._augment``."""
+        return augment_tabular(inputs, self.std, strength)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         numerical, categorical = inputs["numerical"], inputs["categorical"]

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 
 from multimodal.core.resources import local_or_hub
 
+from ._augment import augment_text
 from ._base import AttackSurface, Encoder, EncoderOutput, Processor
 from ._registry import register_encoder, register_processor
 
@@ -304,6 +305,13 @@ class HFTextEncoder(Encoder):
         scale = table.weight.detach().float().std().to(embeds.dtype)
         mask = inputs["attention_mask"].bool()[..., None]
         return AttackSurface("inputs_embeds", embeds.detach(), scale, mask)
+
+    def augment(self, inputs: dict[str, torch.Tensor], strength: str) -> dict[str, torch.Tensor]:
+        """Token dropout (weak) or span masking (strong): ``encoders._augment``."""
+        tokenizer = self.tokenizer
+        special = tokenizer.all_special_ids if tokenizer is not None else []
+        mask_id = tokenizer.mask_token_id if tokenizer is not None else None
+        return augment_text(inputs, strength, special, mask_id)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         if "inputs_embeds" in inputs:

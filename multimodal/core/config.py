@@ -72,6 +72,8 @@ def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(hint) or hint
     if hint is Any:
         return True, value
+    if origin is typing.Literal:
+        return value in typing.get_args(hint), value
     if hint is type(None):
         return value is None, value
     if origin is bool:
@@ -98,6 +100,8 @@ def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
 
 def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint) or hint
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
              dict: "a mapping", list: "a list", type(None): "null"}  # fmt: skip
     return names.get(origin, getattr(origin, "__name__", str(origin)))

@@ -6,7 +6,7 @@ import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 
@@ -54,9 +54,12 @@ class TrainConfig:
     num_workers: int = 0
     on_error: str = "raise"
     modality_dropout: dict[str, float] | float | None = None
+    # Input augmentation of the labelled training batches: none | weak | strong, each
+    # modality by its encoder (encoders._augment). Encoder outputs are then not cached.
+    augment: Literal["none", "weak", "strong"] = "none"
     # An unsupervised domain-adaptation objective on FitData.unlabelled target rows:
-    # none | dann | cdan | coral | mmd | entropy | pseudo_label, its weight and its keyword
-    # arguments.
+    # none | dann | cdan | coral | mmd | entropy | pseudo_label | fixmatch, its weight and its
+    # keyword arguments.
     uda: str = "none"
     uda_weight: float = 1.0
     uda_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from ..data.collate import EpochSampler, make_loader
 from ..data.spec import DatasetSpec
 from ..data.streaming import is_streaming, scan
 from ..modeling.model import Batch, Encoded, ModelOutput
+from ..modeling.uda import uda_views
 from .cache import FEATURES, CachedCollator, CachedFeatures
 from .config import FitData, TrainConfig
 
@@ -103,8 +104,10 @@ def cached_forward(model: Any, batch: Batch) -> ModelOutput:
 
 def use_feature_cache(cfg: TrainConfig, frozen: list[str], num_encoders: int) -> bool:
     """Cached encoder outputs serve only when every encoder is frozen and nothing perturbs
-    the raw inputs (adversarial training attacks them)."""
-    return cfg.feature_cache != "off" and len(frozen) == num_encoders and not cfg.adversarial
+    the raw inputs (adversarial training attacks them; augmentation, ``train.augment`` or an
+    objective's views, changes them every step)."""
+    perturbed = bool(cfg.adversarial) or cfg.augment != "none" or uda_views(cfg.uda)
+    return cfg.feature_cache != "off" and len(frozen) == num_encoders and not perturbed
 
 
 def build_loaders(

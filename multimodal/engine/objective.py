@@ -36,7 +36,10 @@ class Objective:
     model's loss (task + fusion auxiliary) on the batch and on its attacked copy; ``uda``
     compares the fused features of the source batch and of a target batch; ``balancer``
     (``modeling.balance``) sees every output and may add its own term; ``regularizer``
-    (``modeling.regularize``) holds the model near where it started.
+    (``modeling.regularize``) holds the model near where it started. ``augment`` augments
+    each labelled batch before the forward pass (``train.augment``); ``views`` (weak,
+    strong) are the two augmentations of each target batch an objective with ``views``
+    compares (FixMatch): the weak one runs without gradient.
     """
 
     def __init__(
@@ -50,6 +53,8 @@ class Objective:
         forward: Callable[[Any, Batch], ModelOutput] | None = None,
         balancer: Balancer | None = None,
         regularizer: Any | None = None,
+        augment: Callable[[Batch], Batch] | None = None,
+        views: tuple[Callable[[Batch], Batch], Callable[[Batch], Batch]] | None = None,
     ) -> None:
         if (uda is None) != (target_batches is None):
             raise ValueError("a domain-adaptation objective needs target batches, and only it does")
@@ -59,10 +64,15 @@ class Objective:
         self.forward = forward or (lambda model, batch: model(batch))
         self.balancer = balancer or Balancer()
         self.regularizer = regularizer
+        self.augment, self.views = augment, views
+        if uda is not None and getattr(uda, "views", False) and views is None:
+            raise ValueError(f"{type(uda).__name__} compares two augmented views: pass views")
 
     def __call__(self, batch: Batch, progress: float) -> tuple[ModelOutput, LossTerms]:
         """The model's output on ``batch`` and the loss terms; ``progress`` in [0, 1] drives
         the domain-adaptation schedule (gradient reversal's coefficient)."""
+        if self.augment is not None:
+            batch = self.augment(batch)
         out = self.forward(self.model, batch)
         terms = LossTerms(total=out.loss, clean=out.loss)
         self.balancer.observe(self.unwrapped, out, batch)
@@ -75,8 +85,7 @@ class Objective:
             weight = self.adversarial["weight"]
             terms.total = (1 - weight) * terms.total + weight * terms.adversarial
         if self.uda is not None:
-            target = self.forward(self.model, next(self.target_batches))
-            terms.uda = self.uda(out.fused, target.fused, out.logits, target.logits, progress)
+            terms.uda = self._uda_term(out, next(self.target_batches), progress)
             terms.total = terms.total + self.uda_weight * terms.uda
         if terms.balance is not None:
             terms.total = terms.total + terms.balance
@@ -84,3 +93,13 @@ class Objective:
             terms.regularize = self.regularizer(self.unwrapped, out, batch)
             terms.total = terms.total + terms.regularize
         return out, terms
+
+    def _uda_term(self, out: ModelOutput, target_batch: Batch, progress: float) -> torch.Tensor:
+        if self.views is None:
+            target = self.forward(self.model, target_batch)
+            return self.uda(out.fused, target.fused, out.logits, target.logits, progress)
+        weak, strong = self.views
+        with torch.no_grad():
+            weak_logits = self.forward(self.model, weak(target_batch)).logits
+        target = self.forward(self.model, strong(target_batch))
+        return self.uda(out.fused, target.fused, out.logits, target.logits, progress, weak_logits)

@@ -28,6 +28,7 @@ from ..core.config import check_keys
 from ..core.io import CorruptCheckpointError
 from ..core.provenance import resident_memory_mb
 from ..data.streaming import is_streaming
+from ..modeling.augment import Augmenter, augmenter
 from ..modeling.balance import Balancer, create_balancer
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.model import move_to
@@ -267,10 +268,13 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
         # one target batch per source batch, counted from where the run stands
         start = state.step * run.cfg.grad_accum
         target_batches = _target_stream(run.loaders.target, run.target_sampler, start)
-    objective = Objective(run.model, run.unwrapped, run.adversarial,
-                          run.accelerator.unwrap_model(run.uda) if run.uda else None,
-                          run.cfg.uda_weight, target_batches, run.loaders.forward,
-                          run.balancer, run.regularizer)  # fmt: skip
+    uda = run.accelerator.unwrap_model(run.uda) if run.uda else None
+    views = None
+    if getattr(uda, "views", False):
+        views = (Augmenter(run.unwrapped, "weak"), Augmenter(run.unwrapped, "strong"))
+    objective = Objective(run.model, run.unwrapped, run.adversarial, uda, run.cfg.uda_weight,
+                          target_batches, run.loaders.forward, run.balancer, run.regularizer,
+                          augmenter(run.unwrapped, run.cfg.augment), views)  # fmt: skip
     return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
                      run.cfg.max_grad_norm, run.cfg.max_nonfinite_steps)  # fmt: skip
 

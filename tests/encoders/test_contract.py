@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +64,36 @@ def test_encoder_state_survives_rebuild_from_to_config(name: str, tmp_path) -> N
     rebuilt.load_state_dict(enc.state_dict())
     a, b = enc(enc.processor(values)), rebuilt(rebuilt.processor(values))
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+
+
+def _seeded(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", encoders.list_encoders())
+@pytest.mark.parametrize("strength", ["weak", "strong"])
+def test_every_encoder_augments_its_inputs_repeatably(name: str, strength: str) -> None:
+    enc = encoders.create_encoder(name, **TINY_ENCODERS[name])
+    values = raw_values(enc.modality, 4)
+    enc.fit(values).eval()
+    inputs = enc.processor(values)
+    _seeded(0)
+    first = enc.augment(inputs, strength)
+    _seeded(0)
+    again = enc.augment(inputs, strength)
+    _seeded(1)
+    other = enc.augment(inputs, strength)
+    for key, value in inputs.items():
+        assert first[key].shape == value.shape and first[key].dtype == value.dtype, key
+        assert torch.equal(first[key].nan_to_num(), again[key].nan_to_num()), key
+    changed = [k for k in inputs if not torch.equal(first[k].nan_to_num(), value_of(inputs, k))]
+    assert changed, f"{name} {strength}: nothing augmented"
+    assert any(not torch.equal(first[k].nan_to_num(), other[k].nan_to_num()) for k in changed)
+    out = enc(first)
+    assert torch.isfinite(out.tokens).all()
+
+
+def value_of(inputs: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    return inputs[key].nan_to_num()

@@ -14,7 +14,15 @@ from multimodal.modeling.uda import (
 
 
 def test_registry_has_every_method() -> None:
-    assert list_uda_objectives() == ["cdan", "coral", "dann", "entropy", "mmd", "pseudo_label"]
+    assert list_uda_objectives() == [
+        "cdan",
+        "coral",
+        "dann",
+        "entropy",
+        "fixmatch",
+        "mmd",
+        "pseudo_label",
+    ]
 
 
 def test_gradient_reversal_and_schedule() -> None:

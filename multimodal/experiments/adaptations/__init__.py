@@ -6,7 +6,8 @@ trains on. Built in: the freezing strategies fine-tuned on the k-shot episode (`
 ``top_k``, ``full``, ``lora``), the unsupervised objectives on the unlabelled target rows
 (``dann``, ``cdan``, ``coral``, ``mmd``, ``entropy``) and their control ``source_only``, and
 fine-tuning that forgets less (``l2sp``, ``ewc``, ``lwf``) and test-time adaptation
-(``tent``, ``bn_adapt``) and self-training on the unlabelled target rows (``pseudo_label``). A
+(``tent``, ``bn_adapt``) and self-training on the unlabelled target rows (``pseudo_label``,
+``fixmatch``). A
 new method is one ``Adaptation`` subclass in a file of this package, registered with
 ``@register_adaptation("name")`` and named in ``_LAZY`` below.
 """
@@ -24,7 +25,7 @@ _LAZY = {
     **{name: f"{__name__}.unsupervised" for name in ("dann", "cdan", "coral", "mmd", "entropy", "source_only")},
     **{name: f"{__name__}.forgetting" for name in ("l2sp", "ewc", "lwf")},
     **{name: f"{__name__}.test_time" for name in ("tent", "bn_adapt")},
-    "pseudo_label": f"{__name__}.semi_supervised",
+    **{name: f"{__name__}.semi_supervised" for name in ("pseudo_label", "fixmatch")},
 }  # fmt: skip
 ADAPTATIONS: Registry[Adaptation] = Registry("adaptation", lazy=_LAZY)
 register_adaptation = ADAPTATIONS.register

@@ -3,7 +3,10 @@
 ``pseudo_label`` fine-tunes on the k-shot rows (the strategy of ``transfer.adapt``, head by
 default) while each step also trains on a batch of unlabelled target rows against the
 model's own confident predictions (``modeling.uda.pseudo``, threshold 0.95, weight 1: the
-FixMatch settings, without its augmentations).
+FixMatch settings, without its augmentations). ``fixmatch`` is the same with FixMatch's
+augmentations: the labelled rows weakly augmented, and each unlabelled row's strong view
+trained toward its weak view's confident prediction. One unlabelled batch per labelled
+batch, of the same size (FixMatch uses seven times as many unlabelled rows per step).
 """
 
 from __future__ import annotations
@@ -30,3 +33,13 @@ class PseudoLabelArm(FineTune):
     def data(self, context: AdaptContext) -> tuple[FitData, int]:
         labelled, used = super().data(context)
         return dataclasses.replace(labelled, unlabelled=context.target_train), used
+
+
+@register_adaptation("fixmatch")
+class FixMatchArm(PseudoLabelArm):
+    """``pseudo_label`` across a weak and a strong augmentation (``train.augment``)."""
+
+    def overrides(self, transfer: Any) -> dict[str, Any]:
+        defaults = {**ADAPT_DEFAULTS, "uda_weight": 1.0, "uda_kwargs": {"threshold": 0.95},
+                    "augment": "weak"}  # fmt: skip
+        return stage_keys(defaults, transfer.adapt, uda="fixmatch")

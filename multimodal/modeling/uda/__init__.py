@@ -1,5 +1,6 @@
 """Unsupervised domain adaptation objectives (``train.uda``): dann, cdan, coral, mmd, entropy,
-and pseudo_label (self-training on confident target predictions)."""
+pseudo_label (self-training on confident target predictions) and fixmatch (the same
+across a weak and a strong augmentation)."""
 
 from . import cdan, dann, pseudo, statistics  # noqa: F401  (registers the methods)
 from ._base import (
@@ -9,6 +10,7 @@ from ._base import (
     grad_reverse,
     list_uda_objectives,
     register_uda_objective,
+    uda_views,
 )
 
 __all__ = [
@@ -18,4 +20,5 @@ __all__ = [
     "grad_reverse",
     "list_uda_objectives",
     "register_uda_objective",
+    "uda_views",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +20,11 @@ def list_uda_objectives(pattern: str = "*") -> list[str]:
     return _UDA_OBJECTIVES.list(pattern)
 
 
+def uda_views(name: str) -> bool:
+    """Whether objective ``name`` trains on two augmented views of the target rows."""
+    return name != "none" and bool(getattr(_UDA_OBJECTIVES.get(name), "views", False))
+
+
 def create_uda_objective(
     name: str, feature_dim: int, num_classes: int, **kwargs: Any
 ) -> UDAObjective:
@@ -29,7 +34,14 @@ def create_uda_objective(
 
 class UDAObjective(nn.Module):
     """forward(source_features [B_s, D], target_features [B_t, D], source_logits, target_logits,
-    progress in [0, 1]) -> a scalar loss added to the task loss (times ``weight``)."""
+    progress in [0, 1]) -> a scalar loss added to the task loss (times ``weight``).
+
+    ``views``: the objective compares two augmentations of each target batch (FixMatch);
+    the target features and logits are then the strong view's, and ``forward`` also gets
+    the weak view's logits, computed without gradient.
+    """
+
+    views: ClassVar[bool] = False
 
     def __init__(self, feature_dim: int, num_classes: int, weight: float = 1.0) -> None:
         super().__init__()

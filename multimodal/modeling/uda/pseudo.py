@@ -35,3 +35,23 @@ class PseudoLabel(UDAObjective):
         keep, labels = self.mask(target_logits)
         losses = F.cross_entropy(target_logits.float(), labels, reduction="none")
         return (losses * keep.float()).mean()
+
+
+@register_uda_objective("fixmatch")
+class FixMatch(PseudoLabel):
+    """FixMatch (Sohn et al. 2020): the pseudo-label of each unlabelled row comes from its
+    weakly augmented view, and the strongly augmented view is trained toward it where the
+    weak prediction's probability reaches ``threshold`` (0.95). The loss is the mean over
+    every row of the batch, kept or not, as in the paper's unlabelled loss."""
+
+    views = True
+
+    def forward(
+        self, source_features, target_features, source_logits, target_logits, progress: float,
+        weak_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        if weak_logits is None:
+            raise ValueError("fixmatch needs the weak view's logits (the engine's target views)")
+        keep, labels = self.mask(weak_logits)
+        losses = F.cross_entropy(target_logits.float(), labels, reduction="none")
+        return (losses * keep.float()).mean()
