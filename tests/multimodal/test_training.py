@@ -266,7 +266,7 @@ def test_two_process_ddp_with_ogm_ge_balancing_matches_one_process(tmp_path, one
 def test_two_machine_accelerate_launch_rehearsed_on_one_matches_one_process(
     tmp_path, one_process
 ) -> None:
-    """The README's two-machine recipe, both "machines" here: two ``accelerate launch``
+    """The two-machine recipe of docs/long-runs.md, both "machines" here: two ``accelerate launch``
     commands with --machine_rank 0 and 1 and --main_process_ip 127.0.0.1, one CPU (gloo)
     process each, the same global batch of 8 as the one-process run. On CPU the recipe
     takes accelerate's torchrun launcher (--multi_gpu) with ACCELERATE_USE_CPU=true: its
