@@ -30,7 +30,7 @@ def representations(
     model: Any, ds: datasets.Dataset, spec: DatasetSpec, batch_size: int = 64
 ) -> dict[str, torch.Tensor]:
     """{"fused": [N, D], m: [N_m, D_m]} (rows where m is present) on the model's device."""
-    from fusion._base import masked_mean
+    from fusion import masked_mean
 
     loader = make_loader(ds, model, spec, "eval", batch_size=batch_size)
     was_training = model.training

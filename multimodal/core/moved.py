@@ -34,6 +34,11 @@ MOVED: dict[str, dict[str, str]] = {
         "checkpoints": f"{_ENGINE}.checkpoint", "NonFiniteTrainingError": f"{_ENGINE}.step",
         **dict.fromkeys(("environment", "resident_memory_mb", "importlib_available"), _PROVENANCE),
     },
+    "multimodal.experiments.summary": dict.fromkeys(
+        ("summarize", "comparisons", "correct", "unimodal", "grid_keys", "ROW_KEYS", "STAT_KEYS",
+         "METRICS", "EXTRA_METRICS", "UTIL", "ONLY"),
+        "multimodal.experiments.bench.stats",
+    ),
 }  # fmt: skip
 
 

@@ -7,7 +7,6 @@ study. The target domains are never looked at while choosing."""
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,10 +52,9 @@ class SearchResult:
 
 def fusion_parameters(name: str) -> set[str]:
     """The keyword arguments a registered fusion's constructor takes."""
-    from fusion._registry import _FUSIONS
+    from fusion import FUSIONS
 
-    builder = _FUSIONS.get(name)
-    return set(inspect.signature(builder).parameters) - {"self", "modality_dims"}
+    return FUSIONS.accepted_kwargs(name, ignore={"modality_dims"})
 
 
 def _suggest(trial: Any, name: str, spec: Mapping[str, Any]) -> Any:

@@ -14,8 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from encoders import Encoder, create_encoder
-from encoders._registry import _ENCODERS
+from encoders import ENCODERS, Encoder, create_encoder
 from fusion import Fusion, FusionOutput, create_fusion
 
 from ..core.config import check_keys, read_yaml
@@ -224,7 +223,7 @@ class MultimodalModel(nn.Module):
                 f"{save_dir}: unsupported format_version {config.get('format_version')!r}"
             )
         for m, enc_cfg in config["encoders"].items():
-            for key in getattr(_ENCODERS.get(enc_cfg["name"]), "path_kwargs", ()):
+            for key in getattr(ENCODERS.get(enc_cfg["name"]), "path_kwargs", ()):
                 if enc_cfg.get(key) is not None:
                     enc_cfg[key] = str(save_dir / "encoders" / m / enc_cfg[key])
             _caller_trust(enc_cfg, trust_remote_code, f"{save_dir}: encoders.{m}")
@@ -264,7 +263,7 @@ def _caller_trust(enc_cfg: dict[str, Any], trust_remote_code: bool, where: str) 
         )
     if (
         trust_remote_code
-        and "trust_remote_code" in inspect.signature(_ENCODERS.get(enc_cfg["name"])).parameters
+        and "trust_remote_code" in inspect.signature(ENCODERS.get(enc_cfg["name"])).parameters
     ):
         enc_cfg["trust_remote_code"] = True
 
