@@ -14,7 +14,7 @@ import torch
 from ..core.io import write_json_atomic
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
-from ..data.streaming import is_streaming
+from ..data.split import Split
 
 
 def predictions(model: Any, ds: datasets.Dataset, spec: DatasetSpec,
@@ -31,7 +31,7 @@ def predictions(model: Any, ds: datasets.Dataset, spec: DatasetSpec,
     logits, labels = predict_loader(model, loader, accelerator)
     if labels is None:
         raise ValueError(f"column {spec.label!r}: the split has no labels to evaluate against")
-    domains = [] if is_streaming(ds) else list(ds["domain"])
+    domains = [] if Split(ds).streamed else list(ds["domain"])
     return logits.cpu(), labels.cpu(), domains
 
 

@@ -81,8 +81,10 @@ def accepted_kwargs(builder: Callable[..., Any], follow_bases: bool = True) -> s
     class forwards ``**kwargs`` to its bases (``follow_bases``), theirs too."""
     classes = [builder]
     params = inspect.signature(builder).parameters
-    if follow_bases and isinstance(builder, type) and any(
-        p.kind == p.VAR_KEYWORD for p in params.values()
+    if (
+        follow_bases
+        and isinstance(builder, type)
+        and any(p.kind == p.VAR_KEYWORD for p in params.values())
     ):
         classes = list(inspect.getmro(builder))
     names: set[str] = set()

@@ -11,7 +11,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
-from ..data.streaming import is_streaming
+from ..data.split import Split
 
 Forward = Callable[[Any, Any], Any]
 
@@ -79,7 +79,7 @@ def evaluate(
     unknown = sorted(set(drop_modalities) - set(model.modalities))
     if unknown:
         raise ValueError(f"cannot drop {unknown}: the model's modalities are {model.modalities}")
-    if cached and not drop_modalities and corruption is None and not is_streaming(ds):
+    if cached and not drop_modalities and corruption is None and not Split(ds).streamed:
         from .config import TrainConfig
         from .loaders import cached_forward, cached_loader, split_features
 

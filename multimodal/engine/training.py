@@ -27,7 +27,7 @@ from transformers import get_scheduler
 from ..core.config import check_keys
 from ..core.io import CorruptCheckpointError
 from ..core.provenance import resident_memory_mb
-from ..data.streaming import is_streaming
+from ..data.split import Split
 from ..modeling.augment import Augmenter, augmenter
 from ..modeling.balance import Balancer, create_balancer
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
@@ -157,7 +157,9 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         logger.info("speed-ups: %s", ", ".join(applied))
     adversarial = _adversarial_options(cfg.adversarial)
     # A stream is never held whole, and neither are its encoder outputs.
-    use_cache = use_feature_cache(cfg, frozen, len(model.encoders)) and not is_streaming(data.train)
+    use_cache = (
+        use_feature_cache(cfg, frozen, len(model.encoders)) and not Split(data.train).streamed
+    )
     loaders = build_loaders(
         model, data, cfg, use_cache, run_dir, accelerator.main_process_first, pinned, frozen
     )
@@ -199,7 +201,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         frozen=frozen, counts=counts, loaders=loaders, train_sampler=train_sampler,
         target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, uda=uda,
         balancer=balancer, regularizer=regularizer, adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
-        recorder=RunRecorder(accelerator, cfg), streaming=is_streaming(data.train),
+        recorder=RunRecorder(accelerator, cfg), streaming=Split(data.train).streamed,
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
     )  # fmt: skip
 

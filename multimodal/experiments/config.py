@@ -130,9 +130,7 @@ def validate(config: Mapping[str, Any]) -> None:
     for modality, enc in (config.get("encoders") or {}).items():
         if "name" not in enc:
             raise ValueError(f"encoders.{modality}: needs a 'name'")
-        check_keys(
-            enc, ENCODERS.accepted_kwargs(enc["name"]) | {"name"}, f"encoders.{modality}"
-        )
+        check_keys(enc, ENCODERS.accepted_kwargs(enc["name"]) | {"name"}, f"encoders.{modality}")
 
 
 def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

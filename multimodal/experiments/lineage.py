@@ -18,7 +18,7 @@ import datasets
 from ..core.io import write_json_atomic
 from ..data.loading import k_shot, load_dataset, select_domains
 from ..data.spec import DatasetSpec
-from ..data.streaming import is_streaming
+from ..data.split import Split
 from ..engine import FitData, TrainConfig, evaluate, fit
 from ..modeling.model import MultimodalModel
 from ..modeling.tasks import headline_metric
@@ -57,7 +57,7 @@ def rehearsal_mix(
         raise FileNotFoundError(f"{parent}: no {LINEAGE_NAME} or run_config.json, so its training rows are "
                                 "unknown and rehearsal cannot draw from them")  # fmt: skip
     old = found[1]
-    if is_streaming(old) or is_streaming(new_train):
+    if Split(old).streamed or Split(new_train).streamed:
         raise ValueError(
             "rehearsal draws from the parent's whole training split; streamed data cannot"
         )

@@ -67,7 +67,7 @@ def train_run(
     domains (``training_domains``) unless ``all_domains``."""
     from ..data.collate import RowView
     from ..data.loading import load_dataset, select_domains
-    from ..data.streaming import is_streaming, scan
+    from ..data.split import Split
     from ..engine import FitData, evaluate, fit
     from ..modeling.model import build_model
     from .config import RunConfig
@@ -83,8 +83,7 @@ def train_run(
         logger.warning("training on the source domains %s (transfer.source); the other domains "
                        "stay unseen (--all-domains trains on every domain)", sources)  # fmt: skip
         dsd = {name: select_domains(split, sources) for name, split in dsd.items()}
-    train_domains = sources or (scan(dsd["train"])[1] if is_streaming(dsd["train"])
-                                else sorted(set(dsd["train"]["domain"])))  # fmt: skip
+    train_domains = sources or Split(dsd["train"]).domains()
     record = {"config": config, TRAINED_ON: train_domains, "all_domains": sources is None,
               CLASS_NAMES: class_names(spec, dsd["train"])}  # fmt: skip
     write_json_atomic(out / RUN_CONFIG_NAME, {**record, **provenance(config)})

@@ -117,3 +117,18 @@ def test_streaming_transfer_runs_every_stage_and_counts_its_rows(folder) -> None
     assert 0.0 <= result.adapted <= 1.0 and report.source_test_samples > 0
     with pytest.raises(ValueError, match="with streaming use k_shot"):
         transfer({**config, "transfer": {**config["transfer"], "target_fraction": 0.5}})
+
+
+def test_a_split_answers_the_same_held_or_streamed() -> None:
+    from multimodal.data import Split
+
+    rows = [{"x": i, "domain": f"d{i % 3}"} for i in range(10)]
+    held = Split(datasets.Dataset.from_list(rows))
+    streamed = Split(datasets.Dataset.from_list(rows).to_iterable_dataset(num_shards=2))
+    assert (held.streamed, streamed.streamed) == (False, True)
+    assert (held.known_size, streamed.known_size) == (10, None)
+    assert held.size() == streamed.size() == 10
+    assert held.domains() == streamed.domains() == ["d0", "d1", "d2"]
+    assert held.size_and_domains() == streamed.size_and_domains() == (10, ["d0", "d1", "d2"])
+    assert streamed.first(4)["x"] == [0, 1, 2, 3] and len(held.first(4)) == 10
+    assert [r["x"] for r in streamed] == list(range(10))

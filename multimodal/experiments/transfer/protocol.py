@@ -10,7 +10,7 @@ from typing import Any
 from ...analysis.imbalance import modality_imbalance
 from ...analysis.robustness import missing_modality_table
 from ...core.config import config_hash
-from ...data.streaming import is_streaming
+from ...data.split import Split
 from ...engine.cache import FEATURES
 from ...modeling.model import MultimodalModel
 from ..adaptations import Adaptation, create_adaptation
@@ -127,7 +127,7 @@ def _target(plan: TransferPlan, arm: Adaptation, model: MultimodalModel, target:
 def _plan_progress(plan: TransferPlan, arms: list[Adaptation]) -> None:
     """The progress bar's total: the optimizer steps of every stage."""
     train = plan.source["train"]
-    source_rows = None if is_streaming(train) else len(train)
+    source_rows = Split(train).known_size
     plan.progress.plan({}, source_rows)
     for episodes in plan.episodes.values():
         for episode in episodes:
