@@ -57,7 +57,7 @@ def evaluation_report(
             d: metrics(torch.tensor([x == d for x in domains])) for d in sorted(set(domains))
         },
     }
-    if task.name == "classification":
+    if task.exclusive_classes:
         from .calibration import reliability_bins, selective_accuracy
 
         probs = task.probabilities(logits)

@@ -97,13 +97,15 @@ def explain(
             with torch.no_grad():
                 tokens, masks = model.encode(batch)
                 full = _forward_features(model, tokens, masks)
-                probs = full.logits.float().softmax(-1)
+                probs = model.head.task.class_probabilities(full.logits)
                 pred = probs.argmax(-1)
                 chosen = probs.gather(1, pred[:, None])[:, 0]
                 ablation = {}
                 for m in modalities:
                     dropped = {**masks, m: torch.zeros_like(masks[m])}
-                    p = _forward_features(model, tokens, dropped).logits.float().softmax(-1)
+                    p = model.head.task.class_probabilities(
+                        _forward_features(model, tokens, dropped).logits
+                    )
                     ablation[m] = chosen - p.gather(1, pred[:, None])[:, 0]
             ig, delta = _integrated_gradients(model, tokens, masks, pred, ig_steps)
             rows = batch["row"].tolist()

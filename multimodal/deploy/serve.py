@@ -332,7 +332,7 @@ def create_app(
         predictions = []
         for r in results:
             entry: dict[str, Any] = {k: v for k, v in r.items() if k != "logits"}
-            if "labels" in r and model.head.task.name == "classification":
+            if "labels" in r and model.head.task.exclusive_classes:
                 entry["label_name"] = labels[r["labels"]]
             predictions.append(entry)
         return {"predictions": predictions if many else predictions[0], "model": version}

@@ -33,7 +33,7 @@ from ..modeling.balance import Balancer, create_balancer
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.model import move_to
 from ..modeling.regularize import Regularizer, create_regularizer
-from ..modeling.uda import create_uda_objective
+from ..modeling.uda import create_uda_objective, uda_needs_classes
 from .checkpoint import check_random_states, load_modules, resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics, loader_config
@@ -165,6 +165,8 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     )
     uda = None
     if loaders.target is not None:
+        if uda_needs_classes(cfg.uda):
+            model.head.task.require_classes(f"train.uda={cfg.uda}")
         uda = create_uda_objective(cfg.uda, model.fusion.out_dim, model.head.num_classes,
                                        weight=cfg.uda_weight, **cfg.uda_kwargs).to(accelerator.device)  # fmt: skip
     optimizer = build_optimizer(model, cfg, fused_optimizer(cfg, accelerator.device))

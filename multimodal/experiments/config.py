@@ -16,7 +16,7 @@ from fusion import FUSIONS
 
 from ..core.config import check_keys, checked_fields, parse_value, read_yaml
 from ..core.registry import accepted_kwargs
-from ..data.spec import DatasetSpec
+from ..data.spec import RETIRED_KEYS, DatasetSpec
 from ..engine import TrainConfig
 from ..modeling.heads import Head
 
@@ -116,7 +116,8 @@ class RunConfig:
 def validate(config: Mapping[str, Any]) -> None:
     """Raise a ValueError naming any key that nothing reads, with the close matches."""
     check_keys(config, SECTIONS)
-    check_keys(config.get("data") or {}, (f.name for f in dataclasses.fields(DatasetSpec)), "data")
+    data_keys = [*(f.name for f in dataclasses.fields(DatasetSpec)), *RETIRED_KEYS]
+    check_keys(config.get("data") or {}, data_keys, "data")
     check_keys(config.get("train") or {}, TrainConfig.__dataclass_fields__, "train")
     transfer = config.get("transfer") or {}
     check_keys(transfer, (f.name for f in dataclasses.fields(TransferConfig)), "transfer")

@@ -124,10 +124,9 @@ class OGMGE(Balancer):
 
     def __init__(self, model: Any, strength: float, seed: int, ge: bool = True) -> None:
         super().__init__(strength)
-        if model.head.task.name != "classification":
-            raise ValueError(
-                f"ogm_ge scores modalities by the true class's probability; the task is {model.head.task.name!r}"
-            )
+        model.head.task.require_classes(
+            "ogm_ge (it scores modalities by the true class's probability)"
+        )
         self.modalities = [m for m in model.modalities
                            if any(p.requires_grad for p in model.encoders[m].parameters())]  # fmt: skip
         if not self.modalities:

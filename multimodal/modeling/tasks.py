@@ -31,6 +31,9 @@ class Task:
     name: ClassVar[str] = ""
     default_metric: ClassVar[str] = "accuracy"
     min_classes: ClassVar[int] = 1
+    # One class per row, its probabilities a softmax over the outputs: what calibration,
+    # per-class reports, class names, entropy and distillation of class probabilities need.
+    exclusive_classes: ClassVar[bool] = False
 
     def __init__(
         self, num_classes: int, label_smoothing: float = 0.0, temperature: float = 1.0
@@ -60,6 +63,19 @@ class Task:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """[B, C] what ensembles average: probabilities, or the outputs themselves."""
         return logits
+
+    def require_classes(self, what: str) -> None:
+        """Raise, naming ``what``, unless this task has one class per row (``exclusive_classes``)."""
+        if not self.exclusive_classes:
+            raise ValueError(
+                f"{what} needs one class per row (a classification head); the task is {self.name!r}"
+            )
+
+    def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, C] softmax(logits) at temperature 1: what a training objective or an
+        attribution reads; only for ``exclusive_classes`` tasks."""
+        self.require_classes("class probabilities")
+        return logits.float().softmax(-1)
 
     def outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictions for people: logits plus probs/labels, or predictions."""
@@ -103,6 +119,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     min_classes = 2
+    exclusive_classes = True
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels.long(), label_smoothing=self.label_smoothing)
