@@ -12,7 +12,6 @@ from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
 from ..modeling.attacks import METHODS, perturb, resolve_budgets
 from ..modeling.model import move_to
-from ..modeling.tasks import headline_metric
 
 
 def adversarial_table(
@@ -61,6 +60,7 @@ def adversarial_table(
                 "attack": method,
                 "attacked": name,
                 "budgets": attacked,
+                "metric": model.head.task.default_metric,
                 "loss": model.head.loss(logits, labels).item(),
                 **model.head.task.metrics(logits, labels),
             }
@@ -69,7 +69,7 @@ def adversarial_table(
 
 
 def format_adversarial_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    main = headline_metric(rows[0])
+    main = rows[0]["metric"]
     lines = [f"{'attack':<7} {'attacked':<12} {main:>9} {'loss':>8}  budget", "-" * 60]
     for r in rows:
         budget = ", ".join(f"{m} {v:.4g}" for m, v in r["budgets"].items()) or "-"

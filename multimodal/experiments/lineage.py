@@ -218,6 +218,7 @@ def history(run: str | Path) -> list[dict[str, Any]]:
             if results.is_file():
                 data = json.loads(results.read_text())
                 entry["test"] = data.get("test")
+                entry["metric"] = data.get("metric")
             current = None
         chain.append(entry)
     return list(reversed(chain))
@@ -231,7 +232,8 @@ def format_history(chain: Sequence[Mapping[str, Any]]) -> str:
             continue
         if e["version"] == 1 or "strategy" not in e:
             test = e.get("test") or {}
-            key = headline_metric(test)
+            # results.json names its metric; one written before it did: accuracy, else rmse
+            key = e.get("metric") or headline_metric(test)
             main = f"{key} {test[key]:.4f}" if key in test else ""
             lines.append(f"v{e['version']}  {e['run']}  trained; test {main}".rstrip())
             continue

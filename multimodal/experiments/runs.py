@@ -100,6 +100,7 @@ def train_run(
     summary = {
         "validation_" + result.metric: result.best_metric, "best_step": result.best_step,
         "steps": result.steps, "skipped_steps": result.skipped_steps, "test": test,
+        "metric": model.head.task.default_metric,
         "trained_domains": train_domains,
         "history": result.history, "wall_time_s": time.perf_counter() - start, "run_dir": str(out),
     }  # fmt: skip
