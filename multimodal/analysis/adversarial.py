@@ -8,10 +8,9 @@ from typing import Any
 import datasets
 import torch
 
-from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
+from ..engine.evaluate import eval_batches
 from ..modeling.attacks import METHODS, perturb, resolve_budgets
-from ..modeling.model import move_to
 
 
 def adversarial_table(
@@ -30,27 +29,20 @@ def adversarial_table(
     targets: list[tuple[str, dict[str, float]]] = [("all", radii)]
     if per_modality and len(radii) > 1:
         targets += [(m, {m: r}) for m, r in radii.items()]
-    loader = make_loader(ds, model, spec, "eval", batch_size=batch_size)
-    was_training = model.training
-    model.eval()
     results: dict[tuple[str, str], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    try:
-        for batch in loader:
-            batch = move_to(batch, model.device)
-            with torch.no_grad():
-                clean = model({k: v for k, v in batch.items() if k != "labels"}).logits
-            results.setdefault(("clean", "-"), ([], []))[0].append(clean.float().cpu())
-            results[("clean", "-")][1].append(batch["labels"].cpu())
-            for method in methods:
-                for name, radius in targets:
-                    adv = perturb(model, batch, method, radius, steps=steps)
-                    with torch.no_grad():
-                        logits = model({k: v for k, v in adv.items() if k != "labels"}).logits
-                    logits_list, labels_list = results.setdefault((method, name), ([], []))
-                    logits_list.append(logits.float().cpu())
-                    labels_list.append(batch["labels"].cpu())
-    finally:
-        model.train(was_training)
+    for batch in eval_batches(model, ds, spec, batch_size):
+        with torch.no_grad():
+            clean = model({k: v for k, v in batch.items() if k != "labels"}).logits
+        results.setdefault(("clean", "-"), ([], []))[0].append(clean.float().cpu())
+        results[("clean", "-")][1].append(batch["labels"].cpu())
+        for method in methods:
+            for name, radius in targets:
+                adv = perturb(model, batch, method, radius, steps=steps)
+                with torch.no_grad():
+                    logits = model({k: v for k, v in adv.items() if k != "labels"}).logits
+                logits_list, labels_list = results.setdefault((method, name), ([], []))
+                logits_list.append(logits.float().cpu())
+                labels_list.append(batch["labels"].cpu())
     rows = []
     for (method, name), (logits_list, labels_list) in results.items():
         logits, labels = torch.cat(logits_list), torch.cat(labels_list)

@@ -11,8 +11,8 @@ from typing import Any
 import datasets
 import torch
 
-from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
+from ..engine.evaluate import predict
 from ..modeling.model import MultimodalModel
 
 
@@ -21,15 +21,10 @@ def _predictions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities (classification, multilabel) or outputs (regression) [N, C] and labels
     [N], in row order, through the engine's evaluation loop."""
-    from accelerate import Accelerator
-
-    from ..engine import predict_loader
-
-    accelerator = Accelerator()
-    model.to(accelerator.device)
-    loader = accelerator.prepare(make_loader(ds, model, spec, "eval", batch_size=batch_size))
-    logits, labels = predict_loader(model, loader, accelerator)
-    return model.head.task.probabilities(logits).cpu(), labels.cpu()
+    logits, labels = predict(model, ds, spec, batch_size)
+    if labels is None:
+        raise ValueError(f"column {spec.label!r}: the split has no labels to evaluate against")
+    return model.head.task.probabilities(logits), labels
 
 
 def evaluate_ensemble(
