@@ -32,7 +32,7 @@ import torch
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the route annotations here
 from fastapi.responses import JSONResponse
 
-from ..experiments.lineage import LINEAGE_NAME
+from ..core.run_folder import RunFolder
 from ..modeling.model import Batch, MultimodalModel, move_to
 from ..modeling.processing import MultimodalProcessor
 
@@ -243,12 +243,12 @@ def _tabular_row(columns: Sequence[str], value: Any, field: str) -> dict[str, An
 
 def _version(run: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(run.resolve())}
-    lineage = run / LINEAGE_NAME
+    lineage = run / RunFolder.LINEAGE
     if lineage.is_file():
         info["version"] = json.loads(lineage.read_text())["version"]
-    elif (run / "run_config.json").is_file():
+    elif RunFolder(run).run_config.is_file():
         info["version"] = 1
-        info["config_hash"] = json.loads((run / "run_config.json").read_text()).get("config_hash")
+        info["config_hash"] = json.loads(RunFolder(run).run_config.read_text()).get("config_hash")
     return info
 
 

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 from ..core.config import check_keys
 from ..core.io import CorruptCheckpointError
 from ..core.provenance import resident_memory_mb
+from ..core.run_folder import RunFolder
 from ..data.split import Split
 from ..modeling.augment import Augmenter, augmenter
 from ..modeling.balance import Balancer, create_balancer
@@ -390,7 +391,7 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
     if run.cfg.strategy == "lora":
         merge_lora(run.unwrapped)
     if run.accelerator.is_main_process and run.run_dir is not None:
-        run.unwrapped.save_pretrained(run.run_dir / "best_model")
+        run.unwrapped.save_pretrained(RunFolder(run.run_dir).best_model)
     run.unwrapped.eval()
     per_s = lambda n: n / clock.seconds if clock.seconds > 0 else 0.0  # noqa: E731
     result = FitResult(

@@ -16,6 +16,7 @@ from typing import Any
 import datasets
 
 from ..core.io import write_json_atomic
+from ..core.run_folder import RunFolder
 from ..data.loading import k_shot, load_dataset, select_domains
 from ..data.spec import DatasetSpec
 from ..data.split import Split
@@ -23,8 +24,8 @@ from ..engine import FitData, TrainConfig, evaluate, fit
 from ..modeling.model import MultimodalModel
 from ..modeling.tasks import headline_metric
 
-LINEAGE_NAME = "lineage.json"
-COMPARISON_NAME = "comparison.json"
+LINEAGE_NAME = RunFolder.LINEAGE
+COMPARISON_NAME = RunFolder.COMPARISON
 
 
 def _parent_split(run: Path, split: str) -> tuple[DatasetSpec, datasets.Dataset] | None:
@@ -35,7 +36,7 @@ def _parent_split(run: Path, split: str) -> tuple[DatasetSpec, datasets.Dataset]
         record = json.loads(lineage.read_text())
         spec = DatasetSpec.from_dict(record["data"])
         return spec, _split(spec, split, record.get("domains"))
-    recorded = run / "run_config.json"
+    recorded = RunFolder(run).run_config
     if recorded.is_file():
         spec = DatasetSpec.from_dict(json.loads(recorded.read_text())["config"].get("data") or {})
         return spec, load_dataset(spec)[split]
@@ -155,7 +156,7 @@ def readapt(
         "data": {k: v for k, v in spec.__dict__.items()}, "train": config,
     })  # fmt: skip
     write_json_atomic(out / COMPARISON_NAME, comparison)
-    (out / "comparison.md").write_text(comparison_markdown(comparison))
+    (out / RunFolder.COMPARISON_MD).write_text(comparison_markdown(comparison))
     return comparison
 
 
@@ -167,7 +168,7 @@ def _test_time(
     from .adaptations import create_adaptation
 
     create_adaptation(method).train(model, data, cfg)
-    model.save_pretrained(out / "best_model")
+    model.save_pretrained(RunFolder(out).best_model)
     return cfg.metric or model.head.task.default_metric
 
 
@@ -214,7 +215,7 @@ def history(run: str | Path) -> list[dict[str, Any]]:
                 )
                 break
         else:
-            results = current / "results.json"
+            results = RunFolder(current).results
             if results.is_file():
                 data = json.loads(results.read_text())
                 entry["test"] = data.get("test")

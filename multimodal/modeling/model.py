@@ -19,6 +19,7 @@ from fusion import Fusion, FusionOutput, create_fusion
 
 from ..core.config import check_keys, read_yaml
 from ..core.io import atomic_dir, verify_folder, write_checksums, write_json_atomic
+from ..core.run_folder import RunFolder
 from .heads import Head
 from .processing import MultimodalProcessor
 
@@ -235,8 +236,8 @@ class MultimodalModel(nn.Module):
 def _model_folder(save_dir: Path) -> Path:
     """The saved-model folder of ``save_dir`` (itself, or a run folder's ``best_model/``),
     with its config and safetensors weights; pickled weights are refused by name."""
-    if (save_dir / "best_model" / CONFIG_NAME).is_file():
-        save_dir = save_dir / "best_model"
+    if (RunFolder(save_dir).best_model / CONFIG_NAME).is_file():
+        save_dir = RunFolder(save_dir).best_model
     if not (save_dir / WEIGHTS_NAME).is_file():
         pickles = sorted(
             p.name

@@ -10,6 +10,7 @@ from typing import Any
 from ...analysis.imbalance import modality_imbalance
 from ...analysis.robustness import missing_modality_table
 from ...core.config import config_hash
+from ...core.run_folder import RunFolder
 from ...data.split import Split
 from ...engine.cache import FEATURES
 from ...modeling.model import MultimodalModel
@@ -88,7 +89,7 @@ def transfer_adaptations(
             feature_store={"hits": FEATURES.hits - lookups[0], "misses": FEATURES.misses - lookups[1]},
         )  # fmt: skip
         if plan.out is not None:
-            name = "report.json" if len(arms) == 1 else f"report-{arm.name}.json"
+            name = RunFolder.REPORT if len(arms) == 1 else f"report-{arm.name}.json"
             reports[arm.name].to_json(plan.out / name)
     plan.progress.close()
     return reports
