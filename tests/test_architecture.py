@@ -81,8 +81,14 @@ def _private_imports(path: Path) -> list[str]:
         else:
             continue
         home = module if module.startswith(package + ".") or module == package else None
-        private_module = any(p.startswith("_") and not p.startswith("__") for p in module.split("."))
-        if private_module and not (package and module.startswith(package + "._")) and module != "__future__":
+        private_module = any(
+            p.startswith("_") and not p.startswith("__") for p in module.split(".")
+        )
+        if (
+            private_module
+            and not (package and module.startswith(package + "._"))
+            and module != "__future__"
+        ):
             found.append(f"{path.relative_to(ROOT)}: from {module} import ...")
         for name in names:
             last = name.split(".")[-1]
@@ -96,3 +102,23 @@ def test_no_module_imports_another_packages_private_names() -> None:
     files = [p for d in (*PACKAGES, "benchmarks") for p in (ROOT / d).rglob("*.py")]
     found = [hit for path in files for hit in _private_imports(path)]
     assert not found, "\n".join(found)
+
+
+MODULE_LINES, FUNCTION_LINES = 500, 80
+
+
+def test_no_module_or_function_is_too_long_to_read() -> None:
+    """ARCHITECTURE.md's sizes: a module over 500 lines or a function over 80 is split."""
+    long = []
+    for path in (p for d in PACKAGES for p in (ROOT / d).rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MODULE_LINES:
+            long.append(f"{path.relative_to(ROOT)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > FUNCTION_LINES:
+                    long.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines"
+                    )
+    assert not long, "\n".join(long)

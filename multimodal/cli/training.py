@@ -86,7 +86,7 @@ def run_transfer(args: argparse.Namespace) -> int:
 
 
 # Other commands' outputs: a transfer never writes beside them unasked.
-OTHER_OUTPUTS = (RunFolder.RUN_CONFIG, RunFolder.RESULTS, RunFolder.BEST_MODEL)
+OTHER_OUTPUTS = (RunFolder.run_config, RunFolder.results, RunFolder.best_model)
 
 
 def transfer_output_dir(config: dict[str, Any], given: str | None) -> Path:

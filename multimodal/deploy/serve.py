@@ -243,7 +243,7 @@ def _tabular_row(columns: Sequence[str], value: Any, field: str) -> dict[str, An
 
 def _version(run: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(run.resolve())}
-    lineage = run / RunFolder.LINEAGE
+    lineage = run / RunFolder.lineage
     if lineage.is_file():
         info["version"] = json.loads(lineage.read_text())["version"]
     elif RunFolder(run).run_config.is_file():

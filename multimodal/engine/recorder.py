@@ -16,7 +16,7 @@ from .config import TrainConfig
 from .state import TrainState
 from .trackers import Trackers
 
-METRICS_NAME = RunFolder.METRICS
+METRICS_NAME = RunFolder.metrics
 
 
 def trackers_for(cfg: TrainConfig) -> list[str]:

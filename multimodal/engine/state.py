@@ -11,7 +11,7 @@ from typing import Any
 from ..core.io import write_json_atomic
 from ..core.run_folder import RunFolder
 
-STATE_NAME = RunFolder.TRAINER_STATE
+STATE_NAME = RunFolder.trainer_state
 
 
 @dataclass

@@ -15,7 +15,7 @@ from ..core.run_folder import RunFolder
 from ..modeling.tasks import METRIC_MODES
 from .state import TrainState
 
-BEST_STATE_NAME = RunFolder.BEST_STATE
+BEST_STATE_NAME = RunFolder.best_state
 
 
 def is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:

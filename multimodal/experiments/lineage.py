@@ -24,8 +24,8 @@ from ..engine import FitData, TrainConfig, evaluate, fit
 from ..modeling.model import MultimodalModel
 from ..modeling.tasks import headline_metric
 
-LINEAGE_NAME = RunFolder.LINEAGE
-COMPARISON_NAME = RunFolder.COMPARISON
+LINEAGE_NAME = RunFolder.lineage
+COMPARISON_NAME = RunFolder.comparison
 
 
 def _parent_split(run: Path, split: str) -> tuple[DatasetSpec, datasets.Dataset] | None:
@@ -156,7 +156,7 @@ def readapt(
         "data": {k: v for k, v in spec.__dict__.items()}, "train": config,
     })  # fmt: skip
     write_json_atomic(out / COMPARISON_NAME, comparison)
-    (out / RunFolder.COMPARISON_MD).write_text(comparison_markdown(comparison))
+    (out / RunFolder.comparison_md).write_text(comparison_markdown(comparison))
     return comparison
 
 

@@ -15,8 +15,8 @@ from ..core.io import write_json_atomic
 from ..core.provenance import git_state
 from ..core.run_folder import RunFolder
 
-RUN_CONFIG_NAME = RunFolder.RUN_CONFIG
-RESULTS_NAME = RunFolder.RESULTS
+RUN_CONFIG_NAME = RunFolder.run_config
+RESULTS_NAME = RunFolder.results
 TRAINED_ON = "trained_domains"  # run_config.json: the domains the model saw in training
 CLASS_NAMES = "class_names"  # run_config.json: class id -> name, when the data name them
 logger = logging.getLogger(__name__)

@@ -89,7 +89,7 @@ def transfer_adaptations(
             feature_store={"hits": FEATURES.hits - lookups[0], "misses": FEATURES.misses - lookups[1]},
         )  # fmt: skip
         if plan.out is not None:
-            name = RunFolder.REPORT if len(arms) == 1 else f"report-{arm.name}.json"
+            name = RunFolder.report if len(arms) == 1 else f"report-{arm.name}.json"
             reports[arm.name].to_json(plan.out / name)
     plan.progress.close()
     return reports
