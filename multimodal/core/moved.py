@@ -1,4 +1,4 @@
-"""Old import paths, kept working for a deprecation period with a ``FutureWarning`` that
+"""Old import paths, kept working for a deprecation period with a ``DeprecationWarning`` that
 names the new one. The flat modules of the first release moved into layers (ARCHITECTURE.md);
 a script written against them still runs, and says what to change."""
 
@@ -58,7 +58,7 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         homes = sorted(set(names.values()))
         warnings.warn(
             f"{module.__name__} moved; import from {', '.join(homes)} (or from multimodal) instead",
-            FutureWarning,
+            DeprecationWarning,
             stacklevel=3,
         )
 
