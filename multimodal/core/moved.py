@@ -56,8 +56,10 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         names = MOVED[module.__name__]
         homes = sorted(set(names.values()))
+        top = set(importlib.import_module("multimodal").__all__)
+        also = " (or from multimodal)" if any(n in top for n in names) else ""
         warnings.warn(
-            f"{module.__name__} moved; import from {', '.join(homes)} (or from multimodal) instead",
+            f"{module.__name__} moved; import from {', '.join(homes)}{also} instead",
             DeprecationWarning,
             stacklevel=3,
         )
