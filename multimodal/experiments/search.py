@@ -131,7 +131,7 @@ def fusion_search(
     seed = int(base.seed or 0)
     max_epochs = max_epochs or base.train.epochs
     space = DEFAULT_SPACE if space is None else space
-    task = TASKS[base.model.head.get("task", "classification")]
+    task = TASKS.get(base.model.head.get("task", "classification"))
     metric = base.train.metric or task.default_metric
     direction = "maximize" if METRIC_MODES.get(metric, "max") == "max" else "minimize"
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 import torchmetrics.functional as tmf
 
+from ..core.registry import Registry
+
 # metric -> whether larger is better
 METRIC_MODES = {
     "accuracy": "max", "macro_f1": "max", "auroc": "max", "loss": "min", "mae": "min", "rmse": "min",
@@ -250,19 +252,22 @@ class RegressionTask(Task):
         return self._vector(label, index)
 
 
-TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (ClassificationTask, MultilabelTask, RegressionTask)
-}
+# name -> Task subclass; a new task registers here (``TASKS.register(name)(cls)``).
+TASKS: Registry[Task] = Registry("head task")
+for _task in (ClassificationTask, MultilabelTask, RegressionTask):
+    TASKS.register(_task.name)(_task)
 
 
 def create_task(
     name: str, num_classes: int, label_smoothing: float = 0.0, temperature: float = 1.0
 ) -> Task:
     if name not in TASKS:
-        raise ValueError(f"head task must be one of {tuple(TASKS)}, got {name!r}")
-    return TASKS[name](num_classes, label_smoothing, temperature)
+        raise ValueError(f"head task must be one of {tuple(TASKS.names())}, got {name!r}")
+    return TASKS.get(name)(num_classes, label_smoothing, temperature)
 
 
 def compute_metrics(task: str, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy, macro-F1 and AUROC for classification/multilabel; MAE and RMSE for regression."""
-    return create_task(task, max(logits.shape[-1], TASKS[task].min_classes)).metrics(logits, labels)
+    return create_task(task, max(logits.shape[-1], TASKS.get(task).min_classes)).metrics(
+        logits, labels
+    )
