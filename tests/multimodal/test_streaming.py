@@ -80,6 +80,7 @@ def test_reservoir_k_shot_holds_k_per_class_and_is_seeded() -> None:
     assert min(drawn) < 100 and max(drawn) >= 200
 
 
+@pytest.mark.slow
 def test_loader_workers_share_the_shards_and_shuffle_with_a_buffer(folder) -> None:
     config = tiny_run(data=_spec(folder))
     spec = mm.DatasetSpec.from_dict(config["data"])
@@ -106,6 +107,7 @@ def _encoders() -> dict:
     return {**encoders, "image": {"name": "timm_image", "model_name": "resnet10t", "img_size": 16}}
 
 
+@pytest.mark.slow
 def test_streaming_transfer_runs_every_stage_and_counts_its_rows(folder) -> None:
     config = tiny_run(data=_spec(folder), encoders=_encoders(), transfer={"k_shot": 3, "source": ["d0"], "target": ["d1"],
                                                                              "adapt": {"epochs": 2}, "scratch": {"epochs": 2}})  # fmt: skip
