@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cross_domain import _prepare_data, _suite_path
-
 METRICS = ("nll", "ece", "brier")
 
 
@@ -96,10 +94,10 @@ def main() -> None:
         "--out", type=Path, default=Path("benchmarks/results/calibration_shift.json")
     )
     args = parser.parse_args()
-    from multimodal.experiments.bench import load_suite, plan, unit_config
+    from multimodal.experiments.bench import find_suite, load_suite, plan, prepare_data, unit_config
 
-    suite = load_suite(_suite_path(args.suite))
-    _prepare_data(suite)
+    suite = load_suite(find_suite(args.suite))
+    prepare_data(suite)
     unit = next(u for u in plan(suite, [args.fusion], 1) if u.fusion == args.fusion)
     config = unit_config(suite, unit)
     tick = time.perf_counter()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serve_load import _model, _sample
+from serve_load import request_sample, saved_model
 
 KINDS = ("deep", "deep_form", "wide", "long_text", "long_audio", "truncated")
 
@@ -109,7 +109,7 @@ class Server:
         from multimodal.deploy.serve import start_server
 
         self.process, self.url = start_server(model, "--max-batch", "32", "--max-wait-ms", "10")
-        good = json.dumps({"inputs": _sample(0)}).encode()
+        good = json.dumps({"inputs": request_sample(0)}).encode()
         for _ in range(4):  # warm-up
             _post(self.url, good, {"content-type": "application/json"})
         self.warm_rss_mb = _peak_rss_mb(self.process.pid)
@@ -147,7 +147,7 @@ def load(model: Path, requests: int, concurrency: int, hostile_share: float) -> 
             kind = KINDS[nth % len(KINDS)]
             plan.append((kind, *hostile(kind, nth // len(KINDS))))
         else:
-            body = json.dumps({"inputs": _sample(i)}).encode()
+            body = json.dumps({"inputs": request_sample(i)}).encode()
             plan.append(("good", body, {"content-type": "application/json"}))
     server = Server(model)
     try:
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_hostile.json"))
     args = parser.parse_args()
-    model = args.model or _model("deploy_a")
+    model = args.model or saved_model("deploy_a")
     from multimodal.core.provenance import environment
 
     result: dict[str, Any] = {"environment": environment(), "per_kind": per_kind(model)}

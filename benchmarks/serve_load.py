@@ -43,7 +43,7 @@ MODEL_BOUND = {
 }  # fmt: skip
 
 
-def _model(name: str) -> Path:
+def saved_model(name: str) -> Path:
     """The served folder of a named model, built (and for deploy_a, trained) on first use."""
     folder = Path("runs/serve_load") / ("model" if name == "deploy_a" else name)
     if name == "deploy_a" and not (folder / "best_model").is_dir():
@@ -62,7 +62,7 @@ def _model(name: str) -> Path:
     return folder
 
 
-def _sample(i: int) -> dict:
+def request_sample(i: int) -> dict:
     import soundfile as sf
     from PIL import Image
 
@@ -88,7 +88,7 @@ def load(model: Path, max_batch: int, max_wait_ms: float, requests: int, concurr
         model, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)
     )
     try:
-        payloads = [json.dumps({"inputs": _sample(i)}).encode() for i in range(requests)]
+        payloads = [json.dumps({"inputs": request_sample(i)}).encode() for i in range(requests)]
         with httpx.Client(timeout=120) as client:  # warm-up
             for p in payloads[:4]:
                 client.post(
@@ -140,7 +140,7 @@ def main() -> None:
     models = (
         {str(args.model): args.model}
         if args.model
-        else {n: _model(n) for n in args.configs.split(",")}
+        else {n: saved_model(n) for n in args.configs.split(",")}
     )
     rows = []
     for name, model in models.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from multimodal.core.registry import lazy_attributes
 
+from ._registry import ENCODERS as ENCODERS
 from ._registry import create_encoder as create_encoder
 from ._registry import list_encoders as list_encoders
 from ._registry import processor_from_config as processor_from_config
@@ -22,7 +23,7 @@ _LAZY = {
     **dict.fromkeys(("HFTextEncoder", "TextProcessor", "train_tokenizer"), ".text"),
 }
 
-__all__ = sorted([*_LAZY, "create_encoder", "list_encoders", "processor_from_config",
+__all__ = sorted([*_LAZY, "ENCODERS", "create_encoder", "list_encoders", "processor_from_config",
                   "register_encoder", "register_processor"])  # fmt: skip
 
 

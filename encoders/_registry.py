@@ -8,7 +8,7 @@ from typing import Any
 from multimodal.core.registry import Registry
 
 # The names this package's modules register, listed without importing them.
-_ENCODERS: Registry[Any] = Registry("encoder", {
+ENCODERS: Registry[Any] = Registry("encoder", {
     "hf_text": "encoders.text", "timm_image": "encoders.image", "audio_cnn": "encoders.audio",
     "audio_timm": "encoders.audio", "tabular_mlp": "encoders.tabular",
 })  # fmt: skip
@@ -16,17 +16,17 @@ _ENCODERS: Registry[Any] = Registry("encoder", {
 
 def register_encoder(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an encoder class or builder under ``name`` (default: its ``__name__``)."""
-    return _ENCODERS.register(name)
+    return ENCODERS.register(name)
 
 
 def list_encoders(pattern: str = "*") -> list[str]:
     """Registered encoder names matching an fnmatch ``pattern``."""
-    return _ENCODERS.list(pattern)
+    return ENCODERS.list(pattern)
 
 
 def create_encoder(name: str, **kwargs: Any) -> Any:
     """Build a registered encoder; kwargs that are None fall back to the encoder's defaults."""
-    return _ENCODERS.create(name, **kwargs)
+    return ENCODERS.create(name, **kwargs)
 
 
 _PROCESSORS: Registry[Any] = Registry("processor", {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from multimodal.core.registry import lazy_attributes
 
+from ._registry import FUSIONS as FUSIONS
 from ._registry import create_fusion as create_fusion
 from ._registry import list_fusions as list_fusions
 from ._registry import register_fusion as register_fusion
@@ -21,7 +22,7 @@ _LAZY = {
     **dict.fromkeys(("LowRankTensorFusion", "TensorFusion"), ".tensor"),
 }
 
-__all__ = sorted([*_LAZY, "create_fusion", "list_fusions", "register_fusion"])
+__all__ = sorted([*_LAZY, "FUSIONS", "create_fusion", "list_fusions", "register_fusion"])
 
 
 # Public names resolve on first use: importing the package loads no torch model code.

@@ -97,7 +97,7 @@ if TYPE_CHECKING:
 
 
 # The flat modules of the first release (multimodal.config, .model, .training, .heads)
-# still import, with a FutureWarning naming where each name lives now.
+# still import, with a DeprecationWarning naming where each name lives now.
 importlib.import_module("multimodal.core.moved").install()
 
 

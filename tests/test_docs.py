@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import multimodal
 
 ROOT = Path(__file__).resolve().parent.parent
 README_MAX_LINES = 300
 
 
+@pytest.mark.slow
 def test_the_site_builds_strictly(tmp_path) -> None:
     """Broken links, missing pages and unresolvable API entries fail ``--strict``."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}

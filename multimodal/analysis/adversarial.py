@@ -8,11 +8,9 @@ from typing import Any
 import datasets
 import torch
 
-from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
+from ..engine.evaluate import eval_batches
 from ..modeling.attacks import METHODS, perturb, resolve_budgets
-from ..modeling.model import move_to
-from ..modeling.tasks import headline_metric
 
 
 def adversarial_table(
@@ -31,27 +29,20 @@ def adversarial_table(
     targets: list[tuple[str, dict[str, float]]] = [("all", radii)]
     if per_modality and len(radii) > 1:
         targets += [(m, {m: r}) for m, r in radii.items()]
-    loader = make_loader(ds, model, spec, "eval", batch_size=batch_size)
-    was_training = model.training
-    model.eval()
     results: dict[tuple[str, str], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    try:
-        for batch in loader:
-            batch = move_to(batch, model.device)
-            with torch.no_grad():
-                clean = model({k: v for k, v in batch.items() if k != "labels"}).logits
-            results.setdefault(("clean", "-"), ([], []))[0].append(clean.float().cpu())
-            results[("clean", "-")][1].append(batch["labels"].cpu())
-            for method in methods:
-                for name, radius in targets:
-                    adv = perturb(model, batch, method, radius, steps=steps)
-                    with torch.no_grad():
-                        logits = model({k: v for k, v in adv.items() if k != "labels"}).logits
-                    logits_list, labels_list = results.setdefault((method, name), ([], []))
-                    logits_list.append(logits.float().cpu())
-                    labels_list.append(batch["labels"].cpu())
-    finally:
-        model.train(was_training)
+    for batch in eval_batches(model, ds, spec, batch_size):
+        with torch.no_grad():
+            clean = model({k: v for k, v in batch.items() if k != "labels"}).logits
+        results.setdefault(("clean", "-"), ([], []))[0].append(clean.float().cpu())
+        results[("clean", "-")][1].append(batch["labels"].cpu())
+        for method in methods:
+            for name, radius in targets:
+                adv = perturb(model, batch, method, radius, steps=steps)
+                with torch.no_grad():
+                    logits = model({k: v for k, v in adv.items() if k != "labels"}).logits
+                logits_list, labels_list = results.setdefault((method, name), ([], []))
+                logits_list.append(logits.float().cpu())
+                labels_list.append(batch["labels"].cpu())
     rows = []
     for (method, name), (logits_list, labels_list) in results.items():
         logits, labels = torch.cat(logits_list), torch.cat(labels_list)
@@ -61,6 +52,7 @@ def adversarial_table(
                 "attack": method,
                 "attacked": name,
                 "budgets": attacked,
+                "metric": model.head.task.default_metric,
                 "loss": model.head.loss(logits, labels).item(),
                 **model.head.task.metrics(logits, labels),
             }
@@ -69,7 +61,7 @@ def adversarial_table(
 
 
 def format_adversarial_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    main = headline_metric(rows[0])
+    main = rows[0]["metric"]
     lines = [f"{'attack':<7} {'attacked':<12} {main:>9} {'loss':>8}  budget", "-" * 60]
     for r in rows:
         budget = ", ".join(f"{m} {v:.4g}" for m, v in r["budgets"].items()) or "-"

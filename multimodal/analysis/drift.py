@@ -20,9 +20,9 @@ import torch
 import torchmetrics.functional as tmf
 
 from ..core.io import write_json_atomic
-from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
-from ..modeling.model import Encoded, move_to
+from ..engine.evaluate import eval_batches
+from ..modeling.model import Encoded
 
 
 @torch.no_grad()
@@ -30,25 +30,16 @@ def representations(
     model: Any, ds: datasets.Dataset, spec: DatasetSpec, batch_size: int = 64
 ) -> dict[str, torch.Tensor]:
     """{"fused": [N, D], m: [N_m, D_m]} (rows where m is present) on the model's device."""
-    from fusion._base import masked_mean
+    from fusion import masked_mean
 
-    loader = make_loader(ds, model, spec, "eval", batch_size=batch_size)
-    was_training = model.training
-    model.eval()
     out: dict[str, list[torch.Tensor]] = {"fused": []}
-    try:
-        for batch in loader:
-            batch = move_to(batch, model.device)
-            tokens, masks = model.encode(batch)
-            result = model({}, Encoded(tokens, masks))
-            out["fused"].append(result.fused.float().cpu())
-            for m in model.modalities:
-                present = masks[m].any(1)
-                out.setdefault(m, []).append(
-                    masked_mean(tokens[m], masks[m])[present].float().cpu()
-                )
-    finally:
-        model.train(was_training)
+    for batch in eval_batches(model, ds, spec, batch_size):
+        tokens, masks = model.encode(batch)
+        result = model({}, Encoded(tokens, masks))
+        out["fused"].append(result.fused.float().cpu())
+        for m in model.modalities:
+            present = masks[m].any(1)
+            out.setdefault(m, []).append(masked_mean(tokens[m], masks[m])[present].float().cpu())
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 

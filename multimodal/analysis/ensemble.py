@@ -11,10 +11,9 @@ from typing import Any
 import datasets
 import torch
 
-from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
+from ..engine.evaluate import predict
 from ..modeling.model import MultimodalModel
-from ..modeling.tasks import headline_metric
 
 
 def _predictions(
@@ -22,15 +21,10 @@ def _predictions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities (classification, multilabel) or outputs (regression) [N, C] and labels
     [N], in row order, through the engine's evaluation loop."""
-    from accelerate import Accelerator
-
-    from ..engine import predict_loader
-
-    accelerator = Accelerator()
-    model.to(accelerator.device)
-    loader = accelerator.prepare(make_loader(ds, model, spec, "eval", batch_size=batch_size))
-    logits, labels = predict_loader(model, loader, accelerator)
-    return model.head.task.probabilities(logits).cpu(), labels.cpu()
+    logits, labels = predict(model, ds, spec, batch_size)
+    if labels is None:
+        raise ValueError(f"column {spec.label!r}: the split has no labels to evaluate against")
+    return model.head.task.probabilities(logits), labels
 
 
 def evaluate_ensemble(
@@ -57,11 +51,13 @@ def evaluate_ensemble(
     for name, model in zip(names, models, strict=True):
         outputs, labels = _predictions(model, ds, spec, batch_size)
         total = outputs if total is None else total + outputs
-        results.append({"model": name, **task.averaged_metrics(outputs, labels)})
+        results.append({"model": name, "metric": task.default_metric,
+                        **task.averaged_metrics(outputs, labels)})  # fmt: skip
     results.append(
         {
             "model": "ensemble",
             "members": names,
+            "metric": task.default_metric,
             **task.averaged_metrics(total / len(models), labels),
         }
     )
@@ -117,6 +113,7 @@ def evaluate_soup(
     return soup, {
         "model": "soup",
         "members": len(models),
+        "metric": soup.head.task.default_metric,
         **soup.head.task.averaged_metrics(outputs, labels),
     }
 
@@ -130,7 +127,7 @@ def _architecture(model: MultimodalModel) -> str:
 
 
 def format_ensemble_table(rows: Sequence[dict[str, Any]]) -> str:
-    main = headline_metric(rows[0])
+    main = rows[0]["metric"]
     width = max(12, *(len(r["model"]) for r in rows))
     lines = [f"{'model':<{width}} {main:>9} {'loss':>8}", "-" * (width + 19)]
     lines += [f"{r['model']:<{width}} {r[main]:>9.4f} {r['loss']:>8.4f}" for r in rows]

@@ -12,27 +12,20 @@ import datasets
 import torch
 
 from ..core.io import write_json_atomic
-from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
-from ..data.streaming import is_streaming
+from ..data.split import Split
+from ..engine.evaluate import predict
 
 
 def predictions(model: Any, ds: datasets.Dataset, spec: DatasetSpec,
                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
     """Logits, labels and each row's domain (empty for a stream), in row order, through
     the engine's evaluation loop."""
-    from accelerate import Accelerator
-
-    from ..engine import predict_loader
-
-    accelerator = Accelerator()
-    model.to(accelerator.device)
-    loader = accelerator.prepare(make_loader(ds, model, spec, "eval", batch_size=batch_size))
-    logits, labels = predict_loader(model, loader, accelerator)
+    logits, labels = predict(model, ds, spec, batch_size)
     if labels is None:
         raise ValueError(f"column {spec.label!r}: the split has no labels to evaluate against")
-    domains = [] if is_streaming(ds) else list(ds["domain"])
-    return logits.cpu(), labels.cpu(), domains
+    domains = [] if Split(ds).streamed else list(ds["domain"])
+    return logits, labels, domains
 
 
 def evaluation_report(
@@ -57,7 +50,7 @@ def evaluation_report(
             d: metrics(torch.tensor([x == d for x in domains])) for d in sorted(set(domains))
         },
     }
-    if task.name == "classification":
+    if task.exclusive_classes:
         from .calibration import reliability_bins, selective_accuracy
 
         probs = task.probabilities(logits)

@@ -20,9 +20,9 @@ import datasets
 import torch
 
 from ..core.io import write_json_atomic
-from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
-from ..modeling.model import Batch, Encoded, move_to
+from ..engine.evaluate import eval_batches
+from ..modeling.model import Batch, Encoded
 
 
 def _forward_features(
@@ -84,47 +84,40 @@ def explain(
         )
     modalities = model.modalities
     domains = ds["domain"] if "domain" in ds.column_names else ["all"] * len(ds)
-    loader = make_loader(ds, model, spec, "eval", batch_size=batch_size)
     per_sample: list[dict[str, Any]] = []
     load_by_modality: dict[str, torch.Tensor] = {}
     load_by_domain: dict[str, torch.Tensor] = defaultdict(lambda: 0)  # type: ignore[arg-type]
     attention: dict[str, Any] | None = None
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in loader:
-            batch = move_to(batch, model.device)
-            with torch.no_grad():
-                tokens, masks = model.encode(batch)
-                full = _forward_features(model, tokens, masks)
-                probs = full.logits.float().softmax(-1)
-                pred = probs.argmax(-1)
-                chosen = probs.gather(1, pred[:, None])[:, 0]
-                ablation = {}
-                for m in modalities:
-                    dropped = {**masks, m: torch.zeros_like(masks[m])}
-                    p = _forward_features(model, tokens, dropped).logits.float().softmax(-1)
-                    ablation[m] = chosen - p.gather(1, pred[:, None])[:, 0]
-            ig, delta = _integrated_gradients(model, tokens, masks, pred, ig_steps)
-            rows = batch["row"].tolist()
-            present = {m: masks[m].any(1) for m in modalities}
-            for i, row in enumerate(rows):
-                per_sample.append({
-                    "row": row, "domain": domains[row], "prediction": int(pred[i]),
-                    "label": int(batch["labels"][i]) if "labels" in batch else None,
-                    "present": [m for m in modalities if present[m][i]],
-                    "ablation": {m: float(ablation[m][i]) for m in modalities},
-                    "integrated_gradients": {m: float(ig[m][i]) for m in modalities},
-                    "ig_completeness_error": float(delta[i]),
-                })  # fmt: skip
-            if "sample_load" in full.info:
-                _add_expert_load(
-                    full.info, present, rows, domains, load_by_modality, load_by_domain
+    for batch in eval_batches(model, ds, spec, batch_size):
+        with torch.no_grad():
+            tokens, masks = model.encode(batch)
+            full = _forward_features(model, tokens, masks)
+            probs = model.head.task.class_probabilities(full.logits)
+            pred = probs.argmax(-1)
+            chosen = probs.gather(1, pred[:, None])[:, 0]
+            ablation = {}
+            for m in modalities:
+                dropped = {**masks, m: torch.zeros_like(masks[m])}
+                p = model.head.task.class_probabilities(
+                    _forward_features(model, tokens, dropped).logits
                 )
-            if attention is None and attention_sample in rows:
-                attention = _attention_of(model, batch, rows.index(attention_sample), tokens, masks)
-    finally:
-        model.train(was_training)
+                ablation[m] = chosen - p.gather(1, pred[:, None])[:, 0]
+        ig, delta = _integrated_gradients(model, tokens, masks, pred, ig_steps)
+        rows = batch["row"].tolist()
+        present = {m: masks[m].any(1) for m in modalities}
+        for i, row in enumerate(rows):
+            per_sample.append({
+                "row": row, "domain": domains[row], "prediction": int(pred[i]),
+                "label": int(batch["labels"][i]) if "labels" in batch else None,
+                "present": [m for m in modalities if present[m][i]],
+                "ablation": {m: float(ablation[m][i]) for m in modalities},
+                "integrated_gradients": {m: float(ig[m][i]) for m in modalities},
+                "ig_completeness_error": float(delta[i]),
+            })  # fmt: skip
+        if "sample_load" in full.info:
+            _add_expert_load(full.info, present, rows, domains, load_by_modality, load_by_domain)
+        if attention is None and attention_sample in rows:
+            attention = _attention_of(model, batch, rows.index(attention_sample), tokens, masks)
     result: dict[str, Any] = {
         "modalities": modalities,
         "samples": len(per_sample),

@@ -60,10 +60,7 @@ def modality_imbalance(
 ) -> dict[str, Any]:
     """Per-modality utilisation and contribution of ``model`` on ``ds``, and the imbalance
     degree; 2M + 1 evaluations for M modalities."""
-    if model.head.task.default_metric != "accuracy":
-        raise ValueError(
-            f"modality imbalance is defined on accuracy; the model's task is {model.head.task.name!r}"
-        )
+    model.head.task.require_classes("modality imbalance (it is defined on accuracy)")
     modalities = model.modalities
     if len(modalities) < 2:
         raise ValueError(f"modality imbalance needs two modalities or more, got {modalities}")

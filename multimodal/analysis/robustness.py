@@ -11,7 +11,6 @@ import datasets
 
 from ..data.spec import DatasetSpec
 from ..engine import evaluate
-from ..modeling.tasks import headline_metric
 
 
 def missing_modality_table(
@@ -39,6 +38,7 @@ def missing_modality_table(
             {
                 "dropped": list(dropped),
                 "kept": [m for m in modalities if m not in dropped],
+                "metric": model.head.task.default_metric,
                 **metrics,
             }
         )
@@ -50,7 +50,7 @@ def missing_modality_table(
 
 
 def format_missing_table(rows: Sequence[dict[str, Any]]) -> str:
-    main = headline_metric(rows[0])
+    main = rows[0]["metric"]
     lines = [f"{'dropped':<32} {main:>9} {'loss':>8} {'relative':>9}", "-" * 61]
     for r in rows:
         lines.append(
@@ -81,7 +81,8 @@ def corruption_curves(
                 else evaluate(model, ds, spec, batch_size, corruption=(m, name, s))[main]
                 for s in severities
             ]
-            rows.append({"modality": m, "corruption": name, "severities": list(severities), main: curve,
+            rows.append({"modality": m, "corruption": name, "severities": list(severities),
+                         "metric": main, main: curve,
                          "relative_robustness": relative_robustness(curve)})  # fmt: skip
     return rows
 
@@ -105,7 +106,7 @@ def effective_robustness(curve: Sequence[float], reference: Sequence[float]) -> 
 
 
 def format_corruption_table(rows: Sequence[dict[str, Any]]) -> str:
-    main = headline_metric(rows[0])
+    main = rows[0]["metric"]
     severities = rows[0]["severities"]
     head = (
         f"{'modality':<10} {'corruption':<13} "
@@ -132,7 +133,7 @@ def plot_corruption_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    main = headline_metric(rows[0])
+    main = rows[0]["metric"]
     modalities = sorted({r["modality"] for r in rows})
     fig, axes = plt.subplots(
         1, len(modalities), figsize=(3.6 * len(modalities), 3.4), squeeze=False, sharey=True

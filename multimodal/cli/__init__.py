@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import analysis, dataset, deploy, evaluation, listing, training, versions
+from . import analysis, bench, dataset, deploy, evaluation, listing, training, versions
 from ._common import Parser
 from .errors import user_error
 
@@ -17,7 +17,7 @@ COMMANDS = (
     evaluation.add_predict,
     analysis.add_robustness, deploy.add_export, analysis.add_drift, versions.add_readapt,
     versions.add_history, deploy.add_serve, training.add_reproduce, analysis.add_explain,
-    analysis.add_ensemble, training.add_transfer, dataset.add_export_dataset,
+    analysis.add_ensemble, training.add_transfer, bench.add_bench, dataset.add_export_dataset,
 )  # fmt: skip
 
 

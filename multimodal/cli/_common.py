@@ -72,13 +72,13 @@ def in_domain(args: argparse.Namespace, ds: Any) -> list[str]:
     warned about on stderr: numbers on them are in-domain, not transfer."""
     import sys
 
-    from ..data.streaming import is_streaming, scan
+    from ..data.split import Split
     from ..experiments.runs import trained_domains
 
     trained = trained_domains(args.model)
     if not trained:
         return []
-    evaluated = args.domain or (scan(ds)[1] if is_streaming(ds) else sorted(set(ds["domain"])))
+    evaluated = args.domain or Split(ds).domains()
     seen = sorted(set(evaluated) & set(trained))
     if seen:
         print(f"warning: in-domain evaluation: the model trained on domains {trained}, and the "

@@ -53,12 +53,11 @@ def run_robustness(args: argparse.Namespace) -> int:
             format_corruption_table,
             plot_corruption_curves,
         )
-        from ..modeling.tasks import headline_metric
 
         curves = corruption_curves(model, ds, spec, args.batch_size)
         if args.reference:
             reference = load_model(args, args.reference)
-            main = headline_metric(curves[0])
+            main = curves[0]["metric"]
             for row, ref in zip(
                 curves, corruption_curves(reference, ds, spec, args.batch_size), strict=True
             ):

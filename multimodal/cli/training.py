@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..core.run_folder import RunFolder
 from ._common import add_overrides
 
 
@@ -85,7 +86,7 @@ def run_transfer(args: argparse.Namespace) -> int:
 
 
 # Other commands' outputs: a transfer never writes beside them unasked.
-OTHER_OUTPUTS = ("run_config.json", "results.json", "best_model")
+OTHER_OUTPUTS = (RunFolder.run_config, RunFolder.results, RunFolder.best_model)
 
 
 def transfer_output_dir(config: dict[str, Any], given: str | None) -> Path:

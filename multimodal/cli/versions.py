@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..modeling.freezing import STRATEGIES
 from ._common import add_model, spec_section, spec_split
 
 
@@ -42,7 +43,7 @@ def add_readapt(sub: Any) -> None:
     )
     p.add_argument(
         "--strategy",
-        choices=["head", "top_k", "full", "lora"],
+        choices=STRATEGIES,
         default="head",
         help="what is trained on the new data",
     )

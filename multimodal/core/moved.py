@@ -1,4 +1,4 @@
-"""Old import paths, kept working for a deprecation period with a ``FutureWarning`` that
+"""Old import paths, kept working for a deprecation period with a ``DeprecationWarning`` that
 names the new one. The flat modules of the first release moved into layers (ARCHITECTURE.md);
 a script written against them still runs, and says what to change."""
 
@@ -34,6 +34,11 @@ MOVED: dict[str, dict[str, str]] = {
         "checkpoints": f"{_ENGINE}.checkpoint", "NonFiniteTrainingError": f"{_ENGINE}.step",
         **dict.fromkeys(("environment", "resident_memory_mb", "importlib_available"), _PROVENANCE),
     },
+    "multimodal.experiments.summary": dict.fromkeys(
+        ("summarize", "comparisons", "correct", "unimodal", "grid_keys", "ROW_KEYS", "STAT_KEYS",
+         "METRICS", "EXTRA_METRICS", "UTIL", "ONLY"),
+        "multimodal.experiments.bench.stats",
+    ),
 }  # fmt: skip
 
 
@@ -51,9 +56,11 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         names = MOVED[module.__name__]
         homes = sorted(set(names.values()))
+        top = set(importlib.import_module("multimodal").__all__)
+        also = " (or from multimodal)" if any(n in top for n in names) else ""
         warnings.warn(
-            f"{module.__name__} moved; import from {', '.join(homes)} (or from multimodal) instead",
-            FutureWarning,
+            f"{module.__name__} moved; import from {', '.join(homes)}{also} instead",
+            DeprecationWarning,
             stacklevel=3,
         )
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -42,7 +43,20 @@ class Registry(Generic[T]):
     def list(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in {*self._builders, *self._lazy} if fnmatch.fnmatch(n, pattern))
 
+    def names(self) -> list[str]:
+        """Every registered name, built in or added, sorted (nothing is imported)."""
+        return self.list()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._builders or name in self._lazy
+
+    def accepted_kwargs(self, name: str, ignore: Iterable[str] = ()) -> set[str]:
+        """The keyword arguments builder ``name`` takes (minus ``ignore``)."""
+        return accepted_kwargs(self.get(name)) - set(ignore)
+
     def get(self, name: str) -> Callable[..., T]:
+        """The builder registered as ``name`` (its module imported on first use); an
+        unknown name is a ValueError naming the close matches."""
         if name not in self._builders and name in self._lazy:
             importlib.import_module(self._lazy[name])  # its decorator registers the name
         if name not in self._builders:
@@ -60,6 +74,25 @@ class Registry(Generic[T]):
         if not hasattr(obj, "init_kwargs"):
             obj.init_kwargs = kwargs
         return obj
+
+
+def accepted_kwargs(builder: Callable[..., Any], follow_bases: bool = True) -> set[str]:
+    """The keyword arguments ``builder`` takes: its signature's named parameters, and where a
+    class forwards ``**kwargs`` to its bases (``follow_bases``), theirs too."""
+    classes = [builder]
+    params = inspect.signature(builder).parameters
+    if (
+        follow_bases
+        and isinstance(builder, type)
+        and any(p.kind == p.VAR_KEYWORD for p in params.values())
+    ):
+        classes = list(inspect.getmro(builder))
+    names: set[str] = set()
+    for each in classes:
+        for name, p in inspect.signature(each).parameters.items():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self":
+                names.add(name)
+    return names
 
 
 def lazy_attributes(package: str, names: Mapping[str, str],

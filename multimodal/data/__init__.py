@@ -12,12 +12,14 @@ from .loading import (
     unlabelled,
 )
 from .spec import DatasetSpec
+from .split import Split
 
 __all__ = [
     "DatasetSpec",
     "EpochSampler",
     "MultimodalCollator",
     "RowView",
+    "Split",
     "export_dataset",
     "k_shot",
     "k_shot_indices",

@@ -180,8 +180,9 @@ def _add_domain(ds: Any, name: str) -> Any:
 
 def _check_float_labels(dsd: datasets.DatasetDict, spec: DatasetSpec) -> datasets.DatasetDict:
     """A label column a reader made float: a missing or infinite label is an error naming
-    its row and value; for classification, whole-number floats become integers again (a CSV
-    reader turns 0/1 into 0.0/1.0 once one label is empty)."""
+    its row and value; whole-number floats become integers again (a CSV
+    reader turns 0/1 into 0.0/1.0 once one label is empty; a regression head reads them as
+    floats all the same)."""
     out = {}
     for split, ds in dsd.items():
         feature = ds.features.get(spec.label)
@@ -196,7 +197,7 @@ def _check_float_labels(dsd: datasets.DatasetDict, spec: DatasetSpec) -> dataset
                 f"label is {float(values[bad[0]])}; {len(bad)} row(s) have no finite label "
                 f"(first: {bad[:5].tolist()}): fill or drop them"
             )
-        if spec.task == "classification" and np.all(values == np.round(values)):
+        if np.all(values == np.round(values)):
             ds = ds.cast_column(spec.label, datasets.Value("int64"))
         out[split] = ds
     return datasets.DatasetDict(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,10 @@ from typing import Any
 from ..core.config import check_keys, checked_fields, read_yaml
 
 logger = logging.getLogger(__name__)
+
+
+# Keys a dataset spec once had: still accepted, with a warning saying what decides now.
+RETIRED_KEYS = {"task": "the head's task (head.task) decides what the labels mean"}
 
 
 @dataclass
@@ -42,7 +47,6 @@ class DatasetSpec:
     label: str = "label"
     label_names: list[str] | None = None  # string labels -> ids by position
     other_labels: str = "raise"  # raise | drop: rows whose label is not in label_names
-    task: str = "classification"
     domain: str | None = "domain"
     domains: dict[str, dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +79,11 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> DatasetSpec:
+        data = dict(data)
+        for key in RETIRED_KEYS.keys() & data.keys():
+            warnings.warn(f"{where or 'data'}.{key} is not read: {RETIRED_KEYS[key]}",
+                          FutureWarning, stacklevel=2)  # fmt: skip
+            data.pop(key)
         check_keys(data, (f.name for f in dataclasses.fields(cls)), where)
         return cls(
             **checked_fields(

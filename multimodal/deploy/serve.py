@@ -32,7 +32,7 @@ import torch
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the route annotations here
 from fastapi.responses import JSONResponse
 
-from ..experiments.lineage import LINEAGE_NAME
+from ..core.run_folder import RunFolder
 from ..modeling.model import Batch, MultimodalModel, move_to
 from ..modeling.processing import MultimodalProcessor
 
@@ -243,12 +243,12 @@ def _tabular_row(columns: Sequence[str], value: Any, field: str) -> dict[str, An
 
 def _version(run: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(run.resolve())}
-    lineage = run / LINEAGE_NAME
+    lineage = run / RunFolder.lineage
     if lineage.is_file():
         info["version"] = json.loads(lineage.read_text())["version"]
-    elif (run / "run_config.json").is_file():
+    elif RunFolder(run).run_config.is_file():
         info["version"] = 1
-        info["config_hash"] = json.loads((run / "run_config.json").read_text()).get("config_hash")
+        info["config_hash"] = json.loads(RunFolder(run).run_config.read_text()).get("config_hash")
     return info
 
 
@@ -332,7 +332,7 @@ def create_app(
         predictions = []
         for r in results:
             entry: dict[str, Any] = {k: v for k, v in r.items() if k != "logits"}
-            if "labels" in r and model.head.task.name == "classification":
+            if "labels" in r and model.head.task.exclusive_classes:
                 entry["label_name"] = labels[r["labels"]]
             predictions.append(entry)
         return {"predictions": predictions if many else predictions[0], "model": version}

@@ -3,7 +3,7 @@ step, best-weights tracking, checkpoints, run records) and ``evaluate``."""
 
 from .checkpoint import checkpoints
 from .config import FitData, FitResult, TrainConfig
-from .evaluate import evaluate, predict_loader
+from .evaluate import eval_batches, evaluate, predict, predict_loader
 from .optim import build_optimizer
 from .state import TrainState
 from .step import NonFiniteTrainingError
@@ -19,5 +19,7 @@ __all__ = [
     "checkpoints",
     "evaluate",
     "fit",
+    "eval_batches",
+    "predict",
     "predict_loader",
 ]

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..core.io import CorruptCheckpointError, verify_checkpoint, write_checksums
+from ..core.run_folder import RunFolder
 from .state import STATE_NAME, TrainState
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (a complete one holds trainer_state.json)."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = RunFolder(run_dir).checkpoints
     found = (
         [p for p in folder.glob("step_*") if (p / STATE_NAME).is_file()] if folder.is_dir() else []
     )
@@ -35,8 +36,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
     """accelerate's save_state into a temporary folder, then the state JSON (and the state
     dicts of ``modules`` that accelerate does not hold, as ``NAME.safetensors``, and copies
     of the run's ``files`` that exist), then one rename."""
-    final = run_dir / "checkpoints" / f"step_{state.step}"
-    tmp = run_dir / "checkpoints" / f".tmp-step_{state.step}"
+    final = RunFolder(run_dir).checkpoint(state.step)
+    tmp = final.with_name(f".tmp-{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

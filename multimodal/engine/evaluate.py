@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -11,7 +11,8 @@ from accelerate import Accelerator, DataLoaderConfiguration
 
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
-from ..data.streaming import is_streaming
+from ..data.split import Split
+from ..modeling.model import move_to
 
 Forward = Callable[[Any, Any], Any]
 
@@ -79,7 +80,7 @@ def evaluate(
     unknown = sorted(set(drop_modalities) - set(model.modalities))
     if unknown:
         raise ValueError(f"cannot drop {unknown}: the model's modalities are {model.modalities}")
-    if cached and not drop_modalities and corruption is None and not is_streaming(ds):
+    if cached and not drop_modalities and corruption is None and not Split(ds).streamed:
         from .config import TrainConfig
         from .loaders import cached_forward, cached_loader, split_features
 
@@ -94,3 +95,32 @@ def evaluate(
     model.to(accelerator.device)
     loader = accelerator.prepare(loader)
     return eval_metrics(model, loader, accelerator)
+
+
+@torch.no_grad()
+def predict(
+    model: Any, ds: datasets.Dataset, spec: DatasetSpec, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [N, C] and labels (None without a label column) of every row of ``ds``, in row
+    order, on the CPU: ``predict_loader`` over the split's loader."""
+    accelerator = Accelerator(dataloader_config=loader_config())
+    model.to(accelerator.device)
+    loader = accelerator.prepare(make_loader(ds, model, spec, "eval", batch_size=batch_size))
+    logits, labels = predict_loader(model, loader, accelerator)
+    return logits.cpu(), (labels.cpu() if labels is not None else None)
+
+
+def eval_batches(
+    model: Any, ds: datasets.Dataset, spec: DatasetSpec, batch_size: int = 64
+) -> Iterator[Any]:
+    """Every batch of ``ds`` on the model's device, with the model in eval mode while they
+    are read (its mode comes back after): the loop an analysis that needs more than the
+    logits (encoder outputs, input gradients) runs its own steps in."""
+    loader = make_loader(ds, model, spec, "eval", batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            yield move_to(batch, model.device)
+    finally:
+        model.train(was_training)

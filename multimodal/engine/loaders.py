@@ -17,7 +17,7 @@ import torch
 
 from ..data.collate import EpochSampler, make_loader
 from ..data.spec import DatasetSpec
-from ..data.streaming import is_streaming, scan
+from ..data.split import Split
 from ..modeling.model import Batch, Encoded, ModelOutput
 from ..modeling.uda import uda_views
 from .cache import FEATURES, CachedCollator, CachedFeatures
@@ -127,7 +127,7 @@ def build_loaders(
         indices = data.train_indices if split == "train" else None
         if indices is not None and not use_cache:
             ds = ds.select(indices)
-        rows = None if is_streaming(ds) else len(indices if indices is not None else ds)
+        rows = Split(ds).known_size if indices is None else len(indices)
         drop = train and drop_last(cfg, model, split, rows, frozen)
         if not use_cache:
             return _loader(model, ds, data.spec, split, cfg, train, domains, pin_memory, drop)
@@ -183,16 +183,18 @@ def drop_last(
 def _rows_and_domains(data: FitData) -> tuple[int, list[str]]:
     """Training rows and the domains of train and validation; a stream is scanned once
     for what ``data`` does not say."""
-    if not is_streaming(data.train):
-        train = data.train if data.train_indices is None else data.train.select(data.train_indices)
-        domains = set(train["domain"])
-        domains |= set(data.validation["domain"]) if data.validation is not None else set()
-        return len(train), sorted(domains)
+    train = Split(data.train)
+    if not train.streamed:
+        if data.train_indices is not None:
+            train = Split(data.train.select(data.train_indices))
+        domains = set(train.domains())
+        domains |= set(Split(data.validation).domains()) if data.validation is not None else set()
+        return train.size(), sorted(domains)
     rows, domains = data.train_rows, data.domains
     if rows is None or domains is None:
-        counted, seen = scan(data.train)
+        counted, seen = train.size_and_domains()
         if data.validation is not None and domains is None:
-            seen = sorted(set(seen) | set(scan(data.validation)[1]))
+            seen = sorted(set(seen) | set(Split(data.validation).domains()))
         rows, domains = rows if rows is not None else counted, domains or seen
     if rows == 0:
         raise ValueError(

@@ -11,11 +11,12 @@ from accelerate import Accelerator
 
 from ..core.config import config_hash
 from ..core.provenance import environment, importlib_available
+from ..core.run_folder import RunFolder
 from .config import TrainConfig
 from .state import TrainState
 from .trackers import Trackers
 
-METRICS_NAME = "metrics.jsonl"
+METRICS_NAME = RunFolder.metrics
 
 
 def trackers_for(cfg: TrainConfig) -> list[str]:
@@ -53,14 +54,14 @@ class RunRecorder:
         if accelerator.is_main_process and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config = dataclasses.asdict(cfg)
-            (self.run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+            RunFolder(self.run_dir).config.write_text(json.dumps(config, indent=2, default=str))
             record = {
                 **environment(),
                 "device": str(accelerator.device),
                 "processes": accelerator.num_processes,
                 "train_config_hash": config_hash(config),
             }
-            (self.run_dir / "environment.json").write_text(
+            RunFolder(self.run_dir).environment.write_text(
                 json.dumps(record, indent=2, default=str)
             )
             log = self.run_dir / METRICS_NAME

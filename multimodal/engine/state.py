@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.io import write_json_atomic
+from ..core.run_folder import RunFolder
 
-STATE_NAME = "trainer_state.json"
+STATE_NAME = RunFolder.trainer_state
 
 
 @dataclass

@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.io import CorruptCheckpointError
+from ..core.run_folder import RunFolder
 from ..modeling.tasks import METRIC_MODES
 from .state import TrainState
 
-BEST_STATE_NAME = "best_state.safetensors"
+BEST_STATE_NAME = RunFolder.best_state
 
 
 def is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:

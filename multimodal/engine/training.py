@@ -27,13 +27,14 @@ from transformers import get_scheduler
 from ..core.config import check_keys
 from ..core.io import CorruptCheckpointError
 from ..core.provenance import resident_memory_mb
-from ..data.streaming import is_streaming
+from ..core.run_folder import RunFolder
+from ..data.split import Split
 from ..modeling.augment import Augmenter, augmenter
 from ..modeling.balance import Balancer, create_balancer
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.model import move_to
 from ..modeling.regularize import Regularizer, create_regularizer
-from ..modeling.uda import create_uda_objective
+from ..modeling.uda import create_uda_objective, uda_needs_classes
 from .checkpoint import check_random_states, load_modules, resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics, loader_config
@@ -157,12 +158,16 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         logger.info("speed-ups: %s", ", ".join(applied))
     adversarial = _adversarial_options(cfg.adversarial)
     # A stream is never held whole, and neither are its encoder outputs.
-    use_cache = use_feature_cache(cfg, frozen, len(model.encoders)) and not is_streaming(data.train)
+    use_cache = (
+        use_feature_cache(cfg, frozen, len(model.encoders)) and not Split(data.train).streamed
+    )
     loaders = build_loaders(
         model, data, cfg, use_cache, run_dir, accelerator.main_process_first, pinned, frozen
     )
     uda = None
     if loaders.target is not None:
+        if uda_needs_classes(cfg.uda):
+            model.head.task.require_classes(f"train.uda={cfg.uda}")
         uda = create_uda_objective(cfg.uda, model.fusion.out_dim, model.head.num_classes,
                                        weight=cfg.uda_weight, **cfg.uda_kwargs).to(accelerator.device)  # fmt: skip
     optimizer = build_optimizer(model, cfg, fused_optimizer(cfg, accelerator.device))
@@ -199,7 +204,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         frozen=frozen, counts=counts, loaders=loaders, train_sampler=train_sampler,
         target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, uda=uda,
         balancer=balancer, regularizer=regularizer, adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
-        recorder=RunRecorder(accelerator, cfg), streaming=is_streaming(data.train),
+        recorder=RunRecorder(accelerator, cfg), streaming=Split(data.train).streamed,
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
     )  # fmt: skip
 
@@ -386,7 +391,7 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
     if run.cfg.strategy == "lora":
         merge_lora(run.unwrapped)
     if run.accelerator.is_main_process and run.run_dir is not None:
-        run.unwrapped.save_pretrained(run.run_dir / "best_model")
+        run.unwrapped.save_pretrained(RunFolder(run.run_dir).best_model)
     run.unwrapped.eval()
     per_s = lambda n: n / clock.seconds if clock.seconds > 0 else 0.0  # noqa: E731
     result = FitResult(

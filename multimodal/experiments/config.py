@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from encoders._registry import _ENCODERS
-from fusion._registry import _FUSIONS
+from encoders import ENCODERS
+from fusion import FUSIONS
 
 from ..core.config import check_keys, checked_fields, parse_value, read_yaml
-from ..data.spec import DatasetSpec
+from ..core.registry import accepted_kwargs
+from ..data.spec import RETIRED_KEYS, DatasetSpec
 from ..engine import TrainConfig
 from ..modeling.heads import Head
 
@@ -113,20 +113,11 @@ class RunConfig:
         return self.train.replace(**overrides)
 
 
-def _builder_keys(builder: Any) -> set[str]:
-    """The keyword arguments a registered builder (or ``Head``) reads."""
-    params = inspect.signature(builder).parameters
-    names = set(params)
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()) and builder is not Head:
-        # Encoders that forward **kwargs: check against the base classes too.
-        names |= {n for base in inspect.getmro(builder) for n in inspect.signature(base).parameters}
-    return names - {"self", "modality_dims", "kwargs", "audio_kwargs"}
-
-
 def validate(config: Mapping[str, Any]) -> None:
     """Raise a ValueError naming any key that nothing reads, with the close matches."""
     check_keys(config, SECTIONS)
-    check_keys(config.get("data") or {}, (f.name for f in dataclasses.fields(DatasetSpec)), "data")
+    data_keys = [*(f.name for f in dataclasses.fields(DatasetSpec)), *RETIRED_KEYS]
+    check_keys(config.get("data") or {}, data_keys, "data")
     check_keys(config.get("train") or {}, TrainConfig.__dataclass_fields__, "train")
     transfer = config.get("transfer") or {}
     check_keys(transfer, (f.name for f in dataclasses.fields(TransferConfig)), "transfer")
@@ -134,15 +125,13 @@ def validate(config: Mapping[str, Any]) -> None:
         check_keys(transfer.get(stage) or {}, TrainConfig.__dataclass_fields__, f"transfer.{stage}")
     fusion = config.get("fusion") or {}
     if "name" in fusion:
-        known = _builder_keys(_FUSIONS.get(fusion["name"])) | {"name"}
+        known = FUSIONS.accepted_kwargs(fusion["name"], ignore={"modality_dims"}) | {"name"}
         check_keys(fusion, known, "fusion")
-    check_keys(config.get("head") or {}, _builder_keys(Head), "head")
+    check_keys(config.get("head") or {}, accepted_kwargs(Head, follow_bases=False), "head")
     for modality, enc in (config.get("encoders") or {}).items():
         if "name" not in enc:
             raise ValueError(f"encoders.{modality}: needs a 'name'")
-        check_keys(
-            enc, _builder_keys(_ENCODERS.get(enc["name"])) | {"name"}, f"encoders.{modality}"
-        )
+        check_keys(enc, ENCODERS.accepted_kwargs(enc["name"]) | {"name"}, f"encoders.{modality}")
 
 
 def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .speed import _peak_memory_mb, _throughput_inputs, count_flops, time_call
+from .speed import count_flops, peak_memory_mb, throughput_inputs, time_call
 
 # Dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {
@@ -31,7 +31,7 @@ class Sizes:
 
 
 def sizes(realistic: bool, batch: int) -> Sizes:
-    encoders, samples = _throughput_inputs(realistic, batch)
+    encoders, samples = throughput_inputs(realistic, batch)
     if realistic:
         encoders["image"] = {"name": "timm_image", "model_name": "vit_base_patch16_224"}
     return Sizes(batch, encoders, samples)
@@ -91,7 +91,7 @@ def measure(model: torch.nn.Module, batch: dict[str, Any], size: int, device: st
     row = {"precision": precision, "compile": compile_backend or "off", "batch": size, "first_call_s": first_s,
            "train_samples_per_s": size / train["median_ms"] * 1e3, "infer_samples_per_s": size / inference["median_ms"] * 1e3,
            "train_gflops_per_sample": flops["train"] / size / 1e9, "infer_gflops_per_sample": flops["infer"] / size / 1e9,
-           "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
+           "peak_memory_mb": peak_memory_mb(device)}  # fmt: skip
     for kind, timing in (("train", train), ("infer", inference)):
         achieved = flops[kind] / (timing["median_ms"] / 1e3)
         row[f"{kind}_tflops"] = achieved / 1e12

@@ -16,15 +16,16 @@ from typing import Any
 import datasets
 
 from ..core.io import write_json_atomic
+from ..core.run_folder import RunFolder
 from ..data.loading import k_shot, load_dataset, select_domains
 from ..data.spec import DatasetSpec
-from ..data.streaming import is_streaming
+from ..data.split import Split
 from ..engine import FitData, TrainConfig, evaluate, fit
 from ..modeling.model import MultimodalModel
 from ..modeling.tasks import headline_metric
 
-LINEAGE_NAME = "lineage.json"
-COMPARISON_NAME = "comparison.json"
+LINEAGE_NAME = RunFolder.lineage
+COMPARISON_NAME = RunFolder.comparison
 
 
 def _parent_split(run: Path, split: str) -> tuple[DatasetSpec, datasets.Dataset] | None:
@@ -35,7 +36,7 @@ def _parent_split(run: Path, split: str) -> tuple[DatasetSpec, datasets.Dataset]
         record = json.loads(lineage.read_text())
         spec = DatasetSpec.from_dict(record["data"])
         return spec, _split(spec, split, record.get("domains"))
-    recorded = run / "run_config.json"
+    recorded = RunFolder(run).run_config
     if recorded.is_file():
         spec = DatasetSpec.from_dict(json.loads(recorded.read_text())["config"].get("data") or {})
         return spec, load_dataset(spec)[split]
@@ -57,7 +58,7 @@ def rehearsal_mix(
         raise FileNotFoundError(f"{parent}: no {LINEAGE_NAME} or run_config.json, so its training rows are "
                                 "unknown and rehearsal cannot draw from them")  # fmt: skip
     old = found[1]
-    if is_streaming(old) or is_streaming(new_train):
+    if Split(old).streamed or Split(new_train).streamed:
         raise ValueError(
             "rehearsal draws from the parent's whole training split; streamed data cannot"
         )
@@ -155,7 +156,7 @@ def readapt(
         "data": {k: v for k, v in spec.__dict__.items()}, "train": config,
     })  # fmt: skip
     write_json_atomic(out / COMPARISON_NAME, comparison)
-    (out / "comparison.md").write_text(comparison_markdown(comparison))
+    (out / RunFolder.comparison_md).write_text(comparison_markdown(comparison))
     return comparison
 
 
@@ -167,7 +168,7 @@ def _test_time(
     from .adaptations import create_adaptation
 
     create_adaptation(method).train(model, data, cfg)
-    model.save_pretrained(out / "best_model")
+    model.save_pretrained(RunFolder(out).best_model)
     return cfg.metric or model.head.task.default_metric
 
 
@@ -214,10 +215,11 @@ def history(run: str | Path) -> list[dict[str, Any]]:
                 )
                 break
         else:
-            results = current / "results.json"
+            results = RunFolder(current).results
             if results.is_file():
                 data = json.loads(results.read_text())
                 entry["test"] = data.get("test")
+                entry["metric"] = data.get("metric")
             current = None
         chain.append(entry)
     return list(reversed(chain))
@@ -231,7 +233,8 @@ def format_history(chain: Sequence[Mapping[str, Any]]) -> str:
             continue
         if e["version"] == 1 or "strategy" not in e:
             test = e.get("test") or {}
-            key = headline_metric(test)
+            # results.json names its metric; one written before it did: accuracy, else rmse
+            key = e.get("metric") or headline_metric(test)
             main = f"{key} {test[key]:.4f}" if key in test else ""
             lines.append(f"v{e['version']}  {e['run']}  trained; test {main}".rstrip())
             continue

@@ -13,9 +13,10 @@ from typing import Any
 
 from ..core.io import write_json_atomic
 from ..core.provenance import git_state
+from ..core.run_folder import RunFolder
 
-RUN_CONFIG_NAME = "run_config.json"
-RESULTS_NAME = "results.json"
+RUN_CONFIG_NAME = RunFolder.run_config
+RESULTS_NAME = RunFolder.results
 TRAINED_ON = "trained_domains"  # run_config.json: the domains the model saw in training
 CLASS_NAMES = "class_names"  # run_config.json: class id -> name, when the data name them
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def train_run(
     domains (``training_domains``) unless ``all_domains``."""
     from ..data.collate import RowView
     from ..data.loading import load_dataset, select_domains
-    from ..data.streaming import is_streaming, scan
+    from ..data.split import Split
     from ..engine import FitData, evaluate, fit
     from ..modeling.model import build_model
     from .config import RunConfig
@@ -83,8 +84,7 @@ def train_run(
         logger.warning("training on the source domains %s (transfer.source); the other domains "
                        "stay unseen (--all-domains trains on every domain)", sources)  # fmt: skip
         dsd = {name: select_domains(split, sources) for name, split in dsd.items()}
-    train_domains = sources or (scan(dsd["train"])[1] if is_streaming(dsd["train"])
-                                else sorted(set(dsd["train"]["domain"])))  # fmt: skip
+    train_domains = sources or Split(dsd["train"]).domains()
     record = {"config": config, TRAINED_ON: train_domains, "all_domains": sources is None,
               CLASS_NAMES: class_names(spec, dsd["train"])}  # fmt: skip
     write_json_atomic(out / RUN_CONFIG_NAME, {**record, **provenance(config)})
@@ -101,6 +101,7 @@ def train_run(
     summary = {
         "validation_" + result.metric: result.best_metric, "best_step": result.best_step,
         "steps": result.steps, "skipped_steps": result.skipped_steps, "test": test,
+        "metric": model.head.task.default_metric,
         "trained_domains": train_domains,
         "history": result.history, "wall_time_s": time.perf_counter() - start, "run_dir": str(out),
     }  # fmt: skip

@@ -7,7 +7,6 @@ study. The target domains are never looked at while choosing."""
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,10 +52,9 @@ class SearchResult:
 
 def fusion_parameters(name: str) -> set[str]:
     """The keyword arguments a registered fusion's constructor takes."""
-    from fusion._registry import _FUSIONS
+    from fusion import FUSIONS
 
-    builder = _FUSIONS.get(name)
-    return set(inspect.signature(builder).parameters) - {"self", "modality_dims"}
+    return FUSIONS.accepted_kwargs(name, ignore={"modality_dims"})
 
 
 def _suggest(trial: Any, name: str, spec: Mapping[str, Any]) -> Any:
@@ -133,7 +131,7 @@ def fusion_search(
     seed = int(base.seed or 0)
     max_epochs = max_epochs or base.train.epochs
     space = DEFAULT_SPACE if space is None else space
-    task = TASKS[base.model.head.get("task", "classification")]
+    task = TASKS.get(base.model.head.get("task", "classification"))
     metric = base.train.metric or task.default_metric
     direction = "maximize" if METRIC_MODES.get(metric, "max") == "max" else "minimize"
 

@@ -225,7 +225,7 @@ def feature_cache_speedup(
     return out
 
 
-def _peak_memory_mb(device: str) -> float:
+def peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     import psutil
@@ -291,7 +291,7 @@ def fusion_throughput(
             "gflops_per_sample": flops / 1e9, "train_gflops_per_sample": train_flops / 1e9,
             "train_samples_per_s": train_rate, "train_gflops_per_s": train_flops * train_rate / 1e9,
             "infer_samples_per_s": infer_rate, "infer_gflops_per_s": flops * infer_rate / 1e9,
-            "peak_memory_mb": _peak_memory_mb(device),
+            "peak_memory_mb": peak_memory_mb(device),
         })  # fmt: skip
     return rows
 
@@ -307,7 +307,7 @@ def model_throughput(
     from ..modeling.model import build_model, move_to
 
     realistic = device == "cuda" if realistic is None else realistic
-    encoders, samples = _throughput_inputs(realistic, batch)
+    encoders, samples = throughput_inputs(realistic, batch)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device == "cuda"
@@ -345,7 +345,7 @@ def model_throughput(
         rows.append({
             "fusion": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch,
             "train_samples_per_s": batch / train["median_ms"] * 1e3, "infer_samples_per_s": batch / inference["median_ms"] * 1e3,
-            "peak_memory_mb": _peak_memory_mb(device),
+            "peak_memory_mb": peak_memory_mb(device),
         })  # fmt: skip
     return {
         "realistic": realistic,
@@ -354,7 +354,7 @@ def model_throughput(
     }
 
 
-def _throughput_inputs(realistic: bool, batch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def throughput_inputs(realistic: bool, batch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Encoder configs and one batch of raw samples: realistic sizes, or synthetic-quick's."""
     import numpy as np
     from PIL import Image

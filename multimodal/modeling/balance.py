@@ -37,19 +37,46 @@ from torch import nn
 
 from fusion import masked_mean
 
+from ..core.registry import Registry, accepted_kwargs
 from .model import Batch, Encoded, ModelOutput
 from .tasks import Task
 
-BALANCE_METHODS = ("none", "ogm_ge", "grad_blend", "unimodal_aux")
+# name -> Balancer subclass, filled by the decorators below.
+BALANCERS: Registry[Any] = Registry("balancing method")
 FUSED = "fused"  # the fused head's key among grad_blend's heads
 
 
+@BALANCERS.register("none")
 class Balancer(nn.Module):
     """No balancing; the hooks ``fit`` calls. ``loss``: a term added to the step's total
     loss; ``observe``: sees each micro-batch's output; ``modulate``: edits the accumulated
-    gradients before clipping and the update; ``on_evaluate``: sees the validation split."""
+    gradients before clipping and the update; ``on_evaluate``: sees the validation split.
+    A method is a subclass registered in ``BALANCERS``."""
 
     name = "none"
+    # What a method needs beyond two modalities: the validation split (grad_blend).
+    needs_validation = False
+
+    @classmethod
+    def for_model(
+        cls, model: Any, strength: float, seed: int, has_validation: bool, **kwargs: Any
+    ) -> Balancer:
+        """This method for ``model``, after the checks every method shares."""
+        if cls is Balancer:
+            if kwargs:
+                raise ValueError(f"train.balance_kwargs {sorted(kwargs)} given without a method")
+            return cls(strength)
+        if len(model.modalities) < 2:
+            raise ValueError(
+                f"train.balance={cls.name} balances modalities; the model has only {model.modalities}"
+            )
+        if kwargs and not set(kwargs) <= accepted_kwargs(cls) - {"model", "strength", "seed"}:
+            raise ValueError(f"train.balance={cls.name} takes no balance_kwargs {sorted(kwargs)}")
+        if cls.needs_validation and not has_validation:
+            raise ValueError(
+                f"train.balance={cls.name} estimates its weights on the validation split; this fit has none"
+            )
+        return cls(model, strength, seed, **kwargs)
 
     def __init__(self, strength: float = 1.0) -> None:
         super().__init__()
@@ -81,28 +108,10 @@ def create_balancer(
     name: str, model: Any, strength: float = 1.0, seed: int = 0,
     has_validation: bool = True, **kwargs: Any,
 ) -> Balancer:  # fmt: skip
-    """The balancing method ``name`` for ``model`` (see the module docstring)."""
-    if name not in BALANCE_METHODS:
+    """The balancing method ``name`` (``BALANCERS``) for ``model``; see the module docstring."""
+    if name not in BALANCERS:
         raise ValueError(f"train.balance must be one of {BALANCE_METHODS}, got {name!r}")
-    if name == "none":
-        if kwargs:
-            raise ValueError(f"train.balance_kwargs {sorted(kwargs)} given without a method")
-        return Balancer(strength)
-    if len(model.modalities) < 2:
-        raise ValueError(
-            f"train.balance={name} balances modalities; the model has only {model.modalities}"
-        )
-    if name == "ogm_ge":
-        return OGMGE(model, strength, seed, **kwargs)
-    if kwargs:
-        raise ValueError(f"train.balance={name} takes no balance_kwargs, got {sorted(kwargs)}")
-    if name == "grad_blend":
-        if not has_validation:
-            raise ValueError(
-                "train.balance=grad_blend estimates its weights on the validation split; this fit has none"
-            )
-        return GradBlend(model, strength, seed)
-    return UnimodalAux(model, strength, seed)
+    return BALANCERS.get(name).for_model(model, strength, seed, has_validation, **kwargs)
 
 
 def ogm_coefficients(scores: Mapping[str, float], alpha: float) -> dict[str, float]:
@@ -117,6 +126,7 @@ def ogm_coefficients(scores: Mapping[str, float], alpha: float) -> dict[str, flo
     return out
 
 
+@BALANCERS.register("ogm_ge")
 class OGMGE(Balancer):
     """On-the-fly gradient modulation with generalisation enhancement (``ge``)."""
 
@@ -124,10 +134,9 @@ class OGMGE(Balancer):
 
     def __init__(self, model: Any, strength: float, seed: int, ge: bool = True) -> None:
         super().__init__(strength)
-        if model.head.task.name != "classification":
-            raise ValueError(
-                f"ogm_ge scores modalities by the true class's probability; the task is {model.head.task.name!r}"
-            )
+        model.head.task.require_classes(
+            "ogm_ge (it scores modalities by the true class's probability)"
+        )
         self.modalities = [m for m in model.modalities
                            if any(p.requires_grad for p in model.encoders[m].parameters())]  # fmt: skip
         if not self.modalities:
@@ -225,6 +234,7 @@ class _WithUnimodalHeads(Balancer):
         self.unimodal = UnimodalHeads(model, seed)
 
 
+@BALANCERS.register("unimodal_aux")
 class UnimodalAux(_WithUnimodalHeads):
     """``L_fused + strength * sum_m L_m`` with a linear head per modality."""
 
@@ -257,10 +267,12 @@ def blend_weights(
     return {k: v / total for k, v in raw.items()}
 
 
+@BALANCERS.register("grad_blend")
 class GradBlend(_WithUnimodalHeads):
     """Online gradient blending over the fused head and one linear head per modality."""
 
     name = "grad_blend"
+    needs_validation = True
 
     def __init__(self, model: Any, strength: float, seed: int) -> None:
         super().__init__(model, strength, seed)
@@ -332,3 +344,6 @@ class GradBlend(_WithUnimodalHeads):
         return {
             f"balance_weight_{k}": float(w) for k, w in zip(self.keys, self.weights, strict=True)
         }
+
+
+BALANCE_METHODS = tuple(BALANCERS.names())

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the names here are read at start-up
+    from torch import nn
 
+# The freezing strategies, by name: what `apply_strategy`, the adaptation arms of the same
+# names and `multimodal readapt --strategy` take.
 STRATEGIES = ("head", "top_k", "full", "lora")
 
 
@@ -69,6 +72,8 @@ def _inject(
     LoraConfig: Any,
     inject: Any,
 ) -> None:
+    from torch import nn
+
     block_ids = {id(b) for b in blocks}
     targets = []
     for block_name, block in encoder.named_modules():

@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from encoders import Encoder, create_encoder
-from encoders._registry import _ENCODERS
+from encoders import ENCODERS, Encoder, create_encoder
 from fusion import Fusion, FusionOutput, create_fusion
 
 from ..core.config import check_keys, read_yaml
 from ..core.io import atomic_dir, verify_folder, write_checksums, write_json_atomic
+from ..core.run_folder import RunFolder
 from .heads import Head
 from .processing import MultimodalProcessor
 
@@ -224,7 +224,7 @@ class MultimodalModel(nn.Module):
                 f"{save_dir}: unsupported format_version {config.get('format_version')!r}"
             )
         for m, enc_cfg in config["encoders"].items():
-            for key in getattr(_ENCODERS.get(enc_cfg["name"]), "path_kwargs", ()):
+            for key in getattr(ENCODERS.get(enc_cfg["name"]), "path_kwargs", ()):
                 if enc_cfg.get(key) is not None:
                     enc_cfg[key] = str(save_dir / "encoders" / m / enc_cfg[key])
             _caller_trust(enc_cfg, trust_remote_code, f"{save_dir}: encoders.{m}")
@@ -236,8 +236,8 @@ class MultimodalModel(nn.Module):
 def _model_folder(save_dir: Path) -> Path:
     """The saved-model folder of ``save_dir`` (itself, or a run folder's ``best_model/``),
     with its config and safetensors weights; pickled weights are refused by name."""
-    if (save_dir / "best_model" / CONFIG_NAME).is_file():
-        save_dir = save_dir / "best_model"
+    if (RunFolder(save_dir).best_model / CONFIG_NAME).is_file():
+        save_dir = RunFolder(save_dir).best_model
     if not (save_dir / WEIGHTS_NAME).is_file():
         pickles = sorted(
             p.name
@@ -264,7 +264,7 @@ def _caller_trust(enc_cfg: dict[str, Any], trust_remote_code: bool, where: str) 
         )
     if (
         trust_remote_code
-        and "trust_remote_code" in inspect.signature(_ENCODERS.get(enc_cfg["name"])).parameters
+        and "trust_remote_code" in inspect.signature(ENCODERS.get(enc_cfg["name"])).parameters
     ):
         enc_cfg["trust_remote_code"] = True
 

@@ -114,10 +114,7 @@ class LwF(Regularizer):
         self, model: nn.Module, weight: float, forward: Forward, temperature: float = 2.0
     ) -> None:
         super().__init__(weight)
-        if model.head.task.name != "classification":
-            raise ValueError(
-                f"lwf distils class probabilities; the task is {model.head.task.name!r}"
-            )
+        model.head.task.require_classes("lwf (it distils class probabilities)")
         # Frozen encoders are shared, not copied; training keeps them in eval mode. Nothing
         # else is shared: a shared dropout would follow the student into train mode.
         frozen = {id(e): e for e in model.encoders.values()
@@ -159,5 +156,8 @@ def create_regularizer(
     if name == "ewc":
         if reference is None:
             raise ValueError("train.regularize=ewc needs FitData.reference: the rows it protects")
+        model.head.task.require_classes(
+            "ewc (its Fisher is an expectation over the class probabilities)"
+        )
         return L2SP(model, weight, importance=fisher_diagonal(model, reference, forward))
     return LwF(model, weight, forward, **kwargs)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 import torchmetrics.functional as tmf
 
+from ..core.registry import Registry
+
 # metric -> whether larger is better
 METRIC_MODES = {
     "accuracy": "max", "macro_f1": "max", "auroc": "max", "loss": "min", "mae": "min", "rmse": "min",
@@ -31,6 +33,9 @@ class Task:
     name: ClassVar[str] = ""
     default_metric: ClassVar[str] = "accuracy"
     min_classes: ClassVar[int] = 1
+    # One class per row, its probabilities a softmax over the outputs: what calibration,
+    # per-class reports, class names, entropy and distillation of class probabilities need.
+    exclusive_classes: ClassVar[bool] = False
 
     def __init__(
         self, num_classes: int, label_smoothing: float = 0.0, temperature: float = 1.0
@@ -60,6 +65,19 @@ class Task:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """[B, C] what ensembles average: probabilities, or the outputs themselves."""
         return logits
+
+    def require_classes(self, what: str) -> None:
+        """Raise, naming ``what``, unless this task has one class per row (``exclusive_classes``)."""
+        if not self.exclusive_classes:
+            raise ValueError(
+                f"{what} needs one class per row (a classification head); the task is {self.name!r}"
+            )
+
+    def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, C] softmax(logits) at temperature 1: what a training objective or an
+        attribution reads; only for ``exclusive_classes`` tasks."""
+        self.require_classes("class probabilities")
+        return logits.float().softmax(-1)
 
     def outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictions for people: logits plus probs/labels, or predictions."""
@@ -103,6 +121,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     min_classes = 2
+    exclusive_classes = True
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels.long(), label_smoothing=self.label_smoothing)
@@ -233,19 +252,22 @@ class RegressionTask(Task):
         return self._vector(label, index)
 
 
-TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (ClassificationTask, MultilabelTask, RegressionTask)
-}
+# name -> Task subclass; a new task registers here (``TASKS.register(name)(cls)``).
+TASKS: Registry[Task] = Registry("head task")
+for _task in (ClassificationTask, MultilabelTask, RegressionTask):
+    TASKS.register(_task.name)(_task)
 
 
 def create_task(
     name: str, num_classes: int, label_smoothing: float = 0.0, temperature: float = 1.0
 ) -> Task:
     if name not in TASKS:
-        raise ValueError(f"head task must be one of {tuple(TASKS)}, got {name!r}")
-    return TASKS[name](num_classes, label_smoothing, temperature)
+        raise ValueError(f"head task must be one of {tuple(TASKS.names())}, got {name!r}")
+    return TASKS.get(name)(num_classes, label_smoothing, temperature)
 
 
 def compute_metrics(task: str, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy, macro-F1 and AUROC for classification/multilabel; MAE and RMSE for regression."""
-    return create_task(task, max(logits.shape[-1], TASKS[task].min_classes)).metrics(logits, labels)
+    return create_task(task, max(logits.shape[-1], TASKS.get(task).min_classes)).metrics(
+        logits, labels
+    )

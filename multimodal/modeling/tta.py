@@ -88,6 +88,7 @@ def tent(
     """One pass over ``batches``: each batch's mean prediction entropy minimised by Adam
     (lr 1e-3, as the reference's CIFAR setting) on the normalisation affine parameters.
     Returns the normalisation layers adapted per part (0: that part is not adapted)."""
+    model.head.task.require_classes("tent (it minimises the entropy of the class probabilities)")
     params = configure_tent(model)
     if not params:
         raise ValueError("tent needs normalisation layers to adapt; this model has none")

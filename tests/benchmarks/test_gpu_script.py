@@ -7,6 +7,11 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
+# Each trains for tens of seconds (Ray workers, calibration probes, the GPU script).
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
 
 

@@ -132,6 +132,7 @@ def test_there_are_at_least_three_hub_suites_each_with_a_fixture() -> None:
     assert set(HUB_SUITES) <= set(FIXTURES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HUB_SUITES)
 def test_hub_suite_runs_end_to_end_on_its_local_fixture(name: str, tmp_path: Path) -> None:
     suite = load_suite(SUITES / f"{name}.yaml")

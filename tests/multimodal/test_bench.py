@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from multimodal.experiments.bench import (
     Suite,
@@ -311,3 +313,69 @@ def test_balance_axis_summarises_imbalance_and_runs_shared_baselines_once(tmp_pa
     assert paths["utilisation"].is_file()
     one_seed = summary_table(summarize([r for r in rows if r["seed"] == 0]))
     assert "| 0.100 ± n/a |" in one_seed  # no zero-width interval from a single seed
+
+
+def _tiny_suite(tmp_path) -> Path:
+    from tests.multimodal.tiny_run import tiny_run
+
+    base = tiny_run(transfer={"k_shot": 2, "adapt": {"epochs": 1}, "scratch": {"epochs": 1}},
+                    train={"epochs": 1, "batch_size": 8, "lr": 0.01, "progress": False})  # fmt: skip
+    suite = {"name": "tiny", "description": "two domains, tabular and text", "fusions": ["concat"],
+             "adaptations": ["head"], "seeds": 1, "pairs": [{"source": ["d0"], "target": ["d1"]}],
+             "k_shot": [2], "unimodal": False, "base": base}  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def _unit_files(out: Path) -> dict[str, dict]:
+    """Each stored unit's JSON, its timings and environment left out."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()
+                    if k not in ("stage_seconds", "environment", "feature_store") and not k.endswith(("_s", "seconds"))}  # fmt: skip
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    return {p.name: strip(json.loads(p.read_text())) for p in sorted((out / "runs").glob("*.json"))}
+
+
+@pytest.mark.slow
+def test_the_bench_command_and_the_script_write_the_same_runs(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from multimodal.cli import main
+
+    suite = _tiny_suite(tmp_path)
+    assert main(["bench", "--suite", str(suite), "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    files = {"results.csv", "summary.json", "summary.md", "bars.png", "heatmap.png"}
+    assert files <= {p.name for p in (tmp_path / "cli").iterdir()}
+    script = Path(__file__).parents[2] / "benchmarks" / "cross_domain.py"
+    done = subprocess.run([sys.executable, str(script), "--suite", str(suite), "--out", str(tmp_path / "script"),
+                           "--quiet"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours, theirs = _unit_files(tmp_path / "cli"), _unit_files(tmp_path / "script")
+    assert ours and ours == theirs
+    summary = (tmp_path / "script" / "summary.md").read_text()
+    assert "Command: `python benchmarks/cross_domain.py --suite" in summary
+
+
+def test_suite_overrides_copy_the_suite_and_an_unknown_suite_names_the_known(tmp_path) -> None:
+    from multimodal.experiments.bench import find_suite, load_suite
+
+    suite = load_suite(_tiny_suite(tmp_path))
+    changed = suite.with_overrides(unimodal=False, episodes=3, modality_dropout=[0, 0.3],
+                                   balance=["none", "ogm_ge"], robustness=True)  # fmt: skip
+    assert changed.grid == {
+        "train.modality_dropout": [0.0, 0.3],
+        "train.balance": ["none", "ogm_ge"],
+    }
+    assert changed.base["transfer"]["episodes"] == 3 and changed.episodes == 3
+    assert changed.base["transfer"]["imbalance"] and changed.base["transfer"]["robustness"]
+    assert (
+        suite.grid == {} and "episodes" not in suite.base["transfer"]
+    )  # the original is untouched
+    assert find_suite("tiny", [tmp_path]) == tmp_path / "tiny.yaml"
+    with pytest.raises(FileNotFoundError, match="suites: tiny"):
+        find_suite("tiy", [tmp_path])

@@ -13,6 +13,9 @@ from multimodal.experiments.bench import Suite, run_benchmark
 from multimodal.experiments.distributed import RayExecutor
 from tests.multimodal.tiny_run import tiny_run
 
+# Each trains for tens of seconds (Ray workers, calibration probes, the GPU script).
+pytestmark = pytest.mark.slow
+
 ray = pytest.importorskip("ray", reason="the distributed extra is not installed")
 
 

@@ -131,7 +131,7 @@ def _episode_rows(values: dict[tuple[str, int], list[float]], scratch: float = 0
 
 
 def test_the_ci_counts_seeds_and_the_episodes_nested_in_them_by_hand() -> None:
-    from multimodal.experiments.summary import summarize
+    from multimodal.experiments.bench import summarize
 
     concat = {("concat", 0): [0.50, 0.60], ("concat", 1): [0.55, 0.75], ("concat", 2): [0.70, 0.70]}
     moe = {

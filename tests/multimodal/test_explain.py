@@ -51,6 +51,7 @@ def _trained(config: dict, carrier: str, epochs: int) -> tuple:
     return model, spec, dsd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("carrier", ["tabular", "image"])
 def test_explain_ranks_the_only_informative_modality_first(carrier, tmp_path) -> None:
     model, spec, dsd = _trained(_config({"name": "concat", "dim": 16}), carrier, epochs=4)

@@ -270,7 +270,7 @@ def test_old_import_paths_work_and_say_where_names_moved() -> None:
         and load_run_config is mm.load_run_config
     )
     assert heads.Head is mm.Head
-    moved = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    moved = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
     assert any(
         "multimodal.training moved; import from" in m and "multimodal.engine.training" in m
         for m in moved

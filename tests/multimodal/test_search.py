@@ -8,6 +8,7 @@ from tests.multimodal.tiny_run import tiny_run
 optuna = pytest.importorskip("optuna", reason="the distributed extra is not installed")
 
 
+@pytest.mark.slow
 def test_fusion_search_samples_each_fusions_own_space_prunes_and_transfers_the_best(
     tmp_path,
 ) -> None:

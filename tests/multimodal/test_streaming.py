@@ -80,6 +80,7 @@ def test_reservoir_k_shot_holds_k_per_class_and_is_seeded() -> None:
     assert min(drawn) < 100 and max(drawn) >= 200
 
 
+@pytest.mark.slow
 def test_loader_workers_share_the_shards_and_shuffle_with_a_buffer(folder) -> None:
     config = tiny_run(data=_spec(folder))
     spec = mm.DatasetSpec.from_dict(config["data"])
@@ -106,6 +107,7 @@ def _encoders() -> dict:
     return {**encoders, "image": {"name": "timm_image", "model_name": "resnet10t", "img_size": 16}}
 
 
+@pytest.mark.slow
 def test_streaming_transfer_runs_every_stage_and_counts_its_rows(folder) -> None:
     config = tiny_run(data=_spec(folder), encoders=_encoders(), transfer={"k_shot": 3, "source": ["d0"], "target": ["d1"],
                                                                              "adapt": {"epochs": 2}, "scratch": {"epochs": 2}})  # fmt: skip
@@ -117,3 +119,18 @@ def test_streaming_transfer_runs_every_stage_and_counts_its_rows(folder) -> None
     assert 0.0 <= result.adapted <= 1.0 and report.source_test_samples > 0
     with pytest.raises(ValueError, match="with streaming use k_shot"):
         transfer({**config, "transfer": {**config["transfer"], "target_fraction": 0.5}})
+
+
+def test_a_split_answers_the_same_held_or_streamed() -> None:
+    from multimodal.data import Split
+
+    rows = [{"x": i, "domain": f"d{i % 3}"} for i in range(10)]
+    held = Split(datasets.Dataset.from_list(rows))
+    streamed = Split(datasets.Dataset.from_list(rows).to_iterable_dataset(num_shards=2))
+    assert (held.streamed, streamed.streamed) == (False, True)
+    assert (held.known_size, streamed.known_size) == (10, None)
+    assert held.size() == streamed.size() == 10
+    assert held.domains() == streamed.domains() == ["d0", "d1", "d2"]
+    assert held.size_and_domains() == streamed.size_and_domains() == (10, ["d0", "d1", "d2"])
+    assert streamed.first(4)["x"] == [0, 1, 2, 3] and len(held.first(4)) == 10
+    assert [r["x"] for r in streamed] == list(range(10))

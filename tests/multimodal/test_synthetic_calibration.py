@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import multimodal as mm
 from tests.multimodal.probe import features, fit_and_score
+
+# Each trains for tens of seconds (Ray workers, calibration probes, the GPU script).
+pytestmark = pytest.mark.slow
 
 MODALITIES = ["audio", "image", "tabular", "text"]
 

@@ -237,6 +237,7 @@ def _matches_one_process(one: dict, folder: Path) -> None:
     assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_with_ogm_ge_balancing_matches_one_process(tmp_path, one_process) -> None:
     """torchrun, gloo DDP with 2 x 4 samples a step against 1 x 8 for 8 steps (whole batches
     only: the last, uneven batch of an epoch is padded with repeated samples under DDP),
@@ -263,6 +264,7 @@ def test_two_process_ddp_with_ogm_ge_balancing_matches_one_process(tmp_path, one
     _matches_one_process(balanced, tmp_path / "two")
 
 
+@pytest.mark.slow
 def test_two_machine_accelerate_launch_rehearsed_on_one_matches_one_process(
     tmp_path, one_process
 ) -> None:
@@ -291,6 +293,7 @@ def test_two_machine_accelerate_launch_rehearsed_on_one_matches_one_process(
     _matches_one_process(one_process, tmp_path / "machine0")
 
 
+@pytest.mark.slow
 def test_a_streamed_split_under_ddp_takes_the_same_steps_on_every_process(tmp_path) -> None:
     """Accelerate gives each process its own shards of a stream, which hold different
     numbers of rows; every process still takes ceil(batches / processes) steps an epoch

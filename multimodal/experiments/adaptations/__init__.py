@@ -17,11 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.registry import Registry
+from ...modeling.freezing import STRATEGIES
 from ._base import UNBALANCED, Adaptation, AdaptContext
 
 # name -> module: listed without importing, imported on first use (as encoders and fusions).
 _LAZY = {
-    **{name: f"{__name__}.finetune" for name in ("head", "top_k", "full", "lora")},
+    **{name: f"{__name__}.finetune" for name in STRATEGIES},
     **{name: f"{__name__}.unsupervised" for name in ("dann", "cdan", "coral", "mmd", "entropy", "source_only")},
     **{name: f"{__name__}.forgetting" for name in ("l2sp", "ewc", "lwf")},
     **{name: f"{__name__}.test_time" for name in ("tent", "bn_adapt")},

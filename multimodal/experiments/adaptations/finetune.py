@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ...engine.config import FitData
+from ...modeling.freezing import STRATEGIES
 from . import register_adaptation
 from ._base import UNBALANCED, Adaptation, AdaptContext, stage_keys
 
@@ -29,7 +30,7 @@ class FineTune(Adaptation):
 
 
 # One registered arm per freezing strategy (``modeling.freezing.STRATEGIES``).
-for _strategy in ("head", "top_k", "full", "lora"):
+for _strategy in STRATEGIES:
     register_adaptation(_strategy)(
         type(f"FineTune_{_strategy}", (FineTune,), {"strategy": _strategy, "__module__": __name__})
     )

@@ -16,7 +16,7 @@ import numpy as np
 from ...data.collate import RowView
 from ...data.loading import k_shot, k_shot_indices, label_column, load_dataset, select_domains
 from ...data.spec import DatasetSpec
-from ...data.streaming import head, is_streaming, scan
+from ...data.split import Split
 from ...engine import TrainConfig, evaluate
 from ..config import RunConfig, TransferConfig
 from .select import SELECTORS, select_rows
@@ -73,7 +73,7 @@ def draw_episode(
     """k rows per class (``transfer.k_shot``), or ``transfer.target_fraction`` of the rows,
     drawn with the episode's seed."""
     own = episode_seed(seed, target, index)
-    if is_streaming(train):
+    if Split(train).streamed:
         if settings.target_fraction:
             raise ValueError(
                 "transfer.target_fraction needs the size of the target split; with streaming use k_shot"
@@ -96,7 +96,7 @@ def source_and_targets(
     (a stream is read once, its domain column only, to find them)."""
     if settings.source and settings.target:
         return list(settings.source), list(settings.target)
-    domains = scan(train)[1] if is_streaming(train) else sorted(set(train["domain"]))
+    domains = Split(train).domains()
     sources = list(settings.source or domains[:1])
     targets = list(settings.target or [d for d in domains if d not in sources])
     if not targets:
@@ -105,12 +105,12 @@ def source_and_targets(
 
 
 def split_size(ds: datasets.Dataset) -> int:
-    return scan(ds)[0] if is_streaming(ds) else len(ds)
+    return Split(ds).size()
 
 
 def fitting_rows(ds: datasets.Dataset, spec: DatasetSpec) -> list[dict[str, Any]]:
     """The rows processors are fitted on: all of them, or a stream's first rows."""
-    view = RowView(head(ds) if is_streaming(ds) else ds, spec, "train")
+    view = RowView(Split(ds).first(), spec, "train")
     return [view[i] for i in range(len(view))]
 
 
@@ -170,7 +170,7 @@ class TransferPlan:
             )
         for t in self.targets:
             train = self.target[t]["train"]
-            if is_streaming(train):
+            if Split(train).streamed:
                 raise ValueError(
                     f"transfer.select={settings.select} reads the whole target train split; a stream cannot"
                 )

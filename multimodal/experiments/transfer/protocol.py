@@ -10,7 +10,8 @@ from typing import Any
 from ...analysis.imbalance import modality_imbalance
 from ...analysis.robustness import missing_modality_table
 from ...core.config import config_hash
-from ...data.streaming import is_streaming
+from ...core.run_folder import RunFolder
+from ...data.split import Split
 from ...engine.cache import FEATURES
 from ...modeling.model import MultimodalModel
 from ..adaptations import Adaptation, create_adaptation
@@ -88,7 +89,7 @@ def transfer_adaptations(
             feature_store={"hits": FEATURES.hits - lookups[0], "misses": FEATURES.misses - lookups[1]},
         )  # fmt: skip
         if plan.out is not None:
-            name = "report.json" if len(arms) == 1 else f"report-{arm.name}.json"
+            name = RunFolder.report if len(arms) == 1 else f"report-{arm.name}.json"
             reports[arm.name].to_json(plan.out / name)
     plan.progress.close()
     return reports
@@ -127,7 +128,7 @@ def _target(plan: TransferPlan, arm: Adaptation, model: MultimodalModel, target:
 def _plan_progress(plan: TransferPlan, arms: list[Adaptation]) -> None:
     """The progress bar's total: the optimizer steps of every stage."""
     train = plan.source["train"]
-    source_rows = None if is_streaming(train) else len(train)
+    source_rows = Split(train).known_size
     plan.progress.plan({}, source_rows)
     for episodes in plan.episodes.values():
         for episode in episodes:

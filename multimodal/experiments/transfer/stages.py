@@ -9,7 +9,7 @@ from typing import Any
 
 import datasets
 
-from ...data.streaming import is_streaming
+from ...data.split import Split
 from ...engine import FitData, TrainConfig, fit
 from ...modeling.freezing import frozen_encoders
 from ...modeling.model import MultimodalModel, build_model
@@ -47,7 +47,7 @@ class SourceStage:
     def data(self) -> FitData:
         plan = self.plan
         train, validation = plan.source["train"], plan.source["validation"]
-        domains = plan.sources if is_streaming(train) else None
+        domains = plan.sources if Split(train).streamed else None
         return FitData(plan.spec, train, validation, domains=domains)
 
     def run(self) -> MultimodalModel:
@@ -90,7 +90,7 @@ class AdaptStage:
     def data(self) -> tuple[FitData, int]:
         plan, episode = self.plan, self.episode
         train = plan.source["train"]
-        streamed = is_streaming(train)
+        streamed = Split(train).streamed
         if self.arm.whole_splits and streamed:
             raise ValueError(f"adaptation {self.arm.name!r} trains on whole splits; with "
                              "streaming use a k-shot adaptation")  # fmt: skip

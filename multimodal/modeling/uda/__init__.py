@@ -10,6 +10,7 @@ from ._base import (
     grad_reverse,
     list_uda_objectives,
     register_uda_objective,
+    uda_needs_classes,
     uda_views,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "grad_reverse",
     "list_uda_objectives",
     "register_uda_objective",
+    "uda_needs_classes",
     "uda_views",
 ]

@@ -25,6 +25,11 @@ def uda_views(name: str) -> bool:
     return name != "none" and bool(getattr(_UDA_OBJECTIVES.get(name), "views", False))
 
 
+def uda_needs_classes(name: str) -> bool:
+    """Whether objective ``name`` reads class probabilities (a classification head only)."""
+    return name != "none" and bool(getattr(_UDA_OBJECTIVES.get(name), "needs_classes", False))
+
+
 def create_uda_objective(
     name: str, feature_dim: int, num_classes: int, **kwargs: Any
 ) -> UDAObjective:
@@ -42,6 +47,8 @@ class UDAObjective(nn.Module):
     """
 
     views: ClassVar[bool] = False
+    # It reads class probabilities (softmax over the logits): a classification head only.
+    needs_classes: ClassVar[bool] = False
 
     def __init__(self, feature_dim: int, num_classes: int, weight: float = 1.0) -> None:
         super().__init__()

@@ -20,6 +20,8 @@ class CDAN(UDAObjective):
     randomised version [B, random_dim] when D*C is larger), through gradient reversal.
     With ``entropy_weighting`` (CDAN+E) confident samples count more."""
 
+    needs_classes = True
+
     def __init__(
         self, feature_dim: int, num_classes: int, weight: float = 1.0, hidden_dim: int = 256,
         random_dim: int = 1024, entropy_weighting: bool = True,

@@ -16,6 +16,8 @@ class PseudoLabel(UDAObjective):
     FixMatch's unlabelled loss (Sohn et al. 2020), of which this is the form without
     augmentation (the predictions and the loss see the same view)."""
 
+    needs_classes = True
+
     def __init__(
         self, feature_dim: int, num_classes: int, weight: float = 1.0, threshold: float = 0.95
     ) -> None:

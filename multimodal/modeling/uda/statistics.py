@@ -54,6 +54,8 @@ class MKMMD(UDAObjective):
 class EntropyMinimisation(UDAObjective):
     """Entropy minimisation on the target predictions (Grandvalet & Bengio, NeurIPS 2004)."""
 
+    needs_classes = True
+
     def forward(
         self, source_features, target_features, source_logits, target_logits, progress: float
     ) -> torch.Tensor:

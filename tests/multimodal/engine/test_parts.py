@@ -197,3 +197,40 @@ def test_tasks_own_their_outputs_metrics_and_default_metric() -> None:
     ).tolist() == [[1.0], [9.0]]
     multilabel = Head(4, task="multilabel", num_classes=3).task
     assert multilabel.outputs(logits)["labels"].tolist() == [[1, 0, 0], [0, 1, 0]]
+
+
+def test_only_a_task_with_one_class_per_row_gives_class_probabilities() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    classification = Head(4, task="classification", num_classes=3).task
+    assert classification.exclusive_classes
+    assert torch.allclose(classification.class_probabilities(logits), logits.softmax(-1))
+    for name, n in (("regression", 1), ("multilabel", 3)):
+        task = Head(4, task=name, num_classes=n).task
+        assert not task.exclusive_classes
+        with pytest.raises(ValueError, match=f"tent needs one class per row.*{name}"):
+            task.require_classes("tent")
+
+
+@pytest.mark.parametrize("method", ["cdan", "entropy", "pseudo_label", "fixmatch"])
+def test_an_objective_reading_class_probabilities_refuses_a_regression_head(method) -> None:
+    from multimodal import engine
+    from multimodal.modeling.uda import uda_needs_classes
+    from tests.multimodal.tiny_run import tiny_data
+
+    assert uda_needs_classes(method) and not uda_needs_classes("coral")
+    config, spec, dsd, rows = tiny_data(head={"task": "regression", "num_classes": 1})
+    import multimodal as mm
+    from multimodal.experiments.config import model_config, train_config
+
+    model = mm.build_model(model_config(config), rows, seed=0)
+    data = engine.FitData(spec, dsd["train"], unlabelled=dsd["validation"])
+    with pytest.raises(ValueError, match=f"train.uda={method} needs one class per row"):
+        engine.fit(model, data, train_config(config, uda=method, max_steps=1))
+
+
+def test_a_spec_with_the_retired_task_key_loads_with_a_warning() -> None:
+    from multimodal.data import DatasetSpec
+
+    with pytest.warns(FutureWarning, match="data.task is not read"):
+        spec = DatasetSpec.from_dict({"path": "synthetic", "task": "regression"})
+    assert not hasattr(spec, "task")

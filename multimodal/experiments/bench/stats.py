@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import ALPHA, detectable, holm, mean_ci, paired, two_level
+from ..stats import ALPHA, detectable, holm, mean_ci, paired, two_level
 
 METRICS = ("source", "zero_shot", "adapted", "scratch", "transfer_gain", "forgetting")
 # Per-run numbers summarised beside METRICS when the rows hold them (transfer.imbalance).
@@ -29,6 +29,18 @@ STAT_KEYS = {"k_shot", "fusion", "adaptation", "target", "seeds", "n", "episodes
 COMPARISONS = ("transfer_gain", "gain_vs_unimodal")  # and every "adapted_vs_<name>"
 ABSOLUTE = ("source", "zero_shot", "adapted", "scratch")
 BASE_ADAPTATION = "head"
+# Columns of robustness rows that are not grid axes (with "seed" per run, "seeds" summarised).
+ROBUSTNESS_KEYS = {
+    "k_shot",
+    "fusion",
+    "model",
+    "domain",
+    "dropped",
+    "metric",
+    "value",
+    "loss",
+    "relative",
+}
 # Unimodal baselines run as fusions named "<modality>-only": the suite's config with one encoder.
 ONLY = "-only"
 # (seed) -> the values of each episode, in episode order.
@@ -174,3 +186,48 @@ def _versus_unimodal(entry: dict[str, Any], series: Series, groups: Mapping[tupl
     best = max(candidates, key=lambda m: means[m])
     entry["best_unimodal"] = {"modality": best, **two_level(_values(candidates[best], "adapted"))}
     entry["gain_vs_unimodal"] = _paired(series, candidates[best])
+
+
+def overall_entries(summary: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The entries over all targets: the "all" rows, or each row where a run had one target."""
+    keyed = defaultdict(list)
+    for e in summary:
+        keyed[
+            tuple(
+                (k, str(v))
+                for k, v in e.items()
+                if k not in STAT_KEYS or k in ("k_shot", "fusion", "adaptation")
+            )
+        ].append(e)
+    out = []
+    for group in keyed.values():
+        every = [e for e in group if e["target"] == "all"]
+        out += every or (group if len(group) == 1 else [])
+    return out
+
+
+def summarize_robustness(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and 95% CI over seeds of the metric, loss and relative metric per grid point x
+    k x fusion x model x domain x dropped modality."""
+    grid_keys = sorted({k for r in rows for k in r} - ROBUSTNESS_KEYS - {"seed"})
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        key = (
+            *[r.get(k) for k in grid_keys],
+            r["k_shot"],
+            r["fusion"],
+            r["model"],
+            r["domain"],
+            r["dropped"],
+        )
+        groups[key].append(r)
+    out = []
+    for key, members in groups.items():
+        *grid_values, k, fusion, model, domain, dropped = key
+        out.append({
+            **dict(zip(grid_keys, grid_values, strict=True)), "k_shot": k, "fusion": fusion, "model": model,
+            "domain": domain, "dropped": dropped, "metric": members[0]["metric"],
+            "value": mean_ci(m["value"] for m in members), "loss": mean_ci(m["loss"] for m in members),
+            "relative": mean_ci(m["relative"] for m in members), "seeds": sorted(m["seed"] for m in members),
+        })  # fmt: skip
+    return out

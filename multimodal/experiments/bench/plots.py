@@ -1,0 +1,135 @@
+"""The benchmark's figures: grouped bars and a heatmap of the summary, and the per-modality
+utilisation of the source models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .stats import STAT_KEYS, overall_entries
+
+
+def plot_utilisation(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Per-modality utilisation of the source models, one panel per fusion, one bar group
+    per modality and one bar per grid point (balancing methods, say); first adaptation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in overall_entries(summary) if "utilisation" in e]
+    entries = [e for e in entries if e["adaptation"] == entries[0]["adaptation"]]
+    grid_keys = [k for k in entries[0] if k not in STAT_KEYS and not k.startswith("adapted_vs_")]
+    fusions = list(dict.fromkeys(e["fusion"] for e in entries))
+    modalities = sorted(entries[0]["utilisation"])
+    fig, axes = plt.subplots(
+        1, len(fusions), figsize=(4.5 * len(fusions), 3.8), squeeze=False, sharey=True
+    )
+    for ax, fusion in zip(axes[0], fusions, strict=True):
+        mine = [e for e in entries if e["fusion"] == fusion]
+        width = 0.8 / len(mine)
+        for i, e in enumerate(mine):
+            stats = [e["utilisation"][m] for m in modalities]
+            label = ", ".join(f"{e[k]}" for k in grid_keys) or fusion
+            ax.bar(np.arange(len(modalities)) + (i - (len(mine) - 1) / 2) * width, [s["mean"] for s in stats],
+                   width, yerr=[0 if math.isnan(s["ci"]) else s["ci"] for s in stats], capsize=2, label=label)  # fmt: skip
+        ax.set_xticks(range(len(modalities)), modalities)
+        ax.set_title(fusion)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("utilisation (source test)")
+    axes[0][-1].legend(fontsize=7, title=", ".join(grid_keys) or None, title_fontsize=7)
+    fig.suptitle("accuracy with one modality alone, above chance, as a share of the full model's;"
+                 " error bars: 95% CI over seeds", fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Path]:
+    """Grouped bars (zero-shot, adapted, scratch per fusion and adaptation, mean over targets)
+    and a heatmap of adapted accuracy, fusion x target, per adaptation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = overall_entries(summary)
+    adaptations = sorted({e["adaptation"] for e in overall})
+    fusions = sorted({e["fusion"] for e in overall})
+    paths = {}
+    fig, axes = plt.subplots(
+        1, len(adaptations), figsize=(4.5 * len(adaptations), 4), squeeze=False, sharey=True
+    )
+    colors = {"zero_shot": "#9e9e9e", "adapted": "#1f77b4", "scratch": "#ff7f0e"}
+    for ax, adaptation in zip(axes[0], adaptations, strict=True):
+        x = np.arange(len(fusions))
+        for i, m in enumerate(("zero_shot", "adapted", "scratch")):
+            stats = [
+                next(
+                    (e[m] for e in overall if e["fusion"] == f and e["adaptation"] == adaptation),
+                    {"mean": math.nan, "ci": math.nan},
+                )
+                for f in fusions
+            ]
+            means = [s["mean"] for s in stats]
+            errs = [0 if math.isnan(s["ci"]) else s["ci"] for s in stats]
+            ax.bar(
+                x + (i - 1) * 0.27,
+                means,
+                0.27,
+                yerr=errs,
+                capsize=3,
+                label=m.replace("_", "-"),
+                color=colors[m],
+            )
+        ax.set_xticks(x, fusions, rotation=20)
+        ax.set_title(f"adaptation: {adaptation}")
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("target accuracy")
+    axes[0][-1].legend(loc="upper right", fontsize=8)
+    fig.suptitle("mean over target domains; error bars: 95% CI over seeds", fontsize=9)
+    fig.tight_layout()
+    paths["bars"] = out / "bars.png"
+    fig.savefig(paths["bars"], dpi=120)
+    plt.close(fig)
+    paths["heatmap"] = _plot_heatmap(summary, adaptations, fusions, out / "heatmap.png")
+    return paths
+
+
+def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
+                  fusions: list[str], path: Path) -> Path:  # fmt: skip
+    """Adapted accuracy, fusion x target, one panel per adaptation."""
+    import matplotlib.pyplot as plt
+
+    targets = sorted({e["target"] for e in summary if e["target"] != "all"})
+    fig, axes = plt.subplots(
+        1, len(adaptations), figsize=((1.2 * len(targets) + 1.5) * len(adaptations) + 2, 0.5 * len(fusions) + 2),
+        squeeze=False, sharey=True,
+    )  # fmt: skip
+    for ax, adaptation in zip(axes[0], adaptations, strict=True):
+        grid = np.full((len(fusions), len(targets)), np.nan)
+        for e in summary:
+            if e["adaptation"] == adaptation and e["target"] in targets:
+                grid[fusions.index(e["fusion"]), targets.index(e["target"])] = e["adapted"]["mean"]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(targets)), targets, rotation=30)
+        if ax is axes[0][0]:
+            ax.set_yticks(range(len(fusions)), fusions)
+        else:
+            ax.tick_params(labelleft=False)
+        for (i, j), v in np.ndenumerate(grid):
+            if not math.isnan(v):
+                color = "white" if v < 0.6 else "black"
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color=color, fontsize=8)
+        ax.set_title(f"adapted accuracy ({adaptation})")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,126 @@
+"""Running a suite's plan: each unit not already stored runs (here or on Ray), is stored as
+``out/runs/<hash>.json`` and is logged to the trackers; the rows of every unit come back."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...core.config import config_hash
+from ...core.io import write_json_atomic
+from ..distributed import Executor, SequentialExecutor
+from .plan import Suite, Unit, plan, unit_config
+from .store import result_rows, robustness_rows
+
+logger = logging.getLogger(__name__)
+
+
+def run_unit_reports(config: dict[str, Any], adaptations: list[str]) -> dict[str, Any]:
+    """One unit: the transfer protocol with each adaptation, as report dicts."""
+    from ..transfer import transfer_adaptations
+
+    return {s: r.to_dict() for s, r in transfer_adaptations(config, adaptations).items()}
+
+
+def run_benchmark(
+    suite: Suite,
+    out: str | Path,
+    fusions: Sequence[str] | None = None,
+    adaptations: Sequence[str] | None = None,
+    seeds: int | None = None,
+    progress: bool = True,
+    run_unit: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None,
+    robustness: list[dict[str, Any]] | None = None,
+    executor: Executor | None = None,
+    trackers: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Run every unit not already in ``out/runs`` and return the rows of all planned units.
+
+    With ``robustness`` (a list), each unit's missing-modality rows are appended to it; the
+    suite's base config needs ``transfer.robustness: true`` for the reports to hold them.
+    ``executor`` decides where units run (default: one after another in this process;
+    ``RayExecutor`` spreads them over Ray workers); rows come back in plan order either way.
+    ``trackers`` (accelerate tracker names) get one run per finished unit.
+
+    A unit is stored as ``out/runs/<hash>.json`` once it finishes, so an interrupted
+    benchmark resumes where it stopped and a finished one only rewrites its summary.
+    """
+    from tqdm.auto import tqdm
+
+    from ...core.provenance import environment
+
+    out = Path(out)
+    adaptations = list(adaptations or suite.adaptations)
+    units = plan(suite, list(fusions or suite.fusions), seeds or suite.seeds)
+    executor = executor or SequentialExecutor()
+    machine = environment()
+    stored: dict[int, Mapping[str, Any]] = {}
+    todo: list[tuple[int, dict[str, Any], Path, dict[str, Any]]] = []
+    # Units whose configs coincide (a one-modality baseline under every balancing method)
+    # run once and share the stored result.
+    same: dict[Path, list[int]] = defaultdict(list)
+    for index, unit in enumerate(units):
+        config = unit_config(suite, unit)
+        path = out / "runs" / f"{config_hash(config)}.json"
+        same[path].append(index)
+        if len(same[path]) > 1:
+            continue
+        done = json.loads(path.read_text()) if path.is_file() else None
+        if done is not None and set(adaptations) <= set(done["reports"]):
+            stored[index] = done["reports"]
+        else:
+            todo.append((index, config, path, done["reports"] if done else {}))
+    if stored:
+        logger.info("%d of %d runs already in %s; skipping them", len(stored), len(units), out)
+    jobs = [
+        (config, [s for s in adaptations if s not in earlier]) for _, config, _, earlier in todo
+    ]
+    bar = tqdm(total=len(todo), desc=f"{suite.name}", unit="run", disable=not progress)
+    try:
+        for job, new in executor.map(run_unit or run_unit_reports, jobs):
+            index, config, path, earlier = todo[job]
+            # Keep the adaptations of earlier invocations: the shared stages are seeded, so the
+            # unit's source model and scratch baseline are the same ones.
+            reports = {**earlier, **new}
+            write_json_atomic(path, {"unit": units[index].__dict__, "config": config,
+                                     "reports": reports, "environment": machine})  # fmt: skip
+            stored[index] = reports
+            if trackers:
+                log_unit(trackers, suite.name, units[index], config, reports, out, path.stem)
+            bar.set_postfix(fusion=units[index].fusion, seed=units[index].seed)
+            bar.update()
+    finally:
+        bar.close()
+        executor.close()
+    for indices in same.values():
+        for index in indices[1:]:
+            stored[index] = stored[indices[0]]
+    rows: list[dict[str, Any]] = []
+    for index, unit in enumerate(units):
+        reports = {s: stored[index][s] for s in adaptations}
+        rows += [r.to_dict() for r in result_rows(suite.name, unit, reports)]
+        if robustness is not None:
+            robustness += robustness_rows(unit, reports)
+    return rows
+
+
+def log_unit(trackers: Sequence[str], project: str, unit: Unit, config: Mapping[str, Any],
+             reports: Mapping[str, Mapping[str, Any]], out: Path, key: str) -> None:  # fmt: skip
+    """One tracker run per unit: its config, and per adaptation the source metric and
+    each target's zero-shot, adapted, scratch, gain and forgetting."""
+    from ...engine.trackers import Trackers
+
+    name = f"{unit.fusion}-seed{unit.seed}-{key[:8]}"
+    run = Trackers(trackers, project, name, out / "logs").start({"unit": unit.__dict__, **config})
+    values: dict[str, float] = {}
+    for adaptation, report in reports.items():
+        values[f"{adaptation}/source"] = report["source"]
+        for target, result in report["targets"].items():
+            for m in ("zero_shot", "adapted", "scratch", "transfer_gain", "forgetting"):
+                values[f"{adaptation}/{target}/{m}"] = result[m]
+    run.log(values, step=0)
+    run.finish()
