@@ -4,37 +4,61 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..core.registry import Registry
+
 if TYPE_CHECKING:  # torch is imported where it is used: the names here are read at start-up
     from torch import nn
 
-# The freezing strategies, by name: what `apply_strategy`, the adaptation arms of the same
-# names and `multimodal readapt --strategy` take.
-STRATEGIES = ("head", "top_k", "full", "lora")
+# name -> how one encoder is frozen: ``freeze(name, encoder, blocks, top_k, lora)``, called
+# after every parameter was made trainable. What `apply_strategy`, the adaptation arms of the
+# same names and `multimodal readapt --strategy` take.
+FREEZERS: Registry[Any] = Registry("freezing strategy")
+
+
+@FREEZERS.register("full")
+def _full(name: str, encoder: Any, blocks: list[Any], top_k: int, lora: dict[str, Any]) -> None:
+    """Every parameter trains."""
+
+
+@FREEZERS.register("head")
+def _head(name: str, encoder: Any, blocks: list[Any], top_k: int, lora: dict[str, Any]) -> None:
+    """The encoder is frozen: fusion and head train."""
+    encoder.requires_grad_(False)
+
+
+@FREEZERS.register("top_k")
+def _top_k(name: str, encoder: Any, blocks: list[Any], top_k: int, lora: dict[str, Any]) -> None:
+    """The last k of the encoder's ``layer_blocks()`` train, the rest (embeddings included)
+    is frozen; an encoder without blocks (tabular) trains whole."""
+    if blocks:
+        encoder.requires_grad_(False)
+        for block in blocks[-top_k:]:
+            block.requires_grad_(True)
+
+
+@FREEZERS.register("lora")
+def _lora(name: str, encoder: Any, blocks: list[Any], top_k: int, lora: dict[str, Any]) -> None:
+    """peft LoRA adapters on the Linear/Conv2d layers of the blocks, base weights frozen; an
+    encoder without blocks trains whole."""
+    if blocks:
+        encoder.requires_grad_(False)
+        _inject_lora(encoder, blocks, name, lora)
+
+
+STRATEGIES = tuple(FREEZERS.names())
 
 
 def apply_strategy(
     model: Any, strategy: str, top_k: int = 1, lora: dict[str, Any] | None = None
 ) -> dict[str, int]:
-    """Set ``requires_grad`` on the encoders by strategy; fusion and head always train.
-
-    head: every encoder frozen. top_k: the last k of each encoder's ``layer_blocks()``
-    train, the rest (embeddings included) is frozen; an encoder without blocks (tabular)
-    trains whole. lora: peft LoRA adapters on the Linear/Conv2d layers of each encoder's
-    blocks, base weights frozen. Returns counts of trainable and total parameters.
-    """
-    if strategy not in STRATEGIES:
+    """Set ``requires_grad`` on the encoders by strategy (``FREEZERS``); fusion and head
+    always train. Returns counts of trainable and total parameters."""
+    if strategy not in FREEZERS:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    freeze = FREEZERS.get(strategy)
     model.requires_grad_(True)
     for name, enc in model.encoders.items():
-        blocks = enc.layer_blocks()
-        if strategy == "full" or (not blocks and strategy != "head"):
-            continue
-        enc.requires_grad_(False)
-        if strategy == "top_k":
-            for block in blocks[-top_k:]:
-                block.requires_grad_(True)
-        elif strategy == "lora":
-            _inject_lora(enc, blocks, name, lora or {})
+        freeze(name, enc, enc.layer_blocks(), top_k, lora or {})
     return count_parameters(model)
 
 
