@@ -27,7 +27,9 @@ resumes exactly, as dropout does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,17 +99,24 @@ def _translate(images: torch.Tensor, fraction: float) -> torch.Tensor:
     )
 
 
-def _rand_augment(images: torch.Tensor, mean: Sequence[float]) -> torch.Tensor:
-    """timm's RandAugment on each image (its ops take PIL images: 8 bits per channel)."""
+@functools.cache
+def _rand_augment_transform(height: int, fill: tuple[int, ...]) -> Any:
+    """timm's RandAugment for images of ``height`` rows filled with ``fill`` (built once per
+    size: it holds no random state, every draw happens when it is called)."""
     from timm.data.auto_augment import rand_augment_transform
 
-    _, c, h, _ = images.shape
-    fill = tuple(round(255 * v) for v in mean)
-    transform = rand_augment_transform(
+    return rand_augment_transform(
         RAND_AUGMENT,
-        {"translate_const": int(h * 0.45), "img_mean": fill if c == 3 else fill[0]},
+        {"translate_const": int(height * 0.45), "img_mean": fill if len(fill) == 3 else fill[0]},
         transforms=RAND_AUGMENT_OPS,
     )
+
+
+def _rand_augment(images: torch.Tensor, mean: Sequence[float]) -> torch.Tensor:
+    """timm's RandAugment on each image (its ops take PIL images: 8 bits per channel)."""
+    _, c, h, _ = images.shape
+    fill = tuple(round(255 * v) for v in mean)
+    transform = _rand_augment_transform(h, fill if c == 3 else fill[:1])
     out = []
     for image in images.detach().cpu():
         array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -117,14 +126,19 @@ def _rand_augment(images: torch.Tensor, mean: Sequence[float]) -> torch.Tensor:
     return torch.stack(out).to(images.device)
 
 
-def _cutout(normalised: torch.Tensor) -> torch.Tensor:
+@functools.cache
+def _eraser(device: str) -> Any:
+    """timm's RandomErasing as Cutout: one patch filled with the mean (built once)."""
     from timm.data.random_erasing import RandomErasing
 
-    erase = RandomErasing(
+    return RandomErasing(
         probability=1.0, min_area=CUTOUT_AREA[0], max_area=CUTOUT_AREA[1], mode="const",
-        max_count=1, device=str(normalised.device),
+        max_count=1, device=device,
     )  # fmt: skip
-    return erase(normalised.clone())
+
+
+def _cutout(normalised: torch.Tensor) -> torch.Tensor:
+    return _eraser(str(normalised.device))(normalised.clone())
 
 
 # audio -----------------------------------------------------------------------------------

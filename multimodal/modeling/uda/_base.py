@@ -20,14 +20,19 @@ def list_uda_objectives(pattern: str = "*") -> list[str]:
     return _UDA_OBJECTIVES.list(pattern)
 
 
+def _declares(name: str, trait: str) -> bool:
+    """Whether registered objective ``name`` (not "none") sets the class flag ``trait``."""
+    return name != "none" and bool(getattr(_UDA_OBJECTIVES.get(name), trait, False))
+
+
 def uda_views(name: str) -> bool:
     """Whether objective ``name`` trains on two augmented views of the target rows."""
-    return name != "none" and bool(getattr(_UDA_OBJECTIVES.get(name), "views", False))
+    return _declares(name, "views")
 
 
 def uda_needs_classes(name: str) -> bool:
     """Whether objective ``name`` reads class probabilities (a classification head only)."""
-    return name != "none" and bool(getattr(_UDA_OBJECTIVES.get(name), "needs_classes", False))
+    return _declares(name, "needs_classes")
 
 
 def create_uda_objective(
