@@ -24,8 +24,7 @@ def predictions(model: Any, ds: datasets.Dataset, spec: DatasetSpec,
     logits, labels = predict(model, ds, spec, batch_size)
     if labels is None:
         raise ValueError(f"column {spec.label!r}: the split has no labels to evaluate against")
-    domains = [] if Split(ds).streamed else list(ds["domain"])
-    return logits, labels, domains
+    return logits, labels, Split(ds).row_domains()
 
 
 def evaluation_report(

@@ -141,7 +141,7 @@ def explain(
 def _has_imbalance(model: Any, ds: datasets.Dataset, spec: DatasetSpec) -> bool:
     """Modality imbalance is measured on labelled classification splits of 2+ modalities."""
     return (
-        model.head.task.default_metric == "accuracy"
+        model.head.task.exclusive_classes
         and len(model.modalities) > 1
         and spec.label in ds.column_names
     )

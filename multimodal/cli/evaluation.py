@@ -120,6 +120,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..core.io import write_json_atomic
 
     model, spec, ds = model_and_split(args)
+    model.head.task.require_classes("calibration (temperature scaling of class probabilities)")
     logits, labels, _ = predictions(model, ds, spec, args.batch_size)
     temperature = fit_temperature(logits, labels)
     before, after = (

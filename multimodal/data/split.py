@@ -39,6 +39,16 @@ class Split:
         """The sorted distinct values of the ``domain`` column (a stream is read once)."""
         return scan(self.rows)[1] if self.streamed else sorted(set(self.rows["domain"]))
 
+    def require_held(self, needs: str) -> datasets.Dataset:
+        """The held rows; a stream raises, saying what ``needs`` them."""
+        if self.streamed:
+            raise ValueError(f"{needs} needs the whole split in memory; this split is streamed")
+        return self.rows
+
+    def row_domains(self) -> list[str]:
+        """Each row's domain in row order (empty for a stream, which is not read here)."""
+        return [] if self.streamed else list(self.rows["domain"])
+
     def first(self, n: int = PROCESSOR_ROWS) -> datasets.Dataset:
         """The first ``n`` rows held in memory (a held split: all of it, as it is)."""
         return head(self.rows, n) if self.streamed else self.rows

@@ -57,11 +57,9 @@ def rehearsal_mix(
     if found is None:
         raise FileNotFoundError(f"{parent}: no {LINEAGE_NAME} or run_config.json, so its training rows are "
                                 "unknown and rehearsal cannot draw from them")  # fmt: skip
-    old = found[1]
-    if Split(old).streamed or Split(new_train).streamed:
-        raise ValueError(
-            "rehearsal draws from the parent's whole training split; streamed data cannot"
-        )
+    needs = "rehearsal (it draws from the parent's whole training split)"
+    old = Split(found[1]).require_held(needs)
+    Split(new_train).require_held(needs)
     sample = old.shuffle(seed=seed).select(range(min(rows, len(old))))
     missing = sorted(set(new_train.column_names) - set(sample.column_names))
     if missing:

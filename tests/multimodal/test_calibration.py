@@ -98,6 +98,20 @@ def test_calibrate_saves_a_model_whose_probabilities_use_the_temperature(tmp_pat
     torch.testing.assert_close(scaled["probs"], (raw["logits"] / report["temperature"]).softmax(-1))
 
 
+def test_calibrate_refuses_a_head_without_classes(tmp_path, capsys) -> None:
+    import yaml
+
+    from tests.multimodal.tiny_run import tiny_data
+
+    config, spec, dsd, rows = tiny_data(head={"task": "regression", "num_classes": 1})
+    folder = mm.build_model(model_config(config), rows, seed=0).save_pretrained(tmp_path / "m")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["calibrate", "--model", str(folder), "--config", str(tmp_path / "c.yaml"),
+                 "--out", str(tmp_path / "calibrated")]) == 2  # fmt: skip
+    assert "calibration (temperature scaling" in capsys.readouterr().err
+    assert not (tmp_path / "calibrated").exists()
+
+
 def test_transfer_records_the_adapted_models_target_ece_per_episode() -> None:
     from multimodal.experiments.transfer import transfer
     from tests.multimodal.tiny_run import tiny_run

@@ -134,3 +134,7 @@ def test_a_split_answers_the_same_held_or_streamed() -> None:
     assert held.size_and_domains() == streamed.size_and_domains() == (10, ["d0", "d1", "d2"])
     assert streamed.first(4)["x"] == [0, 1, 2, 3] and len(held.first(4)) == 10
     assert [r["x"] for r in streamed] == list(range(10))
+    assert held.row_domains() == [f"d{i % 3}" for i in range(10)] and streamed.row_domains() == []
+    assert held.require_held("rehearsal") is held.rows
+    with pytest.raises(ValueError, match="rehearsal needs the whole split in memory"):
+        streamed.require_held("rehearsal")

@@ -169,11 +169,9 @@ class TransferPlan:
                 "transfer.select picks k rows per class: use k_shot, not target_fraction"
             )
         for t in self.targets:
-            train = self.target[t]["train"]
-            if Split(train).streamed:
-                raise ValueError(
-                    f"transfer.select={settings.select} reads the whole target train split; a stream cannot"
-                )
+            train = Split(self.target[t]["train"]).require_held(
+                f"transfer.select={settings.select}"
+            )
             probs, fused = model_view(model, train, self.spec, self.run.train)
             labels = train[label_column(train, self.spec.label)]
             self.episodes[t] = [

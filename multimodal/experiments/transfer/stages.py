@@ -90,10 +90,9 @@ class AdaptStage:
     def data(self) -> tuple[FitData, int]:
         plan, episode = self.plan, self.episode
         train = plan.source["train"]
+        if self.arm.whole_splits:
+            Split(train).require_held(f"adaptation {self.arm.name!r} (it trains on whole splits)")
         streamed = Split(train).streamed
-        if self.arm.whole_splits and streamed:
-            raise ValueError(f"adaptation {self.arm.name!r} trains on whole splits; with "
-                             "streaming use a k-shot adaptation")  # fmt: skip
         source = FitData(plan.spec, train, domains=plan.sources if streamed else None)
         rows = list(episode.rows) if episode.rows is not None else None
         context = AdaptContext(source, plan.target[self.target]["train"], rows, episode.sample)
