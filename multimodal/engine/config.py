@@ -76,6 +76,9 @@ class TrainConfig:
     # Adversarial training: {"method": fgsm|pgd, "budgets": {kind: radius}, "steps": 3,
     # "weight": 0.5}; the loss is (1 - weight) * clean + weight * adversarial.
     adversarial: dict[str, Any] | None = None
+    # Differentially private training on Opacus (engine.privacy): {"epsilon": budget,
+    # "delta": 1e-5, "max_grad_norm": 1.0 (per sample), "accountant": prv | rdp | gdp}.
+    dp: dict[str, Any] | None = None
     # A step whose loss or gradient is not finite is skipped (and counted); this many in a
     # row stop the run with an error naming the step and the last good checkpoint.
     max_nonfinite_steps: int = 10
@@ -164,6 +167,8 @@ class FitResult:
     used_feature_cache: bool
     run_dir: str | None = None
     skipped_steps: int = 0  # optimizer updates skipped for a non-finite loss or gradient
+    # train.dp: the budget spent (Opacus's accountant), delta, noise multiplier, sample rate
+    privacy: dict[str, Any] | None = None
 
 
 # Old spellings still read, with a warning: "adapt" names the transfer stage only.

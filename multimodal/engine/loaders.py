@@ -220,3 +220,35 @@ def reference_batches(
             model, split_features(model, ds, data.spec, one).subset(picked), one, False
         )
     return _loader(model, ds.select(picked), data.spec, "reference", one, False, [])
+
+
+def lockstep(loader: Any, batches: int) -> Any:
+    """Exactly ``batches`` batches of a streamed loader, starting it over if it runs out:
+    processes that read different shards of a stream take the same number of steps, so
+    none waits forever in a gradient all-reduce the others never join."""
+    given = 0
+    while given < batches:
+        before = given
+        for batch in loader:
+            yield batch
+            given += 1
+            if given == batches:
+                return
+        if given == before:
+            raise ValueError("the streamed training split gave this process no rows")
+
+
+def target_stream(loader: Any, sampler: Any, start_step: int) -> Any:
+    """Unlabelled target batches forever, one per source batch, in an order fixed by the
+    batch count, so a resumed run draws the same target batches."""
+    n = len(loader)
+    epoch, skip = divmod(start_step, n)
+    while True:
+        for each in (loader, sampler):
+            if hasattr(each, "set_epoch"):
+                each.set_epoch(epoch)
+        batches = iter(loader)
+        for _ in range(skip):
+            next(batches)
+        yield from batches
+        epoch, skip = epoch + 1, 0

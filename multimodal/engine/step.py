@@ -64,7 +64,10 @@ class TrainStep:
         with accelerator.accumulate(self.model):
             out, terms = self.objective(batch, progress)
             accelerator.backward(terms.total)
-            self.finite = self.finite and bool(torch.isfinite(terms.total.detach()))
+            # An empty batch (a Poisson draw under train.dp) has a NaN mean loss and zero
+            # gradients; its update still runs: the noise and the accountant count it.
+            empty = len(batch["row"]) == 0
+            self.finite = self.finite and (empty or bool(torch.isfinite(terms.total.detach())))
             skipped = False
             if accelerator.sync_gradients:
                 self.balance_log = self.objective.balancer.modulate(

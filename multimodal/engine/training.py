@@ -38,10 +38,18 @@ from ..modeling.uda import create_uda_objective, uda_needs_classes
 from .checkpoint import check_random_states, load_modules, resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics, loader_config
-from .loaders import Loaders, build_loaders, reference_batches, use_feature_cache
+from .loaders import (
+    Loaders,
+    build_loaders,
+    lockstep,
+    reference_batches,
+    target_stream,
+    use_feature_cache,
+)
 from .objective import Objective
 from .optim import build_optimizer
 from .performance import apply_speedups, fused_optimizer, pin_memory, undo_speedups
+from .privacy import DeviceLoader, PrivateTraining, dp_settings, make_private
 from .recorder import RunRecorder
 from .state import TrainState
 from .step import StepOutcome, TrainStep
@@ -116,6 +124,7 @@ class _Run:
     recorder: RunRecorder
     best: BestTracker
     streaming: bool = False
+    privacy: PrivateTraining | None = None
     on_evaluate: list[EvalCallback] = field(default_factory=list)
     on_step: list[Callable[[TrainState], None]] = field(default_factory=list)
     train_step: TrainStep | None = None
@@ -134,6 +143,7 @@ class _Clock:
 def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     """Accelerator, freezing, loaders, optimizer and schedule, then one ``prepare`` call."""
     run_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    settings = dp_settings(cfg, Split(data.train).streamed)
     _allow_precision(cfg.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
@@ -183,16 +193,24 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(
         loaders.train_batches / cfg.grad_accum / n
     )
+    bare, train_sampler, privacy = model, loaders.train.sampler, None
+    if settings is not None:  # Opacus's model, optimizer and Poisson loader; see engine.privacy
+        model, optimizer, loaders.train, privacy = make_private(
+            model, optimizer, loaders.train, settings, total_steps, n
+        )
+        loaders.train, train_sampler, n = DeviceLoader(loaders.train, accelerator.device), None, 1
     # accelerate steps a prepared scheduler once per process at every optimizer step.
     scheduler = get_scheduler(
         cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n
     )
-    metric = cfg.metric or model.head.task.default_metric
-    train_sampler = loaders.train.sampler
+    metric = cfg.metric or bare.head.task.default_metric
     target_sampler = loaders.target.sampler if loaders.target is not None else None
-    model, optimizer, loaders.train, scheduler = accelerator.prepare(
-        model, optimizer, loaders.train, scheduler
-    )
+    if privacy is None:
+        model, optimizer, loaders.train, scheduler = accelerator.prepare(
+            model, optimizer, loaders.train, scheduler
+        )
+    else:
+        optimizer = accelerator.prepare_optimizer(optimizer)
     if loaders.target is not None:
         loaders.target = accelerator.prepare(loaders.target)
         if uda_params:
@@ -200,12 +218,13 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     if loaders.evaluation is not None:
         loaders.evaluation = accelerator.prepare(loaders.evaluation)
     return _Run(
-        cfg=cfg, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model),
+        cfg=cfg, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(bare),
         frozen=frozen, counts=counts, loaders=loaders, train_sampler=train_sampler,
         target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, uda=uda,
         balancer=balancer, regularizer=regularizer, adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
         recorder=RunRecorder(accelerator, cfg), streaming=Split(data.train).streamed,
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
+        privacy=privacy,
     )  # fmt: skip
 
 
@@ -272,7 +291,7 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
     if run.loaders.target is not None:
         # one target batch per source batch, counted from where the run stands
         start = state.step * run.cfg.grad_accum
-        target_batches = _target_stream(run.loaders.target, run.target_sampler, start)
+        target_batches = target_stream(run.loaders.target, run.target_sampler, start)
     uda = run.accelerator.unwrap_model(run.uda) if run.uda else None
     views = None
     if getattr(uda, "views", False):
@@ -280,8 +299,10 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
     objective = Objective(run.model, run.unwrapped, run.adversarial, uda, run.cfg.uda_weight,
                           target_batches, run.loaders.forward, run.balancer, run.regularizer,
                           augmenter(run.unwrapped, run.cfg.augment), views)  # fmt: skip
+    # Under train.dp Opacus clips each row's gradient instead.
+    clip = run.cfg.max_grad_norm if run.privacy is None else None
     return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
-                     run.cfg.max_grad_norm, run.cfg.max_nonfinite_steps)  # fmt: skip
+                     clip, run.cfg.max_nonfinite_steps)  # fmt: skip
 
 
 def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
@@ -300,7 +321,7 @@ def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
     tick = epoch_start = time.perf_counter()
     eval_time = 0.0
     if run.streaming:
-        loader = _lockstep(
+        loader = lockstep(
             loader,
             math.ceil(run.loaders.train_batches / accelerator.num_processes) - state.batch_in_epoch,
         )
@@ -360,7 +381,9 @@ def _evaluate(run: _Run, state: TrainState) -> None:
     """Validation metrics into the history and the log; best weights and early stopping."""
     if run.loaders.evaluation is None:
         return
-    metrics = eval_metrics(run.model, run.loaders.evaluation, run.accelerator, run.loaders.forward)
+    # Under train.dp the bare model: Opacus's wrappers hide its head.
+    model = run.model if run.privacy is None else run.unwrapped
+    metrics = eval_metrics(model, run.loaders.evaluation, run.accelerator, run.loaders.forward)
     balance = run.balancer.on_evaluate(
         run.model, run.loaders.evaluation, run.loaders.forward, run.accelerator
     )
@@ -384,7 +407,10 @@ def _evaluate(run: _Run, state: TrainState) -> None:
 
 def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> FitResult:
     """A last checkpoint, the best weights back (LoRA merged), ``best_model/`` saved."""
-    if run.run_dir is not None:
+    privacy = run.privacy.summary() if run.privacy is not None else None
+    if run.privacy is not None:
+        run.privacy.close()
+    elif run.run_dir is not None:
         _checkpoint(run, state)
     undo_speedups(run.unwrapped)
     run.best.restore(run.unwrapped)
@@ -401,6 +427,7 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
         train_samples_per_s=per_s(clock.samples), train_steps_per_s=per_s(clock.steps),
         epoch_seconds=clock.epoch_seconds, used_feature_cache=run.loaders.use_cache,
         run_dir=str(run.run_dir) if run.run_dir else None, skipped_steps=state.skipped_steps,
+        privacy=privacy,
     )  # fmt: skip
     summary = {
         k: v for k, v in dataclasses.asdict(result).items() if k not in ("history", "epoch_seconds")
@@ -436,38 +463,6 @@ def _adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | 
     if not 0.0 <= float(out["weight"]) <= 1.0:
         raise ValueError(f"train.adversarial.weight must be in [0, 1], got {out['weight']}")
     return out
-
-
-def _lockstep(loader: Any, batches: int) -> Any:
-    """Exactly ``batches`` batches of a streamed loader, starting it over if it runs out:
-    processes that read different shards of a stream take the same number of steps, so
-    none waits forever in a gradient all-reduce the others never join."""
-    given = 0
-    while given < batches:
-        before = given
-        for batch in loader:
-            yield batch
-            given += 1
-            if given == batches:
-                return
-        if given == before:
-            raise ValueError("the streamed training split gave this process no rows")
-
-
-def _target_stream(loader: Any, sampler: Any, start_step: int) -> Any:
-    """Unlabelled target batches forever, one per source batch, in an order fixed by the
-    batch count, so a resumed run draws the same target batches."""
-    n = len(loader)
-    epoch, skip = divmod(start_step, n)
-    while True:
-        for each in (loader, sampler):
-            if hasattr(each, "set_epoch"):
-                each.set_epoch(epoch)
-        batches = iter(loader)
-        for _ in range(skip):
-            next(batches)
-        yield from batches
-        epoch, skip = epoch + 1, 0
 
 
 def _allow_precision(mixed_precision: str) -> None:

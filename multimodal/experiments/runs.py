@@ -105,6 +105,8 @@ def train_run(
         "trained_domains": train_domains,
         "history": result.history, "wall_time_s": time.perf_counter() - start, "run_dir": str(out),
     }  # fmt: skip
+    if result.privacy is not None:  # train.dp: the budget spent, from Opacus's accountant
+        summary["privacy"] = result.privacy
     write_json_atomic(out / RESULTS_NAME, summary)
     return summary
 

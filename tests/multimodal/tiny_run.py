@@ -70,7 +70,8 @@ def _kill_after(module: Any, name: str, step: int) -> None:
 
 def main() -> None:
     """python tiny_run.py OUT_DIR [--config YAML] [--kill-after-checkpoint N] [--kill-after-log N]
-    [--resume] [--per-process-batch B] [--max-steps N] [--sgd] [--streaming] [--balance METHOD]"""
+    [--resume] [--per-process-batch B] [--max-steps N] [--sgd] [--streaming] [--balance METHOD]
+    [--dp EPSILON]"""
     import multimodal as mm
     from multimodal import engine
     from multimodal.engine import training
@@ -90,6 +91,9 @@ def main() -> None:
         overrides.update(optimizer="sgd", lr=0.1)
     if "--balance" in args:
         overrides["balance"] = args[args.index("--balance") + 1]
+    if "--dp" in args:  # private training of fusion and head, no mid-run checkpoints
+        overrides.update(dp={"epsilon": float(args[args.index("--dp") + 1])}, strategy="head")
+        overrides.pop("save_every", None)
     if "--max-steps" in args:
         overrides["max_steps"] = int(args[args.index("--max-steps") + 1])
     if "--resume" in args:
@@ -114,6 +118,10 @@ def main() -> None:
         train_config(config, **overrides),
     )
     test = engine.evaluate(model, dsd["test"], spec)
+    weights = {k: v.tolist() for k, v in model.state_dict().items() if not k.startswith("encoders.")}
+    rank = os.environ.get("RANK", "0")
+    with open(os.path.join(out, f"weights-{rank}.json"), "w") as f:
+        json.dump(weights, f)
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(out, "final.json"), "w") as f:
             json.dump(
@@ -123,6 +131,7 @@ def main() -> None:
                     "history": result.history,
                     "test": test,
                     "train_rows": len(dsd["train"]),
+                    "privacy": result.privacy,
                 },
                 f,
             )

@@ -1,0 +1,239 @@
+"""Differentially private training (``train.dp``) on Opacus: per-sample gradients clipped
+to ``max_grad_norm``, Gaussian noise sized by Opacus for the budget (``epsilon``, ``delta``)
+over the planned epochs, Poisson-sampled batches, and Opacus's accountant for the budget
+actually spent. Nothing here clips, adds noise or accounts by itself.
+
+Only what trains is private: with frozen encoders (``train.strategy=head``, the usual case)
+the fusion and the head. Terms that mix rows of a batch (UDA, modality balancing, a pull
+toward the starting weights, adversarial training, a fusion's batch-level auxiliary loss)
+would break the per-sample bound, so they are refused, as are gradient accumulation, mixed
+precision, mid-run checkpoints and streamed splits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..core.config import check_keys
+from ..modeling.model import move_to
+
+logger = logging.getLogger(__name__)
+ACCOUNTANTS = ("prv", "rdp", "gdp")
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """``train.dp``: the budget (epsilon, delta), the per-sample clipping norm and the
+    accountant Opacus sizes the noise with and reports the spent budget from."""
+
+    epsilon: float
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DPSettings:
+        check_keys(values, ("epsilon", "delta", "max_grad_norm", "accountant"), "train.dp")
+        if "epsilon" not in values:
+            raise ValueError("train.dp needs epsilon, the privacy budget (e.g. train.dp.epsilon=8)")
+        out = cls(**{k: (str(v) if k == "accountant" else float(v)) for k, v in values.items()})
+        if not out.epsilon > 0:
+            raise ValueError(f"train.dp.epsilon must be > 0, got {out.epsilon}")
+        if not 0 < out.delta < 1:
+            raise ValueError(f"train.dp.delta must be in (0, 1), got {out.delta}")
+        if not out.max_grad_norm > 0:
+            raise ValueError(f"train.dp.max_grad_norm must be > 0, got {out.max_grad_norm}")
+        if out.accountant not in ACCOUNTANTS:
+            raise ValueError(
+                f"train.dp.accountant must be one of {ACCOUNTANTS}, got {out.accountant!r}"
+            )
+        return out
+
+
+def dp_settings(cfg: Any, streamed: bool) -> DPSettings | None:
+    """``cfg.dp`` checked against what private training can do; None when it is off."""
+    if not cfg.dp:
+        return None
+    settings = DPSettings.from_dict(cfg.dp)
+    mixing = {
+        "train.uda": cfg.uda != "none", "train.balance": cfg.balance != "none",
+        "train.regularize": cfg.regularize != "none", "train.adversarial": bool(cfg.adversarial),
+    }  # fmt: skip
+    refused = [key for key, on in mixing.items() if on]
+    if refused:
+        raise ValueError(f"train.dp: {', '.join(refused)} add terms over the whole batch or the weights, "
+                         "which per-sample clipping does not bound; turn them off for private training")  # fmt: skip
+    if cfg.grad_accum != 1:
+        raise ValueError(
+            "train.dp: Opacus's Poisson batches are whole steps; use train.grad_accum=1"
+        )
+    if cfg.mixed_precision != "no":
+        raise ValueError("train.dp trains in fp32 (train.mixed_precision=no)")
+    if cfg.resume_from or cfg.save_every:
+        raise ValueError("train.dp: a private run does not checkpoint mid-run or resume (the "
+                         "accountant's history would have to travel with it); unset save_every/resume_from")  # fmt: skip
+    if streamed:
+        raise ValueError(
+            "train.dp samples each row independently (Poisson); a streamed split cannot"
+        )
+    return settings
+
+
+@dataclass
+class PrivateTraining:
+    """The Opacus engine of one ``fit`` and the noise it chose; ``epsilon()`` is the budget
+    spent so far, from Opacus's accountant."""
+
+    engine: Any
+    settings: DPSettings
+    noise_multiplier: float
+    sample_rate: float
+    module: Any  # Opacus's per-sample-gradient wrapper
+    hook: Any  # the fusion's check for batch-level terms
+    frozen: dict[str, torch.nn.Parameter]  # no per-sample gradient in Opacus: kept fixed
+
+    def epsilon(self) -> float:
+        return float(self.engine.get_epsilon(self.settings.delta))
+
+    def close(self) -> None:
+        """Opacus's hooks and per-sample gradients off the model, which trains normally after."""
+        self.module._close()
+        self.hook.remove()
+        for p in self.frozen.values():
+            p.requires_grad_(True)
+
+    def summary(self) -> dict[str, float | str]:
+        s = self.settings
+        return {"dp_epsilon": self.epsilon(), "dp_delta": s.delta, "dp_target_epsilon": s.epsilon,
+                "dp_noise_multiplier": self.noise_multiplier, "dp_sample_rate": self.sample_rate,
+                "dp_max_grad_norm": s.max_grad_norm, "dp_accountant": s.accountant,
+                "dp_frozen": list(self.frozen)}  # fmt: skip
+
+
+class DeviceLoader:
+    """Opacus's Poisson batches moved to the device (accelerate would re-shard them)."""
+
+    def __init__(self, loader: Any, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            yield move_to(batch, self.device)
+
+
+class _Boxed(torch.utils.data.Dataset):
+    """Each item in a 1-tuple: Opacus reads ``dataset[0]`` as a sequence of fields to shape
+    an empty Poisson batch, and this toolkit's items are row indices or row dicts."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any]:
+        return (self.dataset[index],)
+
+
+class _Unboxed:
+    """The loader's own collate function on the unboxed items."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[tuple[Any]]) -> Any:
+        return self.collate([item for (item,) in items])
+
+
+def _boxed(loader: Any, processes: int) -> torch.utils.data.DataLoader:
+    """``loader`` as Opacus reads it; its batch is the global one (Opacus's sample rate is
+    1 / its length), as a DDP step takes a batch from every process."""
+    return torch.utils.data.DataLoader(
+        _Boxed(loader.dataset), batch_size=loader.batch_size * processes, drop_last=loader.drop_last,
+        collate_fn=_Unboxed(loader.collate_fn), generator=loader.generator,
+        num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+    )  # fmt: skip
+
+
+def make_private(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any, settings: DPSettings,
+    steps: int, processes: int,
+) -> tuple[Any, Any, Any, PrivateTraining]:  # fmt: skip
+    """``model`` wrapped to compute per-sample gradients (in DPDDP over several processes),
+    the optimizer that clips, noises and accounts, and the Poisson loader, from Opacus's
+    ``PrivacyEngine.make_private``, with the noise Opacus's ``get_noise_multiplier`` finds
+    for the budget over ``steps`` updates."""
+    from opacus import PrivacyEngine
+    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+    from opacus.validators.errors import UnsupportedModuleError
+
+    hook = _refuse_batch_terms(model)
+    frozen = freeze_unhookable(model)
+    engine = PrivacyEngine(accountant=settings.accountant)
+    module = DPDDP(model) if processes > 1 else model
+    module.train()
+    boxed = _boxed(loader, processes)
+    noise = get_noise_multiplier(
+        target_epsilon=settings.epsilon, target_delta=settings.delta, sample_rate=1 / len(boxed),
+        steps=max(1, steps), accountant=settings.accountant,
+    )  # fmt: skip
+    try:
+        private, optimizer, loader = engine.make_private(
+            module=module, optimizer=optimizer, data_loader=boxed, noise_multiplier=noise,
+            max_grad_norm=settings.max_grad_norm, grad_sample_mode="hooks",
+        )  # fmt: skip
+    except UnsupportedModuleError as err:
+        for p in frozen.values():
+            p.requires_grad_(True)
+        hook.remove()
+        raise ValueError(f"train.dp: a trainable layer mixes the rows of a batch ({err}); freeze it or "
+                         "replace it (BatchNorm by GroupNorm, say)") from None  # fmt: skip
+    privacy = PrivateTraining(engine, settings, float(optimizer.noise_multiplier),
+                              float(loader.sample_rate), private, hook, frozen)  # fmt: skip
+    return private, optimizer, loader, privacy
+
+
+def freeze_unhookable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Freeze, with a warning, the trainable parameters Opacus cannot give per-sample
+    gradients: those held by a module that has no forward of its own (a ParameterDict of
+    per-modality embeddings) or that also holds submodules (a fusion's own tokens). Opacus
+    computes them for the layers it knows and, through functorch, for any other leaf layer."""
+    from opacus.grad_sample import GradSampleModule
+
+    frozen: dict[str, torch.nn.Parameter] = {}
+    for name, module in model.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own or type(module) in GradSampleModule.GRAD_SAMPLERS:
+            continue
+        if isinstance(module, (torch.nn.ParameterDict, torch.nn.ParameterList)) or any(
+            True for _ in module.children()
+        ):
+            for n, p in own:
+                p.requires_grad_(False)
+                frozen[f"{name}.{n}" if name else n] = p
+    if frozen:
+        logger.warning("train.dp: %d parameters have no per-sample gradient in Opacus and stay as "
+                       "they are: %s", len(frozen), ", ".join(frozen))  # fmt: skip
+    return frozen
+
+
+def _refuse_batch_terms(model: torch.nn.Module) -> Any:
+    """A fusion's auxiliary loss (a mixture's load balance) is a term over the batch."""
+    fusion = getattr(model, "fusion", model)
+
+    def check(module: Any, inputs: Any, output: Any) -> None:
+        if module.training and getattr(output, "aux_loss", None) is not None:
+            raise ValueError(f"train.dp: fusion {type(module).__name__} adds an auxiliary loss over "
+                             "the batch, which per-sample clipping does not bound; switch it off "
+                             "(moe: balance_coef=0, z_loss_coef=0)")  # fmt: skip
+
+    return fusion.register_forward_hook(check)
