@@ -16,7 +16,7 @@ from .stats import EXTRA_METRICS, METRICS, UTIL
 # Result-row columns that identify a row of the table (with the grid axes): not values,
 # not the seed or episode, not timings.
 NOT_KEYS = {"seed", "episode", "episode_seed", "metric", "adapt_samples", "test_samples",
-            "source_test_samples", "config_hash", "wall_s", "adapted_ece", *METRICS, *EXTRA_METRICS}  # fmt: skip
+            "source_test_samples", "config_hash", "wall_s", "adapted_ece", "dp_epsilon", *METRICS, *EXTRA_METRICS}  # fmt: skip
 
 
 @dataclass
@@ -52,6 +52,7 @@ class ResultRow:
     forgetting: float
     adapt_samples: int
     adapted_ece: float | None = None
+    dp_epsilon: float | None = None  # train.dp: the source training's budget spent
     imbalance: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,8 +66,9 @@ class ResultRow:
                 "adapt_samples")  # fmt: skip
         row = {**head, **{k: getattr(self, k) for k in fixed}, **self.imbalance}
         row.update({k: getattr(self, k) for k in tail})
-        if self.adapted_ece is not None:
-            row["adapted_ece"] = self.adapted_ece
+        for key in ("adapted_ece", "dp_epsilon"):
+            if getattr(self, key) is not None:
+                row[key] = getattr(self, key)
         return row
 
 
@@ -86,6 +88,7 @@ def result_rows(
                 config_hash=report["config_hash"], wall_s=sum(report["stage_seconds"].values()),
                 train_s=report["stage_seconds"].get("source_train", math.nan),
                 imbalance=_imbalance_columns(report.get("imbalance") or {}, target),
+                dp_epsilon=(report.get("source_privacy") or {}).get("dp_epsilon"),
             )  # fmt: skip
             episodes = result.get("episodes") or [{**result, "episode": 0, "seed": None}]
             for e in episodes:

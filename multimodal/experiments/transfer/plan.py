@@ -130,6 +130,7 @@ class TransferPlan:
     out: Path | None
     progress: Progress
     metric: str = ""
+    source_privacy: dict[str, Any] | None = None  # train.dp: the source fit's budget spent
     # The scratch stage's untrained model, when building it does not depend on the rows
     # (False: it does, and each episode builds its own).
     scratch_template: Any = field(default=None, repr=False)

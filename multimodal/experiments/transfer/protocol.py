@@ -85,7 +85,7 @@ def transfer_adaptations(
             k_shot=None if run.transfer.target_fraction else int(run.transfer.k_shot),
             seed=plan.seed, config_hash=config_hash(run_config), config=run_config,
             robustness=arm_robustness, source_test_samples=split_size(plan.source["test"]),
-            imbalance=imbalance, episodes=int(run.transfer.episodes),
+            imbalance=imbalance, episodes=int(run.transfer.episodes), source_privacy=plan.source_privacy,
             feature_store={"hits": FEATURES.hits - lookups[0], "misses": FEATURES.misses - lookups[1]},
         )  # fmt: skip
         if plan.out is not None:

@@ -86,6 +86,8 @@ class TransferReport:
     episodes: int = 1
     # Feature store lookups of this run: encoder outputs reused ("hits") or computed.
     feature_store: dict[str, int] = field(default_factory=dict)
+    # With train.dp: the source training's budget spent and its noise (FitResult.privacy).
+    source_privacy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -56,7 +56,7 @@ class SourceStage:
         rows = fitting_rows(plan.source["train"], plan.spec)
         model = build_model(plan.run.model.to_dict(), rows, seed=plan.seed)
         result = fit(model, self.data(), self.train_config(), on_step=plan.progress.stage("source"))
-        plan.metric = result.metric
+        plan.metric, plan.source_privacy = result.metric, result.privacy
         return model
 
 
