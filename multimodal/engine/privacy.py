@@ -35,13 +35,17 @@ class DPSettings:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "prv"
+    # The updates the budget covers (default: this fit's); a federated client sets all its
+    # rounds' steps, so each round's fit adds the noise the whole run needs.
+    steps: int | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DPSettings:
-        check_keys(values, ("epsilon", "delta", "max_grad_norm", "accountant"), "train.dp")
+        check_keys(values, ("epsilon", "delta", "max_grad_norm", "accountant", "steps"), "train.dp")
         if "epsilon" not in values:
             raise ValueError("train.dp needs epsilon, the privacy budget (e.g. train.dp.epsilon=8)")
-        out = cls(**{k: (str(v) if k == "accountant" else float(v)) for k, v in values.items()})
+        kinds = {"accountant": str, "steps": lambda v: None if v is None else int(v)}
+        out = cls(**{k: kinds.get(k, float)(v) for k, v in values.items()})
         if not out.epsilon > 0:
             raise ValueError(f"train.dp.epsilon must be > 0, got {out.epsilon}")
         if not 0 < out.delta < 1:
@@ -184,7 +188,7 @@ def make_private(
     boxed = _boxed(loader, processes)
     noise = get_noise_multiplier(
         target_epsilon=settings.epsilon, target_delta=settings.delta, sample_rate=1 / len(boxed),
-        steps=max(1, steps), accountant=settings.accountant,
+        steps=max(1, settings.steps or steps), accountant=settings.accountant,
     )  # fmt: skip
     try:
         private, optimizer, loader = engine.make_private(

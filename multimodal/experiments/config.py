@@ -20,7 +20,17 @@ from ..data.spec import RETIRED_KEYS, DatasetSpec
 from ..engine import TrainConfig
 from ..modeling.heads import Head
 
-SECTIONS = ("data", "encoders", "fusion", "head", "train", "transfer", "output_dir", "seed")
+SECTIONS = (
+    "data",
+    "encoders",
+    "fusion",
+    "head",
+    "train",
+    "transfer",
+    "federate",
+    "output_dir",
+    "seed",
+)
 STAGES = ("adapt", "scratch", "uda")  # transfer sections that override train keys
 
 

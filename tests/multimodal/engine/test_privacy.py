@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("opacus", reason="train.dp needs the privacy extra (pip install -e '.[privacy]')")
+pytest.importorskip(
+    "opacus", reason="train.dp needs the privacy extra (pip install -e '.[privacy]')"
+)
 
 import multimodal as mm  # noqa: E402
 from multimodal.engine import FitData, fit  # noqa: E402
@@ -19,7 +21,9 @@ from multimodal.experiments.config import model_config  # noqa: E402
 from tests.multimodal.tiny_run import tiny_data  # noqa: E402
 
 
-def _private_fit(dp: dict, fusion: str = "concat", **train: object) -> tuple[object, mm.MultimodalModel]:
+def _private_fit(
+    dp: dict, fusion: str = "concat", **train: object
+) -> tuple[object, mm.MultimodalModel]:
     config, spec, dsd, rows = tiny_data(fusion={"name": fusion, "dim": 16})
     model = mm.build_model(model_config(config), rows, seed=0)
     cfg = {**config["train"], "strategy": "head", "epochs": 2, "dp": dp, **train}
@@ -35,7 +39,9 @@ def test_every_per_sample_gradient_is_clipped_to_max_grad_norm(monkeypatch) -> N
     def recorded(self: DPOptimizer) -> None:
         samples = [g.detach().clone() for g in self.grad_samples]
         original(self)
-        seen.append((samples, [p.summed_grad.detach().clone() for p in self.params], self.max_grad_norm))
+        seen.append(
+            (samples, [p.summed_grad.detach().clone() for p in self.params], self.max_grad_norm)
+        )
 
     monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", recorded)
     bound = 0.05
@@ -54,7 +60,9 @@ def test_every_per_sample_gradient_is_clipped_to_max_grad_norm(monkeypatch) -> N
         assert torch.all(per_row * factor <= bound + 1e-6)
         clipped_any |= bool((per_row > bound).any())
         for g, total in zip(samples, summed, strict=True):
-            torch.testing.assert_close(torch.einsum("i,i...", factor, g), total, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(
+                torch.einsum("i,i...", factor, g), total, rtol=1e-5, atol=1e-7
+            )
     assert clipped_any  # the bound bit: some rows' gradients were larger
 
 
@@ -78,9 +86,14 @@ def test_reported_epsilon_is_opacus_accountant_for_the_steps_rate_and_noise() ->
 
 def test_private_fit_leaves_a_model_that_trains_as_usual() -> None:
     result, model = _private_fit({"epsilon": 8.0})
-    assert result.privacy["dp_frozen"] == ["fusion.combine.missing.tabular", "fusion.combine.missing.text"]
+    assert result.privacy["dp_frozen"] == [
+        "fusion.combine.missing.tabular",
+        "fusion.combine.missing.text",
+    ]
     assert all(model.fusion.combine.missing[m].requires_grad for m in ("tabular", "text"))
-    assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters())
+    assert not any(
+        hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters()
+    )
     assert not model.fusion._forward_hooks
     assert not any(m._forward_hooks for m in model.modules())
 
