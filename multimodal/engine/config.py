@@ -78,7 +78,8 @@ class TrainConfig:
     adversarial: dict[str, Any] | None = None
     # Differentially private training on Opacus (engine.privacy): {"epsilon": budget,
     # "delta": 1e-5, "max_grad_norm": 1.0 (per sample), "accountant": prv | rdp | gdp,
-    # "steps": the updates the budget covers, default this fit's}.
+    # "steps": the updates the budget covers, default this fit's}. epsilon .inf or dp {} (a
+    # stage's override) trains without privacy.
     dp: dict[str, Any] | None = None
     # A step whose loss or gradient is not finite is skipped (and counted); this many in a
     # row stop the run with an error naming the step and the last good checkpoint.

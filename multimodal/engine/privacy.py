@@ -13,6 +13,7 @@ precision, mid-run checkpoints and streamed splits.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +62,8 @@ class DPSettings:
 
 def dp_settings(cfg: Any, streamed: bool) -> DPSettings | None:
     """``cfg.dp`` checked against what private training can do; None when it is off."""
-    if not cfg.dp:
-        return None
+    if not cfg.dp or float(cfg.dp.get("epsilon", 0)) == math.inf:
+        return None  # epsilon .inf: the non-private reference of a budget axis
     settings = DPSettings.from_dict(cfg.dp)
     mixing = {
         "train.uda": cfg.uda != "none", "train.balance": cfg.balance != "none",

@@ -383,18 +383,24 @@ def test_suite_overrides_copy_the_suite_and_an_unknown_suite_names_the_known(tmp
 
 def test_a_privacy_budget_axis_sets_train_dp_and_rows_carry_the_epsilon_spent(tmp_path) -> None:
     suite = Suite(name="stub", base={"data": {"path": "synthetic"}, "train": {"dp": {"delta": 1e-5}}},
-                  fusions=["concat"], adaptations=["head"], seeds=1, grid={"train.dp.epsilon": [1.0, 8.0]})  # fmt: skip
+                  fusions=["concat"], adaptations=["head"], seeds=1, grid={"train.dp.epsilon": [1.0, 8.0, math.inf]})  # fmt: skip
     configs = [unit_config(suite, u) for u in plan(suite, suite.fusions, 1)]
-    assert sorted(c["train"]["dp"]["epsilon"] for c in configs) == [1.0, 8.0]
+    assert sorted(c["train"]["dp"]["epsilon"] for c in configs) == [1.0, 8.0, math.inf]
     assert all(c["train"]["dp"]["delta"] == 1e-5 for c in configs)
 
     def stub(config, adaptations):
         eps = config["train"]["dp"]["epsilon"]
         report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.5 + eps / 100, "config_hash": "h",
-                  "stage_seconds": {"all": 1.0}, "source_privacy": {"dp_epsilon": eps * 0.99},
+                  "stage_seconds": {"all": 1.0}, "source_privacy": {"dp_epsilon": eps * 0.99} if eps < math.inf else None,
                   "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5, "transfer_gain": 0.1,
                                      "forgetting": 0.0, "adapt_samples": 8, "source_after": 0.8}}}  # fmt: skip
         return {s: report for s in adaptations}
 
     rows = run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
-    assert sorted((r["train.dp.epsilon"], r["dp_epsilon"]) for r in rows) == [(1.0, 0.99), (8.0, 7.92)]
+    spent = sorted((r["train.dp.epsilon"], r.get("dp_epsilon")) for r in rows)
+    assert spent == [(1.0, 0.99), (8.0, 7.92), (math.inf, None)]
+    from multimodal.experiments.bench.report import write_results
+    from multimodal.experiments.bench.stats import summarize
+
+    paths = write_results(rows, summarize(rows), tmp_path / "out")
+    assert paths["privacy"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -133,3 +133,42 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+DP_AXIS = "train.dp.epsilon"
+
+
+def plot_privacy(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Accuracy against the privacy budget (the grid axis ``train.dp.epsilon``, log scale):
+    the source test accuracy of the privately trained source model and the adapted target
+    accuracy, one line per fusion and adaptation, the non-private run (ε = inf) dashed;
+    error bars: 95% CI over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = [e for e in overall_entries(summary) if e.get(DP_AXIS) is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, metric in zip(axes, ("source", "adapted"), strict=True):
+        for key in sorted({(e["fusion"], e["adaptation"]) for e in overall}):
+            points = sorted(
+                (float(e[DP_AXIS]), e[metric])
+                for e in overall
+                if (e["fusion"], e["adaptation"]) == key
+            )
+            finite = [p for p in points if math.isfinite(p[0])]
+            line = ax.errorbar([p[0] for p in finite], [p[1]["mean"] for p in finite],
+                               yerr=[0 if math.isnan(p[1]["ci"]) else p[1]["ci"] for p in finite],
+                               marker="o", capsize=3, label=" / ".join(key))  # fmt: skip
+            for _, stat in (p for p in points if not math.isfinite(p[0])):  # ε = inf: no privacy
+                ax.axhline(stat["mean"], linestyle="--", color=line[0].get_color(), alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_xlabel("ε (train.dp.epsilon)")
+        ax.set_title(f"{metric} accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

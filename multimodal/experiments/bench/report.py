@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.io import write_json_atomic
-from .plots import plot_summary, plot_utilisation
+from .plots import DP_AXIS, plot_privacy, plot_summary, plot_utilisation
 from .stats import EXTRA_METRICS, ROBUSTNESS_KEYS, STAT_KEYS, comparisons, overall_entries
 from .store import write_csv
 
@@ -131,6 +131,8 @@ def write_results(
     paths.update(plot_summary(summary, out))
     if imbalance:
         paths["utilisation"] = plot_utilisation(summary, out / "utilisation.png")
+    if any(e.get(DP_AXIS) is not None for e in summary):
+        paths["privacy"] = plot_privacy(summary, out / "privacy.png")
     return paths
 
 

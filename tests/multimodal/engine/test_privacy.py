@@ -112,6 +112,12 @@ def test_terms_that_mix_rows_or_steps_are_refused(train: dict, message: str) -> 
         _private_fit({"epsilon": 8.0}, **train)
 
 
+def test_an_infinite_budget_or_an_empty_section_trains_without_privacy() -> None:
+    for dp in ({"epsilon": math.inf}, {}):
+        result, _ = _private_fit(dp, balance="ogm_ge", strategy="full")  # refused only under dp
+        assert result.privacy is None
+
+
 def test_a_fusion_loss_over_the_batch_is_refused_and_bad_budgets_named() -> None:
     with pytest.raises(ValueError, match="auxiliary loss over the batch"):
         _private_fit({"epsilon": 8.0}, fusion="moe")
