@@ -37,6 +37,7 @@ _EXPORTS = {
     "fit": "multimodal.engine.training",
     "load_run_config": "multimodal.experiments.config",
     "transfer": "multimodal.experiments.transfer",
+    "federate": "multimodal.experiments.federated",
 }
 # the layers, importable as attributes too (``multimodal.data.RowView``)
 _SUBPACKAGES = ("analysis", "cli", "core", "data", "deploy", "engine", "experiments", "modeling")
@@ -54,6 +55,7 @@ __all__ = [
     "build_model",
     "evaluate",
     "export_dataset",
+    "federate",
     "fit",
     "k_shot",
     "k_shot_indices",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:
     from .engine.evaluate import evaluate
     from .engine.training import fit
     from .experiments.config import load_run_config
+    from .experiments.federated import federate
     from .experiments.transfer import transfer
     from .modeling.heads import Head
     from .modeling.model import (

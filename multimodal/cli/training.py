@@ -24,6 +24,10 @@ def run_train(args: argparse.Namespace) -> int:
         f"test (domains {domains}): "
         + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items())
     )
+    if summary.get("privacy"):
+        dp = summary["privacy"]
+        print(f"privacy: epsilon {dp['dp_epsilon']:.3f} spent (delta {dp['dp_delta']:g}, noise "
+              f"multiplier {dp['dp_noise_multiplier']:.3f}, {dp['dp_accountant']} accountant)")  # fmt: skip
     if summary["skipped_steps"]:
         print(f"skipped {summary['skipped_steps']} steps with a non-finite loss or gradient")
     print(f"wall time {summary['wall_time_s']:.1f} s; run folder {out}")

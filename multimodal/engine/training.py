@@ -49,7 +49,7 @@ from .loaders import (
 from .objective import Objective
 from .optim import build_optimizer
 from .performance import apply_speedups, fused_optimizer, pin_memory, undo_speedups
-from .privacy import DeviceLoader, PrivateTraining, dp_settings, make_private
+from .privacy import DeviceLoader, DPSettings, PrivateTraining, dp_settings, make_private
 from .recorder import RunRecorder
 from .state import TrainState
 from .step import StepOutcome, TrainStep
@@ -193,24 +193,11 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(
         loaders.train_batches / cfg.grad_accum / n
     )
-    bare, train_sampler, privacy = model, loaders.train.sampler, None
-    if settings is not None:  # Opacus's model, optimizer and Poisson loader; see engine.privacy
-        model, optimizer, loaders.train, privacy = make_private(
-            model, optimizer, loaders.train, settings, total_steps, n
-        )
-        loaders.train, train_sampler, n = DeviceLoader(loaders.train, accelerator.device), None, 1
-    # accelerate steps a prepared scheduler once per process at every optimizer step.
-    scheduler = get_scheduler(
-        cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n
+    bare, target_sampler = model, loaders.target.sampler if loaders.target is not None else None
+    model, optimizer, scheduler, train_sampler, privacy = _prepare_training(
+        accelerator, cfg, model, optimizer, loaders, settings, total_steps
     )
     metric = cfg.metric or bare.head.task.default_metric
-    target_sampler = loaders.target.sampler if loaders.target is not None else None
-    if privacy is None:
-        model, optimizer, loaders.train, scheduler = accelerator.prepare(
-            model, optimizer, loaders.train, scheduler
-        )
-    else:
-        optimizer = accelerator.prepare_optimizer(optimizer)
     if loaders.target is not None:
         loaders.target = accelerator.prepare(loaders.target)
         if uda_params:
@@ -226,6 +213,33 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
         privacy=privacy,
     )  # fmt: skip
+
+
+def _prepare_training(
+    accelerator: Accelerator, cfg: TrainConfig, model: Any, optimizer: Any, loaders: Loaders,
+    settings: DPSettings | None, total_steps: int,
+) -> tuple[Any, Any, Any, Any, PrivateTraining | None]:  # fmt: skip
+    """The model, optimizer, training loader and schedule through accelerate's ``prepare``;
+    under ``train.dp``, Opacus's instead (see ``engine.privacy``), accelerate only wrapping
+    the optimizer. Returns the model, optimizer, scheduler, the training loader's sampler and
+    the private training (or None)."""
+    n, train_sampler, privacy = accelerator.num_processes, loaders.train.sampler, None
+    if settings is not None:
+        model, optimizer, loaders.train, privacy = make_private(
+            model, optimizer, loaders.train, settings, total_steps, n
+        )
+        loaders.train, train_sampler, n = DeviceLoader(loaders.train, accelerator.device), None, 1
+    # accelerate steps a prepared scheduler once per process at every optimizer step.
+    scheduler = get_scheduler(
+        cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n
+    )
+    if privacy is None:
+        model, optimizer, loaders.train, scheduler = accelerator.prepare(
+            model, optimizer, loaders.train, scheduler
+        )
+    else:
+        optimizer = accelerator.prepare_optimizer(optimizer)
+    return model, optimizer, scheduler, train_sampler, privacy
 
 
 def _balancer(model: Any, data: FitData, cfg: TrainConfig, accelerator: Accelerator) -> Balancer:
