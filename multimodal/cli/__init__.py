@@ -15,7 +15,7 @@ from .errors import user_error
 COMMANDS = (
     listing.add_list, training.add_train, evaluation.add_evaluate, evaluation.add_calibrate,
     evaluation.add_predict,
-    analysis.add_robustness, deploy.add_export, analysis.add_drift, versions.add_readapt,
+    analysis.add_robustness, deploy.add_export, deploy.add_push, analysis.add_drift, versions.add_readapt,
     versions.add_history, deploy.add_serve, training.add_reproduce, analysis.add_explain,
     analysis.add_ensemble, training.add_transfer, training.add_federate, bench.add_bench, dataset.add_export_dataset,
 )  # fmt: skip

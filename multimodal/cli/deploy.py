@@ -62,3 +62,28 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-audio-seconds", type=float, default=60.0,
                    help="longest audio clip in a sample, from its header")  # fmt: skip
     p.set_defaults(func=run_serve)
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from ..modeling.hub import push_folder
+
+    info = push_folder(args.model, args.repo_id, private=args.private or None, revision=args.revision,
+                       commit_message=args.message)  # fmt: skip
+    print(f"pushed {args.model} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
+    return 0
+
+
+def add_push(sub: Any) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload a saved model (weights, config, processors, checksums, model card) to a "
+        "Hugging Face hub repository; the token comes from `hf auth login` or HF_TOKEN",
+    )
+    p.add_argument(
+        "--model", required=True, help="a saved model folder, or a run folder with best_model/"
+    )
+    p.add_argument("--repo-id", required=True, help="org/name on the hub (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="the branch to push to (default: main)")
+    p.add_argument("--message", default="Upload transferfuse model", help="the commit message")
+    p.set_defaults(func=run_push)

@@ -155,7 +155,26 @@ def readapt(
     })  # fmt: skip
     write_json_atomic(out / COMPARISON_NAME, comparison)
     (out / RunFolder.comparison_md).write_text(comparison_markdown(comparison))
+    _update_card(out, spec, domains, comparison)
     return comparison
+
+
+def _update_card(
+    out: Path, spec: Any, domains: Sequence[str] | None, comparison: Mapping[str, Any]
+) -> None:
+    """The new version's model card: its data and its results on the new data's test split
+    and, with a reference split, its forgetting there."""
+    from ..modeling.card import DomainResult, update_card
+
+    metric, new = comparison["metric"], "+".join(domains or []) or "new data"
+    results = [DomainResult(new, "readapted", metric, comparison["new_data"]["new"][metric])]
+    if comparison["reference"] is not None:
+        results.append(
+            DomainResult("reference", "forgetting", metric, comparison["reference"]["forgetting"])
+        )
+    if (RunFolder(out).best_model / "config.json").is_file():
+        update_card(RunFolder(out).best_model, spec=dict(spec.__dict__), trained_on=list(domains or []),
+                    results=results)  # fmt: skip
 
 
 def _test_time(

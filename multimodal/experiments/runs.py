@@ -108,6 +108,12 @@ def train_run(
     if result.privacy is not None:  # train.dp: the budget spent, from Opacus's accountant
         summary["privacy"] = result.privacy
     write_json_atomic(out / RESULTS_NAME, summary)
+    if test and (RunFolder(out).best_model / "config.json").is_file():
+        from ..modeling.card import DomainResult, update_card
+
+        value = test[summary["metric"]]
+        update_card(RunFolder(out).best_model, spec=config.get("data"), trained_on=train_domains,
+                    results=[DomainResult("+".join(train_domains), "source test", summary["metric"], value)])  # fmt: skip
     return summary
 
 

@@ -190,14 +190,35 @@ class MultimodalModel(nn.Module):
         }
 
     def save_pretrained(self, save_dir: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and tokenizer files, atomically."""
+        """Write ``config.json``, ``model.safetensors``, tokenizer files and the model card
+        (``README.md``, ``modeling.card``), atomically."""
+        from ..core.provenance import environment
+        from .card import CARD_NAME, model_card
+
         with atomic_dir(save_dir) as tmp:
-            write_json_atomic(tmp / CONFIG_NAME, self.config(tmp))
+            config = self.config(tmp)
+            write_json_atomic(tmp / CONFIG_NAME, config)
             # Tied weights share storage; safetensors refuses that, so each is stored apart.
             state = {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             write_checksums(tmp)
+            card = model_card(config, Path(save_dir).name, environment=environment())
+            (tmp / CARD_NAME).write_text(str(card))
         return Path(save_dir)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None,
+                    token: str | bool | None = None, revision: str | None = None,
+                    commit_message: str = "Upload transferfuse model") -> Any:  # fmt: skip
+        """Save to a temporary folder and upload it to the hub repository ``repo_id``
+        (``huggingface_hub.HfApi.upload_folder``); returns the hub's commit info."""
+        import tempfile
+
+        from .hub import push_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / repo_id.split("/")[-1])
+            return push_folder(folder, repo_id, private=private, token=token, revision=revision,
+                               commit_message=commit_message)  # fmt: skip
 
     @classmethod
     def from_pretrained(
@@ -207,16 +228,21 @@ class MultimodalModel(nn.Module):
         *,
         trust_remote_code: bool = False,
         allow_unverified: bool = False,
+        revision: str | None = None,
+        token: str | bool | None = None,
     ) -> MultimodalModel:
-        """Rebuild from a ``save_pretrained`` folder, or a run folder holding ``best_model/``:
-        JSON + safetensors, never pickle.
+        """Rebuild from a ``save_pretrained`` folder, a run folder holding ``best_model/``, or
+        a hub id (``org/name`` at ``revision``, through ``snapshot_download``; the local HF
+        cache with ``HF_HUB_OFFLINE=1``): JSON + safetensors, never pickle.
 
         Every file must match the folder's ``checksums.json``; a folder without one is refused
         unless ``allow_unverified``. Remote code runs only if the caller passes
         ``trust_remote_code``: a ``trust_remote_code`` key in the folder's own config is
         ignored, since whoever wrote the folder is not the one taking the risk.
         """
-        save_dir = _model_folder(Path(save_dir))
+        from .hub import resolve_pretrained
+
+        save_dir = _model_folder(resolve_pretrained(save_dir, revision, token))
         verify_folder(save_dir, allow_unverified)
         config = json.loads((save_dir / CONFIG_NAME).read_text())
         if config.get("format_version") != FORMAT_VERSION:

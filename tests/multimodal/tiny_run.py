@@ -118,7 +118,9 @@ def main() -> None:
         train_config(config, **overrides),
     )
     test = engine.evaluate(model, dsd["test"], spec)
-    weights = {k: v.tolist() for k, v in model.state_dict().items() if not k.startswith("encoders.")}
+    weights = {
+        k: v.tolist() for k, v in model.state_dict().items() if not k.startswith("encoders.")
+    }
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(out, f"weights-{rank}.json"), "w") as f:
         json.dump(weights, f)

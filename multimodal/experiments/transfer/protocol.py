@@ -17,7 +17,7 @@ from ...modeling.model import MultimodalModel
 from ..adaptations import Adaptation, create_adaptation
 from ..config import RunConfig
 from .plan import TransferPlan, split_size
-from .report import EpisodeResult, TargetResult, TransferReport
+from .report import EpisodeResult, TargetResult, TransferReport, update_cards
 from .stages import (
     AdaptStage,
     ScratchStage,
@@ -91,6 +91,7 @@ def transfer_adaptations(
         if plan.out is not None:
             name = RunFolder.report if len(arms) == 1 else f"report-{arm.name}.json"
             reports[arm.name].to_json(plan.out / name)
+            update_cards(plan.out, reports[arm.name], arm.name, run_config.get("data") or {})
     plan.progress.close()
     return reports
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.io import write_json_atomic
+from ...core.run_folder import RunFolder
 
 
 @dataclass
@@ -118,3 +119,28 @@ class TransferReport:
                 f"adapted, scratch, gain and forgetting: means over {self.episodes} episodes"
             )
         return "\n".join(lines)
+
+
+def update_cards(out: Path, report: TransferReport, arm: str, spec: dict[str, Any]) -> None:
+    """The model cards of the run folders a transfer wrote: the source model's with its
+    source test and zero-shot target results, each adapted model's (episode 0) with its
+    target's adapted and forgetting results."""
+    from ...modeling.card import DomainResult, update_card
+
+    source = "+".join(report.source_domains)
+    folder = out / "source" / RunFolder.best_model
+    if folder.is_dir():
+        results = [DomainResult(source, "source test", report.metric, report.source)]
+        results += [
+            DomainResult(t, "zero-shot", report.metric, r.zero_shot)
+            for t, r in report.targets.items()
+        ]
+        update_card(folder, spec=spec, trained_on=report.source_domains, results=results)
+    for target, result in report.targets.items():
+        folder = out / f"adapt-{arm}-{target}" / RunFolder.best_model
+        if folder.is_dir() and result.episodes:
+            first = result.episodes[0]
+            update_card(folder, spec=spec, trained_on=[*report.source_domains, target], results=[
+                DomainResult(target, "adapted", report.metric, first.adapted),
+                DomainResult(source, "forgetting", report.metric, first.forgetting),
+            ])  # fmt: skip
