@@ -23,7 +23,64 @@ def run_export(args: argparse.Namespace) -> int:
     got = OnnxModel(out).predict(samples)["logits"]
     print(f"exported {out / 'model.onnx'}; onnxruntime vs PyTorch max |logit diff| "
           f"{float(abs(got - expected).max()):.2e} on {len(samples)} examples")  # fmt: skip
+    if args.quantize:
+        _quantize(args, out)
     return 0
+
+
+def _quantize(args: argparse.Namespace, out: Path) -> None:
+    """The int8 copy beside the export, and with --config its size, latency and metric per
+    domain of the test split against fp32."""
+    from ..core.io import write_json_atomic
+    from ..deploy.export import OnnxModel
+    from ..deploy.quantize import domain_report, latency_ms, quantize_export, size_mb
+
+    rows = _split_rows(args.config, "test") if args.config else []
+    calibration = []
+    if args.quantize == "static":
+        if not (args.config and args.calibration_domain):
+            raise ValueError(
+                "--quantize static needs --config and --calibration-domain (rows to calibrate on)"
+            )
+        train = [
+            r for r in _split_rows(args.config, "train") if r["domain"] == args.calibration_domain
+        ]
+        if not train:
+            raise ValueError(
+                f"--calibration-domain {args.calibration_domain!r}: no training rows of that domain"
+            )
+        calibration = train[: args.calibration_rows]
+    q_out = quantize_export(
+        out, out.with_name(f"{out.name}-int8-{args.quantize}"), args.quantize, calibration
+    )
+    models = {"fp32": OnnxModel(out), "int8": OnnxModel(q_out)}
+    report: dict = {"mode": args.quantize, "calibration_domain": args.calibration_domain,
+                    "calibration_rows": len(calibration),
+                    "size_mb": {k: size_mb(f) for k, f in (("fp32", out), ("int8", q_out))}}  # fmt: skip
+    if rows:
+        report["latency_ms"] = {
+            k: {b: latency_ms(m.predict, rows, b) for b in (1, 32)} for k, m in models.items()
+        }
+        report["domains"] = domain_report(models, rows)
+    write_json_atomic(q_out.with_name(q_out.name + ".report.json"), report)
+    print(f"int8 ({args.quantize}) {q_out / 'model.onnx'}: {report['size_mb']['int8']:.1f} MB "
+          f"against {report['size_mb']['fp32']:.1f} MB")  # fmt: skip
+    for domain, entry in report.get("domains", {}).items():
+        metric = next(iter(entry["fp32"]))
+        print(f"  {domain}: {metric} {entry['fp32'][metric]:.4f} fp32, {entry['int8'][metric]:.4f} int8, "
+              f"{entry['int8']['agreement']:.1%} of predictions agree ({entry['rows']} rows)")  # fmt: skip
+
+
+def _split_rows(config: str, split: str) -> list[dict]:
+    """The rows of a run config's data split, as ``predict`` takes them (with label, domain)."""
+    from ..data.collate import RowView
+    from ..data.loading import load_dataset
+    from ..data.spec import DatasetSpec
+    from ..experiments.config import load_run_config
+
+    spec = DatasetSpec.from_dict(load_run_config(config, [])["data"])
+    view = RowView(load_dataset(spec)[split], spec, split)
+    return [view[i] for i in range(len(view))]
 
 
 def add_export(sub: Any) -> None:
@@ -33,6 +90,17 @@ def add_export(sub: Any) -> None:
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     p.add_argument("--out", help="the export folder (default MODEL/onnx)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--quantize", choices=("dynamic", "static"),
+                   help="also write an int8 copy (onnxruntime.quantization) beside the export")  # fmt: skip
+    p.add_argument(
+        "--config",
+        help="run config whose data's test split the int8 copy is measured on, per domain",
+    )
+    p.add_argument(
+        "--calibration-domain",
+        help="static: calibrate activation ranges on this domain's training rows",
+    )
+    p.add_argument("--calibration-rows", type=int, default=128, help="static: rows to calibrate on")
     p.set_defaults(func=run_export)
 
 

@@ -155,14 +155,17 @@ class OnnxModel:
             str(folder / ONNX_NAME), providers=list(providers or ["CPUExecutionProvider"])
         )
 
-    def logits(self, batch: Batch) -> np.ndarray:
-        """Logits for a preprocessed batch (the ``MultimodalProcessor``'s output)."""
+    def feed(self, batch: Batch) -> dict[str, np.ndarray]:
+        """The graph's inputs for a preprocessed batch (the ``MultimodalProcessor``'s output)."""
         batch = pad_audio(self.processor, {k: v for k, v in batch.items()})
-        feed = {
+        return {
             n: t.numpy()
             for n, t in zip(self.meta["inputs"], _flat(batch, self.layout), strict=True)
         }
-        return self.session.run(None, feed)[0]
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        """Logits for a preprocessed batch (the ``MultimodalProcessor``'s output)."""
+        return self.session.run(None, self.feed(batch))[0]
 
     def predict(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         logits = self.logits(self.processor([dict(s) for s in samples]))
