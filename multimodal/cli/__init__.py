@@ -17,7 +17,7 @@ COMMANDS = (
     evaluation.add_predict,
     analysis.add_robustness, deploy.add_export, deploy.add_push, analysis.add_drift, versions.add_readapt,
     versions.add_history, deploy.add_serve, training.add_reproduce, analysis.add_explain,
-    analysis.add_ensemble, training.add_transfer, training.add_federate, bench.add_bench, dataset.add_export_dataset,
+    analysis.add_ensemble, training.add_transfer, training.add_federate, training.add_distill, bench.add_bench, dataset.add_export_dataset,
 )  # fmt: skip
 
 

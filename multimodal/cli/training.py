@@ -166,3 +166,80 @@ def add_federate(sub: Any) -> None:
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
     add_overrides(p)
     p.set_defaults(func=run_federate)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from ..core.io import write_json_atomic
+    from ..data.loading import load_dataset, select_domains
+    from ..experiments.config import RunConfig, load_run_config
+    from ..experiments.distill import distill, per_domain
+    from ..experiments.runs import training_domains
+    from ..experiments.transfer.plan import fitting_rows
+    from ..modeling.model import MultimodalModel, build_model
+
+    run = RunConfig.from_dict(load_run_config(args.student_config, args.overrides))
+    dsd = load_dataset(run.data)
+    sources = training_domains(run, dsd["train"], all_domains=False)
+    splits = {k: select_domains(v, sources) if sources else v for k, v in dsd.items()}
+    unlabelled = (
+        select_domains(dsd["train"], args.unlabelled_domains) if args.unlabelled_domains else None
+    )
+    teachers = [
+        MultimodalModel.from_pretrained(t, trust_remote_code=args.trust_remote_code)
+        for t in args.teacher
+    ]
+    student = build_model(
+        run.model.to_dict(), fitting_rows(splits["train"], run.data), seed=int(run.seed or 0)
+    )
+    result = distill(teachers, student, run.data, splits["train"], run.stage(progress=False),
+                     args.temperature, args.alpha, unlabelled, splits.get("validation"))  # fmt: skip
+    out = Path(args.output_dir or "runs/distill")
+    student.save_pretrained(RunFolder(out).best_model)
+    models = {"student": student, **{f"teacher{i}": t for i, t in enumerate(teachers)}}
+    report = {"steps": result.steps, "temperature": args.temperature, "alpha": args.alpha,
+              "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+              "test": per_domain(models, dsd["test"], run.data)}  # fmt: skip
+    write_json_atomic(out / "distill.json", report)
+    metric = student.head.task.default_metric
+    for domain, entry in report["test"].items():
+        print(f"{domain}: " + ", ".join(f"{k} {v[metric]:.4f}" for k, v in entry.items()))
+    print(
+        "parameters: "
+        + ", ".join(f"{k} {v:,}" for k, v in report["parameters"].items())
+        + f"; {out}"
+    )
+    return 0
+
+
+def add_distill(sub: Any) -> None:
+    p = sub.add_parser("distill", help="train a small student on a teacher's (or an ensemble's) "
+                       "class probabilities over labelled and unlabelled rows")  # fmt: skip
+    p.add_argument("--teacher", action="append", required=True,
+                   help="a saved teacher model (repeat for an ensemble: its mean probabilities)")  # fmt: skip
+    p.add_argument("--student-config", required=True,
+                   help="run config of the student (encoders, fusion, head, train) and of the data")  # fmt: skip
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=2.0,
+        help="the teacher's softmax temperature (0: hard labels)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="weight of the teacher's probabilities against true labels",
+    )
+    p.add_argument(
+        "--unlabelled-domains",
+        nargs="+",
+        help="also distil on these domains' training rows, labels unused",
+    )
+    p.add_argument(
+        "--output-dir", help="where best_model/ and distill.json go (default: runs/distill)"
+    )
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="let the teachers' encoders run hub code"
+    )
+    add_overrides(p)
+    p.set_defaults(func=run_distill)

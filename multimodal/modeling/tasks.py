@@ -178,6 +178,39 @@ class ClassificationTask(Task):
         return torch.tensor(checked, dtype=torch.long)
 
 
+class SoftClassificationTask(ClassificationTask):
+    """Classification trained on class probabilities (a teacher's soft labels, distillation):
+    a label is a vector of C probabilities, or a class index (one-hot); the loss is the
+    cross-entropy against it, the metrics those of its most probable class. A model is not
+    saved with it: distillation sets it for the fit and puts classification back."""
+
+    name = "soft_classification"
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.per_sample_loss(logits, labels).mean()
+
+    def per_sample_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return -(labels.float() * logits.float().log_softmax(-1)).sum(-1)
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return super().metrics(logits, labels.argmax(-1) if labels.dim() == 2 else labels)
+
+    def check_label(self, label: Any, index: int) -> torch.Tensor:  # type: ignore[override]
+        if isinstance(label, numbers.Integral) and not isinstance(label, bool):
+            return F.one_hot(
+                torch.tensor(super().check_label(label, index)), self.num_classes
+            ).float()
+        vector = self._vector(label, index)
+        if (vector < 0).any() or abs(float(vector.sum()) - 1.0) > 1e-3:
+            raise ValueError(
+                f"sample {index}: soft labels must be probabilities summing to 1, got {label!r}"
+            )
+        return vector
+
+    def _stack(self, checked: list[Any]) -> torch.Tensor:
+        return torch.stack(checked) if checked else torch.zeros(0, self.num_classes)
+
+
 class MultilabelTask(Task):
     """Any number of labels per sample: logits [B, C], {0, 1} targets [B, C], BCE."""
 
@@ -254,7 +287,7 @@ class RegressionTask(Task):
 
 # name -> Task subclass; a new task registers here (``TASKS.register(name)(cls)``).
 TASKS: Registry[Task] = Registry("head task")
-for _task in (ClassificationTask, MultilabelTask, RegressionTask):
+for _task in (ClassificationTask, SoftClassificationTask, MultilabelTask, RegressionTask):
     TASKS.register(_task.name)(_task)
 
 
