@@ -40,9 +40,11 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool | None = None
     from huggingface_hub import HfApi
 
     from ..core.io import verify_folder
-    from .model import _model_folder
+    from ..core.run_folder import RunFolder
 
-    folder = _model_folder(Path(folder))
+    folder = Path(folder)
+    if (RunFolder(folder).best_model / "config.json").is_file():
+        folder = RunFolder(folder).best_model
     verify_folder(folder)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
