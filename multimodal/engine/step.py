@@ -66,7 +66,7 @@ class TrainStep:
             accelerator.backward(terms.total)
             # An empty batch (a Poisson draw under train.dp) has a NaN mean loss and zero
             # gradients; its update still runs: the noise and the accountant count it.
-            empty = len(batch["row"]) == 0
+            empty = "row" in batch and len(batch["row"]) == 0
             self.finite = self.finite and (empty or bool(torch.isfinite(terms.total.detach())))
             skipped = False
             if accelerator.sync_gradients:
