@@ -402,5 +402,7 @@ def test_a_privacy_budget_axis_sets_train_dp_and_rows_carry_the_epsilon_spent(tm
     from multimodal.experiments.bench.report import write_results
     from multimodal.experiments.bench.stats import summarize
 
-    paths = write_results(rows, summarize(rows), tmp_path / "out")
+    summary = summarize(rows)
+    assert all("dp_epsilon" not in e for e in summary)  # a value, not a grid axis
+    paths = write_results(rows, summary, tmp_path / "out")
     assert paths["privacy"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -149,13 +149,18 @@ def plot_privacy(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     overall = [e for e in overall_entries(summary) if e.get(DP_AXIS) is not None]
+    if any(e["target"] == "all" for e in overall):  # one point per budget: over all targets
+        overall = [e for e in overall if e["target"] == "all"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, metric in zip(axes, ("source", "adapted"), strict=True):
         for key in sorted({(e["fusion"], e["adaptation"]) for e in overall}):
             points = sorted(
-                (float(e[DP_AXIS]), e[metric])
-                for e in overall
-                if (e["fusion"], e["adaptation"]) == key
+                (
+                    (float(e[DP_AXIS]), e[metric])
+                    for e in overall
+                    if (e["fusion"], e["adaptation"]) == key
+                ),
+                key=lambda p: p[0],
             )
             finite = [p for p in points if math.isfinite(p[0])]
             line = ax.errorbar([p[0] for p in finite], [p[1]["mean"] for p in finite],

@@ -22,7 +22,7 @@ UTIL = "util_"  # the prefix of per-modality utilisation columns
 # Columns of result rows that are not grid axes.
 ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "adaptation", "seed", "episode",
             "episode_seed", "metric", "adapt_samples", "test_samples", "source_test_samples", "config_hash",
-            "wall_s", "adapted_ece", *METRICS, *EXTRA_METRICS}  # fmt: skip
+            "wall_s", "adapted_ece", "dp_epsilon", *METRICS, *EXTRA_METRICS}  # fmt: skip
 # Keys of a summary entry that are not grid axes.
 STAT_KEYS = {"k_shot", "fusion", "adaptation", "target", "seeds", "n", "episodes", "best_unimodal",
              "gain_vs_unimodal", "utilisation", *METRICS, *EXTRA_METRICS}  # fmt: skip
