@@ -15,7 +15,9 @@ import argparse
 import copy
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -94,18 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     timings["student_distill_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    onnx = Path(
+        tempfile.mkdtemp(prefix="compress-")
+    )  # the graphs are large: kept apart from the results
     exports = {
-        "teacher": export_onnx(teacher, out / "onnx-teacher"),
-        "student": export_onnx(student, out / "onnx-student"),
+        "teacher": export_onnx(teacher, onnx / "teacher"),
+        "student": export_onnx(student, onnx / "student"),
     }
     timings["export_s"] = time.perf_counter() - tick
     calibration_view = RowView(train, spec, "train")
     calibration = [calibration_view[i] for i in range(min(128, len(calibration_view)))]
     tick = time.perf_counter()
     exports["teacher-int8-dynamic"] = quantize_export(
-        exports["teacher"], out / "onnx-teacher-int8-dynamic", "dynamic"
+        exports["teacher"], onnx / "int8-dynamic", "dynamic"
     )
-    exports["teacher-int8-static"] = quantize_export(exports["teacher"], out / "onnx-teacher-int8-static", "static",
+    exports["teacher-int8-static"] = quantize_export(exports["teacher"], onnx / "int8-static", "static",
                                                      calibration)  # fmt: skip
     timings["quantize_s"] = time.perf_counter() - tick
     test_view = RowView(dsd["test"], spec, "test")
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["domains"][domain] = {metric: p, "ci": wilson(p, d["rows"]), "rows": d["rows"],
                                         "agreement_with_teacher": d[name]["agreement"]}  # fmt: skip
         summary["models"][name] = entry
+    shutil.rmtree(onnx)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "compress.md").write_text(markdown(summary))
     print((out / "compress.md").read_text())

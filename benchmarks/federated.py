@@ -50,7 +50,8 @@ def values(result: dict[str, Any]) -> dict[str, Any]:
         for e in range(len(models[0]["episodes"]))
     ]
     eps = [c["dp_epsilon"] for c in result["clients"] if "dp_epsilon" in c]
-    return {"clients": [sum(c["test"] for c in result["clients"]) / len(result["clients"])],
+    per_client = {f"client {'+'.join(c['domains'])}": [c["test"]] for c in result["clients"]}
+    return {**per_client, "clients": [sum(c["test"] for c in result["clients"]) / len(result["clients"])],
             "held_out_zero_shot": [sum(m["zero_shot"] for m in models) / len(models)],
             "held_out_adapted": episodes, "epsilon": max(eps) if eps else None}  # fmt: skip
 
@@ -62,6 +63,8 @@ def summarise(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     for arm, by_seed in runs.items():
         cols = {s: values(r) for s, r in by_seed.items()}
         table[arm] = {c: two_level({s: v[c] for s, v in cols.items()}) for c in COLUMNS}
+        for c in sorted(k for k in next(iter(cols.values())) if k.startswith("client ")):
+            table[arm][c] = two_level({s: v[c] for s, v in cols.items()})
         eps = [v["epsilon"] for v in cols.values() if v["epsilon"] is not None]
         table[arm]["epsilon"] = sum(eps) / len(eps) if eps else None
         table[arm]["seconds"] = sum(r["seconds"] for r in by_seed.values()) / len(by_seed)
@@ -91,6 +94,12 @@ def markdown(table: dict[str, Any], seeds: int) -> str:
         p = s.get("p_holm", math.nan)
         return f"{s['mean']:+.3f} ± {s['ci']:.3f} (Holm p {p:.3f})"
 
+    clients = sorted(k for k in next(iter(table.values())) if k.startswith("client "))
+    per_client = ["| arm | " + " | ".join(clients) + " |", "|---" * (1 + len(clients)) + "|"]
+    per_client += [
+        f"| {arm} | " + " | ".join(cell(row[c]) for c in clients) + " |"
+        for arm, row in table.items()
+    ]
     lines = [f"Means ± 95% CI over {seeds} seeds; differences from FedAvg paired on seed (two-sided "
              "one-sample t-test on the seed differences), Holm over the table's tests.", "",
              "| arm | ε spent | clients' test | held-out zero-shot | held-out adapted | "
@@ -100,6 +109,13 @@ def markdown(table: dict[str, Any], seeds: int) -> str:
         eps = f"{row['epsilon']:.2f}" if row["epsilon"] is not None else "∞"
         lines.append(f"| {arm} | {eps} | " + " | ".join(cell(row[c]) for c in COLUMNS) + " | "
                      + " | ".join(diff(row.get(f"{c}_vs_fedavg")) for c in COLUMNS) + f" | {row['seconds']:.0f} |")  # fmt: skip
+    lines += [
+        "",
+        "Each client's test split (the global model; under FedBN with the client's own "
+        "normalisation layers; local: each client's own model):",
+        "",
+        *per_client,
+    ]
     return "\n".join(lines) + "\n"
 
 

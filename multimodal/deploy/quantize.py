@@ -70,7 +70,8 @@ def quantize_export(
 
 
 def size_mb(folder: str | Path) -> float:
-    return (Path(folder) / ONNX_NAME).stat().st_size / 2**20
+    """The graph's size: ``model.onnx`` and its external weights (``model.onnx.data``)."""
+    return sum(p.stat().st_size for p in Path(folder).glob(f"{ONNX_NAME}*")) / 2**20
 
 
 def latency_ms(
