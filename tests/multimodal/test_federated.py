@@ -5,13 +5,16 @@ and the centralised references and the config are checked."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 
 import pytest
 import torch
 
-pytest.importorskip(
-    "flwr", reason="federated training needs the federated extra (pip install -e '.[federated]')"
+# find_spec, not importorskip: the import would cost seconds at collection.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("flwr") is None,
+    reason="federated training needs the federated extra (pip install -e '.[federated]')",
 )
 
 from multimodal.cli import main  # noqa: E402

@@ -52,6 +52,7 @@ print(json.dumps({"equal": bool(torch.equal(a, b)), "rows": len(a)}))
 """
 
 
+@pytest.mark.slow
 def test_a_model_in_the_local_hf_cache_loads_offline_bit_identical(tmp_path) -> None:
     saved, _ = _saved(tmp_path)
     _in_cache(saved, tmp_path / "cache", ref="v1")
