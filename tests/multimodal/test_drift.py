@@ -45,6 +45,7 @@ def test_mmd_and_classifier_on_plain_gaussians() -> None:
     assert 0.3 < classifier_auroc(x, y) < 0.7 and classifier_auroc(x, y + 1.0) > 0.8
 
 
+@pytest.mark.slow  # trains, or compiles, for tens of seconds
 def test_same_domain_no_drift_shifted_domain_and_one_modality_detected(model, tmp_path) -> None:
     no_drift = 0
     for seed in range(3):

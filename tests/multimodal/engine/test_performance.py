@@ -31,6 +31,7 @@ def setup():
     return tiny_data(encoders={**tiny_data()[0]["encoders"], "image": IMAGE})
 
 
+@pytest.mark.slow  # trains, or compiles, for tens of seconds
 def test_compile_runs_every_encoder_and_the_fusion_compiled_and_hands_back_an_eager_model(
     setup,
 ) -> None:
