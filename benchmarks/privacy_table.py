@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.experiments.bench import read_results
-from multimodal.experiments.stats import holm, paired, two_level
+from multimodal.experiments.stats import holm, paired, seed_values, two_level
 
 AXIS = "train.dp.epsilon"
 MEASURES = ("source", "zero_shot", "adapted")
@@ -33,13 +33,7 @@ def units(rows: list[dict[str, Any]]) -> dict[tuple[str, float, str], dict[int, 
             cells[(r["fusion"], float(r[AXIS]), m)][(int(r["seed"]), int(r["episode"]))].append(
                 float(r[m])
             )
-    out: dict[tuple[str, float, str], dict[int, list[float]]] = {}
-    for key, by_unit in cells.items():
-        seeds: dict[int, list[float]] = defaultdict(list)
-        for (seed, _), values in sorted(by_unit.items()):
-            seeds[seed].append(sum(values) / len(values))
-        out[key] = dict(seeds)
-    return out
+    return seed_values(cells)
 
 
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

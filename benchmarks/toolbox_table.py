@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.experiments.bench import read_results
-from multimodal.experiments.stats import holm, paired, two_level
+from multimodal.experiments.stats import holm, paired, seed_values, two_level
 
 MEASURES = ("adapted", "forgetting", "adapted_ece")
 Units = dict[tuple[str, str, str], dict[int, list[float]]]
@@ -39,13 +39,7 @@ def by_unit(rows: list[dict[str, Any]], by: str) -> Units:
             if isinstance(r.get(m), float):  # adapted_ece: older results lack it
                 unit = (int(r["seed"]), int(r["episode"]))
                 cells[(r["fusion"], str(r[by]), m)][unit].append(r[m])
-    out: Units = {}
-    for key, units in cells.items():
-        seeds: dict[int, list[float]] = defaultdict(list)
-        for (seed, _), values in sorted(units.items()):
-            seeds[seed].append(sum(values) / len(values))
-        out[key] = dict(seeds)
-    return out
+    return seed_values(cells)
 
 
 def table(

@@ -114,6 +114,20 @@ def detectable(se: float, df: int, alpha: float = ALPHA, power: float = POWER) -
     return float(se * optimize.brentq(shortfall, 0.0, upper, xtol=1e-9))
 
 
+def seed_values(
+    cells: Mapping[Any, Mapping[tuple[int, int], Sequence[float]]],
+) -> dict[Any, dict[int, list[float]]]:
+    """``{key: {(seed, episode): [values]}}`` as ``Values`` per key: each (seed, episode)'s
+    values averaged (over targets, say), listed per seed in episode order."""
+    out: dict[Any, dict[int, list[float]]] = {}
+    for key, units in cells.items():
+        seeds: dict[int, list[float]] = {}
+        for (seed, _), values in sorted(units.items()):
+            seeds.setdefault(seed, []).append(sum(values) / len(values))
+        out[key] = seeds
+    return out
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (nan stays nan and is not counted)."""
     order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
