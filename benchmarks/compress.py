@@ -51,15 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--source", default="hand-espeak-en")
     args = parser.parse_args(argv)
-
     import multimodal as mm
-    from multimodal.data.collate import RowView
-    from multimodal.data.loading import load_dataset, select_domains
-    from multimodal.deploy.export import OnnxModel, export_onnx
-    from multimodal.deploy.quantize import domain_report, latency_ms, quantize_export, size_mb
-    from multimodal.engine import FitData, fit
-    from multimodal.experiments.distill import distill
-    from multimodal.experiments.transfer.plan import fitting_rows
+    from multimodal.data.loading import load_dataset
 
     base = yaml.safe_load(Path(args.config).read_text())
     base.pop("federate", None)
@@ -72,16 +65,40 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     spec = mm.DatasetSpec.from_dict(base["data"])
     dsd = load_dataset(spec)
-    train = select_domains(dsd["train"], args.source)
-    others = sorted(set(dsd["train"]["domain"]) - {args.source})
-    cfg = mm.TrainConfig(**{**base["train"], "output_dir": None, "seed": 0})
     timings: dict[str, float] = {}
+    teacher, student = train_models(base, spec, dsd, args.source, timings)
+    onnx = Path(tempfile.mkdtemp(prefix="compress-"))  # the graphs are large: not kept
+    try:
+        summary = measure(teacher, student, spec, dsd, args.source, onnx, timings)
+    finally:
+        shutil.rmtree(onnx)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "compress.md").write_text(markdown(summary))
+    print((out / "compress.md").read_text())
+    return 0
 
+
+def train_models(base: dict[str, Any], spec: Any, dsd: Any, source: str,
+                 timings: dict[str, float]) -> tuple[Any, Any]:  # fmt: skip
+    """The teacher fitted on the source domain, and the student distilled from it over the
+    source rows and the other domains' unlabelled training rows."""
+    import multimodal as mm
+    from multimodal.data.loading import select_domains
+    from multimodal.engine import FitData, fit
+    from multimodal.experiments.distill import distill
+    from multimodal.experiments.transfer.plan import fitting_rows
+
+    train, validation = (
+        select_domains(dsd["train"], source),
+        select_domains(dsd["validation"], source),
+    )
+    others = sorted(set(dsd["train"]["domain"]) - {source})
+    cfg = mm.TrainConfig(**{**base["train"], "output_dir": None, "seed": 0})
     tick = time.perf_counter()
     teacher = mm.build_model(
         {k: base[k] for k in ("encoders", "fusion", "head")}, fitting_rows(train, spec), seed=0
     )
-    fit(teacher, FitData(spec, train, select_domains(dsd["validation"], args.source)), cfg)
+    fit(teacher, FitData(spec, train, validation), cfg)
     timings["teacher_train_s"] = time.perf_counter() - tick
     student_cfg = {
         "encoders": STUDENT_ENCODERS,
@@ -91,48 +108,51 @@ def main(argv: list[str] | None = None) -> int:
     student = mm.build_model(copy.deepcopy(student_cfg), fitting_rows(train, spec), seed=0)
     tick = time.perf_counter()
     distill([teacher], student, spec, train, cfg.replace(strategy="full", epochs=30, lr=3e-3), temperature=2.0,
-            alpha=0.5, unlabelled=select_domains(dsd["train"], others),
-            validation=select_domains(dsd["validation"], args.source))  # fmt: skip
+            alpha=0.5, unlabelled=select_domains(dsd["train"], others), validation=validation)  # fmt: skip
     timings["student_distill_s"] = time.perf_counter() - tick
+    return teacher, student
+
+
+def measure(teacher: Any, student: Any, spec: Any, dsd: Any, source: str, onnx: Path,
+            timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """Both models exported to ``onnx``, the teacher's int8 copies beside them; each one's
+    size, latency and accuracy per domain of the test split."""
+    from multimodal.data.collate import RowView
+    from multimodal.data.loading import select_domains
+    from multimodal.deploy.export import OnnxModel, export_onnx
+    from multimodal.deploy.quantize import domain_report, latency_ms, quantize_export, size_mb
 
     tick = time.perf_counter()
-    onnx = Path(
-        tempfile.mkdtemp(prefix="compress-")
-    )  # the graphs are large: kept apart from the results
     exports = {
         "teacher": export_onnx(teacher, onnx / "teacher"),
         "student": export_onnx(student, onnx / "student"),
     }
     timings["export_s"] = time.perf_counter() - tick
-    calibration_view = RowView(train, spec, "train")
-    calibration = [calibration_view[i] for i in range(min(128, len(calibration_view)))]
+    view = RowView(select_domains(dsd["train"], source), spec, "train")
+    calibration = [view[i] for i in range(min(128, len(view)))]
     tick = time.perf_counter()
     exports["teacher-int8-dynamic"] = quantize_export(
         exports["teacher"], onnx / "int8-dynamic", "dynamic"
     )
-    exports["teacher-int8-static"] = quantize_export(exports["teacher"], onnx / "int8-static", "static",
-                                                     calibration)  # fmt: skip
+    exports["teacher-int8-static"] = quantize_export(
+        exports["teacher"], onnx / "int8-static", "static", calibration
+    )
     timings["quantize_s"] = time.perf_counter() - tick
-    test_view = RowView(dsd["test"], spec, "test")
-    rows = [test_view[i] for i in range(len(test_view))]
+    test = RowView(dsd["test"], spec, "test")
+    rows = [test[i] for i in range(len(test))]
     models = {k: OnnxModel(v) for k, v in exports.items()}
     report = domain_report(models, rows)
-    summary: dict[str, Any] = {"source": args.source, "timings": timings, "models": {}}
-    metric = "accuracy"
+    summary: dict[str, Any] = {"source": source, "timings": timings, "models": {}}
     for name, model in models.items():
         entry = {"size_mb": size_mb(exports[name]),
                  "parameters": sum(p.numel() for p in (student if name == "student" else teacher).parameters()),
                  "latency_ms": {str(b): latency_ms(model.predict, rows, b) for b in (1, 32)}, "domains": {}}  # fmt: skip
         for domain, d in report.items():
-            p = d[name][metric]
-            entry["domains"][domain] = {metric: p, "ci": wilson(p, d["rows"]), "rows": d["rows"],
+            p = d[name]["accuracy"]
+            entry["domains"][domain] = {"accuracy": p, "ci": wilson(p, d["rows"]), "rows": d["rows"],
                                         "agreement_with_teacher": d[name]["agreement"]}  # fmt: skip
         summary["models"][name] = entry
-    shutil.rmtree(onnx)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "compress.md").write_text(markdown(summary))
-    print((out / "compress.md").read_text())
-    return 0
+    return summary
 
 
 def markdown(summary: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -112,6 +113,11 @@ class Federation:
     @property
     def seed(self) -> int:
         return int(self.run.seed if self.run.seed is not None else self.run.train.seed)
+
+    @functools.cached_property
+    def keys(self) -> list[str]:
+        """The state keys that travel (``shared_keys``), found once per federation."""
+        return shared_keys(self.initial, self.fed.strategy, self.run.train)
 
     def local_config(self, round_index: int, epochs: int | None = None) -> Any:
         """A client's train config for one round (seeded by the round)."""
@@ -262,7 +268,7 @@ def client_app(config: Mapping[str, Any]) -> Any:
         fedn, client, model = receive(msg, context)
         result = local_round(fedn, model, client, int(msg.content["config"]["server-round"]) - 1)
         weights = model.state_dict()
-        keys = shared_keys(fedn.initial, fedn.fed.strategy, fedn.run.train)
+        keys = fedn.keys
         if fedn.fed.strategy == "fedbn":
             context.state["local"] = ArrayRecord({k: weights[k] for k in norm_keys(model)})
         metrics = {"num-examples": len(fedn.client_splits[client]["train"]), "client": client}
@@ -330,7 +336,7 @@ def server_app(fedn: Federation, record: dict[str, Any]) -> Any:
         if fed.strategy == "fedprox"
         else FedAvg(**common)
     )
-    keys = shared_keys(fedn.initial, fed.strategy, fedn.run.train)
+    keys = fedn.keys
     initial = fedn.initial.state_dict()
     app = ServerApp()
 
