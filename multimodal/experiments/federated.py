@@ -150,15 +150,6 @@ def norm_keys(model: torch.nn.Module) -> set[str]:
     return out
 
 
-def weighted_mean(
-    states: list[Mapping[str, torch.Tensor]], sizes: list[int]
-) -> dict[str, torch.Tensor]:
-    """FedAvg's aggregate: the mean of the states weighted by the clients' row counts."""
-    total = float(sum(sizes))
-    return {k: sum(s[k].double() * (n / total) for s, n in zip(states, sizes, strict=True)).to(states[0][k].dtype)
-            for k in states[0]}  # fmt: skip
-
-
 def evaluate_on(model: Any, ds: datasets.Dataset, run: RunConfig) -> float:
     """The headline metric of ``model`` on ``ds``."""
     from ..engine import evaluate
