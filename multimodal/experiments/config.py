@@ -32,6 +32,8 @@ SECTIONS = (
     "seed",
 )
 STAGES = ("adapt", "scratch", "uda")  # transfer sections that override train keys
+STUDENT_MODEL = ("encoders", "fusion", "head")  # transfer.student sections that replace the run's
+DISTILL_DEFAULTS: dict[str, Any] = {"temperature": 2.0, "alpha": 0.5, "unlabelled_targets": False}
 
 
 @dataclass
@@ -79,6 +81,10 @@ class TransferConfig:
     uda: dict[str, Any] = field(default_factory=dict)
     robustness: bool = False
     imbalance: bool = False
+    # A student distilled from the source model and put through the same stages, reported
+    # beside it: encoders/fusion/head replace the run's, train keys go over the run's, and
+    # temperature, alpha and unlabelled_targets set the distillation (``student_config``).
+    student: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +139,10 @@ def validate(config: Mapping[str, Any]) -> None:
     check_keys(transfer, (f.name for f in dataclasses.fields(TransferConfig)), "transfer")
     for stage in STAGES:
         check_keys(transfer.get(stage) or {}, TrainConfig.__dataclass_fields__, f"transfer.{stage}")
+    student = transfer.get("student") or {}
+    check_keys(student, [*STUDENT_MODEL, "train", *DISTILL_DEFAULTS], "transfer.student")
+    if student:
+        validate(student_config(config))
     fusion = config.get("fusion") or {}
     if "name" in fusion:
         known = FUSIONS.accepted_kwargs(fusion["name"], ignore={"modality_dims"}) | {"name"}
@@ -142,6 +152,21 @@ def validate(config: Mapping[str, Any]) -> None:
         if "name" not in enc:
             raise ValueError(f"encoders.{modality}: needs a 'name'")
         check_keys(enc, ENCODERS.accepted_kwargs(enc["name"]) | {"name"}, f"encoders.{modality}")
+
+
+def student_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config of ``transfer.student``'s model: the run's, with the student's
+    encoders, fusion and head in place of the run's, its train keys over the run's, and no
+    student of its own (the distillation keys stay in ``transfer.student``)."""
+    raw = copy.deepcopy(dict(config))
+    transfer = dict(raw.get("transfer") or {})
+    student = dict(transfer.pop("student", None) or {})
+    raw["transfer"] = transfer
+    for section in STUDENT_MODEL:
+        if section in student:
+            raw[section] = copy.deepcopy(student[section])
+    raw["train"] = {**(raw.get("train") or {}), **(student.get("train") or {})}
+    return raw
 
 
 def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

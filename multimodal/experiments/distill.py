@@ -13,7 +13,7 @@ teacher's probabilities are computed once, on the raw rows, before the student t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
@@ -50,9 +50,11 @@ def distill(
     teachers: Sequence[Any], student: Any, spec: DatasetSpec, train: datasets.Dataset,
     config: TrainConfig, temperature: float = 2.0, alpha: float = 0.5,
     unlabelled: datasets.Dataset | None = None, validation: datasets.Dataset | None = None,
+    on_step: Sequence[Callable[[Any], None]] = (),
 ) -> FitResult:  # fmt: skip
     """Train ``student`` on the teachers' probabilities over ``train`` (labelled) and
-    ``unlabelled`` rows; validation, if given, scores it on true labels."""
+    ``unlabelled`` rows; validation, if given, scores it on true labels. ``on_step``: as
+    ``fit``'s."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}")
     if temperature < 0:
@@ -78,9 +80,8 @@ def distill(
     original = student.head.task
     student.head.task = SoftClassificationTask(classes, temperature=original.temperature)
     try:  # no run folder: its best_model/ would be saved with the soft task
-        return fit(
-            student, FitData(spec, rows, validation), dataclasses.replace(config, output_dir=None)
-        )
+        return fit(student, FitData(spec, rows, validation),
+                   dataclasses.replace(config, output_dir=None), on_step=on_step)  # fmt: skip
     finally:
         student.head.task = original
 

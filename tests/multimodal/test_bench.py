@@ -12,6 +12,7 @@ import yaml
 from multimodal.experiments.bench import (
     Suite,
     mean_ci,
+    overall_entries,
     paired_comparison,
     plan,
     robustness_table,
@@ -68,6 +69,8 @@ def test_summarize_means_cis_overall_and_paired() -> None:
     assert "adapted_vs_concat" not in by[("concat", "t1")]
     table = summary_table(summary)
     assert "0.510 ± 0.025" in table and "| moe | head | all |" in table
+    # the mean over targets stands for each fusion, whatever comparisons the entries carry
+    assert [(e["fusion"], e["target"]) for e in overall_entries(summary)] == [("concat", "all"), ("moe", "all")]
 
 
 def test_write_results_files(tmp_path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import STAT_KEYS, overall_entries
+from .stats import entry_grid_keys, overall_entries
 
 
 def plot_utilisation(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -23,7 +23,7 @@ def plot_utilisation(summary: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
     entries = [e for e in overall_entries(summary) if "utilisation" in e]
     entries = [e for e in entries if e["adaptation"] == entries[0]["adaptation"]]
-    grid_keys = [k for k in entries[0] if k not in STAT_KEYS and not k.startswith("adapted_vs_")]
+    grid_keys = entry_grid_keys(entries[0])
     fusions = list(dict.fromkeys(e["fusion"] for e in entries))
     modalities = sorted(entries[0]["utilisation"])
     fig, axes = plt.subplots(

@@ -10,7 +10,7 @@ from typing import Any
 
 from ...core.io import write_json_atomic
 from .plots import DP_AXIS, plot_privacy, plot_summary, plot_utilisation
-from .stats import EXTRA_METRICS, ROBUSTNESS_KEYS, STAT_KEYS, comparisons, overall_entries
+from .stats import EXTRA_METRICS, ROBUSTNESS_KEYS, comparisons, entry_grid_keys, overall_entries
 from .store import write_csv
 
 
@@ -30,11 +30,13 @@ def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat"
     the best unimodal baseline (marked ✗ where the fusion does not beat it), over
     ``baseline`` and over the ``head`` adaptation, each with its Holm-corrected p and
     minimum detectable difference; and a note on how the CIs and tests are computed."""
-    grid_keys = [k for k in summary[0] if k not in STAT_KEYS and not k.startswith("adapted_vs_")] if summary else []  # fmt: skip
+    grid_keys = entry_grid_keys(summary[0]) if summary else []
     versus_head = any("adapted_vs_head" in e for e in summary)
+    versus_teacher = any("adapted_vs_teacher" in e for e in summary)
     head = [*grid_keys, "k", "fusion", "adaptation", "target", "n", "episodes", "seeds", "source", "zero-shot",
             "adapted", "scratch", "adapted − scratch", "forgetting", "best unimodal", "fusion − unimodal",
-            f"adapted − {baseline}", *(["adapted − head"] if versus_head else [])]  # fmt: skip
+            f"adapted − {baseline}", *(["adapted − head"] if versus_head else []),
+            *(["zero-shot − teacher", "adapted − teacher"] if versus_teacher else [])]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
         cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["adaptation"], e["target"],
@@ -42,7 +44,9 @@ def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat"
                  *[_fmt(e[m]) for m in ("source", "zero_shot", "adapted", "scratch")],
                  _compare_cell(e["transfer_gain"]), _fmt(e["forgetting"]), *_unimodal_cells(e),
                  _compare_cell(e.get(f"adapted_vs_{baseline}")),
-                 *([_compare_cell(e.get("adapted_vs_head"))] if versus_head else [])]  # fmt: skip
+                 *([_compare_cell(e.get("adapted_vs_head"))] if versus_head else []),
+                 *([_compare_cell(e.get(f"{m}_vs_teacher")) for m in ("zero_shot", "adapted")]
+                   if versus_teacher else [])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + table_note(summary)
 
@@ -72,7 +76,7 @@ def imbalance_table(summary: Sequence[Mapping[str, Any]]) -> str:
     entries = [e for e in overall_entries(summary) if "imbalance_degree" in e]
     if not entries:
         return ""
-    grid_keys = [k for k in entries[0] if k not in STAT_KEYS and not k.startswith("adapted_vs_")]
+    grid_keys = entry_grid_keys(entries[0])
     head = [*grid_keys, "k", "fusion", "adaptation", "source", "zero-shot", "adapted", "gain",
             "imbalance (source)", "imbalance (target)", "loss without dominant", "train s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -26,7 +26,10 @@ ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "adaptation
 # Keys of a summary entry that are not grid axes.
 STAT_KEYS = {"k_shot", "fusion", "adaptation", "target", "seeds", "n", "episodes", "best_unimodal",
              "gain_vs_unimodal", "utilisation", *METRICS, *EXTRA_METRICS}  # fmt: skip
-COMPARISONS = ("transfer_gain", "gain_vs_unimodal")  # and every "adapted_vs_<name>"
+COMPARISONS = ("transfer_gain", "gain_vs_unimodal")  # and every "<metric>_vs_<name>"
+VERSUS = ("adapted_vs_", "zero_shot_vs_")  # the prefixes of paired comparisons by name
+# transfer.student: the column that tells the student's rows from the teacher's.
+MODEL_AXIS, TEACHER, STUDENT = "model", "teacher", "student"
 ABSOLUTE = ("source", "zero_shot", "adapted", "scratch")
 BASE_ADAPTATION = "head"
 # Columns of robustness rows that are not grid axes (with "seed" per run, "seeds" summarised).
@@ -54,6 +57,11 @@ def unimodal(fusion: str) -> str | None:
 
 def grid_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted({k for r in rows for k in r if not k.startswith(UTIL)} - ROW_KEYS)
+
+
+def entry_grid_keys(entry: Mapping[str, Any]) -> list[str]:
+    """The grid axes of a summary entry, in its order."""
+    return [k for k in entry if k not in STAT_KEYS and not k.startswith(VERSUS)]
 
 
 def _series(rows: Sequence[Mapping[str, Any]], keys: list[str]) -> dict[tuple, Series]:
@@ -122,6 +130,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> li
         head = groups.get((*grid_values, k, fusion, BASE_ADAPTATION, target))
         if head is not None and adaptation != BASE_ADAPTATION:
             entry[f"adapted_vs_{BASE_ADAPTATION}"] = _paired(series, head)
+        _versus_teacher(entry, series, groups, keys, key)
         if not unimodal(fusion):
             _versus_unimodal(entry, series, groups, (*grid_values, k), (adaptation, target))
         summary.append(entry)
@@ -131,7 +140,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> li
 
 def comparisons(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """The paired comparisons of a summary entry, by name."""
-    names = [*COMPARISONS, *sorted(k for k in entry if k.startswith("adapted_vs_"))]
+    names = [*COMPARISONS, *sorted(k for k in entry if k.startswith(VERSUS))]
     return [
         (n, entry[n]) for n in names if isinstance(entry.get(n), Mapping) and "p_value" in entry[n]
     ]
@@ -156,6 +165,20 @@ def correct(summary: Sequence[dict[str, Any]], alpha: float = ALPHA) -> None:
 def _paired(a: Series, b: Series, against: str = "adapted") -> dict[str, Any]:
     """``a``'s adapted metric minus ``b``'s ``against`` metric on common (seed, episode)."""
     return paired(_values(a, "adapted"), _values(b, against))
+
+
+def _versus_teacher(entry: dict[str, Any], series: Series, groups: Mapping[tuple, Series],
+                    keys: list[str], key: tuple) -> None:  # fmt: skip
+    """A student's zero-shot (per seed) and adapted metric paired against its teacher's,
+    the same grid point's row with ``model: teacher``."""
+    if entry.get(MODEL_AXIS) != STUDENT:
+        return
+    at = keys.index(MODEL_AXIS)
+    teacher = groups.get((*key[:at], TEACHER, *key[at + 1 :]))
+    if teacher is None:
+        return
+    entry["zero_shot_vs_teacher"] = paired(_per_seed(series, "zero_shot"), _per_seed(teacher, "zero_shot"))
+    entry["adapted_vs_teacher"] = _paired(series, teacher)
 
 
 def _extra_metrics(entry: dict[str, Any], series: Series) -> None:
@@ -192,13 +215,8 @@ def overall_entries(summary: Sequence[Mapping[str, Any]]) -> list[Mapping[str, A
     """The entries over all targets: the "all" rows, or each row where a run had one target."""
     keyed = defaultdict(list)
     for e in summary:
-        keyed[
-            tuple(
-                (k, str(v))
-                for k, v in e.items()
-                if k not in STAT_KEYS or k in ("k_shot", "fusion", "adaptation")
-            )
-        ].append(e)
+        axes = [*entry_grid_keys(e), "k_shot", "fusion", "adaptation"]
+        keyed[tuple((k, str(e[k])) for k in axes)].append(e)
     out = []
     for group in keyed.values():
         every = [e for e in group if e["target"] == "all"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .plan import Unit
-from .stats import EXTRA_METRICS, METRICS, UTIL
+from .stats import EXTRA_METRICS, METRICS, MODEL_AXIS, STUDENT, TEACHER, UTIL
 
 # Result-row columns that identify a row of the table (with the grid axes): not values,
 # not the seed or episode, not timings.
@@ -75,27 +75,40 @@ class ResultRow:
 def result_rows(
     suite: str, unit: Unit, reports: Mapping[str, Mapping[str, Any]]
 ) -> list[ResultRow]:
-    """One row per adaptation x target x episode (a report from before episodes: one)."""
+    """One row per adaptation x target x episode (a report from before episodes: one); with
+    ``transfer.student``, the student's rows beside the teacher's, told apart by ``model``."""
     rows = []
     for adaptation, report in reports.items():
-        for target, result in report["targets"].items():
-            common = dict(
-                suite=suite, grid=dict(unit.grid), source_domains="+".join(report["source_domains"]),
-                target=target, k_shot=unit.k_shot, fusion=unit.fusion, adaptation=adaptation,
-                seed=unit.seed, metric=report["metric"], source=report["source"],
-                zero_shot=result["zero_shot"], test_samples=result.get("test_samples", 0),
-                source_test_samples=report.get("source_test_samples", 0),
-                config_hash=report["config_hash"], wall_s=sum(report["stage_seconds"].values()),
-                train_s=report["stage_seconds"].get("source_train", math.nan),
-                imbalance=_imbalance_columns(report.get("imbalance") or {}, target),
-                dp_epsilon=(report.get("source_privacy") or {}).get("dp_epsilon"),
-            )  # fmt: skip
-            episodes = result.get("episodes") or [{**result, "episode": 0, "seed": None}]
-            for e in episodes:
-                rows.append(ResultRow(**common, episode=e["episode"], episode_seed=e["seed"],
-                                      **{m: e[m] for m in ("adapted", "scratch", "transfer_gain",
-                                                           "forgetting", "adapt_samples")},
-                                      adapted_ece=e.get("adapted_ece")))  # fmt: skip
+        student = report.get("student")
+        if student is None:
+            rows += _report_rows(suite, unit, adaptation, report, dict(unit.grid))
+            continue
+        for model, own in ((TEACHER, report), (STUDENT, student)):
+            rows += _report_rows(suite, unit, adaptation, own, {**dict(unit.grid), MODEL_AXIS: model})
+    return rows
+
+
+def _report_rows(suite: str, unit: Unit, adaptation: str, report: Mapping[str, Any],
+                 grid: dict[str, Any]) -> list[ResultRow]:  # fmt: skip
+    rows = []
+    for target, result in report["targets"].items():
+        common = dict(
+            suite=suite, grid=grid, source_domains="+".join(report["source_domains"]),
+            target=target, k_shot=unit.k_shot, fusion=unit.fusion, adaptation=adaptation,
+            seed=unit.seed, metric=report["metric"], source=report["source"],
+            zero_shot=result["zero_shot"], test_samples=result.get("test_samples", 0),
+            source_test_samples=report.get("source_test_samples", 0),
+            config_hash=report["config_hash"], wall_s=sum(report["stage_seconds"].values()),
+            train_s=report["stage_seconds"].get("source_train", math.nan),
+            imbalance=_imbalance_columns(report.get("imbalance") or {}, target),
+            dp_epsilon=(report.get("source_privacy") or {}).get("dp_epsilon"),
+        )  # fmt: skip
+        episodes = result.get("episodes") or [{**result, "episode": 0, "seed": None}]
+        for e in episodes:
+            rows.append(ResultRow(**common, episode=e["episode"], episode_seed=e["seed"],
+                                  **{m: e[m] for m in ("adapted", "scratch", "transfer_gain",
+                                                       "forgetting", "adapt_samples")},
+                                  adapted_ece=e.get("adapted_ece")))  # fmt: skip
     return rows
 
 

@@ -3,6 +3,7 @@ where the stages write; and the progress bar over every stage."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from ...data.loading import k_shot, k_shot_indices, label_column, load_dataset, 
 from ...data.spec import DatasetSpec
 from ...data.split import Split
 from ...engine import TrainConfig, evaluate
-from ..config import RunConfig, TransferConfig
+from ..config import DISTILL_DEFAULTS, RunConfig, TransferConfig, student_config
 from .select import SELECTORS, select_rows
 
 
@@ -134,6 +135,8 @@ class TransferPlan:
     # The scratch stage's untrained model, when building it does not depend on the rows
     # (False: it does, and each episode builds its own).
     scratch_template: Any = field(default=None, repr=False)
+    # A student's plan: transfer.student's temperature, alpha and unlabelled_targets.
+    distillation: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, run: RunConfig) -> TransferPlan:
@@ -155,6 +158,21 @@ class TransferPlan:
         out = Path(run.output_dir) if run.output_dir else None
         return cls(run, seed, sources, targets, source, target, episodes, out,
                    Progress(run, enabled=run.train.progress))  # fmt: skip
+
+    def student(self) -> TransferPlan | None:
+        """The plan of ``transfer.student``'s model (None without one): this plan's data,
+        episodes and progress bar; its own run config, metric and run folders (``student/``)."""
+        settings = self.run.transfer.student
+        if not settings:
+            return None
+        # The data spec as loading resolved it (a synthetic set's columns), not as written.
+        run = dataclasses.replace(RunConfig.from_dict(student_config(self.run.raw)), data=self.spec)
+        return dataclasses.replace(
+            self, run=run,
+            out=self.out / "student" if self.out is not None else None, metric="",
+            source_privacy=None, scratch_template=None,
+            distillation={k: settings.get(k, v) for k, v in DISTILL_DEFAULTS.items()},
+        )  # fmt: skip
 
     @property
     def spec(self) -> DatasetSpec:

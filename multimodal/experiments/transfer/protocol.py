@@ -22,6 +22,7 @@ from .stages import (
     AdaptStage,
     ScratchStage,
     SourceStage,
+    StudentStage,
     ZeroShotStage,
     scratch_overrides,
     shares_encoders,
@@ -62,6 +63,31 @@ def transfer_adaptations(
     times["source_train"] = time.perf_counter() - tick
     if run.transfer.select != "random":
         plan.reselect(model)  # the rows to label, chosen by the source model
+    reports = _reports(plan, model, arms, times)
+    student_plan = plan.student()
+    if student_plan is not None:
+        _plan_progress(student_plan, arms)
+        tick = time.perf_counter()
+        student = StudentStage(student_plan, model).run()
+        student_times = {"source_train": time.perf_counter() - tick}
+        distillation = {**student_plan.distillation, "teacher_parameters": _parameters(model),
+                        "student_parameters": _parameters(student)}  # fmt: skip
+        for name, report in _reports(student_plan, student, arms, student_times).items():
+            report.distillation = distillation
+            reports[name].student = report.to_dict()
+            _write(student_plan, report, len(arms))
+    for report in reports.values():
+        report.feature_store = {"hits": FEATURES.hits - lookups[0], "misses": FEATURES.misses - lookups[1]}
+        _write(plan, report, len(arms))
+    plan.progress.close()
+    return reports
+
+
+def _reports(plan: TransferPlan, model: MultimodalModel, arms: list[Adaptation],
+             times: dict[str, float]) -> dict[str, TransferReport]:  # fmt: skip
+    """Every stage after source training, for a trained source model (or a student): the
+    zero-shot scores, the scratch baseline and each arm on every episode, one report per arm."""
+    run = plan.run
     tick = time.perf_counter()
     scores = ZeroShotStage(plan, model).run()
     times["zero_shot_eval"] = time.perf_counter() - tick
@@ -86,14 +112,21 @@ def transfer_adaptations(
             seed=plan.seed, config_hash=config_hash(run_config), config=run_config,
             robustness=arm_robustness, source_test_samples=split_size(plan.source["test"]),
             imbalance=imbalance, episodes=int(run.transfer.episodes), source_privacy=plan.source_privacy,
-            feature_store={"hits": FEATURES.hits - lookups[0], "misses": FEATURES.misses - lookups[1]},
         )  # fmt: skip
-        if plan.out is not None:
-            name = RunFolder.report if len(arms) == 1 else f"report-{arm.name}.json"
-            reports[arm.name].to_json(plan.out / name)
-            update_cards(plan.out, reports[arm.name], arm.name, run_config.get("data") or {})
-    plan.progress.close()
     return reports
+
+
+def _write(plan: TransferPlan, report: TransferReport, arms: int) -> None:
+    """The report in the plan's output folder, and the cards of the models it saved."""
+    if plan.out is None:
+        return
+    arm = report.config["transfer"]["adaptation"]
+    report.to_json(plan.out / (RunFolder.report if arms == 1 else f"report-{arm}.json"))
+    update_cards(plan.out, report, arm, report.config.get("data") or {})
+
+
+def _parameters(model: MultimodalModel) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 # The former name, kept for callers written before the rename.

@@ -89,6 +89,10 @@ class TransferReport:
     feature_store: dict[str, int] = field(default_factory=dict)
     # With train.dp: the source training's budget spent and its noise (FitResult.privacy).
     source_privacy: dict[str, Any] | None = None
+    # With transfer.student: the student's own report (as a dict), every stage run on it.
+    student: dict[str, Any] | None = None
+    # A student's report: the distillation settings and both models' parameter counts.
+    distillation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,6 +122,11 @@ class TransferReport:
             lines.append(
                 f"adapted, scratch, gain and forgetting: means over {self.episodes} episodes"
             )
+        if self.student is not None:
+            student = TransferReport.from_dict(self.student)
+            sizes = student.distillation or {}
+            lines += ["", f"student ({sizes.get('student_parameters', '?')} parameters; "
+                          f"teacher {sizes.get('teacher_parameters', '?')}):", student.table()]  # fmt: skip
         return "\n".join(lines)
 
 

@@ -5,10 +5,12 @@ scratch baseline on the same episode."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import datasets
 
+from ...core.run_folder import RunFolder
 from ...data.split import Split
 from ...engine import FitData, TrainConfig, fit
 from ...modeling.freezing import frozen_encoders
@@ -57,6 +59,40 @@ class SourceStage:
         model = build_model(plan.run.model.to_dict(), rows, seed=plan.seed)
         result = fit(model, self.data(), self.train_config(), on_step=plan.progress.stage("source"))
         plan.metric, plan.source_privacy = result.metric, result.privacy
+        return model
+
+
+class StudentStage:
+    """The student of ``transfer.student`` (its own plan, ``student_plan``) distilled from the
+    source model on the source train split, and on the targets' train splits unlabelled
+    with ``unlabelled_targets``; saved where the source model's run folder would be."""
+
+    def __init__(self, plan: TransferPlan, teacher: MultimodalModel) -> None:
+        self.plan, self.teacher = plan, teacher
+
+    def unlabelled(self) -> datasets.Dataset | None:
+        plan = self.plan
+        if not plan.distillation["unlabelled_targets"]:
+            return None
+        return datasets.concatenate_datasets([
+            Split(plan.target[t]["train"]).require_held("transfer.student.unlabelled_targets")
+            for t in plan.targets
+        ])  # fmt: skip
+
+    def run(self) -> MultimodalModel:
+        """The trained student; sets its plan's metric."""
+        from ..distill import distill
+
+        plan, settings = self.plan, self.plan.distillation
+        train = Split(plan.source["train"]).require_held("transfer.student")
+        model = build_model(plan.run.model.to_dict(), fitting_rows(train, plan.spec), seed=plan.seed)
+        cfg = plan.stage({}, None, plan.seed)
+        result = distill([self.teacher], model, plan.spec, train, cfg, settings["temperature"],
+                         settings["alpha"], self.unlabelled(), plan.source["validation"],
+                         on_step=plan.progress.stage("student"))  # fmt: skip
+        plan.metric, plan.source_privacy = result.metric, result.privacy
+        if plan.out is not None:
+            model.save_pretrained(Path(plan.folder("source") or "") / RunFolder.best_model)
         return model
 
 
