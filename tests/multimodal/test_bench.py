@@ -70,7 +70,10 @@ def test_summarize_means_cis_overall_and_paired() -> None:
     table = summary_table(summary)
     assert "0.510 ± 0.025" in table and "| moe | head | all |" in table
     # the mean over targets stands for each fusion, whatever comparisons the entries carry
-    assert [(e["fusion"], e["target"]) for e in overall_entries(summary)] == [("concat", "all"), ("moe", "all")]
+    assert [(e["fusion"], e["target"]) for e in overall_entries(summary)] == [
+        ("concat", "all"),
+        ("moe", "all"),
+    ]
 
 
 def test_write_results_files(tmp_path) -> None:

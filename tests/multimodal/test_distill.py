@@ -108,7 +108,9 @@ def test_a_transfer_carries_a_student_row_distilled_from_its_source_model(tmp_pa
     student = {"encoders": {"tabular": tiny_run()["encoders"]["tabular"]},
                "fusion": {"name": "concat", "dim": 8, "dropout": 0.0}, "temperature": 2.0,
                "unlabelled_targets": True}  # fmt: skip
-    config = tiny_run(transfer={"episodes": 2, "student": student}, output_dir=str(tmp_path / "run"))
+    config = tiny_run(
+        transfer={"episodes": 2, "student": student}, output_dir=str(tmp_path / "run")
+    )
     reports = transfer_adaptations(config, ["head", "full"])
     head = reports["head"]
     assert head.student is not None
@@ -117,7 +119,9 @@ def test_a_transfer_carries_a_student_row_distilled_from_its_source_model(tmp_pa
     assert sizes["student_parameters"] < sizes["teacher_parameters"] and sizes["alpha"] == 0.5
     for target, result in head.targets.items():  # the same episodes, every stage the student's
         assert [e.rows for e in mine.targets[target].episodes] == [e.rows for e in result.episodes]
-    saved = mm.MultimodalModel.from_pretrained(tmp_path / "run" / "student" / "source" / "best_model")
+    saved = mm.MultimodalModel.from_pretrained(
+        tmp_path / "run" / "student" / "source" / "best_model"
+    )
     assert set(saved.modalities) == {"tabular"}
     spec = mm.DatasetSpec.from_dict(config["data"])
     test = mm.data.select_domains(mm.load_dataset(spec)["test"], head.source_domains)
@@ -125,14 +129,20 @@ def test_a_transfer_carries_a_student_row_distilled_from_its_source_model(tmp_pa
     assert (tmp_path / "run" / "student" / "report-full.json").is_file()
 
     unit = Unit(fusion="concat", seed=0, pair=0, k_shot=3, grid=())
-    rows = [r.to_dict() for r in result_rows("s", unit, {k: r.to_dict() for k, r in reports.items()})]
-    assert {r["model"] for r in rows} == {"teacher", "student"} and len(rows) == 2 * 2 * 1 * 2  # models x arms x targets x episodes
+    rows = [
+        r.to_dict() for r in result_rows("s", unit, {k: r.to_dict() for k, r in reports.items()})
+    ]
+    assert {r["model"] for r in rows} == {"teacher", "student"} and len(
+        rows
+    ) == 2 * 2 * 1 * 2  # models x arms x targets x episodes
     entry = next(e for e in summarize(rows) if e["model"] == "student" and e["adaptation"] == "head"
                  and e["target"] == "d1")  # fmt: skip
     by_hand = [s.adapted - t.adapted for s, t in zip(mine.targets["d1"].episodes,
                                                        head.targets["d1"].episodes, strict=True)]  # fmt: skip
     assert entry["adapted_vs_teacher"]["mean"] == pytest.approx(sum(by_hand) / 2)
-    assert entry["zero_shot_vs_teacher"]["mean"] == pytest.approx(mine.targets["d1"].zero_shot - head.targets["d1"].zero_shot)
+    assert entry["zero_shot_vs_teacher"]["mean"] == pytest.approx(
+        mine.targets["d1"].zero_shot - head.targets["d1"].zero_shot
+    )
     assert "p_holm" in entry["adapted_vs_teacher"]
 
 
@@ -143,4 +153,6 @@ def test_a_student_config_is_checked_like_a_run_config() -> None:
     with pytest.raises(ValueError, match="transfer.student"):
         RunConfig.from_dict(tiny_run(transfer={"student": {"temprature": 2}}))
     with pytest.raises(ValueError, match="fusion"):
-        RunConfig.from_dict(tiny_run(transfer={"student": {"fusion": {"name": "concat", "dimm": 8}}}))
+        RunConfig.from_dict(
+            tiny_run(transfer={"student": {"fusion": {"name": "concat", "dimm": 8}}})
+        )

@@ -177,7 +177,9 @@ def _versus_teacher(entry: dict[str, Any], series: Series, groups: Mapping[tuple
     teacher = groups.get((*key[:at], TEACHER, *key[at + 1 :]))
     if teacher is None:
         return
-    entry["zero_shot_vs_teacher"] = paired(_per_seed(series, "zero_shot"), _per_seed(teacher, "zero_shot"))
+    entry["zero_shot_vs_teacher"] = paired(
+        _per_seed(series, "zero_shot"), _per_seed(teacher, "zero_shot")
+    )
     entry["adapted_vs_teacher"] = _paired(series, teacher)
 
 

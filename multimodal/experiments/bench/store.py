@@ -84,7 +84,9 @@ def result_rows(
             rows += _report_rows(suite, unit, adaptation, report, dict(unit.grid))
             continue
         for model, own in ((TEACHER, report), (STUDENT, student)):
-            rows += _report_rows(suite, unit, adaptation, own, {**dict(unit.grid), MODEL_AXIS: model})
+            rows += _report_rows(
+                suite, unit, adaptation, own, {**dict(unit.grid), MODEL_AXIS: model}
+            )
     return rows
 
 

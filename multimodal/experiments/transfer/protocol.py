@@ -77,7 +77,10 @@ def transfer_adaptations(
             reports[name].student = report.to_dict()
             _write(student_plan, report, len(arms))
     for report in reports.values():
-        report.feature_store = {"hits": FEATURES.hits - lookups[0], "misses": FEATURES.misses - lookups[1]}
+        report.feature_store = {
+            "hits": FEATURES.hits - lookups[0],
+            "misses": FEATURES.misses - lookups[1],
+        }
         _write(plan, report, len(arms))
     plan.progress.close()
     return reports

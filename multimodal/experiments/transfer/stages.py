@@ -85,7 +85,9 @@ class StudentStage:
 
         plan, settings = self.plan, self.plan.distillation
         train = Split(plan.source["train"]).require_held("transfer.student")
-        model = build_model(plan.run.model.to_dict(), fitting_rows(train, plan.spec), seed=plan.seed)
+        model = build_model(
+            plan.run.model.to_dict(), fitting_rows(train, plan.spec), seed=plan.seed
+        )
         cfg = plan.stage({}, None, plan.seed)
         result = distill([self.teacher], model, plan.spec, train, cfg, settings["temperature"],
                          settings["alpha"], self.unlabelled(), plan.source["validation"],
