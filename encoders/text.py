@@ -219,6 +219,10 @@ class HFTextEncoder(Encoder):
     ``tokenizer``, a tokenizer of ``config['vocab_size']`` tokens is trained on
     ``train_texts`` (or later, on the values passed to ``fit``).
 
+    ``attn_implementation``: transformers' attention kernel, "sdpa" (torch's fused
+    scaled-dot-product attention, flash kernels on GPUs that have them) by default; "eager"
+    for a model without it, or None for transformers' own choice.
+
     tokens: [B, T, hidden_size]; mask: [B, T] (attention mask). Pooling happens downstream.
     """
 
@@ -237,6 +241,7 @@ class HFTextEncoder(Encoder):
         revision: str | None = None,
         trust_remote_code: bool = False,
         use_safetensors: bool = True,
+        attn_implementation: str | None = "sdpa",
     ) -> None:
         super().__init__()
         if model_name_or_path is not None:
@@ -251,6 +256,7 @@ class HFTextEncoder(Encoder):
         if (model_name_or_path is None) == (config is None):
             raise ValueError("hf_text needs exactly one of model_name_or_path or config")
         hub = {"revision": revision, "trust_remote_code": trust_remote_code}
+        attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
         if config is not None:
             config = dict(config)
             if "model_type" not in config:
@@ -260,7 +266,7 @@ class HFTextEncoder(Encoder):
             config.setdefault("pad_token_id", 0)
             hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
             model = _without_pooler(
-                AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code
+                AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code, **attention
             )
         elif pretrained:
             # Pickled weights (pytorch_model.bin) are refused unless the user opts out.
@@ -269,11 +275,12 @@ class HFTextEncoder(Encoder):
                 model_name_or_path,
                 use_safetensors=use_safetensors,
                 **hub,
+                **attention,
             )
         else:
             hf_config = AutoConfig.from_pretrained(model_name_or_path, **hub)
             model = _without_pooler(
-                AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code
+                AutoModel.from_config, hf_config, trust_remote_code=trust_remote_code, **attention
             )
         if getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()

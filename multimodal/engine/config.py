@@ -37,7 +37,8 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    # auto: bf16 autocast on a CUDA device that has it, else fp32 (performance.precision)
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     strategy: str = "full"  # head | top_k | full | lora
     top_k: int = 1
     lora: dict[str, Any] = field(default_factory=dict)  # r, alpha, dropout
@@ -91,12 +92,13 @@ class TrainConfig:
     tracker_project: str = "transferfuse"  # MLflow experiment, W&B project, TensorBoard folder
     tracker_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per tracker
     progress: bool = True
-    # Speed. compile and channels_last change numerics slightly, so they are off unless set;
-    # pin_memory and fused_optimizer (None) are on when training on CUDA.
-    compile: bool = False  # torch.compile each encoder and the fusion
+    # Speed (engine.performance). None: compile, channels_last and pin_memory are on when
+    # training on CUDA, off on CPU, whose numerics they would change; fused_optimizer is on
+    # wherever torch has the kernel.
+    compile: bool | None = None  # torch.compile each encoder and the fusion
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # default | reduce-overhead | max-autotune
-    channels_last: bool = False  # NHWC layout for encoders that convolve images
+    channels_last: bool | None = None  # NHWC layout for encoders that convolve images
     pin_memory: bool | None = None
     fused_optimizer: bool | None = None  # AdamW/SGD as one fused kernel
 

@@ -1,7 +1,7 @@
-"""The engine's speed switches: torch.compile, channels_last, pinned memory and fused
-optimizer kernels. Each is a ``TrainConfig`` key; the ones that change numerics on CPU
-(compile, channels_last) are off unless asked for, and the others default to on only
-where they help (a CUDA device)."""
+"""The engine's speed switches: bf16 autocast, torch.compile, channels_last, pinned memory
+and fused optimizer kernels. Each is a ``TrainConfig`` key. Left unset, each is on where
+it helps without changing CPU numerics: autocast, compile, channels_last and pinned memory
+on a CUDA device, the fused optimizer wherever torch has its kernel."""
 
 from __future__ import annotations
 
@@ -19,6 +19,24 @@ def on_cuda(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
+def precision(cfg: TrainConfig, device: torch.device | str) -> str:
+    """``cfg.mixed_precision``; "auto": bf16 on a CUDA device that supports it (never under
+    train.dp, which trains in fp32), else "no"."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    private = bool(cfg.dp) and float(cfg.dp.get("epsilon", float("inf"))) != float("inf")
+    bf16 = on_cuda(device) and torch.cuda.is_bf16_supported()
+    return "bf16" if bf16 and not private else "no"
+
+
+def compile_on(cfg: TrainConfig, device: torch.device | str) -> bool:
+    return cfg.compile if cfg.compile is not None else on_cuda(device)
+
+
+def channels_last_on(cfg: TrainConfig, device: torch.device | str) -> bool:
+    return cfg.channels_last if cfg.channels_last is not None else on_cuda(device)
+
+
 def pin_memory(cfg: TrainConfig, device: torch.device | str) -> bool:
     """Page-locked loader batches, copied to the device without blocking: ``cfg.pin_memory``,
     else on for CUDA."""
@@ -26,9 +44,15 @@ def pin_memory(cfg: TrainConfig, device: torch.device | str) -> bool:
 
 
 def fused_optimizer(cfg: TrainConfig, device: torch.device | str) -> bool:
-    """One fused kernel for the whole optimizer step: ``cfg.fused_optimizer``, else on for
-    CUDA (torch's default there is foreach)."""
-    return cfg.fused_optimizer if cfg.fused_optimizer is not None else on_cuda(device)
+    """One fused kernel for the whole optimizer step: ``cfg.fused_optimizer``, else on
+    wherever torch has the kernel (CPU and CUDA among them). On 2 CPU cores it steps a
+    23M-parameter AdamW 3-10x faster than foreach, which torch picks by default on GPUs
+    only; the two agree to float32 rounding, not bit for bit."""
+    if cfg.fused_optimizer is not None:
+        return cfg.fused_optimizer
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    return torch.device(device).type in _get_fused_kernels_supported_devices()
 
 
 def compiled_modules(model: Any) -> list[torch.nn.Module]:
@@ -36,18 +60,18 @@ def compiled_modules(model: Any) -> list[torch.nn.Module]:
     return [*model.encoders.values(), model.fusion]
 
 
-def apply_speedups(model: Any, cfg: TrainConfig) -> list[str]:
+def apply_speedups(model: Any, cfg: TrainConfig, device: torch.device | str) -> list[str]:
     """channels_last and torch.compile, in place (state-dict keys do not change); returns
     what was applied, for the log. ``undo_speedups`` hands back a plain eager model."""
     applied = []
-    if cfg.channels_last:
+    if channels_last_on(cfg, device):
         names = [m for m, enc in model.encoders.items() if enc.use_channels_last()]
-        if not names:
+        if not names and cfg.channels_last:
             logger.warning(
                 "train.channels_last: no encoder of this model has convolutions over images"
             )
         applied += [f"channels_last({m})" for m in names]
-    if cfg.compile:
+    if compile_on(cfg, device):
         for module in compiled_modules(model):
             module.compile(backend=cfg.compile_backend, mode=cfg.compile_mode)
         applied.append(f"compile({cfg.compile_backend}, mode={cfg.compile_mode or 'default'})")

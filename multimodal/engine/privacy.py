@@ -77,7 +77,7 @@ def dp_settings(cfg: Any, streamed: bool) -> DPSettings | None:
         raise ValueError(
             "train.dp: Opacus's Poisson batches are whole steps; use train.grad_accum=1"
         )
-    if cfg.mixed_precision != "no":
+    if cfg.mixed_precision not in ("no", "auto"):
         raise ValueError("train.dp trains in fp32 (train.mixed_precision=no)")
     if cfg.resume_from or cfg.save_every:
         raise ValueError("train.dp: a private run does not checkpoint mid-run or resume (the "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -48,7 +48,7 @@ from .loaders import (
 )
 from .objective import Objective
 from .optim import build_optimizer
-from .performance import apply_speedups, fused_optimizer, pin_memory, undo_speedups
+from .performance import apply_speedups, fused_optimizer, pin_memory, precision, undo_speedups
 from .privacy import DeviceLoader, DPSettings, PrivateTraining, dp_settings, make_private
 from .recorder import RunRecorder
 from .state import TrainState
@@ -144,9 +144,10 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     """Accelerator, freezing, loaders, optimizer and schedule, then one ``prepare`` call."""
     run_dir = Path(cfg.output_dir) if cfg.output_dir else None
     settings = dp_settings(cfg, Split(data.train).streamed)
-    _allow_precision(cfg.mixed_precision)
+    mixed = precision(cfg, PartialState().device)
+    _allow_precision(mixed)
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum,
         project_dir=str(run_dir) if run_dir else None, dataloader_config=loader_config(),
     )  # fmt: skip
     pinned = pin_memory(cfg, accelerator.device)
@@ -163,7 +164,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
                     f"{counts['trainable']:,}", f"{counts['total']:,}")  # fmt: skip
     frozen = frozen_encoders(model)
     model.to(accelerator.device)
-    applied = apply_speedups(model, cfg)
+    applied = apply_speedups(model, cfg, accelerator.device)
     if applied and accelerator.is_main_process:
         logger.info("speed-ups: %s", ", ".join(applied))
     adversarial = _adversarial_options(cfg.adversarial)

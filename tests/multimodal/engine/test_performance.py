@@ -12,7 +12,13 @@ import multimodal as mm
 from multimodal import engine
 from multimodal.engine.config import TrainConfig
 from multimodal.engine.optim import build_optimizer
-from multimodal.engine.performance import fused_optimizer, pin_memory
+from multimodal.engine.performance import (
+    channels_last_on,
+    compile_on,
+    fused_optimizer,
+    pin_memory,
+    precision,
+)
 from multimodal.experiments.config import model_config, train_config
 from tests.multimodal.test_adversarial import IMAGE
 from tests.multimodal.tiny_run import tiny_data
@@ -65,14 +71,18 @@ def test_channels_last_keeps_the_image_encoder_output() -> None:
     assert not tabular.use_channels_last()
 
 
-def test_pinned_memory_and_fused_optimizer_default_to_cuda_only(setup) -> None:
-    auto, off = TrainConfig(), TrainConfig(pin_memory=False, fused_optimizer=False)
-    assert (pin_memory(auto, "cpu"), pin_memory(auto, "cuda"), pin_memory(off, "cuda")) == (
-        False,
-        True,
-        False,
-    )
-    assert (fused_optimizer(auto, "cpu"), fused_optimizer(auto, "cuda:0")) == (False, True)
+def test_speed_switches_default_on_where_they_keep_cpu_numerics(setup, monkeypatch) -> None:
+    auto, off = TrainConfig(), TrainConfig(pin_memory=False, fused_optimizer=False, compile=False,
+                                           channels_last=False, mixed_precision="no")  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    switches = (pin_memory, compile_on, channels_last_on, precision)
+    assert [f(auto, "cpu") for f in switches] == [False, False, False, "no"]
+    assert [f(auto, "cuda:0") for f in switches] == [True, True, True, "bf16"]
+    assert [f(off, "cuda") for f in switches] == [False, False, False, "no"]
+    assert precision(TrainConfig(dp={"epsilon": 8.0}), "cuda") == "no"  # DP trains in fp32
+    # torch has the fused kernel on CPU and on CUDA
+    assert (fused_optimizer(auto, "cpu"), fused_optimizer(auto, "cuda:0")) == (True, True)
+    assert not fused_optimizer(off, "cpu")
     config, _, _, rows = setup
     model = mm.build_model(model_config(config), rows, seed=0)
     assert build_optimizer(model, auto, fused=True).defaults["fused"] is True
@@ -84,3 +94,23 @@ def test_hf_text_encoders_run_attention_on_sdpa(setup) -> None:
     config, _, _, rows = setup
     model = mm.build_model(model_config(config), rows, seed=0)
     assert model.encoders["text"].model.config._attn_implementation == "sdpa"
+
+
+def test_the_fused_cpu_step_agrees_with_foreach_to_float_rounding(setup) -> None:
+    config, _, _, rows = setup
+    models = [mm.build_model(model_config(config), rows, seed=0) for _ in range(2)]
+    start = [p.detach().clone() for p in models[0].parameters()]
+    optimizers = [
+        build_optimizer(m, TrainConfig(lr=0.01), fused=f)
+        for m, f in zip(models, (True, False), strict=True)
+    ]
+    torch.manual_seed(0)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in models[0].parameters()]
+        for model, optimizer in zip(models, optimizers, strict=True):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b, before in zip(models[0].parameters(), models[1].parameters(), start, strict=True):
+        assert float((a - before).abs().max()) > 1e-3  # five AdamW steps at lr 0.01 moved it
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
