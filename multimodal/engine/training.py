@@ -22,7 +22,6 @@ from typing import Any
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from ..core.config import check_keys
 from ..core.io import CorruptCheckpointError
@@ -231,6 +230,8 @@ def _prepare_training(
         )
         loaders.train, train_sampler, n = DeviceLoader(loaders.train, accelerator.device), None, 1
     # accelerate steps a prepared scheduler once per process at every optimizer step.
+    from transformers import get_scheduler  # seconds to import; only a fit needs it
+
     scheduler = get_scheduler(
         cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n
     )

@@ -12,9 +12,17 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import torchmetrics.functional as tmf
 
 from ..core.registry import Registry
+
+
+def tmf() -> Any:
+    """``torchmetrics.functional``, imported when first scored with: importing it takes
+    seconds (torchvision, dynamo and scipy.signal come with it), and most imports of the
+    engine (a CLI's --help, a worker that only trains) never score."""
+    import torchmetrics.functional
+
+    return torchmetrics.functional
 
 # metric -> whether larger is better
 METRIC_MODES = {
@@ -143,10 +151,10 @@ class ClassificationTask(Task):
         probs = self.probabilities(logits)
         kwargs = {"task": "multiclass", "num_classes": logits.shape[-1]}
         out = {
-            "accuracy": tmf.accuracy(probs, labels, **kwargs).item(),
-            "macro_f1": tmf.f1_score(probs, labels, average="macro", **kwargs).item(),
+            "accuracy": tmf().accuracy(probs, labels, **kwargs).item(),
+            "macro_f1": tmf().f1_score(probs, labels, average="macro", **kwargs).item(),
             # calibration: 15-bin expected calibration error and the Brier score
-            "ece": tmf.calibration_error(probs, labels, n_bins=15, norm="l1", **kwargs).item(),
+            "ece": tmf().calibration_error(probs, labels, n_bins=15, norm="l1", **kwargs).item(),
             "brier": (probs - F.one_hot(labels.long(), probs.shape[-1]))
             .pow(2)
             .sum(-1)
@@ -154,7 +162,7 @@ class ClassificationTask(Task):
             .item(),
         }
         if len(torch.unique(labels)) > 1:  # AUROC is undefined with a single class present
-            out["auroc"] = tmf.auroc(probs, labels, average="macro", **kwargs).item()
+            out["auroc"] = tmf().auroc(probs, labels, average="macro", **kwargs).item()
         return out
 
     def averaged_metrics(self, averaged: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -238,9 +246,9 @@ class MultilabelTask(Task):
         kwargs = {"task": "multilabel", "num_labels": logits.shape[-1]}
         probs, target = logits.sigmoid(), labels.long()
         return {
-            "accuracy": tmf.accuracy(probs, target, **kwargs).item(),
-            "macro_f1": tmf.f1_score(probs, target, average="macro", **kwargs).item(),
-            "auroc": tmf.auroc(probs, target, average="macro", **kwargs).item(),
+            "accuracy": tmf().accuracy(probs, target, **kwargs).item(),
+            "macro_f1": tmf().f1_score(probs, target, average="macro", **kwargs).item(),
+            "auroc": tmf().auroc(probs, target, average="macro", **kwargs).item(),
         }
 
     def averaged_metrics(self, averaged: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -273,8 +281,8 @@ class RegressionTask(Task):
             return {}
         preds, target = logits.view_as(labels.float()), labels.float()
         return {
-            "mae": tmf.mean_absolute_error(preds, target).item(),
-            "rmse": tmf.mean_squared_error(preds, target, squared=False).item(),
+            "mae": tmf().mean_absolute_error(preds, target).item(),
+            "rmse": tmf().mean_squared_error(preds, target, squared=False).item(),
         }
 
     def averaged_metrics(self, averaged: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
