@@ -48,7 +48,7 @@ def checked_fields(
     for key, value in values.items():
         value = _as_type(value, hints[key], f"{where}.{key}" if where else key)
         low = minimum.get(key)
-        if low is not None and value is not None and value < low:
+        if low is not None and isinstance(value, (int, float)) and value < low:
             raise ConfigError(f"{where}.{key}: expected at least {low:g}, got {value!r}")
         out[key] = value
     return out

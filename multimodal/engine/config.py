@@ -20,7 +20,11 @@ class TrainConfig:
 
     epochs: int = 10
     max_steps: int | None = None
-    batch_size: int = 32
+    # auto: the largest that fits, probed before the fit (engine.batch_size), from
+    # max_batch_size down; with effective_batch_size, grad_accum keeps that many per update.
+    batch_size: int | Literal["auto"] = 32
+    max_batch_size: int = 512
+    effective_batch_size: int | None = None
     eval_batch_size: int | None = None
     # Leave out an incomplete last training batch. None: only one of a single row, and only
     # where BatchNorm trains (not in frozen encoders): it cannot normalise one row.
@@ -117,6 +121,14 @@ class TrainConfig:
         check_keys(values, (f.name for f in dataclasses.fields(cls)), where)
         return checked_fields(cls, values, where, MINIMUM)
 
+    @property
+    def nominal_batch_size(self) -> int:
+        """``batch_size``, or with auto the most it may be, for what is planned before a
+        fit probes it (progress bars, evaluation batches)."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        return min(self.max_batch_size, self.effective_batch_size or self.max_batch_size)
+
     def replace(self, **overrides: Any) -> TrainConfig:
         """A stage's config: this one with ``overrides`` (None values keep the field)."""
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -125,7 +137,7 @@ class TrainConfig:
 
 # The least value each count or rate may take.
 MINIMUM = {
-    "epochs": 0, "max_steps": 0, "batch_size": 1, "eval_batch_size": 1, "lr": 0, "encoder_lr": 0,
+    "epochs": 0, "max_steps": 0, "batch_size": 1, "max_batch_size": 1, "effective_batch_size": 1, "eval_batch_size": 1, "lr": 0, "encoder_lr": 0,
     "weight_decay": 0, "warmup_ratio": 0, "grad_accum": 1, "max_grad_norm": 0, "top_k": 0,
     "patience": 1, "min_delta": 0, "eval_every": 1, "save_every": 1, "keep_checkpoints": 0,
     "num_workers": 0, "max_nonfinite_steps": 1, "log_every": 1, "regularize_weight": 0,
@@ -173,6 +185,8 @@ class FitResult:
     skipped_steps: int = 0  # optimizer updates skipped for a non-finite loss or gradient
     # train.dp: the budget spent (Opacus's accountant), delta, noise multiplier, sample rate
     privacy: dict[str, Any] | None = None
+    batch_size: int = 0  # per process and step, as trained (train.batch_size auto: as probed)
+    grad_accum: int = 1
 
 
 # Old spellings still read, with a warning: "adapt" names the transfer stage only.

@@ -77,6 +77,10 @@ def dp_settings(cfg: Any, streamed: bool) -> DPSettings | None:
         raise ValueError(
             "train.dp: Opacus's Poisson batches are whole steps; use train.grad_accum=1"
         )
+    if cfg.batch_size == "auto":
+        raise ValueError(
+            "train.dp needs a fixed train.batch_size: its noise is set for the sampling rate"
+        )
     if cfg.mixed_precision not in ("no", "auto"):
         raise ValueError("train.dp trains in fp32 (train.mixed_precision=no)")
     if cfg.resume_from or cfg.save_every:

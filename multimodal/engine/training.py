@@ -47,6 +47,7 @@ from .loaders import (
 )
 from .objective import Objective
 from .optim import build_optimizer
+from .batch_size import resolve_batch_size
 from .performance import apply_speedups, fused_optimizer, pin_memory, precision, undo_speedups
 from .privacy import DeviceLoader, DPSettings, PrivateTraining, dp_settings, make_private
 from .recorder import RunRecorder
@@ -163,6 +164,8 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
                     f"{counts['trainable']:,}", f"{counts['total']:,}")  # fmt: skip
     frozen = frozen_encoders(model)
     model.to(accelerator.device)
+    cfg = resolve_batch_size(model, data, cfg, accelerator.device, mixed)
+    accelerator.gradient_accumulation_steps = cfg.grad_accum
     applied = apply_speedups(model, cfg, accelerator.device)
     if applied and accelerator.is_main_process:
         logger.info("speed-ups: %s", ", ".join(applied))
@@ -443,7 +446,7 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
         train_samples_per_s=per_s(clock.samples), train_steps_per_s=per_s(clock.steps),
         epoch_seconds=clock.epoch_seconds, used_feature_cache=run.loaders.use_cache,
         run_dir=str(run.run_dir) if run.run_dir else None, skipped_steps=state.skipped_steps,
-        privacy=privacy,
+        privacy=privacy, batch_size=int(run.cfg.batch_size), grad_accum=run.cfg.grad_accum,
     )  # fmt: skip
     summary = {
         k: v for k, v in dataclasses.asdict(result).items() if k not in ("history", "epoch_seconds")

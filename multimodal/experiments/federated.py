@@ -154,7 +154,9 @@ def evaluate_on(model: Any, ds: datasets.Dataset, run: RunConfig) -> float:
     """The headline metric of ``model`` on ``ds``."""
     from ..engine import evaluate
 
-    metrics = evaluate(model, ds, run.data, run.train.eval_batch_size or run.train.batch_size)
+    metrics = evaluate(
+        model, ds, run.data, run.train.eval_batch_size or run.train.nominal_batch_size
+    )
     return float(metrics[model.head.task.default_metric])
 
 
@@ -213,7 +215,7 @@ def local_round(fedn: Federation, model: Any, client: int, round_index: int) -> 
     cfg = fedn.local_config(round_index)
     train = fedn.client_splits[client]["train"]
     if cfg.dp:  # the budget covers every round: each round adds the noise the whole run needs
-        per_round = cfg.epochs * -(-len(train) // cfg.batch_size)
+        per_round = cfg.epochs * -(-len(train) // cfg.nominal_batch_size)
         cfg = cfg.replace(dp={**cfg.dp, "steps": per_round * fedn.fed.rounds})
     return fit(model, FitData(fedn.run.data, train), cfg)
 

@@ -94,7 +94,7 @@ def train_run(
     cfg = run.stage(output_dir=str(out), resume_from=resume_from)
     result = fit(model, FitData(spec, dsd["train"], dsd.get("validation")), cfg)
     test = (
-        evaluate(model, dsd["test"], spec, cfg.eval_batch_size or cfg.batch_size)
+        evaluate(model, dsd["test"], spec, cfg.eval_batch_size or cfg.nominal_batch_size)
         if "test" in dsd
         else {}
     )

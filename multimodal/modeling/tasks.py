@@ -24,6 +24,7 @@ def tmf() -> Any:
 
     return torchmetrics.functional
 
+
 # metric -> whether larger is better
 METRIC_MODES = {
     "accuracy": "max", "macro_f1": "max", "auroc": "max", "loss": "min", "mae": "min", "rmse": "min",

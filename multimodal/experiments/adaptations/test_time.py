@@ -46,7 +46,7 @@ class TestTime(Adaptation):
         rows = data.unlabelled
         if data.spec.label in rows.column_names:
             rows = rows.remove_columns([data.spec.label])  # never seen
-        loader = make_loader(rows, model, data.spec, "tta", batch_size=cfg.batch_size,
+        loader = make_loader(rows, model, data.spec, "tta", batch_size=cfg.nominal_batch_size,
                              shuffle=True, seed=cfg.seed, on_error=cfg.on_error)  # fmt: skip
         device = model.device
         batches = (move_to(b, device) for b in loader)

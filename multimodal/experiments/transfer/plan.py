@@ -201,7 +201,7 @@ class TransferPlan:
 
     @property
     def eval_batch(self) -> int:
-        return self.run.train.eval_batch_size or self.run.train.batch_size
+        return self.run.train.eval_batch_size or self.run.train.nominal_batch_size
 
     def folder(self, name: str, episode: int = 0) -> str | None:
         """A stage's run folder: episode 0's runs keep theirs; later episodes write none."""
@@ -238,7 +238,7 @@ class Progress:
             return
         cfg = self.run.stage(**overrides)
         steps = cfg.max_steps or cfg.epochs * math.ceil(
-            math.ceil(rows / cfg.batch_size) / cfg.grad_accum
+            math.ceil(rows / cfg.nominal_batch_size) / cfg.grad_accum
         )
         self.bar.total += steps * times
         self.bar.refresh()
