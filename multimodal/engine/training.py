@@ -34,6 +34,7 @@ from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.model import move_to
 from ..modeling.regularize import Regularizer, create_regularizer
 from ..modeling.uda import create_uda_objective, uda_needs_classes
+from .batch_size import resolve_batch_size
 from .checkpoint import check_random_states, load_modules, resolve_resume, save_checkpoint
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics, loader_config
@@ -47,7 +48,6 @@ from .loaders import (
 )
 from .objective import Objective
 from .optim import build_optimizer
-from .batch_size import resolve_batch_size
 from .performance import apply_speedups, fused_optimizer, pin_memory, precision, undo_speedups
 from .privacy import DeviceLoader, DPSettings, PrivateTraining, dp_settings, make_private
 from .recorder import RunRecorder
