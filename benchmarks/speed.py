@@ -1,7 +1,7 @@
 """Speed tables: fusion modules alone, whole models, MoE time against the number of
 experts, ``fit`` against a hand-written loop, and the feature cache.
 
-python benchmarks/speed.py [--only fusions|models|moe|fit|cache] [--fusions a,b]
+python benchmarks/speed.py [--only fusions|models|moe|fit|finetune|cache] [--fusions a,b]
     [--pairs 5] [--out benchmarks/results/speed.json]
 
 With --out, the sections run are written into the file and the others already in it are kept.
@@ -25,8 +25,9 @@ from multimodal.experiments.speed import (
     moe_scaling,
 )
 
-SECTIONS = ("fusions", "models", "moe", "fit", "cache")
+SECTIONS = ("fusions", "models", "moe", "fit", "finetune", "cache")
 QUICK = str(Path(__file__).parent / "configs" / "synthetic_quick.yaml")
+FINETUNE = str(Path(__file__).parent / "configs" / "finetune_cpu.yaml")
 
 
 def _table(rows: list[dict], title: str) -> None:
@@ -57,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--fusions", help="fusions section: these only, comma-separated (default: all)")
-    parser.add_argument("--pairs", type=int, default=5, help="fit section: timed fit/raw-loop pairs (default: 5)")
+    parser.add_argument("--pairs", type=int, default=5, help="fit and finetune sections: timed fit/raw-loop pairs (default: 5)")
+    parser.add_argument("--finetune-steps", type=int, default=40, help="finetune section: steps per timed run (default: 40)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (other sections in it are kept)")
     # fmt: on
     return parser
@@ -113,6 +115,22 @@ def _fit(args: argparse.Namespace, device: str, results: dict) -> None:
     print(f"  median ratio {r['ratio']:.3f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f})")
 
 
+def _finetune(args: argparse.Namespace, device: str, results: dict) -> None:
+    r = results["finetune_vs_raw_loop"] = fit_vs_raw_loop(
+        FINETUNE, steps=args.finetune_steps, repeats=args.pairs, samples_per_domain=None
+    )
+    print(f"\nfull fine-tune, MiniLM + resnet18 + tabular MLP ({r['parameters'] / 1e6:.1f}M parameters, "
+          f"{r['train_rows']} rows, batch {r['batch_size']}): fit vs raw loop, {r['steps']} steps x {len(r['ratios'])}")  # fmt: skip
+    for f, w, q in zip(r["fit_steps_per_s"], r["raw_steps_per_s"], r["ratios"], strict=True):
+        print(f"  fit {f:.3f} steps/s, raw {w:.3f} steps/s, ratio {q:.3f}")
+    print(f"  median ratio {r['ratio']:.3f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f})")
+    for name, k in r["optimizer_kernels"].items():
+        shares = ", ".join(
+            f"{p} {k[f'{p}_share']:.1%}" for p in ("data", "forward", "backward", "optimizer")
+        )
+        print(f"  raw loop, {name} AdamW: {k['steps_per_s']:.3f} steps/s; {shares}")
+
+
 def _cache(args: argparse.Namespace, device: str, results: dict) -> None:
     r = results["feature_cache"] = feature_cache_speedup(QUICK)
     print("\nstrategy=head epoch seconds (synthetic_quick model)")
@@ -124,7 +142,8 @@ def _cache(args: argparse.Namespace, device: str, results: dict) -> None:
     )
 
 
-RUNNERS = {"fusions": _fusions, "models": _models, "moe": _moe, "fit": _fit, "cache": _cache}
+RUNNERS = {"fusions": _fusions, "models": _models, "moe": _moe, "fit": _fit, "finetune": _finetune,
+           "cache": _cache}  # fmt: skip
 
 
 def main() -> None:

@@ -187,6 +187,8 @@ class FitResult:
     privacy: dict[str, Any] | None = None
     batch_size: int = 0  # per process and step, as trained (train.batch_size auto: as probed)
     grad_accum: int = 1
+    # Of the training-loop time, the wait for batches: near it, the loader is the bottleneck.
+    data_wait_s: float = 0.0
 
 
 # Old spellings still read, with a warning: "adapt" names the transfer stage only.

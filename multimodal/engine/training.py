@@ -14,7 +14,7 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,19 @@ class _Clock:
     seconds: float = 0.0
     steps: int = 0
     epoch_seconds: list[float] = field(default_factory=list)
+    data_seconds: float = 0.0  # of ``seconds``, waiting for the loader's next batch
+
+    def timed(self, loader: Any) -> Iterator[Any]:
+        """``loader``'s batches, the wait for each added to ``data_seconds``."""
+        batches = iter(loader)
+        while True:
+            tick = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.data_seconds += time.perf_counter() - tick
+            yield batch
 
 
 def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
@@ -344,7 +357,7 @@ def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
             loader,
             math.ceil(run.loaders.train_batches / accelerator.num_processes) - state.batch_in_epoch,
         )
-    for batch in loader:
+    for batch in clock.timed(loader):
         outcome = run.train_step(batch, state.step / max(run.total_steps, 1))
         state.batch_in_epoch += 1
         clock.samples += len(batch["row"]) * accelerator.num_processes
@@ -447,6 +460,7 @@ def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> Fi
         epoch_seconds=clock.epoch_seconds, used_feature_cache=run.loaders.use_cache,
         run_dir=str(run.run_dir) if run.run_dir else None, skipped_steps=state.skipped_steps,
         privacy=privacy, batch_size=int(run.cfg.batch_size), grad_accum=run.cfg.grad_accum,
+        data_wait_s=clock.data_seconds,
     )  # fmt: skip
     summary = {
         k: v for k, v in dataclasses.asdict(result).items() if k not in ("history", "epoch_seconds")

@@ -54,10 +54,7 @@ def measure(model: torch.nn.Module, batch: dict[str, Any], size: int, device: st
     per sample of each, MFU and peak memory."""
     dtype = torch.bfloat16 if precision == "bf16" else None
     autocast = torch.autocast(device, dtype=dtype, enabled=dtype is not None)
-    fused = device == "cuda"  # fused AdamW exists on CUDA only
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-4, fused=fused, foreach=None if fused else True
-    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as fit steps it
     forward = torch.compile(model, backend=compile_backend) if compile_backend else model
 
     def train_step(run: Any = forward) -> None:
@@ -99,35 +96,63 @@ def measure(model: torch.nn.Module, batch: dict[str, Any], size: int, device: st
     return row
 
 
-def device_matrix(device: str, realistic: bool, batch: int, fusions: list[str], precisions: list[str],
+def device_matrix(device: str, realistic: bool, batch: int | list[int], fusions: list[str], precisions: list[str],
                   compile_backends: list[str | None], repeats: int = 5, budget_s: float | None = None,
-                  peak: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """Every compile x precision x fusion setting, in that order, until ``budget_s`` is
-    spent (the first always runs; the rest are listed as skipped, never silently dropped)."""
-    from ..modeling.model import build_model, move_to
-
-    size = sizes(realistic, batch)
+                  peak: float | None = None, on_row: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Every compile x precision x fusion x batch size setting, in that order, until
+    ``budget_s`` is spent (the first always runs; the rest are listed as skipped, never
+    silently dropped); a batch that runs out of memory is listed with the reason.
+    ``on_row(result)`` is called after each setting, so a run cut short keeps its rows."""
+    batches = [batch] if isinstance(batch, int) else list(batch)
     peak = peak_flops(device, peak)
-    start, rows, skipped = time.perf_counter(), [], []
+    start = time.perf_counter()
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "peak_bf16_flops": peak,
+        "realistic": realistic, "encoders": sizes(realistic, batches[0]).encoders, "rows": [], "skipped": [],
+    }  # fmt: skip
     for backend in compile_backends:  # uncompiled first: compiling is what may not fit the budget
         for precision in precisions:
             for name in fusions:
-                setting = {"fusion": name, "precision": precision, "compile": backend or "off"}
-                if budget_s is not None and rows and time.perf_counter() - start > budget_s:
-                    skipped.append(setting)
-                    continue
-                torch.manual_seed(0)
-                config = {"encoders": size.encoders, "fusion": {"name": name, "dim": 256},
-                          "head": {"task": "classification", "num_classes": 4}}  # fmt: skip
-                model = build_model(config, size.samples, seed=0).to(device)
-                inputs = move_to(model.preprocess(size.samples), device)
-                row = measure(model, inputs, batch, device, precision, backend, repeats, peak)
-                rows.append(
-                    {"fusion": name, "params": sum(p.numel() for p in model.parameters()), **row}
-                )
-                del model, inputs
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-    return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "peak_bf16_flops": peak,
-            "realistic": realistic, "encoders": size.encoders, "rows": rows, "skipped": skipped,
-            "seconds": time.perf_counter() - start}  # fmt: skip
+                for size in batches:
+                    setting = {
+                        "fusion": name,
+                        "precision": precision,
+                        "compile": backend or "off",
+                        "batch": size,
+                    }
+                    if (
+                        budget_s is not None
+                        and result["rows"]
+                        and time.perf_counter() - start > budget_s
+                    ):
+                        result["skipped"].append(setting)
+                        continue
+                    try:
+                        result["rows"].append({**setting, **_one_setting(device, realistic, size, name, precision,
+                                                                          backend, repeats, peak)})  # fmt: skip
+                    except torch.OutOfMemoryError:
+                        result["skipped"].append({**setting, "reason": "out of memory"})
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                    result["seconds"] = time.perf_counter() - start
+                    if on_row is not None:
+                        on_row(result)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def _one_setting(device: str, realistic: bool, batch: int, fusion: str, precision: str,
+                 backend: str | None, repeats: int, peak: float | None) -> dict[str, Any]:  # fmt: skip
+    from ..modeling.model import build_model, move_to
+
+    size = sizes(realistic, batch)
+    torch.manual_seed(0)
+    config = {"encoders": size.encoders, "fusion": {"name": fusion, "dim": 256},
+              "head": {"task": "classification", "num_classes": 4}}  # fmt: skip
+    model = build_model(config, size.samples, seed=0).to(device)
+    inputs = move_to(model.preprocess(size.samples), device)
+    try:
+        row = measure(model, inputs, batch, device, precision, backend, repeats, peak)
+        return {"params": sum(p.numel() for p in model.parameters()), **row}
+    finally:
+        del model, inputs

@@ -102,16 +102,64 @@ def moe_scaling(
     return rows
 
 
-def _quick_setup(config_path: str, samples_per_domain: int) -> tuple[Any, Any, Any, list]:
+def _quick_setup(config_path: str, samples_per_domain: int | None) -> tuple[Any, Any, Any, list]:
     from ..data.collate import RowView
     from ..data.loading import load_dataset
     from .config import RunConfig, load_run_config
 
-    override = f"data.options.samples_per_domain={samples_per_domain}"
-    run = RunConfig.from_dict(load_run_config(config_path, [override]))
+    overrides = (
+        []
+        if samples_per_domain is None
+        else [f"data.options.samples_per_domain={samples_per_domain}"]
+    )
+    run = RunConfig.from_dict(load_run_config(config_path, overrides))
     dsd = load_dataset(run.data)
     view = RowView(dsd["train"], run.data, "train")
     return run, run.data, dsd, [view[i] for i in range(len(view))]
+
+
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
+def raw_loop(run: Any, dsd: Any, rows: list, cfg: Any, steps: int, fused: bool,
+             phases: dict[str, float] | None = None) -> float:  # fmt: skip
+    """Steps/s of a minimal hand-written loop over ``fit``'s batches (same loader, seed and
+    optimizer groups); ``phases`` gets the seconds spent loading, forward, backward and in
+    the optimizer's step."""
+    from ..data.collate import make_loader
+    from ..engine import build_optimizer
+    from ..modeling.model import build_model
+
+    model = build_model(run.model.to_dict(), rows, seed=0).train()
+    optimizer = build_optimizer(model, cfg, fused)
+    loader = make_loader(dsd["train"], model, run.data, "train", batch_size=cfg.batch_size,
+                         shuffle=True, seed=cfg.seed)  # fmt: skip
+    spent = dict.fromkeys(PHASES, 0.0)
+    done, epoch, start = 0, 0, time.perf_counter()
+    while done < steps:
+        loader.sampler.set_epoch(epoch)
+        tick = time.perf_counter()
+        for batch in loader:
+            marks = [time.perf_counter()]
+            spent["data"] += marks[0] - tick
+            loss = model(batch).loss
+            marks.append(time.perf_counter())
+            loss.backward()
+            marks.append(time.perf_counter())
+            optimizer.step()
+            optimizer.zero_grad()
+            marks.append(time.perf_counter())
+            for name, (a, b) in zip(PHASES[1:], zip(marks, marks[1:]), strict=True):
+                spent[name] += b - a
+            done += 1
+            tick = time.perf_counter()
+            if done == steps:
+                break
+        epoch += 1
+    rate = steps / (time.perf_counter() - start)
+    if phases is not None:
+        phases.update(spent)
+    return rate
 
 
 def fit_vs_raw_loop(
@@ -119,17 +167,19 @@ def fit_vs_raw_loop(
     steps: int = 60,
     repeats: int = 3,
     warmup: int = 1,
-    samples_per_domain: int = 200,
+    samples_per_domain: int | None = 200,
 ) -> dict[str, Any]:
-    """Training steps/s of ``fit`` against a minimal hand-written loop: same model, same batches.
+    """Training steps/s of ``fit`` against a minimal hand-written loop: same model, same
+    batches, the same optimizer kernel (fused where ``fit`` fuses it).
 
     The two alternate ``warmup + repeats`` times, each pair in the other order than the one
     before (CPU timings drift with heat, caches and the machine's other load; the first
     pair runs cold and is discarded). The ratio reported is the median of the per-pair
-    ratios, with their minimum and maximum as the spread.
+    ratios, with their minimum and maximum as the spread. Then the raw loop runs once with
+    torch's foreach optimizer and once fused, for each one's share of the step.
     """
-    from ..data.collate import make_loader
-    from ..engine import FitData, build_optimizer, fit
+    from ..engine import FitData, fit
+    from ..engine.performance import fused_optimizer
     from ..modeling.model import build_model
 
     run, spec, dsd, rows = _quick_setup(config_path, samples_per_domain)
@@ -137,31 +187,7 @@ def fit_vs_raw_loop(
                        feature_cache="off", warmup_ratio=0.0)  # fmt: skip
     # No clipping, as in the raw loop (stage() keeps a field given None, so set it here).
     cfg = dataclasses.replace(cfg, max_grad_norm=None)
-
-    def raw_loop() -> float:
-        model = build_model(run.model.to_dict(), rows, seed=0).train()
-        optimizer = build_optimizer(model, cfg)
-        loader = make_loader(
-            dsd["train"],
-            model,
-            spec,
-            "train",
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed,
-        )
-        done, epoch, start = 0, 0, time.perf_counter()
-        while done < steps:
-            loader.sampler.set_epoch(epoch)
-            for batch in loader:
-                model(batch).loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                done += 1
-                if done == steps:
-                    break
-            epoch += 1
-        return steps / (time.perf_counter() - start)
+    fused = fused_optimizer(cfg, "cpu")
 
     def fit_loop() -> float:
         model = build_model(run.model.to_dict(), rows, seed=0)
@@ -170,12 +196,19 @@ def fit_vs_raw_loop(
     pairs = []
     for i in range(warmup + repeats):
         if i % 2:
-            raw_rate = raw_loop()
+            raw_rate = raw_loop(run, dsd, rows, cfg, steps, fused)
             pairs.append((fit_loop(), raw_rate))
         else:
-            pairs.append((fit_loop(), raw_loop()))
+            pairs.append((fit_loop(), raw_loop(run, dsd, rows, cfg, steps, fused)))
     pairs = pairs[warmup:]
     ratios = [f / r for f, r in pairs]
+    shares = {}
+    for name, kernel in (("foreach", False), ("fused", True)):
+        spent: dict[str, float] = {}
+        rate = raw_loop(run, dsd, rows, cfg, steps, kernel, spent)
+        total = sum(spent.values())
+        shares[name] = {"steps_per_s": rate, **{f"{k}_share": v / total for k, v in spent.items()}}
+    model = build_model(run.model.to_dict(), rows, seed=0)
     return {
         "fit_steps_per_s": [f for f, _ in pairs],
         "raw_steps_per_s": [r for _, r in pairs],
@@ -184,6 +217,11 @@ def fit_vs_raw_loop(
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
         "steps": steps,
+        "batch_size": cfg.batch_size,
+        "train_rows": len(dsd["train"]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "fused_optimizer": fused,
+        "optimizer_kernels": shares,
     }
 
 

@@ -90,6 +90,15 @@ def draw_episode(
     )
 
 
+def fit_summary(result: Any) -> dict[str, Any]:
+    """A fit's throughput: steps, batch, rows/s, training-loop seconds and the share of them
+    spent waiting for batches (near 1: the loader, not the device, sets the pace)."""
+    seconds = sum(result.epoch_seconds)
+    return {"steps": result.steps, "batch_size": result.batch_size, "grad_accum": result.grad_accum,
+            "train_samples_per_s": result.train_samples_per_s, "train_seconds": seconds,
+            "data_wait_s": result.data_wait_s, "data_wait_share": result.data_wait_s / seconds if seconds else 0.0}  # fmt: skip
+
+
 def source_and_targets(
     train: datasets.Dataset, settings: TransferConfig
 ) -> tuple[list[str], list[str]]:
@@ -132,6 +141,7 @@ class TransferPlan:
     progress: Progress
     metric: str = ""
     source_privacy: dict[str, Any] | None = None  # train.dp: the source fit's budget spent
+    source_fit: dict[str, Any] = field(default_factory=dict)  # its throughput (fit_summary)
     # The scratch stage's untrained model, when building it does not depend on the rows
     # (False: it does, and each episode builds its own).
     scratch_template: Any = field(default=None, repr=False)
@@ -170,7 +180,7 @@ class TransferPlan:
         return dataclasses.replace(
             self, run=run,
             out=self.out / "student" if self.out is not None else None, metric="",
-            source_privacy=None, scratch_template=None,
+            source_privacy=None, source_fit={}, scratch_template=None,
             distillation={k: settings.get(k, v) for k, v in DISTILL_DEFAULTS.items()},
         )  # fmt: skip
 

@@ -115,6 +115,7 @@ def _reports(plan: TransferPlan, model: MultimodalModel, arms: list[Adaptation],
             seed=plan.seed, config_hash=config_hash(run_config), config=run_config,
             robustness=arm_robustness, source_test_samples=split_size(plan.source["test"]),
             imbalance=imbalance, episodes=int(run.transfer.episodes), source_privacy=plan.source_privacy,
+            source_fit=plan.source_fit,
         )  # fmt: skip
     return reports
 

@@ -93,6 +93,8 @@ class TransferReport:
     student: dict[str, Any] | None = None
     # A student's report: the distillation settings and both models' parameter counts.
     distillation: dict[str, Any] | None = None
+    # The source training's throughput (steps, rows/s, loader wait): plan.fit_summary.
+    source_fit: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

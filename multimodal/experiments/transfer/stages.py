@@ -16,7 +16,7 @@ from ...engine import FitData, TrainConfig, fit
 from ...modeling.freezing import frozen_encoders
 from ...modeling.model import MultimodalModel, build_model
 from ..adaptations import UNBALANCED, Adaptation, AdaptContext
-from .plan import Episode, TransferPlan, fitting_rows
+from .plan import Episode, TransferPlan, fit_summary, fitting_rows
 
 SCRATCH_DEFAULTS: dict[str, Any] = {
     "strategy": "full",
@@ -59,6 +59,7 @@ class SourceStage:
         model = build_model(plan.run.model.to_dict(), rows, seed=plan.seed)
         result = fit(model, self.data(), self.train_config(), on_step=plan.progress.stage("source"))
         plan.metric, plan.source_privacy = result.metric, result.privacy
+        plan.source_fit = fit_summary(result)
         return model
 
 
@@ -93,6 +94,7 @@ class StudentStage:
                          settings["alpha"], self.unlabelled(), plan.source["validation"],
                          on_step=plan.progress.stage("student"))  # fmt: skip
         plan.metric, plan.source_privacy = result.metric, result.privacy
+        plan.source_fit = fit_summary(result)
         if plan.out is not None:
             model.save_pretrained(Path(plan.folder("source") or "") / RunFolder.best_model)
         return model
