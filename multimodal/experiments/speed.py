@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -149,7 +150,7 @@ def raw_loop(run: Any, dsd: Any, rows: list, cfg: Any, steps: int, fused: bool,
             optimizer.step()
             optimizer.zero_grad()
             marks.append(time.perf_counter())
-            for name, (a, b) in zip(PHASES[1:], zip(marks, marks[1:]), strict=True):
+            for name, (a, b) in zip(PHASES[1:], itertools.pairwise(marks), strict=True):
                 spent[name] += b - a
             done += 1
             tick = time.perf_counter()
