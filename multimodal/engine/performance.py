@@ -5,6 +5,7 @@ on a CUDA device, the fused optimizer wherever torch has its kernel."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -50,9 +51,20 @@ def fused_optimizer(cfg: TrainConfig, device: torch.device | str) -> bool:
     only; the two agree to float32 rounding, not bit for bit."""
     if cfg.fused_optimizer is not None:
         return cfg.fused_optimizer
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    return _has_fused_kernel(torch.device(device).type)
 
-    return torch.device(device).type in _get_fused_kernels_supported_devices()
+
+@functools.cache
+def _has_fused_kernel(device_type: str) -> bool:
+    """Whether torch's AdamW takes ``fused=True`` for a tensor on this kind of device (it
+    checks the device when built; CUDA has had the kernel since torch 2.0)."""
+    if device_type == "cuda":
+        return True
+    try:
+        torch.optim.AdamW([torch.zeros(1, device=device_type, requires_grad=True)], fused=True)
+    except RuntimeError:
+        return False
+    return True
 
 
 def compiled_modules(model: Any) -> list[torch.nn.Module]:
@@ -82,3 +94,16 @@ def undo_speedups(model: Any) -> None:
     """Eager forward calls again: what ``fit`` returns is exported and served as is."""
     for module in compiled_modules(model):
         module._compiled_call_impl = None  # what nn.Module.compile sets
+
+
+def allow_precision(mixed_precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second precision; fits in
+    one process (transfer stages, notebooks) may differ, so reset that state (not the
+    distributed one) when the precision changes."""
+    from accelerate.state import AcceleratorState
+
+    if (
+        AcceleratorState._shared_state
+        and str(AcceleratorState._shared_state.get("_mixed_precision")) != mixed_precision
+    ):
+        AcceleratorState._reset_state(reset_partial_state=False)

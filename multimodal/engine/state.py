@@ -1,9 +1,12 @@
-"""The training state that a checkpoint saves beside accelerate's, so a run can resume."""
+"""The training state that a checkpoint saves beside accelerate's, so a run can resume, and the
+loop's clock."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,3 +48,26 @@ class TrainState:
     def load(cls, folder: Path) -> TrainState:
         """The state saved in a checkpoint folder (keys added later default)."""
         return cls(**json.loads((folder / STATE_NAME).read_text()))
+
+
+@dataclass
+class LoopClock:
+    """Training-loop time and throughput, evaluations left out."""
+
+    samples: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+    data_seconds: float = 0.0  # of ``seconds``, waiting for the loader's next batch
+
+    def timed(self, loader: Any) -> Iterator[Any]:
+        """``loader``'s batches, the wait for each added to ``data_seconds``."""
+        batches = iter(loader)
+        while True:
+            tick = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.data_seconds += time.perf_counter() - tick
+            yield batch

@@ -14,7 +14,7 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,17 @@ from .loaders import (
 )
 from .objective import Objective
 from .optim import build_optimizer
-from .performance import apply_speedups, fused_optimizer, pin_memory, precision, undo_speedups
+from .performance import (
+    allow_precision,
+    apply_speedups,
+    fused_optimizer,
+    pin_memory,
+    precision,
+    undo_speedups,
+)
 from .privacy import DeviceLoader, DPSettings, PrivateTraining, dp_settings, make_private
 from .recorder import RunRecorder
-from .state import TrainState
+from .state import LoopClock, TrainState
 from .step import StepOutcome, TrainStep
 from .tracking import BestTracker
 
@@ -86,7 +93,7 @@ def fit(
     run.recorder.start(run.counts, state)
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train",
                disable=not (cfg.progress and run.accelerator.is_local_main_process))  # fmt: skip
-    clock = _Clock()
+    clock = LoopClock()
     while state.step < run.total_steps and not state.stopped:
         _train_epoch(run, state, clock, bar)
         if state.step < run.total_steps and not state.stopped:
@@ -130,35 +137,12 @@ class _Run:
     train_step: TrainStep | None = None
 
 
-@dataclass
-class _Clock:
-    """Training-loop time and throughput, evaluations left out."""
-
-    samples: int = 0
-    seconds: float = 0.0
-    steps: int = 0
-    epoch_seconds: list[float] = field(default_factory=list)
-    data_seconds: float = 0.0  # of ``seconds``, waiting for the loader's next batch
-
-    def timed(self, loader: Any) -> Iterator[Any]:
-        """``loader``'s batches, the wait for each added to ``data_seconds``."""
-        batches = iter(loader)
-        while True:
-            tick = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            self.data_seconds += time.perf_counter() - tick
-            yield batch
-
-
 def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     """Accelerator, freezing, loaders, optimizer and schedule, then one ``prepare`` call."""
     run_dir = Path(cfg.output_dir) if cfg.output_dir else None
     settings = dp_settings(cfg, Split(data.train).streamed)
     mixed = precision(cfg, PartialState().device)
-    _allow_precision(mixed)
+    allow_precision(mixed)
     accelerator = Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum,
         project_dir=str(run_dir) if run_dir else None, dataloader_config=loader_config(),
@@ -337,7 +321,7 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
                      clip, run.cfg.max_nonfinite_steps)  # fmt: skip
 
 
-def _train_epoch(run: _Run, state: TrainState, clock: _Clock, bar: Any) -> None:
+def _train_epoch(run: _Run, state: TrainState, clock: LoopClock, bar: Any) -> None:
     """Batches of one epoch (the rest of it, on resume) until it ends, the step budget is
     spent or early stopping fires; evaluations inside it are not counted as training time."""
     cfg, accelerator = run.cfg, run.accelerator
@@ -437,7 +421,7 @@ def _evaluate(run: _Run, state: TrainState) -> None:
     _train_mode(run)
 
 
-def _finish(run: _Run, state: TrainState, clock: _Clock, wall_time: float) -> FitResult:
+def _finish(run: _Run, state: TrainState, clock: LoopClock, wall_time: float) -> FitResult:
     """A last checkpoint, the best weights back (LoRA merged), ``best_model/`` saved."""
     privacy = run.privacy.summary() if run.privacy is not None else None
     if run.privacy is not None:
@@ -496,16 +480,3 @@ def _adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | 
     if not 0.0 <= float(out["weight"]) <= 1.0:
         raise ValueError(f"train.adversarial.weight must be in [0, 1], got {out['weight']}")
     return out
-
-
-def _allow_precision(mixed_precision: str) -> None:
-    """accelerate keeps one AcceleratorState per process and refuses a second precision; fits in
-    one process (transfer stages, notebooks) may differ, so reset that state (not the
-    distributed one) when the precision changes."""
-    from accelerate.state import AcceleratorState
-
-    if (
-        AcceleratorState._shared_state
-        and str(AcceleratorState._shared_state.get("_mixed_precision")) != mixed_precision
-    ):
-        AcceleratorState._reset_state(reset_partial_state=False)
