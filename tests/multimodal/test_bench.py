@@ -340,7 +340,7 @@ def _unit_files(out: Path) -> dict[str, dict]:
     def strip(value):
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items()
-                    if k not in ("stage_seconds", "environment", "feature_store") and not k.endswith(("_s", "seconds"))}  # fmt: skip
+                    if k not in ("stage_seconds", "environment", "feature_store", "source_fit") and not k.endswith(("_s", "seconds"))}  # fmt: skip
         return [strip(v) for v in value] if isinstance(value, list) else value
 
     return {p.name: strip(json.loads(p.read_text())) for p in sorted((out / "runs").glob("*.json"))}

@@ -61,10 +61,15 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, P
 
     overall = overall_entries(summary)
     adaptations = sorted({e["adaptation"] for e in overall})
-    fusions = sorted({e["fusion"] for e in overall})
+    varying = _varying_axes(summary)
+    fusions = sorted({_row(e, varying) for e in overall})
     paths = {}
     fig, axes = plt.subplots(
-        1, len(adaptations), figsize=(4.5 * len(adaptations), 4), squeeze=False, sharey=True
+        1,
+        len(adaptations),
+        figsize=(max(4.5, 1.3 * len(fusions)) * len(adaptations), 4),
+        squeeze=False,
+        sharey=True,
     )
     colors = {"zero_shot": "#9e9e9e", "adapted": "#1f77b4", "scratch": "#ff7f0e"}
     for ax, adaptation in zip(axes[0], adaptations, strict=True):
@@ -72,7 +77,11 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, P
         for i, m in enumerate(("zero_shot", "adapted", "scratch")):
             stats = [
                 next(
-                    (e[m] for e in overall if e["fusion"] == f and e["adaptation"] == adaptation),
+                    (
+                        e[m]
+                        for e in overall
+                        if _row(e, varying) == f and e["adaptation"] == adaptation
+                    ),
                     {"mean": math.nan, "ci": math.nan},
                 )
                 for f in fusions
@@ -99,13 +108,24 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, P
     paths["bars"] = out / "bars.png"
     fig.savefig(paths["bars"], dpi=120)
     plt.close(fig)
-    paths["heatmap"] = _plot_heatmap(summary, adaptations, fusions, out / "heatmap.png")
+    paths["heatmap"] = _plot_heatmap(summary, adaptations, fusions, varying, out / "heatmap.png")
     return paths
 
 
+def _varying_axes(summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The grid axes that take more than one value: a bar or heatmap row per combination."""
+    keys = entry_grid_keys(summary[0]) if summary else []
+    return [k for k in keys if len({str(e.get(k)) for e in summary}) > 1]
+
+
+def _row(entry: Mapping[str, Any], varying: list[str]) -> str:
+    """A plot row's label: the fusion and the values of the grid axes that vary."""
+    return ", ".join([entry["fusion"], *(f"{k}={entry.get(k)}" for k in varying)])
+
+
 def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
-                  fusions: list[str], path: Path) -> Path:  # fmt: skip
-    """Adapted accuracy, fusion x target, one panel per adaptation."""
+                  fusions: list[str], varying: list[str], path: Path) -> Path:  # fmt: skip
+    """Adapted accuracy, fusion (and varying grid axes) x target, one panel per adaptation."""
     import matplotlib.pyplot as plt
 
     targets = sorted({e["target"] for e in summary if e["target"] != "all"})
@@ -117,7 +137,9 @@ def _plot_heatmap(summary: Sequence[Mapping[str, Any]], adaptations: list[str],
         grid = np.full((len(fusions), len(targets)), np.nan)
         for e in summary:
             if e["adaptation"] == adaptation and e["target"] in targets:
-                grid[fusions.index(e["fusion"]), targets.index(e["target"])] = e["adapted"]["mean"]
+                grid[fusions.index(_row(e, varying)), targets.index(e["target"])] = e["adapted"][
+                    "mean"
+                ]
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(targets)), targets, rotation=30)
         if ax is axes[0][0]:
