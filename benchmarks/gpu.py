@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="(default: benchmarks/results/gpu.json; gpu-e2e.json with --e2e)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="stop starting settings after this (default: 240)")
     parser.add_argument("--batch", default="32", help="batch sizes, comma-separated: a sweep (default: 32)")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler over 3 training steps per setting: the top ops by device time and how busy the device was")
     parser.add_argument("--e2e", action="store_true", help="the transfer protocol end to end instead (see above)")
     parser.add_argument("--episodes", type=int, default=1, help="--e2e: k-shot episodes per target (default: 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per setting (default: 5)")
@@ -87,6 +88,7 @@ def matrix(args: argparse.Namespace, device: str, save: Callable[[dict], None]) 
         fusions=args.fusions.split(","), precisions=args.precisions.split(","),
         compile_backends=[None, backend] if backend else [None], repeats=args.repeats,
         budget_s=args.budget_s, peak=args.peak_tflops * 1e12 if args.peak_tflops else None, on_row=save,
+        profile=args.profile,
     )  # fmt: skip
     print(f"{result['device']}: peak bf16 {result['peak_bf16_flops'] or 'unknown'} FLOP/s")
     print(f"{'fusion':<16}{'precision':<10}{'compile':<10}{'batch':>6}{'train/s':>9}{'infer/s':>9}"
@@ -95,6 +97,12 @@ def matrix(args: argparse.Namespace, device: str, save: Callable[[dict], None]) 
         mfu = "n/a" if r["train_mfu"] is None else f"{r['train_mfu']:.1%}"
         print(f"{r['fusion']:<16}{r['precision']:<10}{r['compile']:<10}{r['batch']:>6}{r['train_samples_per_s']:>9.1f}"
               f"{r['infer_samples_per_s']:>9.1f}{mfu:>10}{r['peak_memory_mb']:>9.0f}")  # fmt: skip
+    for r in result["rows"]:
+        if "train_profile" in r:
+            prof = r["train_profile"]
+            top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in prof["top"][:4])
+            print(f"{r['fusion']} {r['precision']} {r['compile']} b{r['batch']}: {prof['clock']} busy "
+                  f"{prof['busy_share']:.0%} of the step; {top}")  # fmt: skip
     for s in result["skipped"]:
         print(f"skipped ({s.get('reason', 'budget')}): {s}")
     return result

@@ -49,9 +49,11 @@ def peak_flops(device: str, override: float | None = None) -> float | None:
 
 
 def measure(model: torch.nn.Module, batch: dict[str, Any], size: int, device: str, precision: str,
-            compile_backend: str | None, repeats: int, peak: float | None) -> dict[str, Any]:  # fmt: skip
+            compile_backend: str | None, repeats: int, peak: float | None,
+            profile: bool = False) -> dict[str, Any]:  # fmt: skip
     """One configuration: train (forward, backward, AdamW) and inference samples/s, FLOPs
-    per sample of each, MFU and peak memory."""
+    per sample of each, MFU and peak memory; with ``profile``, where a training step's
+    device time goes (``op_profile``)."""
     dtype = torch.bfloat16 if precision == "bf16" else None
     autocast = torch.autocast(device, dtype=dtype, enabled=dtype is not None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as fit steps it
@@ -93,12 +95,42 @@ def measure(model: torch.nn.Module, batch: dict[str, Any], size: int, device: st
         achieved = flops[kind] / (timing["median_ms"] / 1e3)
         row[f"{kind}_tflops"] = achieved / 1e12
         row[f"{kind}_mfu"] = achieved / peak if peak else None
+    if profile:
+        row["train_profile"] = op_profile(train_step, device)
     return row
+
+
+def op_profile(step: Any, device: str, steps: int = 3, top: int = 12) -> dict[str, Any]:
+    """``steps`` calls of ``step`` under torch.profiler: the ops taking the most self time
+    on the device (the CPU without CUDA), each one's share, and the share of the wall time
+    the device was busy at all (low: the host, launching kernels one by one, sets the pace;
+    what torch.compile and larger batches fix)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    cuda = device == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profiler(activities=activities) as prof:
+        tick = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - tick) * 1e6
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    busy = sum(getattr(e, key) for e in events)
+    return {
+        "clock": "device" if cuda else "cpu", "wall_ms_per_step": wall_us / 1e3 / steps,
+        "busy_ms_per_step": busy / 1e3 / steps, "busy_share": busy / wall_us if wall_us else None,
+        "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 1e3 / steps, "share": getattr(e, key) / busy,
+                 "calls_per_step": e.count / steps} for e in events[:top]],
+    }  # fmt: skip
 
 
 def device_matrix(device: str, realistic: bool, batch: int | list[int], fusions: list[str], precisions: list[str],
                   compile_backends: list[str | None], repeats: int = 5, budget_s: float | None = None,
-                  peak: float | None = None, on_row: Any = None) -> dict[str, Any]:  # fmt: skip
+                  peak: float | None = None, on_row: Any = None, profile: bool = False) -> dict[str, Any]:  # fmt: skip
     """Every compile x precision x fusion x batch size setting, in that order, until
     ``budget_s`` is spent (the first always runs; the rest are listed as skipped, never
     silently dropped); a batch that runs out of memory is listed with the reason.
@@ -129,7 +161,7 @@ def device_matrix(device: str, realistic: bool, batch: int | list[int], fusions:
                         continue
                     try:
                         result["rows"].append({**setting, **_one_setting(device, realistic, size, name, precision,
-                                                                          backend, repeats, peak)})  # fmt: skip
+                                                                          backend, repeats, peak, profile)})  # fmt: skip
                     except torch.OutOfMemoryError:
                         result["skipped"].append({**setting, "reason": "out of memory"})
                     if device == "cuda":
@@ -142,7 +174,7 @@ def device_matrix(device: str, realistic: bool, batch: int | list[int], fusions:
 
 
 def _one_setting(device: str, realistic: bool, batch: int, fusion: str, precision: str,
-                 backend: str | None, repeats: int, peak: float | None) -> dict[str, Any]:  # fmt: skip
+                 backend: str | None, repeats: int, peak: float | None, profile: bool) -> dict[str, Any]:  # fmt: skip
     from ..modeling.model import build_model, move_to
 
     size = sizes(realistic, batch)
@@ -152,7 +184,7 @@ def _one_setting(device: str, realistic: bool, batch: int, fusion: str, precisio
     model = build_model(config, size.samples, seed=0).to(device)
     inputs = move_to(model.preprocess(size.samples), device)
     try:
-        row = measure(model, inputs, batch, device, precision, backend, repeats, peak)
+        row = measure(model, inputs, batch, device, precision, backend, repeats, peak, profile)
         return {"params": sum(p.numel() for p in model.parameters()), **row}
     finally:
         del model, inputs

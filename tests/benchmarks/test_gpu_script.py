@@ -22,7 +22,7 @@ def test_gpu_script_measures_every_setting_and_writes_json(tmp_path) -> None:
     out = tmp_path / "gpu.json"
     # The eager backend traces through dynamo without compiling kernels (quick on CPU).
     module.main(["--tiny", "--device", "cpu", "--batch", "4", "--repeats", "1", "--fusions", "moe", "--precisions", "bf16",
-                 "--compile-backend", "eager", "--peak-tflops", "1", "--out", str(out)])  # fmt: skip
+                 "--compile-backend", "eager", "--peak-tflops", "1", "--profile", "--out", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
     settings = [(r["fusion"], r["precision"], r["compile"]) for r in result["rows"]]
     assert settings == [(f, p, c) for c in ("off", "eager") for p in ("bf16",) for f in ("moe",)]
@@ -32,6 +32,10 @@ def test_gpu_script_measures_every_setting_and_writes_json(tmp_path) -> None:
         # a training step costs more than inference: the backward pass is about twice the forward
         assert r["train_gflops_per_sample"] > 2 * r["infer_gflops_per_sample"] > 0
         assert math.isclose(r["train_mfu"], r["train_tflops"] / 1.0, rel_tol=1e-9)
+        prof = r["train_profile"]  # on CPU the profile reads the CPU's clock
+        assert prof["clock"] == "cpu" and prof["busy_ms_per_step"] > 0 and len(prof["top"]) > 3
+        shares = [o["share"] for o in prof["top"]]
+        assert 0 < sum(shares) <= 1 + 1e-9 and shares == sorted(shares, reverse=True)
     assert "packages" in result["environment"]
 
 
