@@ -189,6 +189,8 @@ class FitResult:
     grad_accum: int = 1
     # Of the training-loop time, the wait for batches: near it, the loader is the bottleneck.
     data_wait_s: float = 0.0
+    # The first optimizer step's wall time: with train.compile, mostly compilation.
+    first_step_s: float | None = None
 
 
 # Old spellings still read, with a warning: "adapt" names the transfer stage only.

@@ -59,6 +59,7 @@ class LoopClock:
     steps: int = 0
     epoch_seconds: list[float] = field(default_factory=list)
     data_seconds: float = 0.0  # of ``seconds``, waiting for the loader's next batch
+    first_step_s: float | None = None  # the first optimizer step, compilation included
 
     def timed(self, loader: Any) -> Iterator[Any]:
         """``loader``'s batches, the wait for each added to ``data_seconds``."""

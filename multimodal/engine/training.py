@@ -353,6 +353,8 @@ def _train_epoch(run: _Run, state: TrainState, clock: LoopClock, bar: Any) -> No
         run.train_step.consecutive_skips = 0
         state.step += 1
         clock.steps += 1
+        if clock.steps == 1:  # torch.compile compiles here
+            clock.first_step_s = time.perf_counter() - epoch_start
         bar.update(1)
         for callback in run.on_step:
             callback(state)
@@ -444,7 +446,7 @@ def _finish(run: _Run, state: TrainState, clock: LoopClock, wall_time: float) ->
         epoch_seconds=clock.epoch_seconds, used_feature_cache=run.loaders.use_cache,
         run_dir=str(run.run_dir) if run.run_dir else None, skipped_steps=state.skipped_steps,
         privacy=privacy, batch_size=int(run.cfg.batch_size), grad_accum=run.cfg.grad_accum,
-        data_wait_s=clock.data_seconds,
+        data_wait_s=clock.data_seconds, first_step_s=clock.first_step_s,
     )  # fmt: skip
     summary = {
         k: v for k, v in dataclasses.asdict(result).items() if k not in ("history", "epoch_seconds")

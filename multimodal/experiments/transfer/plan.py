@@ -96,7 +96,8 @@ def fit_summary(result: Any) -> dict[str, Any]:
     seconds = sum(result.epoch_seconds)
     return {"steps": result.steps, "batch_size": result.batch_size, "grad_accum": result.grad_accum,
             "train_samples_per_s": result.train_samples_per_s, "train_seconds": seconds,
-            "data_wait_s": result.data_wait_s, "data_wait_share": result.data_wait_s / seconds if seconds else 0.0}  # fmt: skip
+            "data_wait_s": result.data_wait_s, "data_wait_share": result.data_wait_s / seconds if seconds else 0.0,
+            "first_step_s": result.first_step_s}  # fmt: skip
 
 
 def source_and_targets(

@@ -49,6 +49,8 @@ def test_auto_finds_the_largest_batch_under_a_memory_cap(setup) -> None:
     assert seen[:3] == [64, 32, 16]  # the probe: 64 and 32 run out of memory, 16 fits
     assert result.batch_size == 16 and result.grad_accum == 1
     assert max(seen[3:]) == 16 and result.steps == math.ceil(len(dsd["train"]) / 16)
+    # the loop's clock: the first step, and the wait for batches, inside the loop's time
+    assert 0 < result.first_step_s and 0 < result.data_wait_s < sum(result.epoch_seconds)
 
 
 def test_an_effective_batch_is_kept_through_gradient_accumulation(setup) -> None:

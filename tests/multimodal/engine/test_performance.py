@@ -49,6 +49,7 @@ def test_compile_runs_every_encoder_and_the_fusion_compiled_and_hands_back_an_ea
                        channels_last=True)  # fmt: skip
     result = engine.fit(model, engine.FitData(spec, dsd["train"], dsd["validation"]), cfg)
     assert math.isfinite(result.history[-1]["eval_loss"])
+    assert result.first_step_s is not None and result.first_step_s > 0  # compilation in it
     # dynamo traced at least one graph per compiled module (three encoders and the fusion)
     assert len(GRAPHS) >= 4
     assert any("conv" in str(n.target) for g in GRAPHS for n in g.graph.nodes)
