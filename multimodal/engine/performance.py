@@ -20,6 +20,20 @@ def on_cuda(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
+def fit_device() -> str:
+    """Where a fit's Accelerator will put the model: CUDA when there is one, unless
+    ACCELERATE_USE_CPU says otherwise. Read from the environment, as accelerate does, so
+    that nothing builds accelerate's process state before the Accelerator (built first
+    without the launcher's settings, it would not see the other processes)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return (
+        "cuda"
+        if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+        else "cpu"
+    )
+
+
 def precision(cfg: TrainConfig, device: torch.device | str) -> str:
     """``cfg.mixed_precision``; "auto": bf16 on a CUDA device that supports it (never under
     train.dp, which trains in fp32), else "no"."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -51,6 +51,7 @@ from .optim import build_optimizer
 from .performance import (
     allow_precision,
     apply_speedups,
+    fit_device,
     fused_optimizer,
     pin_memory,
     precision,
@@ -141,7 +142,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     """Accelerator, freezing, loaders, optimizer and schedule, then one ``prepare`` call."""
     run_dir = Path(cfg.output_dir) if cfg.output_dir else None
     settings = dp_settings(cfg, Split(data.train).streamed)
-    mixed = precision(cfg, PartialState().device)
+    mixed = precision(cfg, fit_device())
     allow_precision(mixed)
     accelerator = Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum,

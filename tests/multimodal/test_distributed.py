@@ -41,6 +41,7 @@ def _stored(folder: Path) -> dict[str, dict]:
         for report in record["reports"].values():
             report.pop("stage_seconds")
             report.pop("feature_store")
+            report.pop("source_fit")  # the source training's throughput
         record.pop("environment")
         runs[path.name] = record
     return runs
