@@ -97,7 +97,7 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out: Path) -> dict[str, P
                 label=m.replace("_", "-"),
                 color=colors[m],
             )
-        ax.set_xticks(x, fusions, rotation=20)
+        ax.set_xticks(x, fusions, rotation=20, ha="right", rotation_mode="anchor")
         ax.set_title(f"adaptation: {adaptation}")
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
