@@ -16,7 +16,6 @@ import copy
 import json
 import math
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,14 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import multimodal as mm
     from multimodal.data.loading import load_dataset
+    from multimodal.experiments.bench.plan import load_suite, prepare_data
 
     base = yaml.safe_load(Path(args.config).read_text())
     base.pop("federate", None)
-    if not Path(base["data"]["path"]).exists():
-        sys.path.insert(0, str(HERE))
-        from make_real_digits import build
-
-        build(base["data"]["path"])
+    if "real-digits" in base["data"]["path"]:  # built by the suite's builder where missing
+        prepare_data(load_suite(HERE / "suites" / "real-digits.yaml"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = mm.DatasetSpec.from_dict(base["data"])
@@ -121,6 +118,7 @@ def measure(teacher: Any, student: Any, spec: Any, dsd: Any, source: str, onnx: 
     from multimodal.data.loading import select_domains
     from multimodal.deploy.export import OnnxModel, export_onnx
     from multimodal.deploy.quantize import domain_report, latency_ms, quantize_export, size_mb
+    from multimodal.modeling.freezing import count_parameters
 
     tick = time.perf_counter()
     exports = {
@@ -145,7 +143,7 @@ def measure(teacher: Any, student: Any, spec: Any, dsd: Any, source: str, onnx: 
     summary: dict[str, Any] = {"source": source, "timings": timings, "models": {}}
     for name, model in models.items():
         entry = {"size_mb": size_mb(exports[name]),
-                 "parameters": sum(p.numel() for p in (student if name == "student" else teacher).parameters()),
+                 "parameters": count_parameters(student if name == "student" else teacher)["total"],
                  "latency_ms": {str(b): latency_ms(model.predict, rows, b) for b in (1, 32)}, "domains": {}}  # fmt: skip
         for domain, d in report.items():
             p = d[name]["accuracy"]

@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,15 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     args = parser.parse_args(argv)
-    from multimodal.experiments.bench.plan import CHECKOUT
+    from multimodal.experiments.bench.plan import CHECKOUT, load_suite, prepare_data
     from multimodal.experiments.federated import federate, public
 
     base = yaml.safe_load(Path(args.config).read_text())
-    if not Path(base["data"]["path"]).exists() and "real-digits" in base["data"]["path"]:
-        sys.path.insert(0, str(CHECKOUT / "benchmarks"))
-        from make_real_digits import build
-
-        build(base["data"]["path"])
+    if "real-digits" in base["data"]["path"]:  # built by the suite's builder where missing
+        prepare_data(load_suite(CHECKOUT / "benchmarks" / "suites" / "real-digits.yaml"))
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[int, dict[str, Any]]] = {}

@@ -111,6 +111,7 @@ def matrix(args: argparse.Namespace, device: str, save: Callable[[dict], None]) 
 def e2e(args: argparse.Namespace, device: str) -> dict:
     """The real-digits protocol (--tiny: synthetic-quick at test sizes), frozen and fine-tuned."""
     from multimodal.experiments.e2e import e2e_configs, run_e2e
+    from multimodal.experiments.gpu_speed import device_name
 
     suites = HERE / "suites"
     if args.tiny:
@@ -121,9 +122,8 @@ def e2e(args: argparse.Namespace, device: str) -> dict:
             config["transfer"].update(adapt={**config["transfer"].get("adapt", {}), "epochs": 1},
                                       scratch={**config["transfer"].get("scratch", {}), "epochs": 1})  # fmt: skip
     else:
-        _real_digits(suites / "real-digits.yaml")
         configs = e2e_configs(suites / "real-digits.yaml", "pretrained", args.episodes)
-    result = {"device": torch_device_name(device), **run_e2e(configs, device, args.budget_s)}
+    result = {"device": device_name(device), **run_e2e(configs, device, args.budget_s)}
     print(f"{'arm':<10}{'stage':<16}{'seconds':>9}{'rows/s':>9}{'util %':>8}")
     for name, arm in result["arms"].items():
         for stage, s in arm["stages"].items():
@@ -133,24 +133,6 @@ def e2e(args: argparse.Namespace, device: str) -> dict:
         print(f"{name:<10}adapted {arm['adapted_mean']:.3f}; loader wait {arm['source_fit'].get('data_wait_share', 0):.0%} "
               f"of the source fit: {arm['bottleneck']}-bound")  # fmt: skip
     return result
-
-
-def _real_digits(suite: Path) -> None:
-    """Build the suite's data folder where it is missing (make_real_digits.py)."""
-    import yaml
-
-    path = Path(yaml.safe_load(suite.read_text())["base"]["data"]["path"])
-    if not path.exists():
-        sys.path.insert(0, str(HERE))
-        from make_real_digits import build
-
-        build(str(path))
-
-
-def torch_device_name(device: str) -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
 
 
 if __name__ == "__main__":

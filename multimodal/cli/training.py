@@ -175,6 +175,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from ..experiments.distill import distill, per_domain
     from ..experiments.runs import training_domains
     from ..experiments.transfer.plan import fitting_rows
+    from ..modeling.freezing import count_parameters
     from ..modeling.model import MultimodalModel, build_model
 
     run = RunConfig.from_dict(load_run_config(args.student_config, args.overrides))
@@ -197,7 +198,7 @@ def run_distill(args: argparse.Namespace) -> int:
     student.save_pretrained(RunFolder(out).best_model)
     models = {"student": student, **{f"teacher{i}": t for i, t in enumerate(teachers)}}
     report = {"steps": result.steps, "temperature": args.temperature, "alpha": args.alpha,
-              "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+              "parameters": {k: count_parameters(m)["total"] for k, m in models.items()},
               "test": per_domain(models, dsd["test"], run.data)}  # fmt: skip
     write_json_atomic(out / "distill.json", report)
     metric = student.head.task.default_metric

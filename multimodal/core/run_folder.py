@@ -45,5 +45,15 @@ class RunFolder:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
 
+    @property
+    def has_best_model(self) -> bool:
+        """Whether a model is saved in ``best_model/`` (its ``config.json``, the saved
+        model's, not the run's train config of the same name)."""
+        return (self.best_model / "config.json").is_file()
+
+    def saved_model(self) -> Path:
+        """The saved-model folder: ``best_model/`` of a run folder, else the path itself."""
+        return self.best_model if self.has_best_model else self.path
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step_{step}"

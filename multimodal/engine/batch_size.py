@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
-from .config import FitData, TrainConfig
+from .config import AUTO, FitData, TrainConfig
 
 logger = logging.getLogger(__name__)
-AUTO = "auto"
 
 
 def resolve_batch_size(model: Any, data: FitData, cfg: TrainConfig, device: torch.device,

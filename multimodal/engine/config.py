@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ import datasets
 
 from ..core.config import check_keys, checked_fields
 from ..data.spec import DatasetSpec
+
+AUTO = "auto"  # train.batch_size: probed before the fit (engine.batch_size)
 
 
 @dataclass
@@ -125,9 +128,15 @@ class TrainConfig:
     def nominal_batch_size(self) -> int:
         """``batch_size``, or with auto the most it may be, for what is planned before a
         fit probes it (progress bars, evaluation batches)."""
-        if self.batch_size != "auto":
+        if self.batch_size != AUTO:
             return int(self.batch_size)
         return min(self.max_batch_size, self.effective_batch_size or self.max_batch_size)
+
+    @property
+    def private(self) -> bool:
+        """Whether ``dp`` asks for private training: a budget below infinity (``dp: {}`` and
+        epsilon .inf, a budget axis's reference, train without privacy)."""
+        return bool(self.dp) and float(self.dp.get("epsilon", 0)) != math.inf
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """A stage's config: this one with ``overrides`` (None values keep the field)."""

@@ -39,9 +39,8 @@ def precision(cfg: TrainConfig, device: torch.device | str) -> str:
     train.dp, which trains in fp32), else "no"."""
     if cfg.mixed_precision != "auto":
         return cfg.mixed_precision
-    private = bool(cfg.dp) and float(cfg.dp.get("epsilon", 0)) != float("inf")
     bf16 = on_cuda(device) and torch.cuda.is_bf16_supported()
-    return "bf16" if bf16 and not private else "no"
+    return "bf16" if bf16 and not cfg.private else "no"
 
 
 def compile_on(cfg: TrainConfig, device: torch.device | str) -> bool:

@@ -13,7 +13,6 @@ precision, mid-run checkpoints and streamed splits.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from ..core.config import check_keys
 from ..modeling.model import move_to
+from .config import AUTO
 
 logger = logging.getLogger(__name__)
 ACCOUNTANTS = ("prv", "rdp", "gdp")
@@ -62,7 +62,7 @@ class DPSettings:
 
 def dp_settings(cfg: Any, streamed: bool) -> DPSettings | None:
     """``cfg.dp`` checked against what private training can do; None when it is off."""
-    if not cfg.dp or float(cfg.dp.get("epsilon", 0)) == math.inf:
+    if not cfg.private:
         return None  # epsilon .inf: the non-private reference of a budget axis
     settings = DPSettings.from_dict(cfg.dp)
     mixing = {
@@ -77,7 +77,7 @@ def dp_settings(cfg: Any, streamed: bool) -> DPSettings | None:
         raise ValueError(
             "train.dp: Opacus's Poisson batches are whole steps; use train.grad_accum=1"
         )
-    if cfg.batch_size == "auto":
+    if cfg.batch_size == AUTO:
         raise ValueError(
             "train.dp needs a fixed train.batch_size: its noise is set for the sampling rate"
         )

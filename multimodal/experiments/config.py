@@ -124,6 +124,11 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.raw)
 
+    @property
+    def run_seed(self) -> int:
+        """The run's seed: the top-level ``seed``, else ``train.seed``."""
+        return int(self.seed if self.seed is not None else self.train.seed)
+
     def stage(self, **overrides: Any) -> TrainConfig:
         """The train config of one stage: the train section with ``overrides`` (None keeps)."""
         return self.train.replace(**overrides)

@@ -69,9 +69,7 @@ def distill(
     parts = [train]
     if unlabelled is not None and len(unlabelled):
         targets.append(teacher_probabilities(teachers, unlabelled, spec, temperature))
-        parts.append(
-            unlabelled.remove_columns([c for c in (spec.label,) if c in unlabelled.column_names])
-        )
+        parts.append(unlabelled)
     rows = datasets.concatenate_datasets([
         part.remove_columns([c for c in (spec.label,) if c in part.column_names])
             .add_column(spec.label, target.tolist())

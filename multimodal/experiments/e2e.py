@@ -65,9 +65,10 @@ def e2e_configs(suite_path: str | Path, encoders: str | None, episodes: int,
     """The frozen (strategy head in source training and adaptation) and fine-tuned run
     configs of the suite's first concat unit (seed 0) with ``encoders`` (a set of the
     suite's encoders axis), ``episodes`` per target and ``overrides`` (section -> keys)."""
-    from .bench.plan import load_suite, plan, unit_config
+    from .bench.plan import load_suite, plan, prepare_data, unit_config
 
     suite = load_suite(suite_path)
+    prepare_data(suite)  # real-digits: built by its builder script where missing
     units = [
         u
         for u in plan(suite, ["concat"], 1)
@@ -133,11 +134,18 @@ def summarise(report: Any, utilisation: Utilisation, began: float, device: str) 
 
 
 def _stage_rows(report: Any) -> dict[str, int]:
-    """Rows through each stage: trained (rows x epochs run) or evaluated."""
+    """Rows through each stage: trained (rows x the epochs its train config sets) or
+    evaluated."""
+    from .adaptations import create_adaptation
+    from .config import RunConfig
+    from .transfer.stages import scratch_overrides
+
+    run = RunConfig.from_dict(report.config)
+    arm = create_adaptation(report.config["transfer"]["adaptation"])
+    epochs = {"scratch": run.stage(**scratch_overrides(run)).epochs,
+              "adapt": run.stage(**arm.overrides(run.transfer)).epochs}  # fmt: skip
     fit = report.source_fit
     targets = report.targets.values()
-    transfer = report.config.get("transfer") or {}
-    epochs = {s: int((transfer.get(s) or {}).get("epochs", 20)) for s in ("adapt", "scratch")}
     return {
         "source_train": int(fit.get("train_samples_per_s", 0) * fit.get("train_seconds", 0)),
         "zero_shot_eval": report.source_test_samples + sum(r.test_samples for r in targets),

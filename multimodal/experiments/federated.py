@@ -104,15 +104,14 @@ class Federation:
             raise ValueError(f"federate: {overlap} are both a client's and held out")
         splits = [{s: select_domains(dsd[s], c) for s in dsd} for c in clients]
         target = {s: select_domains(dsd[s], held_out) for s in dsd}
-        seed = int(run.seed if run.seed is not None else run.train.seed)
         model = build_model(
-            run.model.to_dict(), fitting_rows(splits[0]["train"], run.data), seed=seed
+            run.model.to_dict(), fitting_rows(splits[0]["train"], run.data), seed=run.run_seed
         )
         return cls(run, fed, clients, held_out, splits, target, model)
 
     @property
     def seed(self) -> int:
-        return int(self.run.seed if self.run.seed is not None else self.run.train.seed)
+        return self.run.run_seed
 
     @functools.cached_property
     def keys(self) -> list[str]:

@@ -37,6 +37,11 @@ def sizes(realistic: bool, batch: int) -> Sizes:
     return Sizes(batch, encoders, samples)
 
 
+def device_name(device: str) -> str:
+    """The GPU's name (torch.cuda.get_device_name), or "cpu"."""
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
 def peak_flops(device: str, override: float | None = None) -> float | None:
     """The device's dense bf16 peak FLOP/s: ``override``, else from its name (None on CPU
     or for a device not in ``PEAK_BF16_FLOPS``)."""
@@ -139,7 +144,7 @@ def device_matrix(device: str, realistic: bool, batch: int | list[int], fusions:
     peak = peak_flops(device, peak)
     start = time.perf_counter()
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "peak_bf16_flops": peak,
+        "device": device_name(device), "peak_bf16_flops": peak,
         "realistic": realistic, "encoders": sizes(realistic, batches[0]).encoders, "rows": [], "skipped": [],
     }  # fmt: skip
     for backend in compile_backends:  # uncompiled first: compiling is what may not fit the budget
@@ -175,6 +180,7 @@ def device_matrix(device: str, realistic: bool, batch: int | list[int], fusions:
 
 def _one_setting(device: str, realistic: bool, batch: int, fusion: str, precision: str,
                  backend: str | None, repeats: int, peak: float | None, profile: bool) -> dict[str, Any]:  # fmt: skip
+    from ..modeling.freezing import count_parameters
     from ..modeling.model import build_model, move_to
 
     size = sizes(realistic, batch)
@@ -185,6 +191,6 @@ def _one_setting(device: str, realistic: bool, batch: int, fusion: str, precisio
     inputs = move_to(model.preprocess(size.samples), device)
     try:
         row = measure(model, inputs, batch, device, precision, backend, repeats, peak, profile)
-        return {"params": sum(p.numel() for p in model.parameters()), **row}
+        return {"params": count_parameters(model)["total"], **row}
     finally:
         del model, inputs

@@ -172,7 +172,7 @@ def _update_card(
         results.append(
             DomainResult("reference", "forgetting", metric, comparison["reference"]["forgetting"])
         )
-    if (RunFolder(out).best_model / "config.json").is_file():
+    if RunFolder(out).has_best_model:
         update_card(RunFolder(out).best_model, spec=dict(spec.__dict__), trained_on=list(domains or []),
                     results=results)  # fmt: skip
 

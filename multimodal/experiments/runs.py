@@ -108,7 +108,7 @@ def train_run(
     if result.privacy is not None:  # train.dp: the budget spent, from Opacus's accountant
         summary["privacy"] = result.privacy
     write_json_atomic(out / RESULTS_NAME, summary)
-    if test and (RunFolder(out).best_model / "config.json").is_file():
+    if test and RunFolder(out).has_best_model:
         from ..modeling.card import DomainResult, update_card
 
         value = test[summary["metric"]]

@@ -190,9 +190,12 @@ def fit_vs_raw_loop(
     cfg = dataclasses.replace(cfg, max_grad_norm=None)
     fused = fused_optimizer(cfg, "cpu")
 
+    fits: list[Any] = []
+
     def fit_loop() -> float:
         model = build_model(run.model.to_dict(), rows, seed=0)
-        return fit(model, FitData(spec, dsd["train"]), cfg).train_steps_per_s
+        fits.append(fit(model, FitData(spec, dsd["train"]), cfg))
+        return fits[-1].train_steps_per_s
 
     pairs = []
     for i in range(warmup + repeats):
@@ -209,7 +212,6 @@ def fit_vs_raw_loop(
         rate = raw_loop(run, dsd, rows, cfg, steps, kernel, spent)
         total = sum(spent.values())
         shares[name] = {"steps_per_s": rate, **{f"{k}_share": v / total for k, v in spent.items()}}
-    model = build_model(run.model.to_dict(), rows, seed=0)
     return {
         "fit_steps_per_s": [f for f, _ in pairs],
         "raw_steps_per_s": [r for _, r in pairs],
@@ -220,7 +222,7 @@ def fit_vs_raw_loop(
         "steps": steps,
         "batch_size": cfg.batch_size,
         "train_rows": len(dsd["train"]),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": fits[-1].total_parameters,
         "fused_optimizer": fused,
         "optimizer_kernels": shares,
     }

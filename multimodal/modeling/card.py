@@ -124,13 +124,6 @@ def model_card(
     )  # fmt: skip
 
 
-def _environment_text(environment: Mapping[str, Any]) -> str:
-    """The machine and the versions of the packages a number depends on."""
-    plain = [f"{k} {v}" for k, v in sorted(environment.items()) if isinstance(v, (str, int, float))]
-    packages = [f"{k} {v}" for k, v in sorted((environment.get("packages") or {}).items())]
-    return "; ".join(plain + packages)
-
-
 def read_results(card: Any) -> list[DomainResult]:
     """The per-domain results of a card's ``model-index``."""
     out = []

@@ -42,9 +42,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool | None = None
     from ..core.io import verify_folder
     from ..core.run_folder import RunFolder
 
-    folder = Path(folder)
-    if (RunFolder(folder).best_model / "config.json").is_file():
-        folder = RunFolder(folder).best_model
+    folder = RunFolder(folder).saved_model()
     verify_folder(folder)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)

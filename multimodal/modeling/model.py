@@ -262,8 +262,7 @@ class MultimodalModel(nn.Module):
 def _model_folder(save_dir: Path) -> Path:
     """The saved-model folder of ``save_dir`` (itself, or a run folder's ``best_model/``),
     with its config and safetensors weights; pickled weights are refused by name."""
-    if (RunFolder(save_dir).best_model / CONFIG_NAME).is_file():
-        save_dir = RunFolder(save_dir).best_model
+    save_dir = RunFolder(save_dir).saved_model()
     if not (save_dir / WEIGHTS_NAME).is_file():
         pickles = sorted(
             p.name

@@ -156,7 +156,7 @@ class TransferPlan:
             raise ValueError(f"transfer.episodes must be 1 or more, got {settings.episodes}")
         if settings.select not in SELECTORS:
             raise ValueError(f"transfer.select must be one of {SELECTORS}, got {settings.select!r}")
-        seed = int(run.seed if run.seed is not None else run.train.seed)
+        seed = run.run_seed
         dsd = load_dataset(spec)
         sources, targets = source_and_targets(dsd["train"], settings)
         source = {s: select_domains(dsd[s], sources) for s in dsd}

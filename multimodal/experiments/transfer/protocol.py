@@ -13,6 +13,7 @@ from ...core.config import config_hash
 from ...core.run_folder import RunFolder
 from ...data.split import Split
 from ...engine.cache import FEATURES
+from ...modeling.freezing import count_parameters
 from ...modeling.model import MultimodalModel
 from ..adaptations import Adaptation, create_adaptation
 from ..config import RunConfig
@@ -70,8 +71,8 @@ def transfer_adaptations(
         tick = time.perf_counter()
         student = StudentStage(student_plan, model).run()
         student_times = {"source_train": time.perf_counter() - tick}
-        distillation = {**student_plan.distillation, "teacher_parameters": _parameters(model),
-                        "student_parameters": _parameters(student)}  # fmt: skip
+        distillation = {**student_plan.distillation, "teacher_parameters": count_parameters(model)["total"],
+                        "student_parameters": count_parameters(student)["total"]}  # fmt: skip
         for name, report in _reports(student_plan, student, arms, student_times).items():
             report.distillation = distillation
             reports[name].student = report.to_dict()
@@ -127,10 +128,6 @@ def _write(plan: TransferPlan, report: TransferReport, arms: int) -> None:
     arm = report.config["transfer"]["adaptation"]
     report.to_json(plan.out / (RunFolder.report if arms == 1 else f"report-{arm}.json"))
     update_cards(plan.out, report, arm, report.config.get("data") or {})
-
-
-def _parameters(model: MultimodalModel) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # The former name, kept for callers written before the rename.
