@@ -154,6 +154,9 @@ class OnnxModel:
         self.session = ort.InferenceSession(
             str(folder / ONNX_NAME), providers=list(providers or ["CPUExecutionProvider"])
         )
+        # The exported model's task, with the temperature calibration fitted.
+        self.task = create_task(self.meta["task"], self.meta["num_classes"],
+                                temperature=self.meta.get("temperature", 1.0))  # fmt: skip
 
     def feed(self, batch: Batch) -> dict[str, np.ndarray]:
         """The graph's inputs for a preprocessed batch (the ``MultimodalProcessor``'s output)."""
@@ -169,6 +172,4 @@ class OnnxModel:
 
     def predict(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         logits = self.logits(self.processor([dict(s) for s in samples]))
-        task = create_task(self.meta["task"], self.meta["num_classes"],
-                           temperature=self.meta.get("temperature", 1.0))  # fmt: skip
-        return {k: v.numpy() for k, v in task.outputs(torch.from_numpy(logits)).items()}
+        return {k: v.numpy() for k, v in self.task.outputs(torch.from_numpy(logits)).items()}

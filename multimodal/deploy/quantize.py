@@ -95,8 +95,6 @@ def domain_report(models: Mapping[str, OnnxModel], rows: Sequence[Mapping[str, A
     metrics and, against the first model, the share of rows whose predicted label agrees."""
     import torch
 
-    from ..modeling.tasks import create_task
-
     out: dict[str, dict[str, Any]] = {}
     for domain in sorted({r["domain"] for r in rows}):
         mine = [r for r in rows if r["domain"] == domain]
@@ -106,9 +104,8 @@ def domain_report(models: Mapping[str, OnnxModel], rows: Sequence[Mapping[str, A
         for name, model in models.items():
             logits = np.concatenate([model.logits(model.processor([dict(r) for r in mine[i : i + batch_size]]))
                                      for i in range(0, len(mine), batch_size)])  # fmt: skip
-            task = create_task(model.meta["task"], model.meta["num_classes"])
-            predicted = task.outputs(torch.from_numpy(logits))["labels"]
-            entry[name] = task.metrics(torch.from_numpy(logits), labels)
+            predicted = model.task.outputs(torch.from_numpy(logits))["labels"]
+            entry[name] = model.task.metrics(torch.from_numpy(logits), labels)
             first = predicted if first is None else first
             entry[name]["agreement"] = float((predicted == first).float().mean())
         out[domain] = entry

@@ -59,3 +59,17 @@ def test_static_quantisation_needs_calibration_rows(tmp_path) -> None:
         quantize_export(tmp_path, tmp_path / "out", "static", [])
     with pytest.raises(ValueError, match="quantize must be one of"):
         quantize_export(tmp_path, tmp_path / "out", "int4")
+
+
+def test_the_domain_report_scores_a_calibrated_export_at_its_temperature(tmp_path) -> None:
+    from multimodal.engine import evaluate
+
+    config, spec, dsd, rows = tiny_data()
+    model = mm.build_model(model_config(config), rows, seed=0)
+    model.head.task.temperature = 3.0  # as multimodal calibrate leaves it
+    export = OnnxModel(export_onnx(model, tmp_path / "fp32"))
+    test = [mm.data.RowView(dsd["test"], spec, "test")[i] for i in range(len(dsd["test"]))]
+    report = domain_report({"fp32": export}, test)
+    for domain, entry in report.items():
+        ours = evaluate(model, mm.data.select_domains(dsd["test"], domain), spec)
+        assert entry["fp32"]["ece"] == pytest.approx(ours["ece"], abs=1e-4), domain
