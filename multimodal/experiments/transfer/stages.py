@@ -5,7 +5,6 @@ scratch baseline on the same episode."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -96,7 +95,7 @@ class StudentStage:
         plan.metric, plan.source_privacy = result.metric, result.privacy
         plan.source_fit = fit_summary(result)
         if plan.out is not None:
-            model.save_pretrained(Path(plan.folder("source") or "") / RunFolder.best_model)
+            model.save_pretrained(plan.out / "source" / RunFolder.best_model)
         return model
 
 
