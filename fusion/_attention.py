@@ -14,6 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multimodal.core.randomness import Dropout, keyed
+from multimodal.core.randomness import dropout as keyed_dropout
+
+from ._base import static_shapes_active
+
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """[B, T, D] -> [B, heads, T, D / heads]."""
@@ -38,17 +43,19 @@ def attend(
     """Masked attention on [B, heads, T|S, d] tensors -> ([B, heads, T, d], weights averaged
     over heads [B, T, S] when ``need_weights``, else None). Every query must be allowed at
     least one key: callers keep an always-visible key (a null key or a CLS token)."""
-    if not need_weights:
+    # SDPA's own dropout draws from torch's generator: keyed dropout needs the weights.
+    # Under vmap (static shapes) SDPA has no batching rule and would loop per model.
+    if not need_weights and not (dropout > 0 and keyed()) and not static_shapes_active():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout), None
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-    return F.dropout(weights, dropout) @ v, weights.mean(dim=1)
+    return keyed_dropout(weights, dropout) @ v, (weights.mean(dim=1) if need_weights else None)
 
 
 def feed_forward(dim: int, mlp_ratio: float, dropout: float) -> nn.Sequential:
     hidden = int(dim * mlp_ratio)
     return nn.Sequential(
-        nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, dim), Dropout(dropout)
     )  # fmt: skip
 
 
@@ -70,7 +77,7 @@ class SelfAttentionBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
+        self.proj_drop = Dropout(dropout)
         self.norm_ff = nn.LayerNorm(dim)
         self.ff = feed_forward(dim, mlp_ratio, dropout)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from multimodal.core.randomness import Dropout
 
 
 class FusionOutput(NamedTuple):
@@ -71,10 +75,31 @@ class Fusion(nn.Module):
         return batch
 
 
+_STATIC = threading.local()
+
+
+@contextlib.contextmanager
+def static_shapes() -> Iterator[None]:
+    """Inside, fusions compute in shapes that do not depend on the data, as
+    ``torch.func.vmap`` needs (moe routes densely, keeping the same capacity and drops); the
+    results are the same up to floating-point rounding."""
+    previous = getattr(_STATIC, "on", False)
+    _STATIC.on = True
+    try:
+        yield
+    finally:
+        _STATIC.on = previous
+
+
+def static_shapes_active() -> bool:
+    return getattr(_STATIC, "on", False)
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the valid tokens: [B, T, D], [B, T] -> [B, D]; zeros where none is valid."""
-    weights = mask.to(tokens.dtype).unsqueeze(-1)  # B x T x 1
-    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    weights = mask.to(tokens.dtype).unsqueeze(1)  # B x 1 x T
+    # A [1, T] x [T, D] product per row reads the tokens once and makes no [B, T, D] copy.
+    return (weights @ tokens).squeeze(1) / weights.sum(-1).clamp(min=1.0)
 
 
 class PooledConcat(nn.Module):
@@ -103,7 +128,7 @@ class PooledConcat(nn.Module):
             nn.LayerNorm(in_dim * len(modalities)),
             nn.Linear(in_dim * len(modalities), hidden_dim),
             nn.GELU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden_dim, dim),
         )
 

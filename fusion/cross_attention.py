@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from multimodal.core.randomness import Dropout
+
 from ._attention import attend, feed_forward, merge_heads, split_heads
 from ._base import Fusion, FusionOutput, PooledConcat, masked_mean, presence
 from ._registry import register_fusion
@@ -33,7 +35,7 @@ class CrossModalLayer(nn.Module):
         # The learned null key and value: always visible, so no softmax row is all-masked.
         self.null_kv = nn.Parameter(torch.randn(2, 1, num_heads, 1, dim // num_heads) * 0.02)
         self.proj = nn.ModuleDict({m: nn.Linear(dim, dim) for m in modalities})
-        self.proj_drop = nn.Dropout(dropout)
+        self.proj_drop = Dropout(dropout)
         self.norm_ff = nn.ModuleDict({m: nn.LayerNorm(dim) for m in modalities})
         self.ff = nn.ModuleDict({m: feed_forward(dim, mlp_ratio, dropout) for m in modalities})
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from multimodal.core.randomness import Dropout
+
 from ._base import Fusion, FusionOutput, PooledConcat, presence
 from ._pooled import PooledProjection
 from ._registry import register_fusion
@@ -26,7 +28,7 @@ class GatedFusion(Fusion):
         self.pool = PooledProjection(self.modality_dims, dim, learn_missing=False)
         self.hidden = nn.ModuleDict({m: nn.Linear(dim, dim) for m in self.modalities})
         self.gate = nn.Linear(dim * len(self.modalities), len(self.modalities))
-        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.out = nn.Sequential(Dropout(dropout), nn.Linear(dim, dim))
 
     def forward(
         self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]

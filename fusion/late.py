@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from multimodal.core.randomness import Dropout
+
 from ._base import Fusion, FusionOutput, presence
 from ._pooled import PooledProjection
 from ._registry import register_fusion
@@ -41,7 +43,7 @@ class LateFusion(Fusion):
         self.pool = PooledProjection(self.modality_dims, dim, learn_missing=False)
         self.encode = nn.ModuleDict(
             {
-                m: nn.Sequential(nn.LayerNorm(dim), nn.GELU(), nn.Dropout(dropout))
+                m: nn.Sequential(nn.LayerNorm(dim), nn.GELU(), Dropout(dropout))
                 for m in self.modalities
             }
         )

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import Fusion, FusionOutput, PooledConcat, masked_mean, presence
+from multimodal.core.randomness import normal_like
+
+from ._base import Fusion, FusionOutput, PooledConcat, masked_mean, presence, static_shapes_active
 from ._registry import register_fusion
 
 
@@ -35,8 +37,10 @@ class SparseMoE(nn.Module):
     Dispatch is sparse: tokens are scattered into an [E, capacity, D] buffer with
     capacity = ceil(capacity_factor * k * N / E), so expert compute is about
     capacity_factor * k * N token-MLPs whatever the number of experts E. Assignments
-    over capacity are dropped (their token passes through the residual only).
-    x: [N, D] -> out: [N, D].
+    over capacity are dropped (their token passes through the residual only) while
+    training; in eval mode routing is dropless top-k, so a row's output never depends on
+    the rest of its batch (``eval_capacity_factor`` is accepted, for models saved before,
+    and unused). x: [N, D] -> out: [N, D].
     """
 
     def __init__(
@@ -70,53 +74,118 @@ class SparseMoE(nn.Module):
             nn.init.zeros_(self.noise.weight)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> MoEOutput:
-        """x: [N, D]; token_mask: [N] bool, False for tokens that must not be dispatched."""
+        """x: [N, D]; token_mask: [N] bool, False for tokens that must not be dispatched.
+
+        In eval mode routing is dropless top-k (token choice, whatever ``routing`` trained):
+        a row's experts and gates are its own, so its output does not depend on the other
+        rows of the batch. With ``static_shapes`` (ONNX export, ``torch.func.vmap``) the
+        same routing runs densely, in shapes that do not depend on the data.
+        """
         n, d = x.shape
-        e = self.num_experts
         valid = (
             token_mask
             if token_mask is not None
             else torch.ones(n, dtype=torch.bool, device=x.device)
         )
-        if torch.compiler.is_exporting():
-            return self._dense(x, valid)
-        n_valid = max(int(valid.sum()), 1)
+        static = torch.compiler.is_exporting() or static_shapes_active()
+        if not self.training:
+            return self._dense(x, valid) if static else self._dropless(x, valid)
         logits = self.router(x).float()  # N x E; routing in float32 for stability
-        if self.training and self.noise is not None:
-            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x).float())
+        if self.noise is not None:
+            logits = logits + normal_like(logits) * F.softplus(self.noise(x).float())
         probs = logits.softmax(dim=-1)
-        factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        capacity = max(1, math.ceil(factor * self.top_k * n_valid / e))
+        if static:
+            return self._dense_capacity(x, valid, logits, probs)
+        n_valid = max(int(valid.sum()), 1)
+        capacity = max(1, math.ceil(self.capacity_factor * self.top_k * n_valid / self.num_experts))
         choose = self._token_choice if self.routing == "token_choice" else self._expert_choice
-        ex, pos, tok, gate, dropped = choose(probs, valid, capacity)
+        return self._dispatch(x, valid, logits, probs, *choose(probs, valid, capacity))
 
+    def _dispatch(
+        self, x: torch.Tensor, valid: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor,
+        ex: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor, gate: torch.Tensor,
+        dropped: torch.Tensor,
+    ) -> MoEOutput:  # fmt: skip
+        """Kept assignments (expert, slot, token, gate) through the experts, sparsely."""
+        n, d = x.shape
+        e = self.num_experts
+        capacity = int(pos.max()) + 1 if len(pos) else 1
         buffer = x.new_zeros(e, capacity, d)
         buffer[ex, pos] = x[tok]  # E x C x D
         hidden = F.gelu(torch.baddbmm(self.b1, buffer, self.w1))  # E x C x H
         expert_out = torch.baddbmm(self.b2, hidden, self.w2)  # E x C x D
         out = x.new_zeros(n, d).index_add(0, tok, expert_out[ex, pos] * gate[:, None].to(x.dtype))
-
-        p, lg = probs[valid], logits[valid]
-        top1_fraction = torch.bincount(p.argmax(-1), minlength=e).float() / n_valid
-        balance_loss = e * (top1_fraction * p.mean(dim=0)).sum() if len(p) else probs.sum() * 0
-        z_loss = torch.logsumexp(lg, dim=-1).pow(2).mean() if len(p) else logits.sum() * 0
         dispatch = torch.zeros(n, e, device=x.device)
         dispatch[tok, ex] = 1.0
-        return MoEOutput(out, balance_loss, z_loss, dispatch, probs, dropped)
+        return MoEOutput(out, *self._aux_losses(logits, probs, valid), dispatch, probs, dropped)
+
+    def _aux_losses(
+        self, logits: torch.Tensor, probs: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Load-balancing loss (Switch) and router z-loss over the valid tokens, in fixed
+        shapes: top-1 fraction times mean probability per expert; mean squared logsumexp."""
+        e = self.num_experts
+        weight = valid.to(probs.dtype)[:, None]  # N x 1
+        count = weight.sum()
+        top1 = F.one_hot(probs.argmax(-1), e).to(probs.dtype) * weight  # N x E
+        fraction = top1.sum(0) / count.clamp(min=1.0)
+        mean_prob = (probs * weight).sum(0) / count.clamp(min=1.0)
+        balance_loss = e * (fraction * mean_prob).sum()
+        z = torch.logsumexp(logits, dim=-1).pow(2)[:, None] * weight
+        return balance_loss, z.sum() / count.clamp(min=1.0)
+
+    def _dropless(self, x: torch.Tensor, valid: torch.Tensor) -> MoEOutput:
+        """Top-k token choice with room for every assignment: nothing is dropped."""
+        logits = self.router(x).float()
+        probs = logits.softmax(dim=-1)
+        need = torch.bincount(probs.topk(self.top_k, dim=-1).indices[valid].reshape(-1),
+                              minlength=self.num_experts)  # fmt: skip
+        capacity = max(int(need.max()) if len(need) else 1, 1)
+        routing = self._token_choice(probs, valid, capacity)
+        return self._dispatch(x, valid, logits, probs, *routing)
+
+    def _dense_capacity(
+        self, x: torch.Tensor, valid: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor
+    ) -> MoEOutput:
+        """``_token_choice`` with the same capacity and the same kept assignments, computed
+        densely (every token through every expert, weighted by its kept gates): shapes do
+        not depend on the data. Expert-choice routing cannot be written so (its capacity is
+        a count of tokens); it raises, and callers that batch models fall back."""
+        if self.routing != "token_choice":
+            raise NotImplementedError("expert_choice routing has no fixed-shape training path")
+        n, e, k = probs.shape[0], self.num_experts, self.top_k
+        n_valid = valid.to(torch.float64).sum().clamp(min=1.0)
+        capacity = torch.ceil(self.capacity_factor * k * n_valid / e).clamp(min=1.0)
+        gates, experts = probs.topk(k, dim=-1)  # N x k
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+        # Rank-major, as _token_choice: first choices take the capacity first.
+        chosen = F.one_hot(experts.t(), e) * valid[None, :, None]  # k x N x E
+        flat = chosen.reshape(k * n, e)
+        position = flat.cumsum(0) - 1  # each assignment's slot in its expert's queue
+        kept = (flat.bool() & (position < capacity)).reshape(k, n, e)
+        weight = (kept * gates.t()[:, :, None]).sum(0)  # N x E
+        hidden = F.gelu(torch.einsum("nd,edh->enh", x, self.w1) + self.b1)  # E x N x H
+        expert_out = torch.einsum("enh,ehd->end", hidden, self.w2) + self.b2  # E x N x D
+        out = torch.einsum("ne,end->nd", weight.to(x.dtype), expert_out)
+        wanted = valid.to(torch.float32).sum().clamp(min=1.0) * k
+        dropped = 1.0 - kept.sum().to(torch.float32) / wanted
+        dispatch = kept.any(0).to(torch.float32)
+        return MoEOutput(out, *self._aux_losses(logits, probs, valid), dispatch, probs, dropped)
 
     def _dense(self, x: torch.Tensor, valid: torch.Tensor) -> MoEOutput:
-        """Every token through its top-k experts with no capacity limit, in shapes that do
-        not depend on the data (for ONNX export). Equal to the capacity-based path whenever
-        no expert overflows its capacity; expert-choice routing is exported as token-choice."""
-        probs = self.router(x).float().softmax(dim=-1)  # N x E
+        """Dropless top-k routing (eval) in shapes that do not depend on the data: every
+        token through every expert, weighted by its top-k gates. Expert-choice routing is
+        routed as token choice, as ``_dropless`` routes it."""
+        logits = self.router(x).float()
+        probs = logits.softmax(dim=-1)  # N x E
         gates, experts = probs.topk(self.top_k, dim=-1)
         gates = gates / gates.sum(dim=-1, keepdim=True)
         weight = torch.zeros_like(probs).scatter(1, experts, gates) * valid[:, None]  # N x E
         hidden = F.gelu(torch.einsum("nd,edh->enh", x, self.w1) + self.b1)  # E x N x H
         expert_out = torch.einsum("enh,ehd->end", hidden, self.w2) + self.b2  # E x N x D
         out = torch.einsum("ne,end->nd", weight.to(x.dtype), expert_out)
-        zero = probs.sum() * 0
-        return MoEOutput(out, zero, zero, (weight > 0).float(), probs, zero)
+        return MoEOutput(out, *self._aux_losses(logits, probs, valid), (weight > 0).float(),
+                         probs, probs.sum() * 0)  # fmt: skip
 
     def _token_choice(
         self, probs: torch.Tensor, valid: torch.Tensor, capacity: int
@@ -226,7 +295,7 @@ class MoEFusion(Fusion):
             h = self.combine(pooled, present)  # B x dim
             routed = self.moe(self.norm(h))
             fused = h + routed.out
-            load_rows = {m: routed.dispatch.detach()[present[m]] for m in self.modalities}
+            load_rows = {m: routed.dispatch.detach() * present[m][:, None] for m in self.modalities}
         else:
             x = torch.stack(
                 [pooled[m] + self.modality_embedding[m] for m in self.modalities], dim=1
@@ -242,7 +311,9 @@ class MoEFusion(Fusion):
             dispatch = routed.dispatch.detach().reshape(
                 batch, len(self.modalities), -1
             )  # B x M x E
-            load_rows = {m: dispatch[:, i][present[m]] for i, m in enumerate(self.modalities)}
+            load_rows = {
+                m: dispatch[:, i] * present[m][:, None] for i, m in enumerate(self.modalities)
+            }
         aux = self.balance_coef * routed.balance_loss + self.z_loss_coef * routed.z_loss
         load = routed.dispatch.detach()
         sample_load = load if self.route == "fused" else dispatch.sum(1)  # B x E

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from multimodal.core.randomness import Dropout
+
 from ._base import Fusion, FusionOutput
 from ._pooled import PooledProjection
 from ._registry import register_fusion
@@ -47,7 +49,7 @@ class TensorFusion(Fusion):
             )
         self.pool = PooledProjection(self.modality_dims, modality_dim)
         self.mlp = nn.Sequential(
-            nn.LayerNorm(product), nn.Dropout(dropout), nn.Linear(product, hidden_dim or 2 * dim), nn.GELU(),
+            nn.LayerNorm(product), Dropout(dropout), nn.Linear(product, hidden_dim or 2 * dim), nn.GELU(),
             nn.Linear(hidden_dim or 2 * dim, dim),
         )  # fmt: skip
 
@@ -93,7 +95,7 @@ class LowRankTensorFusion(Fusion):
         })  # fmt: skip
         self.rank_weights = nn.Parameter(torch.full((rank,), 1.0 / rank))
         self.bias = nn.Parameter(torch.zeros(dim))
-        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.out = nn.Sequential(nn.LayerNorm(dim), Dropout(dropout), nn.Linear(dim, dim))
 
     def forward(
         self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]

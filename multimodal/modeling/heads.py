@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.randomness import Dropout
 from .tasks import TASKS, Task, create_task
 
 __all__ = ["TASKS", "Head"]
@@ -35,9 +36,9 @@ class Head(nn.Module):
         self.task: Task = create_task(task, num_classes, label_smoothing, temperature)
         self.num_classes = num_classes
         self.hidden_dim, self.dropout_p, self.label_smoothing = hidden_dim, dropout, label_smoothing
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        layers: list[nn.Module] = [Dropout(dropout)]
         if hidden_dim:
-            layers += [nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(in_dim, hidden_dim), nn.GELU(), Dropout(dropout)]
             in_dim = hidden_dim
         layers.append(nn.Linear(in_dim, num_classes))
         self.net = nn.Sequential(*layers)

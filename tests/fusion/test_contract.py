@@ -101,3 +101,58 @@ def test_masked_tokens_do_not_leak(name: str) -> None:
     a = f(t, k).fused
     t["text"][:, -1] = 1e3  # masked position
     assert torch.allclose(a, f(t, k).fused, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_each_rows_eval_output_is_the_same_at_batch_sizes_1_7_and_64(name: str) -> None:
+    """A row's answer never depends on the other rows of its batch (moe: dropless routing)."""
+    f = make(name).eval()
+    t, k = inputs(64, 5)
+    k["audio"][::3] = False  # absent modalities in some rows
+    k["image"][1::4, 2:] = False  # and ragged token counts
+    with torch.no_grad():
+        whole = f(t, k).fused
+        for size in (1, 7):
+            parts = [
+                f({m: x[i : i + size] for m, x in t.items()}, {m: x[i : i + size] for m, x in k.items()}).fused
+                for i in range(0, 64, size)
+            ]  # fmt: skip
+            torch.testing.assert_close(torch.cat(parts), whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_vmap_over_stacked_copies_draws_what_each_draws_alone(name: str) -> None:
+    """Under keyed randomness and ``static_shapes``, three copies stacked under vmap (each
+    with its own seed) give each copy's own training-mode output and auxiliary loss,
+    dropout masks and router noise included: what ``engine.episodes`` relies on."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from multimodal.core.randomness import keyed_randomness
+
+    torch.manual_seed(0)
+    copies = [make(name).train() for _ in range(3)]
+    params, buffers = stack_module_state(copies)
+    base = make(name).train()
+    t, k = inputs(6, 5)
+    k["audio"][0] = False
+
+    def run(p, b, seed):
+        with keyed_randomness(seed, 7), fusion.static_shapes():
+            out = functional_call(base, (p, b), (t, k))
+        aux = out.aux_loss if out.aux_loss is not None else out.fused.sum() * 0
+        return out.fused, aux
+
+    fused, aux = vmap(run)(params, buffers, torch.tensor([11, 12, 13]))
+    for i, copy in enumerate(copies):
+        with keyed_randomness(11 + i, 7):
+            alone = copy(t, k)
+        torch.testing.assert_close(fused[i], alone.fused, atol=1e-5, rtol=1e-5)
+        if alone.aux_loss is not None:
+            torch.testing.assert_close(aux[i], alone.aux_loss, atol=1e-5, rtol=1e-5)
+    with keyed_randomness(11, 7):
+        again = copies[0](t, k).fused
+    with keyed_randomness(11, 8):
+        other_step = copies[0](t, k).fused
+    torch.testing.assert_close(again, fused[0], atol=1e-5, rtol=1e-5)
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in copies[0].modules()):
+        assert not torch.allclose(other_step, again)  # another step, other masks
