@@ -4,6 +4,7 @@ suggestions, YAML scalars from the command line, stable hashes."""
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,12 @@ class ConfigError(ValueError):
     """A config value of the wrong type or out of range; the message names the key."""
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints``, once per class: it compiles every annotation's string."""
+    return typing.get_type_hints(cls)
+
+
 def checked_fields(
     cls: type, values: Mapping[str, Any], where: str, minimum: Mapping[str, float] = {}
 ) -> dict[str, Any]:
@@ -43,7 +50,7 @@ def checked_fields(
     ``minimum``, where one is given): a wrong type or range is a ``ConfigError`` naming
     ``where.key``, the value and what was expected. Ints are taken as floats, and strings
     that parse as floats (YAML 1.1 reads ``3e-4`` as a string) become floats."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     out = {}
     for key, value in values.items():
         value = _as_type(value, hints[key], f"{where}.{key}" if where else key)

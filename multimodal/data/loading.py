@@ -15,6 +15,7 @@ import yaml
 
 from ..core.resources import local_or_hub
 from .spec import DatasetSpec
+from .split import Split
 from .streaming import filter_domains, hash_splits, is_streaming, with_column
 
 logger = logging.getLogger(__name__)
@@ -356,7 +357,7 @@ def select_domains(ds: datasets.Dataset, domains: str | Sequence[str]) -> datase
     have = set(ds.unique("domain"))
     if unknown := sorted(wanted - have):
         raise ValueError(f"unknown domains {unknown}; the data has {sorted(have)}")
-    idx = [i for i, d in enumerate(ds["domain"]) if d in wanted]
+    idx = [i for i, d in enumerate(Split(ds).column("domain")) if d in wanted]
     return ds.select(idx)
 
 

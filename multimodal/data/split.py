@@ -37,7 +37,12 @@ class Split:
 
     def domains(self) -> list[str]:
         """The sorted distinct values of the ``domain`` column (a stream is read once)."""
-        return scan(self.rows)[1] if self.streamed else sorted(set(self.rows["domain"]))
+        return scan(self.rows)[1] if self.streamed else sorted(set(self.column("domain")))
+
+    def column(self, name: str) -> list[Any]:
+        """A held split's column as a list, read as one Arrow column (iterating a
+        ``datasets`` column formats each row in Python: tens of times slower)."""
+        return self.require_held(f"column {name!r}").with_format("arrow")[name].to_pylist()
 
     def require_held(self, needs: str) -> datasets.Dataset:
         """The held rows; a stream raises, saying what ``needs`` them."""

@@ -12,7 +12,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from ..data.collate import make_loader
 from ..data.spec import DatasetSpec
 from ..data.split import Split
-from ..modeling.model import move_to
+from ..modeling.model import eval_mode, move_to
 
 Forward = Callable[[Any, Any], Any]
 
@@ -30,14 +30,17 @@ def _call(model: Any, batch: Any) -> Any:
 
 @torch.no_grad()
 def predict_loader(
-    model: Any, loader: Any, accelerator: Accelerator, forward: Forward | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    model: Any, loader: Any, accelerator: Accelerator, forward: Forward | None = None,
+    bare: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """Logits and labels over a whole (prepared) loader, gathered across processes.
 
-    ``forward(model, batch)`` runs the model on a batch (default ``model(batch)``).
+    ``forward(model, batch)`` runs the model on a batch (default ``model(batch)``);
+    ``bare``: the unwrapped model, when the caller has it.
     """
     forward = forward or _call
-    model.eval()
+    model.training = False  # a wrapper (DDP), if any
+    eval_mode(bare if bare is not None else accelerator.unwrap_model(model))
     logits, labels = [], []
     for batch in loader:
         logits.append(accelerator.gather_for_metrics(forward(model, batch).logits.float()))
@@ -47,14 +50,17 @@ def predict_loader(
 
 
 def eval_metrics(
-    model: Any, loader: Any, accelerator: Accelerator, forward: Forward | None = None
-) -> dict[str, float]:
-    """Task loss (without auxiliary losses) and metrics on the gathered predictions."""
-    logits, labels = predict_loader(model, loader, accelerator, forward)
+    model: Any, loader: Any, accelerator: Accelerator, forward: Forward | None = None,
+    bare: Any = None, ranking: bool = True,
+) -> dict[str, float]:  # fmt: skip
+    """Task loss (without auxiliary losses) and metrics on the gathered predictions.
+    ``bare``: the unwrapped model, when the caller has it; ``ranking``: ``Task.metrics``'."""
+    bare = bare if bare is not None else accelerator.unwrap_model(model)
+    logits, labels = predict_loader(model, loader, accelerator, forward, bare)
     if labels is None:
         return {}
-    task = accelerator.unwrap_model(model).head.task
-    return {"loss": task.loss(logits, labels).item(), **task.metrics(logits, labels)}
+    task = bare.head.task
+    return {"loss": task.loss(logits, labels).item(), **task.metrics(logits, labels, ranking)}
 
 
 def evaluate(
@@ -67,6 +73,7 @@ def evaluate(
     drop_modalities: Sequence[str] = (),
     corruption: tuple[str, str, int] | None = None,
     cached: bool = False,
+    ranking: bool = True,
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``ds`` (every process gathers; all get the same numbers).
 
@@ -74,7 +81,8 @@ def evaluate(
     ``corruption`` = (modality, name, severity) corrupts that modality's raw values.
     ``cached``: read the encoder outputs from the feature store (``engine.cache.FEATURES``),
     computing and keeping them if no model with the same encoder weights has yet, so later
-    models that share those encoders (frozen during training) skip them.
+    models that share those encoders (frozen during training) skip them. ``ranking``:
+    ``Task.metrics``' (False leaves out AUROC, most of a small split's evaluation time).
     """
     accelerator = Accelerator(dataloader_config=loader_config())
     unknown = sorted(set(drop_modalities) - set(model.modalities))
@@ -87,14 +95,15 @@ def evaluate(
         cfg = TrainConfig(batch_size=batch_size, num_workers=num_workers, on_error=on_error)
         model.to(accelerator.device)
         loader = cached_loader(model, split_features(model, ds, spec, cfg), cfg, train=False)
-        return eval_metrics(model, accelerator.prepare(loader), accelerator, cached_forward)
+        return eval_metrics(model, accelerator.prepare(loader), accelerator, cached_forward,
+                            ranking=ranking)  # fmt: skip
     loader = make_loader(
         ds, model, spec, "eval", batch_size=batch_size, num_workers=num_workers, on_error=on_error,
         modality_dropout={m: 1.0 for m in drop_modalities}, corruption=corruption,
     )  # fmt: skip
     model.to(accelerator.device)
     loader = accelerator.prepare(loader)
-    return eval_metrics(model, loader, accelerator)
+    return eval_metrics(model, loader, accelerator, ranking=ranking)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 from ..data.collate import EpochSampler, make_loader
 from ..data.spec import DatasetSpec
 from ..data.split import Split
-from ..modeling.model import Batch, Encoded, ModelOutput
+from ..modeling.model import Batch, Encoded, ModelOutput, eval_mode
 from ..modeling.uda import uda_views
 from .cache import FEATURES, CachedCollator, CachedFeatures
 from .config import FitData, TrainConfig
@@ -73,10 +73,10 @@ def split_features(
     """``FEATURES``' encoder outputs of every row of ``ds`` (computed now if not stored).
     Their batches carry domain id -1: the features serve every stage, whatever domains it
     trains on, and no objective reads the ids (UDA tells source from target by loader)."""
-    model.eval()
+    eval_mode(model)
     return FEATURES.get(
         model, ds, spec, cfg.on_error,
-        lambda: _loader(model, ds, spec, "features", cfg, False, []),
+        lambda processor, columns: _loader(processor, ds, columns, "features", cfg, False, []),
         disk_dir if cfg.feature_cache == "disk" else None,
     )  # fmt: skip
 
@@ -137,7 +137,7 @@ def build_loaders(
         return cached_loader(model, features, cfg, train, pin_memory, drop)
 
     if use_cache:
-        model.eval()
+        eval_mode(model)
     with main_process_first() if use_cache else contextlib.nullcontext():
         train = loader(data.train, "train", True)
         evaluation = (

@@ -38,6 +38,12 @@ class TrainState:
     # to them, so lines an interrupted run wrote after its last checkpoint are not doubled.
     log_bytes: int | None = None
 
+    @property
+    def evaluated(self) -> bool:
+        """Whether the weights at ``step`` were evaluated already (a run resumed from the
+        end of an epoch, or of a finished run, must not count that evaluation twice)."""
+        return bool(self.history) and self.history[-1]["step"] == self.step
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

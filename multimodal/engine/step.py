@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from ..core.randomness import keyed_randomness
 from ..modeling.model import Batch, ModelOutput
 from .checkpoint import last_checkpoint
 from .objective import LossTerms, Objective
@@ -48,21 +49,30 @@ class TrainStep:
         objective: Objective,
         max_grad_norm: float | None,
         max_nonfinite: int,
+        seed: int = 0,
     ) -> None:
         self.accelerator, self.model, self.objective = accelerator, model, objective
+        self.seed, self.micro = seed, 0  # keyed randomness: (seed, micro-batch count)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.max_grad_norm, self.max_nonfinite = max_grad_norm, max_nonfinite
         self.finite = True  # over the micro-batches of one accumulation window
-        # Listed once (walking the module tree at every step costs ~1 ms), and all of them:
-        # accelerate recognises a model's own parameter list when clipping under FSDP.
-        self.params = list(model.parameters())
+        # Listed once (walking the module tree at every step costs ~1 ms). Under FSDP all of
+        # them (accelerate recognises a model's own parameter list when clipping); else only
+        # those that train: a frozen pretrained encoder's hundreds of tensors have no gradient.
+        fsdp = accelerator.distributed_type == DistributedType.FSDP
+        self.params = [p for p in model.parameters() if fsdp or p.requires_grad]
         self.consecutive_skips = 0
         self.balance_log: dict[str, float] = {}  # the balancing method's last coefficients
 
-    def __call__(self, batch: Batch, progress: float) -> StepOutcome:
+    def __call__(self, batch: Batch, progress: float, step: int = 0) -> StepOutcome:
+        """One micro-batch at optimizer step ``step``; the fusion's and head's dropout and
+        noise are keyed by (the fit's seed, the micro-batch's count: step x grad_accum plus
+        its place in the accumulation window), so a resumed fit draws what it would have."""
         accelerator = self.accelerator
         with accelerator.accumulate(self.model):
-            out, terms = self.objective(batch, progress)
+            count = step * accelerator.gradient_accumulation_steps + self.micro
+            with keyed_randomness(self.seed, count):
+                out, terms = self.objective(batch, progress)
             accelerator.backward(terms.total)
             # An empty batch (a Poisson draw under train.dp) has a NaN mean loss and zero
             # gradients; its update still runs: the noise and the accountant count it.
@@ -78,6 +88,9 @@ class TrainStep:
                 if accelerator.scaler is None:
                     skipped = not _on_every_process(accelerator, self.finite)
                 self.finite = True
+                self.micro = 0
+            else:
+                self.micro += 1
             if not skipped:
                 self.optimizer.step()
                 # fp16: the grad scaler skips overflowing steps itself and lowers its scale.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ from ..core.config import check_keys, read_yaml
 from ..core.io import atomic_dir, verify_folder, write_checksums, write_json_atomic
 from ..core.run_folder import RunFolder
 from .heads import Head
+from .pool import EncoderPool
 from .processing import MultimodalProcessor
 
 CONFIG_NAME = "config.json"
@@ -60,6 +62,22 @@ def move_to(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to(v, device) for v in batch)
     return batch
+
+
+def eval_mode(model: nn.Module) -> None:
+    """``model.eval()``, leaving alone an encoder already in eval mode as a whole (a frozen
+    one): walking a large pretrained network's modules costs more than evaluating a small
+    fusion and head on cached features."""
+    if not isinstance(model, MultimodalModel):
+        model.eval()
+        return
+    model.training = model.encoders.training = False
+    for name, child in model.named_children():
+        if name != "encoders":
+            child.eval()
+    for encoder in model.encoders.values():
+        if encoder.training:
+            encoder.eval()
 
 
 class MultimodalModel(nn.Module):
@@ -323,14 +341,19 @@ def load_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
 
 def build_model(
     config: Mapping[str, Any] | str | Path,
-    samples: Sequence[Mapping[str, Any]] | None = None,
+    samples: Sequence[Mapping[str, Any]] | Callable[[], Sequence[Mapping[str, Any]]] | None = None,
     seed: int | None = None,
+    encoders: EncoderPool | None = None,
 ) -> MultimodalModel:
     """Build a model from ``{"encoders": {m: {name, ...}}, "fusion": {name, dim, ...}, "head": {...}}``.
 
-    With ``samples`` (raw training rows), data-dependent parts are fitted on them: a
-    tokenizer for text encoders built from a config, tabular standardisation statistics.
-    With ``seed``, the random initialisation is seeded (python, numpy, torch).
+    With ``samples`` (raw training rows, or a function that reads them, called only when
+    an encoder fits on rows), data-dependent parts are fitted on them: a tokenizer for text
+    encoders built from a config, tabular standardisation statistics.
+    With ``seed``, the random initialisation is seeded (python, numpy, torch): each encoder
+    from (seed, modality) and the fusion and head from the seed, so no part's weights depend
+    on which other parts were built. ``encoders``: a pool to take encoders from and add
+    them to (``modeling.pool``), for callers that never train or change them.
     """
     if seed is not None:
         from accelerate.utils import set_seed
@@ -340,21 +363,30 @@ def build_model(
     check_keys(config, ("encoders", "fusion", "head", "format_version"))
     if not config.get("encoders"):
         raise ValueError("model config needs at least one entry under 'encoders'")
-    encoders: dict[str, Encoder] = {}
+    built: dict[str, Encoder] = {}
     # Sorted: the initialisation must not depend on the order of keys in a config file.
     for m, enc_cfg in sorted(config["encoders"].items()):
         enc_cfg = dict(enc_cfg)
         if "name" not in enc_cfg:
             raise ValueError(f"encoders.{m}: needs a 'name' (one of the registered encoders)")
-        encoders[m] = create_encoder(enc_cfg.pop("name"), **enc_cfg)
-        if samples is not None:
+
+        def build(m: str = m, enc_cfg: dict[str, Any] = enc_cfg) -> Encoder:
+            kwargs = {k: v for k, v in enc_cfg.items() if k != "name"}
+            if seed is None:
+                return create_encoder(enc_cfg["name"], **kwargs)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(zlib.crc32(f"{seed}:{m}".encode()))
+                return create_encoder(enc_cfg["name"], **kwargs)
+
+        built[m] = encoders.get(m, enc_cfg, seed, build) if encoders is not None else build()
+        if samples is not None and built[m].fits_on_data():
+            if callable(samples):
+                samples = samples()
             values = [s.get(m) for s in samples]
-            encoders[m].fit([v for v in values if not encoders[m].is_missing(v)])
+            built[m].fit([v for v in values if not built[m].is_missing(v)])
     fusion_cfg = dict(config.get("fusion") or {"name": "concat"})
     fusion_name = fusion_cfg.pop("name", "concat")
     dim = int(fusion_cfg.pop("dim", 256))
-    fusion = create_fusion(
-        fusion_name, {m: e.out_dim for m, e in encoders.items()}, dim, **fusion_cfg
-    )
+    fusion = create_fusion(fusion_name, {m: e.out_dim for m, e in built.items()}, dim, **fusion_cfg)
     head = Head(fusion.out_dim, **(config.get("head") or {}))
-    return MultimodalModel(encoders, fusion, head)
+    return MultimodalModel(built, fusion, head)

@@ -29,6 +29,8 @@ def tmf() -> Any:
 METRIC_MODES = {
     "accuracy": "max", "macro_f1": "max", "auroc": "max", "loss": "min", "mae": "min", "rmse": "min",
 }  # fmt: skip
+# Metrics that sort each class's scores: Task.metrics(ranking=False) leaves them out.
+RANKING_METRICS = ("auroc",)
 
 
 def headline_metric(metrics: Mapping[str, Any]) -> str:
@@ -92,7 +94,11 @@ class Task:
         """Predictions for people: logits plus probs/labels, or predictions."""
         return {"logits": logits, "predictions": logits}
 
-    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def metrics(
+        self, logits: torch.Tensor, labels: torch.Tensor, ranking: bool = True
+    ) -> dict[str, float]:
+        """The task's metrics; ``ranking=False`` leaves out those that sort each class's
+        scores (AUROC), most of a small evaluation's time (``fit``'s per-epoch ones)."""
         raise NotImplementedError
 
     def averaged_metrics(self, averaged: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -145,7 +151,9 @@ class ClassificationTask(Task):
         probs = self.probabilities(logits)
         return {"logits": logits, "probs": probs, "labels": probs.argmax(-1)}
 
-    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def metrics(
+        self, logits: torch.Tensor, labels: torch.Tensor, ranking: bool = True
+    ) -> dict[str, float]:
         logits, labels = logits.float().cpu(), labels.cpu()
         if len(labels) == 0:
             return {}
@@ -162,7 +170,7 @@ class ClassificationTask(Task):
             .mean()
             .item(),
         }
-        if len(torch.unique(labels)) > 1:  # AUROC is undefined with a single class present
+        if ranking and len(torch.unique(labels)) > 1:  # AUROC: undefined with a single class
             out["auroc"] = tmf().auroc(probs, labels, average="macro", **kwargs).item()
         return out
 
@@ -201,8 +209,10 @@ class SoftClassificationTask(ClassificationTask):
     def per_sample_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return -(labels.float() * logits.float().log_softmax(-1)).sum(-1)
 
-    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        return super().metrics(logits, labels.argmax(-1) if labels.dim() == 2 else labels)
+    def metrics(
+        self, logits: torch.Tensor, labels: torch.Tensor, ranking: bool = True
+    ) -> dict[str, float]:
+        return super().metrics(logits, labels.argmax(-1) if labels.dim() == 2 else labels, ranking)
 
     def check_label(self, label: Any, index: int) -> torch.Tensor:  # type: ignore[override]
         if isinstance(label, numbers.Integral) and not isinstance(label, bool):
@@ -240,17 +250,21 @@ class MultilabelTask(Task):
         probs = logits.sigmoid()
         return {"logits": logits, "probs": probs, "labels": (probs > 0.5).long()}
 
-    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def metrics(
+        self, logits: torch.Tensor, labels: torch.Tensor, ranking: bool = True
+    ) -> dict[str, float]:
         logits, labels = logits.float().cpu(), labels.cpu()
         if len(labels) == 0:
             return {}
         kwargs = {"task": "multilabel", "num_labels": logits.shape[-1]}
         probs, target = logits.sigmoid(), labels.long()
-        return {
+        out = {
             "accuracy": tmf().accuracy(probs, target, **kwargs).item(),
             "macro_f1": tmf().f1_score(probs, target, average="macro", **kwargs).item(),
-            "auroc": tmf().auroc(probs, target, average="macro", **kwargs).item(),
         }
+        if ranking:
+            out["auroc"] = tmf().auroc(probs, target, average="macro", **kwargs).item()
+        return out
 
     def averaged_metrics(self, averaged: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         p = averaged.clamp(1e-7, 1 - 1e-7)
@@ -276,7 +290,9 @@ class RegressionTask(Task):
     def per_sample_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return (logits.float().view_as(labels) - labels.float()) ** 2
 
-    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def metrics(
+        self, logits: torch.Tensor, labels: torch.Tensor, ranking: bool = True
+    ) -> dict[str, float]:
         logits, labels = logits.float().cpu(), labels.cpu()
         if len(labels) == 0:
             return {}

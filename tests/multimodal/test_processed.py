@@ -104,7 +104,7 @@ def test_a_bad_value_raises_at_the_build_or_goes_missing_as_configured(setup) ->
 def test_a_processor_hashes_the_same_before_and_after_it_tokenizes(setup) -> None:
     import copy
 
-    from multimodal.engine.cache import processors_fingerprint
+    from multimodal.engine.cache import processor_fingerprint
 
     _, _, built = setup
     model = copy.deepcopy(built)  # a tokenizer no call has touched yet
@@ -116,9 +116,14 @@ def test_a_processor_hashes_the_same_before_and_after_it_tokenizes(setup) -> Non
         ["a bright red circle"] * 3
     )  # sets the fast tokenizer's truncation
     assert processed.processor_hash(model.processor) == before
-    assert processors_fingerprint(model) == before
+    assert processor_fingerprint(model.encoders["text"].processor) == processor_fingerprint(
+        built.encoders["text"].processor
+    )
     # a refitted processor holds a new tokenizer: a new hash
     processor = model.encoders["text"].processor
     processor.tokenizer = None
     processor.fit(["other words entirely", "and more of them"] * 4)
-    assert processors_fingerprint(model) == processed.processor_hash(model.processor) != before
+    assert processed.processor_hash(model.processor) != before
+    assert processor_fingerprint(processor) != processor_fingerprint(
+        built.encoders["text"].processor
+    )
