@@ -19,6 +19,7 @@ _TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter failed", "unexpe
 def user_error(err: BaseException) -> str | None:
     """One line for an error the user can fix, or None for a bug."""
     from ..core.io import CorruptCheckpointError
+    from ..core.run_folder import RunLockedError
 
     if isinstance(err, OSError) and err.errno in _NO_SPACE:
         return _disk_full(getattr(err, "filename", None))
@@ -27,7 +28,9 @@ def user_error(err: BaseException) -> str | None:
     if isinstance(err, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
                         PermissionError)):  # fmt: skip
         return _one_line(str(err) or f"{type(err).__name__}: {err.filename}")
-    if isinstance(err, (ValueError, TypeError, CorruptCheckpointError)):
+    if isinstance(err, (ValueError, TypeError, CorruptCheckpointError, RunLockedError)):
+        return _one_line(str(err))
+    if type(err).__name__ == "ExportMismatchError":  # deploy.export; not imported for every error
         return _one_line(str(err))
     if isinstance(err, OSError) and "huggingface.co" in str(err):
         # transformers' own words, then what to do here: the hub is out of reach

@@ -119,6 +119,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..analysis.evaluation import predictions
     from ..core.io import write_json_atomic
 
+    out = Path(args.out)
+    report_path = out.with_name(out.name + ".calibration.json")
+    taken = [str(p) for p in (out, report_path) if p.exists() and (p.is_file() or any(p.iterdir()))]
+    if taken and not args.overwrite:
+        raise FileExistsError(
+            f"{' and '.join(taken)} already exist; calibrate into a new folder, or pass --overwrite "
+            "to replace an earlier saved model there"
+        )
     model, spec, ds = model_and_split(args)
     model.head.task.require_classes("calibration (temperature scaling of class probabilities)")
     logits, labels, _ = predictions(model, ds, spec, args.batch_size)
@@ -132,7 +140,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     where = f"split {args.split!r}" + (f", domains {args.domain}" if args.domain else "")
     report = {"temperature": temperature, "fitted_on": where, "rows": len(labels),
               "before": before, "after": after, "model": str(args.model)}  # fmt: skip
-    write_json_atomic(out.with_name(out.name + ".calibration.json"), report)
+    write_json_atomic(report_path, report)
     print(f"temperature {temperature:.3f} fitted on {len(labels)} rows ({where}): NLL "
           f"{before['nll']:.4f} -> {after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
           f"Brier {before['brier']:.4f} -> {after['brier']:.4f}; predictions unchanged")  # fmt: skip
@@ -150,7 +158,13 @@ def add_calibrate(sub: Any) -> None:
     add_model(p)
     add_split(p, "fit on")
     p.set_defaults(split="validation")
-    p.add_argument("--out", required=True, help="the calibrated model's folder")
+    p.add_argument("--out", required=True, help="the calibrated model's folder (new or empty)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier saved model in --out (a folder holding anything else is "
+        "still refused)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     add_overrides(p)
     p.set_defaults(func=run_calibrate)

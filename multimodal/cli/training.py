@@ -16,7 +16,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = load_run_config(args.config, args.overrides)
     out = args.output_dir or config.get("output_dir") or "runs/train"
-    summary = train_run(config, out, resume_from=args.resume_from, all_domains=args.all_domains)
+    summary = train_run(config, out, resume_from=args.resume_from, all_domains=args.all_domains,
+                        overwrite=args.overwrite)  # fmt: skip
     metric = next(k for k in summary if k.startswith("validation_"))
     print(f"best {metric.replace('_', ' ')}: {summary[metric]:.4f} at step {summary['best_step']}")
     domains = ", ".join(summary["trained_domains"])
@@ -44,6 +45,12 @@ def add_train(sub: Any) -> None:
         "--output-dir", help="run folder (default: output_dir from the config, else runs/train)"
     )
     p.add_argument("--resume-from", help="a checkpoint folder, or 'latest'")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in the run folder (its run files are deleted first); "
+        "without it, training into a folder that holds a run is refused",
+    )
     p.add_argument(
         "--all-domains",
         action="store_true",
@@ -82,6 +89,8 @@ def run_transfer(args: argparse.Namespace) -> int:
 
     config = load_run_config(args.config, args.overrides)
     config["output_dir"] = str(transfer_output_dir(config, args.output_dir))
+    if args.overwrite:  # every stage's run folder replaced, not refused
+        config.setdefault("train", {})["overwrite"] = True
     report = transfer(config)
     print(report.table())
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()))
@@ -124,6 +133,12 @@ def add_transfer(sub: Any) -> None:
         "--output-dir",
         help="where the runs and report.json go (default: OUTPUT_DIR/transfer for the "
         "config's output_dir, else runs/transfer)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the stage runs an earlier transfer left in the output folder (without it, "
+        "a stage folder that holds a run is refused)",
     )
     add_overrides(p)
     p.set_defaults(func=run_transfer)

@@ -3,22 +3,27 @@ verified by checksums before a resume."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..core.config import ConfigError
 from ..core.io import CorruptCheckpointError, verify_checkpoint, write_checksums
 from ..core.run_folder import RunFolder
 from .state import STATE_NAME, TrainState
 
 logger = logging.getLogger(__name__)
+TRAIN_CONFIG_NAME = "train_config.json"  # in a checkpoint: the config its run trained with
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
@@ -32,10 +37,11 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, keep: int,
                     modules: Mapping[str, nn.Module] | None = None,
-                    files: Sequence[Path] = ()) -> Path:  # fmt: skip
+                    files: Sequence[Path] = (), config: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
     """accelerate's save_state into a temporary folder, then the state JSON (and the state
-    dicts of ``modules`` that accelerate does not hold, as ``NAME.safetensors``, and copies
-    of the run's ``files`` that exist), then one rename."""
+    dicts of ``modules`` that accelerate does not hold, as ``NAME.safetensors``, copies of
+    the run's ``files`` that exist, and the train ``config`` a resume is checked against),
+    then one rename."""
     final = RunFolder(run_dir).checkpoint(state.step)
     tmp = final.with_name(f".tmp-{final.name}")
     if accelerator.is_main_process:
@@ -53,6 +59,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
             for file in files:
                 if file.is_file():
                     shutil.copyfile(file, tmp / file.name)
+            if config is not None:
+                (tmp / TRAIN_CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
             # Written last: a checkpoint is complete exactly when its checksums file exists.
             write_checksums(tmp)
             if final.exists():
@@ -100,6 +108,30 @@ def check_random_states(path: Path, process_index: int) -> None:
         ) from None
     if not isinstance(states, dict) or "torch_manual_seed" not in states:
         raise CorruptCheckpointError(f"checkpoint {path}: {file.name} holds no random states")
+
+
+def check_resume_config(path: Path, run_dir: Path | None, cfg: Any) -> None:
+    """Refuse a resume whose train config differs from the checkpoint's (its own copy, else
+    the run folder's ``config.json``) in a key that makes it another run: only the keys of
+    ``RESUMABLE`` (how long it runs, how it logs and saves) may change."""
+    from .config import RESUMABLE
+
+    saved_file = path / TRAIN_CONFIG_NAME
+    if not saved_file.is_file() and run_dir is not None:
+        saved_file = RunFolder(run_dir).config
+    if not saved_file.is_file():
+        logger.warning("%s records no train config: the resume is not checked against it", path)
+        return
+    saved = json.loads(saved_file.read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    changed = sorted(k for k in now if k in saved and k not in RESUMABLE and saved[k] != now[k])
+    if changed:
+        what = "; ".join(f"train.{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise ConfigError(
+            f"resuming {path} with another train config ({what}); a resume continues the same "
+            f"run, where only {', '.join(sorted(RESUMABLE))} may change. Start a new run "
+            "(another output_dir, or --overwrite) to change them"
+        )
 
 
 def resolve_resume(resume_from: str, run_dir: Path | None) -> Path | None:

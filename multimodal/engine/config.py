@@ -57,6 +57,9 @@ class TrainConfig:
     save_every: int | None = None  # steps; a checkpoint is also written at the end
     output_dir: str | None = None
     resume_from: str | None = None  # a checkpoint folder, or "latest"
+    # A fit into a folder that holds a run is refused unless it resumes it (resume_from) or
+    # this says to replace it: its run files are then deleted first (RunFolder.claim).
+    overwrite: bool = False
     keep_checkpoints: int = 2
     seed: int = 0
     num_workers: int = 0
@@ -200,6 +203,15 @@ class FitResult:
     data_wait_s: float = 0.0
     # The first optimizer step's wall time: with train.compile, mostly compilation.
     first_step_s: float | None = None
+
+
+# The keys a resumed fit may set differently from the checkpoint's: how long it runs and how
+# it logs and saves. Any other change would make the resumed run another run.
+RESUMABLE = frozenset({
+    "epochs", "max_steps", "save_every", "keep_checkpoints", "log_every", "progress", "num_workers",
+    "eval_batch_size", "output_dir", "resume_from", "overwrite", "trackers", "tracker_project",
+    "tracker_kwargs", "tensorboard", "max_nonfinite_steps",
+})  # fmt: skip
 
 
 # Old spellings still read, with a warning: "adapt" names the transfer stage only.

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..core.config import check_keys
 from ..modeling.attacks import perturb
 from ..modeling.balance import Balancer
 from ..modeling.model import Batch, ModelOutput
@@ -103,3 +104,15 @@ class Objective:
             weak_logits = self.forward(self.model, weak(target_batch)).logits
         target = self.forward(self.model, strong(target_batch))
         return self.uda(out.fused, target.fused, out.logits, target.logits, progress, weak_logits)
+
+
+def adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not options:
+        return None
+    check_keys(options, ("method", "budgets", "steps", "weight"), "train.adversarial")
+    out = {"method": "fgsm", "budgets": None, "steps": 3, "weight": 0.5, **options}
+    if out["method"] not in ("fgsm", "pgd"):
+        raise ValueError(f"train.adversarial.method must be fgsm or pgd, got {out['method']!r}")
+    if not 0.0 <= float(out["weight"]) <= 1.0:
+        raise ValueError(f"train.adversarial.weight must be in [0, 1], got {out['weight']}")
+    return out

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +70,8 @@ class RunRecorder:
             log = self.run_dir / METRICS_NAME
             if resumed.step and log.is_file():
                 _rewind(log, resumed)
-            self._file = open(log, "a")  # noqa: SIM115
+            # A fresh run starts the log anew (a resume from no checkpoint included).
+            self._file = open(log, "a" if resumed.step else "w")  # noqa: SIM115
             if resumed.step == 0:
                 self._write({"step": 0, "strategy": cfg.strategy,
                              "trainable_parameters": counts["trainable"],
@@ -108,3 +112,17 @@ def _rewind(log: Path, resumed: TrainState) -> None:
     kept = [line for line in log.read_text().splitlines(keepends=True)
             if json.loads(line).get("step", 0) <= resumed.step]  # fmt: skip
     log.write_text("".join(kept))
+
+
+@contextlib.contextmanager
+def claimed_run_folder(cfg: TrainConfig) -> Iterator[None]:
+    """The run folder locked against a second writer and claimed: a folder that holds a
+    fit is refused unless this one resumes it or ``overwrite`` replaces it. Only the main
+    process (RANK 0) locks and claims: the others write no files."""
+    if not cfg.output_dir or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    folder = RunFolder(Path(cfg.output_dir))
+    with folder.locked():
+        folder.claim(cfg.resume_from is not None, cfg.overwrite, RunFolder.FIT_ENTRIES)
+        yield

@@ -23,7 +23,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..core.config import check_keys
 from ..core.io import CorruptCheckpointError
 from ..core.provenance import resident_memory_mb
 from ..core.run_folder import RunFolder
@@ -33,9 +32,16 @@ from ..modeling.balance import Balancer, create_balancer
 from ..modeling.freezing import apply_strategy, frozen_encoders, merge_lora
 from ..modeling.model import move_to
 from ..modeling.regularize import Regularizer, create_regularizer
+from ..modeling.tasks import RANKING_METRICS
 from ..modeling.uda import create_uda_objective, uda_needs_classes
 from .batch_size import resolve_batch_size
-from .checkpoint import check_random_states, load_modules, resolve_resume, save_checkpoint
+from .checkpoint import (
+    check_random_states,
+    check_resume_config,
+    load_modules,
+    resolve_resume,
+    save_checkpoint,
+)
 from .config import FitData, FitResult, TrainConfig
 from .evaluate import eval_metrics, loader_config
 from .loaders import (
@@ -46,7 +52,7 @@ from .loaders import (
     target_stream,
     use_feature_cache,
 )
-from .objective import Objective
+from .objective import Objective, adversarial_options
 from .optim import build_optimizer
 from .performance import (
     allow_precision,
@@ -58,7 +64,7 @@ from .performance import (
     undo_speedups,
 )
 from .privacy import DeviceLoader, DPSettings, PrivateTraining, dp_settings, make_private
-from .recorder import RunRecorder
+from .recorder import RunRecorder, claimed_run_folder
 from .state import LoopClock, TrainState
 from .step import StepOutcome, TrainStep
 from .tracking import BestTracker
@@ -86,6 +92,14 @@ def fit(
     and ``best_model/`` (``save_pretrained``).
     """
     cfg = TrainConfig.from_dict(config)
+    with claimed_run_folder(cfg):
+        return _fit(model, data, cfg, on_evaluate, on_step)
+
+
+def _fit(
+    model: Any, data: FitData, cfg: TrainConfig, on_evaluate: Sequence[EvalCallback],
+    on_step: Sequence[Callable[[TrainState], None]],
+) -> FitResult:  # fmt: skip
     start = time.perf_counter()
     run = _prepare(model, data, cfg)
     run.on_evaluate, run.on_step = list(on_evaluate), list(on_step)
@@ -98,12 +112,12 @@ def fit(
     while state.step < run.total_steps and not state.stopped:
         _train_epoch(run, state, clock, bar)
         if state.step < run.total_steps and not state.stopped:
-            if not cfg.eval_every:
+            if not cfg.eval_every and not state.evaluated:
                 _evaluate(run, state)
             state.epoch += 1
             state.batch_in_epoch = 0
     bar.close()
-    if not cfg.eval_every and (not state.history or state.history[-1]["step"] != state.step):
+    if not cfg.eval_every and not state.evaluated:
         _evaluate(run, state)  # the final weights, unless just evaluated
     return _finish(run, state, clock, time.perf_counter() - start)
 
@@ -161,13 +175,14 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         logger.info("strategy %s: %s of %s parameters trainable", cfg.strategy,
                     f"{counts['trainable']:,}", f"{counts['total']:,}")  # fmt: skip
     frozen = frozen_encoders(model)
-    model.to(accelerator.device)
+    if next(model.parameters()).device != accelerator.device:  # .to walks every module anyway
+        model.to(accelerator.device)
     cfg = resolve_batch_size(model, data, cfg, accelerator.device, mixed)
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     applied = apply_speedups(model, cfg, accelerator.device)
     if applied and accelerator.is_main_process:
         logger.info("speed-ups: %s", ", ".join(applied))
-    adversarial = _adversarial_options(cfg.adversarial)
+    adversarial = adversarial_options(cfg.adversarial)
     # A stream is never held whole, and neither are its encoder outputs.
     use_cache = (
         use_feature_cache(cfg, frozen, len(model.encoders)) and not Split(data.train).streamed
@@ -211,7 +226,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         target_sampler=target_sampler, optimizer=optimizer, scheduler=scheduler, uda=uda,
         balancer=balancer, regularizer=regularizer, adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
         recorder=RunRecorder(accelerator, cfg), streaming=Split(data.train).streamed,
-        best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process),
+        best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process, frozen),
         privacy=privacy,
     )  # fmt: skip
 
@@ -237,8 +252,9 @@ def _prepare_training(
         cfg.scheduler, optimizer, int(cfg.warmup_ratio * total_steps) * n, total_steps * n
     )
     if privacy is None:
+        # The model is on its device already (_prepare): placing it again walks every module.
         model, optimizer, loaders.train, scheduler = accelerator.prepare(
-            model, optimizer, loaders.train, scheduler
+            model, optimizer, loaders.train, scheduler, device_placement=[False, True, True, True]
         )
     else:
         optimizer = accelerator.prepare_optimizer(optimizer)
@@ -278,7 +294,8 @@ def _saved_modules(run: _Run) -> dict[str, Any]:
 def _checkpoint(run: _Run, state: TrainState) -> None:
     state.log_bytes = run.recorder.position()
     save_checkpoint(run.accelerator, run.run_dir, state, run.cfg.keep_checkpoints,
-                    _saved_modules(run), files=[run.best.path] if run.best.path else [])  # fmt: skip
+                    _saved_modules(run), files=[run.best.path] if run.best.path else [],
+                    config=dataclasses.asdict(run.cfg))  # fmt: skip
 
 
 def _restore(run: _Run) -> TrainState:
@@ -286,7 +303,11 @@ def _restore(run: _Run) -> TrainState:
     optimizer, scheduler and RNG states, and the best weights so far)."""
     state = TrainState()
     path = resolve_resume(run.cfg.resume_from, run.run_dir) if run.cfg.resume_from else None
+    if run.cfg.resume_from and path is None:
+        logger.warning("resume_from=%s: %s holds no complete checkpoint; training from step 0",
+                       run.cfg.resume_from, RunFolder(run.run_dir).checkpoints)  # fmt: skip
     if path is not None:
+        check_resume_config(path, run.run_dir, run.cfg)
         check_random_states(path, run.accelerator.process_index)
         try:
             run.accelerator.load_state(str(path))
@@ -319,7 +340,7 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
     # Under train.dp Opacus clips each row's gradient instead.
     clip = run.cfg.max_grad_norm if run.privacy is None else None
     return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
-                     clip, run.cfg.max_nonfinite_steps)  # fmt: skip
+                     clip, run.cfg.max_nonfinite_steps, run.cfg.seed)  # fmt: skip
 
 
 def _train_epoch(run: _Run, state: TrainState, clock: LoopClock, bar: Any) -> None:
@@ -343,7 +364,7 @@ def _train_epoch(run: _Run, state: TrainState, clock: LoopClock, bar: Any) -> No
             math.ceil(run.loaders.train_batches / accelerator.num_processes) - state.batch_in_epoch,
         )
     for batch in clock.timed(loader):
-        outcome = run.train_step(batch, state.step / max(run.total_steps, 1))
+        outcome = run.train_step(batch, state.step / max(run.total_steps, 1), state.step)
         state.batch_in_epoch += 1
         clock.samples += len(batch["row"]) * accelerator.num_processes
         if not outcome.synced:
@@ -402,7 +423,9 @@ def _evaluate(run: _Run, state: TrainState) -> None:
         return
     # Under train.dp the bare model: Opacus's wrappers hide its head.
     model = run.model if run.privacy is None else run.unwrapped
-    metrics = eval_metrics(model, run.loaders.evaluation, run.accelerator, run.loaders.forward)
+    # AUROC sorts every class's scores: left out unless it is what the run tracks.
+    metrics = eval_metrics(model, run.loaders.evaluation, run.accelerator, run.loaders.forward,
+                           run.unwrapped, ranking=run.best.metric in RANKING_METRICS)  # fmt: skip
     balance = run.balancer.on_evaluate(
         run.model, run.loaders.evaluation, run.loaders.forward, run.accelerator
     )
@@ -471,15 +494,3 @@ def _train_mode(run: _Run) -> None:
         elif encoder.training:
             encoder.eval()
     run.unwrapped.encoders.training = True
-
-
-def _adversarial_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not options:
-        return None
-    check_keys(options, ("method", "budgets", "steps", "weight"), "train.adversarial")
-    out = {"method": "fgsm", "budgets": None, "steps": 3, "weight": 0.5, **options}
-    if out["method"] not in ("fgsm", "pgd"):
-        raise ValueError(f"train.adversarial.method must be fgsm or pgd, got {out['method']!r}")
-    if not 0.0 <= float(out["weight"]) <= 1.0:
-        raise ValueError(f"train.adversarial.weight must be in [0, 1], got {out['weight']}")
-    return out

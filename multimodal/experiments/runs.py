@@ -60,12 +60,23 @@ def training_domains(run: Any, train: Any, all_domains: bool = False) -> list[st
 
 def train_run(
     config: Mapping[str, Any] | Any, output_dir: str | Path, resume_from: str | None = None,
-    all_domains: bool = False,
+    all_domains: bool = False, overwrite: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Build, train and test the model of a run config; the run folder records the config
     (``run_config.json``, with its hash, provenance and the domains trained on) and
     ``results.json``. With a ``transfer`` section, training and the test see only the source
-    domains (``training_domains``) unless ``all_domains``."""
+    domains (``training_domains``) unless ``all_domains``. A folder that holds a run is
+    refused unless ``resume_from`` resumes it or ``overwrite`` replaces it, and no second
+    process may write to it meanwhile (``RunFolder.claim``, ``RunFolder.locked``)."""
+    folder = RunFolder(Path(output_dir))
+    with folder.locked():
+        folder.claim(resume_from is not None, overwrite)
+        return _train_run(config, Path(output_dir), resume_from, all_domains)
+
+
+def _train_run(
+    config: Mapping[str, Any] | Any, out: Path, resume_from: str | None, all_domains: bool
+) -> dict[str, Any]:
     from ..data.collate import RowView
     from ..data.loading import load_dataset, select_domains
     from ..data.split import Split
@@ -74,7 +85,6 @@ def train_run(
     from .config import RunConfig
 
     start = time.perf_counter()
-    out = Path(output_dir)
     run = RunConfig.from_dict(config)
     config = run.to_dict()
     spec = run.data

@@ -80,7 +80,8 @@ class MultimodalProcessor:
 
     def save_pretrained(self, save_dir: str | Path) -> Path:
         """``processor.json`` and each processor's files (``m/...``), atomically."""
-        with atomic_dir(save_dir) as tmp:
+        # An earlier processor save may be replaced; any other folder with files is refused.
+        with atomic_dir(save_dir, lambda folder: (folder / PROCESSOR_NAME).is_file()) as tmp:
             processors = {}
             for m, processor in self.processors.items():
                 (tmp / m).mkdir()

@@ -117,7 +117,7 @@ def test_a_refused_random_state_pickle_stops_the_resume(setup, tmp_path) -> None
         fit(max_steps=6, save_every=3, resume_from="latest")
     # The same payload as the optimizer state: refused, without torch's weights_only advice.
     shutil.rmtree(tmp_path / "checkpoints")
-    fit(max_steps=3, save_every=3)
+    fit(max_steps=3, save_every=3, overwrite=True)
     checkpoint = engine.checkpoints(tmp_path)[-1]
     with open(checkpoint / "optimizer.bin", "wb") as f:
         pickle.dump({"state": Payload()}, f)
