@@ -85,6 +85,10 @@ class TransferConfig:
     # beside it: encoders/fusion/head replace the run's, train keys go over the run's, and
     # temperature, alpha and unlabelled_targets set the distillation (``student_config``).
     student: dict[str, Any] = field(default_factory=dict)
+    # Train the episodes of each scratch and adaptation stage together, stacked on a
+    # leading dimension (engine.episodes); false: one fit after another. The results are
+    # the same up to floating-point rounding; the report says which ran (episode_fits).
+    batch_episodes: bool = True
 
 
 @dataclass

@@ -57,8 +57,10 @@ def test_encoders_run_once_per_split_in_a_head_only_transfer_with_five_episodes(
     once += sum(sizes[s][t] for s in ("train", "test") for t in ("d1", "d2"))
     assert rows == {"tabular": once, "text": once}
     assert report.episodes == 5 and len(report.targets["d2"].episodes) == 5
-    # per target: 5 fits (the first computes the train split) and 5 x 2 evaluations read it
-    assert report.feature_store["hits"] == 2 * (5 - 1 + 5 * 2)
+    # per target the 5 adaptation fits run together and compute the train split once; the 5
+    # adapted models' target-test and source-test evaluations (together) read the zero-shot's
+    assert report.feature_store["hits"] == 2 * 2
+    assert report.episode_fits["adapt d1"] == "batched"
 
 
 def test_episode_rows_are_common_to_fusions_and_adaptations_and_differ_between_episodes(

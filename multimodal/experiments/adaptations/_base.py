@@ -56,6 +56,11 @@ class Adaptation:
         """What ``fit`` trains on, and how many target rows that uses."""
         raise NotImplementedError
 
+    @property
+    def trains_with_fit(self) -> bool:
+        """Whether the arm trains by ``fit`` alone (its episodes can be fitted together)."""
+        return type(self).train is Adaptation.train
+
     def train(
         self, model: Any, data: FitData, cfg: TrainConfig, on_step: Sequence[Any] = ()
     ) -> None:

@@ -26,6 +26,27 @@ def run_unit_reports(config: dict[str, Any], adaptations: list[str]) -> dict[str
     return {s: r.to_dict() for s, r in transfer_adaptations(config, adaptations).items()}
 
 
+def run_seed_group(configs: list[dict[str, Any]], adaptations: list[str]) -> list[dict[str, Any]]:
+    """Units that differ only in their seed, their fits batched across seeds
+    (``transfer_seeds``): each one's report dicts, as ``run_unit_reports`` gives them."""
+    from ..transfer import transfer_seeds
+
+    reports = transfer_seeds(configs, adaptations)
+    return [{s: r.to_dict() for s, r in unit.items()} for unit in reports]
+
+
+def _seed_groups(todo: list[tuple[int, dict[str, Any], Path, dict[str, Any]]],
+                 adaptations: Sequence[str]) -> list[list[int]]:  # fmt: skip
+    """Positions in ``todo`` grouped by everything but the seed: the config without it and
+    the adaptations still needed."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for position, (_, config, _, earlier) in enumerate(todo):
+        rest = {k: v for k, v in config.items() if k != "seed"}
+        needed = [a for a in adaptations if a not in earlier]
+        groups[json.dumps([rest, needed], sort_keys=True, default=str)].append(position)
+    return list(groups.values())
+
+
 def run_benchmark(
     suite: Suite,
     out: str | Path,
@@ -42,14 +63,14 @@ def run_benchmark(
 
     With ``robustness`` (a list), each unit's missing-modality rows are appended to it; the
     suite's base config needs ``transfer.robustness: true`` for the reports to hold them.
-    ``executor`` decides where units run (default: one after another in this process;
-    ``RayExecutor`` spreads them over Ray workers); rows come back in plan order either way.
+    ``executor`` decides where units run (default: one after another in this process, the
+    seeds of each grid point batched together, ``run_seed_group``; ``RayExecutor`` spreads
+    the units over Ray workers); rows come back in plan order either way.
     ``trackers`` (accelerate tracker names) get one run per finished unit.
 
     A unit is stored as ``out/runs/<hash>.json`` once it finishes, so an interrupted
     benchmark resumes where it stopped and a finished one only rewrites its summary.
     """
-    from tqdm.auto import tqdm
 
     from ...core.provenance import environment
 
@@ -76,26 +97,8 @@ def run_benchmark(
             todo.append((index, config, path, done["reports"] if done else {}))
     if stored:
         logger.info("%d of %d runs already in %s; skipping them", len(stored), len(units), out)
-    jobs = [
-        (config, [s for s in adaptations if s not in earlier]) for _, config, _, earlier in todo
-    ]
-    bar = tqdm(total=len(todo), desc=f"{suite.name}", unit="run", disable=not progress)
-    try:
-        for job, new in executor.map(run_unit or run_unit_reports, jobs):
-            index, config, path, earlier = todo[job]
-            # Keep the adaptations of earlier invocations: the shared stages are seeded, so the
-            # unit's source model and scratch baseline are the same ones.
-            reports = {**earlier, **new}
-            write_json_atomic(path, {"unit": units[index].__dict__, "config": config,
-                                     "reports": reports, "environment": machine})  # fmt: skip
-            stored[index] = reports
-            if trackers:
-                log_unit(trackers, suite.name, units[index], config, reports, out, path.stem)
-            bar.set_postfix(fusion=units[index].fusion, seed=units[index].seed)
-            bar.update()
-    finally:
-        bar.close()
-        executor.close()
+    _run_todo(todo, units, adaptations, executor, run_unit, stored, out, suite.name, trackers,
+              progress, machine)  # fmt: skip
     for indices in same.values():
         for index in indices[1:]:
             stored[index] = stored[indices[0]]
@@ -106,6 +109,47 @@ def run_benchmark(
         if robustness is not None:
             robustness += robustness_rows(unit, reports)
     return rows
+
+
+def _run_todo(
+    todo: list[tuple[int, dict[str, Any], Path, dict[str, Any]]], units: list[Unit],
+    adaptations: list[str], executor: Executor, run_unit: Any, stored: dict[int, Any],
+    out: Path, name: str, trackers: Sequence[str], progress: bool, machine: dict[str, Any],
+) -> None:  # fmt: skip
+    """Run the units not yet stored and store each as it finishes (``stored`` by unit index)."""
+    from tqdm.auto import tqdm
+
+    # In this process a grid point's seeds run as one batched group; elsewhere (Ray) or
+    # with a given run_unit, one unit per job.
+    if run_unit is None and isinstance(executor, SequentialExecutor):
+        groups, run = _seed_groups(todo, adaptations), run_seed_group
+    else:
+        groups = [[position] for position in range(len(todo))]
+        one = run_unit or run_unit_reports
+
+        def run(configs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
+            return [one(config, arms) for config in configs]
+
+    jobs = [([todo[p][1] for p in group], [a for a in adaptations if a not in todo[group[0]][3]])
+            for group in groups]  # fmt: skip
+    bar = tqdm(total=len(todo), desc=name, unit="run", disable=not progress)
+    try:
+        for job, results in executor.map(run, jobs):
+            for position, new in zip(groups[job], results, strict=True):
+                index, config, path, earlier = todo[position]
+                # Keep the adaptations of earlier invocations: the shared stages are seeded, so
+                # the unit's source model and scratch baseline are the same ones.
+                reports = {**earlier, **new}
+                write_json_atomic(path, {"unit": units[index].__dict__, "config": config,
+                                         "reports": reports, "environment": machine})  # fmt: skip
+                stored[index] = reports
+                if trackers:
+                    log_unit(trackers, name, units[index], config, reports, out, path.stem)
+                bar.set_postfix(fusion=units[index].fusion, seed=units[index].seed)
+                bar.update()
+    finally:
+        bar.close()
+        executor.close()
 
 
 def log_unit(trackers: Sequence[str], project: str, unit: Unit, config: Mapping[str, Any],

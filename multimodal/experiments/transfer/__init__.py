@@ -11,7 +11,7 @@ from ..adaptations import create_adaptation, list_adaptations, register_adaptati
 from ..adaptations.finetune import ADAPT_DEFAULTS
 from ..adaptations.unsupervised import UDA_DEFAULTS
 from .plan import Episode, TransferPlan, draw_episode, episode_seed, source_and_targets
-from .protocol import transfer, transfer_adaptations, transfer_strategies
+from .protocol import transfer, transfer_adaptations, transfer_seeds, transfer_strategies
 from .report import EpisodeResult, TargetResult, TransferReport
 from .stages import SCRATCH_DEFAULTS, AdaptStage, ScratchStage, SourceStage, ZeroShotStage
 
@@ -36,5 +36,6 @@ __all__ = [
     "source_and_targets",
     "transfer",
     "transfer_adaptations",
+    "transfer_seeds",
     "transfer_strategies",
 ]

@@ -19,8 +19,12 @@ from ...data.loading import k_shot, k_shot_indices, label_column, load_dataset, 
 from ...data.spec import DatasetSpec
 from ...data.split import Split
 from ...engine import TrainConfig, evaluate
+from ...modeling.pool import EncoderPool
 from ..config import DISTILL_DEFAULTS, RunConfig, TransferConfig, student_config
 from .select import SELECTORS, select_rows
+
+# The process's frozen encoders, shared by the transfers that keep every encoder frozen.
+ENCODERS = EncoderPool()
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,10 @@ def draw_episode(
         return Episode(target, index, own, tuple(sorted(int(r) for r in rows)))
     column = label_column(train, label)
     return Episode(
-        target, index, own, tuple(k_shot_indices(train[column], int(settings.k_shot), own))
+        target,
+        index,
+        own,
+        tuple(k_shot_indices(Split(train).column(column), int(settings.k_shot), own)),
     )
 
 
@@ -148,6 +155,9 @@ class TransferPlan:
     scratch_template: Any = field(default=None, repr=False)
     # A student's plan: transfer.student's temperature, alpha and unlabelled_targets.
     distillation: dict[str, Any] = field(default_factory=dict)
+    # Where the stages take their encoders from when every stage keeps them frozen (the
+    # process's ENCODERS, shared by a benchmark's units), else None: each builds its own.
+    pool: EncoderPool | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, run: RunConfig) -> TransferPlan:
@@ -181,7 +191,7 @@ class TransferPlan:
         return dataclasses.replace(
             self, run=run,
             out=self.out / "student" if self.out is not None else None, metric="",
-            source_privacy=None, source_fit={}, scratch_template=None,
+            source_privacy=None, source_fit={}, scratch_template=None, pool=None,
             distillation={k: settings.get(k, v) for k, v in DISTILL_DEFAULTS.items()},
         )  # fmt: skip
 
@@ -228,7 +238,29 @@ class TransferPlan:
 
     def metrics(self, model: Any, ds: datasets.Dataset, cached: bool = True) -> dict[str, float]:
         """Every metric of ``model`` on ``ds`` (``score``'s, and ECE for a classifier)."""
-        return evaluate(model, ds, self.spec, self.eval_batch, cached=cached)
+        return evaluate(model, ds, self.spec, self.eval_batch, cached=cached, ranking=self.ranking)
+
+    @property
+    def ranking(self) -> bool:
+        """Whether evaluations compute AUROC: only when it is the metric (it sorts every
+        class's scores, most of a small split's evaluation time, and no table reads it)."""
+        from ...modeling.tasks import RANKING_METRICS
+
+        return self.metric in RANKING_METRICS
+
+    def all_metrics(
+        self, models: list[Any], ds: datasets.Dataset, cached: bool = True
+    ) -> list[dict[str, float]]:
+        """``metrics`` of each model; in one pass when they share frozen encoders (``cached``)."""
+        from ...engine.episodes import evaluate_episodes
+
+        if not cached:
+            return [self.metrics(m, ds, cached=False) for m in models]
+        return evaluate_episodes(models, ds, self.spec, self.eval_batch, self.ranking)
+
+    def scores(self, models: list[Any], ds: datasets.Dataset, cached: bool = True) -> list[float]:
+        """``score`` of each model (``all_metrics``)."""
+        return [m[self.metric] for m in self.all_metrics(models, ds, cached)]
 
 
 class Progress:

@@ -17,14 +17,16 @@ from ...modeling.freezing import count_parameters
 from ...modeling.model import MultimodalModel
 from ..adaptations import Adaptation, create_adaptation
 from ..config import RunConfig
-from .plan import TransferPlan, split_size
+from .plan import ENCODERS, TransferPlan, split_size
 from .report import EpisodeResult, TargetResult, TransferReport, update_cards
 from .stages import (
+    AdaptEpisodes,
     AdaptStage,
-    ScratchStage,
-    SourceStage,
+    ScratchEpisodes,
+    SourceStages,
     StudentStage,
     ZeroShotStage,
+    per_plan,
     scratch_overrides,
     shares_encoders,
 )
@@ -51,74 +53,138 @@ def transfer_adaptations(
     evaluation and the scratch baseline do not depend on the adaptation, so they are
     computed once and shared by the reports (keyed by adaptation). Encoder outputs come
     from the feature store wherever a stage's encoders are the source model's, frozen."""
-    run = RunConfig.from_dict(config)
+    return transfer_seeds([config], adaptations)[0]
+
+
+def transfer_seeds(
+    configs: list[Mapping[str, Any] | RunConfig], adaptations: list[str]
+) -> list[dict[str, TransferReport]]:
+    """``transfer_adaptations`` for run configs that differ only in their seed (a
+    benchmark's seeds of one grid point): every stage's fits for all of them together
+    (``engine.episodes``), each run's report what it would be run alone, up to
+    floating-point rounding. Stage seconds are the group's, divided by its size."""
+    runs = [RunConfig.from_dict(c) for c in configs]
+    _same_but_seed(runs)
     arms = [create_adaptation(name) for name in adaptations]
     lookups = (FEATURES.hits, FEATURES.misses)
     times: dict[str, float] = {}
     tick = time.perf_counter()
-    plan = TransferPlan.build(run)
+    plans = [TransferPlan.build(run) for run in runs]
+    for plan in plans:
+        _share_encoders(plan, arms)
+        if plan is not plans[0]:
+            plan.progress.close()
+            plan.progress = plans[0].progress  # one bar over the group
+        _plan_progress(plan, arms)
     times["load"] = time.perf_counter() - tick
-    _plan_progress(plan, arms)
     tick = time.perf_counter()
-    model = SourceStage(plan).run()
+    models, source_fits = SourceStages(plans).run()
     times["source_train"] = time.perf_counter() - tick
-    if run.transfer.select != "random":
-        plan.reselect(model)  # the rows to label, chosen by the source model
-    reports = _reports(plan, model, arms, times)
-    student_plan = plan.student()
-    if student_plan is not None:
-        _plan_progress(student_plan, arms)
-        tick = time.perf_counter()
-        student = StudentStage(student_plan, model).run()
-        student_times = {"source_train": time.perf_counter() - tick}
-        distillation = {**student_plan.distillation, "teacher_parameters": count_parameters(model)["total"],
-                        "student_parameters": count_parameters(student)["total"]}  # fmt: skip
-        for name, report in _reports(student_plan, student, arms, student_times).items():
-            report.distillation = distillation
-            reports[name].student = report.to_dict()
-            _write(student_plan, report, len(arms))
-    for report in reports.values():
-        report.feature_store = {
-            "hits": FEATURES.hits - lookups[0],
-            "misses": FEATURES.misses - lookups[1],
-        }
-        _write(plan, report, len(arms))
-    plan.progress.close()
+    for plan, model in zip(plans, models, strict=True):
+        if plan.run.transfer.select != "random":
+            plan.reselect(model)  # the rows to label, chosen by the source model
+    reports = _reports(plans, models, arms, times, {"source": source_fits})
+    for plan, model, plan_reports in zip(plans, models, reports, strict=True):
+        _student(plan, model, arms, plan_reports)
+        for report in plan_reports.values():
+            report.feature_store = {
+                "hits": FEATURES.hits - lookups[0],
+                "misses": FEATURES.misses - lookups[1],
+            }
+            if len(plans) > 1:
+                report.feature_store["runs"] = len(plans)  # the lookups of the whole group
+            _write(plan, report, len(arms))
+    plans[0].progress.close()
     return reports
 
 
-def _reports(plan: TransferPlan, model: MultimodalModel, arms: list[Adaptation],
-             times: dict[str, float]) -> dict[str, TransferReport]:  # fmt: skip
-    """Every stage after source training, for a trained source model (or a student): the
-    zero-shot scores, the scratch baseline and each arm on every episode, one report per arm."""
-    run = plan.run
+def _share_encoders(plan: TransferPlan, arms: list[Adaptation]) -> None:
+    """Take encoders from the process's pool (``plan.ENCODERS``) when no stage can change
+    them: the source, scratch and every arm train with ``fit`` under the head strategy
+    (encoders frozen, in eval mode) and without privacy (Opacus wraps the model)."""
+    stages = [{}, scratch_overrides(plan.run), *(a.overrides(plan.run.transfer) for a in arms)]
+    configs = [plan.run.stage(**keys) for keys in stages]
+    frozen = all(c.strategy == "head" and not c.private for c in configs)
+    plan.pool = ENCODERS if frozen and all(a.trains_with_fit for a in arms) else None
+
+
+def _same_but_seed(runs: list[RunConfig]) -> None:
+    """Runs batched together must differ in nothing but their seed."""
+
+    def rest(run: RunConfig) -> dict[str, Any]:
+        return {k: v for k, v in run.raw.items() if k != "seed"}
+
+    if any(rest(run) != rest(runs[0]) for run in runs[1:]):
+        raise ValueError("runs transferred together must differ only in their seed")
+
+
+def _student(plan: TransferPlan, model: MultimodalModel, arms: list[Adaptation],
+             reports: dict[str, TransferReport]) -> None:  # fmt: skip
+    """With ``transfer.student``: the student distilled from ``model`` and put through every
+    stage, its report the teacher's ``student``."""
+    student_plan = plan.student()
+    if student_plan is None:
+        return
+    _share_encoders(student_plan, arms)
+    _plan_progress(student_plan, arms)
     tick = time.perf_counter()
-    scores = ZeroShotStage(plan, model).run()
+    student = StudentStage(student_plan, model).run()
+    student_times = {"source_train": time.perf_counter() - tick}
+    distillation = {**student_plan.distillation, "teacher_parameters": count_parameters(model)["total"],
+                    "student_parameters": count_parameters(student)["total"]}  # fmt: skip
+    for name, report in _reports([student_plan], [student], arms, student_times)[0].items():
+        report.distillation = distillation
+        reports[name].student = report.to_dict()
+        _write(student_plan, report, len(arms))
+
+
+def _reports(plans: list[TransferPlan], models: list[MultimodalModel], arms: list[Adaptation],
+             times: dict[str, float], fits: dict[str, str] | None = None) -> list[dict[str, TransferReport]]:  # fmt: skip
+    """Every stage after source training, for each plan's trained source model (or
+    student): the zero-shot scores, the scratch baseline and each arm on every episode,
+    one report per arm and plan."""
+    tick = time.perf_counter()
+    scores = ZeroShotStage.run_all(plans, models)
     times["zero_shot_eval"] = time.perf_counter() - tick
-    robustness = _robustness(plan, model, "source", plan.source["test"])
-    imbalance = _imbalance(plan, model, times)
+    robustness = [
+        _robustness(p, m, "source", p.source["test"]) for p, m in zip(plans, models, strict=True)
+    ]
+    imbalance = [_imbalance(p, m, times) for p, m in zip(plans, models, strict=True)]
     tick = time.perf_counter()
-    scratch = {t: [ScratchStage(plan, t, e).run() for e in plan.episodes[t]] for t in plan.targets}
+    scratch: dict[str, list[list[float]]] = {}
+    fits = dict(fits or {})
+    for t in plans[0].targets:
+        scratch[t], fits[f"scratch {t}"] = ScratchEpisodes(plans, t).run()
     times["scratch"] = time.perf_counter() - tick
-    reports: dict[str, TransferReport] = {}
+    reports: list[dict[str, TransferReport]] = [{} for _ in plans]
     for arm in arms:
         tick = time.perf_counter()
-        arm_robustness = dict(robustness)
-        targets = {t: _target(plan, arm, model, t, scores, scratch[t], arm_robustness)
-                   for t in plan.targets}  # fmt: skip
-        run_config = run.to_dict()
-        run_config.setdefault("transfer", {})["adaptation"] = arm.name
-        reports[arm.name] = TransferReport(
-            metric=plan.metric, source_domains=plan.sources, target_domains=plan.targets,
-            source=scores["source"], targets=targets,
-            stage_seconds={**times, "adapt": time.perf_counter() - tick},
-            k_shot=None if run.transfer.target_fraction else int(run.transfer.k_shot),
-            seed=plan.seed, config_hash=config_hash(run_config), config=run_config,
-            robustness=arm_robustness, source_test_samples=split_size(plan.source["test"]),
-            imbalance=imbalance, episodes=int(run.transfer.episodes), source_privacy=plan.source_privacy,
-            source_fit=plan.source_fit,
-        )  # fmt: skip
+        arm_robustness, arm_fits = [dict(r) for r in robustness], dict(fits)
+        targets = {t: _target(plans, arm, models, t, scores, scratch[t], arm_robustness, arm_fits)
+                   for t in plans[0].targets}  # fmt: skip
+        seconds = {**times, "adapt": time.perf_counter() - tick}
+        for i, plan in enumerate(plans):
+            reports[i][arm.name] = _report(plan, arm, scores[i], {t: r[i] for t, r in targets.items()},
+                                           {k: v / len(plans) for k, v in seconds.items()},
+                                           arm_robustness[i], imbalance[i], arm_fits)  # fmt: skip
     return reports
+
+
+def _report(plan: TransferPlan, arm: Adaptation, scores: Mapping[str, float],
+            targets: dict[str, TargetResult], seconds: dict[str, float], robustness: dict[str, Any],
+            imbalance: dict[str, Any], fits: dict[str, str]) -> TransferReport:  # fmt: skip
+    run = plan.run
+    run_config = run.to_dict()
+    run_config.setdefault("transfer", {})["adaptation"] = arm.name
+    return TransferReport(
+        metric=plan.metric, source_domains=plan.sources, target_domains=plan.targets,
+        source=scores["source"], targets=targets, stage_seconds=seconds,
+        k_shot=None if run.transfer.target_fraction else int(run.transfer.k_shot),
+        seed=plan.seed, config_hash=config_hash(run_config), config=run_config,
+        robustness=robustness, source_test_samples=split_size(plan.source["test"]),
+        imbalance=imbalance, episodes=int(run.transfer.episodes), source_privacy=plan.source_privacy,
+        source_fit=plan.source_fit, episode_fits=fits,
+    )  # fmt: skip
 
 
 def _write(plan: TransferPlan, report: TransferReport, arms: int) -> None:
@@ -134,30 +200,56 @@ def _write(plan: TransferPlan, report: TransferReport, arms: int) -> None:
 transfer_strategies = transfer_adaptations
 
 
-def _target(plan: TransferPlan, arm: Adaptation, model: MultimodalModel, target: str,
-            scores: Mapping[str, float], scratch: list[float],
-            robustness: dict[str, Any]) -> TargetResult:  # fmt: skip
-    """One arm on every episode of one target; an arm that uses no labelled rows trains
-    once and its scores stand for every episode."""
-    test = plan.target[target]["test"]
-    episodes: list[EpisodeResult] = []
-    trained: tuple[float, float | None, float, int] | None = None
+def _target(plans: list[TransferPlan], arm: Adaptation, models: list[MultimodalModel], target: str,
+            scores: list[dict[str, float]], scratch: list[list[float]], robustness: list[dict[str, Any]],
+            fits: dict[str, str]) -> list[TargetResult]:  # fmt: skip
+    """One arm on every episode of one target, for each plan: an arm that trains with
+    ``fit`` on each episode's rows fits all of them together (``AdaptEpisodes``, how is
+    recorded in ``fits``); another trains per episode in turn, or, using no labelled rows,
+    once per plan for all its episodes."""
+    first = plans[0]
+    if arm.episodic and arm.trains_with_fit:
+        adapted, used, fits[f"adapt {target}"] = AdaptEpisodes(plans, arm, models, target).run()
+    else:
+        runs = [AdaptStage(p, arm, m, target, e).run() for p, m in zip(plans, models, strict=True)
+                for e in (p.episodes[target] if arm.episodic else p.episodes[target][:1])]  # fmt: skip
+        adapted, used = [m for m, _ in runs], [n for _, n in runs]
+    cached = shares_encoders(*adapted)
+    on_target = first.all_metrics(adapted, first.target[target]["test"], cached)
+    after = first.scores(adapted, first.source["test"], cached)
+    per = (
+        (lambda values: per_plan(plans, values, target))
+        if arm.episodic
+        else (lambda values: per_plan(plans, values))
+    )
+    out = []
+    for i, plan in enumerate(plans):
+        models_i, metrics_i, after_i, used_i = (
+            per(adapted)[i],
+            per(on_target)[i],
+            per(after)[i],
+            per(used)[i],
+        )
+        robustness[i].update(_robustness(plan, models_i[0], target, plan.target[target]["test"]))
+        out.append(_episodes(plan, target, scores[i], scratch[i], metrics_i, after_i, used_i))
+    return out
+
+
+def _episodes(plan: TransferPlan, target: str, scores: Mapping[str, float], scratch: list[float],
+              metrics: list[dict[str, float]], after: list[float], used: list[int]) -> TargetResult:  # fmt: skip
+    """A plan's episodes of one target; an arm that trained once stands for every episode."""
+    results: list[EpisodeResult] = []
     for episode, scratch_score in zip(plan.episodes[target], scratch, strict=True):
-        if arm.episodic or trained is None:
-            adapted, used = AdaptStage(plan, arm, model, target, episode).run()
-            cached = shares_encoders(adapted)
-            on_target = plan.metrics(adapted, test, cached)
-            trained = (on_target[plan.metric], on_target.get("ece"),
-                       plan.score(adapted, plan.source["test"], cached), used)  # fmt: skip
-            if episode.index == 0:
-                robustness.update(_robustness(plan, adapted, target, test))
-        score, ece, after, used = trained
-        episodes.append(EpisodeResult(
+        i = episode.index if len(metrics) > 1 else 0
+        score = metrics[i][plan.metric]
+        results.append(EpisodeResult(
             episode=episode.index, seed=episode.seed, rows=list(episode.rows or []), adapted=score,
-            scratch=scratch_score, source_after=after, forgetting=scores["source"] - after,
-            transfer_gain=score - scratch_score, adapt_samples=used, adapted_ece=ece,
+            scratch=scratch_score, source_after=after[i], forgetting=scores["source"] - after[i],
+            transfer_gain=score - scratch_score, adapt_samples=used[i], adapted_ece=metrics[i].get("ece"),
         ))  # fmt: skip
-    return TargetResult.from_episodes(scores[target], episodes, split_size(test))
+    return TargetResult.from_episodes(
+        scores[target], results, split_size(plan.target[target]["test"])
+    )
 
 
 def _plan_progress(plan: TransferPlan, arms: list[Adaptation]) -> None:

@@ -95,6 +95,9 @@ class TransferReport:
     distillation: dict[str, Any] | None = None
     # The source training's throughput (steps, rows/s, loader wait): plan.fit_summary.
     source_fit: dict[str, Any] = field(default_factory=dict)
+    # How each stage's episode fits ran ("scratch T", "adapt T"): "batched" (together,
+    # engine.episodes) or "sequential: <why not>".
+    episode_fits: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,6 +12,7 @@ import datasets
 from ...core.run_folder import RunFolder
 from ...data.split import Split
 from ...engine import FitData, TrainConfig, fit
+from ...engine.episodes import EpisodeFits, fit_episodes
 from ...modeling.freezing import frozen_encoders
 from ...modeling.model import MultimodalModel, build_model
 from ..adaptations import UNBALANCED, Adaptation, AdaptContext
@@ -25,10 +26,12 @@ SCRATCH_DEFAULTS: dict[str, Any] = {
 }
 
 
-def shares_encoders(model: MultimodalModel) -> bool:
-    """Whether ``model`` trained with every encoder frozen: its encoder outputs are those of
-    the model it started from, worth keeping in the feature store for the next stage."""
-    return len(frozen_encoders(model)) == len(model.encoders)
+def shares_encoders(*models: MultimodalModel) -> bool:
+    """Whether each model trained with every encoder frozen: its encoder outputs are those
+    of the model it started from, worth keeping in the feature store for the next stage.
+    Models holding the same encoders are checked once."""
+    distinct = {id(m.encoders): m for m in models}.values()
+    return all(len(frozen_encoders(m)) == len(m.encoders) for m in distinct)
 
 
 def scratch_overrides(run: Any) -> dict[str, Any]:
@@ -54,8 +57,8 @@ class SourceStage:
     def run(self) -> MultimodalModel:
         """The trained source model; sets the plan's metric."""
         plan = self.plan
-        rows = fitting_rows(plan.source["train"], plan.spec)
-        model = build_model(plan.run.model.to_dict(), rows, seed=plan.seed)
+        rows = lambda: fitting_rows(plan.source["train"], plan.spec)  # noqa: E731  (read if needed)
+        model = build_model(plan.run.model.to_dict(), rows, seed=plan.seed, encoders=plan.pool)
         result = fit(model, self.data(), self.train_config(), on_step=plan.progress.stage("source"))
         plan.metric, plan.source_privacy = result.metric, result.privacy
         plan.source_fit = fit_summary(result)
@@ -112,6 +115,13 @@ class ZeroShotStage:
     def run(self) -> dict[str, float]:
         return {name: self.plan.score(self.model, ds) for name, ds in self.data().items()}
 
+    @staticmethod
+    def run_all(plans: list[TransferPlan], models: list[MultimodalModel]) -> list[dict[str, float]]:
+        """Each plan's source model on each test split, the models of a group together."""
+        splits = ZeroShotStage(plans[0], models[0]).data()
+        scores = {name: plans[0].scores(models, ds) for name, ds in splits.items()}
+        return [{name: values[i] for name, values in scores.items()} for i in range(len(models))]
+
 
 class AdaptStage:
     """A copy of the source model trained by one adaptation arm for one target and episode."""
@@ -137,13 +147,19 @@ class AdaptStage:
         context = AdaptContext(source, plan.target[self.target]["train"], rows, episode.sample)
         return self.arm.data(context)
 
-    def run(self) -> tuple[MultimodalModel, int]:
-        """The adapted model and how many target rows it trained on."""
+    def prepare(self) -> tuple[MultimodalModel, TrainConfig, FitData, int]:
+        """The copy of the source model to train, its config and data, and how many target
+        rows it trains on."""
         cfg = self.train_config()
         # Encoders that stay frozen are shared with the source model, not copied.
         shared = {id(self.model.encoders): self.model.encoders} if cfg.strategy == "head" else {}
         adapted: MultimodalModel = copy.deepcopy(self.model, shared)
         data, used = self.data()
+        return adapted, cfg, data, used
+
+    def run(self) -> tuple[MultimodalModel, int]:
+        """The adapted model and how many target rows it trained on."""
+        adapted, cfg, data, used = self.prepare()
         self.arm.train(adapted, data, cfg, self.plan.progress.stage(f"adapt {self.arm.name}"))
         return adapted, used
 
@@ -167,12 +183,12 @@ class ScratchStage:
         between copies when they stay frozen (``share_encoders``)."""
         plan = self.plan
         if plan.scratch_template is None:
-            template = build_model(plan.run.model.to_dict(), seed=plan.seed)
+            template = build_model(plan.run.model.to_dict(), seed=plan.seed, encoders=plan.pool)
             fits = any(e.fits_on_data() for e in template.encoders.values())
             plan.scratch_template = False if fits else template
         if plan.scratch_template is False:
             rows = fitting_rows(self.episode.dataset(plan.target[self.target]["train"]), plan.spec)
-            return build_model(plan.run.model.to_dict(), rows, seed=plan.seed)
+            return build_model(plan.run.model.to_dict(), rows, seed=plan.seed, encoders=plan.pool)
         template = plan.scratch_template
         shared = {id(template.encoders): template.encoders} if share_encoders else {}
         return copy.deepcopy(template, shared)
@@ -190,3 +206,96 @@ class ScratchStage:
         model = self.initial_model(share_encoders=cfg.strategy == "head")
         fit(model, self.data(), cfg, on_step=plan.progress.stage("scratch"))
         return plan.score(model, plan.target[self.target]["test"], shares_encoders(model))
+
+
+def fit_all(
+    plan: TransferPlan, models: list[MultimodalModel], datas: list[FitData],
+    configs: list[TrainConfig], stage: str,
+) -> EpisodeFits:  # fmt: skip
+    """Fit each model on its data: together (``fit_episodes``) unless
+    ``transfer.batch_episodes`` is off; says how they ran (``EpisodeFits.mode``)."""
+    on_step = plan.progress.stage(stage)
+    if plan.run.transfer.batch_episodes:
+        return fit_episodes(models, datas, configs, on_step)
+    results = [
+        fit(m, d, c, on_step=on_step) for m, d, c in zip(models, datas, configs, strict=True)
+    ]
+    return EpisodeFits(0, len(models), "transfer.batch_episodes is off", results)
+
+
+def per_plan(
+    plans: list[TransferPlan], values: list[Any], target: str | None = None
+) -> list[list[Any]]:
+    """``values`` listed plan by plan (one per episode of ``target``, or one per plan)
+    split into one list per plan."""
+    out, start = [], 0
+    for plan in plans:
+        count = len(plan.episodes[target]) if target is not None else 1
+        out.append(values[start : start + count])
+        start += count
+    return out
+
+
+class SourceStages:
+    """``SourceStage`` of several plans (runs that differ only in their seed), the fits
+    together (``fit_all``): one source model per plan."""
+
+    def __init__(self, plans: list[TransferPlan]) -> None:
+        self.plans = plans
+        self.stages = [SourceStage(p) for p in plans]
+
+    def run(self) -> tuple[list[MultimodalModel], str]:
+        """The trained source models, and how their fits ran; sets each plan's metric."""
+        first = self.plans[0]
+        rows = lambda: fitting_rows(first.source["train"], first.spec)  # noqa: E731  (if needed)
+        models = [
+            build_model(p.run.model.to_dict(), rows, seed=p.seed, encoders=p.pool)
+            for p in self.plans
+        ]
+        fits = fit_all(first, models, [s.data() for s in self.stages],
+                       [s.train_config() for s in self.stages], "source")  # fmt: skip
+        for plan, result in zip(self.plans, fits.results, strict=True):
+            plan.metric, plan.source_privacy = result.metric, result.privacy
+            plan.source_fit = fit_summary(result)
+        return models, fits.mode
+
+
+class ScratchEpisodes:
+    """``ScratchStage`` on every episode of one target for each plan (runs that differ only
+    in their seed), the fits together (``fit_all``)."""
+
+    def __init__(self, plans: list[TransferPlan], target: str) -> None:
+        self.plans, self.target = plans, target
+        self.stages = [ScratchStage(p, target, e) for p in plans for e in p.episodes[target]]
+
+    def run(self) -> tuple[list[list[float]], str]:
+        """Each plan's scratch score per episode on the target's test split, and how the
+        fits ran."""
+        configs = [s.train_config() for s in self.stages]
+        models = [s.initial_model(share_encoders=c.strategy == "head")
+                  for s, c in zip(self.stages, configs, strict=True)]  # fmt: skip
+        fits = fit_all(self.plans[0], models, [s.data() for s in self.stages], configs, "scratch")
+        test = self.plans[0].target[self.target]["test"]
+        scores = self.plans[0].scores(models, test, shares_encoders(*models))
+        return per_plan(self.plans, scores, self.target), fits.mode
+
+
+class AdaptEpisodes:
+    """``AdaptStage`` of one arm on every episode of one target for each plan and its source
+    model, the fits together (``fit_all``); for arms that train with ``fit`` on each
+    episode's rows."""
+
+    def __init__(self, plans: list[TransferPlan], arm: Adaptation, models: list[MultimodalModel],
+                 target: str) -> None:  # fmt: skip
+        self.plans, self.arm, self.target = plans, arm, target
+        self.stages = [AdaptStage(p, arm, m, target, e)
+                       for p, m in zip(plans, models, strict=True) for e in p.episodes[target]]  # fmt: skip
+
+    def run(self) -> tuple[list[MultimodalModel], list[int], str]:
+        """The adapted models and the target rows each trained on (plan by plan, episode by
+        episode), and how the fits ran."""
+        models, configs, datas, used = (
+            list(x) for x in zip(*(s.prepare() for s in self.stages), strict=True)
+        )
+        fits = fit_all(self.plans[0], models, datas, configs, f"adapt {self.arm.name}")
+        return models, used, fits.mode

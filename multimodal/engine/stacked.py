@@ -1,0 +1,377 @@
+"""E models as one: their trainable parameters stacked on a leading dimension and trained
+through ``torch.func.functional_call`` under ``torch.func.vmap`` (``fit_stacked``), and
+scored the same way (``stacked_logits``). What ``engine.episodes`` runs once it has decided
+that the fits can run together.
+
+A step of the stacked model is each model's step: its shuffle (``EpochSampler`` with its
+seed), its dropout masks and router noise (keyed by its seed, ``core.randomness``), its
+gradient clipping, and AdamW or SGD on its slice (elementwise). Fusions run under
+``fusion.static_shapes``, which vmap needs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call, vmap
+
+from ..core.randomness import keyed_randomness
+from ..data.collate import EpochSampler
+from ..modeling.freezing import apply_strategy, frozen_encoders
+from ..modeling.model import Encoded, eval_mode
+from .config import FitData, FitResult, TrainConfig
+from .loaders import drop_last, split_features, use_feature_cache
+from .optim import param_groups
+from .performance import fit_device, fused_optimizer, precision
+from .state import TrainState
+
+
+class NotBatchable(Exception):
+    """A batched step could not run (an op vmap cannot batch, a non-finite loss)."""
+
+
+def fit_rows(data: FitData) -> list[int]:
+    """The rows of ``data.train`` a fit trains on: its episode's, or all of them."""
+    return (
+        list(data.train_indices) if data.train_indices is not None else list(range(len(data.train)))
+    )
+
+
+def fit_stacked(
+    models: Sequence[Any], datas: Sequence[FitData], configs: Sequence[TrainConfig],
+    on_step: Sequence[Callable[[Any], None]],
+) -> list[FitResult]:  # fmt: skip
+    """The fits of ``fit`` for every model, as one model with a leading episode dimension:
+    each model ends with its own fit's weights (up to floating-point rounding)."""
+    start = time.perf_counter()
+    cfg, data, template = configs[0], datas[0], models[0]
+    device = torch.device(fit_device())
+    counts = apply_strategy(template, cfg.strategy, cfg.top_k, cfg.lora)
+    for model in models[1:]:
+        if model.encoders is template.encoders:  # shared: frozen above; walk only the rest
+            model.fusion.requires_grad_(True)
+            model.head.requires_grad_(True)
+        else:
+            apply_strategy(model, cfg.strategy, cfg.top_k, cfg.lora)
+    for model in models:
+        if model.device != device:
+            model.to(device)
+    frozen = frozen_encoders(template)
+    if not use_feature_cache(cfg, frozen, len(template.encoders)):
+        raise NotBatchable("encoders train, so their outputs are not cached")
+    run = StackedRun(models, configs, device)
+    features = split_features(template, data.train, data.spec, cfg)
+    validation = (
+        split_features(template, data.validation, data.spec, cfg)
+        if data.validation is not None
+        else None
+    )
+    rows = torch.tensor([fit_rows(d) for d in datas], dtype=torch.long)  # E x n
+    n, size = rows.shape[1], int(cfg.batch_size)
+    batches = n // size if drop_last(cfg, template, "train", n, frozen) else math.ceil(n / size)
+    total = cfg.max_steps or cfg.epochs * batches
+    run.schedule(total)
+    tracker = _BestPerEpisode(models, cfg) if validation is not None else None
+    step, epoch, epoch_seconds = 0, 0, []
+    while step < total:
+        tick = time.perf_counter()
+        order = _order(n, configs, epoch)  # E x n, each episode's shuffle
+        for b in range(batches):
+            local = order[:, b * size : (b + 1) * size]
+            run.step(_batch(features, rows.gather(1, local), local, configs, cfg), step)
+            step += 1
+            for callback in on_step:  # once per model and step, as E fits would
+                for _ in models:
+                    callback(TrainState(step=step, epoch=epoch))
+            if step >= total:
+                break
+        epoch_seconds.append(time.perf_counter() - tick)
+        if tracker is not None:
+            tracker.update(run, validation, step, epoch)
+        epoch += 1
+    run.write_back(tracker.best if tracker is not None else None)
+    seconds = time.perf_counter() - start
+    return [
+        FitResult(
+            best_metric=tracker.values[e] if tracker else None, best_step=tracker.steps[e] if tracker else None,
+            metric=tracker.metric if tracker else (cfg.metric or template.head.task.default_metric),
+            steps=step, history=tracker.history[e] if tracker else [], trainable_parameters=counts["trainable"],
+            total_parameters=counts["total"], wall_time_s=seconds / len(models),
+            train_samples_per_s=step * size * len(models) / max(sum(epoch_seconds), 1e-9),
+            train_steps_per_s=step / max(sum(epoch_seconds), 1e-9), epoch_seconds=epoch_seconds,
+            used_feature_cache=True, batch_size=size,
+        )
+        for e in range(len(models))
+    ]  # fmt: skip
+
+
+def _order(n: int, configs: Sequence[TrainConfig], epoch: int) -> torch.Tensor:
+    """Each episode's shuffle of its n rows for ``epoch``: ``fit``'s ``EpochSampler``."""
+    out = []
+    for cfg in configs:
+        sampler = EpochSampler(n, cfg.seed, True)
+        sampler.set_epoch(epoch)
+        out.append(list(sampler))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def _batch(
+    features: Any, rows: torch.Tensor, local: torch.Tensor, configs: Sequence[TrainConfig],
+    cfg: TrainConfig,
+) -> dict[str, Any]:  # fmt: skip
+    """One step's batch of every episode: tokens {m: [E, B, T, D]}, masks {m: [E, B, T]},
+    labels [E, B]; ``rows`` index the split, ``local`` the episode's own rows (what
+    ``CachedCollator`` seeds modality dropout with, as in an episode's own fit)."""
+    padded = features.padded
+    tokens, masks = {}, {}
+    for m in features.modalities:
+        t, k, lengths = padded[m]
+        width = max(int(lengths[rows].max()), 1)
+        tokens[m], masks[m] = t[rows, :width], k[rows, :width].clone()
+    dropout = cfg.modality_dropout
+    if isinstance(dropout, (int, float)):
+        dropout = {m: float(dropout) for m in features.modalities}
+    if dropout and any(p > 0 for p in dropout.values()):
+        for e, episode in enumerate(configs):
+            rng = np.random.default_rng([episode.seed, *local[e].tolist()])
+            for m in features.modalities:
+                p = dropout.get(m, 0.0)
+                if p > 0:
+                    keep = torch.as_tensor(rng.random(local.shape[1]) >= p)
+                    masks[m][e] &= keep[:, None]
+    return {"tokens": tokens, "masks": masks, "labels": padded["label"][rows]}
+
+
+class StackedRun:
+    """The E models' trainable parameters stacked [E, ...], their optimizer and schedule,
+    and one training step for all of them."""
+
+    def __init__(
+        self, models: Sequence[Any], configs: Sequence[TrainConfig], device: torch.device
+    ) -> None:
+        self.template, self.cfg = models[0], configs[0]
+        named = dict(self.template.named_parameters())
+        self.names = [n for n, p in named.items() if p.requires_grad]
+        self.params = {
+            n: torch.stack([m.get_parameter(n).detach() for m in models]).requires_grad_()
+            for n in self.names
+        }
+        self._check_fixed(models)
+        groups = []
+        for group in param_groups(self.template, self.cfg):
+            ids = {id(p) for p in group["params"]}
+            groups.append(
+                {**group, "params": [self.params[n] for n in self.names if id(named[n]) in ids]}
+            )
+        kernels = {"fused": True} if fused_optimizer(self.cfg, device) else {"foreach": True}
+        if self.cfg.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                groups, lr=self.cfg.lr, **kernels
+            )
+        elif self.cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                groups, lr=self.cfg.lr, momentum=self.cfg.momentum, **kernels
+            )
+        else:
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.cfg.optimizer!r}")
+        self.seeds = torch.tensor([c.seed for c in configs], dtype=torch.int64, device=device)
+        self.bf16 = precision(self.cfg, device) == "bf16"
+        self.device, self.models, self.scheduler = device, list(models), None
+        self.probed = False
+
+    def _check_fixed(self, models: Sequence[Any]) -> None:
+        """Parameters that do not train and buffers must be the same in every model: they
+        are read from the first."""
+        fixed = [(n, t) for n, t in fusion_and_head(self.template).items() if n not in self.params]
+        for model in models[1:]:
+            other = fusion_and_head(model)
+            for name, tensor in fixed:
+                if not torch.equal(tensor, other[name]):
+                    raise NotBatchable(f"{name} (not trained) differs between the models")
+
+    def schedule(self, total: int) -> None:
+        from transformers import get_scheduler  # seconds to import; only a fit needs it
+
+        self.scheduler = get_scheduler(self.cfg.scheduler, self.optimizer,
+                                       int(self.cfg.warmup_ratio * total), total)  # fmt: skip
+
+    def _loss(self, step: int) -> Callable[..., torch.Tensor]:
+        from fusion import static_shapes
+
+        template = self.template
+
+        def loss(
+            params: dict, seed: torch.Tensor, tokens: dict, masks: dict, labels: torch.Tensor
+        ) -> torch.Tensor:
+            with (
+                keyed_randomness(seed, step),
+                static_shapes(),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+            ):
+                return functional_call(template, params, ({"labels": labels}, Encoded(tokens, masks)),
+                                       tie_weights=False).loss  # fmt: skip
+
+        return loss
+
+    def step(self, batch: dict[str, Any], step: int) -> None:
+        """Forward, backward, per-episode clipping and the update, for every episode."""
+        _train_mode(self.template)
+        batch = {k: _to(v, self.device) for k, v in batch.items()}
+        args = (self.params, self.seeds, batch["tokens"], batch["masks"], batch["labels"])
+        try:
+            losses = vmap(self._loss(step))(*args)  # E
+            losses.sum().backward()
+        except (RuntimeError, NotImplementedError) as err:
+            if self.probed:
+                raise
+            fusion = type(self.template.fusion).__name__
+            raise NotBatchable(
+                f"{fusion} does not run under vmap ({str(err).splitlines()[0][:120]})"
+            ) from err
+        self.probed = True
+        if not torch.isfinite(losses.detach()).all():
+            bad = int(torch.nonzero(~torch.isfinite(losses.detach()))[0])
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NotBatchable(
+                f"a non-finite loss (episode {bad}, step {step}); each fit skips its own"
+            )
+        if self.cfg.max_grad_norm is not None:
+            _clip_per_episode(list(self.params.values()), float(self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def write_back(self, best: dict[str, torch.Tensor] | None) -> None:
+        """Each model gets its episode's parameters (its best evaluation's, with one), in
+        eval mode, as ``fit`` leaves it."""
+        with torch.no_grad():
+            for e, model in enumerate(self.models):
+                for name, tensor in (best or self.params).items():
+                    model.get_parameter(name).copy_(tensor[e])
+                eval_mode(model)
+
+
+def _train_mode(model: Any) -> None:
+    """Fusion and head in train mode, the (frozen) encoders in eval mode, as ``fit``'s."""
+    model.training = True
+    model.fusion.train()
+    model.head.train()
+    for encoder in model.encoders.values():
+        if encoder.training:
+            encoder.eval()
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value.to(device, non_blocking=True)
+
+
+def _clip_per_episode(params: list[torch.Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for each episode on its slice of every tensor:
+    the norm of the per-tensor norms, then grads * min(1, max_norm / (norm + 1e-6))."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    per_tensor = torch.stack(
+        [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads], 1
+    )
+    total = torch.linalg.vector_norm(per_tensor, dim=1)  # E
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.ndim - 1))).to(g.dtype))
+
+
+class _BestPerEpisode:
+    """``BestTracker`` per episode: its validation metric after every epoch and a copy of
+    its parameters at its best evaluation."""
+
+    def __init__(self, models: Sequence[Any], cfg: TrainConfig) -> None:
+        from ..modeling.tasks import METRIC_MODES
+
+        self.metric = cfg.metric or models[0].head.task.default_metric
+        self.mode, self.min_delta = METRIC_MODES.get(self.metric, "max"), cfg.min_delta
+        self.values: list[float | None] = [None] * len(models)
+        self.steps: list[int | None] = [None] * len(models)
+        self.history: list[list[dict[str, Any]]] = [[] for _ in models]
+        self.best: dict[str, torch.Tensor] | None = None
+
+    def update(self, run: StackedRun, validation: Any, step: int, epoch: int) -> None:
+        from ..modeling.tasks import RANKING_METRICS
+        from .tracking import is_better
+
+        state = {n: p.detach() for n, p in run.params.items()}
+        metrics = stacked_metrics(run.models, stacked_logits(run.template, state, validation, run.cfg),
+                           validation, ranking=self.metric in RANKING_METRICS)  # fmt: skip
+        if self.best is None:
+            self.best = {n: p.clone() for n, p in state.items()}
+        for e, values in enumerate(metrics):
+            if self.metric not in values:
+                raise ValueError(
+                    f"metric {self.metric!r} is not computed; available: {sorted(values)}"
+                )
+            self.history[e].append(
+                {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in values.items()}}
+            )
+            if is_better(values[self.metric], self.values[e], self.mode, self.min_delta):
+                self.values[e], self.steps[e] = values[self.metric], step
+                for name, tensor in state.items():
+                    self.best[name][e] = tensor[e]
+
+
+@torch.no_grad()
+def stacked_logits(template: Any, state: dict[str, torch.Tensor], features: Any,
+                    cfg: TrainConfig) -> torch.Tensor:  # fmt: skip
+    """Logits [E, N, C] of the E models whose fusion and head ``state`` holds stacked, on
+    every row of ``features``, in eval mode (``fusion.static_shapes``)."""
+    from fusion import static_shapes
+
+    was_training = template.training
+    eval_mode(template)
+    device = next(iter(state.values())).device
+    size = cfg.eval_batch_size or cfg.nominal_batch_size
+    padded, out = features.padded, []
+
+    def logits(params: dict, tokens: dict, masks: dict) -> torch.Tensor:
+        with static_shapes():
+            # tie_weights=False: no walk of the (frozen, unused) encoders' modules per call.
+            out = functional_call(template, params, ({}, Encoded(tokens, masks)), tie_weights=False)
+            return out.logits.float()
+
+    for begin in range(0, len(features), size):
+        idx = torch.arange(begin, min(begin + size, len(features)))
+        tokens, masks = {}, {}
+        for m in features.modalities:
+            t, k, lengths = padded[m]
+            width = max(int(lengths[idx].max()), 1)
+            tokens[m], masks[m] = t[idx, :width].to(device), k[idx, :width].to(device)
+        out.append(vmap(logits, in_dims=(0, None, None))(state, tokens, masks))
+    if was_training:
+        _train_mode(template)
+    return torch.cat(out, dim=1)
+
+
+def stacked_metrics(models: Sequence[Any], logits: torch.Tensor, features: Any,
+             ranking: bool = True) -> list[dict[str, float]]:  # fmt: skip
+    """``eval_metrics``' loss and metrics of each model's logits [N, C] (none without labels)."""
+    if "label" not in features.meta:
+        return [{} for _ in models]
+    labels = features.meta["label"]
+    out = []
+    for model, scores in zip(models, logits.cpu(), strict=True):
+        task = model.head.task
+        out.append(
+            {"loss": task.loss(scores, labels).item(), **task.metrics(scores, labels, ranking)}
+        )
+    return out
+
+
+def fusion_and_head(model: Any) -> dict[str, torch.Tensor]:
+    """The fusion's and head's parameters and buffers, named as in the model."""
+    return {**model.fusion.state_dict(prefix="fusion.", keep_vars=True),
+            **model.head.state_dict(prefix="head.", keep_vars=True)}  # fmt: skip
