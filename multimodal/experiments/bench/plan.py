@@ -37,6 +37,7 @@ SUITE_KEYS = {
     "encoders",
     "unimodal",
     "builder",
+    "builder_args",
 }
 
 
@@ -52,8 +53,8 @@ class Suite:
     encoders: named encoder sets crossed as a grid axis ``encoders`` (each replaces the
     base's entries for the modalities it names: pretrained against random-init weights,
     say); unimodal: also run each modality alone under the same protocol (``image-only``);
-    builder: a script in ``benchmarks/`` whose ``build(path)`` writes ``base.data.path``
-    when that local folder does not exist yet.
+    builder: a script in ``benchmarks/`` whose ``build(path, **builder_args)`` writes
+    ``base.data.path`` when that local folder does not exist yet.
     """
 
     name: str
@@ -70,6 +71,7 @@ class Suite:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     unimodal: bool = True
     builder: str | None = None
+    builder_args: dict[str, Any] = field(default_factory=dict)
 
     # The file the suite was read from: its builder script lies beside the suites folder.
     path: Path | None = field(default=None, compare=False, repr=False)
@@ -140,7 +142,7 @@ def find_suite(name: str | Path, folders: Sequence[Path] = ()) -> Path:
 
 def prepare_data(suite: Suite) -> None:
     """Build the suite's local dataset with its builder script (``builder``, in the folder
-    above the suite's) when the data folder does not exist yet."""
+    above the suite's, called with ``builder_args``) when the data folder does not exist yet."""
     path = Path(suite.base.get("data", {}).get("path", ""))
     if suite.builder is None or path.exists():
         return
@@ -153,7 +155,7 @@ def prepare_data(suite: Suite) -> None:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     logger.warning("building %s with %s (first run only)", path, script.name)
-    module.build(path)
+    module.build(path, **suite.builder_args)
 
 
 @dataclass(frozen=True)
