@@ -5,7 +5,8 @@ and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plot
 
 The same as ``multimodal bench``, which this script runs with its arguments: every flag,
 and what it does, is in ``python benchmarks/cross_domain.py --help`` (``multimodal/cli/bench.py``).
-With no arguments: the synthetic-quick suite, written to runs/benchmarks/synthetic-quick.
+With no arguments: the main job, the real-digits-quick suite, written to
+runs/benchmarks/real-digits-quick (its data is built on the first run, from PyPI packages).
 """
 
 from __future__ import annotations

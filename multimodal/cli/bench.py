@@ -19,8 +19,9 @@ and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plot
         [--workers N] [--ray-address auto|ray://HOST:PORT] [--cpus-per-run C] [--gpus-per-run G]
         [--trackers tensorboard,mlflow]
 
-With no --suite: the synthetic-quick suite and its default fusions, written to
-runs/benchmarks/synthetic-quick. Runs already in --out are skipped, so an interrupted
+With no --suite: the main job, the real-digits-quick suite (real signals from PyPI packages,
+pretrained frozen encoders; its data built on the first run) and its default fusions,
+written to runs/benchmarks/real-digits-quick. Runs already in --out are skipped, so an interrupted
 benchmark resumes and a finished one only rewrites the summary. Each modality alone
 (``image-only``, ...) runs beside the fusions under the same protocol, unless --no-unimodal.
 
@@ -44,6 +45,10 @@ modality dropout rates, so the tables compare models trained with and without it
 """
 
 
+# The suite that runs with no --suite: the README's first command.
+MAIN_JOB = "real-digits-quick"
+
+
 def default_out(suite: str) -> Path:
     """Where results go without --out."""
     return Path("runs") / "benchmarks" / suite
@@ -58,7 +63,7 @@ def add_bench(sub: Any) -> None:
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", help="a suite name in benchmarks/suites or a YAML path (default: "
-                   "synthetic-quick, or with --compare-to the reference's)")  # fmt: skip
+                   "real-digits-quick, the main job, or with --compare-to the reference's)")  # fmt: skip
     p.add_argument("--fusion", help="comma-separated fusions, or 'all' for every registered one "
                    "(default: the suite's list)")  # fmt: skip
     p.add_argument("--adaptation", "--strategy", dest="adaptation",
@@ -146,7 +151,7 @@ def _suite(args: argparse.Namespace) -> Any:
     from ..experiments.bench import find_suite, load_suite, prepare_data
 
     split = lambda text: text.split(",") if text else None  # noqa: E731
-    suite = load_suite(find_suite(args.suite or "synthetic-quick")).with_overrides(
+    suite = load_suite(find_suite(args.suite or MAIN_JOB)).with_overrides(
         unimodal=not args.no_unimodal, episodes=args.episodes,
         modality_dropout=[float(p) for p in split(args.modality_dropout) or []],
         balance=split(args.balance), imbalance=args.imbalance, robustness=args.robustness,

@@ -1,0 +1,58 @@
+"""The main job (the README's first command, the real-digits-quick suite): its committed
+reference decides what it was built to decide, and its suite is what the README runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from multimodal.experiments.bench import load_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / "benchmarks" / "results" / "real-digits-quick"
+FUSIONS = ("concat", "cross_attention", "moe")
+
+
+def _entries() -> list[dict]:
+    return json.loads((REFERENCE / "summary.json").read_text())["summary"]
+
+
+def test_the_main_job_is_the_default_suite_and_builds_its_data_from_pypi_packages() -> None:
+    from multimodal.cli.bench import MAIN_JOB
+
+    suite = load_suite(ROOT / "benchmarks" / "suites" / f"{MAIN_JOB}.yaml")
+    assert MAIN_JOB == "real-digits-quick" and suite.builder == "make_real_digits.py"
+    assert suite.builder_args.get("engines", "pip") == "pip"
+    assert set(suite.fusions) == set(FUSIONS) and suite.unimodal
+    for stage in (suite.base["train"], suite.base["transfer"]["adapt"], suite.base["transfer"]["scratch"]):
+        assert stage["strategy"] == "head"  # frozen encoders: episodes batch together
+    for encoder in suite.base["encoders"].values():
+        path = encoder.get("checkpoint_path") or encoder.get("model_name_or_path")
+        assert path.startswith("package:")  # weights from the base install, no hub
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_the_committed_reference_decides_each_fusion_against_the_best_unimodal_and_concat(
+    fusion: str,
+) -> None:
+    """Overall CI half-width <= 0.015, per-target <= 0.03, and an MDD <= 0.03 at 80% power,
+    Holm-corrected across the table, for fusion - best unimodal and fusion - concat."""
+    rows = [e for e in _entries() if e["fusion"] == fusion]
+    assert {e["target"] for e in rows} == {"all", "hand-formant-de", "print-klatt-en"}
+    for entry in rows:
+        keys = ["gain_vs_unimodal"] + (["adapted_vs_concat"] if fusion != "concat" else [])
+        for key in keys:
+            comparison = entry[key]
+            limit = 0.015 if entry["target"] == "all" else 0.03
+            assert comparison["ci"] <= limit, (fusion, entry["target"], key, comparison["ci"])
+            assert comparison["mdd"] <= 0.03, (fusion, entry["target"], key, comparison["mdd"])
+            assert comparison["seeds"] >= 10 and comparison["tests"] > 1
+
+
+def test_the_reference_ran_every_fit_batched() -> None:
+    runs = [json.loads(p.read_text()) for p in sorted((REFERENCE / "runs").glob("*.json"))]
+    assert len(runs) == 6 * json.loads((REFERENCE / "summary.json").read_text())["settings"]["seeds"]
+    modes = {m for run in runs for r in run["reports"].values() for m in r["episode_fits"].values()}
+    assert modes == {"batched"}
