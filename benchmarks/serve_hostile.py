@@ -11,10 +11,15 @@ runs/serve_load/model, as serve_load.py does) unless --model names one. Hostile 
 - wide: a 1 x 600,000 pixel PNG (661 bytes), and a 5,000 x 1 one;
 - long_text: 9 MB of words, against max_length 32;
 - long_audio: a 6.4 MB WAV (200 s at 16 kHz), against a 0.5 s encoder;
-- truncated: a PNG and a WAV cut in half.
+- truncated: a PNG and a WAV cut in half;
+- odd_rate: WAVs at 7,919 Hz (10 frames, 113 bytes), 22,051 Hz and 96,001 Hz (1 s), whose
+  resampling between coprime rates once cost gigabytes;
+- big_image: an 8,000 x 8,000 PNG, within the pixel limit (64 million);
+- bad_form: multipart bodies with no closing boundary, or a broken part header;
+- many_samples: 100,000 empty samples in one request (400 KB).
 
 Three phases, each on a fresh server (its peak RSS is the kernel's VmHWM):
-1. per kind: 8 requests of that kind alone, after 4 good ones: statuses, seconds each and
+1. per kind: 8 requests of that kind at once, after 4 good ones: statuses, seconds each and
    how much the peak RSS grew;
 2. good only: --requests good requests from --concurrency threads;
 3. mixed: the same, with a quarter of them hostile (the kinds in turn).
@@ -34,7 +39,8 @@ from typing import Any
 import numpy as np
 from serve_load import request_sample, saved_model
 
-KINDS = ("deep", "deep_form", "wide", "long_text", "long_audio", "truncated")
+KINDS = ("deep", "deep_form", "wide", "long_text", "long_audio", "truncated", "odd_rate",
+         "big_image", "bad_form", "many_samples")  # fmt: skip
 
 
 def _png(width: int, height: int) -> bytes:
@@ -42,6 +48,14 @@ def _png(width: int, height: int) -> bytes:
 
     buf = io.BytesIO()
     Image.new("L", (width, height), 0).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _rgb_png(side: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 140, 200)).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -75,6 +89,17 @@ def hostile(kind: str, i: int) -> tuple[bytes, dict[str, str]]:
         return json.dumps({"inputs": {"text": words}}).encode(), as_json
     if kind == "long_audio":
         return json.dumps({"inputs": {"audio": b64(_wav(200.0))}}).encode(), as_json
+    if kind == "odd_rate":
+        rate, seconds = ((7919, 10 / 7919), (22051, 1.0), (96001, 1.0))[i % 3]
+        return json.dumps({"inputs": {"audio": b64(_wav(seconds, rate))}}).encode(), as_json
+    if kind == "big_image":
+        return json.dumps({"inputs": {"image": b64(_rgb_png(8000))}}).encode(), as_json
+    if kind == "bad_form":
+        part = b'--b0undary\r\nContent-Disposition: form-data; name="text"\r\n\r\nhello'
+        body = part if i % 2 == 0 else b"--b0undary\r\nnot a header\r\n\r\n--b0undary--\r\n"
+        return body, {"content-type": "multipart/form-data; boundary=b0undary"}
+    if kind == "many_samples":
+        return json.dumps({"inputs": [{}] * 100_000}).encode(), as_json
     if kind == "truncated":
         whole = _png(32, 32) if i % 2 == 0 else _wav(0.5)
         key = "image" if i % 2 == 0 else "audio"
@@ -126,7 +151,9 @@ def per_kind(model: Path) -> dict[str, Any]:
     for kind in KINDS:
         server = Server(model)
         try:
-            calls = [_post(server.url, *hostile(kind, i)) for i in range(8)]
+            requests = [hostile(kind, i) for i in range(8)]
+            with ThreadPoolExecutor(max_workers=8) as pool:  # at once: memory across requests
+                calls = list(pool.map(lambda r: _post(server.url, *r), requests))
         finally:
             peak = server.close()
         out[kind] = {

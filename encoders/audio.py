@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,25 @@ def to_waveform(
     return wave, rate
 
 
+# torchaudio's resampling kernel has (target / g) x (rate / g) taps for g = gcd(rate, target):
+# between coprime rates (22,051 Hz to 16,000 Hz) that is gigabytes for a 113-byte file. A
+# ratio whose reduced terms exceed this is taken at the nearest ratio whose terms do not.
+MAX_RESAMPLE_TERMS = 1000
+
+
+def resample(wave: torch.Tensor, rate: int, target: int) -> torch.Tensor:
+    """``wave`` at ``rate`` Hz resampled to ``target`` Hz with a kernel of at most
+    ``MAX_RESAMPLE_TERMS`` x ``MAX_RESAMPLE_TERMS`` taps: an odd rate is resampled as if it
+    were the nearest rate that reduces to small terms (22,051 Hz as 22,050: a pitch and
+    tempo change of at most 1e-5 relative at that limit, and a bounded cost)."""
+    ratio = Fraction(int(target), int(rate))
+    if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_TERMS:
+        ratio = ratio.limit_denominator(MAX_RESAMPLE_TERMS)
+        while ratio.numerator > MAX_RESAMPLE_TERMS:  # upsampling by a large factor
+            ratio = Fraction(ratio.numerator // 2, max(ratio.denominator // 2, 1))
+    return torchaudio.functional.resample(wave, ratio.denominator, ratio.numerator)
+
+
 @register_processor("audio")
 class AudioProcessor(Processor):
     """Raw audio -> mono waveform at ``sample_rate``, cropped to ``max_seconds``, padded, + lengths.
@@ -156,7 +176,7 @@ class AudioProcessor(Processor):
         if rate != self.sample_rate and wave.numel() > 0:
             # Crop before resampling so a very long clip is not resampled whole.
             wave = wave[: math.ceil(self.max_length * rate / self.sample_rate) + 1]
-            wave = torchaudio.functional.resample(wave, rate, self.sample_rate)
+            wave = resample(wave, rate, self.sample_rate)
         return wave[: self.max_length]
 
     def __call__(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:

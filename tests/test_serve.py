@@ -23,18 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def served(tmp_path_factory):
+    """The server process and its URL."""
     run = tmp_path_factory.mktemp("served")
     config = tiny_run(encoders={**tiny_run()["encoders"], "image": IMAGE, "audio": AUDIO})
     config["train"]["epochs"] = 1
     train_run(config, run)
     process, url = start_server(
         run, "--max-batch", "16", "--max-wait-ms", "50", "--max-payload-mb", "1",
-        "--max-text-chars", "500000", "--max-audio-seconds", "30",
+        "--max-text-chars", "500000", "--max-audio-seconds", "30", "--max-samples", "64",
     )  # fmt: skip
-    yield url
+    yield process, url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[1]
 
 
 def _png() -> str:
@@ -241,3 +247,103 @@ def test_hostile_requests_are_refused_or_cut_before_the_work(server) -> None:
     )
     assert response.status_code == 422 and "--max-audio-seconds" in response.json()["error"]
     assert httpx.post(f"{server}/predict", json={"inputs": SAMPLE}).status_code == 200
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _peak_since(pid: int) -> int:
+    """Reset the process's peak RSS to its current RSS (Linux clear_refs); returns it, kB."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return _status_kb(pid, "VmRSS")
+
+
+def _odd_wav(rate: int, frames: int) -> str:
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * np.sin(np.arange(frames) / 7)).astype(np.float32), rate, format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_odd_sample_rates_are_resampled_at_a_bounded_cost(served) -> None:
+    """A 113-byte WAV at 7,919 Hz cost 1.9 GB and one at 22,051 Hz over 3 GB: torchaudio's
+    kernel between coprime rates. Each is answered, and the server's RSS grows < 300 MB."""
+    process, url = served
+    base = _peak_since(process.pid)
+    for rate, frames in ((7919, 10), (22051, 22051), (96001, 96001)):
+        response = httpx.post(
+            f"{url}/predict", json={"inputs": {"audio": _odd_wav(rate, frames)}}, timeout=60
+        )
+        assert response.status_code == 200, (rate, response.text)
+    assert (_status_kb(process.pid, "VmHWM") - base) / 1024 < 300
+
+
+def _big_png(side: int = 8000) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 140, 200)).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_concurrent_large_images_stay_under_the_documented_bound(served) -> None:
+    """Eight concurrent 8000 x 8000 PNGs (each within MAX_IMAGE_PIXELS) pushed RSS to 2.8 GB;
+    at most Limits.decoding requests now decode at once, so the growth stays under
+    decoding x 2 x 3 bytes x MAX_IMAGE_PIXELS (a decoded image and one working copy each)."""
+    from encoders.image import MAX_IMAGE_PIXELS
+    from multimodal.deploy.serve import Limits
+
+    process, url = served
+    image = _big_png()
+    base = _peak_since(process.pid)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: httpx.post(f"{url}/predict", json={"inputs": {"image": image}},
+                                                   timeout=300).status_code, range(8)))  # fmt: skip
+    assert codes == [200] * 8
+    bound = Limits().decoding * 2 * 3 * MAX_IMAGE_PIXELS / 2**20
+    grown = (_status_kb(process.pid, "VmHWM") - base) / 1024
+    assert grown < bound, (grown, bound)
+
+
+def test_malformed_multipart_and_too_many_samples_are_4xx(server) -> None:
+    boundary = "b0undary"
+    garbage = f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\nhello'.encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    response = httpx.post(
+        f"{server}/predict", content=garbage, headers=headers
+    )  # no closing boundary
+    assert response.status_code == 400 and "closing boundary" in response.json()["error"]
+    broken = (
+        b"--"
+        + boundary.encode()
+        + b"\r\nnot a header at all\r\n\r\n--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+    response = httpx.post(f"{server}/predict", content=broken, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    response = httpx.post(
+        f"{server}/predict", content=b"--x--", headers={"content-type": "multipart/form-data"}
+    )
+    assert response.status_code == 400  # no boundary declared at all
+    response = httpx.post(f"{server}/predict", json={"inputs": [{}] * 65})
+    assert response.status_code == 413 and "--max-samples" in response.json()["error"]
+    assert httpx.post(f"{server}/predict", json={"inputs": [SAMPLE] * 64}).status_code == 200
+
+
+def test_serve_checks_its_port_and_says_it_serves_only_once_the_model_loaded(
+    tmp_path, capsys
+) -> None:
+    from multimodal.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", str(tmp_path), "--port", "99999"])
+    assert exit_.value.code == 2 and "a port is 0 to 65535" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path), "--port", "8123"]) == 2  # no model there
+    captured = capsys.readouterr()
+    assert "serving" not in captured.out and captured.err
+

@@ -10,19 +10,14 @@ from ._common import add_model, load_model
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..deploy.export import OnnxModel, example_value, export_onnx
+    from ..deploy.export import example_value, export_difference, export_onnx
 
     model = load_model(args)
     out = Path(args.out or Path(args.model) / "onnx")
     export_onnx(model, out, args.opset)
     samples = [{m: example_value(p) for m, p in model.processor.processors.items()}] * 3
-    with torch.no_grad():
-        expected = model.predict(samples)["logits"].numpy()
-    got = OnnxModel(out).predict(samples)["logits"]
     print(f"exported {out / 'model.onnx'}; onnxruntime vs PyTorch max |logit diff| "
-          f"{float(abs(got - expected).max()):.2e} on {len(samples)} examples")  # fmt: skip
+          f"{export_difference(model, out, samples):.2e} on {len(samples)} examples")  # fmt: skip
     if args.quantize:
         _quantize(args, out)
     return 0
@@ -107,13 +102,11 @@ def add_export(sub: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from ..deploy.serve import Limits, serve
 
-    print(
-        f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /health, /metadata)"
-    )
+    limits = Limits(text_chars=args.max_text_chars, audio_seconds=args.max_audio_seconds,
+                    samples=args.max_samples, decoding=args.decoding)  # fmt: skip
     serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
           max_payload_mb=args.max_payload_mb, trust_remote_code=args.trust_remote_code,
-          allow_unverified=args.allow_unverified,
-          limits=Limits(text_chars=args.max_text_chars, audio_seconds=args.max_audio_seconds))  # fmt: skip
+          allow_unverified=args.allow_unverified, limits=limits)  # fmt: skip
     return 0
 
 
@@ -122,14 +115,28 @@ def add_serve(sub: Any) -> None:
     p = sub.add_parser("serve", help="an HTTP inference server with dynamic batching")
     add_model(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (0-65535)")
     p.add_argument("--max-batch", type=int, default=32, help="1 turns dynamic batching off")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
     p.add_argument("--max-payload-mb", type=float, default=10.0, help="largest request body")
     p.add_argument("--max-text-chars", type=int, default=100_000, help="longest text in a sample")
     p.add_argument("--max-audio-seconds", type=float, default=60.0,
                    help="longest audio clip in a sample, from its header")  # fmt: skip
+    p.add_argument("--max-samples", type=int, default=256, help="most samples in one request")
+    p.add_argument("--decoding", type=int, default=2, help="requests decoded at once; the rest "
+                   "wait, which bounds memory under concurrent large images or audio")  # fmt: skip
     p.set_defaults(func=run_serve)
+
+
+def _port(value: str) -> int:
+    """A TCP port: an integer from 0 to 65535 (argparse's error names the flag)."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
 
 
 def run_push(args: argparse.Namespace) -> int:

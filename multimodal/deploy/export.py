@@ -95,8 +95,17 @@ def _flat(batch: Batch, layout: Sequence[tuple[str, Sequence[str]]]) -> list[tor
     ]
 
 
-def export_onnx(model: MultimodalModel, out: str | Path, opset: int | None = None) -> Path:
-    """Write ``model.onnx``, ``export.json`` and ``processors/`` to ``out`` (atomically)."""
+class ExportMismatchError(RuntimeError):
+    """An exported graph whose logits differ from the PyTorch model's beyond tolerance."""
+
+
+def export_onnx(
+    model: MultimodalModel, out: str | Path, opset: int | None = None, atol: float = 1e-4
+) -> Path:
+    """Write ``model.onnx``, ``export.json`` and ``processors/`` to ``out`` (atomically),
+    after onnxruntime's logits on example samples agreed with the model's in eval mode to
+    ``atol``: an export that disagrees is an ``ExportMismatchError`` naming the difference,
+    and nothing is written."""
     model = model.eval()
     processor = model.processor
     samples = [{m: example_value(p) for m, p in processor.processors.items()} for _ in range(2)]
@@ -118,7 +127,7 @@ def export_onnx(model: MultimodalModel, out: str | Path, opset: int | None = Non
     with atomic_dir(out) as tmp:
         kwargs = {"opset_version": opset} if opset else {}
         torch.onnx.export(
-            _Graph(model, layout), tuple(args), str(tmp / ONNX_NAME), input_names=names,
+            _Graph(model, layout).eval(), tuple(args), str(tmp / ONNX_NAME), input_names=names,
             output_names=["logits"], dynamic_shapes=(tuple(dynamic),), dynamo=True, **kwargs,
         )  # fmt: skip
         processor.save_pretrained(tmp / "processors")
@@ -132,7 +141,22 @@ def export_onnx(model: MultimodalModel, out: str | Path, opset: int | None = Non
             },
         )  # fmt: skip
         write_checksums(tmp)
+        difference = export_difference(model, tmp, samples)
+        if difference > atol:
+            raise ExportMismatchError(
+                f"the exported graph's logits differ from the model's by up to {difference:.3g} "
+                f"(max |difference| on {len(samples)} example samples; tolerance {atol:g}): not written"
+            )
     return Path(out)
+
+
+def export_difference(
+    model: MultimodalModel, folder: Path, samples: Sequence[Mapping[str, Any]]
+) -> float:
+    """Max |logit difference| between onnxruntime on the export in ``folder`` and the model."""
+    with torch.no_grad():
+        expected = model.predict(samples)["logits"].numpy()
+    return float(np.abs(OnnxModel(folder).predict(samples)["logits"] - expected).max())
 
 
 class OnnxModel:

@@ -44,12 +44,16 @@ MAX_JSON_DEPTH = 6
 
 @dataclass(frozen=True)
 class Limits:
-    """What one sample may ask the server to process, checked before any work: longer text
+    """What a request may ask the server to process, checked before any work: longer text
     or audio is a 422 (within them, text is still cut to what the tokenizer keeps and audio
-    decoded only to the encoder's length)."""
+    decoded only to the encoder's length), more samples than ``samples`` a 413.
+    ``decoding``: requests whose samples are decoded and processed at once; others wait, so
+    memory is bounded by that many times a request's own bound, however many arrive."""
 
     text_chars: int = 100_000
     audio_seconds: float = 60.0
+    samples: int = 256
+    decoding: int = 2
 
 
 class RequestError(ValueError):
@@ -285,6 +289,9 @@ def create_app(
         task.cancel()
 
     app = FastAPI(title="transferfuse inference", lifespan=lifespan)
+    # Its own threads: at most limits.decoding requests decode at once, and since each
+    # thread's freed memory stays in its allocator arena, no more arenas than that grow.
+    decoders = ThreadPoolExecutor(max_workers=max(1, limits.decoding), thread_name_prefix="decode")
 
     def error(status: int, field: str, message: str) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": message, "field": field})
@@ -306,70 +313,113 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return error(
-                413, "body", f"payload of {int(declared):,} bytes is over the limit of {limit:,}"
-            )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return error(413, "body", f"payload is over the limit of {limit:,} bytes")
         try:
-            raw = await _parse(request, bytes(body), processor)
+            body = await _body(request, limit)
+            raw = await _parse(request, body, processor)
             many = isinstance(raw, list)
-            # Decoding and checking run off the event loop, so requests keep arriving meanwhile.
-            samples = await asyncio.to_thread(
+            if many and len(raw) > limits.samples:
+                raise RequestError(413, "inputs", f"{len(raw):,} samples is over the limit of "
+                                                  f"{limits.samples:,} per request (--max-samples)")  # fmt: skip
+            # Decoding and checking run off the event loop, so requests keep arriving
+            # meanwhile, on limits.decoding threads (bounded memory).
+            samples = await asyncio.get_running_loop().run_in_executor(
+                decoders,
                 lambda: [check_sample(processor, s, f"inputs[{i}]" if many else "inputs", limits)
-                         for i, s in enumerate(raw if many else [raw])]
+                         for i, s in enumerate(raw if many else [raw])],
             )  # fmt: skip
         except RequestError as err:
             return error(err.status, err.field, str(err))
         if not samples:
             return error(422, "inputs", "no samples")
         results = await asyncio.gather(*(batcher.submit(s) for s in samples))
-        predictions = []
-        for r in results:
-            entry: dict[str, Any] = {k: v for k, v in r.items() if k != "logits"}
-            if "labels" in r and model.head.task.exclusive_classes:
-                entry["label_name"] = labels[r["labels"]]
-            predictions.append(entry)
+        predictions = [_prediction(r, labels, model.head.task.exclusive_classes) for r in results]
         return {"predictions": predictions if many else predictions[0], "model": version}
 
     return app
+
+
+async def _body(request: Any, limit: int) -> bytes:
+    """The request body, refused with a 413 once it passes ``limit`` bytes (declared or read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(
+            413, "body", f"payload of {int(declared):,} bytes is over the limit of {limit:,}"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, "body", f"payload is over the limit of {limit:,} bytes")
+    return bytes(body)
+
+
+def _prediction(result: Mapping[str, Any], labels: list[str], named: bool) -> dict[str, Any]:
+    """A sample's answer without its logits; a class answer with its label's name."""
+    entry: dict[str, Any] = {k: v for k, v in result.items() if k != "logits"}
+    if "labels" in result and named:
+        entry["label_name"] = labels[result["labels"]]
+    return entry
 
 
 async def _parse(request: Any, body: bytes, processor: MultimodalProcessor) -> Any:
     """The ``inputs`` of a JSON body, or one sample from a multipart form."""
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
-        from starlette.datastructures import UploadFile
-        from starlette.requests import Request as StarletteRequest
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        form = await StarletteRequest(request.scope, receive).form()
-        sample: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                sample[key] = await value.read()
-            elif key in processor.processors and processor.kind(key) == "tabular":
-                sample[key] = loads(value, key)
-            else:
-                sample[key] = value
-        return sample
+        return await _form(request, body, kind, processor)
     data = await asyncio.to_thread(loads, body, "body", 400)  # 10 MB parse off the event loop
     if not isinstance(data, Mapping) or "inputs" not in data:
         raise RequestError(422, "inputs", 'expected {"inputs": SAMPLE or [SAMPLE, ...]}')
     return data["inputs"]
 
 
+async def _form(request: Any, body: bytes, kind: str, processor: MultimodalProcessor) -> Any:
+    """One sample from a multipart form; a form that does not parse, or that ends before its
+    closing boundary (its last field would be lost), is a 400."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
+    from starlette.requests import Request as StarletteRequest
+
+    try:
+        from python_multipart.exceptions import MultipartParseError
+    except ImportError:  # python-multipart before 0.0.13
+        from multipart.exceptions import MultipartParseError
+
+    boundary = next((p.split("=", 1)[1].strip('" ') for p in kind.split(";")
+                     if p.strip().startswith("boundary=")), "")  # fmt: skip
+    if not boundary or f"--{boundary}--".encode() not in body:
+        raise RequestError(
+            400, "body", "a multipart body that does not end with its closing boundary"
+        )
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await StarletteRequest(request.scope, receive).form()
+    except (MultipartParseError, MultiPartException, ValueError, KeyError) as err:
+        raise RequestError(400, "body", f"a multipart body that does not parse ({err})") from None
+    sample: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            sample[key] = await value.read()
+        elif key in processor.processors and processor.kind(key) == "tabular":
+            sample[key] = loads(value, key)
+        else:
+            sample[key] = value
+    if not sample:
+        raise RequestError(422, "body", "a multipart form with no fields")
+    return sample
+
+
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+    """Load the model (its checks first), say where it is served, and serve it."""
     import uvicorn
 
-    uvicorn.run(create_app(run, **kwargs), host=host, port=port, log_level="warning")
+    app = create_app(run, **kwargs)
+    print(
+        f"serving {run} on http://{host}:{port} (POST /predict, GET /health, /metadata)", flush=True
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def start_server(
