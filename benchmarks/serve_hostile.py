@@ -153,7 +153,7 @@ def per_kind(model: Path) -> dict[str, Any]:
         try:
             requests = [hostile(kind, i) for i in range(8)]
             with ThreadPoolExecutor(max_workers=8) as pool:  # at once: memory across requests
-                calls = list(pool.map(lambda r: _post(server.url, *r), requests))
+                calls = list(pool.map(lambda r, url=server.url: _post(url, *r), requests))
         finally:
             peak = server.close()
         out[kind] = {

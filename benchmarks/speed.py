@@ -1,7 +1,8 @@
 """Speed tables: fusion modules alone, whole models, MoE time against the number of
-experts, ``fit`` against a hand-written loop, and the feature cache.
+experts, ``fit`` against a hand-written loop, the feature cache, and fits on cached features
+(episodes): a k-shot head fit against a bare loop, and 32 episodes trained together against 1.
 
-python benchmarks/speed.py [--only fusions|models|moe|fit|finetune|cache] [--fusions a,b]
+python benchmarks/speed.py [--only fusions|models|moe|fit|finetune|cache|episodes] [--fusions a,b]
     [--pairs 5] [--out benchmarks/results/speed.json]
 
 With --out, the sections run are written into the file and the others already in it are kept.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from multimodal.experiments.speed import (
     moe_scaling,
 )
 
-SECTIONS = ("fusions", "models", "moe", "fit", "finetune", "cache")
+SECTIONS = ("fusions", "models", "moe", "fit", "finetune", "cache", "episodes")
 QUICK = str(Path(__file__).parent / "configs" / "synthetic_quick.yaml")
 FINETUNE = str(Path(__file__).parent / "configs" / "finetune_cpu.yaml")
 
@@ -142,8 +144,29 @@ def _cache(args: argparse.Namespace, device: str, results: dict) -> None:
     )
 
 
+def _episodes(args: argparse.Namespace, device: str, results: dict) -> None:
+    """On the main job's data and encoders (pretrained, frozen, their outputs cached)."""
+    from multimodal.experiments.episode_speed import batched_episodes, kshot_fit_vs_raw_loop
+
+    r = results.setdefault("episodes", {})["kshot_fit_vs_raw_loop"] = kshot_fit_vs_raw_loop(pairs=args.pairs)
+    print(f"\nk-shot head fit on cached features ({r['suite']} {r['fusion']}, {r['rows']} rows, "
+          f"{r['epochs']} epochs of batch {r['batch_size']}: {r['steps']} steps, {r['evaluations']} "
+          f"evaluations on {r['validation_rows']} rows) against a bare torch loop doing the same")  # fmt: skip
+    for f, w, q in zip(r["fit_s"], r["raw_s"], r["ratios"], strict=True):
+        print(f"  fit {f:.3f} s, bare loop {w:.3f} s, ratio {q:.2f}")
+    print(f"  median ratio {r['ratio']:.2f} (min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f})")
+    fusions = args.fusions.split(",") if args.fusions else ["concat", "cross_attention", "moe"]
+    rows = results["episodes"]["batched"] = [batched_episodes(fusion=f, pairs=min(args.pairs, 3)) for f in fusions]
+    print(f"\n32 episodes trained together against 1 (the main job's scratch fits: {rows[0]['rows']} rows, "
+          f"{rows[0]['epochs']} epochs of batch {rows[0]['batch_size']})")  # fmt: skip
+    for r in rows:
+        print(f"  {r['fusion']:<16} 1: {statistics.median(r['one_s']):.3f} s, 32: "
+              f"{statistics.median(r['many_s']):.3f} s, ratio {r['ratio']:.2f} "
+              f"(min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f}); {r['mode']}")  # fmt: skip
+
+
 RUNNERS = {"fusions": _fusions, "models": _models, "moe": _moe, "fit": _fit, "finetune": _finetune,
-           "cache": _cache}  # fmt: skip
+           "cache": _cache, "episodes": _episodes}  # fmt: skip
 
 
 def main() -> None:

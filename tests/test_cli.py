@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import logging
+import math
 
 import pytest
 import yaml
@@ -271,7 +271,9 @@ def test_robustness_missing_modalities(trained, config_file, tmp_path, capsys) -
     ]  # every proper subset of 2 modalities
     results = json.loads((trained / "results.json").read_text())["test"]
     # relative to nothing dropped: 1, unless nothing dropped scores 0 (a 2-epoch model on 7 rows)
-    assert rows[0]["relative"] == 1.0 or (results["accuracy"] == 0 and math.isnan(rows[0]["relative"]))
+    assert rows[0]["relative"] == 1.0 or (
+        results["accuracy"] == 0 and math.isnan(rows[0]["relative"])
+    )
     assert rows[0]["accuracy"] == results["accuracy"]  # nothing dropped = the plain evaluation
 
 
