@@ -346,4 +346,3 @@ def test_serve_checks_its_port_and_says_it_serves_only_once_the_model_loaded(
     assert main(["serve", "--model", str(tmp_path), "--port", "8123"]) == 2  # no model there
     captured = capsys.readouterr()
     assert "serving" not in captured.out and captured.err
-

@@ -68,24 +68,23 @@ def train_run(
     domains (``training_domains``) unless ``all_domains``. A folder that holds a run is
     refused unless ``resume_from`` resumes it or ``overwrite`` replaces it, and no second
     process may write to it meanwhile (``RunFolder.claim``, ``RunFolder.locked``)."""
+    from .config import RunConfig
+
+    run = RunConfig.from_dict(config)  # a bad config is told before the folder is touched
     folder = RunFolder(Path(output_dir))
     with folder.locked():
         folder.claim(resume_from is not None, overwrite)
-        return _train_run(config, Path(output_dir), resume_from, all_domains)
+        return _train_run(run, Path(output_dir), resume_from, all_domains)
 
 
-def _train_run(
-    config: Mapping[str, Any] | Any, out: Path, resume_from: str | None, all_domains: bool
-) -> dict[str, Any]:
+def _train_run(run: Any, out: Path, resume_from: str | None, all_domains: bool) -> dict[str, Any]:
     from ..data.collate import RowView
     from ..data.loading import load_dataset, select_domains
     from ..data.split import Split
     from ..engine import FitData, evaluate, fit
     from ..modeling.model import build_model
-    from .config import RunConfig
 
     start = time.perf_counter()
-    run = RunConfig.from_dict(config)
     config = run.to_dict()
     spec = run.data
     dsd = load_dataset(spec)

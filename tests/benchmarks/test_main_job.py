@@ -26,7 +26,11 @@ def test_the_main_job_is_the_default_suite_and_builds_its_data_from_pypi_package
     assert MAIN_JOB == "real-digits-quick" and suite.builder == "make_real_digits.py"
     assert suite.builder_args.get("engines", "pip") == "pip"
     assert set(suite.fusions) == set(FUSIONS) and suite.unimodal
-    for stage in (suite.base["train"], suite.base["transfer"]["adapt"], suite.base["transfer"]["scratch"]):
+    for stage in (
+        suite.base["train"],
+        suite.base["transfer"]["adapt"],
+        suite.base["transfer"]["scratch"],
+    ):
         assert stage["strategy"] == "head"  # frozen encoders: episodes batch together
     for encoder in suite.base["encoders"].values():
         path = encoder.get("checkpoint_path") or encoder.get("model_name_or_path")
@@ -53,6 +57,8 @@ def test_the_committed_reference_decides_each_fusion_against_the_best_unimodal_a
 
 def test_the_reference_ran_every_fit_batched() -> None:
     runs = [json.loads(p.read_text()) for p in sorted((REFERENCE / "runs").glob("*.json"))]
-    assert len(runs) == 6 * json.loads((REFERENCE / "summary.json").read_text())["settings"]["seeds"]
+    assert (
+        len(runs) == 6 * json.loads((REFERENCE / "summary.json").read_text())["settings"]["seeds"]
+    )
     modes = {m for run in runs for r in run["reports"].values() for m in r["episode_fits"].values()}
     assert modes == {"batched"}

@@ -33,8 +33,8 @@ def _tiny_suite() -> Suite:
 
 
 def _stored(folder: Path) -> dict[str, dict]:
-    """Per-run JSON by file name, without what depends on the clock or on the units a
-    process ran before (the feature store's hit counts)."""
+    """Per-run JSON by file name, without what depends on the clock, on the units a process
+    ran before (the feature store's hit counts) or beside (how its fits were batched)."""
     runs = {}
     for path in sorted((folder / "runs").glob("*.json")):
         record = json.loads(path.read_text())
@@ -42,6 +42,7 @@ def _stored(folder: Path) -> dict[str, dict]:
             report.pop("stage_seconds")
             report.pop("feature_store")
             report.pop("source_fit")  # the source training's throughput
+            report.pop("episode_fits")  # how the fits ran: alone, or with the other seeds
         record.pop("environment")
         runs[path.name] = record
     return runs

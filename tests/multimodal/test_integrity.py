@@ -51,14 +51,32 @@ def test_calibrate_into_a_folder_that_holds_anything_is_refused_and_leaves_it_as
     (user / "sub" / "data.csv").write_text("a,b\n1,2\n")
     before = {p: _snapshot(p) for p in (finished, user)}
     for out in (finished, user, RunFolder(finished).best_model):
-        code = main(["calibrate", "--model", str(finished), "--config", str(config), "--out", str(out)])
+        code = main(
+            ["calibrate", "--model", str(finished), "--config", str(config), "--out", str(out)]
+        )
         assert code == 2 and "already exist" in capsys.readouterr().err
     assert {p: _snapshot(p) for p in (finished, user)} == before
     # --overwrite replaces an earlier saved model, never a folder that holds anything else
-    code = main(["calibrate", "--model", str(finished), "--config", str(config), "--out", str(user), "--overwrite"])
-    assert code == 2 and "would delete" in capsys.readouterr().err and _snapshot(user) == before[user]
+    code = main(
+        [
+            "calibrate",
+            "--model",
+            str(finished),
+            "--config",
+            str(config),
+            "--out",
+            str(user),
+            "--overwrite",
+        ]
+    )
+    assert (
+        code == 2 and "would delete" in capsys.readouterr().err and _snapshot(user) == before[user]
+    )
     copy = tmp_path / "calibrated"
-    assert main(["calibrate", "--model", str(finished), "--config", str(config), "--out", str(copy)]) == 0
+    assert (
+        main(["calibrate", "--model", str(finished), "--config", str(config), "--out", str(copy)])
+        == 0
+    )
     assert main(["calibrate", "--model", str(finished), "--config", str(config), "--out", str(copy),
                  "--overwrite"]) == 0  # fmt: skip
 
@@ -75,7 +93,9 @@ def test_training_into_a_finished_run_is_refused_unless_resumed_or_overwritten(t
     assert second["steps"] < first["steps"] and (run / "notes.txt").read_text() == "kept"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # a fresh log, not the old one appended to
-    assert all(int(p.name.split("_")[1]) <= second["steps"] for p in RunFolder(run).checkpoints.iterdir())
+    assert all(
+        int(p.name.split("_")[1]) <= second["steps"] for p in RunFolder(run).checkpoints.iterdir()
+    )
 
 
 def test_a_second_training_into_a_locked_folder_is_refused(tmp_path) -> None:

@@ -27,9 +27,9 @@ def test_int8_dynamic_and_static_agree_with_fp32_on_95_percent_of_rows(tmp_path)
 
     config, spec, dsd, rows = tiny_data()
     model = mm.build_model(model_config(config), rows, seed=0)
-    fit(
-        model, FitData(spec, dsd["train"]), {**config["train"], "epochs": 3}
-    )  # a trained model: not all ties
+    # trained until its answers have margins (at 3 to 6 epochs, 3 to 6 of the 28 rows' top
+    # two logits were near enough to tie for int8 rounding to flip them)
+    fit(model, FitData(spec, dsd["train"]), {**config["train"], "epochs": 10})
     fp32 = export_onnx(model, tmp_path / "fp32")
     test = [
         mm.data.RowView(dsd[s], spec, s)[i]
