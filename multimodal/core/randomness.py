@@ -71,19 +71,30 @@ def keyed() -> bool:
     return getattr(_STATE, "key", None) is not None
 
 
-def _bits(shape: torch.Size, device: torch.device) -> torch.Tensor:
-    """24 random bits per element as int64, shaped ``shape``: the hash of the element's index
-    on a Weyl sequence offset by the draw's key."""
+def _hashes(count: int, device: torch.device) -> torch.Tensor:
+    """``count`` 32-bit hashes as int64: each index's on a Weyl sequence offset by the next
+    draw's key."""
     stream = _STATE.key.stream()
     if isinstance(stream, torch.Tensor):
         stream = stream.to(device)
-    index = torch.arange(int(torch.Size(shape).numel()), dtype=torch.int64, device=device)
-    return (_hash32((index * 0x9E3779B1 + stream) & _M32) >> 8).reshape(shape)
+    index = torch.arange(count, dtype=torch.int64, device=device)
+    return _hash32((index * 0x9E3779B1 + stream) & _M32)
 
 
 def uniform_like(x: torch.Tensor) -> torch.Tensor:
-    """Uniform on [0, 1) in ``x``'s shape, float32, from the key (inside the context)."""
-    return _bits(x.shape, x.device).to(torch.float32) * (1.0 / (1 << 24))
+    """Uniform on [0, 1) in steps of 2^-24, in ``x``'s shape, float32, from the key."""
+    return (_hashes(int(x.numel()), x.device) >> 8).to(torch.float32).reshape(x.shape) * (
+        1.0 / (1 << 24)
+    )
+
+
+def _coarse_uniform_like(x: torch.Tensor) -> torch.Tensor:
+    """Uniform on [0, 1) in steps of 2^-16, two from each hash: what a dropout decision
+    needs (its rate is exact to 2^-16), at half the hashing."""
+    count = int(x.numel())
+    bits = _hashes((count + 1) // 2, x.device)
+    halves = torch.stack([bits & 0xFFFF, bits >> 16], -1).reshape(-1)[:count]
+    return halves.to(torch.float32).reshape(x.shape) * (1.0 / (1 << 16))
 
 
 def normal_like(x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +113,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return F.dropout(x, p, training)
     if p >= 1.0:
         return x * 0.0
-    keep = uniform_like(x) >= p
+    keep = _coarse_uniform_like(x) >= p
     return x * keep.to(x.dtype) / (1.0 - p)
 
 

@@ -180,6 +180,19 @@ class TransferPlan:
         return cls(run, seed, sources, targets, source, target, episodes, out,
                    Progress(run, enabled=run.train.progress))  # fmt: skip
 
+    def with_seed(self, run: RunConfig) -> TransferPlan:
+        """The plan of ``run``, which differs from this plan's run only in its seed: the same
+        loaded splits and progress bar, its own seed and episodes (a group of seeds loads
+        its data once)."""
+        seed, settings = run.run_seed, run.transfer
+        episodes = {
+            t: [draw_episode(self.target[t]["train"], settings, seed, t, e, run.data.label)
+                for e in range(int(settings.episodes))]
+            for t in self.targets
+        }  # fmt: skip
+        return dataclasses.replace(self, run=run, seed=seed, episodes=episodes, metric="",
+                                   source_privacy=None, source_fit={}, scratch_template=None)  # fmt: skip
+
     def student(self) -> TransferPlan | None:
         """The plan of ``transfer.student``'s model (None without one): this plan's data,
         episodes and progress bar; its own run config, metric and run folders (``student/``)."""

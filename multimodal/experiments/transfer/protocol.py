@@ -69,12 +69,10 @@ def transfer_seeds(
     lookups = (FEATURES.hits, FEATURES.misses)
     times: dict[str, float] = {}
     tick = time.perf_counter()
-    plans = [TransferPlan.build(run) for run in runs]
+    first = TransferPlan.build(runs[0])
+    plans = [first, *(first.with_seed(run) for run in runs[1:])]  # the data loaded once
     for plan in plans:
         _share_encoders(plan, arms)
-        if plan is not plans[0]:
-            plan.progress.close()
-            plan.progress = plans[0].progress  # one bar over the group
         _plan_progress(plan, arms)
     times["load"] = time.perf_counter() - tick
     tick = time.perf_counter()
