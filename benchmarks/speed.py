@@ -148,7 +148,9 @@ def _episodes(args: argparse.Namespace, device: str, results: dict) -> None:
     """On the main job's data and encoders (pretrained, frozen, their outputs cached)."""
     from multimodal.experiments.episode_speed import batched_episodes, kshot_fit_vs_raw_loop
 
-    r = results.setdefault("episodes", {})["kshot_fit_vs_raw_loop"] = kshot_fit_vs_raw_loop(pairs=args.pairs)
+    r = results.setdefault("episodes", {})["kshot_fit_vs_raw_loop"] = kshot_fit_vs_raw_loop(
+        pairs=args.pairs
+    )
     print(f"\nk-shot head fit on cached features ({r['suite']} {r['fusion']}, {r['rows']} rows, "
           f"{r['epochs']} epochs of batch {r['batch_size']}: {r['steps']} steps, {r['evaluations']} "
           f"evaluations on {r['validation_rows']} rows) against a bare torch loop doing the same")  # fmt: skip
@@ -156,7 +158,9 @@ def _episodes(args: argparse.Namespace, device: str, results: dict) -> None:
         print(f"  fit {f:.3f} s, bare loop {w:.3f} s, ratio {q:.2f}")
     print(f"  median ratio {r['ratio']:.2f} (min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f})")
     fusions = args.fusions.split(",") if args.fusions else ["concat", "cross_attention", "moe"]
-    rows = results["episodes"]["batched"] = [batched_episodes(fusion=f, pairs=min(args.pairs, 3)) for f in fusions]
+    rows = results["episodes"]["batched"] = [
+        batched_episodes(fusion=f, pairs=min(args.pairs, 3)) for f in fusions
+    ]
     print(f"\n32 episodes trained together against 1 (the main job's scratch fits: {rows[0]['rows']} rows, "
           f"{rows[0]['epochs']} epochs of batch {rows[0]['batch_size']})")  # fmt: skip
     for r in rows:

@@ -72,27 +72,54 @@ def fit_episodes(
     on_step: Sequence[Callable[[Any], None]] = (),
 ) -> EpisodeFits:  # fmt: skip
     """Train each model on its data under its config, as ``fit`` would, batched where it
-    can be. Models whose config writes a run folder are fitted alone (``fit`` writes it)."""
+    can be: models that hold the same encoders (a seed's episodes, when the encoders depend
+    on the seed) run together. Models whose config writes a run folder are fitted alone
+    (``fit`` writes it)."""
     configs = [TrainConfig.from_dict(c) for c in configs]
-    together = [i for i, c in enumerate(configs) if not c.output_dir]
-    reason = why_not_batched([models[i] for i in together], [datas[i] for i in together],
-                             [configs[i] for i in together])  # fmt: skip
     results: dict[int, FitResult] = {}
-    if reason is None:
-        try:
-            batch = fit_stacked([models[i] for i in together], [datas[i] for i in together],
-                                 [configs[i] for i in together], on_step)  # fmt: skip
-            results.update(zip(together, batch, strict=True))
-        except NotBatchable as err:
-            reason = str(err)
-            logger.info("episode fits run one after another: %s", reason)
+    reasons: list[str] = []
+    groups = _same_encoders(models, [i for i, c in enumerate(configs) if not c.output_dir])
+    for group in groups:
+        reason = why_not_batched([models[i] for i in group], [datas[i] for i in group],
+                                 [configs[i] for i in group])  # fmt: skip
+        if len(group) == 1 and len(groups) > 1:
+            reason = "the encoders differ between episodes (fitted on rows, or seeded)"
+        if reason is None:
+            try:
+                batch = fit_stacked([models[i] for i in group], [datas[i] for i in group],
+                                    [configs[i] for i in group], on_step)  # fmt: skip
+                results.update(zip(group, batch, strict=True))
+                continue
+            except NotBatchable as err:
+                reason = str(err)
+                logger.info("episode fits run one after another: %s", reason)
+        reasons.append(reason)
     batched = len(results)
-    if batched and batched < len(models):
+    reason = reasons[0] if reasons else None
+    if batched and batched < len(models) and not reasons:
         reason = "the others write a run folder"
     for i in range(len(models)):
         if i not in results:
             results[i] = fit(models[i], datas[i], configs[i], on_step=on_step)
     return EpisodeFits(batched, len(models), reason, [results[i] for i in range(len(models))])
+
+
+def _same_encoders(models: Sequence[Any], indices: list[int]) -> list[list[int]]:
+    """``indices`` grouped by the encoders their models hold (the same weights)."""
+    from ..modeling.fingerprint import encoder_fingerprint
+
+    groups: dict[tuple[str, ...], list[int]] = {}
+    prints: dict[int, str] = {}  # by encoder object: models that share one hash it once
+
+    def fingerprint(encoder: Any) -> str:
+        if id(encoder) not in prints:
+            prints[id(encoder)] = encoder_fingerprint(encoder)
+        return prints[id(encoder)]
+
+    for i in indices:
+        encoders = getattr(models[i], "encoders", {})
+        groups.setdefault(tuple(fingerprint(encoders[m]) for m in sorted(encoders)), []).append(i)
+    return list(groups.values())
 
 
 def why_not_batched(
@@ -171,12 +198,32 @@ def evaluate_episodes(
     models: Sequence[Any], ds: Any, spec: Any, batch_size: int = 64, ranking: bool = True
 ) -> list[dict[str, float]]:
     """``evaluate(model, ds, spec, batch_size, cached=True)`` for each model: in one pass
-    over the split's cached features when the models share their encoders (their fusions
-    and heads stacked under vmap), else one after another."""
+    over the split's cached features for the models that share their encoders (their
+    fusions and heads stacked under vmap), else one after another."""
     from .evaluate import evaluate
 
-    if len(models) < 2 or Split(ds).streamed or _model_reason(models) is not None:
+    if Split(ds).streamed:
         return [evaluate(m, ds, spec, batch_size, cached=True, ranking=ranking) for m in models]
+    out: dict[int, dict[str, float]] = {}
+    for group in _same_encoders(models, list(range(len(models)))):
+        chosen = [models[i] for i in group]
+        if len(chosen) < 2 or _model_reason(chosen) is not None:
+            out.update(
+                (i, evaluate(models[i], ds, spec, batch_size, cached=True, ranking=ranking))
+                for i in group
+            )
+        else:
+            out.update(
+                zip(group, _evaluate_stacked(chosen, ds, spec, batch_size, ranking), strict=True)
+            )
+    return [out[i] for i in range(len(models))]
+
+
+def _evaluate_stacked(
+    models: Sequence[Any], ds: Any, spec: Any, batch_size: int, ranking: bool
+) -> list[dict[str, float]]:
+    from .evaluate import evaluate
+
     template = models[0]
     cfg = TrainConfig(batch_size=batch_size)
     features = split_features(template, ds, spec, cfg)

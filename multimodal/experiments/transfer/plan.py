@@ -185,6 +185,8 @@ class TransferPlan:
         loaded splits and progress bar, its own seed and episodes (a group of seeds loads
         its data once)."""
         seed, settings = run.run_seed, run.transfer
+        # The data spec as loading resolved it (a synthetic set's columns), not as written.
+        run = dataclasses.replace(run, data=self.spec)
         episodes = {
             t: [draw_episode(self.target[t]["train"], settings, seed, t, e, run.data.label)
                 for e in range(int(settings.episodes))]

@@ -178,7 +178,7 @@ def test_frozen_encoders_run_once_per_split_beside_a_tabular_network_fitted_per_
     assert seen["tabular"] == once + scratch
     assert FEATURES.passes["image"] == FEATURES.passes["audio"] == 7  # the seven splits
     assert "again" not in caplog.text
-    assert report.episode_fits["scratch d1"].startswith("sequential: the tabular encoders differ")
+    assert report.episode_fits["scratch d1"].startswith("sequential: the encoders differ")
     assert report.episode_fits["adapt d1"] == "batched"
 
 
@@ -198,3 +198,38 @@ def test_an_encoders_outputs_dropped_from_the_store_and_computed_again_warn_once
     warnings = [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once, however often it happens
     assert "audio, image" in warnings[0] and "FEATURES.max_bytes" in warnings[0]
+
+
+def test_a_group_of_seeds_gives_each_seeds_report_as_run_alone() -> None:
+    """``transfer_seeds`` (a benchmark's grid point) fits every seed's stages together; each
+    seed's report is the one ``transfer_adaptations`` gives it alone. On the built-in data,
+    whose spec loading resolves (the columns of a text encoder fitted on rows included)."""
+    from multimodal.experiments.transfer import transfer_adaptations, transfer_seeds
+
+    configs = []
+    for seed in (0, 1):
+        config = _frozen_config("concat")
+        config["seed"] = seed
+        configs.append(config)
+    text = tiny_run(
+        transfer={"k_shot": 2, "episodes": 2, "adapt": {"epochs": 1}, "scratch": {"epochs": 1}}
+    )
+    text["encoders"] = {"text": text["encoders"]["text"]}
+    text["data"].pop("columns", None)  # resolved by loading, for every seed of the group
+    texts = [{**copy.deepcopy(text), "seed": seed} for seed in (0, 1)]
+    modes = []
+    for group in (configs, texts):
+        together = transfer_seeds(group, ["head"])
+        modes.append(together[0]["head"].episode_fits)
+        for config, reports in zip(group, together, strict=True):
+            alone = transfer_adaptations(config, ["head"])["head"]
+            got = reports["head"]
+            assert got.seed == alone.seed and got.source == pytest.approx(alone.source, abs=1e-5)
+            for target, result in got.targets.items():
+                for a, b in zip(result.episodes, alone.targets[target].episodes, strict=True):
+                    assert a.rows == b.rows
+                    assert (a.adapted, a.scratch) == pytest.approx((b.adapted, b.scratch), abs=1e-5)
+    # random-init encoders differ by seed, so the source fits run in turn (with pretrained
+    # ones they run together: the main job's reference); the episodes' fits run together
+    assert modes[0]["source"].startswith("sequential: the encoders differ")
+    assert modes[0]["adapt d1"] == "batched"  # each seed's episodes together
