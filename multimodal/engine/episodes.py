@@ -83,7 +83,7 @@ def fit_episodes(
         reason = why_not_batched([models[i] for i in group], [datas[i] for i in group],
                                  [configs[i] for i in group])  # fmt: skip
         if len(group) == 1 and len(groups) > 1:
-            reason = "the encoders differ between episodes (fitted on rows, or seeded)"
+            reason = "the encoders differ between the models (fitted on rows, or seeded per seed)"
         if reason is None:
             try:
                 batch = fit_stacked([models[i] for i in group], [datas[i] for i in group],
@@ -185,7 +185,7 @@ def _model_reason(models: Sequence[Any]) -> str | None:
             any(m.encoders[name] is not encoder for m in models)
             and len({encoder_fingerprint(m.encoders[name]) for m in models}) > 1
         ):
-            return f"the {name} encoders differ between episodes"
+            return f"the {name} encoders differ between the models"
     batchnorm = torch.nn.modules.batchnorm._BatchNorm
     if any(
         isinstance(x, batchnorm) for x in (*template.fusion.modules(), *template.head.modules())

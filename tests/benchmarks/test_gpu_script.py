@@ -21,11 +21,11 @@ def test_gpu_script_measures_every_setting_and_writes_json(tmp_path) -> None:
     spec.loader.exec_module(module)
     out = tmp_path / "gpu.json"
     # The eager backend traces through dynamo without compiling kernels (quick on CPU).
-    module.main(["--tiny", "--device", "cpu", "--batch", "4", "--repeats", "1", "--fusions", "moe", "--precisions", "bf16",
+    module.main(["--tiny", "--device", "cpu", "--batch", "4", "--repeats", "1", "--fusions", "concat", "--precisions", "bf16",
                  "--compile-backend", "eager", "--peak-tflops", "1", "--profile", "--out", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
     settings = [(r["fusion"], r["precision"], r["compile"]) for r in result["rows"]]
-    assert settings == [(f, p, c) for c in ("off", "eager") for p in ("bf16",) for f in ("moe",)]
+    assert settings == [(f, p, c) for c in ("off", "eager") for p in ("bf16",) for f in ("concat",)]
     assert result["skipped"] == [] and result["peak_bf16_flops"] == 1e12
     for r in result["rows"]:
         assert r["train_samples_per_s"] > 0 and r["infer_samples_per_s"] > 0
