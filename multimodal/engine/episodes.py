@@ -109,16 +109,10 @@ def _same_encoders(models: Sequence[Any], indices: list[int]) -> list[list[int]]
     from ..modeling.fingerprint import encoder_fingerprint
 
     groups: dict[tuple[str, ...], list[int]] = {}
-    prints: dict[int, str] = {}  # by encoder object: models that share one hash it once
-
-    def fingerprint(encoder: Any) -> str:
-        if id(encoder) not in prints:
-            prints[id(encoder)] = encoder_fingerprint(encoder)
-        return prints[id(encoder)]
-
-    for i in indices:
+    for i in indices:  # fingerprints reuse each tensor's digest (and a pooled encoder's)
         encoders = getattr(models[i], "encoders", {})
-        groups.setdefault(tuple(fingerprint(encoders[m]) for m in sorted(encoders)), []).append(i)
+        key = tuple(encoder_fingerprint(encoders[m]) for m in sorted(encoders))
+        groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 

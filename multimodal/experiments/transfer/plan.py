@@ -132,6 +132,17 @@ def fitting_rows(ds: datasets.Dataset, spec: DatasetSpec) -> list[dict[str, Any]
     return [view[i] for i in range(len(view))]
 
 
+def _draw_episodes(
+    target: Mapping[str, Any], settings: TransferConfig, seed: int, label: str
+) -> dict[str, list[Episode]]:
+    """Each target's episodes for ``seed``: its k-shot draws from the target's train split."""
+    return {
+        t: [draw_episode(splits["train"], settings, seed, t, e, label)
+            for e in range(int(settings.episodes))]
+        for t, splits in target.items()
+    }  # fmt: skip
+
+
 @dataclass
 class TransferPlan:
     """Everything the stages share: the run config, its seed (from the typed config), the
@@ -171,11 +182,7 @@ class TransferPlan:
         sources, targets = source_and_targets(dsd["train"], settings)
         source = {s: select_domains(dsd[s], sources) for s in dsd}
         target = {t: {s: select_domains(dsd[s], t) for s in dsd} for t in targets}
-        episodes = {
-            t: [draw_episode(target[t]["train"], settings, seed, t, e, spec.label)
-                for e in range(int(settings.episodes))]
-            for t in targets
-        }  # fmt: skip
+        episodes = _draw_episodes(target, settings, seed, spec.label)
         out = Path(run.output_dir) if run.output_dir else None
         return cls(run, seed, sources, targets, source, target, episodes, out,
                    Progress(run, enabled=run.train.progress))  # fmt: skip
@@ -187,11 +194,7 @@ class TransferPlan:
         seed, settings = run.run_seed, run.transfer
         # The data spec as loading resolved it (a synthetic set's columns), not as written.
         run = dataclasses.replace(run, data=self.spec)
-        episodes = {
-            t: [draw_episode(self.target[t]["train"], settings, seed, t, e, run.data.label)
-                for e in range(int(settings.episodes))]
-            for t in self.targets
-        }  # fmt: skip
+        episodes = _draw_episodes(self.target, settings, seed, run.data.label)
         return dataclasses.replace(self, run=run, seed=seed, episodes=episodes, metric="",
                                    source_privacy=None, source_fit={}, scratch_template=None)  # fmt: skip
 
