@@ -30,7 +30,10 @@ def user_error(err: BaseException) -> str | None:
         return _one_line(str(err) or f"{type(err).__name__}: {err.filename}")
     if isinstance(err, (ValueError, TypeError, CorruptCheckpointError, RunLockedError)):
         return _one_line(str(err))
-    if type(err).__name__ == "ExportMismatchError":  # deploy.export; not imported for every error
+    if type(err).__name__ in (
+        "ExportMismatchError",
+        "HubUnreachable",
+    ):  # not imported per error  # deploy.export; not imported for every error
         return _one_line(str(err))
     if isinstance(err, OSError) and "huggingface.co" in str(err):
         # transformers' own words, then what to do here: the hub is out of reach

@@ -31,7 +31,12 @@ def local_or_hub(value: str, key: str) -> str:
     path that does not exist is an error at once, naming ``key``, instead of a minute of
     hub retries for a name the hub cannot have."""
     value = resolve_resource(value)
-    if Path(value).expanduser().exists() or looks_like_hub_id(value):
+    if Path(value).expanduser().exists():
+        return value
+    if looks_like_hub_id(value):
+        from .hub_access import ensure_reachable_or_offline
+
+        ensure_reachable_or_offline()  # unreachable: read the cache, no minute of retries
         return value
     raise FileNotFoundError(
         f"{key}: {value!r} does not exist (looked for it from {Path.cwd()}); a local path must "

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..core.hub_access import ensure_reachable_or_offline, require_hub, unreachable
 from ..core.resources import looks_like_hub_id
 
 # Never fetched from a hub repository: files that would need unpickling.
@@ -26,9 +27,14 @@ def resolve_pretrained(name_or_path: str | Path, revision: str | None = None,
     if path.exists() or not looks_like_hub_id(str(name_or_path)):
         return path
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    folder = snapshot_download(repo_id=str(name_or_path), revision=revision, token=token,
-                               ignore_patterns=PICKLE_PATTERNS)  # fmt: skip
+    why = ensure_reachable_or_offline()
+    try:
+        folder = snapshot_download(repo_id=str(name_or_path), revision=revision, token=token,
+                                   ignore_patterns=PICKLE_PATTERNS)  # fmt: skip
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
+        raise unreachable("model", str(name_or_path), why or str(err).splitlines()[0]) from err
     return Path(folder)
 
 
@@ -44,6 +50,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool | None = None
 
     folder = RunFolder(folder).saved_model()
     verify_folder(folder)
+    require_hub(f"pushing {folder} to {repo_id!r}")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,

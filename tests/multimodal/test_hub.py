@@ -83,6 +83,11 @@ def test_a_downloaded_folder_with_a_tampered_weight_file_is_refused(tmp_path, mo
 def test_push_to_hub_hands_over_exactly_the_model_files_and_its_card(tmp_path, monkeypatch) -> None:
     from huggingface_hub import HfApi, ModelCard
 
+    from multimodal.core import hub_access
+
+    monkeypatch.setattr(
+        hub_access, "ensure_reachable_or_offline", lambda warn=True: None
+    )  # HfApi is mocked
     config, spec, dsd, rows = tiny_data()
     model = mm.build_model(model_config(config), rows, seed=0)
     expected = sorted(p.relative_to(d).as_posix() for d in [model.save_pretrained(tmp_path / "ref")]
@@ -140,3 +145,50 @@ def test_model_cards_hold_the_per_domain_results_of_train_and_transfer(tmp_path)
     first = report["targets"]["d1"]["episodes"][0]
     assert got == {("d1", "adapted accuracy"): pytest.approx(first["adapted"]),
                    ("d0", "forgetting accuracy"): pytest.approx(first["forgetting"])}  # fmt: skip
+
+
+@pytest.fixture
+def hub_out_of_reach(monkeypatch):
+    """The hub's endpoint a closed local port: refused at once, as an unreachable hub is
+    refused or times out. Whatever going offline changes is put back afterwards."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    from multimodal.core import hub_access
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_access, "_switched", None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_access._probe.cache_clear()
+    yield
+    hub_access._probe.cache_clear()
+
+
+def test_with_the_hub_out_of_reach_hub_ids_fail_in_one_line_without_retries(
+    hub_out_of_reach, tmp_path, capsys
+) -> None:
+    """A hub dataset, a hub model and a push: one error line each, exit status 2, and no
+    retry lines (huggingface_hub retries for a minute unless it is told it is offline)."""
+    import yaml
+
+    from multimodal.cli import main
+    from tests.multimodal.tiny_run import tiny_run
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_run()))
+    tiny_model_dir, _ = _saved(tmp_path)
+    cases = [
+        (["train", "--config", str(config), "--output-dir", str(tmp_path / "o"),
+          "data.path=nosuchorg/nosuchdataset"], "'nosuchorg/nosuchdataset' is not a local path"),
+        (["predict", "--model", "nosuchorg/nosuchmodel", "--config", str(config)],
+         "'nosuchorg/nosuchmodel' is not a local path"),
+        (["push", "--model", str(tiny_model_dir), "--repo-id", "org/name"], "needs the hub"),
+    ]  # fmt: skip
+    for args, fragment in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and fragment in errors[0] and "out of reach" in errors[0], err
+        assert "Retrying" not in err and "Traceback" not in err
