@@ -183,7 +183,11 @@ class TabularMLPEncoder(Encoder):
         # the processor normalises the column lists; the encoder sizes its weights from them
         self.numerical, self.categorical = self.processor.numerical, self.processor.categorical
         if not self.numerical and not self.categorical:
-            raise ValueError("tabular_mlp needs at least one numerical or categorical column")
+            raise ValueError(
+                "tabular_mlp needs at least one numerical or categorical column: name them under "
+                "encoders.tabular.numerical / .categorical, or list them under data.columns.tabular "
+                "(the encoder then reads those)"
+            )
         self.token_mode = tokens
         self.dim = dim
         self.hidden_dim = hidden_dim

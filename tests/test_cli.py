@@ -404,6 +404,13 @@ def hostile_folders(trained, tmp_path_factory):
     (checkpoint / "optimizer.bin").write_bytes(b"not an optimizer")
     (root / "broken.yaml").write_text("train: [1\n")
     (root / "tag.yaml").write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
+    (root / "run").symlink_to(trained)
+    (root / "header.csv").write_text("text,tab_0,label\n")
+    (root / "unknown.csv").write_text("foo,bar\n1,2\n")
+    rows = [f"word{i % 5} w{i},{i / 10},{i % 3},web,0,d{i % 2}" for i in range(40)]
+    (root / "one_class.csv").write_text(
+        "text,tab_0,tab_1,tab_channel,label,domain\n" + "\n".join(rows) + "\n"
+    )
     return root
 
 
@@ -427,12 +434,40 @@ BAD_CONFIGS = [
     (["predict", "--model", "{h}/unverified", "--config", "{cfg}", "--out", "{h}/p.jsonl"],
      "has no checksums.json"),
     (["evaluate", "--model", "{h}/nowhere", "--config", "{cfg}"], "nowhere has no config.json"),
+    # A newcomer's inputs that gave a traceback or an unhelpful line (#43)
+    (["train", "--config", "{cfg}", "encoders=5"], "encoders is 5, but it is a section of keys"),
+    (["train", "--config", "{cfg}", "encoders.audio=null"], "encoders.audio is null, not an encoder"),
+    (["train", "--config", "{cfg}", "train.epochs=0"], "train.epochs is 0"),
+    (["train", "--config", "{cfg}", "data.options.samples_per_domain=0"],
+     "data.options.samples_per_domain: expected at least 1, got 0"),
+    (["train", "--config", "{cfg}", "data.path={h}/header.csv"], "has no rows"),
+    (["train", "--config", "{cfg}", "data.path=nosuchorg/nosuchdataset"],
+     "'nosuchorg/nosuchdataset' is not a local path"),
+    (["train", "--config", "{cfg}", "data.path=nosuchfolder"], "'nosuchfolder' is not a local path"),
+    (["evaluate", "--model", "{h}/run", "--config", "{cfg}", "--split", "bogus"],
+     "--split: the data has no split 'bogus'; its splits: ['test', 'train', 'validation']"),
+    (["predict", "--model", "nope", "--config", "{cfg}"], "'nope' is not a local path"),
+    (["predict", "--model", "{h}/run", "--files", "{h}/unknown.csv"],
+     "none of its columns ['foo', 'bar'] is read by this model"),
+    (["predict", "--model", "{h}/run", "--config", "{cfg}", "--out", "{h}/p.xlsx"],
+     "predictions are written as .csv, .jsonl, .json"),
+    (["predict", "--model", "{h}/run"], "predict needs --config"),
+]  # fmt: skip
+
+# Flags argparse refuses: exit 2 and one "error:" line naming the flag and the bound.
+BAD_FLAGS = [
+    (["predict", "--model", "m", "--batch-size", "0"], "argument --batch-size: expected at least 1, got 0"),
+    (["serve", "--model", "m", "--port", "-1"], "argument --port: a port is 0 to 65535, got -1"),
+    (["serve", "--model", "m", "--max-payload-mb", "0"], "argument --max-payload-mb: expected more than 0"),
+    (["drift", "--model", "m", "--alpha", "1.5"], "argument --alpha: expected a value below 1"),
+    (["bench", "--suite", "x", "--seeds", "two"], "argument --seeds: expected an integer, got 'two'"),
 ]  # fmt: skip
 
 
 def _filled(args: list[str], config_file, folders) -> list[str]:
     filled = [a.format(cfg=config_file, h=folders) for a in args]
-    return filled + (["--output-dir", str(folders / "out")] if args[0] == "train" else [])
+    out = folders / "out" / str(abs(hash(tuple(args))))  # each case its own: a failed run stays
+    return filled + (["--output-dir", str(out)] if args[0] == "train" else [])
 
 
 @pytest.mark.parametrize(
@@ -449,6 +484,39 @@ def test_bad_configs_and_files_get_one_line_and_exit_status_2(
     errors = [line for line in lines if line.startswith("multimodal ")]
     assert len(errors) == 1 and fragment in errors[0], lines
     assert "Traceback" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize(("args", "fragment"), BAD_FLAGS, ids=[a[-2] for a, _ in BAD_FLAGS])
+def test_bad_flag_values_are_refused_naming_the_flag(capsys, args, fragment) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and fragment in errors[0], errors
+
+
+def test_what_used_to_pass_silently_now_warns(config_file, trained, hostile_folders, tmp_path,
+                                              capsys, caplog) -> None:  # fmt: skip
+    """One class in training and a modality the data lacks: it runs, and says so."""
+    caplog.set_level(logging.WARNING)
+    one_class = ["train", "--config", str(config_file), "--output-dir", str(tmp_path / "one"),
+                 f"data.path={hostile_folders}/one_class.csv", "data.options={}", "train.epochs=1",
+                 "encoders.tabular.numerical=[tab_0,tab_1]",
+                 "data.columns={text: text, tabular: [tab_0, tab_1, tab_channel]}"]  # fmt: skip
+    assert main(one_class) == 0
+    assert "every training row has the label 0" in caplog.text
+    text_only = tmp_path / "text_only.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["data"]["columns"] = {"text": "text"}
+    text_only.write_text(yaml.safe_dump(config))
+    assert main(["evaluate", "--model", str(trained), "--config", str(text_only)]) == 0
+    assert "the data maps no column to it" in capsys.readouterr().err
+
+
+def test_predict_without_out_prints_json_lines(trained, config_file, capsys) -> None:
+    assert main(["predict", "--model", str(trained), "--config", str(config_file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all("prediction" in json.loads(line) for line in lines)
 
 
 @pytest.mark.slow
@@ -497,3 +565,56 @@ def test_user_errors_from_a_full_disk_name_it_and_bugs_keep_their_traceback(tmp_
         OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck it")
     )
     assert hub.startswith("We couldn't connect") and "HF_HUB_OFFLINE=1" in hub
+
+
+def test_the_card_of_a_calibrated_copy_has_the_model_index_data_and_temperature(
+    trained, config_file, tmp_path
+) -> None:
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "calibrated"
+    assert main(["calibrate", "--model", str(trained), "--config", str(config_file),
+                 "--split", "validation", "--out", str(out)]) == 0  # fmt: skip
+    card = ModelCard.load(out / "README.md")
+    results = {(r.dataset_config, r.metric_name): r.metric_value for r in card.data.eval_results}
+    parent = {(r.dataset_config, r.metric_name): r.metric_value
+              for r in ModelCard.load(trained / "best_model" / "README.md").data.eval_results}  # fmt: skip
+    assert parent and set(parent.items()) <= set(results.items())  # the per-domain results carried
+    assert ("validation split", "calibrated ece") in results
+    temperature = json.loads((out / "config.json").read_text())["head"]["temperature"]
+    assert (
+        temperature != 1.0 and card.data.transferfuse["calibration"]["temperature"] == temperature
+    )
+    assert (
+        f"temperature {temperature:.4f}" in card.text and "Trained on the domains d0" in card.text
+    )
+    assert "Not recorded" not in card.text and "python 3." in card.text
+
+
+def test_a_second_transfer_with_another_arm_trains_no_scratch_model(
+    config_file, tmp_path, monkeypatch, capsys
+) -> None:
+    """Scratch does not depend on the arm: the second command reads the first's scores."""
+    from multimodal.experiments.transfer import stages
+
+    monkeypatch.setenv("TRANSFERFUSE_CACHE", str(tmp_path / "cache"))
+    built = []
+    original = stages.ScratchStage.initial_model
+    monkeypatch.setattr(stages.ScratchStage, "initial_model",
+                        lambda self, **kw: built.append(self.episode.index) or original(self, **kw))  # fmt: skip
+    common = ["transfer", "--config", str(config_file)]
+    assert main([*common, "--output-dir", str(tmp_path / "head"), "transfer.episodes=2"]) == 0
+    assert sorted(built) == [0, 1]
+    assert main([*common, "--output-dir", str(tmp_path / "l2sp"), "transfer.episodes=2",
+                 "transfer.adaptation=l2sp"]) == 0  # fmt: skip
+    assert sorted(built) == [0, 1]  # none for the second command
+    table = capsys.readouterr().out
+    assert "adaptation: l2sp (3-shot, 2 episodes per target" in table and " ± " in table
+    first, second = (
+        json.loads((tmp_path / arm / "report.json").read_text()) for arm in ("head", "l2sp")
+    )
+    scratch = [[e["scratch"] for e in r["targets"]["d1"]["episodes"]] for r in (first, second)]
+    assert scratch[0] == scratch[1] and "reused 2 of 2" in second["episode_fits"]["scratch d1"]
+    retrain = [*common, "--output-dir", str(tmp_path / "again"), "--retrain-scratch",
+               "transfer.episodes=2", "transfer.adaptation=l2sp"]  # fmt: skip
+    assert main(retrain) == 0 and sorted(built) == [0, 0, 1, 1]

@@ -75,8 +75,8 @@ def test_good_requests_json_base64_multipart_and_missing_modalities(server) -> N
     full = {**SAMPLE, "image": _png(), "audio": base64.b64encode(_wav()).decode()}
     answer = httpx.post(f"{server}/predict", json={"inputs": full}).json()["predictions"]
     assert len(answer["probs"]) == 4 and abs(sum(answer["probs"]) - 1) < 1e-5
-    assert answer["labels"] == int(np.argmax(answer["probs"])) and answer["label_name"] == str(
-        answer["labels"]
+    assert answer["label"] == int(np.argmax(answer["probs"])) and answer["label_name"] == str(
+        answer["label"]
     )
     many = httpx.post(
         f"{server}/predict", json={"inputs": [SAMPLE, {"text": "only text"}, {}]}

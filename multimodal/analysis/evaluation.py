@@ -54,6 +54,9 @@ def evaluation_report(
 
         probs = task.probabilities(logits)
         report["overall"].update(selective_accuracy(probs, labels))
+        for d, m in report["domains"].items():  # each row of the table has every column
+            keep = torch.tensor([x == d for x in domains])
+            m.update(selective_accuracy(probs[keep], labels[keep]))
         report["reliability"] = reliability_bins(probs, labels)
         report["temperature"] = task.temperature
         report.update(_per_class(logits.argmax(-1), labels, model.head.num_classes, class_names))

@@ -34,11 +34,11 @@ class Parser(argparse.ArgumentParser):
 
 def config_split(args: argparse.Namespace) -> tuple[Any, Any]:
     """The spec and the --split (optionally --domain) of --config's data, with overrides."""
-    from ..data.loading import load_dataset, select_domains
+    from ..data.loading import load_dataset, select_domains, split_of
     from ..experiments.config import RunConfig, load_run_config
 
     spec = RunConfig.from_dict(load_run_config(args.config, args.overrides)).data
-    ds = load_dataset(spec)[args.split]
+    ds = split_of(load_dataset(spec), args.split)
     if getattr(args, "domain", None):
         ds = select_domains(ds, args.domain)
     return spec, ds
@@ -46,7 +46,24 @@ def config_split(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def model_and_split(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The saved model of --model and the --split (optionally --domain) of --config's data."""
-    return load_model(args), *config_split(args)
+    model = load_model(args)
+    spec, ds = config_split(args)
+    warn_absent_modalities(model, spec)
+    return model, spec, ds
+
+
+def warn_absent_modalities(model: Any, spec: Any) -> list[str]:
+    """The model's modalities that the data maps no column to, warned about on stderr: every
+    row then takes the missing-modality path for them."""
+    import sys
+
+    absent = sorted(set(model.modalities) - set(spec.column_of()))
+    if absent:
+        print(f"warning: the model reads {absent}, but the data maps no column to "
+              f"{'it' if len(absent) == 1 else 'them'} (data.columns: "
+              f"{sorted(spec.column_of())}): every row is scored with "
+              f"{', '.join(absent)} missing", file=sys.stderr)  # fmt: skip
+    return absent
 
 
 def spec_section(path: str) -> dict[str, Any]:
@@ -59,11 +76,11 @@ def spec_section(path: str) -> dict[str, Any]:
 
 def spec_split(path: str, split: str, domains: Sequence[str] | None) -> tuple[Any, Any]:
     """(DatasetSpec, the split) of a dataset spec YAML or a run config's data section."""
-    from ..data.loading import load_dataset, select_domains
+    from ..data.loading import load_dataset, select_domains, split_of
     from ..data.spec import DatasetSpec
 
     spec = DatasetSpec.from_dict(spec_section(path))
-    ds = load_dataset(spec)[split]
+    ds = split_of(load_dataset(spec), split)
     return spec, select_domains(ds, list(domains)) if domains else ds
 
 
@@ -123,8 +140,51 @@ def add_split(parser: argparse.ArgumentParser, verb: str | None = "evaluate",
     parser.add_argument("--config", required=required, help="a config with a data section")
     parser.add_argument("--split", default="test", help="the dataset split to read")
     if verb:
-        parser.add_argument("--domain", action="append", help=f"{verb} on these domains only")
+        parser.add_argument("--domain", action="append",
+                            help=f"{verb} on this domain only (repeat for several)")  # fmt: skip
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
+def _number(kind: type, least: float, strict: bool) -> Any:
+    """An argparse type: a ``kind`` above ``least`` (strict) or at least ``least``; its
+    error names the bound, and argparse names the flag."""
+    bound = f"more than {least:g}" if strict else f"at least {least:g}"
+
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {value!r}"
+            ) from None
+        if number < least or (strict and number == least) or number != number:
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {value}")
+        return number
+
+    parse.__name__ = f"{kind.__name__} {bound}"
+    return parse
+
+
+positive_int = _number(int, 1, strict=False)
+count = _number(int, 0, strict=False)  # zero allowed: a row index, retries
+positive_float = _number(float, 0, strict=True)
+non_negative_float = _number(float, 0, strict=False)
+
+
+def fraction(value: str) -> float:
+    """A probability strictly between 0 and 1 (a significance level)."""
+    number = positive_float(value)
+    if number >= 1:
+        raise argparse.ArgumentTypeError(f"expected a value below 1, got {value}")
+    return number
+
+
+def weight(value: str) -> float:
+    """A mixing weight from 0 to 1, both ends included."""
+    number = non_negative_float(value)
+    if number > 1:
+        raise argparse.ArgumentTypeError(f"expected a value from 0 to 1, got {value}")
+    return number

@@ -12,9 +12,12 @@ from ._common import (
     add_overrides,
     add_split,
     config_split,
+    count,
+    fraction,
     in_domain,
     load_model,
     model_and_split,
+    positive_int,
     spec_split,
 )
 
@@ -116,8 +119,8 @@ def add_robustness(sub: Any) -> None:
         help="L-inf radius per modality kind or key (default: image=4/255, audio=0.01, "
         "tabular=0.25 std, text=0.5 embedding std)",
     )
-    p.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    p.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD iterations")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     p.add_argument("--out", help="folder for robustness.json and corruptions.png")
     add_overrides(p)
     p.set_defaults(func=run_robustness)
@@ -149,11 +152,13 @@ def add_explain(sub: Any) -> None:
     add_model(p)
     p.add_argument("--config", required=True, help="a config with a data section")
     p.add_argument("--split", default="test", help="the dataset split to read")
-    p.add_argument("--domain", action="append", help="explain these domains only")
-    p.add_argument("--sample", type=int, default=0, help="row whose attention maps to draw")
-    p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps")
-    p.add_argument("--max-samples", type=int, help="explain the first N rows only")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
+    p.add_argument(
+        "--domain", action="append", help="explain this domain only (repeat for several)"
+    )
+    p.add_argument("--sample", type=count, default=0, help="row whose attention maps to draw")
+    p.add_argument("--ig-steps", type=positive_int, default=32, help="integrated-gradients steps")
+    p.add_argument("--max-samples", type=positive_int, help="explain the first N rows only")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="rows per forward pass")
     p.add_argument("--out", required=True, help="folder for explain.json and the PNGs")
     add_overrides(p)
     p.set_defaults(func=run_explain)
@@ -192,7 +197,7 @@ def add_ensemble(sub: Any) -> None:
         "--soup", action="store_true", help="also average the weights (one architecture)"
     )
     p.add_argument("--save-soup", help="save the soup here (implies --soup)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     p.add_argument("--out", help="write the report as JSON here")
     add_overrides(p)
     p.set_defaults(func=run_ensemble)
@@ -223,10 +228,14 @@ def add_drift(sub: Any) -> None:
     p.add_argument("--incoming", required=True, help="dataset spec YAML (or run config)")
     p.add_argument("--reference-split", default="test", help="split of the reference data")
     p.add_argument("--incoming-split", default="test", help="split of the incoming data")
-    p.add_argument("--reference-domain", action="append")
-    p.add_argument("--incoming-domain", action="append")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level")
-    p.add_argument("--max-samples", type=int, default=400, help="rows per side, at most")
-    p.add_argument("--permutations", type=int, default=500, help="permutations of the MMD test")
+    p.add_argument("--reference-domain", action="append",
+                   help="only this domain of the reference (repeat for several)")  # fmt: skip
+    p.add_argument("--incoming-domain", action="append",
+                   help="only this domain of the incoming data (repeat for several)")  # fmt: skip
+    p.add_argument("--alpha", type=fraction, default=0.01, help="significance level")
+    p.add_argument("--max-samples", type=positive_int, default=400, help="rows per side, at most")
+    p.add_argument(
+        "--permutations", type=positive_int, default=500, help="permutations of the MMD test"
+    )
     p.add_argument("--out", help="folder for drift.json and drift.md")
     p.set_defaults(func=run_drift)

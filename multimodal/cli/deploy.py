@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model, load_model
+from ._common import add_model, load_model, non_negative_float, positive_float, positive_int
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -69,12 +69,12 @@ def _quantize(args: argparse.Namespace, out: Path) -> None:
 def _split_rows(config: str, split: str) -> list[dict]:
     """The rows of a run config's data split, as ``predict`` takes them (with label, domain)."""
     from ..data.collate import RowView
-    from ..data.loading import load_dataset
+    from ..data.loading import load_dataset, split_of
     from ..data.spec import DatasetSpec
     from ..experiments.config import load_run_config
 
     spec = DatasetSpec.from_dict(load_run_config(config, [])["data"])
-    view = RowView(load_dataset(spec)[split], spec, split)
+    view = RowView(split_of(load_dataset(spec), split), spec, split)
     return [view[i] for i in range(len(view))]
 
 
@@ -84,7 +84,7 @@ def add_export(sub: Any) -> None:
     add_model(p)
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     p.add_argument("--out", help="the export folder (default MODEL/onnx)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=positive_int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--quantize", choices=("dynamic", "static"),
                    help="also write an int8 copy (onnxruntime.quantization) beside the export")  # fmt: skip
     p.add_argument(
@@ -95,7 +95,9 @@ def add_export(sub: Any) -> None:
         "--calibration-domain",
         help="static: calibrate activation ranges on this domain's training rows",
     )
-    p.add_argument("--calibration-rows", type=int, default=128, help="static: rows to calibrate on")
+    p.add_argument(
+        "--calibration-rows", type=positive_int, default=128, help="static: rows to calibrate on"
+    )
     p.set_defaults(func=run_export)
 
 
@@ -116,14 +118,24 @@ def add_serve(sub: Any) -> None:
     add_model(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=_port, default=8000, help="port to listen on (0-65535)")
-    p.add_argument("--max-batch", type=int, default=32, help="1 turns dynamic batching off")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
-    p.add_argument("--max-payload-mb", type=float, default=10.0, help="largest request body")
-    p.add_argument("--max-text-chars", type=int, default=100_000, help="longest text in a sample")
-    p.add_argument("--max-audio-seconds", type=float, default=60.0,
+    p.add_argument(
+        "--max-batch", type=positive_int, default=32, help="1 turns dynamic batching off"
+    )
+    p.add_argument(
+        "--max-wait-ms", type=non_negative_float, default=10.0, help="longest wait to fill a batch"
+    )
+    p.add_argument(
+        "--max-payload-mb", type=positive_float, default=10.0, help="largest request body"
+    )
+    p.add_argument(
+        "--max-text-chars", type=positive_int, default=100_000, help="longest text in a sample"
+    )
+    p.add_argument("--max-audio-seconds", type=positive_float, default=60.0,
                    help="longest audio clip in a sample, from its header")  # fmt: skip
-    p.add_argument("--max-samples", type=int, default=256, help="most samples in one request")
-    p.add_argument("--decoding", type=int, default=2, help="requests decoded at once; the rest "
+    p.add_argument(
+        "--max-samples", type=positive_int, default=256, help="most samples in one request"
+    )
+    p.add_argument("--decoding", type=positive_int, default=2, help="requests decoded at once; the rest "
                    "wait, which bounds memory under concurrent large images or audio")  # fmt: skip
     p.set_defaults(func=run_serve)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,11 @@ from ._common import (
     in_domain,
     load_model,
     model_and_split,
+    positive_int,
+    warn_absent_modalities,
 )
 
+PREDICTION_FORMATS = (".csv", ".jsonl", ".json")
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
 
@@ -50,8 +54,10 @@ def _read_file(model: Any, path: Path, each: bool) -> list[dict[str, Any]]:
     ext = path.suffix.lower()
     if ext == ".csv":
         with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            _check_csv_columns(path, list(reader.fieldnames or []), model)
             return [{m: row.get(m) for m in model.modalities if m in row} | _tabular_from(row, model)
-                    for row in csv.DictReader(f)]  # fmt: skip
+                    for row in reader]  # fmt: skip
     if ext in IMAGE_EXT and "image" in by_kind:
         return [{by_kind["image"]: str(path)}]
     if ext in AUDIO_EXT and "audio" in by_kind:
@@ -67,6 +73,24 @@ def _read_file(model: Any, path: Path, each: bool) -> list[dict[str, Any]]:
     raise ValueError(
         f"{path}: no modality of this model reads {ext or 'files without an extension'} files"
     )
+
+
+def _check_csv_columns(path: Path, header: list[str], model: Any) -> None:
+    """A .csv must give some modality of the model: a column named after it, or every column
+    of a tabular encoder; else name what the model reads (the server answers 422 here)."""
+    tabular = {m: list(e.columns) for m, e in model.encoders.items() if e.modality == "tabular"}
+    for m, columns in tabular.items():
+        missing = [c for c in columns if c not in header]
+        if missing and len(missing) < len(columns):
+            raise ValueError(f"{path}: tabular modality {m!r} needs the columns {columns}; "
+                             f"missing {missing}")  # fmt: skip
+    gives = [m for m in model.modalities if m in header or (m in tabular and
+                                                           set(tabular[m]) <= set(header))]  # fmt: skip
+    if not gives:
+        reads = [f"{m} (columns {tabular[m]})" if m in tabular else f"{m} (a column {m!r})"
+                 for m in model.modalities]  # fmt: skip
+        raise ValueError(f"{path}: none of its columns {header} is read by this model; it reads "
+                         f"{', '.join(reads)}")  # fmt: skip
 
 
 def _tabular_from(row: dict[str, str], model: Any) -> dict[str, Any]:
@@ -104,7 +128,7 @@ def add_evaluate(sub: Any) -> None:
     )
     add_model(p)
     add_split(p, "evaluate")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     p.add_argument(
         "--out",
         help="where evaluation.json, confusion.json and confusion.png go "
@@ -118,6 +142,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..analysis.calibration import calibration_metrics, fit_temperature
     from ..analysis.evaluation import predictions
     from ..core.io import write_json_atomic
+    from ..core.run_folder import RunFolder
+    from ..modeling.card import DomainResult, update_card
 
     out = Path(args.out)
     report_path = out.with_name(out.name + ".calibration.json")
@@ -141,6 +167,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     report = {"temperature": temperature, "fitted_on": where, "rows": len(labels),
               "before": before, "after": after, "model": str(args.model)}  # fmt: skip
     write_json_atomic(report_path, report)
+    fitted_on = "+".join(args.domain) if args.domain else f"{args.split} split"
+    results = [DomainResult(fitted_on, "calibrated", k, after[k]) for k in ("ece", "nll")]
+    update_card(
+        out, calibration=report, parent=RunFolder(args.model).saved_model(), results=results
+    )
     print(f"temperature {temperature:.3f} fitted on {len(labels)} rows ({where}): NLL "
           f"{before['nll']:.4f} -> {after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
           f"Brier {before['brier']:.4f} -> {after['brier']:.4f}; predictions unchanged")  # fmt: skip
@@ -156,7 +187,7 @@ def add_calibrate(sub: Any) -> None:
         "a copy of the model whose probabilities use it",
     )
     add_model(p)
-    add_split(p, "fit on")
+    add_split(p, "fit the temperature")
     p.set_defaults(split="validation")
     p.add_argument("--out", required=True, help="the calibrated model's folder (new or empty)")
     p.add_argument(
@@ -165,7 +196,7 @@ def add_calibrate(sub: Any) -> None:
         help="replace an earlier saved model in --out (a folder holding anything else is "
         "still refused)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     add_overrides(p)
     p.set_defaults(func=run_calibrate)
 
@@ -174,23 +205,32 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..data.collate import RowView
     from ..experiments.runs import recorded_class_names
 
+    out_path = Path(args.out) if args.out else None
+    if out_path is not None and out_path.suffix.lower() not in PREDICTION_FORMATS:
+        raise ValueError(f"--out {args.out}: predictions are written as "
+                         f"{', '.join(PREDICTION_FORMATS)}; give a file with one of these endings, "
+                         "or leave --out out to print JSON lines")  # fmt: skip
+    if not args.config and not args.files:
+        raise ValueError("predict needs --config (a dataset split to predict on) or --files")
     model = load_model(args)
     if args.config:
         spec, ds = config_split(args)
+        warn_absent_modalities(model, spec)
         in_domain(args, ds)
         view = RowView(ds, spec, args.split)
         samples = [view[i] for i in range(len(view))]
-    elif args.files:
-        samples = _file_samples(model, args.files, args.each)
     else:
-        raise SystemExit("predict needs --config (a dataset spec) or files")
+        samples = _file_samples(model, args.files, args.each)
     names = recorded_class_names(args.model)
     records = []
     for start in range(0, len(samples), args.batch_size):
         chunk = samples[start : start + args.batch_size]
         out = model.predict([{m: s.get(m) for m in model.modalities} for s in chunk])
         records += [_record(start + i, s, out, i, names) for i, s in enumerate(chunk)]
-    _write_records(records, Path(args.out))
+    if out_path is None:
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in records))
+        return 0
+    _write_records(records, out_path)
     print(f"wrote {len(records)} predictions to {args.out}")
     return 0
 
@@ -232,6 +272,8 @@ def _write_records(records: list[dict[str, Any]], out_path: Path) -> None:
                 {k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
                 for r in records
             )
+    elif out_path.suffix.lower() == ".json":
+        out_path.write_text(json.dumps(records, indent=1) + "\n")
     else:
         out_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
@@ -252,7 +294,8 @@ def add_predict(sub: Any) -> None:
         action="store_true",
         help="one sample per file instead (a .txt gives one per line, a .csv one per row)",
     )
-    p.add_argument("--out", required=True, help="predictions file, .csv or .jsonl")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    p.add_argument("--out", help="predictions file: .csv, .jsonl (a record per line) or .json "
+                   "(one list); without it, JSON lines on stdout")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     add_overrides(p)
     p.set_defaults(func=run_predict)

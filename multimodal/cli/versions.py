@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..modeling.freezing import STRATEGIES
-from ._common import add_model, spec_section, spec_split
+from ._common import add_model, count, positive_int, spec_section, spec_split
 
 
 def run_readapt(args: argparse.Namespace) -> int:
@@ -47,21 +47,28 @@ def add_readapt(sub: Any) -> None:
         default="head",
         help="what is trained on the new data",
     )
-    p.add_argument("--budget", type=int, help="labelled rows per class (k-shot); default all")
+    p.add_argument(
+        "--budget", type=positive_int, help="labelled rows per class (k-shot); default all"
+    )
     p.add_argument(
         "--rehearsal",
-        type=int,
+        type=count,
         default=0,
         help="mix this many of the parent's training rows (a seeded sample) into the new data",
     )
     p.add_argument("--tta", choices=["tent", "bn_adapt"],
                    help="adapt without labels on the new data's train split (after drift flags a shift)")  # fmt: skip
-    p.add_argument("--domain", action="append", help="use these domains of the new data")
-    p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--domain", action="append", help="use this domain of the new data (repeat for several)"
+    )
+    p.add_argument("--epochs", type=positive_int,
+                   help="training epochs on the new data (default: the parent's train.epochs)")  # fmt: skip
     p.add_argument("--reference", help="spec of the data forgetting is measured on "
                    "(default: the parent's own data)")  # fmt: skip
-    p.add_argument("--reference-domain", action="append")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference-domain", action="append",
+                   help="measure forgetting on these domains of the reference only (repeat for several)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the k-shot draw, the rehearsal sample and training")  # fmt: skip
     p.add_argument(
         "--out", help="the new version's folder (default MODEL-adapted); never overwritten"
     )
@@ -78,5 +85,5 @@ def run_history(args: argparse.Namespace) -> int:
 def add_history(sub: Any) -> None:
 
     p = sub.add_parser("history", help="the chain of versions of an adapted model")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a version's folder, written by `multimodal readapt` or `train`")
     p.set_defaults(func=run_history)

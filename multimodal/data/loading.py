@@ -13,6 +13,7 @@ import datasets
 import numpy as np
 import yaml
 
+from ..core.hub_access import ensure_reachable_or_offline, unreachable
 from ..core.resources import local_or_hub
 from .spec import DatasetSpec
 from .split import Split
@@ -43,7 +44,18 @@ def _load_one(
         logger.warning(
             "loading %s with trust_remote_code=True: its code runs on this machine", path
         )
-    loaded = datasets.load_dataset(path, name, **{k: v for k, v in kwargs.items() if v is not None})
+    why = None if local.exists() else ensure_reachable_or_offline()
+    try:
+        loaded = datasets.load_dataset(
+            path, name, **{k: v for k, v in kwargs.items() if v is not None}
+        )
+    except ConnectionError as err:  # the hub cannot be asked and the cache lacks the dataset
+        raise unreachable(key, path, why or str(err), "dataset") from err
+    except ValueError as err:
+        if "corresponds to no data" not in str(err):
+            raise
+        raise ValueError(f"{key}: {str(local)!r} has no rows (a header only?); give data "
+                         "with rows") from err  # fmt: skip
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded
@@ -148,6 +160,8 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
         dsd = datasets.DatasetDict(
             {k: select_domains(v, spec.keep_domains) for k, v in dsd.items()}
         )
+    if not spec.streaming:
+        _check_not_empty(dsd, spec)
     if not spec.streaming and spec.label in dsd["train"].column_names:
         dsd = _check_float_labels(dsd, spec)
     _say_carved(dsd, spec)
@@ -160,6 +174,25 @@ def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.Datase
     if spec.label_names:
         dsd = _encode_labels(dsd, spec)
     return dsd
+
+
+def _check_not_empty(dsd: Any, spec: DatasetSpec) -> None:
+    """Data with no rows (a header-only CSV, a filter that kept nothing) is named here,
+    before a split or a tokenizer fails on it in other words."""
+    if "train" in dsd and len(dsd["train"]) == 0:
+        where = spec.path if not spec.domains else ", ".join(map(str, spec.domains))
+        raise ValueError(
+            f"data.path: {where!r} has no rows in its train split (a header only, or every "
+            f"row filtered out); give data with rows (splits: "
+            f"{ {k: len(v) for k, v in dsd.items()} })"
+        )
+
+
+def split_of(dsd: Any, name: str, key: str = "--split") -> Any:
+    """The split ``name`` of ``dsd``; a name it lacks is an error naming the splits it has."""
+    if name not in dsd:
+        raise ValueError(f"{key}: the data has no split {name!r}; its splits: {sorted(dsd)}")
+    return dsd[name]
 
 
 def _check_domain_column(dsd: Any, column: str) -> None:

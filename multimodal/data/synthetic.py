@@ -194,6 +194,10 @@ def make_synthetic(
     modalities = sorted(modalities)
     _check_options(modalities, interaction, num_classes)
     names = [f"d{i}" for i in range(domains)] if isinstance(domains, int) else list(domains)
+    if samples_per_domain < 1 or not names:
+        what = "samples_per_domain" if samples_per_domain < 1 else "domains"
+        raise ValueError(f"data.options.{what}: expected at least 1, got "
+                         f"{samples_per_domain if what == 'samples_per_domain' else domains!r}")  # fmt: skip
     noise_of = {m: float(noise[m] if isinstance(noise, Mapping) else noise) for m in modalities}
     rng = np.random.default_rng(seed)
     c = num_classes

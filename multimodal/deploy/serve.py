@@ -354,10 +354,12 @@ async def _body(request: Any, limit: int) -> bytes:
 
 
 def _prediction(result: Mapping[str, Any], labels: list[str], named: bool) -> dict[str, Any]:
-    """A sample's answer without its logits; a class answer with its label's name."""
+    """A sample's answer without its logits; a class answer as ``label`` (one class) with
+    its name. A multi-label answer keeps ``labels`` (a list)."""
     entry: dict[str, Any] = {k: v for k, v in result.items() if k != "logits"}
     if "labels" in result and named:
-        entry["label_name"] = labels[result["labels"]]
+        entry["label"] = entry.pop("labels")
+        entry["label_name"] = labels[entry["label"]]
     return entry
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import datasets
 
-from ..core.config import check_keys, checked_fields
+from ..core.config import ConfigError, check_keys, checked_fields
 from ..data.spec import DatasetSpec
 
 AUTO = "auto"  # train.batch_size: probed before the fit (engine.batch_size)
@@ -125,7 +125,13 @@ class TrainConfig:
         become floats."""
         values = _renamed(values, where)
         check_keys(values, (f.name for f in dataclasses.fields(cls)), where)
-        return checked_fields(cls, values, where, MINIMUM)
+        checked = checked_fields(cls, values, where, MINIMUM)
+        if checked.get("epochs") == 0 and not checked.get("max_steps"):
+            raise ConfigError(
+                f"{where}.epochs is 0 and {where}.max_steps is unset, so nothing would train "
+                f"(and an untrained model would be saved): set {where}.epochs to at least 1"
+            )
+        return checked
 
     @property
     def nominal_batch_size(self) -> int:
@@ -144,7 +150,7 @@ class TrainConfig:
     def replace(self, **overrides: Any) -> TrainConfig:
         """A stage's config: this one with ``overrides`` (None values keep the field)."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return dataclasses.replace(self, **self.coerce(given))
+        return dataclasses.replace(self, **self.coerce({"max_steps": self.max_steps, **given}))
 
 
 # The least value each count or rate may take.

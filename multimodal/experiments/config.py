@@ -138,9 +138,17 @@ class RunConfig:
         return self.train.replace(**overrides)
 
 
+# Sections that hold keys: a scalar there (``encoders=5``) is a mistake, named at once.
+MAPPING_SECTIONS = ("data", "encoders", "fusion", "head", "train", "transfer", "federate")
+
+
 def validate(config: Mapping[str, Any]) -> None:
-    """Raise a ValueError naming any key that nothing reads, with the close matches."""
+    """Raise a ValueError naming any key that nothing reads, with the close matches, and
+    any section that is not a mapping."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a run config is a mapping of sections, got {type(config).__name__}")
     check_keys(config, SECTIONS)
+    _check_mappings(config)
     data_keys = [*(f.name for f in dataclasses.fields(DatasetSpec)), *RETIRED_KEYS]
     check_keys(config.get("data") or {}, data_keys, "data")
     check_keys(config.get("train") or {}, TrainConfig.__dataclass_fields__, "train")
@@ -158,9 +166,50 @@ def validate(config: Mapping[str, Any]) -> None:
         check_keys(fusion, known, "fusion")
     check_keys(config.get("head") or {}, accepted_kwargs(Head, follow_bases=False), "head")
     for modality, enc in (config.get("encoders") or {}).items():
+        if not isinstance(enc, Mapping):
+            raise ValueError(
+                f"encoders.{modality} is {_shown(enc)}, not an encoder: give a mapping with a 'name' "
+                f"(e.g. encoders.{modality}.name=...), or delete the key to leave {modality} out"
+            )
         if "name" not in enc:
             raise ValueError(f"encoders.{modality}: needs a 'name'")
         check_keys(enc, ENCODERS.accepted_kwargs(enc["name"]) | {"name"}, f"encoders.{modality}")
+    _check_column_sources(config)
+
+
+def _check_column_sources(config: Mapping[str, Any]) -> None:
+    """Each encoder of named columns (``tabular_mlp``) names its own, or ``data.columns``
+    maps some to its modality (the synthetic data maps its own): checked before data loads."""
+    from ..modeling.model import reads_data_columns
+
+    data = config.get("data") or {}
+    if data.get("path", "synthetic") == "synthetic" and not data.get("columns"):
+        return
+    columns = data.get("columns") or {}
+    for modality, enc in (config.get("encoders") or {}).items():
+        if reads_data_columns(enc) and not columns.get(modality):
+            raise ValueError(
+                f"encoders.{modality} ({enc['name']}) names no columns and data.columns.{modality} "
+                f"is not set: list the columns under data.columns.{modality} (the encoder reads "
+                f"them), or under encoders.{modality}.numerical / .categorical"
+            )
+
+
+def _check_mappings(config: Mapping[str, Any]) -> None:
+    sections = [(s, config.get(s)) for s in MAPPING_SECTIONS]
+    transfer = config.get("transfer")
+    if isinstance(transfer, Mapping):
+        sections += [(f"transfer.{s}", transfer.get(s)) for s in (*STAGES, "student")]
+    for key, value in sections:
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(
+                f"{key} is {_shown(value)}, but it is a section of keys: give a mapping (e.g. "
+                f"{key}.<key>=<value>), or delete it for the defaults"
+            )
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else repr(value)
 
 
 def student_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import datasets
 
 from ..core.io import write_json_atomic
 from ..core.run_folder import RunFolder
-from ..data.loading import k_shot, load_dataset, select_domains
+from ..data.loading import k_shot, load_dataset, select_domains, split_of
 from ..data.spec import DatasetSpec
 from ..data.split import Split
 from ..engine import FitData, TrainConfig, evaluate, fit
@@ -39,7 +39,7 @@ def _parent_split(run: Path, split: str) -> tuple[DatasetSpec, datasets.Dataset]
     recorded = RunFolder(run).run_config
     if recorded.is_file():
         spec = DatasetSpec.from_dict(json.loads(recorded.read_text())["config"].get("data") or {})
-        return spec, load_dataset(spec)[split]
+        return spec, split_of(load_dataset(spec), split)
     return None
 
 
@@ -75,7 +75,7 @@ def rehearsal_mix(
 
 
 def _split(spec: DatasetSpec, split: str, domains: Sequence[str] | None) -> datasets.Dataset:
-    ds = load_dataset(spec)[split]
+    ds = split_of(load_dataset(spec), split)
     return select_domains(ds, list(domains)) if domains else ds
 
 
@@ -170,7 +170,9 @@ def _update_card(
     results = [DomainResult(new, "readapted", metric, comparison["new_data"]["new"][metric])]
     if comparison["reference"] is not None:
         results.append(
-            DomainResult("reference", "forgetting", metric, comparison["reference"]["forgetting"])
+            DomainResult(
+                "reference", "forgetting", f"{metric}_drop", comparison["reference"]["forgetting"]
+            )
         )
     if RunFolder(out).has_best_model:
         update_card(RunFolder(out).best_model, spec=dict(spec.__dict__), trained_on=list(domains or []),

@@ -58,6 +58,17 @@ def training_domains(run: Any, train: Any, all_domains: bool = False) -> list[st
         return None
 
 
+def _warn_one_class(rows: list[dict[str, Any]], head: dict[str, Any]) -> None:
+    """A classifier trained on one class learns nothing and scores 1.0 on such data: say so."""
+    if head.get("task", "classification") != "classification":
+        return
+    labels = {r.get("label") for r in rows} - {None}
+    if len(labels) == 1:
+        logger.warning("warning: every training row has the label %r: the classifier learns "
+                       "nothing, and its accuracy on such data means nothing; check data.label "
+                       "and the domains it trains on", next(iter(labels)))  # fmt: skip
+
+
 def train_run(
     config: Mapping[str, Any] | Any, output_dir: str | Path, resume_from: str | None = None,
     all_domains: bool = False, overwrite: bool = False,
@@ -99,6 +110,7 @@ def _train_run(run: Any, out: Path, resume_from: str | None, all_domains: bool) 
     write_json_atomic(out / RUN_CONFIG_NAME, {**record, **provenance(config)})
     view = RowView(dsd["train"], spec, "train")
     rows = [view[i] for i in range(len(view))]
+    _warn_one_class(rows, run.model.head)
     model = build_model(run.model.to_dict(), rows, seed=int(run.seed or 0))
     cfg = run.stage(output_dir=str(out), resume_from=resume_from)
     result = fit(model, FitData(spec, dsd["train"], dsd.get("validation")), cfg)

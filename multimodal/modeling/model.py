@@ -339,6 +339,41 @@ def load_config(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     return dict(config)
 
 
+def reads_data_columns(enc_cfg: Mapping[str, Any]) -> bool:
+    """An encoder of named columns (``tabular_mlp``) that names none: it reads the columns
+    that ``data.columns`` maps to its modality."""
+    if not isinstance(enc_cfg, Mapping) or "name" not in enc_cfg:
+        return False
+    takes = ENCODERS.accepted_kwargs(enc_cfg["name"])
+    return {"numerical", "categorical"} <= takes and not (
+        enc_cfg.get("numerical") or enc_cfg.get("categorical")
+    )
+
+
+def _with_data_columns(m: str, enc_cfg: dict[str, Any],
+                       samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """``enc_cfg`` with the columns of modality ``m`` in the training rows: those whose
+    values are all numbers are numerical, the others categorical (their values, sorted)."""
+    values = [s.get(m) for s in samples if isinstance(s.get(m), Mapping)]
+    if not values:
+        raise ValueError(
+            f"encoders.{m} ({enc_cfg['name']}) names no columns, and the training rows have "
+            f"no {m} columns: list them under data.columns.{m}, or under encoders.{m}.numerical "
+            f"and encoders.{m}.categorical"
+        )
+    numerical: list[str] = []
+    categorical: dict[str, list[Any]] = {}
+    for column in dict.fromkeys(c for v in values for c in v):
+        seen = [v[column] for v in values if v.get(column) is not None]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in seen):
+            numerical.append(column)
+        else:
+            categorical[column] = sorted(set(seen), key=str)
+    logger.info("encoders.%s reads data.columns.%s: numerical %s, categorical %s", m, m,
+                numerical, list(categorical))  # fmt: skip
+    return {**enc_cfg, "numerical": numerical, "categorical": categorical}
+
+
 def build_model(
     config: Mapping[str, Any] | str | Path,
     samples: Sequence[Mapping[str, Any]] | Callable[[], Sequence[Mapping[str, Any]]] | None = None,
@@ -364,11 +399,15 @@ def build_model(
     if not config.get("encoders"):
         raise ValueError("model config needs at least one entry under 'encoders'")
     built: dict[str, Encoder] = {}
+    if samples is not None and any(reads_data_columns(e) for e in config["encoders"].values()):
+        samples = samples() if callable(samples) else samples  # read once, for every encoder
     # Sorted: the initialisation must not depend on the order of keys in a config file.
     for m, enc_cfg in sorted(config["encoders"].items()):
         enc_cfg = dict(enc_cfg)
         if "name" not in enc_cfg:
             raise ValueError(f"encoders.{m}: needs a 'name' (one of the registered encoders)")
+        if reads_data_columns(enc_cfg) and samples is not None:
+            enc_cfg = _with_data_columns(m, enc_cfg, samples)  # type: ignore[arg-type]
 
         def build(m: str = m, enc_cfg: dict[str, Any] = enc_cfg) -> Encoder:
             kwargs = {k: v for k, v in enc_cfg.items() if k != "name"}

@@ -14,7 +14,7 @@ from ...data.split import Split
 from ...engine import FitData, TrainConfig, fit
 from ...engine.episodes import EpisodeFits, fit_episodes
 from ...modeling.freezing import frozen_encoders
-from ...modeling.model import MultimodalModel, build_model
+from ...modeling.model import MultimodalModel, build_model, reads_data_columns
 from ..adaptations import UNBALANCED, Adaptation, AdaptContext
 from .plan import Episode, TransferPlan, fit_summary, fitting_rows
 
@@ -182,6 +182,10 @@ class ScratchStage:
         same for every episode: it is built once per plan and copied, its encoders shared
         between copies when they stay frozen (``share_encoders``)."""
         plan = self.plan
+        if plan.scratch_template is None and any(
+            reads_data_columns(e) for e in plan.run.model.encoders.values()
+        ):
+            plan.scratch_template = False  # its columns come from the rows: built per episode
         if plan.scratch_template is None:
             template = build_model(plan.run.model.to_dict(), seed=plan.seed, encoders=plan.pool)
             fits = any(e.fits_on_data() for e in template.encoders.values())
@@ -264,20 +268,39 @@ class ScratchEpisodes:
     """``ScratchStage`` on every episode of one target for each plan (runs that differ only
     in their seed), the fits together (``fit_all``)."""
 
-    def __init__(self, plans: list[TransferPlan], target: str) -> None:
-        self.plans, self.target = plans, target
+    def __init__(self, plans: list[TransferPlan], target: str, reuse: bool = False) -> None:
+        self.plans, self.target, self.reuse = plans, target, reuse
         self.stages = [ScratchStage(p, target, e) for p in plans for e in p.episodes[target]]
 
     def run(self) -> tuple[list[list[float]], str]:
         """Each plan's scratch score per episode on the target's test split, and how the
-        fits ran."""
+        fits ran. With ``reuse``, scores stored by an earlier command with the same inputs
+        are read (``scratch_cache``) and only the others are trained."""
+        from . import scratch_cache
+
         configs = [s.train_config() for s in self.stages]
-        models = [s.initial_model(share_encoders=c.strategy == "head")
-                  for s, c in zip(self.stages, configs, strict=True)]  # fmt: skip
-        fits = fit_all(self.plans[0], models, [s.data() for s in self.stages], configs, "scratch")
-        test = self.plans[0].target[self.target]["test"]
-        scores = self.plans[0].scores(models, test, shares_encoders(*models))
-        return per_plan(self.plans, scores, self.target), fits.mode
+        keys = [scratch_cache.scratch_key(s.plan, self.target, s.episode, c) if self.reuse else None
+                for s, c in zip(self.stages, configs, strict=True)]  # fmt: skip
+        scores: list[float | None] = [scratch_cache.load(k) for k in keys]
+        todo = [i for i, s in enumerate(scores) if s is None]
+        for stage, score in zip(self.stages, scores, strict=True):
+            if score is not None and stage.episode.rows is not None:
+                stage.plan.progress.skip(scratch_overrides(stage.plan.run), len(stage.episode.rows))
+        mode = f"reused {len(scores) - len(todo)} of {len(scores)} (scratch_cache)"
+        if todo:
+            stages = [self.stages[i] for i in todo]
+            models = [s.initial_model(share_encoders=configs[i].strategy == "head")
+                      for i, s in zip(todo, stages, strict=True)]  # fmt: skip
+            fits = fit_all(self.plans[0], models, [s.data() for s in stages],
+                           [configs[i] for i in todo], "scratch")  # fmt: skip
+            test = self.plans[0].target[self.target]["test"]
+            for i, score in zip(todo, self.plans[0].scores(models, test, shares_encoders(*models)),
+                                strict=True):  # fmt: skip
+                scores[i] = score
+                scratch_cache.store(keys[i], score, {"target": self.target,
+                                                     "episode": self.stages[i].episode.index})  # fmt: skip
+            mode = fits.mode if len(todo) == len(scores) else f"{fits.mode}; {mode}"
+        return per_plan(self.plans, scores, self.target), mode
 
 
 class AdaptEpisodes:

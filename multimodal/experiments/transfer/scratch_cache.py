@@ -1,0 +1,106 @@
+"""Scratch baselines reused across commands: ``multimodal transfer`` with another arm, or
+``mm.transfer`` again, trains no scratch model whose inputs are the same as before.
+
+A scratch fit depends on the model config, the data (spec, and the files of local data),
+the scratch stage's train config, the target, the episode's seed and rows, and the
+package versions; not on the adaptation arm. Its score is stored under a hash of these, as
+the feature store keys encoder outputs, in ``TRANSFERFUSE_CACHE`` (default
+``~/.cache/transferfuse``) ``/scratch/<key>.json``. A stream's episode (no row indices) is
+never reused. Benchmarks do not reuse it: each unit records its own scratch fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CACHE_ENV = "TRANSFERFUSE_CACHE"
+# Train keys that change where or how loudly a fit runs, not what it learns.
+_NOT_LEARNED = ("output_dir", "progress", "log_every", "trackers", "tracker_project",
+                "tracker_kwargs", "save_every", "keep_checkpoints", "overwrite", "resume_from")  # fmt: skip
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transferfuse") / "scratch"
+
+
+def _data_files(spec: Any) -> list[str]:
+    """Sizes and mtimes of local data files: the same path with new rows is other data."""
+    out = []
+    for where in [spec.path, *((spec.domains or {}).values())]:
+        path = Path(where.get("path", "") if isinstance(where, dict) else str(where or ""))
+        if not path.exists() or not str(path):
+            continue
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        out += [
+            f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+            for f in files
+            if ".cache" not in f.parts
+        ]
+    return out
+
+
+def scratch_key(
+    plan: Any, target: str, episode: Any, cfg: Any, stage: str = "scratch"
+) -> str | None:
+    """The hash of everything a stage's fit on an episode and its score depend on (None: a
+    stream). ``stage``: ``scratch``, or ``adapt ARM`` (an arm's score, kept to compare
+    arms across commands, never reused in place of training)."""
+    if episode.rows is None:
+        return None
+    import torch
+
+    from ... import __version__
+
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_LEARNED}
+    inputs = {
+        "model": plan.run.model.to_dict(), "data": plan.run.raw.get("data"),
+        "files": _data_files(plan.spec), "train": train, "target": target,
+        "episode": [episode.index, episode.seed, list(episode.rows)], "seed": plan.seed,
+        "metric": plan.metric, "versions": [__version__, torch.__version__], "stage": stage,
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load(key: str | None) -> float | None:
+    if key is None:
+        return None
+    path = cache_root() / f"{key}.json"
+    try:
+        return float(json.loads(path.read_text())["score"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, or a damaged entry: train again
+
+
+def store(key: str | None, score: float, info: dict[str, Any]) -> None:
+    from ...core.io import write_json_atomic
+
+    if key is not None:
+        write_json_atomic(cache_root() / f"{key}.json", {"score": score, **info})
+
+
+def same_as_head(plans: list[Any], arm: Any, target: str, scores: list[list[float]]) -> bool | None:
+    """Store ``arm``'s adapted scores (plan by plan, episode by episode) and say whether
+    they equal, to four decimals, what the head arm scored on the same episodes in an
+    earlier command (None: head's are not stored, or this is head)."""
+    from ..adaptations import create_adaptation
+
+    head = create_adaptation("head")
+    matches = []
+    for plan, plan_scores in zip(plans, scores, strict=True):
+        for episode, score in zip(plan.episodes[target], plan_scores, strict=True):
+            own = plan.stage(arm.overrides(plan.run.transfer), None, episode.seed)
+            store(scratch_key(plan, target, episode, own, f"adapt {arm.name}"), score,
+                  {"target": target, "episode": episode.index, "arm": arm.name})  # fmt: skip
+            if arm.name == "head":
+                continue
+            theirs = plan.stage(head.overrides(plan.run.transfer), None, episode.seed)
+            found = load(scratch_key(plan, target, episode, theirs, "adapt head"))
+            matches.append(None if found is None else round(found, 4) == round(score, 4))
+    if not matches or None in matches:
+        return None
+    return all(matches)
