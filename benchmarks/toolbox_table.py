@@ -114,7 +114,9 @@ def markdown(entries: list[dict[str, Any]], by: str, baseline: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", nargs="?", default="benchmarks/results/real-digits-toolbox")
     parser.add_argument("--by", default="adaptation", help="the column whose values are compared")
     parser.add_argument("--baseline", default="head", help="the value of --by compared against")

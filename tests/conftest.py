@@ -11,6 +11,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+# Scratch scores a `multimodal transfer` stores for later commands go to a folder of this
+# session, never the user's ~/.cache.
+if "TRANSFERFUSE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["TRANSFERFUSE_CACHE"] = tempfile.mkdtemp(prefix="transferfuse-test-cache-")
+
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from . import analysis, bench, dataset, deploy, evaluation, listing, training, versions
 from ._common import Parser
 from .errors import user_error
+from .noise import quiet_third_parties
 
 # The order of ``multimodal --help``.
 COMMANDS = (
@@ -29,26 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     for command in {id(p): p for p in sub.choices.values()}.values():  # aliases share one
         command.add_argument("--debug", action="store_true",
                              help="show the traceback of an error, not one line")  # fmt: skip
+        command.add_argument("--verbose", action="store_true",
+                             help="keep the libraries' own progress bars, logs and warnings")  # fmt: skip
     return parser
-
-
-# Libraries whose INFO lines are not news to the user (the ONNX exporter's optimiser logs
-# one line per deduplicated initializer).
-QUIET_LOGGERS = ("httpx", "urllib3", "datasets", "accelerate", "filelock", "onnx_ir", "onnxscript",
-                 "torch.onnx")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import logging
-    import os
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in QUIET_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # datasets' own progress bars ("Flattening the indices", "Map") on every select and map
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    if "datasets" in sys.modules:  # imported before: the variable was read already
-        sys.modules["datasets"].disable_progress_bars()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_third_parties(verbose="--verbose" in argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -56,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = user_error(err)
         if message is None or args.debug:
             raise  # a bug, or asked for: the whole traceback
-        print(f"multimodal {args.command}: error: {message} (--debug shows where)", file=sys.stderr)
+        prog = getattr(args, "invoked_as", None) or f"multimodal {args.command}"
+        print(f"{prog}: error: {message} (--debug shows where)", file=sys.stderr)
         return 2
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from ._common import count, non_negative_float, positive_float, positive_int
 
 DESCRIPTION = """Compare fusion modules on a cross-domain suite: transfer runs over fusions, adaptations
 and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plots.
@@ -68,19 +71,20 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the suite's list)")  # fmt: skip
     p.add_argument("--adaptation", "--strategy", dest="adaptation",
                    help="comma-separated adaptation arms (multimodal.experiments.adaptations): "
-                   "head, top_k, full, lora, l2sp, fixmatch, ... (default: the suite's list)")  # fmt: skip
+                   "head, top_k, full, lora, l2sp, fixmatch, ... (default: the suite's list); "
+                   "--strategy is its deprecated old name")  # fmt: skip
     p.add_argument("--uda", "--adapt", dest="uda",
                    help="comma-separated unsupervised methods to add beside the k-shot adaptations: "
                    "dann,cdan,coral,mmd,entropy; source_only is their control (the same extra "
-                   "source training, no target rows)")  # fmt: skip
-    p.add_argument("--seeds", type=int, help="number of seeds (default: the suite's)")
-    p.add_argument("--episodes", type=int, help="k-shot episodes per target and seed, the same rows "
+                   "source training, no target rows); --adapt is its deprecated old name")  # fmt: skip
+    p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the suite's)")
+    p.add_argument("--episodes", type=positive_int, help="k-shot episodes per target and seed, the same rows "
                    "for every fusion and adaptation (transfer.episodes; default: the suite's)")  # fmt: skip
     p.add_argument("--out", type=Path, help=f"results folder (default: {default_out('SUITE')})")
     p.add_argument("--no-unimodal", action="store_true", help="skip the one-modality baselines")
     p.add_argument("--compare-to", type=Path, metavar="DIR", help="a reference results folder "
                    "(its summary.json and results.csv) to rerun and check against")  # fmt: skip
-    p.add_argument("--tolerance", type=float, default=0.02, help="with --compare-to: the largest "
+    p.add_argument("--tolerance", type=non_negative_float, default=0.02, help="with --compare-to: the largest "
                    "mean paired difference of a row's adapted metric from the reference's that "
                    "still agrees")  # fmt: skip
     p.add_argument("--robustness", action="store_true",
@@ -100,19 +104,19 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     scale = parser.add_argument_group("scale-out (Ray) and tracking")
-    scale.add_argument("--workers", type=int,
+    scale.add_argument("--workers", type=positive_int,
                        help="units run at a time on Ray (default: one after another, no Ray)")  # fmt: skip
     scale.add_argument("--ray-address", help="an existing Ray cluster: auto, or ray://HOST:PORT")
     scale.add_argument(
-        "--cpus-per-run", type=float, default=1.0, help="CPUs each unit holds on Ray"
+        "--cpus-per-run", type=positive_float, default=1.0, help="CPUs each unit holds on Ray"
     )
     scale.add_argument(
-        "--gpus-per-run", type=float, default=0.0, help="GPUs each unit holds on Ray"
+        "--gpus-per-run", type=non_negative_float, default=0.0, help="GPUs each unit holds on Ray"
     )
-    scale.add_argument("--threads-per-run", type=int,
+    scale.add_argument("--threads-per-run", type=positive_int,
                        help="torch threads per unit on Ray (default: this process's count, so each "
                        "unit computes what a sequential run here computes)")  # fmt: skip
-    scale.add_argument("--max-retries", type=int, default=3,
+    scale.add_argument("--max-retries", type=count, default=3,
                        help="times a unit is rerun when its Ray worker dies")  # fmt: skip
     scale.add_argument("--trackers",
                        help="comma-separated accelerate trackers, one run per unit: tensorboard,mlflow,wandb")  # fmt: skip
@@ -192,12 +196,30 @@ def _quiet_libraries() -> None:
 def run_bench(args: argparse.Namespace) -> int:
     reference = _reference_args(args) if args.compare_to else None
     _warn_old_flags(sys.argv[1:])
-    _quiet_libraries()
+    if not args.verbose:
+        _quiet_libraries()
+    suite = _suite(args)
+    out = args.out or default_out(suite.name)
+    from ..experiments.transfer.plan import PROGRESS_ENV
+
+    # --quiet: no bar inside each unit either (here and in Ray workers); else each unit's
+    # bar of stages shows while it runs, under the bar of units
+    previous = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "0" if args.quiet else "inner"
+    try:
+        return _bench(args, reference, suite, out)
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = previous
+
+
+def _bench(args: argparse.Namespace, reference: dict[str, Any] | None, suite: Any,
+           out: Path) -> int:  # fmt: skip
     from ..core.provenance import environment
     from ..experiments.bench import run_benchmark, summarize
 
-    suite = _suite(args)
-    out = args.out or default_out(suite.name)
     fusions, adaptations = _arms(args, suite)
     robustness: list | None = [] if args.robustness else None
     seeds = args.seeds or suite.seeds

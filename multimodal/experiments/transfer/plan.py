@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -185,7 +186,7 @@ class TransferPlan:
         episodes = _draw_episodes(target, settings, seed, spec.label)
         out = Path(run.output_dir) if run.output_dir else None
         return cls(run, seed, sources, targets, source, target, episodes, out,
-                   Progress(run, enabled=run.train.progress))  # fmt: skip
+                   Progress(run, enabled=stage_bars_enabled()))  # fmt: skip
 
     def with_seed(self, run: RunConfig) -> TransferPlan:
         """The plan of ``run``, which differs from this plan's run only in its seed: the same
@@ -281,6 +282,18 @@ class TransferPlan:
         return [m[self.metric] for m in self.all_metrics(models, ds, cached)]
 
 
+# "0" turns the bar of a transfer's stages off (``multimodal bench --quiet``), "inner" shows
+# it only while it runs (under a benchmark's bar); it travels to Ray workers and
+# subprocesses with the environment.
+PROGRESS_ENV = "TRANSFERFUSE_PROGRESS"
+
+
+def stage_bars_enabled() -> bool:
+    """Whether a transfer shows its stages' bar: yes unless ``PROGRESS_ENV`` is "0".
+    ``train.progress: false`` silences only each fit's own per-step bar."""
+    return os.environ.get(PROGRESS_ENV, "1") != "0"
+
+
 class Progress:
     """One bar over the optimizer steps of every stage of a transfer, the running stage
     named beside it, so its ETA covers the whole command (the stages' own bars stay off)."""
@@ -289,7 +302,9 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.run, self.known = run, True
-        self.bar = tqdm(total=0, desc="transfer", unit="step", disable=not enabled)
+        # under a benchmark's bar of units, each unit's bar goes when the unit is done
+        inner = os.environ.get(PROGRESS_ENV) == "inner"
+        self.bar = tqdm(total=0, desc="transfer", unit="step", disable=not enabled, leave=not inner)
 
     def plan(self, overrides: Mapping[str, Any], rows: int | None, times: int = 1) -> None:
         """Add ``times`` stages of ``rows`` training rows (None: a stream, of unknown length)."""
@@ -297,12 +312,20 @@ class Progress:
             self.known, self.bar.total = False, None
         if not self.known:
             return
+        self.bar.total += self._steps(overrides, rows) * times
+        self.bar.refresh()
+
+    def skip(self, overrides: Mapping[str, Any], rows: int | None) -> None:
+        """A planned stage that will not train (its score was reused): out of the total."""
+        if self.known and rows is not None:
+            self.bar.total -= self._steps(overrides, rows)
+            self.bar.refresh()
+
+    def _steps(self, overrides: Mapping[str, Any], rows: int) -> int:
         cfg = self.run.stage(**overrides)
-        steps = cfg.max_steps or cfg.epochs * math.ceil(
+        return cfg.max_steps or cfg.epochs * math.ceil(
             math.ceil(rows / cfg.nominal_batch_size) / cfg.grad_accum
         )
-        self.bar.total += steps * times
-        self.bar.refresh()
 
     def stage(self, name: str) -> list[Any]:
         """The ``on_step`` callbacks of a stage's fit."""

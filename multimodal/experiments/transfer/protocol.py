@@ -32,7 +32,7 @@ from .stages import (
 )
 
 
-def transfer(config: Mapping[str, Any] | RunConfig) -> TransferReport:
+def transfer(config: Mapping[str, Any] | RunConfig, reuse_scratch: bool = False) -> TransferReport:
     """Run the five stages on a run config (data, encoders, fusion, head, train, transfer).
 
     Adapted and scratch models train on the same target rows: ``transfer.episodes`` k-shot
@@ -40,25 +40,28 @@ def transfer(config: Mapping[str, Any] | RunConfig) -> TransferReport:
     defaults are ``transfer.adapt`` = {strategy: head, epochs: 20} and ``transfer.scratch``
     = {strategy: full, epochs: 20}, on top of ``train``. The arm is
     ``transfer.adaptation`` (a UDA method or source_only included), else ``adapt.strategy``.
+    ``reuse_scratch``: read the scratch scores an earlier call stored for the same inputs
+    (``scratch_cache``; ``multimodal transfer`` does) instead of training them again.
     """
     run = RunConfig.from_dict(config)
     adaptation = run.transfer.adaptation or run.transfer.adapt.get("strategy", "head")
-    return transfer_adaptations(run, [adaptation])[adaptation]
+    return transfer_adaptations(run, [adaptation], reuse_scratch)[adaptation]
 
 
 def transfer_adaptations(
-    config: Mapping[str, Any] | RunConfig, adaptations: list[str]
+    config: Mapping[str, Any] | RunConfig, adaptations: list[str], reuse_scratch: bool = False
 ) -> dict[str, TransferReport]:
     """``transfer`` for several adaptations at once: the source model, the zero-shot
     evaluation and the scratch baseline do not depend on the adaptation, so they are
     computed once and shared by the reports (keyed by adaptation). Encoder outputs come
     from the feature store wherever a stage's encoders are the source model's, frozen."""
-    return transfer_seeds([config], adaptations)[0]
+    return transfer_seeds([config], adaptations, reuse_scratch)[0]
 
 
 def transfer_seeds(
-    configs: list[Mapping[str, Any] | RunConfig], adaptations: list[str]
-) -> list[dict[str, TransferReport]]:
+    configs: list[Mapping[str, Any] | RunConfig], adaptations: list[str],
+    reuse_scratch: bool = False,
+) -> list[dict[str, TransferReport]]:  # fmt: skip
     """``transfer_adaptations`` for run configs that differ only in their seed (a
     benchmark's seeds of one grid point): every stage's fits for all of them together
     (``engine.episodes``), each run's report what it would be run alone, up to
@@ -81,7 +84,7 @@ def transfer_seeds(
     for plan, model in zip(plans, models, strict=True):
         if plan.run.transfer.select != "random":
             plan.reselect(model)  # the rows to label, chosen by the source model
-    reports = _reports(plans, models, arms, times, {"source": source_fits})
+    reports = _reports(plans, models, arms, times, {"source": source_fits}, reuse_scratch)
     for plan, model, plan_reports in zip(plans, models, reports, strict=True):
         _student(plan, model, arms, plan_reports)
         for report in plan_reports.values():
@@ -137,7 +140,8 @@ def _student(plan: TransferPlan, model: MultimodalModel, arms: list[Adaptation],
 
 
 def _reports(plans: list[TransferPlan], models: list[MultimodalModel], arms: list[Adaptation],
-             times: dict[str, float], fits: dict[str, str] | None = None) -> list[dict[str, TransferReport]]:  # fmt: skip
+             times: dict[str, float], fits: dict[str, str] | None = None,
+             reuse_scratch: bool = False) -> list[dict[str, TransferReport]]:  # fmt: skip
     """Every stage after source training, for each plan's trained source model (or
     student): the zero-shot scores, the scratch baseline and each arm on every episode,
     one report per arm and plan."""
@@ -152,7 +156,7 @@ def _reports(plans: list[TransferPlan], models: list[MultimodalModel], arms: lis
     scratch: dict[str, list[list[float]]] = {}
     fits = dict(fits or {})
     for t in plans[0].targets:
-        scratch[t], fits[f"scratch {t}"] = ScratchEpisodes(plans, t).run()
+        scratch[t], fits[f"scratch {t}"] = ScratchEpisodes(plans, t, reuse_scratch).run()
     times["scratch"] = time.perf_counter() - tick
     reports: list[dict[str, TransferReport]] = [{} for _ in plans]
     for arm in arms:
@@ -161,11 +165,29 @@ def _reports(plans: list[TransferPlan], models: list[MultimodalModel], arms: lis
         targets = {t: _target(plans, arm, models, t, scores, scratch[t], arm_robustness, arm_fits)
                    for t in plans[0].targets}  # fmt: skip
         seconds = {**times, "adapt": time.perf_counter() - tick}
+        same = _same_as_head(plans, arm, targets) if reuse_scratch else {}
         for i, plan in enumerate(plans):
             reports[i][arm.name] = _report(plan, arm, scores[i], {t: r[i] for t, r in targets.items()},
                                            {k: v / len(plans) for k, v in seconds.items()},
                                            arm_robustness[i], imbalance[i], arm_fits)  # fmt: skip
+            reports[i][arm.name].same_as_head = same
     return reports
+
+
+def _same_as_head(plans: list[TransferPlan], arm: Adaptation,
+                  targets: dict[str, list[TargetResult]]) -> dict[str, bool]:  # fmt: skip
+    """Per target, whether ``arm`` scored what head did on the same episodes in an earlier
+    command (``scratch_cache.same_as_head``); targets where that is not known are left out."""
+    from .scratch_cache import same_as_head
+
+    out = {}
+    for target, results in targets.items():
+        scores = [[e.adapted for e in r.episodes] for r in results]
+        if all(len(s) == len(p.episodes[target]) for s, p in zip(scores, plans, strict=True)):
+            same = same_as_head(plans, arm, target, scores)
+            if same is not None:
+                out[target] = same
+    return out
 
 
 def _report(plan: TransferPlan, arm: Adaptation, scores: Mapping[str, float],

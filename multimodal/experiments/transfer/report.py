@@ -98,6 +98,9 @@ class TransferReport:
     # How each stage's episode fits ran ("scratch T", "adapt T"): "batched" (together,
     # engine.episodes) or "sequential: <why not>".
     episode_fits: dict[str, str] = field(default_factory=dict)
+    # Per target, whether this arm's adapted scores equal (to 4 decimals) head's on the same
+    # episodes in an earlier command (scratch_cache); absent where head's are not known.
+    same_as_head: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,24 +118,56 @@ class TransferReport:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def table(self) -> str:
+        """The per-target table, the arm it ran named above it, each column explained below
+        it; with several episodes, the means ± 95% CI half-widths over them."""
         m = self.metric
-        head = f"{'target':<12} {'source ' + m:>16} {'zero-shot':>10} {'adapted':>9} {'scratch':>9} {'gain':>7} {'forgetting':>11}"
-        lines = [head, "-" * len(head)]
+        arm = (self.config.get("transfer") or {}).get("adaptation", "?")
+        shots = f"{self.k_shot}-shot" if self.k_shot is not None else "a fraction of the target"
+        lines = [f"adaptation: {arm} ({shots}, {self.episodes} episode{'s' * (self.episodes > 1)} "
+                 f"per target, seed {self.seed})"]  # fmt: skip
+        width = 17 if self.episodes > 1 else 9
+        head = (f"{'target':<12} {'source ' + m:>16} {'zero-shot':>10} {'adapted':>{width}} "
+                f"{'scratch':>{width}} {'gain':>{width}} {'forgetting':>{width + 2}}")  # fmt: skip
+        lines += [head, "-" * len(head)]
         for t, r in self.targets.items():
-            lines.append(
-                f"{t:<12} {self.source:>16.4f} {r.zero_shot:>10.4f} {r.adapted:>9.4f} {r.scratch:>9.4f} "
-                f"{r.transfer_gain:>+7.4f} {r.forgetting:>+11.4f}"
-            )
-        if self.episodes > 1:
-            lines.append(
-                f"adapted, scratch, gain and forgetting: means over {self.episodes} episodes"
-            )
+            cells = [_cell(r, k, width, signed) for k, signed in
+                     (("adapted", False), ("scratch", False), ("transfer_gain", True))]  # fmt: skip
+            lines.append(f"{t:<12} {self.source:>16.4f} {r.zero_shot:>10.4f} {' '.join(cells)} "
+                         f"{_cell(r, 'forgetting', width + 2, True)}")  # fmt: skip
+        lines += ["", *_legend(m, self.episodes)]
+        lines += [f"note: on {t}, {arm}'s adapted scores equal head's on the same episodes to four "
+                  "decimals: the arm changed nothing measurable here (check its weight)"
+                  for t, same in self.same_as_head.items() if same]  # fmt: skip
         if self.student is not None:
             student = TransferReport.from_dict(self.student)
             sizes = student.distillation or {}
             lines += ["", f"student ({sizes.get('student_parameters', '?')} parameters; "
                           f"teacher {sizes.get('teacher_parameters', '?')}):", student.table()]  # fmt: skip
         return "\n".join(lines)
+
+
+def _cell(result: TargetResult, key: str, width: int, signed: bool) -> str:
+    """A mean, with ± the 95% CI half-width (t over the episodes) when there are several."""
+    from ..stats import mean_ci
+
+    mean = getattr(result, key)
+    values = [getattr(e, key) for e in result.episodes]
+    text = f"{mean:+.4f}" if signed else f"{mean:.4f}"
+    if len(values) > 1:
+        text += f" ± {mean_ci(values)['ci']:.4f}"
+    return f"{text:>{width}}"
+
+
+def _legend(metric: str, episodes: int) -> list[str]:
+    over = f", mean over {episodes} episodes ± 95% CI half-width (t)" if episodes > 1 else ""
+    return [
+        f"source {metric}: the source model on the source test split",
+        "zero-shot: the source model on the target test split, before adaptation",
+        f"adapted: after the adaptation above, on the target test split{over}",
+        f"scratch: the same architecture trained only on the same target rows{over}",
+        f"gain: adapted - scratch, what the source training bought{over}",
+        f"forgetting: source {metric} before adaptation - after it (positive: forgot){over}",
+    ]
 
 
 def update_cards(out: Path, report: TransferReport, arm: str, spec: dict[str, Any]) -> None:

@@ -1,0 +1,62 @@
+"""Third-party noise, downgraded unless ``--verbose``: what libraries print on every run
+that is not news to the user (progress bars of weight loading, Flower's doubled lines,
+Opacus' advice, onnxruntime's shape warnings, torchmetrics' empty-class notes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+# Libraries whose INFO lines are not news to the user (the ONNX exporter's optimiser logs
+# one line per deduplicated initializer; Flower logs each line through its own handler and
+# the root logger, so twice; Ray's alembic and plugin set-up).
+QUIET_LOGGERS = ("httpx", "urllib3", "datasets", "accelerate", "filelock", "onnx_ir", "onnxscript",
+                 "torch.onnx", "flwr", "ray", "alembic", "opacus")  # fmt: skip
+# (module, message start) of warnings that repeat on every run and ask nothing of the user.
+QUIET_WARNINGS = (
+    ("torchmetrics", "No positive samples in targets"),
+    ("torchmetrics", "No negative samples in targets"),
+    ("opacus", "Secure RNG turned off"),
+    ("opacus", "Optimal order is the"),
+    ("torch", "Full backward hook is firing"),
+    ("torch", "Using a non-full backward hook"),
+    ("flwr", ""),
+)
+
+
+def quiet_third_parties(verbose: bool = False) -> None:
+    """Downgrade the noise above (``verbose``: leave every library as it is)."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:  # imported before: the variable was read already
+        sys.modules["datasets"].disable_progress_bars()
+    if verbose:
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # read when huggingface_hub and transformers are imported: weight-loading bars, load reports
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        transformers = sys.modules["transformers"]
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    for module, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RootNoise) for f in handler.filters):
+            handler.addFilter(RootNoise())
+
+
+class RootNoise(logging.Filter):
+    """Lines libraries log through the root logger itself, so no logger name can quiet
+    them: onnxruntime's quantiser warns "Axis 1 is out-of-range" once per weight."""
+
+    SOURCES = ("onnxruntime/quantization",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = record.pathname.replace(os.sep, "/")
+        return not (record.levelno < logging.ERROR and any(s in path for s in self.SOURCES))
