@@ -326,7 +326,7 @@ def test_help_imports_no_model_code() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_documented_defaults_are_the_ones_the_code_uses(tmp_path) -> None:
+def test_documented_defaults_are_the_ones_the_code_uses(tmp_path, capsys) -> None:
     import argparse
     import re
     from pathlib import Path
@@ -359,16 +359,16 @@ def test_documented_defaults_are_the_ones_the_code_uses(tmp_path) -> None:
     out_help = next(a.help for a in bench_parser._actions if a.dest == "out")
     assert str(default_out("SUITE")) in out_help
     assert default_out("synthetic-quick") == Path("runs/benchmarks/synthetic-quick")
-    # transfer writes into a folder of its own
+    # transfer writes where mm.transfer does: the config's output_dir; beside a training
+    # run's files (no name in common) with a warning
     assert transfer_output_dir({}, None) == Path("runs/transfer")
     trained = tmp_path / "run"
-    (trained / "transfer").mkdir(parents=True)
-    (trained / "run_config.json").write_text("{}")
-    assert transfer_output_dir({"output_dir": str(trained)}, None) == trained / "transfer"
-    (trained / "transfer" / "results.json").write_text("{}")
-    with pytest.raises(SystemExit, match="another command's outputs"):
-        transfer_output_dir({"output_dir": str(trained)}, None)
-    assert transfer_output_dir({}, str(trained)) == trained  # asked for explicitly: a warning
+    trained.mkdir()
+    assert transfer_output_dir({"output_dir": str(trained)}, None) == trained
+    (trained / "results.json").write_text("{}")
+    assert transfer_output_dir({"output_dir": str(trained)}, None) == trained
+    assert "already holds results.json" in capsys.readouterr().err
+    assert transfer_output_dir({}, str(tmp_path / "x")) == tmp_path / "x"
 
 
 def test_a_run_recorded_before_source_only_training_reproduces_on_every_domain(

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    quiet_third_parties(verbose="--verbose" in argv)
+    quiet_third_parties(verbose="--verbose" in argv, command=next(iter(argv), None))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

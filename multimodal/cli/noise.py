@@ -14,20 +14,23 @@ import warnings
 # the root logger, so twice; Ray's alembic and plugin set-up).
 QUIET_LOGGERS = ("httpx", "urllib3", "datasets", "accelerate", "filelock", "onnx_ir", "onnxscript",
                  "torch.onnx", "flwr", "ray", "alembic", "opacus")  # fmt: skip
-# (module, message start) of warnings that repeat on every run and ask nothing of the user.
+# (module, message start) of warnings that repeat on every run and ask nothing of the user;
+# "" matches any module (a warning is filed under the line that triggered it, which for
+# torch's hook warnings is accelerate's backward call).
 QUIET_WARNINGS = (
     ("torchmetrics", "No positive samples in targets"),
     ("torchmetrics", "No negative samples in targets"),
-    ("opacus", "Secure RNG turned off"),
-    ("opacus", "Optimal order is the"),
-    ("torch", "Full backward hook is firing"),
-    ("torch", "Using a non-full backward hook"),
+    ("", "Secure RNG turned off"),
+    ("", "Optimal order is the"),
+    ("", "Full backward hook is firing"),
+    ("", "Using a non-full backward hook"),
     ("flwr", ""),
 )
 
 
-def quiet_third_parties(verbose: bool = False) -> None:
-    """Downgrade the noise above (``verbose``: leave every library as it is)."""
+def quiet_third_parties(verbose: bool = False, command: str | None = None) -> None:
+    """Downgrade the noise above (``verbose``: leave every library as it is); ``command``
+    is the subcommand about to run (``federate`` sets Flower's logger up here first)."""
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if "datasets" in sys.modules:  # imported before: the variable was read already
         sys.modules["datasets"].disable_progress_bars()
@@ -49,6 +52,20 @@ def quiet_third_parties(verbose: bool = False) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RootNoise) for f in handler.filters):
             handler.addFilter(RootNoise())
+    if command == "federate":
+        _quiet_flower()
+
+
+def _quiet_flower() -> None:
+    """Flower sets its logger to DEBUG with a handler of its own when imported, and the
+    root logger prints each line again: its own handler only, warnings and up, and not the
+    deprecation notice of the simulation API this toolkit calls (nothing a user can change)."""
+    from flwr.supercore import logger as flower
+
+    flower.FLOWER_LOGGER.setLevel(logging.WARNING)
+    flower.FLOWER_LOGGER.propagate = False
+    for handler in flower.FLOWER_LOGGER.handlers:
+        handler.addFilter(lambda record: "DEPRECATED FEATURE" not in record.getMessage())
 
 
 class RootNoise(logging.Filter):

@@ -107,22 +107,13 @@ OTHER_OUTPUTS = (RunFolder.run_config, RunFolder.results, RunFolder.best_model)
 
 
 def transfer_output_dir(config: dict[str, Any], given: str | None) -> Path:
-    """Where ``transfer`` writes: ``given``, else a ``transfer`` folder inside the config's
-    ``output_dir`` (which ``train`` uses), else ``runs/transfer``. A folder that already
-    holds a training run's files is refused unless given explicitly, and then warned about."""
+    """Where ``transfer`` writes: ``given``, else the config's ``output_dir`` (where
+    ``mm.transfer`` writes too), else ``runs/transfer``. A folder that holds a training
+    run's files is warned about: the transfer's files go beside them, none replaced."""
     import sys
 
-    out = Path(
-        given
-        or (
-            Path(config["output_dir"]) / "transfer" if config.get("output_dir") else "runs/transfer"
-        )
-    )
+    out = Path(given or config.get("output_dir") or "runs/transfer")
     mixed = [name for name in OTHER_OUTPUTS if (out / name).exists()]
-    if mixed and not given:
-        raise SystemExit(
-            f"{out} holds another command's outputs ({', '.join(mixed)}); pass --output-dir"
-        )
     if mixed:
         print(f"warning: {out} already holds {', '.join(mixed)} from another command; the "
               "transfer's report.json, source/, adapt-*/ and scratch-*/ go beside them", file=sys.stderr)  # fmt: skip
@@ -135,8 +126,8 @@ def add_transfer(sub: Any) -> None:
     p.add_argument("--config", required=True, help="run config YAML with a transfer section")
     p.add_argument(
         "--output-dir",
-        help="where the runs and report.json go (default: OUTPUT_DIR/transfer for the "
-        "config's output_dir, else runs/transfer)",
+        help="where the runs and report.json go (default: the config's output_dir, as for "
+        "mm.transfer, else runs/transfer)",
     )
     p.add_argument(
         "--overwrite",

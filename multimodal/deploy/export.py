@@ -124,12 +124,19 @@ def export_onnx(
         if key in SEQUENCE_KEYS:
             dims[1] = torch.export.Dim(f"{m}_length", min=1, max=model.encoders[m].max_length)
         dynamic.append(dims)
-    with atomic_dir(out) as tmp:
+    from tqdm.auto import tqdm
+
+    # a large model traces for minutes: say which of the three stages is running
+    bar = tqdm(total=3, desc="ONNX export", unit="stage", bar_format="{desc}: {n}/{total} stages "
+               "[{elapsed}]{postfix}", postfix="tracing and converting (torch.export)")  # fmt: skip
+    with atomic_dir(out) as tmp, bar:
         kwargs = {"opset_version": opset} if opset else {}
         torch.onnx.export(
             _Graph(model, layout).eval(), tuple(args), str(tmp / ONNX_NAME), input_names=names,
             output_names=["logits"], dynamic_shapes=(tuple(dynamic),), dynamo=True, **kwargs,
         )  # fmt: skip
+        bar.update()
+        bar.set_postfix_str("writing the processors")
         processor.save_pretrained(tmp / "processors")
         write_json_atomic(
             tmp / EXPORT_NAME,
@@ -141,7 +148,10 @@ def export_onnx(
             },
         )  # fmt: skip
         write_checksums(tmp)
+        bar.update()
+        bar.set_postfix_str("checking onnxruntime against PyTorch")
         difference = export_difference(model, tmp, samples)
+        bar.update()
         if difference > atol:
             raise ExportMismatchError(
                 f"the exported graph's logits differ from the model's by up to {difference:.3g} "

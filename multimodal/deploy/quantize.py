@@ -9,9 +9,11 @@ loads it), with ``export.json`` saying how it was quantised.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +22,33 @@ import numpy as np
 from ..core.io import atomic_dir, verify_folder, write_checksums, write_json_atomic
 from .export import EXPORT_NAME, ONNX_NAME, OnnxModel
 
+logger = logging.getLogger(__name__)
 MODES = ("dynamic", "static")
 
 
 class _Calibration:
     """onnxruntime's ``CalibrationDataReader``: the export's input feeds of ``samples`` in
-    batches of ``batch_size``."""
+    batches of ``batch_size``, each processed when onnxruntime asks for it, with a bar (a
+    static quantisation spends its minutes here)."""
 
     def __init__(
         self, model: OnnxModel, samples: Sequence[Mapping[str, Any]], batch_size: int
     ) -> None:
-        self.feeds: Iterator[dict[str, np.ndarray]] = iter(
-            [model.feed(model.processor([dict(s) for s in samples[i : i + batch_size]]))
-             for i in range(0, len(samples), batch_size)]
-        )  # fmt: skip
+        from tqdm.auto import tqdm
+
+        self.model, self.samples, self.size = model, samples, batch_size
+        self.starts = iter(range(0, len(samples), batch_size))
+        self.bar = tqdm(total=math.ceil(len(samples) / batch_size), unit="batch",
+                        desc=f"calibrating int8 on {len(samples)} rows")  # fmt: skip
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.feeds, None)
+        start = next(self.starts, None)
+        if start is None:
+            self.bar.close()
+            return None
+        chunk = [dict(s) for s in self.samples[start : start + self.size]]
+        self.bar.update()
+        return self.model.feed(self.model.processor(chunk))
 
 
 def quantize_export(
@@ -56,6 +68,8 @@ def quantize_export(
     with atomic_dir(out) as tmp:
         shutil.copytree(folder / "processors", tmp / "processors")
         source, target = str(folder / ONNX_NAME), str(tmp / ONNX_NAME)
+        logger.info("quantising %s to int8 (%s)%s", folder / ONNX_NAME, mode,
+                    "" if mode == "dynamic" else ": calibration, then the quantised graph")  # fmt: skip
         if mode == "dynamic":
             quantize_dynamic(source, target, weight_type=QuantType.QInt8)
         else:
