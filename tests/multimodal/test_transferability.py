@@ -1,0 +1,130 @@
+"""Transferability estimators against their definitions, computed another way."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from multimodal.analysis.transferability import ESTIMATORS, Evidence, score
+
+PROBS = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.5, 0.5]])
+LABELS = np.array([0, 1, 1, 2, 0])
+
+
+def test_leep_is_the_mean_log_expected_empirical_prediction() -> None:
+    """Nguyen et al. eq. (1)-(2), with loops over rows and classes."""
+    n, cs = PROBS.shape
+    ct = LABELS.max() + 1
+    joint = [
+        [sum(PROBS[i][z] for i in range(n) if LABELS[i] == y) / n for z in range(cs)]
+        for y in range(ct)
+    ]
+    p_z = [sum(joint[y][z] for y in range(ct)) for z in range(cs)]
+    total = 0.0
+    for i in range(n):
+        eep = sum(joint[LABELS[i]][z] / p_z[z] * PROBS[i][z] for z in range(cs))
+        total += math.log(eep)
+    assert score("leep", Evidence(np.zeros((n, 1)), PROBS, LABELS)) == pytest.approx(
+        total / n, abs=1e-12
+    )
+
+
+def test_nce_is_minus_the_conditional_entropy_of_labels_given_the_predicted_class() -> None:
+    z = PROBS.argmax(1)  # [0, 1, 0, 1, 0]
+    n = len(z)
+    entropy = 0.0
+    for zz in set(z):
+        rows = [LABELS[i] for i in range(n) if z[i] == zz]
+        for y in set(rows):
+            p_yz, p_y_given_z = rows.count(y) / n, rows.count(y) / len(rows)
+            entropy -= p_yz * math.log(p_y_given_z)
+    assert score("nce", Evidence(np.zeros((n, 1)), PROBS, LABELS)) == pytest.approx(
+        -entropy, abs=1e-12
+    )
+
+
+def _direct_logme(f: np.ndarray, labels: np.ndarray) -> float:
+    """The evidence maximised numerically: log N(y; 0, I / beta + F F^T / alpha) over
+    (log alpha, log beta), per one-hot class, divided by N and averaged."""
+    from scipy.optimize import minimize
+    from scipy.stats import multivariate_normal
+
+    n = len(labels)
+    out = []
+    for c in np.unique(labels):
+        y = (labels == c).astype(float)
+
+        def negative(logs: np.ndarray, y: np.ndarray = y) -> float:
+            alpha, beta = np.exp(logs)
+            cov = np.eye(n) / beta + f @ f.T / alpha
+            return -multivariate_normal(np.zeros(n), cov).logpdf(y)
+
+        best = minimize(
+            negative,
+            np.zeros(2),
+            method="Nelder-Mead",
+            options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000},
+        )
+        out.append(-best.fun / n)
+    return float(np.mean(out))
+
+
+@pytest.mark.parametrize("shape", [(12, 3), (6, 9)], ids=["n>d", "n<d"])
+def test_logme_is_the_maximum_evidence(shape) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.arange(shape[0]) % 3
+    f = rng.normal(size=shape) + labels[:, None] * 0.7
+    assert score("logme", Evidence(f, PROBS, labels)) == pytest.approx(
+        _direct_logme(f, labels), abs=1e-5
+    )
+
+
+def test_hscore_and_transrate_by_hand_and_hscore_is_affine_invariant() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.arange(20) % 2
+    f = rng.normal(size=(20, 3)) + labels[:, None]
+    mixed = f @ rng.normal(size=(3, 3)) + 5.0  # an invertible linear map and a shift
+    assert score("hscore", Evidence(mixed, PROBS, labels)) == pytest.approx(
+        score("hscore", Evidence(f, PROBS, labels))
+    )
+    # one feature: H = var(E[f|y]) / var(f); R(f) = log(1 + sum f^2 / (n eps)) / 2, centred
+    x = f[:, :1]
+    means = np.where(labels == 0, x[labels == 0].mean(), x[labels == 1].mean())
+    assert score("hscore", Evidence(x, PROBS, labels)) == pytest.approx(
+        np.var(means, ddof=1) / np.var(x, ddof=1)
+    )
+
+    def rate(v: np.ndarray) -> float:  # v centred on the mean of all rows, as TransRate does
+        return 0.5 * math.log(1 + (v**2).sum() / (len(v) * 1e-4))
+
+    by_hand = (
+        rate(x[:, 0] - x.mean())
+        - (rate(x[labels == 0, 0] - x.mean()) + rate(x[labels == 1, 0] - x.mean())) / 2
+    )
+    assert score("transrate", Evidence(x, PROBS, labels)) == pytest.approx(by_hand)
+
+
+def test_gbc_is_minus_the_overlap_of_the_class_gaussians() -> None:
+    rng = np.random.default_rng(2)
+    same = rng.normal(size=(400, 2))
+    labels = np.arange(400) % 2
+    # one Gaussian for both classes: each ordered pair's coefficient is about 1
+    assert score("gbc", Evidence(same, PROBS, labels)) == pytest.approx(-2.0, abs=0.05)
+    apart = same + labels[:, None] * 20.0
+    assert -1e-6 < score("gbc", Evidence(apart, PROBS, labels)) <= 0.0
+
+
+def test_every_estimator_ranks_features_that_separate_the_classes_above_noise() -> None:
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), 10)
+    centres = rng.normal(size=(4, 16)) * 3
+    separating = centres[labels] + rng.normal(size=(40, 16))
+    noise = rng.normal(size=(40, 16))
+    sharp = np.eye(4)[labels] * 0.85 + 0.05  # a source head that tells the classes apart
+    flat = rng.dirichlet(np.ones(4), size=40)
+    good, bad = Evidence(separating, sharp, labels), Evidence(noise, flat, labels)
+    assert set(ESTIMATORS.list()) == {"logme", "leep", "nce", "hscore", "gbc", "transrate"}
+    for name in ESTIMATORS.list():
+        assert score(name, good) > score(name, bad), name
