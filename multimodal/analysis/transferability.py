@@ -80,8 +80,9 @@ def _evidence(y: np.ndarray, u: np.ndarray, sigma: np.ndarray, n: int, d: int) -
         gamma = float((beta * sigma / t).sum())
         m2 = float((beta**2 * sigma * z2 / t**2).sum())  # |m|^2
         res2 = float(((alpha / t) ** 2 * z2).sum()) + outside  # |y - F m|^2
-        new_alpha = gamma / max(m2, 1e-300)
-        new_beta = (n - gamma) / max(res2, 1e-300)
+        # bounded: a class the features fit exactly (or not at all) sends one to 0 or inf
+        new_alpha = min(max(gamma / max(m2, 1e-300), 1e-12), 1e12)
+        new_beta = min(max((n - gamma) / max(res2, 1e-300), 1e-12), 1e12)
         done = abs(new_alpha / new_beta - alpha / beta) <= 1e-6 * (alpha / beta)
         alpha, beta = new_alpha, new_beta
         if done:

@@ -128,3 +128,50 @@ def test_every_estimator_ranks_features_that_separate_the_classes_above_noise() 
     assert set(ESTIMATORS.list()) == {"logme", "leep", "nce", "hscore", "gbc", "transrate"}
     for name in ESTIMATORS.list():
         assert score(name, good) > score(name, bad), name
+
+
+def test_validation_by_hand_a_perfect_estimator_has_tau_one_and_no_regret(tmp_path) -> None:
+    import csv
+
+    from multimodal.experiments.rank import validate
+
+    adapted = {"concat": 0.6, "moe": 0.8, "text-only": 0.5, "image-only": 0.7}
+    rows, results = [], []
+    for seed in range(3):
+        for fusion, value in adapted.items():
+            accuracy = value + 0.01 * seed
+            rows.append({"fusion": fusion, "seed": seed, "target": "t", "episode": 0, "zero_shot": 0.1,
+                         "perfect": accuracy, "reversed": -accuracy})  # fmt: skip
+            results.append({"fusion": fusion, "seed": seed, "target": "t", "episode": 0, "adaptation": "head",
+                            "adapted": accuracy, "zero_shot": 0.1})  # fmt: skip
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(results[0]))
+        writer.writeheader()
+        writer.writerows(results)
+    out = validate(rows, tmp_path / "results.csv", ["perfect", "reversed"])
+    s = out["summary"]
+    assert s["perfect tau"]["mean"] == pytest.approx(1.0) and s["reversed tau"]["mean"] == pytest.approx(-1.0)
+    assert s["perfect regret"]["mean"] == pytest.approx(0.0) and s["reversed regret"]["mean"] == pytest.approx(0.3)
+    assert s["random regret"]["mean"] == pytest.approx(0.8 - 0.65) and s["concat regret"]["mean"] == pytest.approx(0.2)
+    assert out["episodes"] == 3 and out["zero_shot_max_difference"] == 0.0
+    assert out["tests"]["perfect - random"]["difference"]["mean"] == pytest.approx(-0.15)
+
+
+def test_rank_scores_every_candidate_episode_with_the_benchmarks_source_model(tmp_path) -> None:
+    """The ranked source model is the one the benchmark trains: the same zero-shot score."""
+    from multimodal.experiments.bench import Suite, run_benchmark
+    from multimodal.experiments.rank import rank_suite
+    from tests.multimodal.tiny_run import tiny_run
+
+    base = tiny_run(transfer={"k_shot": 3, "episodes": 2, "adapt": {"epochs": 1}, "scratch": {"epochs": 1}},
+                    train={"epochs": 2, "progress": False, "strategy": "head"})  # fmt: skip
+    suite = Suite(name="tiny", base=base, fusions=["concat"], adaptations=["head"], seeds=2,
+                  pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[3], unimodal=True)  # fmt: skip
+    rows = rank_suite(suite, estimators=["leep", "logme"])
+    assert {(r["fusion"], r["seed"], r["episode"]) for r in rows} == {
+        (f, s, e) for f in ("concat", "tabular-only", "text-only") for s in (0, 1) for e in (0, 1)
+    }
+    assert all(np.isfinite(r["leep"]) and np.isfinite(r["logme"]) for r in rows)
+    bench = run_benchmark(suite, tmp_path / "bench", progress=False)
+    measured = {(r["fusion"], r["seed"]): r["zero_shot"] for r in bench}
+    assert all(r["zero_shot"] == pytest.approx(measured[(r["fusion"], r["seed"])], abs=1e-9) for r in rows)

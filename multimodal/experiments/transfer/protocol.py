@@ -75,7 +75,7 @@ def transfer_seeds(
     first = TransferPlan.build(runs[0])
     plans = [first, *(first.with_seed(run) for run in runs[1:])]  # the data loaded once
     for plan in plans:
-        _share_encoders(plan, arms)
+        share_encoders(plan, arms)
         _plan_progress(plan, arms)
     times["load"] = time.perf_counter() - tick
     tick = time.perf_counter()
@@ -99,7 +99,7 @@ def transfer_seeds(
     return reports
 
 
-def _share_encoders(plan: TransferPlan, arms: list[Adaptation]) -> None:
+def share_encoders(plan: TransferPlan, arms: list[Adaptation]) -> None:
     """Take encoders from the process's pool (``plan.ENCODERS``) when no stage can change
     them: the source, scratch and every arm train with ``fit`` under the head strategy
     (encoders frozen, in eval mode) and without privacy (Opacus wraps the model)."""
@@ -126,7 +126,7 @@ def _student(plan: TransferPlan, model: MultimodalModel, arms: list[Adaptation],
     student_plan = plan.student()
     if student_plan is None:
         return
-    _share_encoders(student_plan, arms)
+    share_encoders(student_plan, arms)
     _plan_progress(student_plan, arms)
     tick = time.perf_counter()
     student = StudentStage(student_plan, model).run()

@@ -1,0 +1,201 @@
+"""Choose before you train: each candidate of a suite scored by the transferability
+estimators (``analysis.transferability``) on each episode's labelled target rows, with no
+fine-tuning; and those scores checked against what adaptation then measured.
+
+A candidate is a fusion or one modality alone (the suite's encoder sets) under the arms
+that keep the source model's features (``head``): its source model is trained as the
+benchmark trains it (a grid point's seeds together, ``SourceStages``; the same seed gives
+the same model), then one pass over each target's train split reads the fused features and
+class probabilities from the feature store, and every episode is scored on its rows.
+
+``validate`` joins the scores to a benchmark's ``results.csv`` on (candidate, seed, target,
+episode) and reports, per estimator: Kendall's tau and weighted tau (scipy) between the
+scores and the measured adapted accuracy across candidates within an episode, and the top-1
+regret (the best candidate's adapted accuracy minus the pick's); each averaged over a seed's
+episodes and targets, with a t CI over seeds. Baselines: a random pick (its expected
+regret) and always concat. Each estimator's regret is compared with the random pick's on the
+same seeds (paired t), Holm-corrected across estimators.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..analysis.transferability import ESTIMATORS, Evidence, score
+from .bench.plan import Suite, plan, unit_config
+from .config import RunConfig
+
+logger = logging.getLogger(__name__)
+KEYS = ("fusion", "seed", "target", "episode")
+
+
+def rank_suite(suite: Suite, fusions: Sequence[str] | None = None, seeds: int | None = None,
+               estimators: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per (candidate, seed, target, episode): each estimator's score."""
+    from .adaptations import create_adaptation
+    from .transfer.plan import TransferPlan
+    from .transfer.protocol import share_encoders
+    from .transfer.stages import SourceStages
+
+    names = list(estimators or ESTIMATORS.list())
+    units = plan(suite, list(fusions or suite.fusions), seeds or suite.seeds)
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for unit in units:  # a grid point's seeds together, as the benchmark runs them
+        config = unit_config(suite, unit)
+        groups[
+            json.dumps(
+                {k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str
+            )
+        ].append((unit, config))
+    rows: list[dict[str, Any]] = []
+    head = [create_adaptation("head")]
+    for group in groups.values():
+        runs = [RunConfig.from_dict(config) for _, config in group]
+        first = TransferPlan.build(runs[0])
+        plans = [first, *(first.with_seed(run) for run in runs[1:])]
+        for p in plans:
+            share_encoders(p, head)
+        models, _ = SourceStages(plans).run()
+        for (unit, _), p, model in zip(group, plans, models, strict=True):
+            rows += _episode_scores(suite.name, unit, p, model, names)
+        first.progress.close()
+    return rows
+
+
+def _episode_scores(
+    suite: str, unit: Any, plan: Any, model: Any, names: list[str]
+) -> list[dict[str, Any]]:
+    from ..data.split import Split
+    from .transfer.plan import model_view
+
+    out = []
+    for target in plan.targets:
+        train = plan.target[target]["train"]
+        zero_shot = plan.score(
+            model, plan.target[target]["test"]
+        )  # checks it is the benchmark's model
+        probs, fused = model_view(model, train, plan.spec, plan.run.train)
+        labels = np.asarray(Split(train).column(plan.spec.label))
+        for episode in plan.episodes[target]:
+            if episode.rows is None:
+                raise ValueError(
+                    "ranking needs the target's rows by index; this target is streamed"
+                )
+            rows = list(episode.rows)
+            evidence = Evidence(fused[rows], probs[rows], labels[rows])
+            out.append({"suite": suite, "fusion": unit.fusion, "seed": unit.seed, "target": target,
+                        "episode": episode.index, "k_shot": unit.k_shot, "zero_shot": zero_shot,
+                        **{n: score(n, evidence) for n in names}})  # fmt: skip
+    return out
+
+
+def _measured(results_csv: Path, adaptation: str = "head") -> dict[tuple, tuple[float, float]]:
+    """(candidate, seed, target, episode) -> (adapted, zero-shot), from a benchmark's results."""
+    import csv
+
+    with open(results_csv, newline="") as f:
+        return {(r["fusion"], int(r["seed"]), r["target"], int(r["episode"])): (float(r["adapted"]), float(r["zero_shot"]))
+                for r in csv.DictReader(f) if r["adaptation"] == adaptation}  # fmt: skip
+
+
+def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence[str],
+             baseline: str = "concat") -> dict[str, Any]:  # fmt: skip
+    """Per estimator: tau, weighted tau and top-1 regret against the measured adapted
+    accuracy, each a mean ± CI over seeds; its regret against the random pick's and the
+    fixed choice's (``baseline``), paired on seeds, Holm-corrected over the table."""
+    from scipy.stats import kendalltau, weightedtau
+
+    from .stats import holm, mean_ci
+
+    measured = _measured(results_csv)
+    episodes: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    drift = 0.0  # the ranked source models against the benchmark's: their zero-shot scores
+    for row in rows:
+        key = (row["fusion"], row["seed"], row["target"], row["episode"])
+        if key in measured:
+            adapted, zero_shot = measured[key]
+            drift = max(drift, abs(zero_shot - row["zero_shot"]))
+            episodes[(row["seed"], row["target"], row["episode"])].append(
+                {**row, "adapted": adapted}
+            )
+    per_seed: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (seed, _, _), cands in episodes.items():
+        if len(cands) < 3:
+            continue
+        adapted = np.array([c["adapted"] for c in cands])
+        best = adapted.max()
+        per_seed["random regret"][seed].append(float(best - adapted.mean()))
+        fixed = [c["adapted"] for c in cands if c["fusion"] == baseline]
+        if fixed:
+            per_seed[f"{baseline} regret"][seed].append(float(best - fixed[0]))
+        for name in estimators:
+            scores = np.array([c[name] for c in cands])
+            if not np.all(np.isfinite(scores)):
+                continue
+            per_seed[f"{name} tau"][seed].append(float(kendalltau(scores, adapted).statistic))
+            per_seed[f"{name} weighted tau"][seed].append(
+                float(weightedtau(scores, adapted).statistic)
+            )
+            per_seed[f"{name} regret"][seed].append(float(best - adapted[int(np.argmax(scores))]))
+    seed_means = {
+        k: {s: float(np.nanmean(v)) for s, v in by_seed.items()} for k, by_seed in per_seed.items()
+    }
+    summary = {k: {**mean_ci(list(v.values())), "seeds": len(v)} for k, v in seed_means.items()}
+    tests: dict[str, dict[str, Any]] = {}
+    for against in ("random", baseline):
+        for name in estimators:
+            mine, other = (
+                seed_means.get(f"{name} regret", {}),
+                seed_means.get(f"{against} regret", {}),
+            )
+            diffs = [mine[s] - other[s] for s in sorted(set(mine) & set(other))]
+            tests[f"{name} - {against}"] = {"estimator": name, "against": against,
+                                            "difference": mean_ci(diffs), "p": _paired_p(diffs)}  # fmt: skip
+    # Holm over every test of the table: each estimator against the random pick and the fixed choice
+    for key, p in zip(tests, holm([t["p"] for t in tests.values()]), strict=True):
+        tests[key]["p_holm"] = p
+    return {"summary": summary, "tests": tests, "episodes": len(episodes), "baseline": baseline,
+            "zero_shot_max_difference": drift, "candidates": sorted({r["fusion"] for r in rows})}  # fmt: skip
+
+
+def _paired_p(diffs: list[float]) -> float:
+    """Two-sided one-sample t-test of the per-seed differences against 0."""
+    from scipy.stats import ttest_1samp
+
+    if len(diffs) < 2:
+        return math.nan
+    if np.allclose(diffs, diffs[0]):
+        return 1.0 if diffs[0] == 0 else 0.0
+    return float(ttest_1samp(diffs, 0.0).pvalue)
+
+
+def validation_table(result: dict[str, Any], estimators: Sequence[str]) -> str:
+    """The markdown table of ``validate``."""
+    s, tests, baseline = result["summary"], result["tests"], result["baseline"]
+
+    def cell(value: dict[str, Any] | None) -> str:
+        if not value or value.get("n", 0) == 0:
+            return "n/a"
+        ci = "n/a" if math.isnan(value["ci"]) else f"{value['ci']:.3f}"
+        return f"{value['mean']:+.3f} ± {ci}"
+
+    def versus(name: str, against: str) -> str:
+        t = tests.get(f"{name} - {against}", {})
+        return f"{cell(t.get('difference'))} (p {t.get('p_holm', math.nan):.2g})"
+
+    lines = [f"| estimator | Kendall τ | weighted τ | top-1 regret | regret − random pick | regret − always {baseline} |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in estimators:
+        lines.append(f"| {name} | {cell(s.get(name + ' tau'))} | {cell(s.get(name + ' weighted tau'))} | "
+                     f"{cell(s.get(name + ' regret'))} | {versus(name, 'random')} | {versus(name, baseline)} |")  # fmt: skip
+    lines.append(f"| random pick | 0 | 0 | {cell(s.get('random regret'))} | | |")
+    lines.append(f"| always {baseline} | | | {cell(s.get(baseline + ' regret'))} | | |")
+    return "\n".join(lines)
