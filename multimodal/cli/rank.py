@@ -24,6 +24,8 @@ def run_rank(args: argparse.Namespace) -> int:
     from ..experiments.rank import rank_suite, validate, validation_table
     from ..experiments.transfer.plan import PROGRESS_ENV
 
+    if args.auto:
+        return _auto(Path(args.auto), args.out)
     estimators = args.estimators.split(",") if args.estimators else ESTIMATORS.list()
     for name in estimators:
         ESTIMATORS.get(name)  # an unknown name: one line naming the known ones
@@ -76,6 +78,34 @@ def validation_page(suite: str, result: dict[str, Any], table: str, against: str
     )
 
 
+def _auto(results: Path, out: str | None) -> int:
+    """transfer.adaptation: auto against its arms, from a benchmark that ran them all."""
+    from ..core.io import write_json_atomic
+    from ..experiments.rank import auto_regret
+
+    r = auto_regret(results / "results.csv")
+
+    def cell(key: str) -> str:
+        v = r.get(key, {})
+        return f"{v.get('mean', float('nan')):+.4f} ± {v.get('ci', float('nan')):.4f}"
+
+    table = "\n".join([
+        f"`auto` on {r['cells']} (fusion, seed, target, episode) cells of `{results}`; means over "
+        f"{r['auto regret'].get('n', 0)} seeds ± 95% t CI; paired t on the seeds, Holm over 2 tests.", "",
+        "| quantity | value | Holm p |", "|---|---|---|",
+        f"| auto's regret (oracle arm − auto) | {cell('auto regret')} | {r['p_holm']['auto regret']:.3g} |",
+        f"| head's regret (oracle arm − head) | {cell('head regret')} | |",
+        f"| auto − head | {cell('auto - head')} | {r['p_holm']['auto - head']:.3g} |",
+        *[f"| share of cells where the oracle is {a} | {cell('oracle is ' + a)} | |" for a in ("head", "l2sp", "lwf")],
+    ])  # fmt: skip
+    folder = Path(out or results)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "auto.md").write_text(f"# transfer.adaptation: auto\n\n{table}\n")
+    write_json_atomic(folder / "auto.json", r)
+    print(table)
+    return 0
+
+
 def _pick_table(rows: list[dict[str, Any]], estimators: list[str]) -> str:
     """How often each estimator ranks each candidate first, per target, over seeds and episodes."""
     from collections import Counter, defaultdict
@@ -116,5 +146,9 @@ def add_rank(sub: Any) -> None:
                    help="a benchmark's results folder of the same suite (its results.csv): Kendall "
                    "tau, weighted tau and top-1 regret of each estimator against the measured "
                    "adapted accuracy, CIs over seeds, Holm against a random pick")  # fmt: skip
+    p.add_argument("--auto", metavar="RESULTS_DIR",
+                   help="only compare transfer.adaptation: auto with the arms it chooses from (head, "
+                   "l2sp, lwf) in a benchmark that ran them all: its regret against the oracle arm and "
+                   "against head, paired on (seed, episode); writes auto.md and auto.json")  # fmt: skip
     p.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}/SUITE)")
     p.set_defaults(func=run_rank)

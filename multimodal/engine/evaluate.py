@@ -133,3 +133,20 @@ def eval_batches(
             yield move_to(batch, model.device)
     finally:
         model.train(was_training)
+
+
+def model_view(model: Any, ds: datasets.Dataset, spec: DatasetSpec, cfg: Any) -> tuple[Any, Any]:
+    """``model``'s class probabilities and fused features on every row of ``ds``, in row
+    order, in eval mode; the encoder outputs come from (and stay in) the feature store
+    (``cfg``: the ``TrainConfig`` whose batch size and cache settings the pass uses)."""
+    from .loaders import cached_forward, cached_loader, split_features
+
+    loader = cached_loader(model, split_features(model, ds, spec, cfg), cfg, train=False)
+    model.eval()
+    probs, fused = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = cached_forward(model, move_to(batch, model.device))
+            probs.append(model.head.task.probabilities(out.logits.float()).cpu())
+            fused.append(out.fused.float().cpu())
+    return torch.cat(probs).numpy(), torch.cat(fused).numpy()

@@ -89,6 +89,10 @@ class TransferConfig:
     # leading dimension (engine.episodes); false: one fit after another. The results are
     # the same up to floating-point rounding; the report says which ran (episode_fits).
     batch_episodes: bool = True
+    # transfer.adaptation: auto picks, per episode, the arm of auto_arms whose
+    # auto_folds-fold cross-validation inside the episode's labelled rows scores best.
+    auto_arms: list[str] = field(default_factory=lambda: ["head", "l2sp", "lwf"])
+    auto_folds: int = 5
 
 
 @dataclass

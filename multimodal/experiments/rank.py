@@ -74,7 +74,7 @@ def _episode_scores(
     suite: str, unit: Any, plan: Any, model: Any, names: list[str]
 ) -> list[dict[str, Any]]:
     from ..data.split import Split
-    from .transfer.plan import model_view
+    from ..engine.evaluate import model_view
 
     out = []
     for target in plan.targets:
@@ -199,3 +199,37 @@ def validation_table(result: dict[str, Any], estimators: Sequence[str]) -> str:
     lines.append(f"| random pick | 0 | 0 | {cell(s.get('random regret'))} | | |")
     lines.append(f"| always {baseline} | | | {cell(s.get(baseline + ' regret'))} | | |")
     return "\n".join(lines)
+
+
+def auto_regret(results_csv: Path, arms: Sequence[str] = ("head", "l2sp", "lwf")) -> dict[str, Any]:
+    """``auto`` against the arms it chooses from, on the same (fusion, seed, target,
+    episode): its regret against the oracle arm (the best of ``arms`` measured on the target
+    test split) and its adapted accuracy minus head's. Means over a seed's cells, CIs over
+    seeds, paired t on the per-seed values, Holm over the two tests."""
+    import csv
+
+    from .stats import holm, mean_ci
+
+    cells: dict[tuple, dict[str, float]] = defaultdict(dict)
+    with open(results_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            cells[(r["fusion"], int(r["seed"]), r["target"], int(r["episode"]))][
+                r["adaptation"]
+            ] = float(r["adapted"])
+    per_seed: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (_, seed, _, _), arm in cells.items():
+        if "auto" not in arm or not all(a in arm for a in arms):
+            continue
+        oracle = max(arm[a] for a in arms)
+        per_seed["auto regret"][seed].append(oracle - arm["auto"])
+        per_seed["head regret"][seed].append(oracle - arm["head"])
+        per_seed["auto - head"][seed].append(arm["auto"] - arm["head"])
+        for a in arms:
+            per_seed[f"oracle is {a}"][seed].append(float(arm[a] == oracle))
+    means = {k: [float(np.mean(v[s])) for s in sorted(v)] for k, v in per_seed.items()}
+    out: dict[str, Any] = {k: mean_ci(v) for k, v in means.items()}
+    tests = {"auto regret": _paired_p(means.get("auto regret", [])),
+             "auto - head": _paired_p(means.get("auto - head", []))}  # fmt: skip
+    out["p_holm"] = dict(zip(tests, holm(list(tests.values())), strict=True))
+    out["cells"] = sum(len(v) for v in per_seed["auto regret"].values())
+    return out

@@ -175,3 +175,57 @@ def test_rank_scores_every_candidate_episode_with_the_benchmarks_source_model(tm
     bench = run_benchmark(suite, tmp_path / "bench", progress=False)
     measured = {(r["fusion"], r["seed"]): r["zero_shot"] for r in bench}
     assert all(r["zero_shot"] == pytest.approx(measured[(r["fusion"], r["seed"])], abs=1e-9) for r in rows)
+
+
+def test_auto_picks_the_arm_that_cross_validates_better_on_the_episode(tmp_path) -> None:
+    """The target's classes are the source's shifted by one: head relearns the mapping,
+    while L2-SP under a huge weight stays at the source model, whose answers are wrong there.
+    l2sp is listed first, so picking head is the cross-validation's doing, not a tie."""
+    import multimodal as mm
+
+    rng = np.random.default_rng(0)
+    lines = ["x0,x1,label,domain"]
+    for i in range(240):
+        c, d = i % 3, (i // 3) % 2
+        x = np.eye(3)[c][:2] * 3 + rng.normal(scale=0.3, size=2)
+        lines.append(f"{x[0]:.4f},{x[1]:.4f},{(c + d) % 3},d{d}")
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    config = {
+        "data": {"path": str(tmp_path / "rows.csv"), "columns": {"tabular": ["x0", "x1"]}},
+        "encoders": {"tabular": {"name": "tabular_mlp", "dim": 8, "hidden_dim": 16}},
+        "fusion": {"name": "concat", "dim": 8, "dropout": 0.0},
+        "head": {"task": "classification", "num_classes": 3, "dropout": 0.0},
+        "train": {"epochs": 15, "batch_size": 16, "lr": 0.05, "progress": False, "strategy": "head", "warmup_ratio": 0.0},
+        "transfer": {"source": ["d0"], "target": ["d1"], "k_shot": 6, "adaptation": "auto", "auto_arms": ["l2sp", "head"],
+                     "auto_folds": 3, "adapt": {"epochs": 30, "lr": 0.05, "regularize_weight": 1e4}},
+        "seed": 0,
+    }  # fmt: skip
+    report = mm.transfer(config)
+    (choice,) = report.auto
+    assert choice["chosen"] == "head", choice
+    assert choice["cross_validated"]["head"] > choice["cross_validated"]["l2sp"] + 0.3, choice
+    assert report.targets["d1"].adapted > report.targets["d1"].zero_shot + 0.3
+    assert "auto chose" in report.table() and "head 1x" in report.table()
+
+
+def test_auto_regret_by_hand(tmp_path) -> None:
+    import csv
+
+    from multimodal.experiments.rank import auto_regret
+
+    rows = []
+    for seed in range(3):
+        for episode in range(2):
+            values = {"head": 0.5, "l2sp": 0.6 + 0.01 * seed, "lwf": 0.4, "auto": 0.6 + 0.01 * seed if episode else 0.5}
+            rows += [{"fusion": "concat", "seed": seed, "target": "t", "episode": episode, "adaptation": a, "adapted": v}
+                     for a, v in values.items()]  # fmt: skip
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    r = auto_regret(tmp_path / "results.csv")
+    # each seed: episode 0 auto = head (regret 0.1+0.01 seed), episode 1 auto = oracle (0)
+    assert r["auto regret"]["mean"] == pytest.approx(np.mean([(0.1 + 0.01 * s) / 2 for s in range(3)]))
+    assert r["head regret"]["mean"] == pytest.approx(np.mean([0.1 + 0.01 * s for s in range(3)]))
+    assert r["auto - head"]["mean"] == pytest.approx(r["head regret"]["mean"] - r["auto regret"]["mean"])
+    assert r["oracle is l2sp"]["mean"] == 1.0 and r["cells"] == 6

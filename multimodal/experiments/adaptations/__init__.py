@@ -7,7 +7,8 @@ trains on. Built in: the freezing strategies fine-tuned on the k-shot episode (`
 (``dann``, ``cdan``, ``coral``, ``mmd``, ``entropy``) and their control ``source_only``, and
 fine-tuning that forgets less (``l2sp``, ``ewc``, ``lwf``) and test-time adaptation
 (``tent``, ``bn_adapt``) and self-training on the unlabelled target rows (``pseudo_label``,
-``fixmatch``). A
+``fixmatch``), and ``auto``, which picks one of ``transfer.auto_arms`` per episode by
+cross-validation inside its labelled rows. A
 new method is one ``Adaptation`` subclass in a file of this package, registered with
 ``@register_adaptation("name")`` and named in ``_LAZY`` below.
 """
@@ -27,6 +28,7 @@ _LAZY = {
     **{name: f"{__name__}.forgetting" for name in ("l2sp", "ewc", "lwf")},
     **{name: f"{__name__}.test_time" for name in ("tent", "bn_adapt")},
     **{name: f"{__name__}.semi_supervised" for name in ("pseudo_label", "fixmatch")},
+    "auto": f"{__name__}.auto",
 }  # fmt: skip
 ADAPTATIONS: Registry[Adaptation] = Registry("adaptation", lazy=_LAZY)
 register_adaptation = ADAPTATIONS.register

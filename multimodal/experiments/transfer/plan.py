@@ -20,6 +20,7 @@ from ...data.loading import k_shot, k_shot_indices, label_column, load_dataset, 
 from ...data.spec import DatasetSpec
 from ...data.split import Split
 from ...engine import TrainConfig, evaluate
+from ...engine.evaluate import model_view
 from ...modeling.pool import EncoderPool
 from ..config import DISTILL_DEFAULTS, RunConfig, TransferConfig, student_config
 from .select import SELECTORS, select_rows
@@ -43,27 +44,6 @@ class Episode:
     def dataset(self, train: datasets.Dataset) -> datasets.Dataset:
         """The episode's rows as a dataset of their own."""
         return self.sample if self.rows is None else train.select(list(self.rows))
-
-
-def model_view(
-    model: Any, ds: datasets.Dataset, spec: DatasetSpec, cfg: TrainConfig
-) -> tuple[Any, Any]:
-    """``model``'s class probabilities and fused features on every row of ``ds``, in row
-    order, in eval mode; the encoder outputs come from (and stay in) the feature store."""
-    import torch
-
-    from ...engine.loaders import cached_forward, cached_loader, split_features
-    from ...modeling.model import move_to
-
-    loader = cached_loader(model, split_features(model, ds, spec, cfg), cfg, train=False)
-    model.eval()
-    probs, fused = [], []
-    with torch.no_grad():
-        for batch in loader:
-            out = cached_forward(model, move_to(batch, model.device))
-            probs.append(model.head.task.probabilities(out.logits.float()).cpu())
-            fused.append(out.fused.float().cpu())
-    return torch.cat(probs).numpy(), torch.cat(fused).numpy()
 
 
 def episode_seed(seed: int, target: str, index: int) -> int:

@@ -171,7 +171,15 @@ def _reports(plans: list[TransferPlan], models: list[MultimodalModel], arms: lis
                                            {k: v / len(plans) for k, v in seconds.items()},
                                            arm_robustness[i], imbalance[i], arm_fits)  # fmt: skip
             reports[i][arm.name].same_as_head = same
+            reports[i][arm.name].auto = _auto_choices(plan, arm)
     return reports
+
+
+def _auto_choices(plan: TransferPlan, arm: Adaptation) -> list[dict[str, Any]]:
+    """The choices ``auto`` made on this plan's episodes, each named by target and episode."""
+    where = {e.seed: (t, e.index) for t, episodes in plan.episodes.items() for e in episodes}
+    return [{"target": where[c["seed"]][0], "episode": where[c["seed"]][1], **c}
+            for c in getattr(arm, "choices", []) if c["seed"] in where]  # fmt: skip
 
 
 def _same_as_head(plans: list[TransferPlan], arm: Adaptation,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,9 @@ class TransferReport:
     # Per target, whether this arm's adapted scores equal (to 4 decimals) head's on the same
     # episodes in an earlier command (scratch_cache); absent where head's are not known.
     same_as_head: dict[str, bool] = field(default_factory=dict)
+    # transfer.adaptation: auto: per target and episode, the arm chosen and each arm's
+    # cross-validated score inside the episode's rows.
+    auto: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,6 +139,10 @@ class TransferReport:
             lines.append(f"{t:<12} {self.source:>16.4f} {r.zero_shot:>10.4f} {' '.join(cells)} "
                          f"{_cell(r, 'forgetting', width + 2, True)}")  # fmt: skip
         lines += ["", *_legend(m, self.episodes)]
+        if self.auto:
+            picked = Counter(c["chosen"] for c in self.auto)
+            lines.append("auto chose, by cross-validation inside each episode's rows: "
+                         + ", ".join(f"{a} {n}x" for a, n in picked.most_common()))  # fmt: skip
         lines += [f"note: on {t}, {arm}'s adapted scores equal head's on the same episodes to four "
                   "decimals: the arm changed nothing measurable here (check its weight)"
                   for t, same in self.same_as_head.items() if same]  # fmt: skip
