@@ -372,6 +372,7 @@ def _columns_only_suite(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_suite_whose_tabular_columns_are_only_under_data_columns_trains(tmp_path) -> None:
     from multimodal.cli import main
 

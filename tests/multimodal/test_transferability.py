@@ -157,6 +157,7 @@ def test_validation_by_hand_a_perfect_estimator_has_tau_one_and_no_regret(tmp_pa
     assert out["tests"]["perfect - random"]["difference"]["mean"] == pytest.approx(-0.15)
 
 
+@pytest.mark.slow
 def test_rank_scores_every_candidate_episode_with_the_benchmarks_source_model(tmp_path) -> None:
     """The ranked source model is the one the benchmark trains: the same zero-shot score."""
     from multimodal.experiments.bench import Suite, run_benchmark
