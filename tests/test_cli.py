@@ -495,6 +495,7 @@ def test_bad_flag_values_are_refused_naming_the_flag(capsys, args, fragment) -> 
     assert len(errors) == 1 and fragment in errors[0], errors
 
 
+@pytest.mark.slow
 def test_what_used_to_pass_silently_now_warns(config_file, trained, hostile_folders, tmp_path,
                                               capsys, caplog) -> None:  # fmt: skip
     """One class in training and a modality the data lacks: it runs, and says so."""
@@ -591,6 +592,7 @@ def test_the_card_of_a_calibrated_copy_has_the_model_index_data_and_temperature(
     assert "Not recorded" not in card.text and "python 3." in card.text
 
 
+@pytest.mark.slow
 def test_a_second_transfer_with_another_arm_trains_no_scratch_model(
     config_file, tmp_path, monkeypatch, capsys
 ) -> None:

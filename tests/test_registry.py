@@ -73,6 +73,7 @@ def test_the_lazy_index_names_each_registration_and_its_module(package: str) -> 
             assert builder.__module__ == registry._lazy[name], (registry.kind, name)
 
 
+@pytest.mark.slow
 def test_list_shows_every_registry_and_imports_no_model_code() -> None:
     """Every registry is listed; the training methods' registries live in torch modules, but
     no encoder's model code (timm, transformers, torchaudio) is imported to name them."""

@@ -178,6 +178,7 @@ def test_rank_scores_every_candidate_episode_with_the_benchmarks_source_model(tm
     assert all(r["zero_shot"] == pytest.approx(measured[(r["fusion"], r["seed"])], abs=1e-9) for r in rows)
 
 
+@pytest.mark.slow
 def test_auto_picks_the_arm_that_cross_validates_better_on_the_episode(tmp_path) -> None:
     """The target's classes are the source's shifted by one: head relearns the mapping,
     while L2-SP under a huge weight stays at the source model, whose answers are wrong there.
