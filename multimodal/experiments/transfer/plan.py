@@ -283,8 +283,11 @@ class Progress:
 
         self.run, self.known = run, True
         # under a benchmark's bar of units, each unit's bar goes when the unit is done
+        # (and only on a terminal: a log file gets the units' bar and status.json, not a
+        # redraw of this one every tenth of a second)
         inner = os.environ.get(PROGRESS_ENV) == "inner"
-        self.bar = tqdm(total=0, desc="transfer", unit="step", disable=not enabled, leave=not inner)
+        self.bar = tqdm(total=0, desc="transfer", unit="step", leave=not inner, mininterval=0.5,
+                        disable=(None if inner else False) if enabled else True)  # fmt: skip
 
     def plan(self, overrides: Mapping[str, Any], rows: int | None, times: int = 1) -> None:
         """Add ``times`` stages of ``rows`` training rows (None: a stream, of unknown length)."""
