@@ -59,6 +59,7 @@ def test_help_lists_every_command() -> None:
         "drift",
         "readapt",
         "history",
+        "rank",
     ):
         assert command in text
 
