@@ -621,3 +621,23 @@ def test_a_second_transfer_with_another_arm_trains_no_scratch_model(
     retrain = [*common, "--output-dir", str(tmp_path / "again"), "--retrain-scratch",
                "transfer.episodes=2", "transfer.adaptation=l2sp"]  # fmt: skip
     assert main(retrain) == 0 and sorted(built) == [0, 0, 1, 1]
+
+
+def test_overrides_may_follow_an_option_and_a_misspelled_flag_is_still_refused(
+    config_file, tmp_path, capsys
+) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--config",
+        str(config_file),
+        "train.epochs=1",
+        "--output-dir",
+        str(out),
+        "fusion.dim=8",
+    ]
+    assert main(args) == 0
+    assert json.loads((out / "best_model" / "config.json").read_text())["fusion"]["dim"] == 8
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", str(config_file), "--outptu", str(out), "train.epochs=1"])
+    assert stop.value.code == 2 and "unrecognized arguments: --outptu" in capsys.readouterr().err
