@@ -185,11 +185,8 @@ def _warn_old_flags(argv: list[str]) -> None:
 
 
 def _quiet_libraries() -> None:
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
+    """Only the warnings of this toolkit's own INFO lines (the libraries' noise is quieted
+    for every command, ``cli.noise``): a benchmark prints its tables, not each stage."""
     logging.getLogger().setLevel(logging.WARNING)
 
 

@@ -65,7 +65,15 @@ def _quiet_flower() -> None:
     flower.FLOWER_LOGGER.setLevel(logging.WARNING)
     flower.FLOWER_LOGGER.propagate = False
     for handler in flower.FLOWER_LOGGER.handlers:
-        handler.addFilter(lambda record: "DEPRECATED FEATURE" not in record.getMessage())
+        if not any(isinstance(f, FlowerNotice) for f in handler.filters):  # once per handler
+            handler.addFilter(FlowerNotice())
+
+
+class FlowerNotice(logging.Filter):
+    """Flower's deprecation notice for the simulation API this toolkit calls."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in record.getMessage()
 
 
 class RootNoise(logging.Filter):

@@ -91,17 +91,29 @@ def local_cache_dir(folder: Path) -> Path:
     folder's name and card alone, so two folders of one name, or a folder rewritten in
     place, would load each other's rows; the path, sizes and mtimes of its files key it here.
     """
+    return (
+        Path(datasets.config.HF_DATASETS_CACHE)
+        / "transferfuse-local"
+        / local_fingerprint(folder)[:16]
+    )
+
+
+def local_fingerprint(path: Path) -> str:
+    """A digest of a local folder or file: its resolved path, and each file's name (relative
+    to the folder), size and mtime; huggingface_hub's download metadata (``.cache``) is not
+    data and is left out. The same path with new rows is other data."""
     import hashlib
 
-    folder = folder.resolve()
-    digest = hashlib.sha256(str(folder).encode())
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder)
-        if ".cache" in relative.parts:  # huggingface_hub's download metadata, not data
+    path = path.resolve()
+    digest = hashlib.sha256(str(path).encode())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        relative = file.relative_to(path) if file != path else Path(file.name)
+        if ".cache" in relative.parts:
             continue
-        stat = path.stat()
+        stat = file.stat()
         digest.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return Path(datasets.config.HF_DATASETS_CACHE) / "transferfuse-local" / digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def load_dataset(spec: DatasetSpec | Mapping[str, Any] | str) -> datasets.DatasetDict:

@@ -113,7 +113,7 @@ def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence
     fixed choice's (``baseline``), paired on seeds, Holm-corrected over the table."""
     from scipy.stats import kendalltau, weightedtau
 
-    from .stats import holm, mean_ci
+    from .stats import holm, mean_ci, paired_comparison
 
     measured = _measured(results_csv)
     episodes: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
@@ -156,25 +156,15 @@ def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence
                 seed_means.get(f"{name} regret", {}),
                 seed_means.get(f"{against} regret", {}),
             )
-            diffs = [mine[s] - other[s] for s in sorted(set(mine) & set(other))]
-            tests[f"{name} - {against}"] = {"estimator": name, "against": against,
-                                            "difference": mean_ci(diffs), "p": _paired_p(diffs)}  # fmt: skip
+            common = sorted(set(mine) & set(other))
+            result = paired_comparison([mine[s] for s in common], [other[s] for s in common])
+            tests[f"{name} - {against}"] = {"estimator": name, "against": against, "p": result["p_value"],
+                                            "difference": {k: result[k] for k in ("mean", "ci", "n")}}  # fmt: skip
     # Holm over every test of the table: each estimator against the random pick and the fixed choice
     for key, p in zip(tests, holm([t["p"] for t in tests.values()]), strict=True):
         tests[key]["p_holm"] = p
     return {"summary": summary, "tests": tests, "episodes": len(episodes), "baseline": baseline,
             "zero_shot_max_difference": drift, "candidates": sorted({r["fusion"] for r in rows})}  # fmt: skip
-
-
-def _paired_p(diffs: list[float]) -> float:
-    """Two-sided one-sample t-test of the per-seed differences against 0."""
-    from scipy.stats import ttest_1samp
-
-    if len(diffs) < 2:
-        return math.nan
-    if np.allclose(diffs, diffs[0]):
-        return 1.0 if diffs[0] == 0 else 0.0
-    return float(ttest_1samp(diffs, 0.0).pvalue)
 
 
 def validation_table(result: dict[str, Any], estimators: Sequence[str]) -> str:
@@ -208,7 +198,7 @@ def auto_regret(results_csv: Path, arms: Sequence[str] = ("head", "l2sp", "lwf")
     seeds, paired t on the per-seed values, Holm over the two tests."""
     import csv
 
-    from .stats import holm, mean_ci
+    from .stats import holm, mean_ci, paired_comparison
 
     cells: dict[tuple, dict[str, float]] = defaultdict(dict)
     with open(results_csv, newline="") as f:
@@ -228,8 +218,10 @@ def auto_regret(results_csv: Path, arms: Sequence[str] = ("head", "l2sp", "lwf")
             per_seed[f"oracle is {a}"][seed].append(float(arm[a] == oracle))
     means = {k: [float(np.mean(v[s])) for s in sorted(v)] for k, v in per_seed.items()}
     out: dict[str, Any] = {k: mean_ci(v) for k, v in means.items()}
-    tests = {"auto regret": _paired_p(means.get("auto regret", [])),
-             "auto - head": _paired_p(means.get("auto - head", []))}  # fmt: skip
+    tests = {
+        k: paired_comparison(means.get(k, []), [0.0] * len(means.get(k, [])))["p_value"]
+        for k in ("auto regret", "auto - head")
+    }  # one-sample t on the seeds' means
     out["p_holm"] = dict(zip(tests, holm(list(tests.values())), strict=True))
     out["cells"] = sum(len(v) for v in per_seed["auto regret"].values())
     return out

@@ -28,42 +28,44 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transferfuse") / "scratch"
 
 
-def _data_files(spec: Any) -> list[str]:
-    """Sizes and mtimes of local data files: the same path with new rows is other data."""
-    out = []
-    for where in [spec.path, *((spec.domains or {}).values())]:
-        path = Path(where.get("path", "") if isinstance(where, dict) else str(where or ""))
-        if not path.exists() or not str(path):
-            continue
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        out += [
-            f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
-            for f in files
-            if ".cache" not in f.parts
-        ]
-    return out
+def data_fingerprints(spec: Any) -> list[str]:
+    """``data.loading.local_fingerprint`` of each local path the data spec reads (hub
+    datasets are pinned by the spec's revision instead)."""
+    from ...data.loading import local_fingerprint
+
+    paths = [
+        spec.path,
+        *(w.get("path") if isinstance(w, dict) else w for w in (spec.domains or {}).values()),
+    ]
+    return [local_fingerprint(Path(p)) for p in paths if p and Path(str(p)).exists()]
 
 
-def scratch_key(
-    plan: Any, target: str, episode: Any, cfg: Any, stage: str = "scratch"
-) -> str | None:
-    """The hash of everything a stage's fit on an episode and its score depend on (None: a
-    stream). ``stage``: ``scratch``, or ``adapt ARM`` (an arm's score, kept to compare
-    arms across commands, never reused in place of training)."""
-    if episode.rows is None:
-        return None
+def plan_inputs(plan: Any, files: list[str]) -> dict[str, Any]:
+    """What every stage key of ``plan`` shares (``files``: ``data_fingerprints``, read once
+    for a group of plans that load the same data)."""
     import torch
 
     from ... import __version__
 
+    return {"model": plan.run.model.to_dict(), "data": plan.run.raw.get("data"), "files": files,
+            "seed": plan.seed, "metric": plan.metric, "versions": [__version__, torch.__version__]}  # fmt: skip
+
+
+def scratch_key(
+    inputs: dict[str, Any], target: str, episode: Any, cfg: Any, stage: str = "scratch"
+) -> str | None:
+    """The hash of everything a stage's fit on an episode and its score depend on (None: a
+    stream): the plan's ``inputs`` (``plan_inputs``) and the episode's own. ``stage``:
+    ``scratch``, or ``adapt ARM`` (an arm's score, kept to compare arms across commands,
+    never reused in place of training)."""
+    if episode.rows is None:
+        return None
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_LEARNED}
-    inputs = {
-        "model": plan.run.model.to_dict(), "data": plan.run.raw.get("data"),
-        "files": _data_files(plan.spec), "train": train, "target": target,
-        "episode": [episode.index, episode.seed, list(episode.rows)], "seed": plan.seed,
-        "metric": plan.metric, "versions": [__version__, torch.__version__], "stage": stage,
-    }  # fmt: skip
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    own = {"train": train, "target": target, "stage": stage,
+           "episode": [episode.index, episode.seed, list(episode.rows)]}  # fmt: skip
+    return hashlib.sha256(
+        json.dumps({**inputs, **own}, sort_keys=True, default=str).encode()
+    ).hexdigest()
 
 
 def load(key: str | None) -> float | None:
@@ -90,16 +92,18 @@ def same_as_head(plans: list[Any], arm: Any, target: str, scores: list[list[floa
     from ..adaptations import create_adaptation
 
     head = create_adaptation("head")
+    files = data_fingerprints(plans[0].spec)
     matches = []
     for plan, plan_scores in zip(plans, scores, strict=True):
+        inputs = plan_inputs(plan, files)
         for episode, score in zip(plan.episodes[target], plan_scores, strict=True):
             own = plan.stage(arm.overrides(plan.run.transfer), None, episode.seed)
-            store(scratch_key(plan, target, episode, own, f"adapt {arm.name}"), score,
+            store(scratch_key(inputs, target, episode, own, f"adapt {arm.name}"), score,
                   {"target": target, "episode": episode.index, "arm": arm.name})  # fmt: skip
             if arm.name == "head":
                 continue
             theirs = plan.stage(head.overrides(plan.run.transfer), None, episode.seed)
-            found = load(scratch_key(plan, target, episode, theirs, "adapt head"))
+            found = load(scratch_key(inputs, target, episode, theirs, "adapt head"))
             matches.append(None if found is None else round(found, 4) == round(score, 4))
     if not matches or None in matches:
         return None

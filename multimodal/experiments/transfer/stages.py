@@ -279,8 +279,12 @@ class ScratchEpisodes:
         from . import scratch_cache
 
         configs = [s.train_config() for s in self.stages]
-        keys = [scratch_cache.scratch_key(s.plan, self.target, s.episode, c) if self.reuse else None
-                for s, c in zip(self.stages, configs, strict=True)]  # fmt: skip
+        keys: list[str | None] = [None] * len(self.stages)
+        if self.reuse:  # the data's files read once for the group, each plan's inputs once
+            files = scratch_cache.data_fingerprints(self.plans[0].spec)
+            inputs = {id(p): scratch_cache.plan_inputs(p, files) for p in self.plans}
+            keys = [scratch_cache.scratch_key(inputs[id(s.plan)], self.target, s.episode, c)
+                    for s, c in zip(self.stages, configs, strict=True)]  # fmt: skip
         scores: list[float | None] = [scratch_cache.load(k) for k in keys]
         todo = [i for i, s in enumerate(scores) if s is None]
         for stage, score in zip(self.stages, scores, strict=True):
