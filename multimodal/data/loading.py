@@ -91,11 +91,8 @@ def local_cache_dir(folder: Path) -> Path:
     folder's name and card alone, so two folders of one name, or a folder rewritten in
     place, would load each other's rows; the path, sizes and mtimes of its files key it here.
     """
-    return (
-        Path(datasets.config.HF_DATASETS_CACHE)
-        / "transferfuse-local"
-        / local_fingerprint(folder)[:16]
-    )
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    return cache / "transferfuse-local" / local_fingerprint(folder)[:16]
 
 
 def local_fingerprint(path: Path) -> str:
