@@ -12,7 +12,9 @@ from ._registry import register_fusion as register_fusion
 
 # Public name -> the module that defines it.
 _LAZY = {
-    **dict.fromkeys(("Fusion", "FusionOutput", "masked_mean", "static_shapes"), "._base"),
+    **dict.fromkeys(
+        ("Fusion", "FusionOutput", "masked_mean", "pool_tokens", "static_shapes"), "._base"
+    ),
     **dict.fromkeys(("BottleneckFusion", "TransformerFusion"), ".bottleneck"),
     "ConcatFusion": ".concat",
     "CrossAttentionFusion": ".cross_attention",

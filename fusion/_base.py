@@ -27,7 +27,13 @@ class Fusion(nn.Module):
     forward(tokens: {modality: [B, T_m, D_m]}, masks: {modality: [B, T_m] bool}) -> FusionOutput.
     A row whose mask is all False is an absent modality for that sample. Modalities are
     always visited in sorted order, so the dict order of the inputs never matters.
+
+    ``pools_first``: the fusion reads each modality only through ``masked_mean`` of its
+    tokens, so one pooled token per row (``pool_tokens``) gives the same output; a caller
+    that holds cached tokens may pool them once instead of every step.
     """
+
+    pools_first: bool = False
 
     def __init__(self, modality_dims: Mapping[str, int], dim: int) -> None:
         super().__init__()
@@ -97,9 +103,17 @@ def static_shapes_active() -> bool:
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the valid tokens: [B, T, D], [B, T] -> [B, D]; zeros where none is valid."""
+    if tokens.shape[1] == 1:  # one token (pooled already): the same values, no tiny bmm per row
+        return tokens[:, 0] * mask.to(tokens.dtype)
     weights = mask.to(tokens.dtype).unsqueeze(1)  # B x 1 x T
     # A [1, T] x [T, D] product per row reads the tokens once and makes no [B, T, D] copy.
     return (weights @ tokens).squeeze(1) / weights.sum(-1).clamp(min=1.0)
+
+
+def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, T, D], [N, T] -> one token per row, [N, 1, D] and [N, 1]: the masked mean, and
+    whether any token was valid (the same absent rows, and zeros for them)."""
+    return masked_mean(tokens, mask).unsqueeze(1), mask.any(dim=1, keepdim=True)
 
 
 class PooledConcat(nn.Module):

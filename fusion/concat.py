@@ -19,6 +19,8 @@ class ConcatFusion(Fusion):
     [B, M*dim] -> MLP -> fused [B, dim]. Absent modalities use a learned missing vector.
     """
 
+    pools_first = True
+
     def __init__(
         self,
         modality_dims: Mapping[str, int],

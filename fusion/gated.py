@@ -22,6 +22,8 @@ class GatedFusion(Fusion):
     fused = sum_m z_m h_m [B, dim]. ``info["gates"]`` [B, M] shows how much each modality counted.
     """
 
+    pools_first = True
+
     def __init__(self, modality_dims: Mapping[str, int], dim: int, dropout: float = 0.1) -> None:
         super().__init__(modality_dims, dim)
         # Absent modalities get no gate at all, so they need no learned stand-in.
@@ -57,6 +59,8 @@ class FiLMFusion(Fusion):
     modulated vectors and the conditioning one are concatenated and mapped to [B, dim] by an
     MLP. When the conditioning modality is absent for a sample, gamma = beta = 0 there.
     """
+
+    pools_first = True
 
     def __init__(
         self,

@@ -28,6 +28,8 @@ class LateFusion(Fusion):
     weighting: ``learned`` (a softmax over one learned score per modality) or ``uniform``.
     """
 
+    pools_first = True
+
     combines_logits = True
 
     def __init__(

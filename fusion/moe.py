@@ -251,6 +251,8 @@ class MoEFusion(Fusion):
     expert processed; ``dropped_fraction``.
     """
 
+    pools_first = True
+
     def __init__(
         self,
         modality_dims: Mapping[str, int],

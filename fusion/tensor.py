@@ -30,6 +30,8 @@ class TensorFusion(Fusion):
     ``low_rank_tensor``.
     """
 
+    pools_first = True
+
     def __init__(
         self,
         modality_dims: Mapping[str, int],
@@ -79,6 +81,8 @@ class LowRankTensorFusion(Fusion):
     W_m [rank, d+1, dim]: fused = sum_r prod_m ([h_m; 1] W_m[r]) [B, dim], linear in the
     number of modalities instead of exponential.
     """
+
+    pools_first = True
 
     def __init__(
         self,

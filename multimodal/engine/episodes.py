@@ -37,6 +37,7 @@ from .stacked import (
     fit_rows,
     fit_stacked,
     fusion_and_head,
+    model_inputs,
     stacked_logits,
     stacked_metrics,
 )
@@ -225,6 +226,5 @@ def _evaluate_stacked(
         return [evaluate(m, ds, spec, batch_size, cached=True, ranking=ranking) for m in models]
     states = [fusion_and_head(m) for m in models]
     state = {n: torch.stack([s[n].detach() for s in states]) for n in states[0]}
-    return stacked_metrics(
-        models, stacked_logits(template, state, features, cfg), features, ranking
-    )
+    inputs = model_inputs(template, features)
+    return stacked_metrics(models, stacked_logits(template, state, inputs, cfg), inputs, ranking)

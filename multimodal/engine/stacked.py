@@ -65,9 +65,9 @@ def fit_stacked(
     if not use_feature_cache(cfg, frozen, len(template.encoders)):
         raise NotBatchable("encoders train, so their outputs are not cached")
     run = StackedRun(models, configs, device)
-    features = split_features(template, data.train, data.spec, cfg)
+    features = model_inputs(template, split_features(template, data.train, data.spec, cfg))
     validation = (
-        split_features(template, data.validation, data.spec, cfg)
+        model_inputs(template, split_features(template, data.validation, data.spec, cfg))
         if data.validation is not None
         else None
     )
@@ -108,6 +108,32 @@ def fit_stacked(
         )
         for e in range(len(models))
     ]  # fmt: skip
+
+
+class _Inputs:
+    """A split's cached features as the fusion reads them: ``padded`` {m: (tokens [N, T, D],
+    mask [N, T], lengths [N])} plus the meta tensors, one pooled token per row for a fusion
+    that ``pools_first`` (E episodes then gather [E, B, D] a step, not [E, B, T, D])."""
+
+    def __init__(self, features: Any, pooled: bool) -> None:
+        from fusion import pool_tokens
+
+        self.modalities, self.meta, self.length = features.modalities, features.meta, len(features)
+        self.padded = dict(features.padded)
+        if pooled:
+            for m in self.modalities:
+                tokens, mask = pool_tokens(*features.padded[m][:2])
+                self.padded[m] = (tokens, mask, mask.sum(dim=1))
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def model_inputs(template: Any, features: Any) -> _Inputs:
+    """``features`` (in memory) as ``template``'s fusion reads them; see ``_Inputs``."""
+    if features.padded is None:
+        raise NotBatchable("the features are on disk (feature_cache: disk)")
+    return _Inputs(features, bool(getattr(template.fusion, "pools_first", False)))
 
 
 def _order(n: int, configs: Sequence[TrainConfig], epoch: int) -> torch.Tensor:
@@ -157,9 +183,11 @@ class StackedRun:
         self.template, self.cfg = models[0], configs[0]
         named = dict(self.template.named_parameters())
         self.names = [n for n, p in named.items() if p.requires_grad]
+        # Each model's trainable tensors, looked up once: stacked here, written back at the end.
+        self.slots = [[m.get_parameter(n) for n in self.names] for m in models]
         self.params = {
-            n: torch.stack([m.get_parameter(n).detach() for m in models]).requires_grad_()
-            for n in self.names
+            n: torch.stack([slots[i].detach() for slots in self.slots]).requires_grad_()
+            for i, n in enumerate(self.names)
         }
         self._check_fixed(models)
         groups = []
@@ -249,11 +277,15 @@ class StackedRun:
     def write_back(self, best: dict[str, torch.Tensor] | None) -> None:
         """Each model gets its episode's parameters (its best evaluation's, with one), in
         eval mode, as ``fit`` leaves it."""
-        with torch.no_grad():
-            for e, model in enumerate(self.models):
-                for name, tensor in (best or self.params).items():
-                    model.get_parameter(name).copy_(tensor[e])
-                eval_mode(model)
+        source = best or self.params
+        episodes = [source[n].detach().unbind(0) for n in self.names]
+        with torch.no_grad():  # one foreach copy of every model's every tensor
+            torch._foreach_copy_(
+                [t for slots in self.slots for t in slots],
+                [episodes[i][e] for e in range(len(self.models)) for i in range(len(self.names))],
+            )
+        for model in self.models:
+            eval_mode(model)
 
 
 def _train_mode(model: Any) -> None:

@@ -156,3 +156,18 @@ def test_vmap_over_stacked_copies_draws_what_each_draws_alone(name: str) -> None
     torch.testing.assert_close(again, fused[0], atol=1e-5, rtol=1e-5)
     if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in copies[0].modules()):
         assert not torch.allclose(other_step, again)  # another step, other masks
+
+
+@pytest.mark.parametrize("name", fusion.list_fusions())
+def test_a_fusion_that_pools_first_gives_the_same_output_on_pooled_tokens(name: str) -> None:
+    """``pools_first`` lets the episode trainer pool cached tokens once; for such a fusion
+    one pooled token per row (absent rows too) must give its output on the tokens."""
+    f = make(name).eval()
+    t, k = inputs(4, 5)
+    k["audio"][0] = False
+    k["image"][1] = False
+    pooled = {m: fusion.pool_tokens(t[m], k[m]) for m in t}
+    on_pooled = f({m: p[0] for m, p in pooled.items()}, {m: p[1] for m, p in pooled.items()})
+    same = torch.allclose(on_pooled.fused, f(t, k).fused, atol=1e-6)
+    # A fusion that reads tokens one by one (attention) must not claim it.
+    assert same == f.pools_first
