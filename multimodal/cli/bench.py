@@ -224,7 +224,7 @@ def _bench(args: argparse.Namespace, reference: dict[str, Any] | None, suite: An
     rows = run_benchmark(suite, out, fusions, adaptations, seeds, progress=not args.quiet,
                          robustness=robustness, executor=_executor(args),
                          trackers=args.trackers.split(",") if args.trackers else ())  # fmt: skip
-    summary = summarize(rows)
+    summary = summarize(rows, versus=suite.versus)
     command = " ".join([args.invoked_as, *_given(sys.argv, args.invoked_as)])
     header = f"# {suite.name}\n\n{suite.description.strip()}\n\nCommand: `{command}`. Metric: {rows[0]['metric']}."
     settings = {"suite": suite.name, "fusions": fusions, "adaptations": adaptations, "seeds": seeds,

@@ -18,6 +18,7 @@ def _registries() -> dict[str, tuple[str, Callable[[str], list[str]]]]:
     from ..experiments.adaptations import ADAPTATIONS
     from ..experiments.federated import CENTRALISED, STRATEGIES
     from ..modeling.balance import BALANCERS
+    from ..modeling.dg import list_dg_objectives
     from ..modeling.freezing import FREEZERS
     from ..modeling.regularize import REGULARIZERS
     from ..modeling.tasks import TASKS
@@ -33,13 +34,14 @@ def _registries() -> dict[str, tuple[str, Callable[[str], list[str]]]]:
         "tasks": ("head.task", TASKS.list),
         "uda": ("train.uda", names(list_uda_objectives())),
         "regularizers": ("train.regularize", names([r for r in REGULARIZERS if r != "none"])),
+        "dg": ("train.dg", list_dg_objectives),
         "balancers": ("train.balance", BALANCERS.list),
         "strategies": ("train.strategy (what trains)", FREEZERS.list),
         "federated": ("federate --algorithm", names([*STRATEGIES, *CENTRALISED])),
     }
 
 
-KINDS = ("encoders", "fusions", "adaptations", "tasks", "uda", "regularizers", "balancers",
+KINDS = ("encoders", "fusions", "adaptations", "tasks", "uda", "regularizers", "dg", "balancers",
          "strategies", "federated")  # fmt: skip
 
 
@@ -57,7 +59,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def add_list(sub: Any) -> None:
     p = sub.add_parser("list", help="list what is registered: encoders, fusions, adaptations, "
-                       "tasks, UDA objectives, regularizers, balancers, strategies, federated algorithms")  # fmt: skip
+                       "tasks, UDA objectives, regularizers, domain-generalisation objectives, balancers, "
+                       "strategies, federated algorithms")  # fmt: skip
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch filter, e.g. 'audio_*'")
     p.add_argument("--kind", action="append", choices=KINDS,
                    help="only these registries (repeat for several)")  # fmt: skip

@@ -243,6 +243,7 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    sampler: torch.utils.data.Sampler | None = None,
     **collator_kwargs: Any,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``ds`` that decodes and processes lazily, in the workers.
@@ -251,7 +252,8 @@ def make_loader(
     ``ds`` is read shard by shard instead: the workers split its shards between them, and a
     shuffle draws from a buffer of ``spec.shuffle_buffer`` rows, reseeded per epoch
     (``set_epoch``). ``pin_memory``: batches in page-locked memory, for fast copies to a GPU.
-    ``drop_last``: leave out an incomplete last batch.
+    ``drop_last``: leave out an incomplete last batch. ``sampler``: another order of the
+    rows than the shuffle (it needs ``set_epoch`` too); not for a stream.
     """
     if is_streaming(ds):
         return _stream_loader(ds, model, spec, split, batch_size, shuffle, num_workers, seed,
@@ -262,7 +264,7 @@ def make_loader(
     if spec.cache_processed and len(view) and collator.corruption is None:
         from .processed import processed_loader
 
-        sampler = EpochSampler(len(view), seed, shuffle)
+        sampler = sampler or EpochSampler(len(view), seed, shuffle)
         return processed_loader(view, collator, batch_size, sampler, num_workers, seed, pin_memory,
                                 drop_last)  # fmt: skip
     # A private generator: creating an iterator must not consume the global RNG.
@@ -270,7 +272,7 @@ def make_loader(
     return torch.utils.data.DataLoader(
         view,
         batch_size=batch_size,
-        sampler=EpochSampler(len(view), seed, shuffle),
+        sampler=sampler or EpochSampler(len(view), seed, shuffle),
         num_workers=num_workers,
         collate_fn=collator,
         generator=generator,

@@ -184,10 +184,13 @@ class CachedCollator:
         dims: Mapping[str, int],
         modality_dropout: Mapping[str, float] | None = None,
         seed: int = 0,
+        domain_ids: torch.Tensor | None = None,
     ) -> None:
         self.dataset, self.modalities, self.dims = dataset, dataset.modalities, dict(dims)
         self.dropout = dict(modality_dropout or {})
         self.seed = seed
+        # Each row's domain in the fit (the stored features serve every fit: they hold -1).
+        self.domain_ids = domain_ids
 
     def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
         padded = self.dataset.padded
@@ -225,6 +228,8 @@ class CachedCollator:
                 if p > 0:
                     keep = torch.as_tensor(rng.random(len(rows)) >= p)
                     masks[m] = masks[m] & keep[:, None]
+        if self.domain_ids is not None:
+            domain = self.domain_ids[rows]
         batch: dict[str, Any] = {
             "encoded": {"tokens": tokens, "masks": masks},
             "domain": domain,

@@ -84,6 +84,16 @@ class TrainConfig:
     regularize: str = "none"
     regularize_weight: float = 1.0
     regularize_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Domain generalisation on the labelled source domains (modeling.dg): none | erm |
+    # groupdro | irm | vrex | coral | mixup | modality_vrex, and its keyword arguments.
+    dg: str = "none"
+    dg_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Batches with as many rows of each training domain (engine.domains).
+    domain_balanced: bool = False
+    # none | ema: evaluations, selection and the final weights use the exponential moving
+    # average of the trainable weights (engine.averaging), with this decay per step.
+    weight_average: str = "none"
+    ema_decay: float = 0.99
     # Adversarial training: {"method": fgsm|pgd, "budgets": {kind: radius}, "steps": 3,
     # "weight": 0.5}; the loss is (1 - weight) * clean + weight * adversarial.
     adversarial: dict[str, Any] | None = None

@@ -71,12 +71,14 @@ class EpisodeFits:
 def fit_episodes(
     models: Sequence[Any], datas: Sequence[FitData], configs: Sequence[TrainConfig | dict],
     on_step: Sequence[Callable[[Any], None]] = (),
+    on_evaluate: Sequence[Sequence[Callable[..., bool]]] | None = None,
 ) -> EpisodeFits:  # fmt: skip
     """Train each model on its data under its config, as ``fit`` would, batched where it
     can be: models that hold the same encoders (a seed's episodes, when the encoders depend
     on the seed) run together. Models whose config writes a run folder are fitted alone
-    (``fit`` writes it)."""
+    (``fit`` writes it), and so are models with ``on_evaluate`` callbacks (each model's)."""
     configs = [TrainConfig.from_dict(c) for c in configs]
+    calls = [list(c) for c in on_evaluate] if on_evaluate else [[] for _ in models]
     results: dict[int, FitResult] = {}
     reasons: list[str] = []
     groups = _same_encoders(models, [i for i, c in enumerate(configs) if not c.output_dir])
@@ -85,6 +87,8 @@ def fit_episodes(
                                  [configs[i] for i in group])  # fmt: skip
         if len(group) == 1 and len(groups) > 1:
             reason = "the encoders differ between the models (fitted on rows, or seeded per seed)"
+        if any(calls[i] for i in group):
+            reason = "a callback on every evaluation"
         if reason is None:
             try:
                 batch = fit_stacked([models[i] for i in group], [datas[i] for i in group],
@@ -101,7 +105,7 @@ def fit_episodes(
         reason = "the others write a run folder"
     for i in range(len(models)):
         if i not in results:
-            results[i] = fit(models[i], datas[i], configs[i], on_step=on_step)
+            results[i] = fit(models[i], datas[i], configs[i], calls[i], on_step=on_step)
     return EpisodeFits(batched, len(models), reason, [results[i] for i in range(len(models))])
 
 
@@ -129,13 +133,15 @@ def why_not_batched(
         return "the episodes' train configs differ"
     checks = [
         (cfg.feature_cache != "memory", "the feature cache is not in memory"),
-        (cfg.uda != "none" or cfg.balance != "none" or cfg.regularize != "none",
+        (cfg.uda != "none" or cfg.balance != "none" or cfg.regularize != "none" or cfg.dg != "none"
+         or cfg.domain_balanced,
          "an objective beyond the task's loss"),
         (bool(cfg.adversarial) or cfg.augment != "none", "inputs are perturbed"),
         (cfg.private, "private training (train.dp)"),
         (cfg.grad_accum != 1 or cfg.batch_size == "auto", "gradient accumulation or a probed batch size"),
         (cfg.patience is not None or cfg.eval_every is not None, "early stopping or mid-epoch evaluation"),
         (bool(cfg.compile), "train.compile"),
+        (cfg.weight_average != "none", "weight averaging (train.weight_average)"),
         (precision(cfg, fit_device()) == "fp16", "fp16 (a grad scaler)"),
         (int(os.environ.get("WORLD_SIZE", "1")) > 1, "several processes"),
     ]  # fmt: skip

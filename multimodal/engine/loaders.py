@@ -22,6 +22,7 @@ from ..modeling.model import Batch, Encoded, ModelOutput, eval_mode
 from ..modeling.uda import uda_views
 from .cache import FEATURES, CachedCollator, CachedFeatures
 from .config import FitData, TrainConfig
+from .domains import needs_domains, row_domain_ids, train_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +37,23 @@ def _loader(
     domains: list[str],
     pin_memory: bool = False,
     drop_last: bool = False,
+    sampler: Any = None,
 ) -> Any:
     return make_loader(
         ds, model, spec, split,
         batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
         shuffle=train, num_workers=cfg.num_workers, seed=cfg.seed, on_error=cfg.on_error,
         modality_dropout=cfg.modality_dropout if train else None, domains=domains,
-        pin_memory=pin_memory, drop_last=drop_last,
+        pin_memory=pin_memory, drop_last=drop_last, sampler=sampler,
     )  # fmt: skip
 
 
 def cached_loader(
     model: Any, dataset: CachedFeatures, cfg: TrainConfig, train: bool,
-    pin_memory: bool = False, drop_last: bool = False,
+    pin_memory: bool = False, drop_last: bool = False, domain_ids: torch.Tensor | None = None,
 ) -> Any:  # fmt: skip
-    """Batches of cached encoder outputs, in the order the raw loader would give them."""
+    """Batches of cached encoder outputs, in the order the raw loader would give them;
+    ``domain_ids``: each row's domain in the fit (training on several domains)."""
     dims = {m: e.out_dim for m, e in model.encoders.items()}
     dropout = cfg.modality_dropout if train else None
     if isinstance(dropout, (int, float)):
@@ -58,8 +61,10 @@ def cached_loader(
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size),
-        sampler=EpochSampler(len(dataset), cfg.seed, train),
-        collate_fn=CachedCollator(dataset, dims, dropout, cfg.seed),
+        sampler=train_sampler(cfg, domain_ids, len(dataset))
+        if train
+        else EpochSampler(len(dataset), cfg.seed, False),
+        collate_fn=CachedCollator(dataset, dims, dropout, cfg.seed, domain_ids),
         generator=torch.Generator().manual_seed(cfg.seed),
         pin_memory=pin_memory,
         drop_last=drop_last,
@@ -91,6 +96,7 @@ class Loaders:
     target: Any | None
     use_cache: bool
     train_batches: int  # per epoch, before sharding over processes
+    domains: list[str] = dataclasses.field(default_factory=list)  # train's and validation's
 
     def forward(self, model: Any, batch: Batch) -> ModelOutput:
         """``model`` on a batch of these loaders; a cached batch hands in its encoder outputs."""
@@ -129,12 +135,19 @@ def build_loaders(
             ds = ds.select(indices)
         rows = Split(ds).known_size if indices is None else len(indices)
         drop = train and drop_last(cfg, model, split, rows, frozen)
+        ids = None
+        if split == "train" and needs_domains(cfg):
+            ids = row_domain_ids(ds, domains)  # the raw path's ds holds only the indices' rows
+            ids = ids[torch.as_tensor(indices)] if use_cache and indices is not None else ids
         if not use_cache:
-            return _loader(model, ds, data.spec, split, cfg, train, domains, pin_memory, drop)
+            sampler = train_sampler(cfg, ids, len(ds)) if ids is not None else None
+            return _loader(
+                model, ds, data.spec, split, cfg, train, domains, pin_memory, drop, sampler
+            )
         features = split_features(model, ds, data.spec, cfg, cache_dir)
         if indices is not None:
             features = features.subset(indices)
-        return cached_loader(model, features, cfg, train, pin_memory, drop)
+        return cached_loader(model, features, cfg, train, pin_memory, drop, ids)
 
     if use_cache:
         eval_mode(model)
@@ -154,7 +167,7 @@ def build_loaders(
             unlabelled = unlabelled.remove_columns([data.spec.label])  # never seen by the objective
         target = loader(unlabelled, "unlabelled", True)
     batches = (train_rows // cfg.batch_size if train.drop_last else math.ceil(train_rows / cfg.batch_size))  # fmt: skip
-    return Loaders(train, evaluation, target, use_cache, batches)
+    return Loaders(train, evaluation, target, use_cache, batches, domains)
 
 
 def drop_last(

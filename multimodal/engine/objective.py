@@ -24,6 +24,7 @@ class LossTerms:
     adversarial: torch.Tensor | None = None
     uda: torch.Tensor | None = None
     regularize: torch.Tensor | None = None
+    dg: torch.Tensor | None = None
 
 
 class Objective:
@@ -31,6 +32,8 @@ class Objective:
              + w_uda * uda                                  (a domain-adaptation objective)
              + balance                                      (a modality-balancing term)
              + regularize                                   (a pull toward the starting model)
+    where ``dg`` (a domain-generalisation objective, ``modeling.dg``) replaces the task
+    loss in ``clean`` by its loss over the batch's domains.
 
     ``model`` may be wrapped for distributed training; ``unwrapped`` is the bare module and
     ``uda`` the bare domain-adaptation objective. ``clean`` and ``adversarial`` are the
@@ -56,6 +59,7 @@ class Objective:
         regularizer: Any | None = None,
         augment: Callable[[Batch], Batch] | None = None,
         views: tuple[Callable[[Batch], Batch], Callable[[Batch], Batch]] | None = None,
+        dg: Any | None = None,
     ) -> None:
         if (uda is None) != (target_batches is None):
             raise ValueError("a domain-adaptation objective needs target batches, and only it does")
@@ -65,7 +69,7 @@ class Objective:
         self.forward = forward or (lambda model, batch: model(batch))
         self.balancer = balancer or Balancer()
         self.regularizer = regularizer
-        self.augment, self.views = augment, views
+        self.augment, self.views, self.dg = augment, views, dg
         if uda is not None and getattr(uda, "views", False) and views is None:
             raise ValueError(f"{type(uda).__name__} compares two augmented views: pass views")
 
@@ -76,6 +80,9 @@ class Objective:
             batch = self.augment(batch)
         out = self.forward(self.model, batch)
         terms = LossTerms(total=out.loss, clean=out.loss)
+        if self.dg is not None:  # the objective's loss over the domains replaces the task's
+            terms.dg = self.dg(self.unwrapped, out, batch, progress)
+            terms.total = terms.dg if out.aux_loss is None else terms.dg + out.aux_loss
         self.balancer.observe(self.unwrapped, out, batch)
         terms.balance = self.balancer.loss(out, batch)
         if self.adversarial is not None:

@@ -34,6 +34,7 @@ from ..modeling.model import move_to
 from ..modeling.regularize import Regularizer, create_regularizer
 from ..modeling.tasks import RANKING_METRICS
 from ..modeling.uda import create_uda_objective, uda_needs_classes
+from .averaging import weight_average
 from .batch_size import resolve_batch_size
 from .checkpoint import (
     check_random_states,
@@ -43,6 +44,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import FitData, FitResult, TrainConfig
+from .domains import dg_objective
 from .evaluate import eval_metrics, loader_config
 from .loaders import (
     Loaders,
@@ -103,6 +105,7 @@ def _fit(
     start = time.perf_counter()
     run = _prepare(model, data, cfg)
     run.on_evaluate, run.on_step = list(on_evaluate), list(on_step)
+    run.average = weight_average(run.unwrapped, cfg, run.on_step)
     state = _restore(run)
     run.train_step = _train_step(run, state)
     run.recorder.start(run.counts, state)
@@ -150,6 +153,8 @@ class _Run:
     on_evaluate: list[EvalCallback] = field(default_factory=list)
     on_step: list[Callable[[TrainState], None]] = field(default_factory=list)
     train_step: TrainStep | None = None
+    dg: Any = None  # train.dg's objective (modeling.dg)
+    average: Any = None  # train.weight_average (engine.averaging)
 
 
 def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
@@ -200,6 +205,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
     uda_params = list(uda.parameters()) if uda is not None else []
     balancer = _balancer(model, data, cfg, accelerator)
     regularizer = _regularizer(model, data, cfg, loaders, accelerator.device)
+    dg = dg_objective(model, cfg, loaders.domains)
     for extra in (uda_params, list(balancer.parameters())):
         if extra:
             optimizer.add_param_group(
@@ -227,7 +233,7 @@ def _prepare(model: Any, data: FitData, cfg: TrainConfig) -> _Run:
         balancer=balancer, regularizer=regularizer, adversarial=adversarial, total_steps=total_steps, run_dir=run_dir,
         recorder=RunRecorder(accelerator, cfg), streaming=Split(data.train).streamed,
         best=BestTracker(metric, cfg.min_delta, cfg.patience, run_dir, accelerator.is_main_process, frozen),
-        privacy=privacy,
+        privacy=privacy, dg=dg,
     )  # fmt: skip
 
 
@@ -336,7 +342,7 @@ def _train_step(run: _Run, state: TrainState) -> TrainStep:
         views = (Augmenter(run.unwrapped, "weak"), Augmenter(run.unwrapped, "strong"))
     objective = Objective(run.model, run.unwrapped, run.adversarial, uda, run.cfg.uda_weight,
                           target_batches, run.loaders.forward, run.balancer, run.regularizer,
-                          augmenter(run.unwrapped, run.cfg.augment), views)  # fmt: skip
+                          augmenter(run.unwrapped, run.cfg.augment), views, run.dg)  # fmt: skip
     # Under train.dp Opacus clips each row's gradient instead.
     clip = run.cfg.max_grad_norm if run.privacy is None else None
     return TrainStep(run.accelerator, run.model, run.optimizer, run.scheduler, objective,
@@ -423,23 +429,19 @@ def _evaluate(run: _Run, state: TrainState) -> None:
         return
     # Under train.dp the bare model: Opacus's wrappers hide its head.
     model = run.model if run.privacy is None else run.unwrapped
-    # AUROC sorts every class's scores: left out unless it is what the run tracks.
-    metrics = eval_metrics(model, run.loaders.evaluation, run.accelerator, run.loaders.forward,
-                           run.unwrapped, ranking=run.best.metric in RANKING_METRICS)  # fmt: skip
-    balance = run.balancer.on_evaluate(
-        run.model, run.loaders.evaluation, run.loaders.forward, run.accelerator
-    )
-    record = {
-        "step": state.step,
-        "epoch": state.epoch,
-        **{f"eval_{k}": v for k, v in metrics.items()},
-        **balance,
-    }
-    state.history.append(record)
-    run.recorder.log(record)
-    was_stopped = state.stopped
-    run.best.update(metrics, state, run.unwrapped)
-    stop = any([callback(metrics, state) for callback in run.on_evaluate])
+    with run.average.swapped():  # train.weight_average: the averaged weights are evaluated
+        # AUROC sorts every class's scores: left out unless it is what the run tracks.
+        metrics = eval_metrics(model, run.loaders.evaluation, run.accelerator, run.loaders.forward,
+                               run.unwrapped, ranking=run.best.metric in RANKING_METRICS)  # fmt: skip
+        balance = run.balancer.on_evaluate(run.model, run.loaders.evaluation, run.loaders.forward,
+                                           run.accelerator)  # fmt: skip
+        evals = {f"eval_{k}": v for k, v in metrics.items()}
+        record = {"step": state.step, "epoch": state.epoch, **evals, **balance}
+        state.history.append(record)
+        run.recorder.log(record)
+        was_stopped = state.stopped
+        run.best.update(metrics, state, run.unwrapped)
+        stop = any([callback(metrics, state) for callback in run.on_evaluate])
     if state.stopped and not was_stopped:  # by patience
         run.accelerator.print(f"early stopping at step {state.step}: no {run.best.metric} gain "
                               f"in {run.cfg.patience} evaluations")  # fmt: skip
@@ -455,6 +457,8 @@ def _finish(run: _Run, state: TrainState, clock: LoopClock, wall_time: float) ->
     elif run.run_dir is not None:
         _checkpoint(run, state)
     undo_speedups(run.unwrapped)
+    if run.loaders.evaluation is None:
+        run.average.keep()  # else the best evaluation's weights, averaged ones, come back
     run.best.restore(run.unwrapped)
     if run.cfg.strategy == "lora":
         merge_lora(run.unwrapped)

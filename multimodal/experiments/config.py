@@ -93,6 +93,10 @@ class TransferConfig:
     # auto_folds-fold cross-validation inside the episode's labelled rows scores best.
     auto_arms: list[str] = field(default_factory=lambda: ["head", "l2sp", "lwf"])
     auto_folds: int = 5
+    # transfer: the five stages. leave_one_out: the targets are never seen (domain
+    # generalisation): the source model on their test splits (the zero_shot arm), no
+    # scratch baseline, no target row read by any fit or model selection.
+    protocol: str = "transfer"
 
 
 @dataclass

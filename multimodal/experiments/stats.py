@@ -79,7 +79,9 @@ def paired(a: Values, b: Values) -> dict[str, Any]:
     out = two_level(diff)
     units, _ = _units(diff)
     n = len(units)
-    if n >= 2 and np.ptp(units) > 0:
+    if not np.isfinite(units).all():  # a metric a run does not have (no scratch model, say)
+        out["p_value"] = math.nan
+    elif n >= 2 and np.ptp(units) > 0:
         t = units.mean() / (units.std(ddof=1) / math.sqrt(n))
         out["p_value"] = float(2 * stats.t.sf(abs(t), n - 1))
     else:

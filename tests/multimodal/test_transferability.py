@@ -150,9 +150,15 @@ def test_validation_by_hand_a_perfect_estimator_has_tau_one_and_no_regret(tmp_pa
         writer.writerows(results)
     out = validate(rows, tmp_path / "results.csv", ["perfect", "reversed"])
     s = out["summary"]
-    assert s["perfect tau"]["mean"] == pytest.approx(1.0) and s["reversed tau"]["mean"] == pytest.approx(-1.0)
-    assert s["perfect regret"]["mean"] == pytest.approx(0.0) and s["reversed regret"]["mean"] == pytest.approx(0.3)
-    assert s["random regret"]["mean"] == pytest.approx(0.8 - 0.65) and s["concat regret"]["mean"] == pytest.approx(0.2)
+    assert s["perfect tau"]["mean"] == pytest.approx(1.0) and s["reversed tau"][
+        "mean"
+    ] == pytest.approx(-1.0)
+    assert s["perfect regret"]["mean"] == pytest.approx(0.0) and s["reversed regret"][
+        "mean"
+    ] == pytest.approx(0.3)
+    assert s["random regret"]["mean"] == pytest.approx(0.8 - 0.65) and s["concat regret"][
+        "mean"
+    ] == pytest.approx(0.2)
     assert out["episodes"] == 3 and out["zero_shot_max_difference"] == 0.0
     assert out["tests"]["perfect - random"]["difference"]["mean"] == pytest.approx(-0.15)
 
@@ -175,7 +181,9 @@ def test_rank_scores_every_candidate_episode_with_the_benchmarks_source_model(tm
     assert all(np.isfinite(r["leep"]) and np.isfinite(r["logme"]) for r in rows)
     bench = run_benchmark(suite, tmp_path / "bench", progress=False)
     measured = {(r["fusion"], r["seed"]): r["zero_shot"] for r in bench}
-    assert all(r["zero_shot"] == pytest.approx(measured[(r["fusion"], r["seed"])], abs=1e-9) for r in rows)
+    assert all(
+        r["zero_shot"] == pytest.approx(measured[(r["fusion"], r["seed"])], abs=1e-9) for r in rows
+    )
 
 
 @pytest.mark.slow
@@ -218,7 +226,12 @@ def test_auto_regret_by_hand(tmp_path) -> None:
     rows = []
     for seed in range(3):
         for episode in range(2):
-            values = {"head": 0.5, "l2sp": 0.6 + 0.01 * seed, "lwf": 0.4, "auto": 0.6 + 0.01 * seed if episode else 0.5}
+            values = {
+                "head": 0.5,
+                "l2sp": 0.6 + 0.01 * seed,
+                "lwf": 0.4,
+                "auto": 0.6 + 0.01 * seed if episode else 0.5,
+            }
             rows += [{"fusion": "concat", "seed": seed, "target": "t", "episode": episode, "adaptation": a, "adapted": v}
                      for a, v in values.items()]  # fmt: skip
     with open(tmp_path / "results.csv", "w", newline="") as f:
@@ -227,7 +240,11 @@ def test_auto_regret_by_hand(tmp_path) -> None:
         writer.writerows(rows)
     r = auto_regret(tmp_path / "results.csv")
     # each seed: episode 0 auto = head (regret 0.1+0.01 seed), episode 1 auto = oracle (0)
-    assert r["auto regret"]["mean"] == pytest.approx(np.mean([(0.1 + 0.01 * s) / 2 for s in range(3)]))
+    assert r["auto regret"]["mean"] == pytest.approx(
+        np.mean([(0.1 + 0.01 * s) / 2 for s in range(3)])
+    )
     assert r["head regret"]["mean"] == pytest.approx(np.mean([0.1 + 0.01 * s for s in range(3)]))
-    assert r["auto - head"]["mean"] == pytest.approx(r["head regret"]["mean"] - r["auto regret"]["mean"])
+    assert r["auto - head"]["mean"] == pytest.approx(
+        r["head regret"]["mean"] - r["auto regret"]["mean"]
+    )
     assert r["oracle is l2sp"]["mean"] == 1.0 and r["cells"] == 6

@@ -8,7 +8,8 @@ trains on. Built in: the freezing strategies fine-tuned on the k-shot episode (`
 fine-tuning that forgets less (``l2sp``, ``ewc``, ``lwf``) and test-time adaptation
 (``tent``, ``bn_adapt``) and self-training on the unlabelled target rows (``pseudo_label``,
 ``fixmatch``), and ``auto``, which picks one of ``transfer.auto_arms`` per episode by
-cross-validation inside its labelled rows. A
+cross-validation inside its labelled rows, and ``zero_shot`` (the source model as it is,
+the leave-one-out protocol's arm). A
 new method is one ``Adaptation`` subclass in a file of this package, registered with
 ``@register_adaptation("name")`` and named in ``_LAZY`` below.
 """
@@ -29,6 +30,7 @@ _LAZY = {
     **{name: f"{__name__}.test_time" for name in ("tent", "bn_adapt")},
     **{name: f"{__name__}.semi_supervised" for name in ("pseudo_label", "fixmatch")},
     "auto": f"{__name__}.auto",
+    "zero_shot": f"{__name__}.zero_shot",
 }  # fmt: skip
 ADAPTATIONS: Registry[Adaptation] = Registry("adaptation", lazy=_LAZY)
 register_adaptation = ADAPTATIONS.register

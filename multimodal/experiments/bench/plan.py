@@ -38,6 +38,7 @@ SUITE_KEYS = {
     "unimodal",
     "builder",
     "builder_args",
+    "versus",
 }
 
 
@@ -54,7 +55,10 @@ class Suite:
     base's entries for the modalities it names: pretrained against random-init weights,
     say); unimodal: also run each modality alone under the same protocol (``image-only``);
     builder: a script in ``benchmarks/`` whose ``build(path, **builder_args)`` writes
-    ``base.data.path`` when that local folder does not exist yet.
+    ``base.data.path`` when that local folder does not exist yet; versus: grid axis ->
+    reference value, each other value's adapted metric paired against it (``train.dg: erm``).
+    With ``base.transfer.protocol: leave_one_out`` and no pairs, each domain of the data in
+    turn is the target and every other one a source.
     """
 
     name: str
@@ -72,6 +76,7 @@ class Suite:
     unimodal: bool = True
     builder: str | None = None
     builder_args: dict[str, Any] = field(default_factory=dict)
+    versus: dict[str, Any] = field(default_factory=dict)
 
     # The file the suite was read from: its builder script lies beside the suites folder.
     path: Path | None = field(default=None, compare=False, repr=False)
@@ -171,6 +176,8 @@ class Unit:
 
 def plan(suite: Suite, fusions: Sequence[str], seeds: int) -> list[Unit]:
     """Every unit: grid point x pair x k x fusion (then each modality alone) x seed."""
+    if not suite.pairs and suite.base.get("transfer", {}).get("protocol") == "leave_one_out":
+        suite.pairs = held_out_pairs(suite)
     pairs = range(max(len(suite.pairs), 1))
     axes = {**suite.grid, **({"encoders": list(suite.encoders)} if suite.encoders else {})}
     grid_keys = sorted(axes)
@@ -189,6 +196,22 @@ def plan(suite: Suite, fusions: Sequence[str], seeds: int) -> list[Unit]:
         for fusion in arms
         for seed in range(seeds)
     ]
+
+
+def held_out_pairs(suite: Suite) -> list[dict[str, list[str]]]:
+    """Leave one out: each domain of the suite's data (its train split) the target, the
+    others the sources."""
+    from ...data.loading import load_dataset
+    from ...data.spec import DatasetSpec
+    from ...data.split import Split
+
+    domains = Split(load_dataset(DatasetSpec.from_dict(suite.base["data"]))["train"]).domains()
+    if len(domains) < 3:
+        raise ValueError(
+            f"suite {suite.name}: leave_one_out needs 3 domains or more (2 sources at least); "
+            f"the data has {domains}"
+        )
+    return [{"source": [d for d in domains if d != held], "target": [held]} for held in domains]
 
 
 def unit_config(suite: Suite, unit: Unit) -> dict[str, Any]:

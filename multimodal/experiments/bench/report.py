@@ -10,7 +10,7 @@ from typing import Any
 
 from ...core.io import write_json_atomic
 from .plots import DP_AXIS, plot_privacy, plot_summary, plot_utilisation
-from .stats import EXTRA_METRICS, ROBUSTNESS_KEYS, comparisons, entry_grid_keys, overall_entries
+from .stats import ROBUSTNESS_KEYS, comparisons, entry_grid_keys, overall_entries
 from .store import write_csv
 
 
@@ -33,10 +33,14 @@ def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat"
     grid_keys = entry_grid_keys(summary[0]) if summary else []
     versus_head = any("adapted_vs_head" in e for e in summary)
     versus_teacher = any("adapted_vs_teacher" in e for e in summary)
+    known = {f"adapted_vs_{baseline}", "adapted_vs_head", "adapted_vs_teacher"}
+    axes = sorted({k for e in summary for k in e if k.startswith("adapted_vs_")} - known)
+    oracle = any("oracle" in e for e in summary)  # leave_one_out: selection on the target
     head = [*grid_keys, "k", "fusion", "adaptation", "target", "n", "episodes", "seeds", "source", "zero-shot",
             "adapted", "scratch", "adapted − scratch", "forgetting", "best unimodal", "fusion − unimodal",
             f"adapted − {baseline}", *(["adapted − head"] if versus_head else []),
-            *(["zero-shot − teacher", "adapted − teacher"] if versus_teacher else [])]  # fmt: skip
+            *(["zero-shot − teacher", "adapted − teacher"] if versus_teacher else []),
+            *(f"adapted − {k[len('adapted_vs_'):]}" for k in axes), *(["oracle"] if oracle else [])]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
         cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["adaptation"], e["target"],
@@ -46,7 +50,8 @@ def summary_table(summary: Sequence[Mapping[str, Any]], baseline: str = "concat"
                  _compare_cell(e.get(f"adapted_vs_{baseline}")),
                  *([_compare_cell(e.get("adapted_vs_head"))] if versus_head else []),
                  *([_compare_cell(e.get(f"{m}_vs_teacher")) for m in ("zero_shot", "adapted")]
-                   if versus_teacher else [])]  # fmt: skip
+                   if versus_teacher else []), *(_compare_cell(e.get(k)) for k in axes),
+                 *([_fmt(e["oracle"]) if "oracle" in e else "—"] if oracle else [])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + table_note(summary)
 
@@ -82,7 +87,9 @@ def imbalance_table(summary: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         cells = [*[str(e[k]) for k in grid_keys], str(e["k_shot"]), e["fusion"], e["adaptation"],
-                 *[_fmt(e[m]) for m in ("source", "zero_shot", "adapted", "transfer_gain", *EXTRA_METRICS)]]  # fmt: skip
+                 *[_fmt(e[m]) for m in ("source", "zero_shot", "adapted", "transfer_gain",
+                                        "imbalance_degree", "target_imbalance_degree",
+                                        "dominant_loss", "train_s")]]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\n\nImbalance degree: max minus min over modalities of the utilisation (accuracy with that"

@@ -17,7 +17,8 @@ from ..stats import ALPHA, detectable, holm, mean_ci, paired, two_level
 
 METRICS = ("source", "zero_shot", "adapted", "scratch", "transfer_gain", "forgetting")
 # Per-run numbers summarised beside METRICS when the rows hold them (transfer.imbalance).
-EXTRA_METRICS = ("imbalance_degree", "target_imbalance_degree", "dominant_loss", "train_s")
+EXTRA_METRICS = ("imbalance_degree", "target_imbalance_degree", "dominant_loss", "train_s",
+                 "oracle")  # fmt: skip
 UTIL = "util_"  # the prefix of per-modality utilisation columns
 # Columns of result rows that are not grid axes.
 ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "adaptation", "seed", "episode",
@@ -103,11 +104,16 @@ def _per_seed(series: Series, metric: str) -> dict[int, list[float]]:
     return {s: [float(np.mean([e[metric] for e in episodes]))] for s, episodes in series.items()}
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> list[dict[str, Any]]:
+def summarize(
+    rows: Sequence[Mapping[str, Any]], baseline: str = "concat",
+    versus: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Per grid point x k x fusion x adaptation x target (and "all"): mean and 95% CI of every
     metric (``stats.two_level``) with n (test rows per target), seeds and episodes; adapted
     paired against ``baseline``, the best unimodal baseline (``<m>-only``), scratch (the
-    transfer gain) and the ``head`` adaptation; Holm's correction across every p-value."""
+    transfer gain), the ``head`` adaptation and, per grid axis of ``versus`` (axis ->
+    reference value, a suite's ``versus``), the same point at the reference value
+    (``adapted_vs_<value>``); Holm's correction across every p-value."""
     keys = grid_keys(rows)
     accuracy = bool(rows) and rows[0]["metric"] == "accuracy"
     groups = _series(rows, keys)
@@ -131,6 +137,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str = "concat") -> li
         if head is not None and adaptation != BASE_ADAPTATION:
             entry[f"adapted_vs_{BASE_ADAPTATION}"] = _paired(series, head)
         _versus_teacher(entry, series, groups, keys, key)
+        _versus_axis(entry, series, groups, keys, key, versus or {})
         if not unimodal(fusion):
             _versus_unimodal(entry, series, groups, (*grid_values, k), (adaptation, target))
         summary.append(entry)
@@ -181,6 +188,19 @@ def _versus_teacher(entry: dict[str, Any], series: Series, groups: Mapping[tuple
         _per_seed(series, "zero_shot"), _per_seed(teacher, "zero_shot")
     )
     entry["adapted_vs_teacher"] = _paired(series, teacher)
+
+
+def _versus_axis(entry: dict[str, Any], series: Series, groups: Mapping[tuple, Series],
+                 keys: list[str], key: tuple, versus: Mapping[str, Any]) -> None:  # fmt: skip
+    """Adapted paired against the same point with grid axis ``axis`` at its reference
+    value (a domain-generalisation objective against ERM, say)."""
+    for axis, reference in versus.items():
+        if axis not in keys or entry[axis] == reference:
+            continue
+        at = keys.index(axis)
+        other = groups.get((*key[:at], reference, *key[at + 1 :]))
+        if other is not None:
+            entry[f"adapted_vs_{reference}"] = _paired(series, other)
 
 
 def _extra_metrics(entry: dict[str, Any], series: Series) -> None:

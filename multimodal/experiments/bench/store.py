@@ -53,6 +53,7 @@ class ResultRow:
     adapt_samples: int
     adapted_ece: float | None = None
     dp_epsilon: float | None = None  # train.dp: the source training's budget spent
+    oracle: float | None = None  # leave_one_out: the test metric selected on target validation
     imbalance: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +67,7 @@ class ResultRow:
                 "adapt_samples")  # fmt: skip
         row = {**head, **{k: getattr(self, k) for k in fixed}, **self.imbalance}
         row.update({k: getattr(self, k) for k in tail})
-        for key in ("adapted_ece", "dp_epsilon"):
+        for key in ("adapted_ece", "dp_epsilon", "oracle"):
             if getattr(self, key) is not None:
                 row[key] = getattr(self, key)
         return row
@@ -104,6 +105,7 @@ def _report_rows(suite: str, unit: Unit, adaptation: str, report: Mapping[str, A
             train_s=report["stage_seconds"].get("source_train", math.nan),
             imbalance=_imbalance_columns(report.get("imbalance") or {}, target),
             dp_epsilon=(report.get("source_privacy") or {}).get("dp_epsilon"),
+            oracle=result.get("oracle"),
         )  # fmt: skip
         episodes = result.get("episodes") or [{**result, "episode": 0, "seed": None}]
         for e in episodes:

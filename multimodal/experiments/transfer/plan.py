@@ -142,6 +142,7 @@ class TransferPlan:
     metric: str = ""
     source_privacy: dict[str, Any] | None = None  # train.dp: the source fit's budget spent
     source_fit: dict[str, Any] = field(default_factory=dict)  # its throughput (fit_summary)
+    oracle: dict[str, float] = field(default_factory=dict)  # leave_one_out (transfer.oracle)
     # The scratch stage's untrained model, when building it does not depend on the rows
     # (False: it does, and each episode builds its own).
     scratch_template: Any = field(default=None, repr=False)

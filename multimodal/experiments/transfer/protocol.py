@@ -3,6 +3,7 @@ k-shot episode, forgetting."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -68,6 +69,7 @@ def transfer_seeds(
     floating-point rounding. Stage seconds are the group's, divided by its size."""
     runs = [RunConfig.from_dict(c) for c in configs]
     _same_but_seed(runs)
+    _check_protocol(runs[0], adaptations)
     arms = [create_adaptation(name) for name in adaptations]
     lookups = (FEATURES.hits, FEATURES.misses)
     times: dict[str, float] = {}
@@ -97,6 +99,20 @@ def transfer_seeds(
             _write(plan, report, len(arms))
     plans[0].progress.close()
     return reports
+
+
+LEAVE_ONE_OUT = "leave_one_out"
+
+
+def _check_protocol(run: RunConfig, adaptations: list[str]) -> None:
+    protocol = run.transfer.protocol
+    if protocol not in ("transfer", LEAVE_ONE_OUT):
+        raise ValueError(f"transfer.protocol must be transfer or {LEAVE_ONE_OUT}, got {protocol!r}")
+    if protocol == LEAVE_ONE_OUT and set(adaptations) != {"zero_shot"}:
+        raise ValueError(
+            f"transfer.protocol {LEAVE_ONE_OUT} never shows the target to a model, so its only "
+            f"arm is zero_shot; got {adaptations} (set transfer.adaptation: zero_shot)"
+        )
 
 
 def share_encoders(plan: TransferPlan, arms: list[Adaptation]) -> None:
@@ -156,6 +172,10 @@ def _reports(plans: list[TransferPlan], models: list[MultimodalModel], arms: lis
     scratch: dict[str, list[list[float]]] = {}
     fits = dict(fits or {})
     for t in plans[0].targets:
+        if plans[0].run.transfer.protocol == LEAVE_ONE_OUT:  # no target row is ever trained on
+            scratch[t] = [[math.nan] * len(p.episodes[t]) for p in plans]
+            fits[f"scratch {t}"] = f"none: {LEAVE_ONE_OUT}"
+            continue
         scratch[t], fits[f"scratch {t}"] = ScratchEpisodes(plans, t, reuse_scratch).run()
     times["scratch"] = time.perf_counter() - tick
     reports: list[dict[str, TransferReport]] = [{} for _ in plans]
@@ -275,9 +295,11 @@ def _episodes(plan: TransferPlan, target: str, scores: Mapping[str, float], scra
             scratch=scratch_score, source_after=after[i], forgetting=scores["source"] - after[i],
             transfer_gain=score - scratch_score, adapt_samples=used[i], adapted_ece=metrics[i].get("ece"),
         ))  # fmt: skip
-    return TargetResult.from_episodes(
+    result = TargetResult.from_episodes(
         scores[target], results, split_size(plan.target[target]["test"])
     )
+    result.oracle = plan.oracle.get(target)
+    return result
 
 
 def _plan_progress(plan: TransferPlan, arms: list[Adaptation]) -> None:
@@ -288,11 +310,13 @@ def _plan_progress(plan: TransferPlan, arms: list[Adaptation]) -> None:
     for episodes in plan.episodes.values():
         for episode in episodes:
             shots = len(episode.rows) if episode.rows is not None else len(episode.sample)
-            plan.progress.plan(scratch_overrides(plan.run), shots)
+            if plan.run.transfer.protocol != LEAVE_ONE_OUT:
+                plan.progress.plan(scratch_overrides(plan.run), shots)
             for arm in arms:
                 if arm.episodic or episode.index == 0:
                     rows = shots if arm.episodic else source_rows
-                    plan.progress.plan(arm.overrides(plan.run.transfer), rows)
+                    if arm.name != "zero_shot":  # it takes no step
+                        plan.progress.plan(arm.overrides(plan.run.transfer), rows)
 
 
 def _robustness(plan: TransferPlan, model: MultimodalModel, name: str,

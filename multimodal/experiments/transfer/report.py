@@ -44,6 +44,8 @@ class TargetResult:
     test_samples: int = 0  # rows of the target's test split behind each metric (0: not recorded)
     episodes: list[EpisodeResult] = field(default_factory=list)
     adapted_ece: float | None = None  # mean over episodes (classification only)
+    # leave_one_out: the test metric at the source fit's best target-validation evaluation
+    oracle: float | None = None
 
     @classmethod
     def from_episodes(

@@ -16,6 +16,7 @@ from ...engine.episodes import EpisodeFits, fit_episodes
 from ...modeling.freezing import frozen_encoders
 from ...modeling.model import MultimodalModel, build_model, reads_data_columns
 from ..adaptations import UNBALANCED, Adaptation, AdaptContext
+from .oracle import TargetOracle
 from .plan import Episode, TransferPlan, fit_summary, fitting_rows
 
 SCRATCH_DEFAULTS: dict[str, Any] = {
@@ -214,15 +215,18 @@ class ScratchStage:
 
 def fit_all(
     plan: TransferPlan, models: list[MultimodalModel], datas: list[FitData],
-    configs: list[TrainConfig], stage: str,
+    configs: list[TrainConfig], stage: str, on_evaluate: list[list[Any]] | None = None,
 ) -> EpisodeFits:  # fmt: skip
     """Fit each model on its data: together (``fit_episodes``) unless
-    ``transfer.batch_episodes`` is off; says how they ran (``EpisodeFits.mode``)."""
+    ``transfer.batch_episodes`` is off; says how they ran (``EpisodeFits.mode``).
+    ``on_evaluate``: each model's callbacks on its fit's evaluations."""
     on_step = plan.progress.stage(stage)
     if plan.run.transfer.batch_episodes:
-        return fit_episodes(models, datas, configs, on_step)
+        return fit_episodes(models, datas, configs, on_step, on_evaluate)
+    calls = on_evaluate or [[] for _ in models]
     results = [
-        fit(m, d, c, on_step=on_step) for m, d, c in zip(models, datas, configs, strict=True)
+        fit(m, d, c, on_evaluate=e, on_step=on_step)
+        for m, d, c, e in zip(models, datas, configs, calls, strict=True)
     ]
     return EpisodeFits(0, len(models), "transfer.batch_episodes is off", results)
 
@@ -256,11 +260,18 @@ class SourceStages:
             build_model(p.run.model.to_dict(), rows, seed=p.seed, encoders=p.pool)
             for p in self.plans
         ]
-        fits = fit_all(first, models, [s.data() for s in self.stages],
-                       [s.train_config() for s in self.stages], "source")  # fmt: skip
-        for plan, result in zip(self.plans, fits.results, strict=True):
+        configs = [s.train_config() for s in self.stages]
+        oracles = [
+            TargetOracle(p, m, c.metric or m.head.task.default_metric)
+            if p.run.transfer.protocol == "leave_one_out" else None
+            for p, m, c in zip(self.plans, models, configs, strict=True)
+        ]  # fmt: skip
+        fits = fit_all(first, models, [s.data() for s in self.stages], configs, "source",
+                       [[o] if o is not None else [] for o in oracles])  # fmt: skip
+        for plan, result, oracle in zip(self.plans, fits.results, oracles, strict=True):
             plan.metric, plan.source_privacy = result.metric, result.privacy
             plan.source_fit = fit_summary(result)
+            plan.oracle = oracle.scores() if oracle is not None else {}
         return models, fits.mode
 
 
