@@ -4,7 +4,8 @@ hold on a domain it never sees (``train.dg``).
 Each objective replaces the task loss of a batch whose rows carry their source domain
 (``batch["domain"]``, the index of the row's domain among the fit's domains); the fusion's
 auxiliary loss is added as usual. They follow DomainBed's ``algorithms.py`` (Gulrajani and
-Lopez-Paz, ICLR 2021; facebookresearch/DomainBed), per batch instead of per list of
+Lopez-Paz, ICLR 2021; facebookresearch/DomainBed at b93c22a, and its
+hparams_registry.py defaults), per batch instead of per list of
 per-domain minibatches, with these differences, each said where it applies:
 
 - the penalty anneal is a share of the fit's steps (``anneal``, default 0.1), not 500

@@ -244,6 +244,8 @@ def _scores(config: dict) -> tuple[float, float, Any, float | None]:
 
     report = transfer(config)
     result = report.targets["d2"]
+    per_domain = report.source_fit["validation_per_domain"]  # each source's validation rows
+    assert sorted(per_domain) == ["d0", "d1"] and all(0 <= v <= 1 for v in per_domain.values())
     return report.source, result.zero_shot, result.episodes[0], result.oracle
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import datasets
 
 from ...core.run_folder import RunFolder
+from ...data.loading import select_domains
 from ...data.split import Split
 from ...engine import FitData, TrainConfig, fit
 from ...engine.episodes import EpisodeFits, fit_episodes
@@ -244,6 +245,13 @@ def per_plan(
     return out
 
 
+def per_domain(plan: TransferPlan, model: MultimodalModel) -> dict[str, float]:
+    """The selected source model's metric on each source domain's validation rows (the fit
+    selects on all of them pooled)."""
+    validation = plan.source["validation"]
+    return {d: plan.score(model, select_domains(validation, [d])) for d in plan.sources}
+
+
 class SourceStages:
     """``SourceStage`` of several plans (runs that differ only in their seed), the fits
     together (``fit_all``): one source model per plan."""
@@ -272,6 +280,9 @@ class SourceStages:
             plan.metric, plan.source_privacy = result.metric, result.privacy
             plan.source_fit = fit_summary(result)
             plan.oracle = oracle.scores() if oracle is not None else {}
+        for plan, model in zip(self.plans, models, strict=True):
+            if len(plan.sources) > 1 and not Split(plan.source["validation"]).streamed:
+                plan.source_fit["validation_per_domain"] = per_domain(plan, model)
         return models, fits.mode
 
 
