@@ -86,6 +86,6 @@ def test_list_shows_every_registry_and_imports_no_model_code() -> None:
     from multimodal.cli.listing import KINDS
 
     for kind, example in zip(KINDS, ("hf_text", "moe", "fixmatch", "regression", "dann", "lwf",
-                                     "ogm_ge", "lora", "fedbn"), strict=True):  # fmt: skip
+                                     "groupdro", "ogm_ge", "lora", "fedbn"), strict=True):  # fmt: skip
         section = out.stdout.split(f"{kind} (", 1)[1].split("):", 1)[1]
         assert f"  {example}\n" in section.split("\n\n")[0], (kind, out.stdout)
