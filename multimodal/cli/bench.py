@@ -96,6 +96,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    "--imbalance")  # fmt: skip
     p.add_argument("--imbalance", action="store_true", help="also measure each source model's "
                    "per-modality utilisation and imbalance degree")  # fmt: skip
+    p.add_argument("--rank", nargs="?", const="all", metavar="ESTIMATORS", help="also score each "
+                   "episode's labelled rows with transferability estimators from the source model, "
+                   "before adapting (transfer.rank; default all): rank_<estimator> columns that "
+                   "`multimodal rank --from` validates")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     # What summary.md names as the command (benchmarks/cross_domain.py sets its own).
     p.add_argument("--invoked-as", default="multimodal bench", help=argparse.SUPPRESS)
@@ -159,6 +163,7 @@ def _suite(args: argparse.Namespace) -> Any:
         unimodal=not args.no_unimodal, episodes=args.episodes,
         modality_dropout=[float(p) for p in split(args.modality_dropout) or []],
         balance=split(args.balance), imbalance=args.imbalance, robustness=args.robustness,
+        rank=split(args.rank),
     )  # fmt: skip
     prepare_data(suite)
     return suite

@@ -15,7 +15,6 @@ DEFAULT_OUT = Path("runs") / "rank"
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    import csv
     import time
 
     from ..analysis.transferability import ESTIMATORS
@@ -26,6 +25,8 @@ def run_rank(args: argparse.Namespace) -> int:
 
     if args.auto:
         return _auto(Path(args.auto), args.out)
+    if args.from_results:
+        return _from_results(Path(args.from_results), args.out)
     estimators = args.estimators.split(",") if args.estimators else ESTIMATORS.list()
     for name in estimators:
         ESTIMATORS.get(name)  # an unknown name: one line naming the known ones
@@ -38,11 +39,7 @@ def run_rank(args: argparse.Namespace) -> int:
         suite, args.fusion.split(",") if args.fusion else None, args.seeds, estimators
     )
     seconds = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "rankings.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_rankings(out, rows)
     print(_pick_table(rows, estimators))
     record: dict[str, Any] = {
         "suite": suite.name,
@@ -60,6 +57,46 @@ def run_rank(args: argparse.Namespace) -> int:
         print("\n" + table)
     write_json_atomic(out / "rank.json", record)
     print(f"\n{len(rows)} rows in {seconds:.0f} s; wrote {out / 'rankings.csv'}", file=sys.stderr)
+    return 0
+
+
+def _write_rankings(out: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "rankings.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _from_results(results: Path, out: str | None) -> int:
+    """The scores a benchmark's rank stage wrote (``--rank``), validated against the same
+    benchmark's adapted accuracy: no model is trained."""
+    import json
+
+    from ..core.io import write_json_atomic
+    from ..experiments.rank import stage_rows, validate, validation_table
+
+    rows, estimators = stage_rows(results / "results.csv")
+    seconds = {"rank": 0.0, "suite": 0.0}  # the rank stage's share of the units' stage seconds
+    for path in sorted((results / "runs").glob("*.json")):
+        reports = json.loads(path.read_text()).get("reports") or {}
+        stages = next(iter(reports.values()), {}).get("stage_seconds") or {}
+        seconds["rank"] += stages.get("rank", 0.0)
+        seconds["suite"] += sum(stages.values())
+    folder = Path(out or results / "rank")
+    _write_rankings(folder, rows)
+    print(_pick_table(rows, estimators))
+    result = validate(rows, results / "results.csv", estimators)
+    table = validation_table(result, estimators)
+    suite = rows[0]["suite"]
+    (folder / "validation.md").write_text(validation_page(suite, result, table, str(results)))
+    write_json_atomic(folder / "rank.json", {"suite": suite, "rows": len(rows), "estimators": estimators,
+                                             "stage_seconds": seconds, "validation": result})  # fmt: skip
+    share = seconds["rank"] / seconds["suite"] if seconds["suite"] else float("nan")
+    print(f"\n{table}\n\nthe rank stage: {seconds['rank']:.1f} s of the units' {seconds['suite']:.0f} s "
+          f"({share:.1%}); wrote {folder}", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -112,15 +149,15 @@ def _pick_table(rows: list[dict[str, Any]], estimators: list[str]) -> str:
 
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        cells[(r["target"], r["seed"], r["episode"])].append(r)
-    candidates = sorted({r["fusion"] for r in rows})
+        cells[(r["target"], r["source_domains"], r["k_shot"], r["seed"], r["episode"])].append(r)
+    candidates = sorted({r["candidate"] for r in rows})
     lines = []
     for target in sorted({r["target"] for r in rows}):
-        mine = [c for (t, _, _), c in cells.items() if t == target]
+        mine = [c for (t, *_), c in cells.items() if t == target]
         lines += [f"{target}: the candidate each estimator ranks first, share of {len(mine)} episodes",
                   "| estimator | " + " | ".join(candidates) + " |", "|---" * (len(candidates) + 1) + "|"]  # fmt: skip
         for name in estimators:
-            firsts = Counter(max(c, key=lambda r: r[name])["fusion"] for c in mine)
+            firsts = Counter(max(c, key=lambda r: r[name])["candidate"] for c in mine)
             lines.append(
                 f"| {name} | "
                 + " | ".join(f"{firsts[k] / len(mine):.2f}" for k in candidates)
@@ -150,5 +187,9 @@ def add_rank(sub: Any) -> None:
                    help="only compare transfer.adaptation: auto with the arms it chooses from (head, "
                    "l2sp, lwf) in a benchmark that ran them all: its regret against the oracle arm and "
                    "against head, paired on (seed, episode); writes auto.md and auto.json")  # fmt: skip
+    p.add_argument("--from", dest="from_results", metavar="RESULTS_DIR",
+                   help="read the scores a benchmark's rank stage wrote (multimodal bench --rank, "
+                   "transfer.rank) and validate them against its adapted accuracy, training nothing; "
+                   "writes to RESULTS_DIR/rank unless --out")  # fmt: skip
     p.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}/SUITE)")
     p.set_defaults(func=run_rank)

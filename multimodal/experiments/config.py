@@ -97,6 +97,10 @@ class TransferConfig:
     # generalisation): the source model on their test splits (the zero_shot arm), no
     # scratch baseline, no target row read by any fit or model selection.
     protocol: str = "transfer"
+    # The rank stage: these transferability estimators (analysis.transferability; "all":
+    # every one) scored on each episode's labelled rows from the source model, before any
+    # adaptation, into each episode's result (``transferability``). Empty: no rank stage.
+    rank: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.transferability import ESTIMATORS, Evidence, score
+from ..analysis.transferability import ESTIMATORS
 from .bench.plan import Suite, plan, unit_config
+from .bench.stats import RANK
 from .config import RunConfig
+from .transfer.ranking import target_scores
 
 logger = logging.getLogger(__name__)
-KEYS = ("fusion", "seed", "target", "episode")
 
 
 def rank_suite(suite: Suite, fusions: Sequence[str] | None = None, seeds: int | None = None,
@@ -73,37 +74,74 @@ def rank_suite(suite: Suite, fusions: Sequence[str] | None = None, seeds: int | 
 def _episode_scores(
     suite: str, unit: Any, plan: Any, model: Any, names: list[str]
 ) -> list[dict[str, Any]]:
-    from ..data.split import Split
-    from ..engine.evaluate import model_view
-
     out = []
     for target in plan.targets:
-        train = plan.target[target]["train"]
         zero_shot = plan.score(
             model, plan.target[target]["test"]
         )  # checks it is the benchmark's model
-        probs, fused = model_view(model, train, plan.spec, plan.run.train)
-        labels = np.asarray(Split(train).column(plan.spec.label))
-        for episode in plan.episodes[target]:
-            if episode.rows is None:
-                raise ValueError(
-                    "ranking needs the target's rows by index; this target is streamed"
-                )
-            rows = list(episode.rows)
-            evidence = Evidence(fused[rows], probs[rows], labels[rows])
-            out.append({"suite": suite, "fusion": unit.fusion, "seed": unit.seed, "target": target,
-                        "episode": episode.index, "k_shot": unit.k_shot, "zero_shot": zero_shot,
-                        **{n: score(n, evidence) for n in names}})  # fmt: skip
+        for episode, scores in zip(plan.episodes[target], target_scores(plan, model, target, names),
+                                   strict=True):  # fmt: skip
+            out.append({"suite": suite, **dict(unit.grid), "candidate": candidate(dict(unit.grid), unit.fusion),
+                        "fusion": unit.fusion, "source_domains": "+".join(plan.sources), "seed": unit.seed,
+                        "target": target, "episode": episode.index, "k_shot": unit.k_shot,
+                        "zero_shot": zero_shot, **scores})  # fmt: skip
     return out
 
 
-def _measured(results_csv: Path, adaptation: str = "head") -> dict[tuple, tuple[float, float]]:
-    """(candidate, seed, target, episode) -> (adapted, zero-shot), from a benchmark's results."""
+def candidate(grid: dict[str, Any], fusion: str) -> str:
+    """A candidate's name: its grid point's values (the encoder set among them), then the
+    fusion (``pretrained/concat``); the fusion alone where the suite has no grid."""
+    return "/".join([*(str(grid[k]) for k in sorted(grid)), fusion])
+
+
+def _cell(row: dict[str, Any]) -> tuple:
+    """The (sources, k, seed, target, episode) whose candidates are ranked together."""
+    return (
+        row["source_domains"],
+        int(row["k_shot"]),
+        int(row["seed"]),
+        row["target"],
+        int(row["episode"]),
+    )
+
+
+def _grid_of(table: list[dict[str, Any]]) -> list[str]:
+    from .bench.stats import grid_keys
+
+    return grid_keys(table)
+
+
+def stage_rows(
+    results_csv: Path, adaptation: str = "head"
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The scores a benchmark's rank stage wrote (``rank_<estimator>`` columns of its
+    results.csv) as ``rank_suite`` rows, and the estimators found; no model is trained."""
     import csv
 
     with open(results_csv, newline="") as f:
-        return {(r["fusion"], int(r["seed"]), r["target"], int(r["episode"])): (float(r["adapted"]), float(r["zero_shot"]))
-                for r in csv.DictReader(f) if r["adaptation"] == adaptation}  # fmt: skip
+        table = list(csv.DictReader(f))
+    names = [k[len(RANK) :] for k in (table[0] if table else {}) if k.startswith(RANK)]
+    if not names:
+        raise ValueError(f"{results_csv} has no {RANK}* columns: run the benchmark with "
+                         "--rank (transfer.rank), or rank with --suite")  # fmt: skip
+    grid = _grid_of(table)
+    rows = [{"suite": r["suite"], **{k: r[k] for k in grid}, "candidate": candidate({k: r[k] for k in grid}, r["fusion"]),
+             "fusion": r["fusion"], "source_domains": r["source_domains"], "seed": int(r["seed"]),
+             "target": r["target"], "episode": int(r["episode"]), "k_shot": int(r["k_shot"]),
+             "zero_shot": float(r["zero_shot"]), **{n: float(r[RANK + n]) for n in names}}
+            for r in table if r["adaptation"] == adaptation and r.get(RANK + names[0])]  # fmt: skip
+    return rows, names
+
+
+def _measured(results_csv: Path, adaptation: str = "head") -> dict[tuple, tuple[float, float]]:
+    """(candidate, *cell) -> (adapted, zero-shot), from a benchmark's results."""
+    import csv
+
+    with open(results_csv, newline="") as f:
+        table = [r for r in csv.DictReader(f) if r["adaptation"] == adaptation]
+    grid = _grid_of(table)
+    return {(candidate({k: r[k] for k in grid}, r["fusion"]), *_cell(r)): (float(r["adapted"]), float(r["zero_shot"]))
+            for r in table}  # fmt: skip
 
 
 def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence[str],
@@ -119,21 +157,23 @@ def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence
     episodes: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     drift = 0.0  # the ranked source models against the benchmark's: their zero-shot scores
     for row in rows:
-        key = (row["fusion"], row["seed"], row["target"], row["episode"])
+        key = (row["candidate"], *_cell(row))
         if key in measured:
             adapted, zero_shot = measured[key]
             drift = max(drift, abs(zero_shot - row["zero_shot"]))
-            episodes[(row["seed"], row["target"], row["episode"])].append(
-                {**row, "adapted": adapted}
-            )
+            episodes[_cell(row)].append({**row, "adapted": adapted})
+    # a bare fusion name: that fusion at the first grid point (the suite's first encoder set)
+    fixed_name = next(
+        (r["candidate"] for r in rows if baseline in (r["candidate"], r["fusion"])), baseline
+    )
     per_seed: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (seed, _, _), cands in episodes.items():
-        if len(cands) < 3:
+    for (_, _, seed, _, _), cands in episodes.items():
+        if len(cands) < 2:  # nothing to rank
             continue
         adapted = np.array([c["adapted"] for c in cands])
         best = adapted.max()
         per_seed["random regret"][seed].append(float(best - adapted.mean()))
-        fixed = [c["adapted"] for c in cands if c["fusion"] == baseline]
+        fixed = [c["adapted"] for c in cands if c["candidate"] == fixed_name]
         if fixed:
             per_seed[f"{baseline} regret"][seed].append(float(best - fixed[0]))
         for name in estimators:
@@ -164,7 +204,8 @@ def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence
     for key, p in zip(tests, holm([t["p"] for t in tests.values()]), strict=True):
         tests[key]["p_holm"] = p
     return {"summary": summary, "tests": tests, "episodes": len(episodes), "baseline": baseline,
-            "zero_shot_max_difference": drift, "candidates": sorted({r["fusion"] for r in rows})}  # fmt: skip
+            "zero_shot_max_difference": drift, "candidates": sorted({r["candidate"] for r in rows}),
+            "baseline_candidate": fixed_name}  # fmt: skip
 
 
 def validation_table(result: dict[str, Any], estimators: Sequence[str]) -> str:
@@ -181,13 +222,14 @@ def validation_table(result: dict[str, Any], estimators: Sequence[str]) -> str:
         t = tests.get(f"{name} - {against}", {})
         return f"{cell(t.get('difference'))} (p {t.get('p_holm', math.nan):.2g})"
 
-    lines = [f"| estimator | Kendall τ | weighted τ | top-1 regret | regret − random pick | regret − always {baseline} |",
+    shown = result.get("baseline_candidate", baseline)
+    lines = [f"| estimator | Kendall τ | weighted τ | top-1 regret | regret − random pick | regret − always {shown} |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for name in estimators:
         lines.append(f"| {name} | {cell(s.get(name + ' tau'))} | {cell(s.get(name + ' weighted tau'))} | "
                      f"{cell(s.get(name + ' regret'))} | {versus(name, 'random')} | {versus(name, baseline)} |")  # fmt: skip
     lines.append(f"| random pick | 0 | 0 | {cell(s.get('random regret'))} | | |")
-    lines.append(f"| always {baseline} | | | {cell(s.get(baseline + ' regret'))} | | |")
+    lines.append(f"| always {shown} | | | {cell(s.get(baseline + ' regret'))} | | |")
     return "\n".join(lines)
 
 

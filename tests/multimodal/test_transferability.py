@@ -140,9 +140,10 @@ def test_validation_by_hand_a_perfect_estimator_has_tau_one_and_no_regret(tmp_pa
     for seed in range(3):
         for fusion, value in adapted.items():
             accuracy = value + 0.01 * seed
-            rows.append({"fusion": fusion, "seed": seed, "target": "t", "episode": 0, "zero_shot": 0.1,
+            cell = {"source_domains": "s", "k_shot": 5, "seed": seed, "target": "t", "episode": 0}
+            rows.append({"candidate": fusion, "fusion": fusion, **cell, "zero_shot": 0.1,
                          "perfect": accuracy, "reversed": -accuracy})  # fmt: skip
-            results.append({"fusion": fusion, "seed": seed, "target": "t", "episode": 0, "adaptation": "head",
+            results.append({"suite": "x", "fusion": fusion, **cell, "adaptation": "head",
                             "adapted": accuracy, "zero_shot": 0.1})  # fmt: skip
     with open(tmp_path / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(results[0]))
@@ -165,9 +166,11 @@ def test_validation_by_hand_a_perfect_estimator_has_tau_one_and_no_regret(tmp_pa
 
 @pytest.mark.slow
 def test_rank_scores_every_candidate_episode_with_the_benchmarks_source_model(tmp_path) -> None:
-    """The ranked source model is the one the benchmark trains: the same zero-shot score."""
-    from multimodal.experiments.bench import Suite, run_benchmark
-    from multimodal.experiments.rank import rank_suite
+    """The ranked source model is the one the benchmark trains: the same zero-shot score; the
+    benchmark's rank stage (transfer.rank) writes the same scores and changes no result."""
+    from multimodal.cli import main
+    from multimodal.experiments.bench import Suite, run_benchmark, summarize, write_results
+    from multimodal.experiments.rank import rank_suite, stage_rows
     from tests.multimodal.tiny_run import tiny_run
 
     base = tiny_run(transfer={"k_shot": 3, "episodes": 2, "adapt": {"epochs": 1}, "scratch": {"epochs": 1}},
@@ -175,15 +178,44 @@ def test_rank_scores_every_candidate_episode_with_the_benchmarks_source_model(tm
     suite = Suite(name="tiny", base=base, fusions=["concat"], adaptations=["head"], seeds=2,
                   pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[3], unimodal=True)  # fmt: skip
     rows = rank_suite(suite, estimators=["leep", "logme"])
-    assert {(r["fusion"], r["seed"], r["episode"]) for r in rows} == {
+    keys = {
         (f, s, e) for f in ("concat", "tabular-only", "text-only") for s in (0, 1) for e in (0, 1)
     }
+    assert {(r["fusion"], r["seed"], r["episode"]) for r in rows} == keys
     assert all(np.isfinite(r["leep"]) and np.isfinite(r["logme"]) for r in rows)
     bench = run_benchmark(suite, tmp_path / "bench", progress=False)
     measured = {(r["fusion"], r["seed"]): r["zero_shot"] for r in bench}
     assert all(
         r["zero_shot"] == pytest.approx(measured[(r["fusion"], r["seed"])], abs=1e-9) for r in rows
     )
+
+    ranked = run_benchmark(suite.with_overrides(rank=["leep", "logme"]), tmp_path / "ranked",
+                           progress=False)  # fmt: skip
+    cell = lambda r: (r["fusion"], r["seed"], r["episode"])  # noqa: E731
+    assert {cell(r): r["adapted"] for r in ranked} == {cell(r): r["adapted"] for r in bench}
+    summary = summarize(ranked)  # the scores are per-row values, not grid axes
+    assert len(summary) == len(summarize(bench)) and not any("rank_leep" in e for e in summary)
+    write_results(ranked, summary, tmp_path / "ranked")
+    staged, names = stage_rows(tmp_path / "ranked" / "results.csv")
+    assert names == ["leep", "logme"] and {cell(r) for r in staged} == keys
+    standalone = {cell(r): r for r in rows}
+    for r in staged:
+        assert r["leep"] == pytest.approx(standalone[cell(r)]["leep"], abs=1e-6)
+        assert r["logme"] == pytest.approx(standalone[cell(r)]["logme"], abs=1e-6)
+    assert main(["rank", "--from", str(tmp_path / "ranked")]) == 0
+    assert "| leep |" in (tmp_path / "ranked" / "rank" / "validation.md").read_text()
+
+
+def test_the_rank_stage_refuses_unknown_estimators_and_leave_one_out() -> None:
+    from multimodal.experiments.config import RunConfig
+    from multimodal.experiments.transfer.protocol import _check_protocol
+    from tests.multimodal.tiny_run import tiny_run
+
+    with pytest.raises(ValueError, match="logmee"):
+        _check_protocol(RunConfig.from_dict(tiny_run(transfer={"rank": ["logmee"]})), ["head"])
+    loo = tiny_run(transfer={"rank": ["all"], "protocol": "leave_one_out"})
+    with pytest.raises(ValueError, match="has none"):
+        _check_protocol(RunConfig.from_dict(loo), ["zero_shot"])
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import UTIL, two_level
+from .stats import RANK, UTIL, two_level
 from .store import NOT_KEYS
 
 COMPARE_TOLERANCE = 0.02
@@ -18,7 +18,11 @@ COMPARE_TOLERANCE = 0.02
 
 def _row_key(row: Mapping[str, Any]) -> tuple:
     return tuple(
-        sorted((k, str(v)) for k, v in row.items() if k not in NOT_KEYS and not k.startswith(UTIL))
+        sorted(
+            (k, str(v))
+            for k, v in row.items()
+            if k not in NOT_KEYS and not k.startswith((UTIL, RANK))
+        )
     )
 
 

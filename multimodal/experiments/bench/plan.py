@@ -92,11 +92,13 @@ class Suite:
         balance: Sequence[str] | None = None,
         imbalance: bool = False,
         robustness: bool = False,
+        rank: Sequence[str] | None = None,
     ) -> Suite:
         """A copy with a run's changes: no one-modality baselines (``unimodal=False``),
         ``transfer.episodes``, training modality dropout rates or balancing methods crossed
         as grid axes (balancing also measures imbalance), the imbalance and the
-        missing-modality measurements switched on."""
+        missing-modality measurements switched on, and the rank stage's estimators
+        (``transfer.rank``)."""
         base = copy.deepcopy(self.base)
         transfer = base.setdefault("transfer", {})
         grid = dict(self.grid)
@@ -108,6 +110,8 @@ class Suite:
             transfer["imbalance"] = True
         if robustness:
             transfer["robustness"] = True
+        if rank:
+            transfer["rank"] = list(rank)
         if episodes:
             transfer["episodes"] = episodes
         keep = self.unimodal if unimodal is None else self.unimodal and unimodal

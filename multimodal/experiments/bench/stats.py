@@ -20,6 +20,7 @@ METRICS = ("source", "zero_shot", "adapted", "scratch", "transfer_gain", "forget
 EXTRA_METRICS = ("imbalance_degree", "target_imbalance_degree", "dominant_loss", "train_s",
                  "oracle")  # fmt: skip
 UTIL = "util_"  # the prefix of per-modality utilisation columns
+RANK = "rank_"  # the prefix of transfer.rank's estimator columns
 # Columns of result rows that are not grid axes.
 ROW_KEYS = {"suite", "source_domains", "target", "k_shot", "fusion", "adaptation", "seed", "episode",
             "episode_seed", "metric", "adapt_samples", "test_samples", "source_test_samples", "config_hash",
@@ -57,7 +58,7 @@ def unimodal(fusion: str) -> str | None:
 
 
 def grid_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return sorted({k for r in rows for k in r if not k.startswith(UTIL)} - ROW_KEYS)
+    return sorted({k for r in rows for k in r if not k.startswith((UTIL, RANK))} - ROW_KEYS)
 
 
 def entry_grid_keys(entry: Mapping[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .plan import Unit
-from .stats import EXTRA_METRICS, METRICS, MODEL_AXIS, STUDENT, TEACHER, UTIL
+from .stats import EXTRA_METRICS, METRICS, MODEL_AXIS, RANK, STUDENT, TEACHER, UTIL
 
 # Result-row columns that identify a row of the table (with the grid axes): not values,
 # not the seed or episode, not timings.
@@ -55,6 +55,7 @@ class ResultRow:
     dp_epsilon: float | None = None  # train.dp: the source training's budget spent
     oracle: float | None = None  # leave_one_out: the test metric selected on target validation
     imbalance: dict[str, float] = field(default_factory=dict)
+    transferability: dict[str, float] = field(default_factory=dict)  # transfer.rank's scores
 
     def to_dict(self) -> dict[str, Any]:
         """The CSV row: the grid axes after ``suite``, the imbalance columns after
@@ -70,6 +71,7 @@ class ResultRow:
         for key in ("adapted_ece", "dp_epsilon", "oracle"):
             if getattr(self, key) is not None:
                 row[key] = getattr(self, key)
+        row.update({f"{RANK}{k}": v for k, v in self.transferability.items()})
         return row
 
 
@@ -112,7 +114,8 @@ def _report_rows(suite: str, unit: Unit, adaptation: str, report: Mapping[str, A
             rows.append(ResultRow(**common, episode=e["episode"], episode_seed=e["seed"],
                                   **{m: e[m] for m in ("adapted", "scratch", "transfer_gain",
                                                        "forgetting", "adapt_samples")},
-                                  adapted_ece=e.get("adapted_ece")))  # fmt: skip
+                                  adapted_ece=e.get("adapted_ece"),
+                                  transferability=e.get("transferability") or {}))  # fmt: skip
     return rows
 
 
@@ -178,7 +181,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
                     row[k] = (
                         int(v)
                         if k in ("seed", "episode", "k_shot")
-                        else (float(v) if k in NOT_KEYS else v)
+                        else (float(v) if k in NOT_KEYS or k.startswith(RANK) else v)
                     )
                 except ValueError:
                     row[k] = v

@@ -19,6 +19,7 @@ from ...modeling.model import MultimodalModel
 from ..adaptations import Adaptation, create_adaptation
 from ..config import RunConfig
 from .plan import ENCODERS, TransferPlan, split_size
+from .ranking import estimator_names, stage_scores
 from .report import EpisodeResult, TargetResult, TransferReport, update_cards
 from .stages import (
     AdaptEpisodes,
@@ -108,6 +109,11 @@ def _check_protocol(run: RunConfig, adaptations: list[str]) -> None:
     protocol = run.transfer.protocol
     if protocol not in ("transfer", LEAVE_ONE_OUT):
         raise ValueError(f"transfer.protocol must be transfer or {LEAVE_ONE_OUT}, got {protocol!r}")
+    if run.transfer.rank:
+        estimator_names(run.transfer.rank)
+        if protocol == LEAVE_ONE_OUT:
+            raise ValueError(f"transfer.rank scores an episode's labelled target rows; "
+                             f"transfer.protocol {LEAVE_ONE_OUT} has none (drop transfer.rank)")  # fmt: skip
     if protocol == LEAVE_ONE_OUT and set(adaptations) != {"zero_shot"}:
         raise ValueError(
             f"transfer.protocol {LEAVE_ONE_OUT} never shows the target to a model, so its only "
@@ -164,6 +170,7 @@ def _reports(plans: list[TransferPlan], models: list[MultimodalModel], arms: lis
     tick = time.perf_counter()
     scores = ZeroShotStage.run_all(plans, models)
     times["zero_shot_eval"] = time.perf_counter() - tick
+    ranks = _rank(plans, models, times)
     robustness = [
         _robustness(p, m, "source", p.source["test"]) for p, m in zip(plans, models, strict=True)
     ]
@@ -192,7 +199,23 @@ def _reports(plans: list[TransferPlan], models: list[MultimodalModel], arms: lis
                                            arm_robustness[i], imbalance[i], arm_fits)  # fmt: skip
             reports[i][arm.name].same_as_head = same
             reports[i][arm.name].auto = _auto_choices(plan, arm)
+            for target, ranked in ranks[i].items():
+                episodes = reports[i][arm.name].targets[target].episodes
+                for episode, episode_scores in zip(episodes, ranked, strict=True):
+                    episode.transferability = episode_scores
     return reports
+
+
+def _rank(plans: list[TransferPlan], models: list[MultimodalModel],
+          times: dict[str, float]) -> list[dict[str, list[dict[str, float]]]]:  # fmt: skip
+    """The rank stage (``transfer.rank``): per plan and target, each episode's estimator
+    scores from the source model, before any arm adapts it."""
+    if not plans[0].run.transfer.rank:
+        return [{} for _ in plans]
+    tick = time.perf_counter()
+    out = [stage_scores(p, m) for p, m in zip(plans, models, strict=True)]
+    times["rank"] = time.perf_counter() - tick
+    return out
 
 
 def _auto_choices(plan: TransferPlan, arm: Adaptation) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ class EpisodeResult:
     transfer_gain: float  # adapted minus scratch
     adapt_samples: int
     adapted_ece: float | None = None  # the adapted model's ECE on the target test split
+    # transfer.rank: each estimator's score on these rows from the source model, before adapting
+    transferability: dict[str, float] | None = None
 
 
 @dataclass
