@@ -31,6 +31,7 @@ def run_rank(args: argparse.Namespace) -> int:
     for name in estimators:
         ESTIMATORS.get(name)  # an unknown name: one line naming the known ones
     suite = load_suite(find_suite(args.suite or "real-digits-quick"))
+    suite = suite.with_overrides(unimodal=not args.no_unimodal)
     prepare_data(suite)
     out = Path(args.out or DEFAULT_OUT / suite.name)
     os.environ.setdefault(PROGRESS_ENV, "inner")  # each source stage's bar only while it runs
@@ -104,7 +105,8 @@ def validation_page(suite: str, result: dict[str, Any], table: str, against: str
     seeds = max((v.get("seeds", 0) for v in result["summary"].values()), default=0)
     return (
         f"# {suite}: estimates before adapting against measured adapted accuracy\n\n"
-        f"Measured: `{against}/results.csv` (adaptation head). {result['episodes']} (seed, target, "
+        f"Measured: `{against}/results.csv` (adaptation head; a `+arm` candidate: after that arm, "
+        f"which reads no label). {result['episodes']} (seed, target, "
         f"episode) cells of {len(result['candidates'])} candidates ({', '.join(result['candidates'])}); "
         f"each value is a mean over {seeds} seeds of the seed's mean over its cells, ± the 95% t CI. "
         "Regret: the best candidate's adapted accuracy minus the pick's. The random pick's regret is "
@@ -175,6 +177,8 @@ def add_rank(sub: Any) -> None:
         help="a suite name in benchmarks/suites or a YAML path (default: real-digits-quick)",
     )
     p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the suite's)")
+    p.add_argument("--no-unimodal", action="store_true", help="leave out the one-modality "
+                   "candidates (as for a benchmark run with --no-unimodal)")  # fmt: skip
     p.add_argument("--fusion", help="comma-separated fusions (default: the suite's; its "
                    "one-modality candidates come with them)")  # fmt: skip
     p.add_argument("--estimators", help="comma-separated estimators (default: all: "

@@ -57,34 +57,49 @@ def rank_suite(suite: Suite, fusions: Sequence[str] | None = None, seeds: int | 
             )
         ].append((unit, config))
     rows: list[dict[str, Any]] = []
-    head = [create_adaptation("head")]
+    arms = [create_adaptation(a) for a in suite.adaptations or ["head"]]
     for group in groups.values():
         runs = [RunConfig.from_dict(config) for _, config in group]
         first = TransferPlan.build(runs[0])
         plans = [first, *(first.with_seed(run) for run in runs[1:])]
         for p in plans:
-            share_encoders(p, head)
+            share_encoders(p, arms)  # as the benchmark builds them
         models, _ = SourceStages(plans).run()
         for (unit, _), p, model in zip(group, plans, models, strict=True):
             rows += _episode_scores(suite.name, unit, p, model, names)
+            for arm in (a for a in arms if changes_features(a)):
+                rows += _episode_scores(suite.name, unit, p, model, names, arm)
         first.progress.close()
     return rows
 
 
+def changes_features(arm: Any) -> bool:
+    """Whether an arm gives the source model other features before any label is read
+    (test-time and unsupervised adaptation): then it is a candidate of its own, scored on the
+    features it leaves. Arms that fine-tune on the episode's labels start from the source
+    model's features, the candidate's."""
+    return not arm.episodic and arm.name != "zero_shot"
+
+
 def _episode_scores(
-    suite: str, unit: Any, plan: Any, model: Any, names: list[str]
+    suite: str, unit: Any, plan: Any, model: Any, names: list[str], arm: Any = None
 ) -> list[dict[str, Any]]:
+    from .transfer.stages import AdaptStage
+
     out = []
     for target in plan.targets:
-        zero_shot = plan.score(
-            model, plan.target[target]["test"]
-        )  # checks it is the benchmark's model
-        for episode, scores in zip(plan.episodes[target], target_scores(plan, model, target, names),
+        test = plan.target[target]["test"]
+        zero_shot = plan.score(model, test)  # checks it is the benchmark's model
+        name, scored, extra = candidate(dict(unit.grid), unit.fusion), model, {}
+        if arm is not None:  # one adaptation per target serves every episode, as in the benchmark
+            scored, _ = AdaptStage(plan, arm, model, target, plan.episodes[target][0]).run()
+            name, extra = f"{name}+{arm.name}", {"arm_test": plan.score(scored, test)}
+        for episode, scores in zip(plan.episodes[target], target_scores(plan, scored, target, names),
                                    strict=True):  # fmt: skip
-            out.append({"suite": suite, **dict(unit.grid), "candidate": candidate(dict(unit.grid), unit.fusion),
-                        "fusion": unit.fusion, "source_domains": "+".join(plan.sources), "seed": unit.seed,
-                        "target": target, "episode": episode.index, "k_shot": unit.k_shot,
-                        "zero_shot": zero_shot, **scores})  # fmt: skip
+            out.append({"suite": suite, **dict(unit.grid), "candidate": name, "fusion": unit.fusion,
+                        "source_domains": "+".join(plan.sources), "seed": unit.seed, "target": target,
+                        "episode": episode.index, "k_shot": unit.k_shot, "zero_shot": zero_shot,
+                        **extra, **scores})  # fmt: skip
     return out
 
 
@@ -133,15 +148,20 @@ def stage_rows(
     return rows, names
 
 
-def _measured(results_csv: Path, adaptation: str = "head") -> dict[tuple, tuple[float, float]]:
-    """(candidate, *cell) -> (adapted, zero-shot), from a benchmark's results."""
+def _measured(results_csv: Path) -> dict[tuple, tuple[float, float]]:
+    """(candidate, *cell) -> (adapted, zero-shot), from a benchmark's results: a fusion's
+    candidate measured after head, ``<candidate>+<arm>`` after that arm."""
     import csv
 
     with open(results_csv, newline="") as f:
-        table = [r for r in csv.DictReader(f) if r["adaptation"] == adaptation]
+        table = list(csv.DictReader(f))
     grid = _grid_of(table)
-    return {(candidate({k: r[k] for k in grid}, r["fusion"]), *_cell(r)): (float(r["adapted"]), float(r["zero_shot"]))
-            for r in table}  # fmt: skip
+
+    def name(r: dict[str, Any]) -> str:
+        base = candidate({k: r[k] for k in grid}, r["fusion"])
+        return base if r["adaptation"] == "head" else f"{base}+{r['adaptation']}"
+
+    return {(name(r), *_cell(r)): (float(r["adapted"]), float(r["zero_shot"])) for r in table}
 
 
 def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence[str],
@@ -161,6 +181,8 @@ def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence
         if key in measured:
             adapted, zero_shot = measured[key]
             drift = max(drift, abs(zero_shot - row["zero_shot"]))
+            if "arm_test" in row:  # the arm's model is the benchmark's too
+                drift = max(drift, abs(adapted - row["arm_test"]))
             episodes[_cell(row)].append({**row, "adapted": adapted})
     # a bare fusion name: that fusion at the first grid point (the suite's first encoder set)
     fixed_name = next(

@@ -206,6 +206,26 @@ def test_rank_scores_every_candidate_episode_with_the_benchmarks_source_model(tm
     assert "| leep |" in (tmp_path / "ranked" / "rank" / "validation.md").read_text()
 
 
+@pytest.mark.slow
+def test_an_arm_that_changes_features_without_labels_is_a_candidate_of_its_own(tmp_path) -> None:
+    """bn_adapt is ranked on the features it leaves; its model is the benchmark's."""
+    from multimodal.experiments.bench import Suite, run_benchmark, summarize, write_results
+    from multimodal.experiments.rank import rank_suite, validate
+    from tests.multimodal.tiny_run import tiny_run
+
+    base = tiny_run(transfer={"k_shot": 3, "episodes": 2, "adapt": {"epochs": 1}, "scratch": {"epochs": 1}},
+                    train={"epochs": 2, "progress": False, "strategy": "head"})  # fmt: skip
+    suite = Suite(name="tiny", base=base, fusions=["concat"], adaptations=["head", "bn_adapt"], seeds=2,
+                  pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[3], unimodal=False)  # fmt: skip
+    rows = rank_suite(suite, estimators=["leep", "hscore"])
+    assert sorted({r["candidate"] for r in rows}) == ["concat", "concat+bn_adapt"]
+    bench = run_benchmark(suite, tmp_path, progress=False)
+    write_results(bench, summarize(bench), tmp_path)
+    out = validate(rows, tmp_path / "results.csv", ["leep", "hscore"])
+    assert out["episodes"] == 4 and out["zero_shot_max_difference"] < 1e-6
+    assert out["summary"]["random regret"]["seeds"] == 2
+
+
 def test_the_rank_stage_refuses_unknown_estimators_and_leave_one_out() -> None:
     from multimodal.experiments.config import RunConfig
     from multimodal.experiments.transfer.protocol import _check_protocol
