@@ -13,7 +13,12 @@ rows, and their labels [N]. Higher is better for every one of them.
   target labels and the source probabilities (Nguyen et al., LEEP, ICML 2020).
 - ``nce``: the negative conditional entropy H(Y | Z) of the target labels given the source
   model's predicted class (Tran et al., ICCV 2019).
-- ``hscore``: tr(cov(f)^+ cov(E[f | y])) (Bao et al., ICIP 2019).
+- ``hscore``: tr(cov(f)^+ cov(E[f | y])) (Bao et al., ICIP 2019). With as many feature
+  dimensions as rows, cov(f) is singular and the score saturates at (classes - 1) for any
+  features that span the class means: it then ranks nothing.
+- ``hscore_reg``: the same with cov(f) shrunk toward a scaled identity by Ledoit and Wolf's
+  coefficient alpha, and cov(E[f | y]) scaled by (1 - alpha) (Ibrahim et al., "Newer is not
+  always better", 2022; TLlib's ``regularized_h_score``): defined however few the rows.
 - ``gbc``: minus the sum over class pairs of the Bhattacharyya coefficient between
   per-class diagonal Gaussians of the features (Pándy et al., CVPR 2022; their diagonal form).
 - ``transrate``: the coding rate of the (centred) features minus the mean coding rate of
@@ -136,6 +141,21 @@ def hscore(evidence: Evidence) -> float:
         g[labels == c] = f[labels == c].mean(0)
     cov_f, cov_g = np.cov(f, rowvar=False), np.cov(g, rowvar=False)
     return float(np.trace(np.linalg.pinv(np.atleast_2d(cov_f), rcond=1e-15) @ np.atleast_2d(cov_g)))
+
+
+@ESTIMATORS.register("hscore_reg")
+def hscore_reg(evidence: Evidence) -> float:
+    from sklearn.covariance import ledoit_wolf
+
+    f = np.asarray(evidence.features, dtype=np.float64)
+    f = f - f.mean(0, keepdims=True)
+    labels = np.asarray(evidence.labels).astype(int)
+    g = np.zeros_like(f)
+    for c in _classes(labels):
+        g[labels == c] = f[labels == c].mean(0)
+    cov_f, alpha = ledoit_wolf(f, assume_centered=True)
+    cov_g = np.atleast_2d(np.cov(g, rowvar=False))
+    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-15) @ ((1 - alpha) * cov_g)))
 
 
 @ESTIMATORS.register("gbc")

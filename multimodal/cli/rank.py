@@ -182,7 +182,7 @@ def add_rank(sub: Any) -> None:
     p.add_argument("--fusion", help="comma-separated fusions (default: the suite's; its "
                    "one-modality candidates come with them)")  # fmt: skip
     p.add_argument("--estimators", help="comma-separated estimators (default: all: "
-                   "gbc, hscore, leep, logme, nce, transrate)")  # fmt: skip
+                   "gbc, hscore, hscore_reg, leep, logme, nce, transrate)")  # fmt: skip
     p.add_argument("--validate", metavar="RESULTS_DIR",
                    help="a benchmark's results folder of the same suite (its results.csv): Kendall "
                    "tau, weighted tau and top-1 regret of each estimator against the measured "

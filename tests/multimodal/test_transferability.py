@@ -106,6 +106,36 @@ def test_hscore_and_transrate_by_hand_and_hscore_is_affine_invariant() -> None:
     assert score("transrate", Evidence(x, PROBS, labels)) == pytest.approx(by_hand)
 
 
+def test_hscore_saturates_with_as_many_dimensions_as_rows_and_the_regularised_one_does_not() -> (
+    None
+):
+    """H-score's singular covariance: C - 1 for class-separating features and for noise
+    alike; Ledoit-Wolf shrinkage (by the 2004 paper's formula here) tells them apart."""
+    rng = np.random.default_rng(4)
+    labels = np.arange(30) % 3
+    noise = rng.normal(size=(30, 60))
+    separating = noise + 3.0 * np.eye(60)[labels]  # one direction per class
+    probs = np.full((30, 2), 0.5)
+    plain = [score("hscore", Evidence(f, probs, labels)) for f in (separating, noise)]
+    assert plain == pytest.approx([2.0, 2.0], abs=1e-6)
+    reg = [score("hscore_reg", Evidence(f, probs, labels)) for f in (separating, noise)]
+    assert reg[0] > reg[1] + 0.1
+
+    def by_hand(f: np.ndarray) -> float:
+        x = f - f.mean(0)
+        n, d = x.shape
+        s = x.T @ x / n
+        mu = np.trace(s) / d
+        delta = ((s - mu * np.eye(d)) ** 2).sum() / d
+        beta = sum(((np.outer(r, r) - s) ** 2).sum() for r in x) / n**2 / d
+        alpha = min(beta, delta) / delta
+        g = np.stack([x[labels == c].mean(0) for c in labels])
+        shrunk = (1 - alpha) * s + alpha * mu * np.eye(d)
+        return float(np.trace(np.linalg.pinv(shrunk) @ ((1 - alpha) * np.cov(g, rowvar=False))))
+
+    assert reg == pytest.approx([by_hand(separating), by_hand(noise)], rel=1e-6)
+
+
 def test_gbc_is_minus_the_overlap_of_the_class_gaussians() -> None:
     rng = np.random.default_rng(2)
     same = rng.normal(size=(400, 2))
@@ -125,7 +155,15 @@ def test_every_estimator_ranks_features_that_separate_the_classes_above_noise() 
     sharp = np.eye(4)[labels] * 0.85 + 0.05  # a source head that tells the classes apart
     flat = rng.dirichlet(np.ones(4), size=40)
     good, bad = Evidence(separating, sharp, labels), Evidence(noise, flat, labels)
-    assert set(ESTIMATORS.list()) == {"logme", "leep", "nce", "hscore", "gbc", "transrate"}
+    assert set(ESTIMATORS.list()) == {
+        "logme",
+        "leep",
+        "nce",
+        "hscore",
+        "hscore_reg",
+        "gbc",
+        "transrate",
+    }
     for name in ESTIMATORS.list():
         assert score(name, good) > score(name, bad), name
 
