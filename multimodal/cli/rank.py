@@ -66,7 +66,7 @@ def _write_rankings(out: Path, rows: list[dict[str, Any]]) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "rankings.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
 

@@ -338,3 +338,17 @@ def test_auto_regret_by_hand(tmp_path) -> None:
         r["head regret"]["mean"] - r["auto regret"]["mean"]
     )
     assert r["oracle is l2sp"]["mean"] == 1.0 and r["cells"] == 6
+
+
+def test_rankings_csv_has_a_column_for_every_rows_keys(tmp_path) -> None:
+    """An arm candidate's rows carry arm_test, the first fusion's do not."""
+    import csv
+
+    from multimodal.cli.rank import _write_rankings
+
+    _write_rankings(
+        tmp_path, [{"candidate": "concat"}, {"candidate": "concat+tent", "arm_test": 0.5}]
+    )
+    with open(tmp_path / "rankings.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[1]["arm_test"] == "0.5" and rows[0]["arm_test"] == ""
