@@ -641,3 +641,25 @@ def test_overrides_may_follow_an_option_and_a_misspelled_flag_is_still_refused(
     with pytest.raises(SystemExit) as stop:
         main(["train", "--config", str(config_file), "--outptu", str(out), "train.epochs=1"])
     assert stop.value.code == 2 and "unrecognized arguments: --outptu" in capsys.readouterr().err
+
+
+def test_timm_weight_loading_lines_are_quiet_unless_verbose(caplog) -> None:
+    """timm logs each pretrained load at INFO ('Loading pretrained weights from state dict')."""
+    import logging
+
+    from multimodal.cli.noise import quiet_third_parties
+
+    timm_logger = logging.getLogger("timm.models._builder")
+    before = logging.getLogger("timm").level
+    caplog.set_level(logging.INFO)
+    try:
+        logging.getLogger("timm").setLevel(logging.NOTSET)
+        quiet_third_parties(verbose=True)
+        timm_logger.info("Loading pretrained weights from state dict")
+        assert "Loading pretrained weights" in caplog.text
+        caplog.clear()
+        quiet_third_parties()
+        timm_logger.info("Loading pretrained weights from state dict")
+        assert "Loading pretrained weights" not in caplog.text
+    finally:
+        logging.getLogger("timm").setLevel(before)

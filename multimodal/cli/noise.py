@@ -13,7 +13,7 @@ import warnings
 # one line per deduplicated initializer; Flower logs each line through its own handler and
 # the root logger, so twice; Ray's alembic and plugin set-up).
 QUIET_LOGGERS = ("httpx", "urllib3", "datasets", "accelerate", "filelock", "onnx_ir", "onnxscript",
-                 "torch.onnx", "flwr", "ray", "alembic", "opacus")  # fmt: skip
+                 "torch.onnx", "flwr", "ray", "alembic", "opacus", "timm")  # fmt: skip
 # (module, message start) of warnings that repeat on every run and ask nothing of the user;
 # "" matches any module (a warning is filed under the line that triggered it, which for
 # torch's hook warnings is accelerate's backward call).
