@@ -12,7 +12,7 @@ import torch
 
 from ..data.collate import EpochSampler
 from ..data.split import Split
-from ..modeling.dg import DGObjective, create_dg_objective
+from ..modeling.dg import DGObjective, create_dg_objective, domain_groups
 from .config import TrainConfig
 
 
@@ -36,7 +36,7 @@ class DomainBalancedSampler(torch.utils.data.Sampler[int]):
 
     def __init__(self, ids: torch.Tensor, seed: int = 0) -> None:
         self.ids, self.seed, self.epoch = ids, seed, 0
-        self.groups = [torch.nonzero(ids == d).flatten() for d in torch.unique(ids).tolist()]
+        self.groups = domain_groups(ids)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..analysis.transferability import ESTIMATORS
 from .bench.plan import Suite, plan, unit_config
-from .bench.stats import RANK
+from .bench.stats import RANK, grid_keys
+from .bench.store import read_results
 from .config import RunConfig
 from .transfer.ranking import target_scores
 
@@ -65,10 +66,9 @@ def rank_suite(suite: Suite, fusions: Sequence[str] | None = None, seeds: int | 
         for p in plans:
             share_encoders(p, arms)  # as the benchmark builds them
         models, _ = SourceStages(plans).run()
+        feature_arms = [a for a in arms if changes_features(a)]
         for (unit, _), p, model in zip(group, plans, models, strict=True):
-            rows += _episode_scores(suite.name, unit, p, model, names)
-            for arm in (a for a in arms if changes_features(a)):
-                rows += _episode_scores(suite.name, unit, p, model, names, arm)
+            rows += _episode_scores(suite.name, unit, p, model, names, feature_arms)
         first.progress.close()
     return rows
 
@@ -82,24 +82,26 @@ def changes_features(arm: Any) -> bool:
 
 
 def _episode_scores(
-    suite: str, unit: Any, plan: Any, model: Any, names: list[str], arm: Any = None
+    suite: str, unit: Any, plan: Any, model: Any, names: list[str], arms: list[Any]
 ) -> list[dict[str, Any]]:
+    """The source model's candidate and, per arm of ``arms``, that arm's, on every episode."""
     from .transfer.stages import AdaptStage
 
-    out = []
+    out, base = [], candidate(dict(unit.grid), unit.fusion)
     for target in plan.targets:
         test = plan.target[target]["test"]
         zero_shot = plan.score(model, test)  # checks it is the benchmark's model
-        name, scored, extra = candidate(dict(unit.grid), unit.fusion), model, {}
-        if arm is not None:  # one adaptation per target serves every episode, as in the benchmark
-            scored, _ = AdaptStage(plan, arm, model, target, plan.episodes[target][0]).run()
-            name, extra = f"{name}+{arm.name}", {"arm_test": plan.score(scored, test)}
-        for episode, scores in zip(plan.episodes[target], target_scores(plan, scored, target, names),
-                                   strict=True):  # fmt: skip
-            out.append({"suite": suite, **dict(unit.grid), "candidate": name, "fusion": unit.fusion,
-                        "source_domains": "+".join(plan.sources), "seed": unit.seed, "target": target,
-                        "episode": episode.index, "k_shot": unit.k_shot, "zero_shot": zero_shot,
-                        **extra, **scores})  # fmt: skip
+        scored: list[tuple[str, Any, dict[str, float]]] = [(base, model, {})]
+        for arm in arms:  # one adaptation per target serves every episode, as in the benchmark
+            adapted, _ = AdaptStage(plan, arm, model, target, plan.episodes[target][0]).run()
+            scored.append((f"{base}+{arm.name}", adapted, {"arm_test": plan.score(adapted, test)}))
+        for name, m, extra in scored:
+            for episode, scores in zip(plan.episodes[target], target_scores(plan, m, target, names),
+                                       strict=True):  # fmt: skip
+                out.append({"suite": suite, **dict(unit.grid), "candidate": name, "fusion": unit.fusion,
+                            "source_domains": "+".join(plan.sources), "seed": unit.seed, "target": target,
+                            "episode": episode.index, "k_shot": unit.k_shot, "zero_shot": zero_shot,
+                            **extra, **scores})  # fmt: skip
     return out
 
 
@@ -120,10 +122,14 @@ def _cell(row: dict[str, Any]) -> tuple:
     )
 
 
-def _grid_of(table: list[dict[str, Any]]) -> list[str]:
-    from .bench.stats import grid_keys
+def _results(results_csv: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """A benchmark's results.csv rows (numbers as numbers) and its grid axes."""
+    table = read_results(results_csv)
+    return table, grid_keys(table)
 
-    return grid_keys(table)
+
+def _row_candidate(row: dict[str, Any], grid: list[str]) -> str:
+    return candidate({k: row[k] for k in grid}, row["fusion"])
 
 
 def stage_rows(
@@ -131,37 +137,37 @@ def stage_rows(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The scores a benchmark's rank stage wrote (``rank_<estimator>`` columns of its
     results.csv) as ``rank_suite`` rows, and the estimators found; no model is trained."""
-    import csv
-
-    with open(results_csv, newline="") as f:
-        table = list(csv.DictReader(f))
+    table, grid = _results(results_csv)
     names = [k[len(RANK) :] for k in (table[0] if table else {}) if k.startswith(RANK)]
     if not names:
         raise ValueError(f"{results_csv} has no {RANK}* columns: run the benchmark with "
                          "--rank (transfer.rank), or rank with --suite")  # fmt: skip
-    grid = _grid_of(table)
-    rows = [{"suite": r["suite"], **{k: r[k] for k in grid}, "candidate": candidate({k: r[k] for k in grid}, r["fusion"]),
-             "fusion": r["fusion"], "source_domains": r["source_domains"], "seed": int(r["seed"]),
-             "target": r["target"], "episode": int(r["episode"]), "k_shot": int(r["k_shot"]),
-             "zero_shot": float(r["zero_shot"]), **{n: float(r[RANK + n]) for n in names}}
-            for r in table if r["adaptation"] == adaptation and r.get(RANK + names[0])]  # fmt: skip
+    keys = (
+        "suite",
+        *grid,
+        "fusion",
+        "source_domains",
+        "seed",
+        "target",
+        "episode",
+        "k_shot",
+        "zero_shot",
+    )
+    rows = [{**{k: r[k] for k in keys}, "candidate": _row_candidate(r, grid), **{n: r[RANK + n] for n in names}}
+            for r in table if r["adaptation"] == adaptation and r.get(RANK + names[0]) != ""]  # fmt: skip
     return rows, names
 
 
 def _measured(results_csv: Path) -> dict[tuple, tuple[float, float]]:
     """(candidate, *cell) -> (adapted, zero-shot), from a benchmark's results: a fusion's
     candidate measured after head, ``<candidate>+<arm>`` after that arm."""
-    import csv
-
-    with open(results_csv, newline="") as f:
-        table = list(csv.DictReader(f))
-    grid = _grid_of(table)
+    table, grid = _results(results_csv)
 
     def name(r: dict[str, Any]) -> str:
-        base = candidate({k: r[k] for k in grid}, r["fusion"])
+        base = _row_candidate(r, grid)
         return base if r["adaptation"] == "head" else f"{base}+{r['adaptation']}"
 
-    return {(name(r), *_cell(r)): (float(r["adapted"]), float(r["zero_shot"])) for r in table}
+    return {(name(r), *_cell(r)): (r["adapted"], r["zero_shot"]) for r in table}
 
 
 def validate(rows: list[dict[str, Any]], results_csv: Path, estimators: Sequence[str],

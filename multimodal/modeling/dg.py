@@ -135,7 +135,7 @@ class IRM(DGObjective):
 
     def forward(self, model, out, batch, progress):  # noqa: ANN001, ANN201
         labels, groups = batch["labels"], domain_groups(batch["domain"])
-        nll = torch.stack([model.head.task.loss(out.logits[i], labels[i]) for i in groups]).mean()
+        nll = self.domain_losses(model, out.logits, batch).mean()
         penalty = torch.stack([self.penalty(out.logits[i], labels[i]) for i in groups]).mean()
         return nll + _annealed(self.weight, self.anneal, progress) * penalty
 
@@ -224,19 +224,15 @@ class InterDomainMixup(DGObjective):
 
 
 @register_dg_objective("modality_vrex")
-class ModalityVREx(DGObjective):
+class ModalityVREx(VREx):
     """Modality V-REx (this toolkit's): V-REx on what each modality contributes. A
     modality's contribution in domain d is how much d's loss rises when the modality is
     dropped (its rows' masks off: the missing-modality path, as the imbalance tooling
     measures utilisation); the penalty is the variance over domains of each modality's
     contribution, summed over modalities. A model whose reliance on a modality changes
     from domain to domain pays for it, so one modality's shift cannot carry the rest.
-    loss = mean_d L_d + lambda * sum_m Var_d(L_d(without m) - L_d)."""
-
-    def __init__(self, num_domains: int, seed: int = 0, weight: float = 1e1,
-                 anneal: float = 0.1) -> None:  # fmt: skip
-        super().__init__(num_domains, seed)
-        self.weight, self.anneal = float(weight), float(anneal)
+    loss = mean_d L_d + lambda * sum_m Var_d(L_d(without m) - L_d); V-REx's weight and
+    anneal."""
 
     def forward(self, model, out, batch, progress):  # noqa: ANN001, ANN201
         losses = self.domain_losses(model, out.logits, batch)
