@@ -36,9 +36,8 @@ def run_rank(args: argparse.Namespace) -> int:
     out = Path(args.out or DEFAULT_OUT / suite.name)
     os.environ.setdefault(PROGRESS_ENV, "inner")  # each source stage's bar only while it runs
     start = time.perf_counter()
-    rows = rank_suite(
-        suite, args.fusion.split(",") if args.fusion else None, args.seeds, estimators
-    )
+    rows = rank_suite(suite, args.fusion.split(",") if args.fusion else None, args.seeds,
+                      estimators, reuse=not args.retrain, zero_shot=bool(args.validate))  # fmt: skip
     seconds = time.perf_counter() - start
     _write_rankings(out, rows)
     print(_pick_table(rows, estimators))
@@ -56,8 +55,13 @@ def run_rank(args: argparse.Namespace) -> int:
         )
         record["validation"] = result
         print("\n" + table)
+    models = {(r["candidate"].split("+")[0], r["seed"]): r["source_model"] for r in rows}
+    reused = sum(v == "reused" for v in models.values())
+    record["source_models"] = {"reused": reused, "trained": len(models) - reused}
     write_json_atomic(out / "rank.json", record)
-    print(f"\n{len(rows)} rows in {seconds:.0f} s; wrote {out / 'rankings.csv'}", file=sys.stderr)
+    print(f"\n{len(rows)} rows in {seconds:.0f} s ({len(models)} source models: {reused} reused "
+          f"from an earlier command, {len(models) - reused} trained); wrote {out / 'rankings.csv'}",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -195,5 +199,8 @@ def add_rank(sub: Any) -> None:
                    help="read the scores a benchmark's rank stage wrote (multimodal bench --rank, "
                    "transfer.rank) and validate them against its adapted accuracy, training nothing; "
                    "writes to RESULTS_DIR/rank unless --out")  # fmt: skip
+    p.add_argument("--retrain", action="store_true", help="train every candidate's source model, "
+                   "even one an earlier bench, transfer or rank stored with the same inputs "
+                   "(TRANSFERFUSE_CACHE, default ~/.cache/transferfuse)")  # fmt: skip
     p.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}/SUITE)")
     p.set_defaults(func=run_rank)

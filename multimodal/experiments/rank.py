@@ -40,8 +40,12 @@ logger = logging.getLogger(__name__)
 
 
 def rank_suite(suite: Suite, fusions: Sequence[str] | None = None, seeds: int | None = None,
-               estimators: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per (candidate, seed, target, episode): each estimator's score."""
+               estimators: Sequence[str] | None = None, reuse: bool = True,
+               zero_shot: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per (candidate, seed, target, episode): each estimator's score. ``reuse``:
+    read the source models an earlier command stored (``source_cache``) instead of training
+    them; ``zero_shot``: also score each model on the target's test split (``validate``
+    checks with it that the ranked models are the benchmark's)."""
     from .adaptations import create_adaptation
     from .transfer.plan import TransferPlan
     from .transfer.protocol import share_encoders
@@ -65,10 +69,10 @@ def rank_suite(suite: Suite, fusions: Sequence[str] | None = None, seeds: int | 
         plans = [first, *(first.with_seed(run) for run in runs[1:])]
         for p in plans:
             share_encoders(p, arms)  # as the benchmark builds them
-        models, _ = SourceStages(plans).run()
+        models, _ = SourceStages(plans, reuse).run()
         feature_arms = [a for a in arms if changes_features(a)]
         for (unit, _), p, model in zip(group, plans, models, strict=True):
-            rows += _episode_scores(suite.name, unit, p, model, names, feature_arms)
+            rows += _episode_scores(suite.name, unit, p, model, names, feature_arms, zero_shot)
         first.progress.close()
     return rows
 
@@ -81,26 +85,28 @@ def changes_features(arm: Any) -> bool:
     return not arm.episodic and arm.name != "zero_shot"
 
 
-def _episode_scores(
-    suite: str, unit: Any, plan: Any, model: Any, names: list[str], arms: list[Any]
-) -> list[dict[str, Any]]:
-    """The source model's candidate and, per arm of ``arms``, that arm's, on every episode."""
+def _episode_scores(suite: str, unit: Any, plan: Any, model: Any, names: list[str],
+                    arms: list[Any], zero_shot: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """The source model's candidate and, per arm of ``arms``, that arm's, on every episode;
+    with ``zero_shot``, each model's score on the target's test split too."""
     from .transfer.stages import AdaptStage
 
     out, base = [], candidate(dict(unit.grid), unit.fusion)
     for target in plan.targets:
         test = plan.target[target]["test"]
-        zero_shot = plan.score(model, test)  # checks it is the benchmark's model
+        measured = {"zero_shot": plan.score(model, test)} if zero_shot else {}
         scored: list[tuple[str, Any, dict[str, float]]] = [(base, model, {})]
         for arm in arms:  # one adaptation per target serves every episode, as in the benchmark
             adapted, _ = AdaptStage(plan, arm, model, target, plan.episodes[target][0]).run()
-            scored.append((f"{base}+{arm.name}", adapted, {"arm_test": plan.score(adapted, test)}))
+            scored.append((f"{base}+{arm.name}", adapted,
+                           {"arm_test": plan.score(adapted, test)} if zero_shot else {}))  # fmt: skip
         for name, m, extra in scored:
             for episode, scores in zip(plan.episodes[target], target_scores(plan, m, target, names),
                                        strict=True):  # fmt: skip
                 out.append({"suite": suite, **dict(unit.grid), "candidate": name, "fusion": unit.fusion,
                             "source_domains": "+".join(plan.sources), "seed": unit.seed, "target": target,
-                            "episode": episode.index, "k_shot": unit.k_shot, "zero_shot": zero_shot,
+                            "episode": episode.index, "k_shot": unit.k_shot, **measured,
+                            "source_model": "reused" if plan.source_fit.get("reused") else "trained",
                             **extra, **scores})  # fmt: skip
     return out
 

@@ -17,6 +17,7 @@ from ...engine.episodes import EpisodeFits, fit_episodes
 from ...modeling.freezing import frozen_encoders
 from ...modeling.model import MultimodalModel, build_model, reads_data_columns
 from ..adaptations import UNBALANCED, Adaptation, AdaptContext
+from . import scratch_cache, source_cache
 from .oracle import TargetOracle
 from .plan import Episode, TransferPlan, fit_summary, fitting_rows
 
@@ -254,10 +255,12 @@ def per_domain(plan: TransferPlan, model: MultimodalModel) -> dict[str, float]:
 
 class SourceStages:
     """``SourceStage`` of several plans (runs that differ only in their seed), the fits
-    together (``fit_all``): one source model per plan."""
+    together (``fit_all``): one source model per plan. Each fit is stored in
+    ``source_cache``; with ``reuse``, a model stored by an earlier command with the same
+    inputs is read instead of trained."""
 
-    def __init__(self, plans: list[TransferPlan]) -> None:
-        self.plans = plans
+    def __init__(self, plans: list[TransferPlan], reuse: bool = False) -> None:
+        self.plans, self.reuse = plans, reuse
         self.stages = [SourceStage(p) for p in plans]
 
     def run(self) -> tuple[list[MultimodalModel], str]:
@@ -269,21 +272,53 @@ class SourceStages:
             for p in self.plans
         ]
         configs = [s.train_config() for s in self.stages]
-        oracles = [
-            TargetOracle(p, m, c.metric or m.head.task.default_metric)
-            if p.run.transfer.protocol == "leave_one_out" else None
-            for p, m, c in zip(self.plans, models, configs, strict=True)
-        ]  # fmt: skip
-        fits = fit_all(first, models, [s.data() for s in self.stages], configs, "source",
-                       [[o] if o is not None else [] for o in oracles])  # fmt: skip
-        for plan, result, oracle in zip(self.plans, fits.results, oracles, strict=True):
-            plan.metric, plan.source_privacy = result.metric, result.privacy
-            plan.source_fit = fit_summary(result)
-            plan.oracle = oracle.scores() if oracle is not None else {}
+        keys = self._keys(models, configs)
+        stored = [source_cache.load(k, m) if self.reuse and k else None
+                  for k, m in zip(keys, models, strict=True)]  # fmt: skip
+        todo = [i for i, entry in enumerate(stored) if entry is None]
+        mode = self._fit([self.plans[i] for i in todo], [models[i] for i in todo],
+                         [configs[i] for i in todo], [keys[i] for i in todo])  # fmt: skip
+        for plan, entry in zip(self.plans, stored, strict=True):
+            if entry is not None:
+                plan.metric, plan.source_privacy = entry["metric"], None
+                plan.source_fit = {**entry, "reused": True}
         for plan, model in zip(self.plans, models, strict=True):
             if len(plan.sources) > 1 and not Split(plan.source["validation"]).streamed:
                 plan.source_fit["validation_per_domain"] = per_domain(plan, model)
-        return models, fits.mode
+        if len(todo) < len(models):
+            mode = f"reused {len(models) - len(todo)} of {len(models)} (source_cache)" + (
+                f"; the rest {mode}" if todo else "")  # fmt: skip
+        return models, mode
+
+    def _keys(self, models: list[MultimodalModel], configs: list[TrainConfig]) -> list[str | None]:
+        """Each fit's ``source_cache`` key, None where it is not stored."""
+        plans = self.plans
+        if not all(source_cache.storable(p, c) for p, c in zip(plans, configs, strict=True)):
+            return [None] * len(plans)
+        files = scratch_cache.data_fingerprints(plans[0].spec)  # read once for the group
+        return [source_cache.source_key(p, m, c, files)
+                for p, m, c in zip(plans, models, configs, strict=True)]  # fmt: skip
+
+    def _fit(self, plans: list[TransferPlan], models: list[MultimodalModel],
+             configs: list[TrainConfig], keys: list[str | None]) -> str:  # fmt: skip
+        """Train ``models`` (``fit_all``), set their plans' metrics, store the fits."""
+        if not plans:
+            return "no fit"
+        oracles = [
+            TargetOracle(p, m, c.metric or m.head.task.default_metric)
+            if p.run.transfer.protocol == "leave_one_out" else None
+            for p, m, c in zip(plans, models, configs, strict=True)
+        ]  # fmt: skip
+        fits = fit_all(plans[0], models, [SourceStage(p).data() for p in plans], configs, "source",
+                       [[o] if o is not None else [] for o in oracles])  # fmt: skip
+        for plan, result, oracle, model, key in zip(plans, fits.results, oracles, models, keys,
+                                                    strict=True):  # fmt: skip
+            plan.metric, plan.source_privacy = result.metric, result.privacy
+            plan.source_fit = fit_summary(result)
+            plan.oracle = oracle.scores() if oracle is not None else {}
+            if key is not None:
+                source_cache.store(key, model, {**plan.source_fit, "metric": result.metric})
+        return fits.mode
 
 
 class ScratchEpisodes:
