@@ -57,48 +57,90 @@ def score(name: str, evidence: Evidence) -> float:
     return float(ESTIMATORS.get(name)(evidence))
 
 
+def score_many(name: str, evidences: list[Evidence]) -> list[float]:
+    """``score`` of each evidence (an estimator with a form for many computes them together)."""
+    estimator = ESTIMATORS.get(name)
+    if estimator is logme:
+        return logme_many(evidences)
+    return [float(estimator(e)) for e in evidences]
+
+
 def _classes(labels: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(labels).astype(int))
 
 
+def _by_class(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's class as an index into the classes present, and the one-hot [N, C]: the
+    per-class sums below are products with it, not a Python loop over the classes."""
+    _, index = np.unique(np.asarray(labels).astype(int), return_inverse=True)
+    onehot = np.zeros((len(index), int(index.max()) + 1))
+    onehot[np.arange(len(index)), index] = 1.0
+    return index, onehot
+
+
+def _class_means(f: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """Each class's mean feature vector, [C, D]."""
+    return (onehot.T @ f) / onehot.sum(0)[:, None]
+
+
 @ESTIMATORS.register("logme")
 def logme(evidence: Evidence) -> float:
+    return logme_many([evidence])[0]
+
+
+def logme_many(evidences: list[Evidence]) -> list[float]:
+    """``logme`` of each evidence: every class of every evidence iterates as one array (the
+    same values as one at a time; an episode's 10 classes alone leave the loop mostly
+    Python)."""
+    parts = [_logme_terms(e) for e in evidences]
+    if len({p[0].shape[1] for p in parts}) > 1:  # features of different ranks: one at a time
+        return [logme_many([e])[0] for e in evidences]
+    sizes = [len(p[0]) for p in parts]
+    z2, sigma, outside, n, d = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+    values = _evidence(z2, sigma, outside, n, d)
+    return [float(v.mean()) for v in np.split(values, np.cumsum(sizes)[:-1])]
+
+
+def _logme_terms(evidence: Evidence) -> tuple[np.ndarray, ...]:
+    """Per class c of ``evidence`` (rows of each array): y_c in the eigenbasis of F^T F
+    squared (z2 [C, r]), F^T F's nonzero eigenvalues (sigma [C, r], the same for every
+    class), the part of y_c outside F's column space, N and D."""
     f = np.asarray(evidence.features, dtype=np.float64)
     n, d = f.shape
     u, s, _ = np.linalg.svd(f, full_matrices=False)
-    sigma = s**2  # the nonzero eigenvalues of f^T f (at most min(n, d))
-    values = []
-    for c in _classes(evidence.labels):
-        y = (np.asarray(evidence.labels) == c).astype(np.float64)
-        values.append(_evidence(y, u, sigma, n, d))
-    return float(np.mean(values))
+    labels = np.asarray(evidence.labels)
+    y = (labels[None, :] == _classes(labels)[:, None]).astype(np.float64)  # one-hot, [C, N]
+    z2 = (y @ u) ** 2
+    outside = np.maximum((y * y).sum(1) - z2.sum(1), 0.0)
+    c = len(y)
+    return z2, np.broadcast_to(s**2, z2.shape), outside, np.full(c, float(n)), np.full(c, float(d))
 
 
-def _evidence(y: np.ndarray, u: np.ndarray, sigma: np.ndarray, n: int, d: int) -> float:
-    """Max over (alpha, beta) of log p(y | F, alpha, beta) / n, the fixed point of LogME's
-    updates, in the eigenbasis of F^T F (the rest of y lies outside F's column space)."""
-    z2 = (u.T @ y) ** 2
-    outside = max(float(y @ y - z2.sum()), 0.0)
-    alpha, beta = 1.0, 1.0
+def _evidence(z2: np.ndarray, sigma: np.ndarray, outside: np.ndarray, n: np.ndarray,
+              d: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Per row (a class's one-hot targets, ``_logme_terms``): max over (alpha, beta) of
+    log p(y | F, alpha, beta) / n, the fixed point of LogME's updates in the eigenbasis of
+    F^T F. The rows iterate together, each stopping where it alone would."""
+    alpha, beta = np.ones(len(z2)), np.ones(len(z2))
+    active = np.ones(len(z2), dtype=bool)
     for _ in range(100):
-        t = alpha + beta * sigma
-        gamma = float((beta * sigma / t).sum())
-        m2 = float((beta**2 * sigma * z2 / t**2).sum())  # |m|^2
-        res2 = float(((alpha / t) ** 2 * z2).sum()) + outside  # |y - F m|^2
+        t = alpha[:, None] + beta[:, None] * sigma
+        gamma = (beta[:, None] * sigma / t).sum(1)
+        m2 = (beta[:, None] ** 2 * sigma * z2 / t**2).sum(1)  # |m|^2
+        res2 = ((alpha[:, None] / t) ** 2 * z2).sum(1) + outside  # |y - F m|^2
         # bounded: a class the features fit exactly (or not at all) sends one to 0 or inf
-        new_alpha = min(max(gamma / max(m2, 1e-300), 1e-12), 1e12)
-        new_beta = min(max((n - gamma) / max(res2, 1e-300), 1e-12), 1e12)
-        done = abs(new_alpha / new_beta - alpha / beta) <= 1e-6 * (alpha / beta)
-        alpha, beta = new_alpha, new_beta
-        if done:
+        new_alpha = np.clip(gamma / np.maximum(m2, 1e-300), 1e-12, 1e12)
+        new_beta = np.clip((n - gamma) / np.maximum(res2, 1e-300), 1e-12, 1e12)
+        done = np.abs(new_alpha / new_beta - alpha / beta) <= 1e-6 * (alpha / beta)
+        alpha, beta = np.where(active, new_alpha, alpha), np.where(active, new_beta, beta)
+        active &= ~done
+        if not active.any():
             break
-    t = alpha + beta * sigma
-    m2 = float((beta**2 * sigma * z2 / t**2).sum())
-    res2 = float(((alpha / t) ** 2 * z2).sum()) + outside
-    log_det = float(np.log(t).sum()) + (d - len(sigma)) * math.log(
-        alpha
-    )  # log|alpha I + beta F^T F|
-    value = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - log_det / 2 - beta / 2 * res2
+    t = alpha[:, None] + beta[:, None] * sigma
+    m2 = (beta[:, None] ** 2 * sigma * z2 / t**2).sum(1)
+    res2 = ((alpha[:, None] / t) ** 2 * z2).sum(1) + outside
+    log_det = np.log(t).sum(1) + (d - sigma.shape[1]) * np.log(alpha)  # log|alpha I + beta F^T F|
+    value = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - log_det / 2 - beta / 2 * res2
              - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi))  # fmt: skip
     return value / n
 
@@ -135,10 +177,8 @@ def nce(evidence: Evidence) -> float:
 @ESTIMATORS.register("hscore")
 def hscore(evidence: Evidence) -> float:
     f = np.asarray(evidence.features, dtype=np.float64)
-    labels = np.asarray(evidence.labels).astype(int)
-    g = np.zeros_like(f)
-    for c in _classes(labels):
-        g[labels == c] = f[labels == c].mean(0)
+    index, onehot = _by_class(evidence.labels)
+    g = _class_means(f, onehot)[index]  # each row's class mean
     cov_f, cov_g = np.cov(f, rowvar=False), np.cov(g, rowvar=False)
     return float(np.trace(np.linalg.pinv(np.atleast_2d(cov_f), rcond=1e-15) @ np.atleast_2d(cov_g)))
 
@@ -149,10 +189,8 @@ def hscore_reg(evidence: Evidence) -> float:
 
     f = np.asarray(evidence.features, dtype=np.float64)
     f = f - f.mean(0, keepdims=True)
-    labels = np.asarray(evidence.labels).astype(int)
-    g = np.zeros_like(f)
-    for c in _classes(labels):
-        g[labels == c] = f[labels == c].mean(0)
+    index, onehot = _by_class(evidence.labels)
+    g = _class_means(f, onehot)[index]
     cov_f, alpha = ledoit_wolf(f, assume_centered=True)
     cov_g = np.atleast_2d(np.cov(g, rowvar=False))
     return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-15) @ ((1 - alpha) * cov_g)))
@@ -161,21 +199,16 @@ def hscore_reg(evidence: Evidence) -> float:
 @ESTIMATORS.register("gbc")
 def gbc(evidence: Evidence) -> float:
     f = np.asarray(evidence.features, dtype=np.float64)
-    labels = np.asarray(evidence.labels).astype(int)
-    stats = []
-    for c in _classes(labels):
-        rows = f[labels == c]
-        stats.append((rows.mean(0), rows.var(0) + 1e-6))  # diagonal covariance, regularised
-    total = 0.0
-    for i, (mu_i, var_i) in enumerate(stats):
-        for j, (mu_j, var_j) in enumerate(stats):
-            if i == j:
-                continue
-            var = (var_i + var_j) / 2
-            distance = (((mu_i - mu_j) ** 2 / var).sum() / 8
-                        + 0.5 * (np.log(var).sum() - 0.5 * (np.log(var_i).sum() + np.log(var_j).sum())))  # fmt: skip
-            total += math.exp(-distance)
-    return -total
+    index, onehot = _by_class(evidence.labels)
+    mu = _class_means(f, onehot)  # [C, D]
+    # diagonal covariance (two-pass, as numpy's var), regularised
+    var_c = (onehot.T @ (f - mu[index]) ** 2) / onehot.sum(0)[:, None] + 1e-6
+    var = (var_c[:, None] + var_c[None]) / 2  # every pair of classes, [C, C, D]
+    log_c = np.log(var_c).sum(1)
+    distance = (((mu[:, None] - mu[None]) ** 2 / var).sum(2) / 8
+                + 0.5 * (np.log(var).sum(2) - 0.5 * (log_c[:, None] + log_c[None])))  # fmt: skip
+    coefficient = np.exp(-distance)
+    return -float(coefficient.sum() - np.trace(coefficient))  # the pairs i != j
 
 
 def _coding_rate(f: np.ndarray, eps: float) -> float:
@@ -183,11 +216,17 @@ def _coding_rate(f: np.ndarray, eps: float) -> float:
     return 0.5 * float(np.linalg.slogdet(np.eye(d) + f.T @ f / (n * eps))[1])
 
 
+def _class_coding_rates(f: np.ndarray, onehot: np.ndarray, eps: float) -> np.ndarray:
+    """``_coding_rate`` of each class's rows, [C]: their Gram matrices as one batched product
+    (the other rows zeroed) and one batched log-determinant."""
+    rows = onehot.T[:, :, None] * f[None]  # [C, N, D]
+    grams = rows.transpose(0, 2, 1) @ rows / (onehot.sum(0)[:, None, None] * eps)
+    return 0.5 * np.linalg.slogdet(np.eye(f.shape[1]) + grams)[1]
+
+
 @ESTIMATORS.register("transrate")
 def transrate(evidence: Evidence, eps: float = 1e-4) -> float:
     f = np.asarray(evidence.features, dtype=np.float64)
     f = f - f.mean(0, keepdims=True)
-    labels = np.asarray(evidence.labels).astype(int)
-    classes = _classes(labels)
-    within = sum(_coding_rate(f[labels == c], eps) for c in classes) / len(classes)
-    return _coding_rate(f, eps) - within
+    _, onehot = _by_class(evidence.labels)
+    return _coding_rate(f, eps) - float(_class_coding_rates(f, onehot, eps).mean())

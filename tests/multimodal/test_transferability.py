@@ -146,6 +146,39 @@ def test_gbc_is_minus_the_overlap_of_the_class_gaussians() -> None:
     assert -1e-6 < score("gbc", Evidence(apart, PROBS, labels)) <= 0.0
 
 
+def test_gbc_by_hand_on_a_small_matrix() -> None:
+    """Pándy et al.'s diagonal form, pair by pair: minus the sum over ordered pairs of
+    exp(-Bhattacharyya distance) between the classes' diagonal Gaussians."""
+    rng = np.random.default_rng(4)
+    f, labels = rng.normal(size=(9, 3)), np.array([0, 1, 2] * 3)
+    stats = [(f[labels == c].mean(0), f[labels == c].var(0) + 1e-6) for c in range(3)]
+    total = 0.0
+    for i, (mu_i, var_i) in enumerate(stats):
+        for j, (mu_j, var_j) in enumerate(stats):
+            if i != j:
+                var = (var_i + var_j) / 2
+                distance = np.sum((mu_i - mu_j) ** 2 / var) / 8 + 0.5 * np.log(
+                    np.prod(var) / np.sqrt(np.prod(var_i) * np.prod(var_j))
+                )
+                total += math.exp(-distance)
+    assert score("gbc", Evidence(f, PROBS, labels)) == pytest.approx(-total, rel=1e-10)
+
+
+def test_logme_of_many_evidences_is_each_ones_logme() -> None:
+    """Scored together (every class of every episode iterating as one array), each
+    evidence gets the value it gets alone, to the last bit; features of another rank too."""
+    from multimodal.analysis.transferability import score_many
+
+    rng = np.random.default_rng(5)
+    labels = np.arange(12) % 3
+    evidences = [Evidence(rng.normal(size=(12, d)) + labels[:, None] * s, PROBS, labels)
+                 for d, s in ((4, 0.0), (4, 2.0), (4, 0.5), (20, 1.0))]  # fmt: skip
+    alone = [score("logme", e) for e in evidences]
+    assert score_many("logme", evidences) == alone
+    assert score_many("logme", evidences[:3]) == alone[:3]
+    assert len(set(alone)) == 4
+
+
 def test_every_estimator_ranks_features_that_separate_the_classes_above_noise() -> None:
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(4), 10)

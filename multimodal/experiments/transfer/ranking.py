@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...analysis.transferability import ESTIMATORS, Evidence, score
+from ...analysis.transferability import ESTIMATORS, Evidence, score_many
 from ...data.split import Split
 from ...engine.evaluate import model_view
 
@@ -31,14 +31,14 @@ def target_scores(plan: Any, model: Any, target: str, names: list[str]) -> list[
     train = plan.target[target]["train"]
     probs, fused = model_view(model, train, plan.spec, plan.run.train)
     labels = np.asarray(Split(train).column(plan.spec.label))
-    out = []
+    evidences = []
     for episode in plan.episodes[target]:
         if episode.rows is None:
             raise ValueError("ranking needs the target's rows by index; this target is streamed")
         rows = list(episode.rows)
-        evidence = Evidence(fused[rows], probs[rows], labels[rows])
-        out.append({n: score(n, evidence) for n in names})
-    return out
+        evidences.append(Evidence(fused[rows], probs[rows], labels[rows]))
+    scores = {n: score_many(n, evidences) for n in names}
+    return [{n: scores[n][i] for n in names} for i in range(len(evidences))]
 
 
 def stage_scores(plan: Any, model: Any) -> dict[str, list[dict[str, float]]]:
