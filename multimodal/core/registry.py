@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -79,6 +80,11 @@ class Registry(Generic[T]):
 def accepted_kwargs(builder: Callable[..., Any], follow_bases: bool = True) -> set[str]:
     """The keyword arguments ``builder`` takes: its signature's named parameters, and where a
     class forwards ``**kwargs`` to its bases (``follow_bases``), theirs too."""
+    return set(_accepted_kwargs(builder, follow_bases))
+
+
+@functools.lru_cache(maxsize=1024)  # a config names the same builders for every unit and seed
+def _accepted_kwargs(builder: Callable[..., Any], follow_bases: bool) -> frozenset[str]:
     classes = [builder]
     params = inspect.signature(builder).parameters
     if (
@@ -92,7 +98,7 @@ def accepted_kwargs(builder: Callable[..., Any], follow_bases: bool = True) -> s
         for name, p in inspect.signature(each).parameters.items():
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self":
                 names.add(name)
-    return names
+    return frozenset(names)
 
 
 def lazy_attributes(package: str, names: Mapping[str, str],

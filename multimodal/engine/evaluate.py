@@ -142,7 +142,7 @@ def model_view(model: Any, ds: datasets.Dataset, spec: DatasetSpec, cfg: Any) ->
     from .loaders import cached_forward, cached_loader, split_features
 
     loader = cached_loader(model, split_features(model, ds, spec, cfg), cfg, train=False)
-    model.eval()
+    eval_mode(model)
     probs, fused = [], []
     with torch.no_grad():
         for batch in loader:

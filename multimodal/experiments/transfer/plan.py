@@ -7,7 +7,7 @@ import dataclasses
 import math
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,10 @@ def episode_seed(seed: int, target: str, index: int) -> int:
 
 def draw_episode(
     train: datasets.Dataset, settings: TransferConfig, seed: int, target: str, index: int,
-    label: str,
+    label: str, labels: Sequence[Any] | None = None,
 ) -> Episode:  # fmt: skip
     """k rows per class (``transfer.k_shot``), or ``transfer.target_fraction`` of the rows,
-    drawn with the episode's seed."""
+    drawn with the episode's seed. ``labels``: the split's label column, if already read."""
     own = episode_seed(seed, target, index)
     if Split(train).streamed:
         if settings.target_fraction:
@@ -69,13 +69,9 @@ def draw_episode(
         n = max(1, int(round(float(settings.target_fraction) * len(train))))
         rows = np.random.default_rng(own).permutation(len(train))[:n]
         return Episode(target, index, own, tuple(sorted(int(r) for r in rows)))
-    column = label_column(train, label)
-    return Episode(
-        target,
-        index,
-        own,
-        tuple(k_shot_indices(Split(train).column(column), int(settings.k_shot), own)),
-    )
+    if labels is None:
+        labels = Split(train).column(label_column(train, label))
+    return Episode(target, index, own, tuple(k_shot_indices(labels, int(settings.k_shot), own)))
 
 
 def fit_summary(result: Any) -> dict[str, Any]:
@@ -117,11 +113,14 @@ def _draw_episodes(
     target: Mapping[str, Any], settings: TransferConfig, seed: int, label: str
 ) -> dict[str, list[Episode]]:
     """Each target's episodes for ``seed``: its k-shot draws from the target's train split."""
-    return {
-        t: [draw_episode(splits["train"], settings, seed, t, e, label)
-            for e in range(int(settings.episodes))]
-        for t, splits in target.items()
-    }  # fmt: skip
+    out = {}
+    for t, splits in target.items():
+        train = splits["train"]
+        held = not Split(train).streamed and not settings.target_fraction
+        labels = Split(train).column(label_column(train, label)) if held else None  # read once
+        out[t] = [draw_episode(train, settings, seed, t, e, label, labels)
+                  for e in range(int(settings.episodes))]  # fmt: skip
+    return out
 
 
 @dataclass
