@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import sys
 
-from multimodal.cli import main
+from multimodal.cli import console
 
 SCRIPT = "python benchmarks/cross_domain.py"
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "--invoked-as", SCRIPT, *sys.argv[1:]]))
+    sys.exit(console(["bench", "--invoked-as", SCRIPT, *sys.argv[1:]]))
