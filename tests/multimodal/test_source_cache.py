@@ -88,3 +88,24 @@ def test_a_fit_that_trains_its_encoders_is_not_stored(tmp_path, monkeypatch) -> 
     rows = rank_suite(_suite("full"), seeds=1, estimators=["leep"])
     assert {r["source_model"] for r in rows} == {"trained"}
     assert not list(source_cache.cache_root().glob("*"))
+
+
+def test_an_edited_fusion_is_trained_again(tmp_path, monkeypatch) -> None:
+    """The key covers the source file of the fusion's class: a user's own fusion edited in
+    place (no new package version) does not read back the model trained before the edit."""
+    import importlib
+    import sys
+    import types
+
+    from multimodal.experiments.transfer.source_cache import _code
+
+    module = tmp_path / "my_fusion.py"
+    module.write_text("import torch\nclass MyFusion(torch.nn.Module):\n    scale = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fusion = importlib.import_module("my_fusion").MyFusion()
+    model = types.SimpleNamespace(fusion=fusion, head=types.SimpleNamespace())
+    before = _code(model)
+    assert _code(model) == before
+    module.write_text("import torch\nclass MyFusion(torch.nn.Module):\n    scale = 2.0\n")
+    assert _code(model) != before
+    sys.modules.pop("my_fusion", None)

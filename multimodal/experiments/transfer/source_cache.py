@@ -3,8 +3,9 @@ that an earlier command trained (``multimodal bench``, ``transfer`` or ``rank``)
 training them again. Train once, then rank candidates for each new target.
 
 A source fit depends on the model config, the data (spec, and the files of local data), the
-source domains, the source stage's train config, the seed, the encoders' weights (``encoder_fingerprint``) and
-the package versions. Its model is stored under a hash of these, as the scratch scores are
+source domains, the source stage's train config, the seed, the encoders' weights
+(``encoder_fingerprint``), the source files of the fusion and head classes and the package
+versions. Its model is stored under a hash of these, as the scratch scores are
 (``scratch_cache``), in ``TRANSFERFUSE_CACHE`` (default ``~/.cache/transferfuse``)
 ``/source/<key>.safetensors``: the fusion's and head's tensors (the encoders, frozen under
 the ``head`` strategy, come back from their own weights and rows), beside ``<key>.json``
@@ -54,9 +55,23 @@ def source_key(plan: Any, model: Any, cfg: Any, files: list[str]) -> str:
     inputs.pop("metric")  # set by the source fit itself
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_LEARNED}
     encoders = {name: encoder_fingerprint(enc) for name, enc in model.encoders.items()}
-    blob = json.dumps({**inputs, "sources": list(plan.sources), "train": train,
-                       "encoders": encoders, "stage": "source"}, sort_keys=True, default=str)  # fmt: skip
+    blob = json.dumps({**inputs, "sources": list(plan.sources), "train": train, "encoders": encoders,
+                       "code": _code(model), "stage": "source"}, sort_keys=True, default=str)  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _code(model: Any) -> str:
+    """A hash of the source files that define the model's fusion and head: a fusion edited
+    in place (a user's own, registered without a new package version) is trained again."""
+    import inspect
+
+    digest = hashlib.sha256()
+    for part in (model.fusion, model.head):
+        try:
+            digest.update(Path(inspect.getfile(type(part))).read_bytes())
+        except (OSError, TypeError):  # defined where no file can be read: its name only
+            digest.update(f"{type(part).__module__}.{type(part).__qualname__}".encode())
+    return digest.hexdigest()
 
 
 def _trained_state(model: Any) -> dict[str, torch.Tensor]:
