@@ -65,10 +65,6 @@ def score_many(name: str, evidences: list[Evidence]) -> list[float]:
     return [float(estimator(e)) for e in evidences]
 
 
-def _classes(labels: np.ndarray) -> np.ndarray:
-    return np.unique(np.asarray(labels).astype(int))
-
-
 def _by_class(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's class as an index into the classes present, and the one-hot [N, C]: the
     per-class sums below are products with it, not a Python loop over the classes."""
@@ -108,8 +104,7 @@ def _logme_terms(evidence: Evidence) -> tuple[np.ndarray, ...]:
     f = np.asarray(evidence.features, dtype=np.float64)
     n, d = f.shape
     u, s, _ = np.linalg.svd(f, full_matrices=False)
-    labels = np.asarray(evidence.labels)
-    y = (labels[None, :] == _classes(labels)[:, None]).astype(np.float64)  # one-hot, [C, N]
+    y = _by_class(evidence.labels)[1].T  # each class's one-hot targets, [C, N]
     z2 = (y @ u) ** 2
     outside = np.maximum((y * y).sum(1) - z2.sum(1), 0.0)
     c = len(y)

@@ -17,19 +17,18 @@ DEFAULT_OUT = Path("runs") / "rank"
 def run_rank(args: argparse.Namespace) -> int:
     import time
 
-    from ..analysis.transferability import ESTIMATORS
     from ..core.io import write_json_atomic
     from ..experiments.bench import find_suite, load_suite, prepare_data
     from ..experiments.rank import rank_suite, validate, validation_table
     from ..experiments.transfer.plan import PROGRESS_ENV
+    from ..experiments.transfer.ranking import estimator_names
 
     if args.auto:
         return _auto(Path(args.auto), args.out)
     if args.from_results:
         return _from_results(Path(args.from_results), args.out)
-    estimators = args.estimators.split(",") if args.estimators else ESTIMATORS.list()
-    for name in estimators:
-        ESTIMATORS.get(name)  # an unknown name: one line naming the known ones
+    # an unknown name: one line naming the known ones
+    estimators = estimator_names(args.estimators.split(",") if args.estimators else "all")
     suite = load_suite(find_suite(args.suite or "real-digits-quick"))
     suite = suite.with_overrides(unimodal=not args.no_unimodal)
     prepare_data(suite)

@@ -4,10 +4,11 @@ where the stages write; and the progress bar over every stage."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,11 @@ def episode_seed(seed: int, target: str, index: int) -> int:
 
 def draw_episode(
     train: datasets.Dataset, settings: TransferConfig, seed: int, target: str, index: int,
-    label: str, labels: Sequence[Any] | None = None,
+    label: str, labels: Callable[[], Sequence[Any]] | None = None,
 ) -> Episode:  # fmt: skip
     """k rows per class (``transfer.k_shot``), or ``transfer.target_fraction`` of the rows,
-    drawn with the episode's seed. ``labels``: the split's label column, if already read."""
+    drawn with the episode's seed. ``labels``: reads the split's label column (``_labels``,
+    shared by a target's episodes); by default read here."""
     own = episode_seed(seed, target, index)
     if Split(train).streamed:
         if settings.target_fraction:
@@ -69,9 +71,13 @@ def draw_episode(
         n = max(1, int(round(float(settings.target_fraction) * len(train))))
         rows = np.random.default_rng(own).permutation(len(train))[:n]
         return Episode(target, index, own, tuple(sorted(int(r) for r in rows)))
-    if labels is None:
-        labels = Split(train).column(label_column(train, label))
-    return Episode(target, index, own, tuple(k_shot_indices(labels, int(settings.k_shot), own)))
+    column = (labels or _labels(train, label))()
+    return Episode(target, index, own, tuple(k_shot_indices(column, int(settings.k_shot), own)))
+
+
+def _labels(train: datasets.Dataset, label: str) -> Callable[[], Sequence[Any]]:
+    """A held split's label column, read on the first call only."""
+    return functools.cache(lambda: Split(train).column(label_column(train, label)))
 
 
 def fit_summary(result: Any) -> dict[str, Any]:
@@ -115,10 +121,8 @@ def _draw_episodes(
     """Each target's episodes for ``seed``: its k-shot draws from the target's train split."""
     out = {}
     for t, splits in target.items():
-        train = splits["train"]
-        held = not Split(train).streamed and not settings.target_fraction
-        labels = Split(train).column(label_column(train, label)) if held else None  # read once
-        out[t] = [draw_episode(train, settings, seed, t, e, label, labels)
+        labels = _labels(splits["train"], label)  # read once for the target's episodes
+        out[t] = [draw_episode(splits["train"], settings, seed, t, e, label, labels)
                   for e in range(int(settings.episodes))]  # fmt: skip
     return out
 

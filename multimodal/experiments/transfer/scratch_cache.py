@@ -24,6 +24,11 @@ _NOT_LEARNED = ("output_dir", "progress", "log_every", "trackers", "tracker_proj
                 "tracker_kwargs", "save_every", "keep_checkpoints", "overwrite", "resume_from")  # fmt: skip
 
 
+def learned(cfg: Any) -> dict[str, Any]:
+    """A stage's train config without the keys that change where or how loudly it runs."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_LEARNED}
+
+
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transferfuse") / "scratch"
 
@@ -60,8 +65,7 @@ def scratch_key(
     never reused in place of training)."""
     if episode.rows is None:
         return None
-    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_LEARNED}
-    own = {"train": train, "target": target, "stage": stage,
+    own = {"train": learned(cfg), "target": target, "stage": stage,
            "episode": [episode.index, episode.seed, list(episode.rows)]}  # fmt: skip
     return hashlib.sha256(
         json.dumps({**inputs, **own}, sort_keys=True, default=str).encode()

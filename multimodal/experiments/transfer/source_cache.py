@@ -18,7 +18,6 @@ standard protocol (leave-one-out's target oracle watches the fit).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -28,8 +27,6 @@ import torch
 
 from ...modeling.fingerprint import encoder_fingerprint
 from . import scratch_cache
-
-_NOT_LEARNED = scratch_cache._NOT_LEARNED
 
 
 def cache_root() -> Path:
@@ -53,9 +50,8 @@ def source_key(plan: Any, model: Any, cfg: Any, files: list[str]) -> str:
     training; ``files``: ``scratch_cache.data_fingerprints``)."""
     inputs = scratch_cache.plan_inputs(plan, files)
     inputs.pop("metric")  # set by the source fit itself
-    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_LEARNED}
     encoders = {name: encoder_fingerprint(enc) for name, enc in model.encoders.items()}
-    blob = json.dumps({**inputs, "sources": list(plan.sources), "train": train, "encoders": encoders,
+    blob = json.dumps({**inputs, "sources": list(plan.sources), "train": scratch_cache.learned(cfg), "encoders": encoders,
                        "code": _code(model), "stage": "source"}, sort_keys=True, default=str)  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -276,8 +276,7 @@ class SourceStages:
         stored = [source_cache.load(k, m) if self.reuse and k else None
                   for k, m in zip(keys, models, strict=True)]  # fmt: skip
         todo = [i for i, entry in enumerate(stored) if entry is None]
-        mode = self._fit([self.plans[i] for i in todo], [models[i] for i in todo],
-                         [configs[i] for i in todo], [keys[i] for i in todo])  # fmt: skip
+        mode = self._fit(todo, models, configs, keys)
         for plan, entry in zip(self.plans, stored, strict=True):
             if entry is not None:
                 plan.metric, plan.source_privacy = entry["metric"], None
@@ -299,25 +298,26 @@ class SourceStages:
         return [source_cache.source_key(p, m, c, files)
                 for p, m, c in zip(plans, models, configs, strict=True)]  # fmt: skip
 
-    def _fit(self, plans: list[TransferPlan], models: list[MultimodalModel],
-             configs: list[TrainConfig], keys: list[str | None]) -> str:  # fmt: skip
-        """Train ``models`` (``fit_all``), set their plans' metrics, store the fits."""
-        if not plans:
+    def _fit(self, todo: list[int], models: list[MultimodalModel], configs: list[TrainConfig],
+             keys: list[str | None]) -> str:  # fmt: skip
+        """Train the models at ``todo`` (``fit_all``), set their plans' metrics, store the fits."""
+        if not todo:
             return "no fit"
+        plans, models, configs = ([xs[i] for i in todo] for xs in (self.plans, models, configs))
         oracles = [
             TargetOracle(p, m, c.metric or m.head.task.default_metric)
             if p.run.transfer.protocol == "leave_one_out" else None
             for p, m, c in zip(plans, models, configs, strict=True)
         ]  # fmt: skip
-        fits = fit_all(plans[0], models, [SourceStage(p).data() for p in plans], configs, "source",
+        fits = fit_all(plans[0], models, [self.stages[i].data() for i in todo], configs, "source",
                        [[o] if o is not None else [] for o in oracles])  # fmt: skip
-        for plan, result, oracle, model, key in zip(plans, fits.results, oracles, models, keys,
-                                                    strict=True):  # fmt: skip
+        for plan, result, oracle, model, i in zip(plans, fits.results, oracles, models, todo,
+                                                  strict=True):  # fmt: skip
             plan.metric, plan.source_privacy = result.metric, result.privacy
             plan.source_fit = fit_summary(result)
             plan.oracle = oracle.scores() if oracle is not None else {}
-            if key is not None:
-                source_cache.store(key, model, {**plan.source_fit, "metric": result.metric})
+            if keys[i] is not None:
+                source_cache.store(keys[i], model, {**plan.source_fit, "metric": result.metric})
         return fits.mode
 
 
