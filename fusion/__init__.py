@@ -13,7 +13,16 @@ from ._registry import register_fusion as register_fusion
 # Public name -> the module that defines it.
 _LAZY = {
     **dict.fromkeys(
-        ("Fusion", "FusionOutput", "masked_mean", "pool_tokens", "static_shapes"), "._base"
+        (
+            "Fusion",
+            "FusionOutput",
+            "masked_mean",
+            "pool_input",
+            "pool_tokens",
+            "pooled_inputs",
+            "static_shapes",
+        ),
+        "._base",
     ),
     **dict.fromkeys(("BottleneckFusion", "TransformerFusion"), ".bottleneck"),
     "ConcatFusion": ".concat",

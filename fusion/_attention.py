@@ -48,8 +48,18 @@ def attend(
     if not need_weights and not (dropout > 0 and keyed()) and not static_shapes_active():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout), None
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    weights = _softmax(scores.masked_fill(~allowed, float("-inf")))
     return keyed_dropout(weights, dropout) @ v, (weights.mean(dim=1) if need_weights else None)
+
+
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.softmax(-1)`` up to rounding. On CPU torch's kernel is slow for rows as short
+    as a few modalities' tokens (10 keys, [32, 50, 4, 9, 10]: 4.7 ms against 0.9 ms for
+    these four ops), and the fusions' keys are that short; every row has a finite score."""
+    if scores.device.type != "cpu" or scores.shape[-1] > 64:
+        return scores.softmax(dim=-1)
+    exp = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    return exp / exp.sum(dim=-1, keepdim=True)
 
 
 def feed_forward(dim: int, mlp_ratio: float, dropout: float) -> nn.Sequential:

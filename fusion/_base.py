@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from multimodal.core.context import thread_setting
 from multimodal.core.randomness import Dropout
 
 
@@ -28,8 +29,8 @@ class Fusion(nn.Module):
     A row whose mask is all False is an absent modality for that sample. Modalities are
     always visited in sorted order, so the dict order of the inputs never matters.
 
-    ``pools_first``: the fusion reads each modality only through ``masked_mean`` of its
-    tokens, so one pooled token per row (``pool_tokens``) gives the same output; a caller
+    ``pools_first``: the fusion reads each modality only through ``pool_input`` (the
+    ``masked_mean``) of its tokens, so one pooled token per row (``pool_tokens``) gives the same output; a caller
     that holds cached tokens may pool them once instead of every step.
     """
 
@@ -89,16 +90,29 @@ def static_shapes() -> Iterator[None]:
     """Inside, fusions compute in shapes that do not depend on the data, as
     ``torch.func.vmap`` needs (moe routes densely, keeping the same capacity and drops); the
     results are the same up to floating-point rounding."""
-    previous = getattr(_STATIC, "on", False)
-    _STATIC.on = True
-    try:
+    with thread_setting(_STATIC, "on", True, False):
         yield
-    finally:
-        _STATIC.on = previous
 
 
 def static_shapes_active() -> bool:
     return getattr(_STATIC, "on", False)
+
+
+@contextlib.contextmanager
+def pooled_inputs() -> Iterator[None]:
+    """Inside, the caller promises that each modality a ``pools_first`` fusion gets is one
+    token per row, zeros where masked (``pool_tokens``' output, rows dropped by modality
+    dropout zeroed too): ``pool_input`` then takes the token as it is."""
+    with thread_setting(_STATIC, "pooled", True, False):
+        yield
+
+
+def pool_input(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``masked_mean`` of a fusion's input tokens; under ``pooled_inputs`` the one token,
+    which already is its mean (no [B, D] product by the mask per step)."""
+    if tokens.shape[1] == 1 and getattr(_STATIC, "pooled", False):
+        return tokens[:, 0]
+    return masked_mean(tokens, mask)
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

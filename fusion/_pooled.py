@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ._base import masked_mean
+from ._base import pool_input
 
 
 class PooledProjection(nn.Module):
@@ -33,6 +33,6 @@ class PooledProjection(nn.Module):
         for m, proj in self.project.items():
             present = masks[m].any(dim=1, keepdim=True)  # B x 1
             out[m] = torch.where(
-                present, proj(masked_mean(tokens[m], masks[m])), self.missing[m].to(tokens[m].dtype)
+                present, proj(pool_input(tokens[m], masks[m])), self.missing[m].to(tokens[m].dtype)
             )
         return out

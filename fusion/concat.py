@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ._base import Fusion, FusionOutput, PooledConcat, masked_mean, presence
+from ._base import Fusion, FusionOutput, PooledConcat, pool_input, presence
 from ._registry import register_fusion
 
 
@@ -36,5 +36,5 @@ class ConcatFusion(Fusion):
         self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
     ) -> FusionOutput:
         self.check_inputs(tokens, masks)
-        pooled = {m: self.project[m](masked_mean(tokens[m], masks[m])) for m in self.modalities}
+        pooled = {m: self.project[m](pool_input(tokens[m], masks[m])) for m in self.modalities}
         return FusionOutput(self.combine(pooled, presence(masks)), None, {})

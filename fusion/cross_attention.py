@@ -52,7 +52,9 @@ class CrossModalLayer(nn.Module):
         parts = merge_heads(attended).split([x[m].shape[1] for m in self.modalities], dim=1)
         out = {}
         for m, part in zip(self.modalities, parts, strict=True):
-            h = x[m] + self.proj_drop(self.proj[m](part))
+            # contiguous: a slice of the tokens would make a vmapped Linear (engine.stacked)
+            # broadcast its weight to every row, one tiny product per row.
+            h = x[m] + self.proj_drop(self.proj[m](part.contiguous()))
             out[m] = h + self.ff[m](self.norm_ff[m](h))
         return out, weights
 

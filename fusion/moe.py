@@ -12,7 +12,7 @@ from torch import nn
 
 from multimodal.core.randomness import normal_like
 
-from ._base import Fusion, FusionOutput, PooledConcat, masked_mean, presence, static_shapes_active
+from ._base import Fusion, FusionOutput, PooledConcat, pool_input, presence, static_shapes_active
 from ._registry import register_fusion
 
 
@@ -292,7 +292,7 @@ class MoEFusion(Fusion):
     ) -> FusionOutput:
         batch = self.check_inputs(tokens, masks)
         present = presence(masks)
-        pooled = {m: self.project[m](masked_mean(tokens[m], masks[m])) for m in self.modalities}
+        pooled = {m: self.project[m](pool_input(tokens[m], masks[m])) for m in self.modalities}
         if self.route == "fused":
             h = self.combine(pooled, present)  # B x dim
             routed = self.moe(self.norm(h))

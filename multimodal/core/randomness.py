@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,20 +24,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .context import thread_setting
+
 _M32 = 0xFFFFFFFF
 _STATE = threading.local()
+
+
+# A draw's kind: uniforms in steps of 2^-24 (one a hash) or of 2^-16 (two a hash, dropout's).
+FINE, COARSE = "fine", "coarse"
 
 
 @dataclass
 class _Key:
     base: int | torch.Tensor  # hash of (seed, step): an int, or an int64 tensor under vmap
     draws: int = 0
+    ahead: torch.Tensor | None = None  # the first draws' keys, hashed ahead (``draw_keys``)
+    made: Sequence[torch.Tensor] = ()  # the first draws themselves, made ahead (``draws_ahead``)
+    kinds: Sequence[tuple[str, int]] = ()  # (kind, size) of each draw in ``made``
+    record: list[tuple[str, int]] | None = None  # where to note each draw's (kind, size)
 
-    def stream(self) -> int | torch.Tensor:
-        """The next draw's key: a hash of (base, the draw's index in the block)."""
-        draw = self.draws
+    def stream(self, draw: int) -> int | torch.Tensor:
+        """Draw ``draw``'s key: a hash of (base, the draw's index in the block)."""
+        if self.ahead is not None and draw < self.ahead.shape[-1]:
+            return self.ahead[draw]
+        return _stream(self.base, draw)
+
+    def uniforms(self, kind: str, x: torch.Tensor) -> torch.Tensor:
+        """The next draw: uniforms of ``kind`` in ``x``'s shape, float32."""
+        draw, size = self.draws, int(x.numel())
         self.draws += 1
-        return _hash32(self.base ^ ((draw * 0x85EBCA6B) & _M32))
+        if draw < len(self.made) and self.kinds[draw] == (kind, size):
+            return self.made[draw].reshape(x.shape)
+        if self.record is not None:
+            self.record.append((kind, size))
+        return _uniforms(kind, self.stream(draw), size, x.device).reshape(x.shape)
+
+
+def _stream(base: Any, draw: int) -> Any:
+    return _hash32(base ^ ((draw * 0x85EBCA6B) & _M32))
 
 
 def _hash32(x: Any) -> Any:
@@ -57,13 +81,50 @@ def keyed_randomness(seed: int | torch.Tensor, step: int) -> Iterator[None]:
     seed is hashed in Python; a tensor one (each model's, under vmap) in tensor ops."""
     if not isinstance(seed, torch.Tensor):
         seed = int(seed)
-    base = _hash32(_hash32(seed & _M32) ^ (int(step) & _M32))
-    previous = getattr(_STATE, "key", None)
-    _STATE.key = _Key(base)
-    try:
+    with _keyed(_Key(_hash32(_hash32(seed & _M32) ^ (int(step) & _M32)))):
         yield
-    finally:
-        _STATE.key = previous
+
+
+def draw_keys(seeds: torch.Tensor, step: int, count: int = 16) -> torch.Tensor:
+    """[E, 1 + count] int64: for each seed, the key of ``keyed_randomness(seed, step)``'s
+    block and its first ``count`` draws' keys, hashed for every seed at once. Under ``vmap``
+    each of those hashes is a dozen batched ops per draw; ``keyed_by`` reads them instead."""
+    base = _hash32(_hash32(seeds & _M32) ^ (int(step) & _M32))
+    draw = torch.arange(count, dtype=torch.int64, device=seeds.device)
+    return torch.cat([base[:, None], _hash32(base[:, None] ^ ((draw * 0x85EBCA6B) & _M32))], 1)
+
+
+def draws_ahead(keys: torch.Tensor, kinds: Sequence[tuple[str, int]]) -> list[torch.Tensor]:
+    """The draws (``kinds``: each one's kind and size, as ``keyed_by(record=...)`` noted
+    them) of every row's block of ``keys`` (``draw_keys``), [E, size] each: made for all
+    rows in one set of tensor ops, outside ``vmap``."""
+    ahead = keys.shape[1] - 1
+    return [
+        _uniforms(
+            kind,
+            keys[:, 1 + i : 2 + i] if i < ahead else _stream(keys[:, :1], i),
+            size,
+            keys.device,
+        )  # fmt: skip
+        for i, (kind, size) in enumerate(kinds)
+    ]
+
+
+@contextlib.contextmanager
+def keyed_by(
+    keys: torch.Tensor, made: Sequence[torch.Tensor] = (),
+    kinds: Sequence[tuple[str, int]] = (), record: list[tuple[str, int]] | None = None,
+) -> Iterator[None]:  # fmt: skip
+    """``keyed_randomness`` of the (seed, step) that ``draw_keys`` hashed ``keys`` [1 + n]
+    from: the same draws. ``made`` holds draws made ahead (``draws_ahead`` of ``kinds``),
+    used where the draw at that index has that kind and size; ``record`` notes each draw
+    made here."""
+    with _keyed(_Key(keys[0], ahead=keys[1:], made=made, kinds=kinds, record=record)):
+        yield
+
+
+def _keyed(key: _Key) -> contextlib.AbstractContextManager[None]:
+    return thread_setting(_STATE, "key", key)
 
 
 def keyed() -> bool:
@@ -71,30 +132,25 @@ def keyed() -> bool:
     return getattr(_STATE, "key", None) is not None
 
 
-def _hashes(count: int, device: torch.device) -> torch.Tensor:
-    """``count`` 32-bit hashes as int64: each index's on a Weyl sequence offset by the next
-    draw's key."""
-    stream = _STATE.key.stream()
+def _uniforms(kind: str, stream: Any, size: int, device: torch.device) -> torch.Tensor:
+    """[..., size] uniforms on [0, 1) from 32-bit hashes of each index on a Weyl sequence
+    offset by ``stream`` (an int, or a tensor [...] or [..., 1]): ``FINE`` in steps of
+    2^-24, one a hash; ``COARSE`` in steps of 2^-16, two a hash (what a dropout decision
+    needs, its rate exact to 2^-16, at half the hashing)."""
     if isinstance(stream, torch.Tensor):
         stream = stream.to(device)
+    count = size if kind == FINE else (size + 1) // 2
     index = torch.arange(count, dtype=torch.int64, device=device)
-    return _hash32((index * 0x9E3779B1 + stream) & _M32)
+    bits = _hash32((index * 0x9E3779B1 + stream) & _M32)
+    if kind == FINE:
+        return (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    halves = torch.stack([bits & 0xFFFF, bits >> 16], -1).flatten(-2)[..., :size]
+    return halves.to(torch.float32) * (1.0 / (1 << 16))
 
 
 def uniform_like(x: torch.Tensor) -> torch.Tensor:
     """Uniform on [0, 1) in steps of 2^-24, in ``x``'s shape, float32, from the key."""
-    return (_hashes(int(x.numel()), x.device) >> 8).to(torch.float32).reshape(x.shape) * (
-        1.0 / (1 << 24)
-    )
-
-
-def _coarse_uniform_like(x: torch.Tensor) -> torch.Tensor:
-    """Uniform on [0, 1) in steps of 2^-16, two from each hash: what a dropout decision
-    needs (its rate is exact to 2^-16), at half the hashing."""
-    count = int(x.numel())
-    bits = _hashes((count + 1) // 2, x.device)
-    halves = torch.stack([bits & 0xFFFF, bits >> 16], -1).reshape(-1)[:count]
-    return halves.to(torch.float32).reshape(x.shape) * (1.0 / (1 << 16))
+    return _STATE.key.uniforms(FINE, x)
 
 
 def normal_like(x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +169,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return F.dropout(x, p, training)
     if p >= 1.0:
         return x * 0.0
-    keep = _coarse_uniform_like(x) >= p
+    keep = _STATE.key.uniforms(COARSE, x) >= p
     return x * keep.to(x.dtype) / (1.0 - p)
 
 

@@ -228,8 +228,15 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def __iter__(self):
         if not self.shuffle:
             return iter(range(self.length))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+        return iter(self.orders(self.length, [self.seed], self.epoch)[0].tolist())
+
+    @staticmethod
+    def orders(length: int, seeds: Sequence[int], epoch: int) -> torch.Tensor:
+        """[len(seeds), length]: the shuffle of each seed's sampler at ``epoch``, at once."""
+        g = torch.Generator()
+        return torch.stack(
+            [torch.randperm(length, generator=g.manual_seed(s * 100_003 + epoch)) for s in seeds]
+        )
 
 
 def make_loader(

@@ -11,16 +11,17 @@ gradient clipping, and AdamW or SGD on its slice (elementwise). Fusions run unde
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from ..core.randomness import keyed_randomness
+from ..core.randomness import draw_keys, draws_ahead, keyed_by
 from ..data.collate import EpochSampler
 from ..modeling.freezing import apply_strategy, frozen_encoders
 from ..modeling.model import Encoded, eval_mode
@@ -65,6 +66,8 @@ def fit_stacked(
     if not use_feature_cache(cfg, frozen, len(template.encoders)):
         raise NotBatchable("encoders train, so their outputs are not cached")
     run = StackedRun(models, configs, device)
+    if sum(p.numel() for p in run.slots[0]) != counts["trainable"]:
+        raise NotBatchable("parameters outside the fusion and head train")
     features = model_inputs(template, split_features(template, data.train, data.spec, cfg))
     validation = (
         model_inputs(template, split_features(template, data.validation, data.spec, cfg))
@@ -119,7 +122,7 @@ class _Inputs:
         from fusion import pool_tokens
 
         self.modalities, self.meta, self.length = features.modalities, features.meta, len(features)
-        self.padded = dict(features.padded)
+        self.padded, self.pooled = dict(features.padded), pooled
         if pooled:
             for m in self.modalities:
                 tokens, mask = pool_tokens(*features.padded[m][:2])
@@ -133,17 +136,16 @@ def model_inputs(template: Any, features: Any) -> _Inputs:
     """``features`` (in memory) as ``template``'s fusion reads them; see ``_Inputs``."""
     if features.padded is None:
         raise NotBatchable("the features are on disk (feature_cache: disk)")
-    return _Inputs(features, bool(getattr(template.fusion, "pools_first", False)))
+    return _Inputs(features, _pools_first(template))
+
+
+def _pools_first(template: Any) -> bool:
+    return bool(getattr(template.fusion, "pools_first", False))
 
 
 def _order(n: int, configs: Sequence[TrainConfig], epoch: int) -> torch.Tensor:
     """Each episode's shuffle of its n rows for ``epoch``: ``fit``'s ``EpochSampler``."""
-    out = []
-    for cfg in configs:
-        sampler = EpochSampler(n, cfg.seed, True)
-        sampler.set_epoch(epoch)
-        out.append(list(sampler))
-    return torch.tensor(out, dtype=torch.long)
+    return EpochSampler.orders(n, [c.seed for c in configs], epoch)
 
 
 def _batch(
@@ -153,12 +155,14 @@ def _batch(
     """One step's batch of every episode: tokens {m: [E, B, T, D]}, masks {m: [E, B, T]},
     labels [E, B]; ``rows`` index the split, ``local`` the episode's own rows (what
     ``CachedCollator`` seeds modality dropout with, as in an episode's own fit)."""
-    padded = features.padded
+    padded, flat, shape = features.padded, rows.reshape(-1), tuple(rows.shape)
     tokens, masks = {}, {}
     for m in features.modalities:
         t, k, lengths = padded[m]
-        width = max(int(lengths[rows].max()), 1)
-        tokens[m], masks[m] = t[rows, :width], k[rows, :width].clone()
+        width = max(int(lengths[rows].max()), 1) if t.shape[1] > 1 else 1
+        # index_select copies whole rows (several times faster than t[rows] on CPU).
+        tokens[m] = t[:, :width].index_select(0, flat).view(*shape, width, *t.shape[2:])
+        masks[m] = k[:, :width].index_select(0, flat).view(*shape, width)
     dropout = cfg.modality_dropout
     if isinstance(dropout, (int, float)):
         dropout = {m: float(dropout) for m in features.modalities}
@@ -170,6 +174,8 @@ def _batch(
                 if p > 0:
                     keep = torch.as_tensor(rng.random(local.shape[1]) >= p)
                     masks[m][e] &= keep[:, None]
+                    if features.pooled:  # pooled_inputs' promise: zeros where masked
+                        tokens[m][e] *= keep[:, None, None].to(tokens[m].dtype)
     return {"tokens": tokens, "masks": masks, "labels": padded["label"][rows]}
 
 
@@ -181,20 +187,27 @@ class StackedRun:
         self, models: Sequence[Any], configs: Sequence[TrainConfig], device: torch.device
     ) -> None:
         self.template, self.cfg = models[0], configs[0]
-        named = dict(self.template.named_parameters())
-        self.names = [n for n, p in named.items() if p.requires_grad]
+        named = _trainable(self.template)
+        self.names = list(named)
         # Each model's trainable tensors, looked up once: stacked here, written back at the end.
-        self.slots = [[m.get_parameter(n) for n in self.names] for m in models]
+        self.slots = [list(_trainable(m, self.names).values()) for m in models]
+        # Linear weights stacked as their transposes (see ``_stack``).
+        self.transposed = {n for n in _linear_weights(self.template) if n in named}
         self.params = {
-            n: torch.stack([slots[i].detach() for slots in self.slots]).requires_grad_()
+            n: _stack(
+                [slots[i].detach() for slots in self.slots], n in self.transposed
+            ).requires_grad_()
             for i, n in enumerate(self.names)
         }
         self._check_fixed(models)
+        # What the optimizer updates: each stacked tensor as a contiguous view of its storage
+        # (the fused kernels take only that), given its gradient before each step.
+        self.views = {n: self._contiguous(n, p.detach()) for n, p in self.params.items()}
         groups = []
         for group in param_groups(self.template, self.cfg):
             ids = {id(p) for p in group["params"]}
             groups.append(
-                {**group, "params": [self.params[n] for n in self.names if id(named[n]) in ids]}
+                {**group, "params": [self.views[n] for n in self.names if id(named[n]) in ids]}
             )
         kernels = {"fused": True} if fused_optimizer(self.cfg, device) else {"foreach": True}
         if self.cfg.optimizer == "adamw":
@@ -211,12 +224,16 @@ class StackedRun:
         self.bf16 = precision(self.cfg, device) == "bf16"
         self.device, self.models, self.scheduler = device, list(models), None
         self.probed = False
+        self.kinds: list[tuple[str, int]] | None = None  # the draws of a step, once seen
+
+    def _contiguous(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.transpose(1, 2) if name in self.transposed else tensor
 
     def _check_fixed(self, models: Sequence[Any]) -> None:
         """Parameters that do not train and buffers must be the same in every model: they
         are read from the first."""
         fixed = [(n, t) for n, t in fusion_and_head(self.template).items() if n not in self.params]
-        for model in models[1:]:
+        for model in models[1:] if fixed else ():
             other = fusion_and_head(model)
             for name, tensor in fixed:
                 if not torch.equal(tensor, other[name]):
@@ -228,17 +245,16 @@ class StackedRun:
         self.scheduler = get_scheduler(self.cfg.scheduler, self.optimizer,
                                        int(self.cfg.warmup_ratio * total), total)  # fmt: skip
 
-    def _loss(self, step: int) -> Callable[..., torch.Tensor]:
-        from fusion import static_shapes
-
-        template = self.template
+    def _loss(self, record: list[tuple[str, int]] | None) -> Callable[..., torch.Tensor]:
+        template, pooled, kinds = self.template, _pools_first(self.template), self.kinds or ()
 
         def loss(
-            params: dict, seed: torch.Tensor, tokens: dict, masks: dict, labels: torch.Tensor
-        ) -> torch.Tensor:
+            params: dict, keys: torch.Tensor, made: list[torch.Tensor], tokens: dict,
+            masks: dict, labels: torch.Tensor,
+        ) -> torch.Tensor:  # fmt: skip
             with (
-                keyed_randomness(seed, step),
-                static_shapes(),
+                keyed_by(keys, made, kinds, record),
+                _stacked_inputs(pooled),
                 torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
             ):
                 return functional_call(template, params, ({"labels": labels}, Encoded(tokens, masks)),
@@ -250,9 +266,14 @@ class StackedRun:
         """Forward, backward, per-episode clipping and the update, for every episode."""
         _train_mode(self.template)
         batch = {k: _to(v, self.device) for k, v in batch.items()}
-        args = (self.params, self.seeds, batch["tokens"], batch["masks"], batch["labels"])
+        # Each episode's random draws (dropout masks, router noise): the first step notes
+        # their kinds and sizes, later steps make them for every episode outside vmap.
+        keys = draw_keys(self.seeds, step)
+        made = draws_ahead(keys, self.kinds) if self.kinds is not None else []
+        record: list[tuple[str, int]] | None = [] if self.kinds is None else None
+        args = (self.params, keys, made, batch["tokens"], batch["masks"], batch["labels"])
         try:
-            losses = vmap(self._loss(step))(*args)  # E
+            losses = vmap(self._loss(record))(*args)  # E
             losses.sum().backward()
         except (RuntimeError, NotImplementedError) as err:
             if self.probed:
@@ -262,14 +283,21 @@ class StackedRun:
                 f"{fusion} does not run under vmap ({str(err).splitlines()[0][:120]})"
             ) from err
         self.probed = True
+        if record is not None:
+            self.kinds = record
         if not torch.isfinite(losses.detach()).all():
             bad = int(torch.nonzero(~torch.isfinite(losses.detach()))[0])
-            self.optimizer.zero_grad(set_to_none=True)
+            for param in self.params.values():
+                param.grad = None
             raise NotBatchable(
                 f"a non-finite loss (episode {bad}, step {step}); each fit skips its own"
             )
         if self.cfg.max_grad_norm is not None:
             _clip_per_episode(list(self.params.values()), float(self.cfg.max_grad_norm))
+        for name, param in self.params.items():
+            grad = param.grad
+            self.views[name].grad = None if grad is None else self._contiguous(name, grad)
+            param.grad = None
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -278,7 +306,8 @@ class StackedRun:
         """Each model gets its episode's parameters (its best evaluation's, with one), in
         eval mode, as ``fit`` leaves it."""
         source = best or self.params
-        episodes = [source[n].detach().unbind(0) for n in self.names]
+        # contiguous: one batched copy of a transposed weight, not one strided copy per model.
+        episodes = [source[n].detach().contiguous().unbind(0) for n in self.names]
         with torch.no_grad():  # one foreach copy of every model's every tensor
             torch._foreach_copy_(
                 [t for slots in self.slots for t in slots],
@@ -286,6 +315,34 @@ class StackedRun:
             )
         for model in self.models:
             eval_mode(model)
+
+
+def _linear_weights(model: Any) -> set[str]:
+    """The names of the ``nn.Linear`` weights in ``model``'s fusion and head."""
+    return {
+        f"{part}.{name}.weight" if name else f"{part}.weight"
+        for part in ("fusion", "head")
+        for name, module in getattr(model, part).named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+
+
+def _stack(tensors: list[torch.Tensor], transposed: bool) -> torch.Tensor:
+    """``torch.stack(tensors)``; with ``transposed`` (a Linear weight [out, in]) stored as
+    its transpose [E, in, out] and returned as a view [E, out, in]: vmapped ``F.linear``
+    multiplies by that transpose and its weight gradient comes out in that layout, so the
+    gradient is not copied into the weight's layout at every step."""
+    stacked = torch.stack(tensors)
+    return stacked.transpose(1, 2).contiguous().transpose(1, 2) if transposed else stacked
+
+
+@contextlib.contextmanager
+def _stacked_inputs(pooled: bool) -> Iterator[None]:
+    """``fusion.static_shapes``, and ``fusion.pooled_inputs`` for pooled inputs."""
+    from fusion import pooled_inputs, static_shapes
+
+    with static_shapes(), pooled_inputs() if pooled else contextlib.nullcontext():
+        yield
 
 
 def _train_mode(model: Any) -> None:
@@ -311,12 +368,15 @@ def _clip_per_episode(params: list[torch.Tensor], max_norm: float) -> None:
     if not grads:
         return
     per_tensor = torch.stack(
-        [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads], 1
-    )
+        [torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim))) if g.ndim > 1 else g.abs()
+         for g in grads], 1,
+    )  # fmt: skip
     total = torch.linalg.vector_norm(per_tensor, dim=1)  # E
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(coef.view(-1, *([1] * (g.ndim - 1))).to(g.dtype))
+    if bool((coef < 1.0).any()):  # else every grad * 1.0: the same values
+        torch._foreach_mul_(
+            grads, [coef.view(-1, *([1] * (g.ndim - 1))).to(g.dtype) for g in grads]
+        )
 
 
 class _BestPerEpisode:
@@ -361,8 +421,6 @@ def stacked_logits(template: Any, state: dict[str, torch.Tensor], features: Any,
                     cfg: TrainConfig) -> torch.Tensor:  # fmt: skip
     """Logits [E, N, C] of the E models whose fusion and head ``state`` holds stacked, on
     every row of ``features``, in eval mode (``fusion.static_shapes``)."""
-    from fusion import static_shapes
-
     was_training = template.training
     eval_mode(template)
     device = next(iter(state.values())).device
@@ -370,7 +428,7 @@ def stacked_logits(template: Any, state: dict[str, torch.Tensor], features: Any,
     padded, out = features.padded, []
 
     def logits(params: dict, tokens: dict, masks: dict) -> torch.Tensor:
-        with static_shapes():
+        with _stacked_inputs(features.pooled):
             # tie_weights=False: no walk of the (frozen, unused) encoders' modules per call.
             out = functional_call(template, params, ({}, Encoded(tokens, masks)), tie_weights=False)
             return out.logits.float()
@@ -401,6 +459,18 @@ def stacked_metrics(models: Sequence[Any], logits: torch.Tensor, features: Any,
             {"loss": task.loss(scores, labels).item(), **task.metrics(scores, labels, ranking)}
         )
     return out
+
+
+def _trainable(model: Any, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """The fusion's and head's trainable parameters (the encoders are frozen, see
+    ``fit_stacked``), named as in the model; with ``names``, those, in that order."""
+    found = {
+        f"{part}.{n}": p
+        for part in ("fusion", "head")
+        for n, p in getattr(model, part).named_parameters()
+        if p.requires_grad
+    }
+    return found if names is None else {n: found[n] for n in names}
 
 
 def fusion_and_head(model: Any) -> dict[str, torch.Tensor]:

@@ -171,3 +171,27 @@ def test_a_fusion_that_pools_first_gives_the_same_output_on_pooled_tokens(name: 
     same = torch.allclose(on_pooled.fused, f(t, k).fused, atol=1e-6)
     # A fusion that reads tokens one by one (attention) must not claim it.
     assert same == f.pools_first
+    if f.pools_first:  # pooled_inputs: the pooled token taken as it is, the same output
+        with fusion.pooled_inputs():
+            as_is = f({m: p[0] for m, p in pooled.items()}, {m: p[1] for m, p in pooled.items()})
+        torch.testing.assert_close(as_is.fused, on_pooled.fused, atol=1e-6, rtol=0)
+
+
+def test_pool_input_takes_the_pooled_token_only_under_pooled_inputs() -> None:
+    tokens, mask = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]]), torch.tensor([[True], [False]])
+    torch.testing.assert_close(fusion.pool_input(tokens, mask), torch.tensor([[1.0, 2.0], [0, 0]]))
+    with fusion.pooled_inputs():  # the caller's promise; a row of several tokens is averaged
+        torch.testing.assert_close(fusion.pool_input(tokens, mask), tokens[:, 0])
+        several = torch.arange(12.0).view(2, 3, 2)
+        mean = fusion.pool_input(several, torch.ones(2, 3, dtype=torch.bool))
+        torch.testing.assert_close(mean, several.mean(1))
+    torch.testing.assert_close(fusion.pool_input(tokens, mask), torch.tensor([[1.0, 2.0], [0, 0]]))
+
+
+def test_attention_softmax_on_short_rows_is_torchs_softmax() -> None:
+    from fusion._attention import _softmax
+
+    scores = torch.randn(3, 2, 4, 9, 10) * 5
+    scores[..., 3:6] = float("-inf")  # masked keys; every row keeps a finite one
+    torch.testing.assert_close(_softmax(scores), scores.softmax(-1), atol=1e-6, rtol=1e-5)
+    assert torch.equal(_softmax(scores)[..., 3:6], torch.zeros(3, 2, 4, 9, 3))

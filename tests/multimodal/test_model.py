@@ -157,3 +157,42 @@ def test_encoder_outputs_computed_earlier_enter_through_forward() -> None:
         cached = model({"labels": batch["labels"]}, encoded)  # no processor tensors needed
     assert torch.equal(cached.logits, direct.logits) and torch.equal(cached.loss, direct.loss)
     assert not encoded.masks["text"][1].any()  # the absent text has no valid token
+
+
+def test_copy_model_is_a_deepcopy_that_shares_only_what_the_memo_names() -> None:
+    import copy
+
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    from multimodal.modeling.copying import copy_model
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+    model.tied = nn.ModuleList([model[0]])  # the same module twice
+    model.register_buffer("scale", torch.tensor([2.0]))
+    model.names = ["a", "b"]
+    shared = nn.Linear(2, 2)
+    model.frozen = shared
+    copied = copy_model(model, {id(shared): shared})
+    expected = copy.deepcopy(model, {id(shared): shared})
+    assert copied.frozen is shared and copied[0] is not model[0] and copied.tied[0] is copied[0]
+    assert copied.state_dict().keys() == expected.state_dict().keys()
+    for (name, a), b in zip(copied.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+        if not name.startswith("frozen"):
+            assert a.data_ptr() != b.data_ptr(), name
+    assert copied.names == model.names and copied.names is not model.names
+    assert isinstance(copied[0].weight, nn.Parameter) and copied[0].weight.requires_grad
+    copied[0].register_forward_hook(lambda *a: None)  # the copy's hooks are its own
+    assert not model[0]._forward_hooks
+    copied[0].weight.data.add_(1.0)
+    assert not torch.equal(copied[0].weight, model[0].weight)
+
+    class Double(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    layer = nn.Linear(2, 2)
+    parametrize.register_parametrization(layer, "weight", Double())
+    other = copy_model(layer)  # a class that customises its copy: copy.deepcopy's
+    assert type(other).__name__ == type(layer).__name__ and torch.equal(other.weight, layer.weight)

@@ -55,3 +55,35 @@ def test_normal_noise_is_standard_and_a_tensor_seed_draws_as_the_int() -> None:
 
     both = torch.func.vmap(draw, randomness="error")(seeds)  # no global generator is touched
     assert torch.equal(both[0], z) and not torch.equal(both[1], z)
+
+
+def test_draws_made_ahead_outside_vmap_are_each_seeds_own_draws_bit_for_bit() -> None:
+    """What a batched fit does: the first step notes each draw's kind and size, later steps
+    make every episode's draws ahead (``draws_ahead``); the masks and noise are those of
+    ``keyed_randomness`` with each int seed, past the keys hashed ahead too."""
+    from torch.func import vmap
+
+    from multimodal.core.randomness import draw_keys, draws_ahead, keyed_by
+
+    seeds, x = torch.tensor([3, 4, 5]), torch.randn(3, 6, 5)
+
+    def draws(keys, xx, made=(), kinds=(), record=None):
+        with keyed_by(keys, made, kinds, record):
+            return torch.stack([dropout(xx, 0.2), normal_like(xx), dropout(xx, 0.5)])
+
+    for ahead in (16, 1):  # one key ahead: the later draws' keys come from the block's key
+        kinds: list[tuple[str, int]] = []
+        keys = draw_keys(seeds, 11, count=ahead)
+        noted = vmap(lambda k, xx, kinds=kinds: draws(k, xx, record=kinds))(keys, x)
+        assert kinds == [("coarse", 30), ("fine", 30), ("fine", 30), ("coarse", 30)]
+        made = draws_ahead(keys, kinds)
+        given = vmap(lambda k, xx, m, kinds=kinds: draws(k, xx, m, kinds))(keys, x, made)
+        for e, seed in enumerate(seeds.tolist()):
+            with keyed_randomness(seed, 11):
+                alone = torch.stack([dropout(x[e], 0.2), normal_like(x[e]), dropout(x[e], 0.5)])
+            assert torch.equal(noted[e], alone) and torch.equal(given[e], alone)
+    # a draw of another size than noted is made in place, not taken from the ones ahead
+    with keyed_by(keys[0], [torch.zeros(30)], [("coarse", 30)]):
+        with_other_size = dropout(torch.ones(4), 0.5)
+    with keyed_randomness(3, 11):
+        assert torch.equal(with_other_size, dropout(torch.ones(4), 0.5))

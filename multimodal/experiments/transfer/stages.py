@@ -4,7 +4,6 @@ scratch baseline on the same episode."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import datasets
@@ -14,6 +13,7 @@ from ...data.loading import select_domains
 from ...data.split import Split
 from ...engine import FitData, TrainConfig, fit
 from ...engine.episodes import EpisodeFits, fit_episodes
+from ...modeling.copying import copy_model
 from ...modeling.freezing import frozen_encoders
 from ...modeling.model import MultimodalModel, build_model, reads_data_columns
 from ..adaptations import UNBALANCED, Adaptation, AdaptContext
@@ -156,7 +156,7 @@ class AdaptStage:
         cfg = self.train_config()
         # Encoders that stay frozen are shared with the source model, not copied.
         shared = {id(self.model.encoders): self.model.encoders} if cfg.strategy == "head" else {}
-        adapted: MultimodalModel = copy.deepcopy(self.model, shared)
+        adapted: MultimodalModel = copy_model(self.model, shared)  # type: ignore[assignment]
         data, used = self.data()
         return adapted, cfg, data, used
 
@@ -198,7 +198,7 @@ class ScratchStage:
             return build_model(plan.run.model.to_dict(), rows, seed=plan.seed, encoders=plan.pool)
         template = plan.scratch_template
         shared = {id(template.encoders): template.encoders} if share_encoders else {}
-        return copy.deepcopy(template, shared)
+        return copy_model(template, shared)  # type: ignore[return-value]
 
     def data(self) -> FitData:
         train = self.plan.target[self.target]["train"]

@@ -233,3 +233,38 @@ def test_a_group_of_seeds_gives_each_seeds_report_as_run_alone() -> None:
     # ones they run together: the main job's reference); the episodes' fits run together
     assert modes[0]["source"].startswith("sequential: the encoders differ")
     assert modes[0]["adapt d1"] == "batched"  # each seed's episodes together
+
+
+def test_a_step_of_pooled_inputs_zeroes_the_tokens_modality_dropout_hides() -> None:
+    """``pooled_inputs`` promises zeros where a mask is False: modality dropout, applied to
+    the masks of a step's batch, must zero those rows' pooled tokens too."""
+    from multimodal.engine.config import TrainConfig
+    from multimodal.engine.stacked import _batch, _Inputs
+
+    n, dims = 40, {"audio": 3, "image": 5}
+    padded = {m: (torch.randn(n, 1, d), torch.ones(n, 1, dtype=torch.bool), torch.ones(n, dtype=torch.long))
+              for m, d in dims.items()}  # fmt: skip
+    padded["label"] = torch.arange(n)
+    inputs = _Inputs.__new__(_Inputs)
+    inputs.modalities, inputs.meta, inputs.length = list(dims), {}, n
+    inputs.padded, inputs.pooled = padded, True
+    configs = [TrainConfig(seed=s, modality_dropout=0.5) for s in (1, 2)]
+    local = torch.stack([torch.randperm(n)[:20] for _ in configs])
+    batch = _batch(inputs, local, local, configs, configs[0])
+    for m in dims:
+        hidden = ~batch["masks"][m][..., 0]
+        assert hidden.any() and (~hidden).any()
+        assert torch.equal(batch["tokens"][m][hidden], torch.zeros(int(hidden.sum()), 1, dims[m]))
+        kept = batch["tokens"][m][~hidden]
+        assert torch.equal(kept, padded[m][0][local][~hidden])
+    assert torch.equal(batch["labels"], local)
+
+
+def test_epoch_orders_are_each_samplers_shuffle() -> None:
+    from multimodal.data.collate import EpochSampler
+
+    orders = EpochSampler.orders(13, [0, 5, 77], 4)
+    for seed, order in zip([0, 5, 77], orders, strict=True):
+        sampler = EpochSampler(13, seed)
+        sampler.set_epoch(4)
+        assert order.tolist() == list(sampler)
