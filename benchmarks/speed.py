@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--fusions", help="fusions section: these only, comma-separated (default: all)")
-    parser.add_argument("--pairs", type=int, default=5, help="fit and finetune sections: timed fit/raw-loop pairs (default: 5)")
+    parser.add_argument("--pairs", type=int, default=5, help="fit, finetune and episodes sections: timed pairs (default: 5)")
     parser.add_argument("--finetune-steps", type=int, default=40, help="finetune section: steps per timed run (default: 40)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (other sections in it are kept)")
     # fmt: on
@@ -159,7 +159,7 @@ def _episodes(args: argparse.Namespace, device: str, results: dict) -> None:
     print(f"  median ratio {r['ratio']:.2f} (min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f})")
     fusions = args.fusions.split(",") if args.fusions else ["concat", "cross_attention", "moe"]
     rows = results["episodes"]["batched"] = [
-        batched_episodes(fusion=f, pairs=min(args.pairs, 3)) for f in fusions
+        batched_episodes(fusion=f, pairs=args.pairs) for f in fusions
     ]
     print(f"\n32 episodes trained together against 1 (the main job's scratch fits: {rows[0]['rows']} rows, "
           f"{rows[0]['epochs']} epochs of batch {rows[0]['batch_size']})")  # fmt: skip

@@ -166,7 +166,7 @@ class SparseMoE(nn.Module):
         weight = (kept * gates.t()[:, :, None]).sum(0)  # N x E
         hidden = F.gelu(torch.einsum("nd,edh->enh", x, self.w1) + self.b1)  # E x N x H
         expert_out = torch.einsum("enh,ehd->end", hidden, self.w2) + self.b2  # E x N x D
-        out = torch.einsum("ne,end->nd", weight.to(x.dtype), expert_out)
+        out = _combine(weight.to(x.dtype), expert_out)
         wanted = valid.to(torch.float32).sum().clamp(min=1.0) * k
         dropped = 1.0 - kept.sum().to(torch.float32) / wanted
         dispatch = kept.any(0).to(torch.float32)
@@ -183,7 +183,7 @@ class SparseMoE(nn.Module):
         weight = torch.zeros_like(probs).scatter(1, experts, gates) * valid[:, None]  # N x E
         hidden = F.gelu(torch.einsum("nd,edh->enh", x, self.w1) + self.b1)  # E x N x H
         expert_out = torch.einsum("enh,ehd->end", hidden, self.w2) + self.b2  # E x N x D
-        out = torch.einsum("ne,end->nd", weight.to(x.dtype), expert_out)
+        out = _combine(weight.to(x.dtype), expert_out)
         return MoEOutput(out, *self._aux_losses(logits, probs, valid), (weight > 0).float(),
                          probs, probs.sum() * 0)  # fmt: skip
 
@@ -231,6 +231,13 @@ class SparseMoE(nn.Module):
             gate.reshape(-1)[keep],
             dropped,
         )
+
+
+def _combine(weight: torch.Tensor, expert_out: torch.Tensor) -> torch.Tensor:
+    """sum_e weight[n, e] * expert_out[e, n] -> [N, D]: elementwise, as ``einsum("ne,end->nd")``
+    would run (under vmap) one [E] x [E, D] product per row and, backward, an outer product
+    per row."""
+    return (weight.t()[:, :, None] * expert_out).sum(0)
 
 
 @register_fusion("moe")
