@@ -184,8 +184,21 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         kept = json.loads(args.out.read_text()) if args.out.exists() else {}
-        args.out.write_text(json.dumps({**kept, **results}, indent=2) + "\n")
+        args.out.write_text(json.dumps(_merged(kept, results), indent=2) + "\n")
         print(f"wrote {args.out}")
+
+
+MACHINE = ("device", "torch", "cpu", "threads")
+
+
+def _merged(kept: dict, results: dict) -> dict:
+    """The sections run now over those kept; ``machines`` says which machine measured each
+    section (a kept section without an entry: the machine the file named before)."""
+    before = {k: kept[k] for k in MACHINE if k in kept}
+    machines = {s: before for s in kept if s not in MACHINE and s != "machines"}
+    machines.update(kept.get("machines", {}))
+    machines.update({s: {k: results[k] for k in MACHINE} for s in results if s not in MACHINE})
+    return {**kept, **results, "machines": machines}
 
 
 if __name__ == "__main__":
