@@ -16,7 +16,8 @@ _COPY_HOOKS = ("__deepcopy__", "__reduce_ex__", "__reduce__", "__getstate__", "_
 
 def copy_model(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
     """``copy.deepcopy(module, memo)`` (``memo`` maps what to share rather than copy, e.g.
-    ``{id(model.encoders): model.encoders}``), three times faster for plain modules: each
+    ``{id(model.encoders): model.encoders}``), about twice as fast for plain modules (the
+    main job's fusion and head beside shared encoders: 0.38 ms against 0.74 ms): each
     module's parameter, buffer and child dicts are rebuilt directly rather than through
     ``copy``'s generic reduce for every dict of hooks. A module class that customises its
     copy or pickling (parametrisations, for one) is copied by ``copy.deepcopy``."""
