@@ -53,8 +53,11 @@ def fit_stacked(
     cfg, data, template = configs[0], datas[0], models[0]
     device = torch.device(fit_device())
     counts = apply_strategy(template, cfg.strategy, cfg.top_k, cfg.lora)
+    shared = [id(e) for e in template.encoders.values()]
     for model in models[1:]:
-        if model.encoders is template.encoders:  # shared: frozen above; walk only the rest
+        # The same encoder modules (one plan's copies, or the seeds' plans drawing on one
+        # pool): frozen above, not walked again for each of a grid point's 320 models.
+        if [id(e) for e in model.encoders.values()] == shared:
             model.fusion.requires_grad_(True)
             model.head.requires_grad_(True)
         else:

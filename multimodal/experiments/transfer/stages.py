@@ -33,7 +33,7 @@ def shares_encoders(*models: MultimodalModel) -> bool:
     """Whether each model trained with every encoder frozen: its encoder outputs are those
     of the model it started from, worth keeping in the feature store for the next stage.
     Models holding the same encoders are checked once."""
-    distinct = {id(m.encoders): m for m in models}.values()
+    distinct = {tuple(map(id, m.encoders.values())): m for m in models}.values()
     return all(len(frozen_encoders(m)) == len(m.encoders) for m in distinct)
 
 
