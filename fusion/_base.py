@@ -30,8 +30,8 @@ class Fusion(nn.Module):
     always visited in sorted order, so the dict order of the inputs never matters.
 
     ``pools_first``: the fusion reads each modality only through ``pool_input`` (the
-    ``masked_mean``) of its tokens, so one pooled token per row (``pool_tokens``) gives the same output; a caller
-    that holds cached tokens may pool them once instead of every step.
+    ``masked_mean``) of its tokens, so one pooled token per row (``pool_tokens``) gives the
+    same output; a caller that holds cached tokens may pool them once instead of every step.
     """
 
     pools_first: bool = False

@@ -99,15 +99,10 @@ def draws_ahead(keys: torch.Tensor, kinds: Sequence[tuple[str, int]]) -> list[to
     them) of every row's block of ``keys`` (``draw_keys``), [E, size] each: made for all
     rows in one set of tensor ops, outside ``vmap``."""
     ahead = keys.shape[1] - 1
-    return [
-        _uniforms(
-            kind,
-            keys[:, 1 + i : 2 + i] if i < ahead else _stream(keys[:, :1], i),
-            size,
-            keys.device,
-        )  # fmt: skip
-        for i, (kind, size) in enumerate(kinds)
+    streams = [
+        keys[:, 1 + i : 2 + i] if i < ahead else _stream(keys[:, :1], i) for i in range(len(kinds))
     ]
+    return [_uniforms(k, s, size, keys.device) for (k, size), s in zip(kinds, streams, strict=True)]
 
 
 @contextlib.contextmanager
