@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -147,6 +148,9 @@ def _cache(args: argparse.Namespace, device: str, results: dict) -> None:
 def _episodes(args: argparse.Namespace, device: str, results: dict) -> None:
     """On the main job's data and encoders (pretrained, frozen, their outputs cached)."""
     from multimodal.experiments.episode_speed import batched_episodes, kshot_fit_vs_raw_loop
+    from multimodal.experiments.transfer.plan import PROGRESS_ENV
+
+    os.environ.setdefault(PROGRESS_ENV, "0")  # the plans' stage bars would only print noise
 
     r = results.setdefault("episodes", {})["kshot_fit_vs_raw_loop"] = kshot_fit_vs_raw_loop(
         pairs=args.pairs
