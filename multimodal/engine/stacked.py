@@ -68,9 +68,9 @@ def fit_stacked(
     frozen = frozen_encoders(template)
     if not use_feature_cache(cfg, frozen, len(template.encoders)):
         raise NotBatchable("encoders train, so their outputs are not cached")
-    run = StackedRun(models, configs, device)
-    if sum(p.numel() for p in run.slots[0]) != counts["trainable"]:
+    if sum(p.numel() for p in _trainable(template).values()) != counts["trainable"]:
         raise NotBatchable("parameters outside the fusion and head train")
+    run = StackedRun(models, configs, device)
     features = model_inputs(template, split_features(template, data.train, data.spec, cfg))
     validation = (
         model_inputs(template, split_features(template, data.validation, data.spec, cfg))
@@ -437,12 +437,13 @@ def stacked_logits(template: Any, state: dict[str, torch.Tensor], features: Any,
             return out.logits.float()
 
     for begin in range(0, len(features), size):
-        idx = torch.arange(begin, min(begin + size, len(features)))
+        rows = slice(begin, begin + size)  # consecutive rows: no gather (copied only if cut)
         tokens, masks = {}, {}
         for m in features.modalities:
             t, k, lengths = padded[m]
-            width = max(int(lengths[idx].max()), 1)
-            tokens[m], masks[m] = t[idx, :width].to(device), k[idx, :width].to(device)
+            width = max(int(lengths[rows].max()), 1)
+            tokens[m] = t[rows, :width].contiguous().to(device)
+            masks[m] = k[rows, :width].to(device)
         out.append(vmap(logits, in_dims=(0, None, None))(state, tokens, masks))
     if was_training:
         _train_mode(template)

@@ -71,11 +71,11 @@ def _code(model: Any) -> str:
 
 
 def _trained_state(model: Any) -> dict[str, torch.Tensor]:
-    """Every tensor of ``model`` but its encoders' (copies: safetensors refuses shared
-    storage); the encoders' modules are not walked."""
-    return {f"{name}.{k}": v.detach().clone().contiguous()
-            for name, child in model.named_children() if name != "encoders"
-            for k, v in child.state_dict().items()}  # fmt: skip
+    """The fusion's and head's tensors (copies: safetensors refuses shared storage); the
+    encoders' modules are not walked."""
+    from ...engine.stacked import fusion_and_head
+
+    return {k: v.detach().clone().contiguous() for k, v in fusion_and_head(model).items()}
 
 
 def store(key: str, model: Any, fit: dict[str, Any]) -> None:
@@ -109,8 +109,7 @@ def load(key: str, model: Any) -> dict[str, Any] | None:
     expected = _trained_state(model)
     if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
         return None
-    for name, child in model.named_children():
-        if name != "encoders":
-            child.load_state_dict({k[len(name) + 1 :]: v for k, v in state.items()
-                                   if k.startswith(f"{name}.")})  # fmt: skip
+    for name in ("fusion", "head"):
+        getattr(model, name).load_state_dict({k[len(name) + 1 :]: v for k, v in state.items()
+                                              if k.startswith(f"{name}.")})  # fmt: skip
     return dict(entry["fit"])
