@@ -171,6 +171,10 @@ def _episodes(args: argparse.Namespace, device: str, results: dict) -> None:
         print(f"  {r['fusion']:<16} 1: {statistics.median(r['one_s']):.3f} s, 32: "
               f"{statistics.median(r['many_s']):.3f} s, ratio {r['ratio']:.2f} "
               f"(min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f}); {r['mode']}")  # fmt: skip
+        sizes = ", ".join(f"{n}: {statistics.median(v):.3f} s" for n, v in r["scaling_s"].items())
+        print(f"  {'':<16} together {sizes}: {r['fixed_s'] * 1000:.0f} ms + "
+              f"{r['per_episode_s'] * 1000:.1f} ms an episode; {r['episodes']} x that part alone "
+              f"{r['per_episodes_alone_ratio']:.2f}x one episode")  # fmt: skip
 
 
 RUNNERS = {"fusions": _fusions, "models": _models, "moe": _moe, "fit": _fit, "finetune": _finetune,

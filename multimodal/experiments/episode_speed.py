@@ -145,9 +145,12 @@ def raw_loop(model: Any, features: Any, checks: Any, cfg: Any, fused: bool) -> f
 
 
 def batched_episodes(suite: str = "real-digits-quick", fusion: str = "concat", many: int = 32,
-                     pairs: int = 3) -> dict[str, Any]:  # fmt: skip
+                     pairs: int = 3, sizes: tuple[int, ...] = (2, 8, 16)) -> dict[str, Any]:  # fmt: skip
     """The scratch stage's fits (the suite's settings) of ``many`` episodes of one target
-    trained together (``fit_episodes``) against the fit of one episode alone."""
+    trained together (``fit_episodes``) against the fit of one episode alone; and, in the
+    same rounds, ``sizes`` episodes together, for the batched fit's cost as a fixed part plus
+    a part per episode (least squares over the batched sizes): 32 episodes cannot take less
+    than 32 times that part per episode."""
     from ..engine.episodes import fit_episodes
     from .transfer.stages import ScratchStage
 
@@ -158,15 +161,29 @@ def batched_episodes(suite: str = "real-digits-quick", fusion: str = "concat", m
     datas = [s.data() for s in stages]
     modes: list[str] = []
 
-    def run(count: int) -> None:
+    def run(count: int) -> float:
+        tick = time.perf_counter()
         models = [s.initial_model(share_encoders=True) for s in stages[:count]]
         modes.append(fit_episodes(models, datas[:count], configs[:count]).mode)
+        return time.perf_counter() - tick
 
     timings = _pairs(lambda: run(1), lambda: run(many), pairs)
+    scaled: dict[int, list[float]] = {n: [] for n in (*sizes, many) if 1 < n <= many}
+    for i in range(pairs + 1):  # the first round cold, dropped; the order turns each round
+        order = list(scaled)[i % len(scaled) :] + list(scaled)[: i % len(scaled)]
+        for n, seconds in [(n, run(n)) for n in order]:
+            if i:
+                scaled[n].append(seconds)
     ratios = [b / a for a, b in timings]
+    one = statistics.median(a for a, _ in timings)
+    per_episode, fixed = statistics.linear_regression(
+        list(scaled), [statistics.median(v) for v in scaled.values()]
+    )
     return {
         "suite": suite, "fusion": fusion, "episodes": many, "rows": len(plan.episodes[target][0].rows),
         "epochs": configs[0].epochs, "batch_size": configs[0].batch_size, "mode": modes[-1],
         "one_s": [a for a, _ in timings], "many_s": [b for _, b in timings], "ratios": ratios,
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "scaling_s": {str(n): v for n, v in scaled.items()}, "fixed_s": fixed,
+        "per_episode_s": per_episode, "per_episodes_alone_ratio": many * per_episode / one,
     }  # fmt: skip
