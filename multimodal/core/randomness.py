@@ -60,7 +60,13 @@ class _Key:
         return _uniforms(kind, self.stream(draw), size, x.device).reshape(x.shape)
 
 
-def _stream(base: Any, draw: int) -> Any:
+def _block(seed: Any, step: int) -> Any:
+    """The key of (seed, step)'s block: an int, or a tensor of keys for a tensor of seeds."""
+    return _hash32(_hash32(seed & _M32) ^ (int(step) & _M32))
+
+
+def _stream(base: Any, draw: Any) -> Any:
+    """The key of draw ``draw`` (an int, or a tensor of indices) in ``base``'s block."""
     return _hash32(base ^ ((draw * 0x85EBCA6B) & _M32))
 
 
@@ -81,7 +87,7 @@ def keyed_randomness(seed: int | torch.Tensor, step: int) -> Iterator[None]:
     seed is hashed in Python; a tensor one (each model's, under vmap) in tensor ops."""
     if not isinstance(seed, torch.Tensor):
         seed = int(seed)
-    with _keyed(_Key(_hash32(_hash32(seed & _M32) ^ (int(step) & _M32)))):
+    with _keyed(_Key(_block(seed, step))):
         yield
 
 
@@ -89,9 +95,9 @@ def draw_keys(seeds: torch.Tensor, step: int, count: int = 16) -> torch.Tensor:
     """[E, 1 + count] int64: for each seed, the key of ``keyed_randomness(seed, step)``'s
     block and its first ``count`` draws' keys, hashed for every seed at once. Under ``vmap``
     each of those hashes is a dozen batched ops per draw; ``keyed_by`` reads them instead."""
-    base = _hash32(_hash32(seeds & _M32) ^ (int(step) & _M32))
+    base = _block(seeds, step)[:, None]
     draw = torch.arange(count, dtype=torch.int64, device=seeds.device)
-    return torch.cat([base[:, None], _hash32(base[:, None] ^ ((draw * 0x85EBCA6B) & _M32))], 1)
+    return torch.cat([base, _stream(base, draw)], 1)
 
 
 def draws_ahead(keys: torch.Tensor, kinds: Sequence[tuple[str, int]]) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ and head on cached features only.
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import time
 from typing import Any
@@ -36,18 +37,23 @@ def _plan(suite: str, fusion: str, episodes: int, dim: int | None = None) -> Any
 
 
 def _pairs(first: Any, second: Any, pairs: int) -> list[tuple[float, float]]:
-    """``pairs`` timings of both, alternating which goes first; a cold pair runs first and
-    is dropped (CPU timings drift with heat, caches and the machine's other load)."""
-    out = []
-    for i in range(pairs + 1):
-        order = (first, second) if i % 2 else (second, first)
-        times = {}
-        for fn in order:
+    """``pairs`` timings of both, alternating which goes first (``_rounds``)."""
+    return list(zip(*_rounds([first, second], pairs), strict=True))
+
+
+def _rounds(fns: list[Any], rounds: int) -> list[list[float]]:
+    """``rounds`` timings of each of ``fns``, each round turning which goes first; a cold
+    round runs first and is dropped (CPU timings drift with heat, caches and the machine's
+    other load). One list of seconds per function."""
+    out: list[list[float]] = [[] for _ in fns]
+    for i in range(rounds + 1):
+        turn = (i + 1) % len(fns)
+        for j in [*range(turn, len(fns)), *range(turn)]:
             tick = time.perf_counter()
-            fn()
-            times[fn] = time.perf_counter() - tick
-        out.append((times[first], times[second]))
-    return out[1:]
+            fns[j]()
+            if i:
+                out[j].append(time.perf_counter() - tick)
+    return out
 
 
 def kshot_fit_vs_raw_loop(suite: str = "real-digits-quick", fusion: str = "concat",
@@ -161,19 +167,14 @@ def batched_episodes(suite: str = "real-digits-quick", fusion: str = "concat", m
     datas = [s.data() for s in stages]
     modes: list[str] = []
 
-    def run(count: int) -> float:
-        tick = time.perf_counter()
+    def run(count: int) -> None:
         models = [s.initial_model(share_encoders=True) for s in stages[:count]]
         modes.append(fit_episodes(models, datas[:count], configs[:count]).mode)
-        return time.perf_counter() - tick
 
     timings = _pairs(lambda: run(1), lambda: run(many), pairs)
-    scaled: dict[int, list[float]] = {n: [] for n in (*sizes, many) if 1 < n <= many}
-    for i in range(pairs + 1):  # the first round cold, dropped; the order turns each round
-        order = list(scaled)[i % len(scaled) :] + list(scaled)[: i % len(scaled)]
-        for n, seconds in [(n, run(n)) for n in order]:
-            if i:
-                scaled[n].append(seconds)
+    counts = [n for n in (*sizes, many) if 1 < n <= many]
+    scaled = dict(zip(counts, _rounds([functools.partial(run, n) for n in counts], pairs),
+                      strict=True))  # fmt: skip
     ratios = [b / a for a, b in timings]
     one = statistics.median(a for a, _ in timings)
     per_episode, fixed = statistics.linear_regression(

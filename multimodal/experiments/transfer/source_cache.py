@@ -106,7 +106,9 @@ def load(key: str, model: Any) -> dict[str, Any] | None:
         state = load_bytes(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent or damaged: train again
-    expected = _trained_state(model)
+    from ...engine.stacked import fusion_and_head
+
+    expected = fusion_and_head(model)  # names and shapes only: no copies
     if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
         return None
     for name in ("fusion", "head"):
