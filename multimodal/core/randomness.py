@@ -62,7 +62,8 @@ class _Key:
 
 def _block(seed: Any, step: int) -> Any:
     """The key of (seed, step)'s block: an int, or a tensor of keys for a tensor of seeds."""
-    return _hash32(_hash32(seed & _M32) ^ (int(step) & _M32))
+    step = step if isinstance(step, torch.Tensor) else int(step)
+    return _hash32(_hash32(seed & _M32) ^ (step & _M32))
 
 
 def _stream(base: Any, draw: Any) -> Any:
@@ -91,24 +92,82 @@ def keyed_randomness(seed: int | torch.Tensor, step: int) -> Iterator[None]:
         yield
 
 
-def draw_keys(seeds: torch.Tensor, step: int, count: int = 16) -> torch.Tensor:
+def draw_keys(seeds: torch.Tensor, step: int | Sequence[int], count: int = 16) -> torch.Tensor:
     """[E, 1 + count] int64: for each seed, the key of ``keyed_randomness(seed, step)``'s
-    block and its first ``count`` draws' keys, hashed for every seed at once. Under ``vmap``
-    each of those hashes is a dozen batched ops per draw; ``keyed_by`` reads them instead."""
-    base = _block(seeds, step)[:, None]
+    block and its first ``count`` draws' keys, hashed for every seed at once ([S, E, 1 +
+    count] for a sequence of S steps). Under ``vmap`` each of those hashes is a dozen
+    batched ops per draw; ``keyed_by`` reads them instead."""
+    if not isinstance(step, Sequence):
+        return draw_keys(seeds, [step], count)[0]
+    steps = torch.tensor([int(s) for s in step], dtype=torch.int64, device=seeds.device)
+    base = _block(seeds[None, :], steps[:, None])[..., None]  # S x E x 1
     draw = torch.arange(count, dtype=torch.int64, device=seeds.device)
-    return torch.cat([base, _stream(base, draw)], 1)
+    return torch.cat([base, _stream(base, draw)], -1)
+
+
+# Draws made ahead: up to this many values (float32) at once, for a run of steps; hashed
+# this many at a time (temporaries of about 512 KiB, in a core's cache through the hash's
+# dozen passes).
+_AHEAD = 1 << 22
+_CHUNK = 1 << 17
 
 
 def draws_ahead(keys: torch.Tensor, kinds: Sequence[tuple[str, int]]) -> list[torch.Tensor]:
     """The draws (``kinds``: each one's kind and size, as ``keyed_by(record=...)`` noted
-    them) of every row's block of ``keys`` (``draw_keys``), [E, size] each: made for all
-    rows in one set of tensor ops, outside ``vmap``."""
-    ahead = keys.shape[1] - 1
-    streams = [
-        keys[:, 1 + i : 2 + i] if i < ahead else _stream(keys[:, :1], i) for i in range(len(kinds))
-    ]
-    return [_uniforms(k, s, size, keys.device) for (k, size), s in zip(kinds, streams, strict=True)]
+    them) of every row's block of ``keys`` ([..., 1 + n], ``draw_keys``), [..., size] each:
+    made outside ``vmap`` for all rows (every episode, and every step of a sequence) in one
+    set of tensor ops per kind and cache-sized slab of rows, not per draw."""
+    lead, ahead = keys.shape[:-1], keys.shape[-1] - 1
+    flat = keys.reshape(-1, ahead + 1)
+    streams = torch.stack(
+        [flat[:, 1 + i] if i < ahead else _stream(flat[:, 0], i) for i in range(len(kinds))], 1
+    ) if kinds else flat[:, :0]  # fmt: skip
+    made: list[torch.Tensor | None] = [None] * len(kinds)
+    for kind in (FINE, COARSE):
+        chosen = [i for i, (k, _) in enumerate(kinds) if k == kind]
+        if not chosen:
+            continue
+        counts = [_hashes(kind, kinds[i][1]) for i in chosen]
+        index = torch.cat([torch.arange(c, dtype=torch.int32, device=keys.device) for c in counts])
+        column = torch.repeat_interleave(torch.tensor(chosen, device=keys.device),
+                                         torch.tensor(counts, device=keys.device))  # fmt: skip
+        out = torch.empty(len(flat), _values(kind, len(index)), device=keys.device)
+        rows = max(1, _CHUNK // max(len(index), 1))
+        for start in range(0, len(flat), rows):
+            stop = min(start + rows, len(flat))
+            out[start:stop] = _to_uniforms(kind, _bits(index, streams[start:stop, column]))
+        offset = 0
+        for i, c in zip(chosen, counts, strict=True):
+            begin = offset * (2 if kind == COARSE else 1)
+            made[i] = out[:, begin : begin + kinds[i][1]].reshape(*lead, kinds[i][1])
+            offset += c
+    return made  # type: ignore[return-value]
+
+
+class StepDraws:
+    """Each step's keys (``draw_keys``) and draws made ahead (``draws_ahead``) for a fit of
+    several models, one seed each, of ``total`` steps: until the first step has noted the
+    draws' kinds and sizes (``kinds``), its keys alone; then the draws of a run of steps at
+    once, up to ``_AHEAD`` values."""
+
+    def __init__(self, seeds: torch.Tensor, total: int = 0) -> None:
+        self.seeds, self.total = seeds, total
+        self.kinds: list[tuple[str, int]] | None = None
+        self._ahead: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Step ``step``'s keys [E, 1 + n] and its draws, [E, size] each."""
+        if self.kinds is None:
+            return draw_keys(self.seeds, step), []
+        if step not in self._ahead:
+            values = len(self.seeds) * max(sum(size for _, size in self.kinds), 1)
+            stop = min(step + max(_AHEAD // values, 1), max(self.total, step + 1))
+            keys = draw_keys(self.seeds, range(step, stop))
+            made = draws_ahead(keys, self.kinds)
+            self._ahead = {
+                s: (keys[i], [m[i] for m in made]) for i, s in enumerate(range(step, stop))
+            }
+        return self._ahead.pop(step)
 
 
 @contextlib.contextmanager
@@ -140,12 +199,44 @@ def _uniforms(kind: str, stream: Any, size: int, device: torch.device) -> torch.
     needs, its rate exact to 2^-16, at half the hashing)."""
     if isinstance(stream, torch.Tensor):
         stream = stream.to(device)
-    count = size if kind == FINE else (size + 1) // 2
-    index = torch.arange(count, dtype=torch.int64, device=device)
-    bits = _hash32((index * 0x9E3779B1 + stream) & _M32)
+    index = torch.arange(_hashes(kind, size), dtype=torch.int32, device=device)
+    return _to_uniforms(kind, _bits(index, stream))[..., :size]
+
+
+def _bits(index: torch.Tensor, stream: Any) -> torch.Tensor:
+    """``_hash32((index * 0x9E3779B1 + stream) mod 2^32)`` for an int32 ``index`` and an
+    int or int64 ``stream``, as int32: the same 32 bits, in int32 arithmetic, which wraps
+    modulo 2^32 (half the bytes of int64 and no masks: about twice as fast)."""
+    stream = stream.to(torch.int32) if isinstance(stream, torch.Tensor) else _signed(stream)
+    x = index * _signed(0x9E3779B1) + stream
+    x = x ^ ((x >> 16) & 0xFFFF)  # >> on int32 is arithmetic: the mask makes it logical
+    x = x * 0x21F0AAAD
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * 0x735A2D97
+    return x ^ ((x >> 15) & 0x1FFFF)
+
+
+def _signed(value: int) -> int:
+    """``value`` mod 2^32 as an int32."""
+    value &= _M32
+    return value - (1 << 32) if value >> 31 else value
+
+
+def _hashes(kind: str, size: int) -> int:
+    """How many hashes ``size`` uniforms of ``kind`` take."""
+    return size if kind == FINE else (size + 1) // 2
+
+
+def _values(kind: str, hashes: int) -> int:
+    return hashes if kind == FINE else 2 * hashes
+
+
+def _to_uniforms(kind: str, bits: torch.Tensor) -> torch.Tensor:
+    """int32 hashes [..., n] (``_bits``) as uniforms: [..., n] (``FINE``) or [..., 2n]
+    (``COARSE``)."""
     if kind == FINE:
-        return (bits >> 8).to(torch.float32) * (1.0 / (1 << 24))
-    halves = torch.stack([bits & 0xFFFF, bits >> 16], -1).flatten(-2)[..., :size]
+        return ((bits >> 8) & 0xFFFFFF).to(torch.float32) * (1.0 / (1 << 24))
+    halves = torch.stack([bits & 0xFFFF, (bits >> 16) & 0xFFFF], -1).flatten(-2)
     return halves.to(torch.float32) * (1.0 / (1 << 16))
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from ..core.randomness import draw_keys, draws_ahead, keyed_by
+from ..core.randomness import StepDraws, keyed_by
 from ..data.collate import EpochSampler
 from ..modeling.freezing import apply_strategy, frozen_encoders
 from ..modeling.model import Encoded, eval_mode
@@ -226,8 +226,7 @@ class StackedRun:
         self.seeds = torch.tensor([c.seed for c in configs], dtype=torch.int64, device=device)
         self.bf16 = precision(self.cfg, device) == "bf16"
         self.device, self.models, self.scheduler = device, list(models), None
-        self.probed = False
-        self.kinds: list[tuple[str, int]] | None = None  # the draws of a step, once seen
+        self.probed, self.draws = False, StepDraws(self.seeds)
 
     def _contiguous(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.transpose(1, 2) if name in self.transposed else tensor
@@ -247,9 +246,10 @@ class StackedRun:
 
         self.scheduler = get_scheduler(self.cfg.scheduler, self.optimizer,
                                        int(self.cfg.warmup_ratio * total), total)  # fmt: skip
+        self.draws.total = total
 
     def _loss(self, record: list[tuple[str, int]] | None) -> Callable[..., torch.Tensor]:
-        template, pooled, kinds = self.template, _pools_first(self.template), self.kinds or ()
+        template, pooled, kinds = self.template, _pools_first(self.template), self.draws.kinds or ()
 
         def loss(
             params: dict, keys: torch.Tensor, made: list[torch.Tensor], tokens: dict,
@@ -271,9 +271,8 @@ class StackedRun:
         batch = {k: _to(v, self.device) for k, v in batch.items()}
         # Each episode's random draws (dropout masks, router noise): the first step notes
         # their kinds and sizes, later steps make them for every episode outside vmap.
-        keys = draw_keys(self.seeds, step)
-        made = draws_ahead(keys, self.kinds) if self.kinds is not None else []
-        record: list[tuple[str, int]] | None = [] if self.kinds is None else None
+        keys, made = self.draws(step)
+        record: list[tuple[str, int]] | None = [] if self.draws.kinds is None else None
         args = (self.params, keys, made, batch["tokens"], batch["masks"], batch["labels"])
         try:
             losses = vmap(self._loss(record))(*args)  # E
@@ -287,7 +286,7 @@ class StackedRun:
             ) from err
         self.probed = True
         if record is not None:
-            self.kinds = record
+            self.draws.kinds = record
         if not torch.isfinite(losses.detach()).all():
             bad = int(torch.nonzero(~torch.isfinite(losses.detach()))[0])
             for param in self.params.values():

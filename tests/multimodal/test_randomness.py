@@ -87,3 +87,27 @@ def test_draws_made_ahead_outside_vmap_are_each_seeds_own_draws_bit_for_bit() ->
         with_other_size = dropout(torch.ones(4), 0.5)
     with keyed_randomness(3, 11):
         assert torch.equal(with_other_size, dropout(torch.ones(4), 0.5))
+
+
+def test_int32_hashing_gives_the_int64_hashes_bits_and_steps_made_together_are_each_steps() -> None:
+    """Draws hash in int32, which wraps modulo 2^32: the bits of the int64 hash with masks,
+    for tensor and int streams across the whole 32-bit range; and the draws of a run of
+    steps made at once (``StepDraws``) are each step's ``draws_ahead``, bit for bit."""
+    from multimodal.core import randomness as r
+
+    index = torch.arange(5000, dtype=torch.int32)
+    streams = torch.tensor([[0], [1], [2**31 - 1], [2**31], [2**32 - 1], [0x9E3779B1]])
+    expected = r._hash32((index.long() * 0x9E3779B1 + streams) & r._M32)
+    assert torch.equal(r._bits(index, streams).long() & r._M32, expected)
+    for row, stream in enumerate(streams[:, 0].tolist()):
+        assert torch.equal(r._bits(index, stream).long() & r._M32, expected[row])
+    seeds = torch.tensor([7, 8, 9])
+    kinds = [("coarse", 41), ("fine", 6), ("coarse", 8), ("fine", 3)]
+    draws = r.StepDraws(seeds, total=9)
+    assert draws(0)[1] == []  # before the kinds are noted: keys only
+    draws.kinds = kinds
+    for step in range(1, 9):
+        keys, made = draws(step)
+        assert torch.equal(keys, r.draw_keys(seeds, step))
+        alone = r.draws_ahead(r.draw_keys(seeds, step), kinds)
+        assert all(torch.equal(a, b) for a, b in zip(made, alone, strict=True))
