@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -149,9 +149,7 @@ class PooledConcat(nn.Module):
         super().__init__()
         self.modalities = modalities
         # learn_missing=False: the inputs already stand in for absent modalities.
-        self.missing = nn.ParameterDict(
-            {m: nn.Parameter(torch.zeros(in_dim), requires_grad=learn_missing) for m in modalities}
-        )
+        self.missing = missing_vectors(modalities, in_dim, learn_missing)
         self.mlp = nn.Sequential(
             nn.LayerNorm(in_dim * len(modalities)),
             nn.Linear(in_dim * len(modalities), hidden_dim),
@@ -168,6 +166,27 @@ class PooledConcat(nn.Module):
             for m in self.modalities
         ]
         return self.mlp(torch.cat(parts, dim=-1))  # B x dim
+
+
+def missing_vectors(modalities: Iterable[str], dim: int, learn: bool) -> nn.Module:
+    """What stands in for each absent modality, ``[m]`` -> [dim]: learned vectors (an
+    ``nn.ParameterDict``), or with ``learn=False`` zeros held as buffers, which nothing
+    makes trainable (freezing strategies set every parameter of a fusion trainable)."""
+    if learn:
+        return nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in modalities})
+    return _Zeros(modalities, dim)
+
+
+class _Zeros(nn.Module):
+    """Zero vectors by name, as buffers (the keys an ``nn.ParameterDict`` would give them)."""
+
+    def __init__(self, names: Iterable[str], dim: int) -> None:
+        super().__init__()
+        for name in names:
+            self.register_buffer(name, torch.zeros(dim))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._buffers[name]  # type: ignore[return-value]
 
 
 def presence(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ._base import pool_input
+from ._base import missing_vectors, pool_input
 
 
 class PooledProjection(nn.Module):
@@ -22,9 +22,7 @@ class PooledProjection(nn.Module):
     ) -> None:
         super().__init__()
         self.project = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in modality_dims.items()})
-        self.missing = nn.ParameterDict(
-            {m: nn.Parameter(torch.zeros(dim), requires_grad=learn_missing) for m in modality_dims}
-        )
+        self.missing = missing_vectors(modality_dims, dim, learn_missing)
 
     def forward(
         self, tokens: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]

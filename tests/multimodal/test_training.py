@@ -337,3 +337,23 @@ def test_a_one_row_last_batch_is_left_out_only_where_batchnorm_would_fail(caplog
     no_batchnorm = {m: e for m, e in config["encoders"].items() if m != "image"}
     assert fit(no_batchnorm).steps == 3
     assert fit(no_batchnorm, drop_last=True).steps == 2
+
+
+@pytest.mark.parametrize("fusion", ["gated", "late"])
+def test_zeros_that_stand_in_for_absent_modalities_stay_zeros_through_a_fit(setup, fusion) -> None:
+    """gated and late give an absent modality no weight, so its stand-in is zeros, not a
+    learned vector: every freezing strategy leaves them out of training, and a fit with
+    modalities dropped leaves them zero (the strategies set a fusion's parameters trainable,
+    which once made them train)."""
+    config, spec, dsd, rows = setup
+    built = {**model_config(config), "fusion": {"name": fusion, "dim": 16}}
+    model = mm.build_model(built, rows, seed=0)
+    apply_strategy(model, "full")
+    assert not [n for n, p in model.named_parameters() if ".missing." in n]
+    zeros = {n: b for n, b in model.named_buffers() if ".missing." in n}
+    assert zeros, "the stand-ins are buffers"
+    engine.fit(model, engine.FitData(spec, dsd["train"]),
+               train_config(config, epochs=2, lr=0.05, modality_dropout=0.5))  # fmt: skip
+    assert all(not b.any() for b in zeros.values())
+    reloaded = {n: b for n, b in model.state_dict().items() if ".missing." in n}
+    assert set(reloaded) == set(zeros)  # the keys a checkpoint keeps, as before
