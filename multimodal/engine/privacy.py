@@ -103,7 +103,7 @@ class PrivateTraining:
     noise_multiplier: float
     sample_rate: float
     module: Any  # Opacus's per-sample-gradient wrapper
-    hook: Any  # the fusion's check for batch-level terms
+    hooks: list[Any]  # the fusion's check for batch-level terms, embeddings' ids per row
     frozen: dict[str, torch.nn.Parameter]  # no per-sample gradient in Opacus: kept fixed
 
     def epsilon(self) -> float:
@@ -112,7 +112,8 @@ class PrivateTraining:
     def close(self) -> None:
         """Opacus's hooks and per-sample gradients off the model, which trains normally after."""
         self.module._close()
-        self.hook.remove()
+        for hook in self.hooks:
+            hook.remove()
         for p in self.frozen.values():
             p.requires_grad_(True)
 
@@ -140,34 +141,43 @@ class DeviceLoader:
 
 class _Boxed(torch.utils.data.Dataset):
     """Each item in a 1-tuple: Opacus reads ``dataset[0]`` as a sequence of fields to shape
-    an empty Poisson batch, and this toolkit's items are row indices or row dicts."""
+    an empty Poisson batch, and this toolkit's items are row indices or row dicts. A
+    dataset that reads a batch's rows at once (``__getitems__``: processed rows, whose
+    collate function takes that batch's columns) is boxed by index, and read by
+    ``_Unboxed``."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
+        self.batched = hasattr(dataset, "__getitems__")
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any]:
-        return (self.dataset[index],)
+        return (index if self.batched else self.dataset[index],)
 
 
 class _Unboxed:
-    """The loader's own collate function on the unboxed items."""
+    """The loader's own collate function on the unboxed items (a batched dataset's rows,
+    read at once)."""
 
-    def __init__(self, collate: Any) -> None:
-        self.collate = collate
+    def __init__(self, collate: Any, dataset: _Boxed) -> None:
+        self.collate, self.dataset = collate, dataset
 
     def __call__(self, items: list[tuple[Any]]) -> Any:
-        return self.collate([item for (item,) in items])
+        unboxed = [item for (item,) in items]
+        if self.dataset.batched:
+            return self.collate(self.dataset.dataset.__getitems__(unboxed))
+        return self.collate(unboxed)
 
 
 def _boxed(loader: Any, processes: int) -> torch.utils.data.DataLoader:
     """``loader`` as Opacus reads it; its batch is the global one (Opacus's sample rate is
     1 / its length), as a DDP step takes a batch from every process."""
+    boxed = _Boxed(loader.dataset)
     return torch.utils.data.DataLoader(
-        _Boxed(loader.dataset), batch_size=loader.batch_size * processes, drop_last=loader.drop_last,
-        collate_fn=_Unboxed(loader.collate_fn), generator=loader.generator,
+        boxed, batch_size=loader.batch_size * processes, drop_last=loader.drop_last,
+        collate_fn=_Unboxed(loader.collate_fn, boxed), generator=loader.generator,
         num_workers=loader.num_workers, pin_memory=loader.pin_memory,
     )  # fmt: skip
 
@@ -185,7 +195,7 @@ def make_private(
     from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
     from opacus.validators.errors import UnsupportedModuleError
 
-    hook = _refuse_batch_terms(model)
+    hooks = [_refuse_batch_terms(model), *_embeddings_per_row(model)]
     frozen = freeze_unhookable(model)
     engine = PrivacyEngine(accountant=settings.accountant)
     module = DPDDP(model) if processes > 1 else model
@@ -203,11 +213,12 @@ def make_private(
     except UnsupportedModuleError as err:
         for p in frozen.values():
             p.requires_grad_(True)
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         raise ValueError(f"train.dp: a trainable layer mixes the rows of a batch ({err}); freeze it or "
                          "replace it (BatchNorm by GroupNorm, say)") from None  # fmt: skip
     privacy = PrivateTraining(engine, settings, float(optimizer.noise_multiplier),
-                              float(loader.sample_rate), private, hook, frozen)  # fmt: skip
+                              float(loader.sample_rate), private, hooks, frozen)  # fmt: skip
     return private, optimizer, loader, privacy
 
 
@@ -233,6 +244,36 @@ def freeze_unhookable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         logger.warning("train.dp: %d parameters have no per-sample gradient in Opacus and stay as "
                        "they are: %s", len(frozen), ", ".join(frozen))  # fmt: skip
     return frozen
+
+
+def _embeddings_per_row(model: torch.nn.Module) -> list[Any]:
+    """Hooks that give each trainable ``nn.Embedding`` one row of ids per row of the batch.
+    BERT-like encoders look their position embeddings up with ids that every row shares
+    ([1, L], broadcast when added), for which Opacus computes one gradient for the whole
+    batch instead of one per row. Such ids are expanded to the rows of the call that holds
+    the embedding (the largest leading size among its tensor arguments): the same output,
+    and each row's own gradient."""
+    hooks: list[Any] = []
+    for parent in model.modules():
+        embeddings = [c for c in parent.children()
+                      if isinstance(c, torch.nn.Embedding) and c.weight.requires_grad]  # fmt: skip
+        if not embeddings:
+            continue
+        rows = [0]
+
+        def note(module: Any, args: tuple, kwargs: dict, rows: list[int] = rows) -> None:
+            tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+            rows[0] = max((t.shape[0] for t in tensors if t.dim() > 0), default=0)
+
+        def expand(module: Any, args: tuple, rows: list[int] = rows) -> tuple | None:
+            ids = args[0]
+            if ids.dim() > 0 and ids.shape[0] == 1 and rows[0] > 1:
+                return (ids.expand(rows[0], *ids.shape[1:]), *args[1:])
+            return None
+
+        hooks.append(parent.register_forward_pre_hook(note, with_kwargs=True))
+        hooks += [e.register_forward_pre_hook(expand) for e in embeddings]
+    return hooks
 
 
 def _refuse_batch_terms(model: torch.nn.Module) -> Any:

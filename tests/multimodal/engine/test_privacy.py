@@ -146,3 +146,47 @@ def test_two_process_ddp_private_training_keeps_the_ranks_equal(tmp_path) -> Non
     assert weights[0] == weights[1]
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["steps"] == 6 and 7.0 < final["privacy"]["dp_epsilon"] <= 8.01
+
+
+def test_full_private_fine_tuning_trains_the_encoders_on_processed_rows() -> None:
+    """strategy full reads processed rows (a batch's columns at once) and trains BERT's
+    position embeddings, whose ids every row shares: both once crashed the private fit."""
+    config, spec, dsd, rows = tiny_data(fusion={"name": "concat", "dim": 16})
+    model = mm.build_model(model_config(config), rows, seed=0)
+    position = model.encoders["text"].model.embeddings.position_embeddings.weight
+    before = position.detach().clone()
+    cfg = {**config["train"], "strategy": "full", "epochs": 1, "dp": {"epsilon": 8.0}}
+    result = fit(model, FitData(spec, dsd["train"], dsd["validation"]), cfg)
+    assert result.steps > 0 and result.privacy["dp_epsilon"] <= 8.0
+    assert "position_embeddings" not in " ".join(result.privacy["dp_frozen"])
+    assert not torch.equal(before, position.detach())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_embedding_ids_shared_by_the_rows_get_each_rows_own_gradient() -> None:
+    """Opacus gives a row's per-sample gradient of BERT's position embeddings the gradient
+    of that row's loss alone once the shared ids are expanded to the rows."""
+    from opacus.grad_sample import GradSampleModule
+    from transformers import BertConfig, BertModel
+
+    from multimodal.engine.privacy import _embeddings_per_row
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # fmt: skip
+    bert = BertModel(config, add_pooling_layer=False).train()  # no dropout: rows compare
+    ids, target = torch.randint(0, 50, (4, 6)), torch.randn(6, 8)
+    hooks = _embeddings_per_row(bert)
+    wrapped = GradSampleModule(bert, loss_reduction="sum")
+    (wrapped(input_ids=ids).last_hidden_state * target).sum().backward()
+    weight = bert.embeddings.position_embeddings.weight
+    per_row = weight.grad_sample.detach().clone()
+    for hook in hooks:
+        hook.remove()
+    wrapped._close()
+    for row in range(len(ids)):
+        bert.zero_grad()
+        (bert(input_ids=ids[row : row + 1]).last_hidden_state * target).sum().backward()
+        assert weight.grad[:6].abs().min() > 0  # every position the row reads has a gradient
+        assert torch.allclose(per_row[row], weight.grad, rtol=1e-4, atol=1e-7)
