@@ -663,3 +663,20 @@ def test_timm_weight_loading_lines_are_quiet_unless_verbose(caplog) -> None:
         assert "Loading pretrained weights" not in caplog.text
     finally:
         logging.getLogger("timm").setLevel(before)
+
+
+@pytest.mark.parametrize(("drifted", "status"), [(True, 1), (False, 0)])
+def test_drift_exits_1_when_the_data_drifted_and_0_when_not(monkeypatch, capsys, drifted, status):
+    """As ``diff`` and ``bench --compare-to``: 1 says "drifted", 2 stays an error's status."""
+    from multimodal.analysis import drift
+    from multimodal.cli import analysis
+
+    report = {"overall": {"drift": drifted}}
+    monkeypatch.setattr(analysis, "load_model", lambda args: object())
+    monkeypatch.setattr(analysis, "spec_split", lambda *a: (None, None))
+    monkeypatch.setattr(drift, "detect_drift", lambda *a, **k: report)
+    monkeypatch.setattr(drift, "drift_markdown", lambda r: "verdict")
+    assert (
+        main(["drift", "--model", "m", "--reference", "a.yaml", "--incoming", "b.yaml"]) == status
+    )
+    assert "verdict" in capsys.readouterr().out
