@@ -60,8 +60,9 @@ class _Key:
         return _uniforms(kind, self.stream(draw), size, x.device).reshape(x.shape)
 
 
-def _block(seed: Any, step: int) -> Any:
-    """The key of (seed, step)'s block: an int, or a tensor of keys for a tensor of seeds."""
+def _block(seed: Any, step: int | torch.Tensor) -> Any:
+    """The key of (seed, step)'s block: an int, or a tensor of keys for a tensor of seeds
+    (or of steps)."""
     step = step if isinstance(step, torch.Tensor) else int(step)
     return _hash32(_hash32(seed & _M32) ^ (step & _M32))
 
@@ -228,6 +229,7 @@ def _hashes(kind: str, size: int) -> int:
 
 
 def _values(kind: str, hashes: int) -> int:
+    """How many uniforms ``hashes`` hashes of ``kind`` give."""
     return hashes if kind == FINE else 2 * hashes
 
 
