@@ -680,3 +680,37 @@ def test_drift_exits_1_when_the_data_drifted_and_0_when_not(monkeypatch, capsys,
         main(["drift", "--model", "m", "--reference", "a.yaml", "--incoming", "b.yaml"]) == status
     )
     assert "verdict" in capsys.readouterr().out
+
+
+def test_cache_lists_the_stores_and_clears_only_what_is_asked(tmp_path, monkeypatch, capsys):
+    """``multimodal cache`` reports both stores; ``--clear --older-than`` removes the entries
+    unused that long (a read counts as use), a key's files and interrupted temporaries
+    together; ``--clear`` alone the rest; nothing else in the folder is touched."""
+    import os
+    import time
+
+    from multimodal.experiments.transfer import scratch_cache
+
+    monkeypatch.setenv("TRANSFERFUSE_CACHE", str(tmp_path))
+    (tmp_path / "source").mkdir()
+    old = [tmp_path / "source" / n for n in ("old.json", "old.safetensors", ".old.json.x1")]
+    new = [tmp_path / "source" / n for n in ("new.json", "new.safetensors")]
+    for path in [*old, *new]:
+        path.write_bytes(b"0" * 1000)
+    scratch_cache.store("s1", 0.5, {})
+    scratch_cache.store("s2", 0.25, {})
+    (tmp_path / "mine.txt").write_text("a file of the user's")
+    ten_days_ago = time.time() - 10 * 86400
+    for path in [*old, tmp_path / "scratch" / "s1.json", tmp_path / "scratch" / "s2.json"]:
+        os.utime(path, (ten_days_ago, ten_days_ago))
+    assert scratch_cache.load("s2") == 0.25  # read: used now
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "source: 2 entries, 0.0 MB" in out and "scratch: 2 entries" in out
+    assert main(["cache", "--clear", "--older-than", "7"]) == 0
+    assert "removed 2 entries unused for more than 7 days" in capsys.readouterr().out
+    assert not any(p.exists() for p in old) and all(p.exists() for p in new)
+    assert scratch_cache.load("s1") is None and scratch_cache.load("s2") == 0.25
+    assert main(["cache", "--clear", "--kind", "source"]) == 0
+    assert not any(p.exists() for p in new) and scratch_cache.load("s2") == 0.25
+    assert (tmp_path / "mine.txt").exists()

@@ -18,7 +18,7 @@ COMMANDS = (
     evaluation.add_predict,
     analysis.add_robustness, deploy.add_export, deploy.add_push, analysis.add_drift, versions.add_readapt,
     versions.add_history, deploy.add_serve, training.add_reproduce, analysis.add_explain,
-    analysis.add_ensemble, training.add_transfer, training.add_federate, training.add_distill, bench.add_bench, rank.add_rank, dataset.add_export_dataset,
+    analysis.add_ensemble, training.add_transfer, training.add_federate, training.add_distill, bench.add_bench, rank.add_rank, listing.add_cache, dataset.add_export_dataset,
 )  # fmt: skip
 
 

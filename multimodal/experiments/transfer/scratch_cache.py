@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-CACHE_ENV = "TRANSFERFUSE_CACHE"
+from . import stored
+
 # Train keys that change where or how loudly a fit runs, not what it learns.
 _NOT_LEARNED = ("output_dir", "progress", "log_every", "trackers", "tracker_project",
                 "tracker_kwargs", "save_every", "keep_checkpoints", "overwrite", "resume_from")  # fmt: skip
@@ -30,7 +30,7 @@ def learned(cfg: Any) -> dict[str, Any]:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transferfuse") / "scratch"
+    return stored.root() / "scratch"
 
 
 def data_fingerprints(spec: Any) -> list[str]:
@@ -77,9 +77,11 @@ def load(key: str | None) -> float | None:
         return None
     path = cache_root() / f"{key}.json"
     try:
-        return float(json.loads(path.read_text())["score"])
+        score = float(json.loads(path.read_text())["score"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent, or a damaged entry: train again
+    stored.mark_used(path)
+    return score
 
 
 def store(key: str | None, score: float, info: dict[str, Any]) -> None:

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from ...modeling.fingerprint import encoder_fingerprint
-from . import scratch_cache
+from . import scratch_cache, stored
 
 
 def cache_root() -> Path:
-    return scratch_cache.cache_root().parent / "source"
+    return stored.root() / "source"
 
 
 def storable(plan: Any, cfg: Any) -> bool:
@@ -114,4 +114,5 @@ def load(key: str, model: Any) -> dict[str, Any] | None:
     for name in ("fusion", "head"):
         getattr(model, name).load_state_dict({k[len(name) + 1 :]: v for k, v in state.items()
                                               if k.startswith(f"{name}.")})  # fmt: skip
+    stored.mark_used(root / f"{key}.json")
     return dict(entry["fit"])
