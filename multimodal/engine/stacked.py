@@ -23,7 +23,7 @@ from torch.func import functional_call, vmap
 
 from ..core.randomness import StepDraws, keyed_by
 from ..data.collate import EpochSampler
-from ..modeling.freezing import apply_strategy, frozen_encoders
+from ..modeling.freezing import apply_strategy, encoder_modules, frozen_encoders
 from ..modeling.model import Encoded, eval_mode
 from .config import FitData, FitResult, TrainConfig
 from .loaders import drop_last, split_features, use_feature_cache
@@ -53,11 +53,11 @@ def fit_stacked(
     cfg, data, template = configs[0], datas[0], models[0]
     device = torch.device(fit_device())
     counts = apply_strategy(template, cfg.strategy, cfg.top_k, cfg.lora)
-    shared = [id(e) for e in template.encoders.values()]
+    shared = encoder_modules(template)
     for model in models[1:]:
-        # The same encoder modules (one plan's copies, or the seeds' plans drawing on one
-        # pool): frozen above, not walked again for each of a grid point's 320 models.
-        if [id(e) for e in model.encoders.values()] == shared:
+        # The same encoder modules: frozen above, not walked again for each of a grid
+        # point's 320 models.
+        if encoder_modules(model) == shared:
             model.fusion.requires_grad_(True)
             model.head.requires_grad_(True)
         else:

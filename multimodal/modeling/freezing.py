@@ -69,6 +69,12 @@ def frozen_encoders(model: Any) -> list[str]:
     ]
 
 
+def encoder_modules(model: Any) -> tuple[int, ...]:
+    """The identities of the model's encoder modules: models with the same ones share their
+    weights and what is frozen in them (one plan's copies, or the seeds' plans on one pool)."""
+    return tuple(id(e) for e in model.encoders.values())
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     return {
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ...engine.stacked import fusion_and_head
 from ...modeling.fingerprint import encoder_fingerprint
 from . import scratch_cache, stored
 
@@ -73,8 +74,6 @@ def _code(model: Any) -> str:
 def _trained_state(model: Any) -> dict[str, torch.Tensor]:
     """The fusion's and head's tensors (copies: safetensors refuses shared storage); the
     encoders' modules are not walked."""
-    from ...engine.stacked import fusion_and_head
-
     return {k: v.detach().clone().contiguous() for k, v in fusion_and_head(model).items()}
 
 
@@ -106,8 +105,6 @@ def load(key: str, model: Any) -> dict[str, Any] | None:
         state = load_bytes(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent or damaged: train again
-    from ...engine.stacked import fusion_and_head
-
     expected = fusion_and_head(model)  # names and shapes only: no copies
     if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
         return None

@@ -14,7 +14,7 @@ from ...data.split import Split
 from ...engine import FitData, TrainConfig, fit
 from ...engine.episodes import EpisodeFits, fit_episodes
 from ...modeling.copying import copy_model
-from ...modeling.freezing import frozen_encoders
+from ...modeling.freezing import encoder_modules, frozen_encoders
 from ...modeling.model import MultimodalModel, build_model, reads_data_columns
 from ..adaptations import UNBALANCED, Adaptation, AdaptContext
 from . import scratch_cache, source_cache
@@ -33,7 +33,7 @@ def shares_encoders(*models: MultimodalModel) -> bool:
     """Whether each model trained with every encoder frozen: its encoder outputs are those
     of the model it started from, worth keeping in the feature store for the next stage.
     Models holding the same encoders are checked once."""
-    distinct = {tuple(map(id, m.encoders.values())): m for m in models}.values()
+    distinct = {encoder_modules(m): m for m in models}.values()
     return all(len(frozen_encoders(m)) == len(m.encoders) for m in distinct)
 
 
