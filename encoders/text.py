@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    MODEL_MAPPING,
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from multimodal.core.resources import local_or_hub
 
@@ -87,6 +93,21 @@ def _without_pooler(load: Any, *args: Any, **kwargs: Any) -> nn.Module:
         if "add_pooling_layer" not in str(err):
             raise
         return load(*args, **kwargs)
+
+
+def _pretrained_without_pooler(path: str, hub: dict[str, Any], **kwargs: Any) -> nn.Module:
+    """``AutoModel.from_pretrained`` without the pooler (``_without_pooler``), told that the
+    checkpoint's pooler weights are left unread on purpose: else transformers logs a load
+    report listing them as unexpected on every load. A model class that transformers does
+    not map (remote code) loads as is."""
+    config = AutoConfig.from_pretrained(path, **hub)
+    cls = MODEL_MAPPING.get(type(config), None)
+    if cls is None:
+        return _without_pooler(AutoModel.from_pretrained, path, **hub, **kwargs)
+    ignored = [*(cls._keys_to_ignore_on_load_unexpected or []), r"(^|\.)pooler\."]
+    quiet = type(cls.__name__, (cls,), {"_keys_to_ignore_on_load_unexpected": ignored,
+                                        "__module__": cls.__module__})  # fmt: skip
+    return _without_pooler(quiet.from_pretrained, path, config=config, **hub, **kwargs)
 
 
 def _largest_module_list(model: nn.Module) -> list[nn.Module]:
@@ -270,12 +291,8 @@ class HFTextEncoder(Encoder):
             )
         elif pretrained:
             # Pickled weights (pytorch_model.bin) are refused unless the user opts out.
-            model = _without_pooler(
-                AutoModel.from_pretrained,
-                model_name_or_path,
-                use_safetensors=use_safetensors,
-                **hub,
-                **attention,
+            model = _pretrained_without_pooler(
+                model_name_or_path, hub, use_safetensors=use_safetensors, **attention
             )
         else:
             hf_config = AutoConfig.from_pretrained(model_name_or_path, **hub)

@@ -42,6 +42,31 @@ def test_local_folder_in_hub_layout_round_trips(tmp_path) -> None:
     assert a.shape == b.shape and (a - b).abs().max() < 1e-5
 
 
+def test_a_checkpoint_with_a_pooler_loads_without_it_and_without_a_load_report(tmp_path) -> None:
+    import logging
+
+    import transformers
+
+    config = transformers.BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"})
+    transformers.BertModel(config, add_pooling_layer=True).save_pretrained(tmp_path)
+    trained = encoders.create_encoder("hf_text", config=TINY_BERT, train_texts=TEXTS)
+    trained.tokenizer.save_pretrained(tmp_path)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    library = logging.getLogger("transformers")
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # a CLI test in this process may have quieted it
+    library.addHandler(handler)
+    try:
+        loaded = encoders.create_encoder("hf_text", model_name_or_path=str(tmp_path))
+    finally:
+        library.removeHandler(handler)
+        transformers.logging.set_verbosity(level)
+    assert loaded.model.pooler is None
+    assert not any("LOAD REPORT" in message for message in seen), seen
+
+
 def test_needs_exactly_one_source() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         encoders.create_encoder("hf_text")
