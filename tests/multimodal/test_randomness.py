@@ -111,3 +111,20 @@ def test_int32_hashing_gives_the_int64_hashes_bits_and_steps_made_together_are_e
         assert torch.equal(keys, r.draw_keys(seeds, step))
         alone = r.draws_ahead(r.draw_keys(seeds, step), kinds)
         assert all(torch.equal(a, b) for a, b in zip(made, alone, strict=True))
+
+
+def test_uniforms_read_each_hash_as_its_halves_low_first_on_either_byte_order() -> None:
+    """Dropout's uniforms (``COARSE``) are each hash's low then high 16 bits over 2^16: the
+    little-endian path (the hashes' memory read as uint16) and the other machines' path
+    (masks and shifts) give the same values, and ``out`` gets them too."""
+    from multimodal.core import randomness as r
+
+    bits = r._bits(torch.arange(4099, dtype=torch.int32), torch.tensor([[5], [2**31 + 3]]))
+    read = r._halves(bits, little=True).to(torch.int64)
+    shifted = r._halves(bits, little=False).to(torch.int64)
+    assert torch.equal(read, shifted) and read.shape == (2, 2 * 4099)
+    assert torch.equal(read[:, 1::2] * 65536 + read[:, ::2], bits.long() & r._M32)
+    uniforms = r._to_uniforms(r.COARSE, bits)
+    assert torch.equal(uniforms, shifted.float() / 65536) and uniforms.dtype == torch.float32
+    out = torch.empty_like(uniforms)
+    assert r._to_uniforms(r.COARSE, bits, out) is out and torch.equal(out, uniforms)
