@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,18 +98,40 @@ def _without_pooler(load: Any, *args: Any, **kwargs: Any) -> nn.Module:
 
 
 def _pretrained_without_pooler(path: str, hub: dict[str, Any], **kwargs: Any) -> nn.Module:
-    """``AutoModel.from_pretrained`` without the pooler (``_without_pooler``), told that the
-    checkpoint's pooler weights are left unread on purpose: else transformers logs a load
-    report listing them as unexpected on every load. A model class that transformers does
-    not map (remote code) loads as is."""
+    """``AutoModel.from_pretrained`` without the pooler (``_without_pooler``), its class told
+    for the load that the checkpoint's pooler weights are left unread on purpose: else
+    transformers logs a load report listing them as unexpected on every load. The class is
+    the library's own, not a subclass (which could not be pickled by name); a class that
+    transformers does not map (remote code) loads as is."""
     config = AutoConfig.from_pretrained(path, **hub)
     cls = MODEL_MAPPING.get(type(config), None)
     if cls is None:
         return _without_pooler(AutoModel.from_pretrained, path, **hub, **kwargs)
-    ignored = [*(cls._keys_to_ignore_on_load_unexpected or []), r"(^|\.)pooler\."]
-    quiet = type(cls.__name__, (cls,), {"_keys_to_ignore_on_load_unexpected": ignored,
-                                        "__module__": cls.__module__})  # fmt: skip
-    return _without_pooler(quiet.from_pretrained, path, config=config, **hub, **kwargs)
+    with _CLASS_PATCH, _ignoring_unexpected(cls, r"(^|\.)pooler\."):
+        return _without_pooler(cls.from_pretrained, path, config=config, **hub, **kwargs)
+
+
+@contextlib.contextmanager
+def _ignoring_unexpected(cls: type, pattern: str) -> Iterator[None]:
+    """``cls._keys_to_ignore_on_load_unexpected`` plus ``pattern`` inside (a model reads it
+    when built), as it was after."""
+    own = cls.__dict__.get("_keys_to_ignore_on_load_unexpected", _ABSENT)
+    cls._keys_to_ignore_on_load_unexpected = [
+        *(cls._keys_to_ignore_on_load_unexpected or []),
+        pattern,
+    ]
+    try:
+        yield
+    finally:
+        if own is _ABSENT:
+            del cls._keys_to_ignore_on_load_unexpected
+        else:
+            cls._keys_to_ignore_on_load_unexpected = own
+
+
+_ABSENT = object()
+# One load at a time changes a class's list: two would restore each other's.
+_CLASS_PATCH = threading.Lock()
 
 
 def _largest_module_list(model: nn.Module) -> list[nn.Module]:

@@ -44,6 +44,7 @@ def test_local_folder_in_hub_layout_round_trips(tmp_path) -> None:
 
 def test_a_checkpoint_with_a_pooler_loads_without_it_and_without_a_load_report(tmp_path) -> None:
     import logging
+    import pickle
 
     import transformers
 
@@ -65,6 +66,10 @@ def test_a_checkpoint_with_a_pooler_loads_without_it_and_without_a_load_report(t
         transformers.logging.set_verbosity(level)
     assert loaded.model.pooler is None
     assert not any("LOAD REPORT" in message for message in seen), seen
+    # The library's own class, as it was: picklable by name, its ignore list unchanged.
+    assert type(loaded.model) is transformers.BertModel
+    assert transformers.BertModel._keys_to_ignore_on_load_unexpected is None
+    assert pickle.loads(pickle.dumps(loaded)).model.pooler is None
 
 
 def test_needs_exactly_one_source() -> None:
