@@ -102,9 +102,13 @@ def _pretrained_without_pooler(path: str, hub: dict[str, Any], **kwargs: Any) ->
     for the load that the checkpoint's pooler weights are left unread on purpose: else
     transformers logs a load report listing them as unexpected on every load. The class is
     the library's own, not a subclass (which could not be pickled by name); a class that
-    transformers does not map (remote code) loads as is."""
+    transformers does not map, or the checkpoint's own code when trusted, loads as is."""
     config = AutoConfig.from_pretrained(path, **hub)
-    cls = MODEL_MAPPING.get(type(config), None)
+    # Code the checkpoint ships, when the user trusts it, is what AutoModel would load.
+    remote = hub.get("trust_remote_code") and "AutoModel" in (
+        getattr(config, "auto_map", None) or {}
+    )
+    cls = None if remote else MODEL_MAPPING.get(type(config), None)
     if cls is None:
         return _without_pooler(AutoModel.from_pretrained, path, **hub, **kwargs)
     with _CLASS_PATCH, _ignoring_unexpected(cls, r"(^|\.)pooler\."):

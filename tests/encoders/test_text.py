@@ -72,6 +72,29 @@ def test_a_checkpoint_with_a_pooler_loads_without_it_and_without_a_load_report(t
     assert pickle.loads(pickle.dumps(loaded)).model.pooler is None
 
 
+def test_a_checkpoints_own_model_code_loads_when_trusted_and_only_then(tmp_path) -> None:
+    import json
+
+    import transformers
+
+    config = transformers.BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"})
+    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    trained = encoders.create_encoder("hf_text", config=TINY_BERT, train_texts=TEXTS)
+    trained.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "modeling_shipped.py").write_text(
+        "from transformers import BertModel\n\n\nclass ShippedModel(BertModel):\n    pass\n"
+    )
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["auto_map"] = {"AutoModel": "modeling_shipped.ShippedModel"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    trusted = encoders.create_encoder(
+        "hf_text", model_name_or_path=str(tmp_path), trust_remote_code=True
+    )
+    assert type(trusted.model).__name__ == "ShippedModel"  # what AutoModel would load
+    plain = encoders.create_encoder("hf_text", model_name_or_path=str(tmp_path))
+    assert type(plain.model) is transformers.BertModel
+
+
 def test_needs_exactly_one_source() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         encoders.create_encoder("hf_text")
