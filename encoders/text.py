@@ -98,21 +98,20 @@ def _without_pooler(load: Any, *args: Any, **kwargs: Any) -> nn.Module:
 
 
 def _pretrained_without_pooler(path: str, hub: dict[str, Any], **kwargs: Any) -> nn.Module:
-    """``AutoModel.from_pretrained`` without the pooler (``_without_pooler``), its class told
-    for the load that the checkpoint's pooler weights are left unread on purpose: else
-    transformers logs a load report listing them as unexpected on every load. The class is
-    the library's own, not a subclass (which could not be pickled by name); a class that
-    transformers does not map, or the checkpoint's own code when trusted, loads as is."""
-    config = AutoConfig.from_pretrained(path, **hub)
-    # Code the checkpoint ships, when the user trusts it, is what AutoModel would load.
-    remote = hub.get("trust_remote_code") and "AutoModel" in (
-        getattr(config, "auto_map", None) or {}
-    )
-    cls = None if remote else MODEL_MAPPING.get(type(config), None)
+    """``AutoModel.from_pretrained`` without the pooler (``_without_pooler``), the class the
+    config maps to told for the load that the checkpoint's pooler weights are unread on
+    purpose: else transformers logs a load report listing them as unexpected on every
+    load. AutoModel still chooses what loads (the checkpoint's own code when trusted, an
+    adapter's base model); the class is the library's own, not a subclass, so the model
+    pickles by name."""
+    try:
+        cls = MODEL_MAPPING.get(type(AutoConfig.from_pretrained(path, **hub)), None)
+    except (OSError, ValueError, KeyError):  # no config of its own: AutoModel decides
+        cls = None
     if cls is None:
         return _without_pooler(AutoModel.from_pretrained, path, **hub, **kwargs)
     with _CLASS_PATCH, _ignoring_unexpected(cls, r"(^|\.)pooler\."):
-        return _without_pooler(cls.from_pretrained, path, config=config, **hub, **kwargs)
+        return _without_pooler(AutoModel.from_pretrained, path, **hub, **kwargs)
 
 
 @contextlib.contextmanager
