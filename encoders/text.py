@@ -97,6 +97,11 @@ def _without_pooler(load: Any, *args: Any, **kwargs: Any) -> nn.Module:
         return load(*args, **kwargs)
 
 
+_ABSENT = object()
+# One load at a time changes a class's list: two would restore each other's.
+_CLASS_PATCH = threading.Lock()
+
+
 def _pretrained_without_pooler(path: str, hub: dict[str, Any], **kwargs: Any) -> nn.Module:
     """``AutoModel.from_pretrained`` without the pooler (``_without_pooler``), the class the
     config maps to told for the load that the checkpoint's pooler weights are unread on
@@ -130,11 +135,6 @@ def _ignoring_unexpected(cls: type, pattern: str) -> Iterator[None]:
             del cls._keys_to_ignore_on_load_unexpected
         else:
             cls._keys_to_ignore_on_load_unexpected = own
-
-
-_ABSENT = object()
-# One load at a time changes a class's list: two would restore each other's.
-_CLASS_PATCH = threading.Lock()
 
 
 def _largest_module_list(model: nn.Module) -> list[nn.Module]:
