@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -110,13 +111,15 @@ def _pretrained_without_pooler(path: str, hub: dict[str, Any], **kwargs: Any) ->
     adapter's base model); the class is the library's own, not a subclass, so the model
     pickles by name."""
     try:
-        cls = MODEL_MAPPING.get(type(AutoConfig.from_pretrained(path, **hub)), None)
+        config = AutoConfig.from_pretrained(path, **hub)
     except (OSError, ValueError, KeyError):  # no config of its own: AutoModel decides
-        cls = None
+        return _without_pooler(AutoModel.from_pretrained, path, **hub, **kwargs)
+    cls = MODEL_MAPPING.get(type(config), None)
+    load = functools.partial(AutoModel.from_pretrained, path, config=config, **hub, **kwargs)
     if cls is None:
-        return _without_pooler(AutoModel.from_pretrained, path, **hub, **kwargs)
+        return _without_pooler(load)
     with _CLASS_PATCH, _ignoring_unexpected(cls, r"(^|\.)pooler\."):
-        return _without_pooler(AutoModel.from_pretrained, path, **hub, **kwargs)
+        return _without_pooler(load)
 
 
 @contextlib.contextmanager

@@ -208,7 +208,7 @@ def _uniforms(kind: str, stream: Any, size: int, device: torch.device) -> torch.
 
 def _bits(index: torch.Tensor, stream: Any) -> torch.Tensor:
     """``_hash32((index * 0x9E3779B1 + stream) mod 2^32)`` for an int32 ``index`` and an
-    int or int64 ``stream``, as int32: the same 32 bits, in int32 arithmetic, which wraps
+    int or integer-tensor ``stream``, as int32: the same 32 bits, in int32 arithmetic, which wraps
     modulo 2^32 (half the bytes of int64 and no masks: about twice as fast)."""
     stream = stream.to(torch.int32) if isinstance(stream, torch.Tensor) else _signed(stream)
     x = index * _signed(0x9E3779B1) + stream
