@@ -133,9 +133,9 @@ def why_not_batched(
         return "the episodes' train configs differ"
     checks = [
         (cfg.feature_cache != "memory", "the feature cache is not in memory"),
-        (cfg.uda != "none" or cfg.balance != "none" or cfg.regularize != "none" or cfg.dg != "none"
-         or cfg.domain_balanced,
+        (cfg.uda != "none" or cfg.balance != "none" or cfg.regularize != "none" or cfg.dg != "none",
          "an objective beyond the task's loss"),
+        (cfg.domain_balanced, "domain-balanced batches (train.domain_balanced)"),
         (bool(cfg.adversarial) or cfg.augment != "none", "inputs are perturbed"),
         (cfg.private, "private training (train.dp)"),
         (cfg.grad_accum != 1 or cfg.batch_size == "auto", "gradient accumulation or a probed batch size"),

@@ -268,3 +268,21 @@ def test_epoch_orders_are_each_samplers_shuffle() -> None:
         sampler = EpochSampler(13, seed)
         sampler.set_epoch(4)
         assert order.tolist() == list(sampler)
+
+
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ({"domain_balanced": True}, "domain-balanced batches (train.domain_balanced)"),
+        ({"dg": "vrex"}, "an objective beyond the task's loss"),
+        ({"uda": "coral"}, "an objective beyond the task's loss"),
+        ({"compile": True}, "train.compile"),
+    ],
+)
+def test_a_setting_that_keeps_fits_apart_is_named(setting: dict, why: str) -> None:
+    from multimodal.engine.config import TrainConfig
+    from multimodal.engine.episodes import why_not_batched
+
+    configs = [TrainConfig(seed=seed, **setting) for seed in (0, 1)]
+    # Settings are read before the models and data: neither is looked at here.
+    assert why_not_batched([None, None], [None, None], configs) == why
