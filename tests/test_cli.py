@@ -200,11 +200,17 @@ def test_predict_from_a_dataset_and_from_files(trained, config_file, tmp_path, c
     assert records[0]["files"] == f"{tmp_path / 'texts.txt'} {tmp_path / 'table.csv'}"
     assert records[0]["class"] == str(records[0]["prediction"])
     files = ["--files", str(tmp_path / "texts.txt"), str(tmp_path / "table.csv")]
-    assert main(["predict", "--model", str(trained), *files, "--each", "--out", str(out)]) == 0
+    again = ["predict", "--model", str(trained), *files, "--each", "--out", str(out)]
+    assert main(again) == 2  # the earlier predictions stay, unless --overwrite
+    assert len(out.read_text().splitlines()) == 1
+    assert main([*again, "--overwrite"]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 3 and [r["files"] for r in records] == [files[1], files[1], files[2]]
     twice = ["--files", str(tmp_path / "texts.txt"), str(tmp_path / "texts.txt")]
-    assert main(["predict", "--model", str(trained), *twice, "--out", str(out)]) == 2
+    assert (
+        main(["predict", "--model", str(trained), *twice, "--out", str(tmp_path / "new.jsonl")])
+        == 2
+    )
 
 
 def test_transfer_prints_the_table_and_writes_the_report(config_file, tmp_path, capsys) -> None:
@@ -714,3 +720,58 @@ def test_cache_lists_the_stores_and_clears_only_what_is_asked(tmp_path, monkeypa
     assert main(["cache", "--clear", "--kind", "source"]) == 0
     assert not any(p.exists() for p in new) and scratch_cache.load("s2") == 0.25
     assert (tmp_path / "mine.txt").exists()
+
+
+# Each command that writes where it is pointed, and a file an earlier run of it left there
+# ({run}: a copy of the trained run folder, {cfg}: the tiny config, {o}: an output folder).
+EARLIER_OUTPUTS = [
+    (["evaluate", "--model", "{run}", "--config", "{cfg}"], "{run}/evaluation-test/evaluation.json"),
+    (["evaluate", "--model", "{run}", "--config", "{cfg}", "--out", "{o}"], "{o}/reliability.png"),
+    (["predict", "--model", "{run}", "--config", "{cfg}", "--out", "{o}/p.csv"], "{o}/p.csv"),
+    (["robustness", "--model", "{run}", "--config", "{cfg}", "--out", "{o}"], "{o}/robustness.json"),
+    (["explain", "--model", "{run}", "--config", "{cfg}", "--out", "{o}"], "{o}/contributions.png"),
+    (["ensemble", "--models", "{run}", "{run}", "--config", "{cfg}", "--out", "{o}/e.json"], "{o}/e.json"),
+    (["ensemble", "--models", "{run}", "{run}", "--config", "{cfg}", "--save-soup", "{o}/soup"],
+     "{o}/soup/model.safetensors"),
+    (["drift", "--model", "{run}", "--reference", "{cfg}", "--incoming", "{cfg}", "--out", "{o}"], "{o}/drift.md"),
+    (["export", "--model", "{run}"], "{run}/onnx/model.onnx"),
+    (["export", "--model", "{run}", "--out", "{o}/x", "--quantize", "dynamic"],
+     "{o}/x-int8-dynamic.report.json"),
+    (["export-dataset", "--out", "{o}"], "{o}/data/train-00000-of-00001.parquet"),
+    (["distill", "--teacher", "{run}", "--student-config", "{cfg}", "--output-dir", "{o}"], "{o}/distill.json"),
+    (["federate", "--config", "{cfg}", "--output-dir", "{o}"], "{o}/model/config.json"),
+    (["calibrate", "--model", "{run}", "--config", "{cfg}", "--out", "{o}/c"], "{o}/c.calibration.json"),
+    (["rank", "--suite", "synthetic-quick", "--out", "{o}"], "{o}/rankings.csv"),
+    (["rank", "--from", "{o}"], "{o}/rank/validation.md"),
+    (["rank", "--auto", "{o}"], "{o}/auto.json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "earlier"), EARLIER_OUTPUTS,
+                         ids=[f"{a[0]}-{e.rsplit('/', 1)[-1]}" for a, e in EARLIER_OUTPUTS])  # fmt: skip
+def test_what_an_earlier_run_wrote_is_replaced_only_with_overwrite(
+    trained, config_file, tmp_path, capsys, args, earlier
+) -> None:
+    """Refused before any work: exit status 2, one line naming the file and --overwrite, and
+    the file as it was."""
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    fill = {"run": run, "cfg": config_file, "o": tmp_path / "out"}
+    path = tmp_path / earlier.format(**fill)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("an earlier run's output")
+    assert main([a.format(**fill) for a in args]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--overwrite" in errors[0], errors
+    assert str(path) in errors[0] or str(path.parent) in errors[0], errors
+    assert path.read_text() == "an earlier run's output"
+
+
+def test_overwrite_replaces_an_earlier_report(trained, config_file, tmp_path) -> None:
+    out = tmp_path / "e"
+    args = ["evaluate", "--model", str(trained), "--config", str(config_file), "--out", str(out)]
+    out.mkdir()
+    (out / "evaluation.json").write_text("{}")
+    assert main([*args, "--overwrite"]) == 0
+    assert "overall" in json.loads((out / "evaluation.json").read_text())

@@ -184,6 +184,10 @@ def drift_markdown(report: Mapping[str, Any]) -> str:
     )
 
 
+# What ``write_drift_report`` writes into its folder.
+DRIFT_FILES = ("drift.json", "drift.md")
+
+
 def write_drift_report(report: Mapping[str, Any], out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,10 @@ def format_report(report: dict[str, Any], in_domain: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
+# What ``write_report`` may write into its folder.
+REPORT_FILES = ("evaluation.json", "confusion.json", "confusion.png", "reliability.png")
+
+
 def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """evaluation.json and, for a classifier, confusion.json, confusion.png and
     reliability.png."""

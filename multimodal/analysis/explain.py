@@ -259,6 +259,10 @@ def format_explanation(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# What ``write_explanation`` may write into its folder.
+EXPLANATION_FILES = ("explain.json", "contributions.png", "expert_load.png", "attention.png")
+
+
 def write_explanation(result: Mapping[str, Any], out: str | Path) -> dict[str, Path]:
     """explain.json and PNGs: contributions, expert load (MoE) and attention (cross-attention)."""
     import matplotlib

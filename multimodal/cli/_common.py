@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 OVERRIDES_HELP = "dotted key=value overrides, e.g. fusion.name=moe train.lr=3e-4"
@@ -30,6 +31,24 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+
+
+def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} that an earlier run left (without it, the command "
+                        "stops before it starts)")  # fmt: skip
+
+
+def refuse_to_replace(paths: Iterable[Path], overwrite: bool) -> None:
+    """Stop before any work when a path the command writes already holds something (a file,
+    or a folder that is not empty): what a user has is replaced only with --overwrite."""
+    taken = [str(p) for p in paths if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+    if taken and not overwrite:
+        one = len(taken) == 1
+        raise FileExistsError(
+            f"{' and '.join(taken)} already exist{'s' if one else ''}; write elsewhere, or pass "
+            f"--overwrite to replace {'it' if one else 'them'}"
+        )
 
 
 def config_split(args: argparse.Namespace) -> tuple[Any, Any]:

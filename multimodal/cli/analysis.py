@@ -10,6 +10,7 @@ from ._common import (
     add_load_options,
     add_model,
     add_overrides,
+    add_overwrite,
     add_split,
     config_split,
     count,
@@ -18,6 +19,7 @@ from ._common import (
     load_model,
     model_and_split,
     positive_int,
+    refuse_to_replace,
     spec_split,
 )
 
@@ -39,8 +41,10 @@ def run_robustness(args: argparse.Namespace) -> int:
     from ..analysis.robustness import format_missing_table, missing_modality_table
     from ..core.io import write_json_atomic
 
-    model, spec, ds = model_and_split(args)
     out = Path(args.out) if args.out else None
+    if out is not None:
+        refuse_to_replace([out / "robustness.json", out / "corruptions.png"], args.overwrite)
+    model, spec, ds = model_and_split(args)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     seen = in_domain(args, ds)
@@ -122,13 +126,20 @@ def add_robustness(sub: Any) -> None:
     p.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD iterations")
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     p.add_argument("--out", help="folder for robustness.json and corruptions.png")
+    add_overwrite(p, "robustness.json and corruptions.png in --out")
     add_overrides(p)
     p.set_defaults(func=run_robustness)
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from ..analysis.explain import explain, format_explanation, write_explanation
+    from ..analysis.explain import (
+        EXPLANATION_FILES,
+        explain,
+        format_explanation,
+        write_explanation,
+    )
 
+    refuse_to_replace([Path(args.out) / name for name in EXPLANATION_FILES], args.overwrite)
     model, spec, ds = model_and_split(args)
     if args.max_samples and len(ds) > args.max_samples:
         ds = ds.select(range(args.max_samples))
@@ -160,6 +171,7 @@ def add_explain(sub: Any) -> None:
     p.add_argument("--max-samples", type=positive_int, help="explain the first N rows only")
     p.add_argument("--batch-size", type=positive_int, default=32, help="rows per forward pass")
     p.add_argument("--out", required=True, help="folder for explain.json and the PNGs")
+    add_overwrite(p, "explain.json and the PNGs in --out")
     add_overrides(p)
     p.set_defaults(func=run_explain)
 
@@ -168,6 +180,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
     from ..analysis.ensemble import evaluate_ensemble, evaluate_soup, format_ensemble_table
     from ..core.io import write_json_atomic
 
+    refuse_to_replace([Path(p) for p in (args.out, args.save_soup) if p], args.overwrite)
     models = [load_model(args, path) for path in args.models]
     spec, ds = config_split(args)
     rows = evaluate_ensemble(models, ds, spec, args.batch_size, names=args.models)
@@ -199,13 +212,16 @@ def add_ensemble(sub: Any) -> None:
     p.add_argument("--save-soup", help="save the soup here (implies --soup)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     p.add_argument("--out", help="write the report as JSON here")
+    add_overwrite(p, "the --out file and the --save-soup model")
     add_overrides(p)
     p.set_defaults(func=run_ensemble)
 
 
 def run_drift(args: argparse.Namespace) -> int:
-    from ..analysis.drift import detect_drift, drift_markdown, write_drift_report
+    from ..analysis.drift import DRIFT_FILES, detect_drift, drift_markdown, write_drift_report
 
+    if args.out:
+        refuse_to_replace([Path(args.out) / name for name in DRIFT_FILES], args.overwrite)
     model = load_model(args)
     ref_spec, reference = spec_split(args.reference, args.reference_split, args.reference_domain)
     inc_spec, incoming = spec_split(args.incoming, args.incoming_split, args.incoming_domain)
@@ -238,4 +254,5 @@ def add_drift(sub: Any) -> None:
         "--permutations", type=positive_int, default=500, help="permutations of the MMD test"
     )
     p.add_argument("--out", help="folder for drift.json and drift.md")
+    add_overwrite(p, "drift.json and drift.md in --out")
     p.set_defaults(func=run_drift)

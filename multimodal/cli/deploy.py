@@ -6,14 +6,25 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model, load_model, non_negative_float, positive_float, positive_int
+from ._common import (
+    add_model,
+    add_overwrite,
+    load_model,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    refuse_to_replace,
+)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from ..deploy.export import example_value, export_difference, export_onnx
 
-    model = load_model(args)
     out = Path(args.out or Path(args.model) / "onnx")
+    quantized = _quantized(out, args.quantize) if args.quantize else None
+    written = [out] if quantized is None else [out, quantized, _quantize_report(quantized)]
+    refuse_to_replace(written, args.overwrite)
+    model = load_model(args)
     export_onnx(model, out, args.opset)
     samples = [{m: example_value(p) for m, p in model.processor.processors.items()}] * 3
     print(f"exported {out / 'model.onnx'}; onnxruntime vs PyTorch max |logit diff| "
@@ -45,9 +56,7 @@ def _quantize(args: argparse.Namespace, out: Path) -> None:
                 f"--calibration-domain {args.calibration_domain!r}: no training rows of that domain"
             )
         calibration = train[: args.calibration_rows]
-    q_out = quantize_export(
-        out, out.with_name(f"{out.name}-int8-{args.quantize}"), args.quantize, calibration
-    )
+    q_out = quantize_export(out, _quantized(out, args.quantize), args.quantize, calibration)
     models = {"fp32": OnnxModel(out), "int8": OnnxModel(q_out)}
     report: dict = {"mode": args.quantize, "calibration_domain": args.calibration_domain,
                     "calibration_rows": len(calibration),
@@ -57,13 +66,22 @@ def _quantize(args: argparse.Namespace, out: Path) -> None:
             k: {b: latency_ms(m.predict, rows, b) for b in (1, 32)} for k, m in models.items()
         }
         report["domains"] = domain_report(models, rows)
-    write_json_atomic(q_out.with_name(q_out.name + ".report.json"), report)
+    write_json_atomic(_quantize_report(q_out), report)
     print(f"int8 ({args.quantize}) {q_out / 'model.onnx'}: {report['size_mb']['int8']:.1f} MB "
           f"against {report['size_mb']['fp32']:.1f} MB")  # fmt: skip
     for domain, entry in report.get("domains", {}).items():
         metric = next(iter(entry["fp32"]))
         print(f"  {domain}: {metric} {entry['fp32'][metric]:.4f} fp32, {entry['int8'][metric]:.4f} int8, "
               f"{entry['int8']['agreement']:.1%} of predictions agree ({entry['rows']} rows)")  # fmt: skip
+
+
+def _quantized(out: Path, mode: str) -> Path:
+    """The int8 copy's folder, beside the export."""
+    return out.with_name(f"{out.name}-int8-{mode}")
+
+
+def _quantize_report(quantized: Path) -> Path:
+    return quantized.with_name(quantized.name + ".report.json")
 
 
 def _split_rows(config: str, split: str) -> list[dict]:
@@ -98,6 +116,7 @@ def add_export(sub: Any) -> None:
     p.add_argument(
         "--calibration-rows", type=positive_int, default=128, help="static: rows to calibrate on"
     )
+    add_overwrite(p, "the export (and its int8 copy) in --out")
     p.set_defaults(func=run_export)
 
 

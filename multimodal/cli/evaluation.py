@@ -13,12 +13,14 @@ from typing import Any
 from ._common import (
     add_model,
     add_overrides,
+    add_overwrite,
     add_split,
     config_split,
     in_domain,
     load_model,
     model_and_split,
     positive_int,
+    refuse_to_replace,
     warn_absent_modalities,
 )
 
@@ -105,15 +107,21 @@ def _tabular_from(row: dict[str, str], model: Any) -> dict[str, Any]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..analysis.evaluation import evaluation_report, format_report, write_report
+    from ..analysis.evaluation import (
+        REPORT_FILES,
+        evaluation_report,
+        format_report,
+        write_report,
+    )
     from ..experiments.runs import recorded_class_names
 
+    out = Path(args.out) if args.out else Path(args.model) / f"evaluation-{args.split}"
+    refuse_to_replace([out / name for name in REPORT_FILES], args.overwrite)
     model, spec, ds = model_and_split(args)
     seen = in_domain(args, ds)
     report = evaluation_report(model, ds, spec, args.batch_size, recorded_class_names(args.model))
     report["in_domain"] = seen
     print(format_report(report, seen))
-    out = Path(args.out) if args.out else Path(args.model) / f"evaluation-{args.split}"
     paths = write_report(report, out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -134,6 +142,7 @@ def add_evaluate(sub: Any) -> None:
         help="where evaluation.json, confusion.json and confusion.png go "
         "(default: MODEL/evaluation-SPLIT)",
     )
+    add_overwrite(p, "the report files in --out")
     add_overrides(p)
     p.set_defaults(func=run_evaluate)
 
@@ -147,12 +156,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     report_path = out.with_name(out.name + ".calibration.json")
-    taken = [str(p) for p in (out, report_path) if p.exists() and (p.is_file() or any(p.iterdir()))]
-    if taken and not args.overwrite:
-        raise FileExistsError(
-            f"{' and '.join(taken)} already exist; calibrate into a new folder, or pass --overwrite "
-            "to replace an earlier saved model there"
-        )
+    refuse_to_replace([out, report_path], args.overwrite)
     model, spec, ds = model_and_split(args)
     model.head.task.require_classes("calibration (temperature scaling of class probabilities)")
     logits, labels, _ = predictions(model, ds, spec, args.batch_size)
@@ -212,6 +216,8 @@ def run_predict(args: argparse.Namespace) -> int:
                          "or leave --out out to print JSON lines")  # fmt: skip
     if not args.config and not args.files:
         raise ValueError("predict needs --config (a dataset split to predict on) or --files")
+    if out_path is not None:
+        refuse_to_replace([out_path], args.overwrite)
     model = load_model(args)
     if args.config:
         spec, ds = config_split(args)
@@ -296,6 +302,7 @@ def add_predict(sub: Any) -> None:
     )
     p.add_argument("--out", help="predictions file: .csv, .jsonl (a record per line) or .json "
                    "(one list); without it, JSON lines on stdout")  # fmt: skip
+    add_overwrite(p, "the --out file")
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     add_overrides(p)
     p.set_defaults(func=run_predict)

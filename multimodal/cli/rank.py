@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import positive_int
+from ._common import add_overwrite, positive_int, refuse_to_replace
 
 DEFAULT_OUT = Path("runs") / "rank"
+RANK_FILES = ("rankings.csv", "rank.json", "validation.md")
 
 
 def run_rank(args: argparse.Namespace) -> int:
@@ -24,15 +25,16 @@ def run_rank(args: argparse.Namespace) -> int:
     from ..experiments.transfer.ranking import estimator_names
 
     if args.auto:
-        return _auto(Path(args.auto), args.out)
+        return _auto(Path(args.auto), args.out, args.overwrite)
     if args.from_results:
-        return _from_results(Path(args.from_results), args.out)
+        return _from_results(Path(args.from_results), args.out, args.overwrite)
     # an unknown name: one line naming the known ones
     estimators = estimator_names(args.estimators.split(",") if args.estimators else "all")
     suite = load_suite(find_suite(args.suite or "real-digits-quick"))
     suite = suite.with_overrides(unimodal=not args.no_unimodal)
-    prepare_data(suite)
     out = Path(args.out or DEFAULT_OUT / suite.name)
+    refuse_to_replace([out / name for name in RANK_FILES], args.overwrite)
+    prepare_data(suite)
     os.environ.setdefault(PROGRESS_ENV, "inner")  # each source stage's bar only while it runs
     start = time.perf_counter()
     rows = rank_suite(suite, args.fusion.split(",") if args.fusion else None, args.seeds,
@@ -74,7 +76,7 @@ def _write_rankings(out: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _from_results(results: Path, out: str | None) -> int:
+def _from_results(results: Path, out: str | None, overwrite: bool) -> int:
     """The scores a benchmark's rank stage wrote (``--rank``), validated against the same
     benchmark's adapted accuracy: no model is trained."""
     import json
@@ -82,6 +84,8 @@ def _from_results(results: Path, out: str | None) -> int:
     from ..core.io import write_json_atomic
     from ..experiments.rank import stage_rows, validate, validation_table
 
+    folder = Path(out or results / "rank")
+    refuse_to_replace([folder / name for name in RANK_FILES], overwrite)
     rows, estimators = stage_rows(results / "results.csv")
     seconds = {"rank": 0.0, "suite": 0.0}  # the rank stage's share of the units' stage seconds
     for path in sorted((results / "runs").glob("*.json")):
@@ -89,7 +93,6 @@ def _from_results(results: Path, out: str | None) -> int:
         stages = next(iter(reports.values()), {}).get("stage_seconds") or {}
         seconds["rank"] += stages.get("rank", 0.0)
         seconds["suite"] += sum(stages.values())
-    folder = Path(out or results / "rank")
     _write_rankings(folder, rows)
     print(_pick_table(rows, estimators))
     result = validate(rows, results / "results.csv", estimators)
@@ -120,11 +123,13 @@ def validation_page(suite: str, result: dict[str, Any], table: str, against: str
     )
 
 
-def _auto(results: Path, out: str | None) -> int:
+def _auto(results: Path, out: str | None, overwrite: bool) -> int:
     """transfer.adaptation: auto against its arms, from a benchmark that ran them all."""
     from ..core.io import write_json_atomic
     from ..experiments.rank import auto_regret
 
+    folder = Path(out or results)
+    refuse_to_replace([folder / "auto.md", folder / "auto.json"], overwrite)
     r = auto_regret(results / "results.csv")
 
     def cell(key: str) -> str:
@@ -140,7 +145,6 @@ def _auto(results: Path, out: str | None) -> int:
         f"| auto − head | {cell('auto - head')} | {r['p_holm']['auto - head']:.3g} |",
         *[f"| share of cells where the oracle is {a} | {cell('oracle is ' + a)} | |" for a in ("head", "l2sp", "lwf")],
     ])  # fmt: skip
-    folder = Path(out or results)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "auto.md").write_text(f"# transfer.adaptation: auto\n\n{table}\n")
     write_json_atomic(folder / "auto.json", r)
@@ -202,4 +206,5 @@ def add_rank(sub: Any) -> None:
                    "even one an earlier bench, transfer or rank stored with the same inputs "
                    "(TRANSFERFUSE_CACHE, default ~/.cache/transferfuse)")  # fmt: skip
     p.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}/SUITE)")
+    add_overwrite(p, "the rankings, rank.json, validation.md (or auto.md, auto.json) in --out")
     p.set_defaults(func=run_rank)

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core.run_folder import RunFolder
-from ._common import add_overrides, non_negative_float, positive_int, weight
+from ._common import (
+    add_overrides,
+    add_overwrite,
+    non_negative_float,
+    positive_int,
+    refuse_to_replace,
+    weight,
+)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -158,8 +165,9 @@ def run_federate(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             overrides.append(f"federate.{key}={value}")
-    config = load_run_config(args.config, overrides)
     out = Path(args.output_dir or "runs/federate")
+    refuse_to_replace([out / "model", out / "federated.json"], args.overwrite)
+    config = load_run_config(args.config, overrides)
     result = federate(config, out)
     for c in result["clients"]:
         extra = "".join(f", {k} {c[k]:.4f}" for k in ("personalised", "dp_epsilon") if k in c)
@@ -191,6 +199,7 @@ def add_federate(sub: Any) -> None:
     p.add_argument("--rounds", type=positive_int,
                    help="federated rounds (default: federate.rounds of the config)")  # fmt: skip
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
+    add_overwrite(p, "model/ and federated.json in --output-dir")
     add_overrides(p)
     p.set_defaults(func=run_federate)
 
@@ -205,6 +214,8 @@ def run_distill(args: argparse.Namespace) -> int:
     from ..modeling.freezing import count_parameters
     from ..modeling.model import MultimodalModel, build_model
 
+    out = Path(args.output_dir or "runs/distill")
+    refuse_to_replace([RunFolder(out).best_model, out / "distill.json"], args.overwrite)
     run = RunConfig.from_dict(load_run_config(args.student_config, args.overrides))
     dsd = load_dataset(run.data)
     sources = training_domains(run, dsd["train"], all_domains=False)
@@ -221,7 +232,6 @@ def run_distill(args: argparse.Namespace) -> int:
     )
     result = distill(teachers, student, run.data, splits["train"], run.stage(progress=False),
                      args.temperature, args.alpha, unlabelled, splits.get("validation"))  # fmt: skip
-    out = Path(args.output_dir or "runs/distill")
     student.save_pretrained(RunFolder(out).best_model)
     models = {"student": student, **{f"teacher{i}": t for i, t in enumerate(teachers)}}
     report = {"steps": result.steps, "temperature": args.temperature, "alpha": args.alpha,
@@ -269,5 +279,6 @@ def add_distill(sub: Any) -> None:
     p.add_argument(
         "--trust-remote-code", action="store_true", help="let the teachers' encoders run hub code"
     )
+    add_overwrite(p, "best_model/ and distill.json in --output-dir")
     add_overrides(p)
     p.set_defaults(func=run_distill)

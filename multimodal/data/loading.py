@@ -463,27 +463,30 @@ def raw_media(ds: datasets.Dataset) -> datasets.Dataset:
     return ds
 
 
-def export_dataset(
-    dsd: datasets.DatasetDict, folder: str | os.PathLike[str], num_shards: int = 1
-) -> Path:
+def export_dataset(dsd: datasets.DatasetDict, folder: str | os.PathLike[str], num_shards: int = 1,
+                   replace: bool = False) -> Path:  # fmt: skip
     """Write ``dsd`` as a folder in the hub layout: ``num_shards`` parquet files per split
-    (media embedded; a stream reads them in parallel) + README.md."""
-    folder = Path(folder)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (media embedded; a stream reads them in parallel) + README.md. A folder that holds a
+    dataset is refused; with ``replace`` its README.md and parquet files go first (an earlier
+    export's shards would mix with the new rows)."""
+    folder, data = Path(folder), Path(folder) / "data"
+    earlier = [p for p in (folder / "README.md", *sorted(data.glob("*.parquet"))) if p.is_file()]
+    if earlier and not replace:
+        raise FileExistsError(f"{folder} holds a dataset already ({', '.join(p.name for p in earlier[:4])}); "
+                              "export to a new folder, or replace it (--overwrite, replace=True)")  # fmt: skip
+    for path in earlier:
+        path.unlink()
+    data.mkdir(parents=True, exist_ok=True)
     configs = []
     for split, ds in dsd.items():
         ds = _embed(ds)
         for i in range(num_shards):
             name = f"{split}-{i:05d}-of-{num_shards:05d}.parquet"
-            ds.shard(num_shards, i, contiguous=True).to_parquet(str(folder / "data" / name))
+            ds.shard(num_shards, i, contiguous=True).to_parquet(str(data / name))
         configs.append({"split": split, "path": f"data/{split}-*"})
     card = {"configs": [{"config_name": "default", "data_files": configs}]}
-    readme = (
-        "---\n"
-        + yaml.safe_dump(card, sort_keys=False)
-        + "---\n\nExported with `multimodal export-dataset`.\n"
-    )
-    (folder / "README.md").write_text(readme)
+    header = f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n"
+    (folder / "README.md").write_text(header + "\nExported with `multimodal export-dataset`.\n")
     return folder
 
 
@@ -493,6 +496,4 @@ def _embed(ds: datasets.Dataset) -> datasets.Dataset:
     if not any(isinstance(f, (datasets.Image, datasets.Audio)) for f in ds.features.values()):
         return ds
     format_ = ds.format
-    ds = ds.with_format("arrow")
-    ds = ds.map(embed_table_storage, batched=True)
-    return ds.with_format(**format_)
+    return ds.with_format("arrow").map(embed_table_storage, batched=True).with_format(**format_)

@@ -316,9 +316,11 @@ def test_local_folders_of_one_name_never_share_cached_rows(tmp_path) -> None:
 
     from multimodal.data.loading import export_dataset
 
-    def write(folder, n: int) -> None:
+    def write(folder, n: int, replace: bool = False) -> None:
         rows = {"text": [f"row {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
-        export_dataset(hf.DatasetDict({"train": hf.Dataset.from_dict(rows)}), folder)
+        export_dataset(
+            hf.DatasetDict({"train": hf.Dataset.from_dict(rows)}), folder, replace=replace
+        )
 
     write(tmp_path / "a" / "same-name", 6)
     write(tmp_path / "b" / "same-name", 10)
@@ -330,8 +332,29 @@ def test_local_folders_of_one_name_never_share_cached_rows(tmp_path) -> None:
     }
     assert len(mm.load_dataset({**spec, "path": str(tmp_path / "a" / "same-name")})["train"]) == 6
     assert len(mm.load_dataset({**spec, "path": str(tmp_path / "b" / "same-name")})["train"]) == 10
-    write(tmp_path / "a" / "same-name", 8)  # rewritten in place
+    write(tmp_path / "a" / "same-name", 8, replace=True)  # rewritten in place
     assert len(mm.load_dataset({**spec, "path": str(tmp_path / "a" / "same-name")})["train"]) == 8
+
+
+def test_an_export_over_an_earlier_one_is_refused_or_replaces_it_whole(tmp_path) -> None:
+    """An earlier export's shards would mix with the new rows: refused, or with replace
+    removed first."""
+    import datasets as hf
+
+    from multimodal.data.loading import export_dataset
+
+    def rows(n: int) -> hf.DatasetDict:
+        return hf.DatasetDict({"train": hf.Dataset.from_dict({"text": [f"r{i}" for i in range(n)],
+                                                              "label": [i % 2 for i in range(n)]})})  # fmt: skip
+
+    folder = tmp_path / "ds"
+    export_dataset(rows(10), folder, num_shards=2)
+    with pytest.raises(FileExistsError, match="holds a dataset already"):
+        export_dataset(rows(4), folder)
+    export_dataset(rows(4), folder, replace=True)
+    spec = {"path": str(folder), "columns": {"text": "text"}, "domain": None,
+            "validation_fraction": 0.0, "test_fraction": 0.0}  # fmt: skip
+    assert sorted(mm.load_dataset(spec)["train"]["text"]) == ["r0", "r1", "r2", "r3"]
 
 
 def test_k_shot_finds_the_label_column_without_being_told() -> None:
