@@ -42,13 +42,17 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
 def refuse_to_replace(paths: Iterable[Path], overwrite: bool) -> None:
     """Stop before any work when a path the command writes already holds something (a file,
     or a folder that is not empty): what a user has is replaced only with --overwrite."""
-    taken = [str(p) for p in paths if p.is_file() or (p.is_dir() and any(p.iterdir()))]
-    if taken and not overwrite:
-        one = len(taken) == 1
-        raise FileExistsError(
-            f"{' and '.join(taken)} already exist{'s' if one else ''}; write elsewhere, or pass "
-            f"--overwrite to replace {'it' if one else 'them'}"
-        )
+    taken = [p for p in paths if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+    if not taken or overwrite:
+        return
+    if len(taken) == 1:
+        what = f"{taken[0]} already exists"
+    elif len({p.parent for p in taken}) == 1:
+        what = f"{taken[0].parent} already holds {', '.join(p.name for p in taken)}"
+    else:
+        what = f"{', '.join(map(str, taken))} already exist"
+    it = "it" if len(taken) == 1 else "them"
+    raise FileExistsError(f"{what}; write elsewhere, or pass --overwrite to replace {it}")
 
 
 def config_split(args: argparse.Namespace) -> tuple[Any, Any]:
