@@ -139,10 +139,10 @@ def add_evaluate(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
     p.add_argument(
         "--out",
-        help="where evaluation.json, confusion.json and confusion.png go "
+        help="where evaluation.json, confusion.json, confusion.png and reliability.png go "
         "(default: MODEL/evaluation-SPLIT)",
     )
-    add_overwrite(p, "the report files in --out")
+    add_overwrite(p, "the report files")
     add_overrides(p)
     p.set_defaults(func=run_evaluate)
 
