@@ -121,8 +121,9 @@ def in_domain(args: argparse.Namespace, ds: Any) -> list[str]:
     evaluated = args.domain or Split(ds).domains()
     seen = sorted(set(evaluated) & set(trained))
     if seen:
-        print(f"warning: in-domain evaluation: the model trained on domains {trained}, and the "
-              f"evaluated rows come from {sorted(evaluated)}", file=sys.stderr)  # fmt: skip
+        print(f"warning: in-domain evaluation of {', '.join(seen)}: the model trained on "
+              f"{', '.join(trained)}, so the numbers there are not transfer (rows evaluated from "
+              f"{', '.join(sorted(evaluated))})", file=sys.stderr)  # fmt: skip
     return seen
 
 
