@@ -755,10 +755,11 @@ def test_what_an_earlier_run_wrote_is_replaced_only_with_overwrite(
     """Refused before any work: exit status 2, one line naming the file and --overwrite, and
     the file as it was."""
     import shutil
+    from pathlib import Path
 
     run = shutil.copytree(trained, tmp_path / "run")
     fill = {"run": run, "cfg": config_file, "o": tmp_path / "out"}
-    path = tmp_path / earlier.format(**fill)
+    path = Path(earlier.format(**fill))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("an earlier run's output")
     assert main([a.format(**fill) for a in args]) == 2
