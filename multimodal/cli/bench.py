@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import count, non_negative_float, positive_float, positive_int
+from ._common import add_overwrite, count, non_negative_float, positive_float, positive_int
 
 DESCRIPTION = """Compare fusion modules on a cross-domain suite: transfer runs over fusions, adaptations
 and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plots.
@@ -101,6 +101,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    "before adapting (transfer.rank; default all): rank_<estimator> columns that "
                    "`multimodal rank --from` validates")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite(
+        p, "results.csv, the summary and the plots of another plan (other runs or arms) in --out"
+    )
     # What summary.md names as the command (benchmarks/cross_domain.py sets its own).
     p.add_argument("--invoked-as", default="multimodal bench", help=argparse.SUPPRESS)
     _add_scale_arguments(p)
@@ -225,6 +228,8 @@ def _bench(args: argparse.Namespace, reference: dict[str, Any] | None, suite: An
     fusions, adaptations = _arms(args, suite)
     robustness: list | None = [] if args.robustness else None
     seeds = args.seeds or suite.seeds
+    planned = {"runs": _planned_runs(suite, fusions, seeds), "adaptations": adaptations}
+    _refuse_another_plan(out, planned, args.overwrite)
     start = time.perf_counter()
     rows = run_benchmark(suite, out, fusions, adaptations, seeds, progress=not args.quiet,
                          robustness=robustness, executor=_executor(args),
@@ -234,14 +239,39 @@ def _bench(args: argparse.Namespace, reference: dict[str, Any] | None, suite: An
     header = f"# {suite.name}\n\n{suite.description.strip()}\n\nCommand: `{command}`. Metric: {rows[0]['metric']}."
     settings = {"suite": suite.name, "fusions": fusions, "adaptations": adaptations, "seeds": seeds,
                 "episodes": suite.episodes, "unimodal": suite.unimodal, "command": command}  # fmt: skip
-    paths = _write(
-        rows, summary, robustness, out, header, {"settings": settings, "environment": environment()}
-    )
+    record = {"settings": settings, "plan": planned, "environment": environment()}
+    paths = _write(rows, summary, robustness, out, header, record)
     print(f"\n{len(rows)} result rows in {time.perf_counter() - start:.0f} s; wrote "
           + ", ".join(str(p) for p in paths.values()))  # fmt: skip
     if reference is not None and not _compare(rows, reference, args, out):
         return 1
     return 0
+
+
+def _planned_runs(suite: Any, fusions: list[str], seeds: int) -> list[str]:
+    """The names of the stored runs (``out/runs/<hash>.json``) the plan reads."""
+    from ..core.config import config_hash
+    from ..experiments.bench import plan, unit_config
+
+    return sorted({config_hash(unit_config(suite, unit)) for unit in plan(suite, fusions, seeds)})
+
+
+def _refuse_another_plan(out: Path, planned: dict[str, list[str]], overwrite: bool) -> None:
+    """results.csv and the summary in ``out`` are its plan's (``summary.json``'s ``plan``):
+    another plan's rows would replace them, so it needs --overwrite. The runs stored in
+    ``out`` are reused either way; a summary without a plan (older) is not checked."""
+    try:
+        recorded = json.loads((out / "summary.json").read_text()).get("plan")
+    except (OSError, ValueError):
+        return  # none, or unreadable: nothing a rerun would lose
+    if overwrite or recorded is None or recorded == planned:
+        return
+    raise FileExistsError(
+        f"{out} holds the results of another plan ({len(recorded['runs'])} runs, arms "
+        f"{','.join(recorded['adaptations'])}; this one: {len(planned['runs'])} runs, arms "
+        f"{','.join(planned['adaptations'])}); write to another --out, or pass --overwrite to "
+        "replace its results.csv and summary (the runs stored there are reused)"
+    )
 
 
 def _given(argv: list[str], invoked_as: str) -> list[str]:

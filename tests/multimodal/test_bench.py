@@ -489,3 +489,25 @@ def test_a_privacy_budget_axis_sets_train_dp_and_rows_carry_the_epsilon_spent(tm
     assert all("dp_epsilon" not in e for e in summary)  # a value, not a grid axis
     paths = write_results(rows, summary, tmp_path / "out")
     assert paths["privacy"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_another_plan_into_a_folder_needs_overwrite_and_reuses_its_runs(tmp_path, capsys) -> None:
+    """A second seed into the folder of a one-seed bench: refused (its results.csv stays);
+    with --overwrite the first seed's stored run is read, not trained again."""
+    from multimodal.cli import main
+    from multimodal.experiments.bench import read_results
+
+    suite, out = _tiny_suite(tmp_path), tmp_path / "out"
+    args = ["bench", "--suite", str(suite), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    first, stored = (out / "results.csv").read_text(), _unit_files(out)
+    assert main(args) == 0  # the same plan resumes: nothing to train, the same rows
+    assert (out / "results.csv").read_text() == first
+    capsys.readouterr()
+    assert main([*args, "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the results of another plan (1 runs" in err and "--overwrite" in err, err
+    assert (out / "results.csv").read_text() == first
+    assert main([*args, "--seeds", "2", "--overwrite"]) == 0
+    assert len(_unit_files(out)) == 2 and stored.items() <= _unit_files(out).items()
+    assert {r["seed"] for r in read_results(out / "results.csv")} == {0, 1}
