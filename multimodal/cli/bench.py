@@ -266,11 +266,15 @@ def _refuse_another_plan(out: Path, planned: dict[str, list[str]], overwrite: bo
         return  # none, or unreadable: nothing a rerun would lose
     if overwrite or recorded is None or recorded == planned:
         return
+
+    def described(p: dict[str, list[str]]) -> str:
+        runs = len(p["runs"])
+        return f"{runs} run{'s' * (runs != 1)}, arms {','.join(p['adaptations'])}"
+
     raise FileExistsError(
-        f"{out} holds the results of another plan ({len(recorded['runs'])} runs, arms "
-        f"{','.join(recorded['adaptations'])}; this one: {len(planned['runs'])} runs, arms "
-        f"{','.join(planned['adaptations'])}); write to another --out, or pass --overwrite to "
-        "replace its results.csv and summary (the runs stored there are reused)"
+        f"{out} holds the results of another plan ({described(recorded)}; this one: "
+        f"{described(planned)}); write to another --out, or pass --overwrite to replace its "
+        "results.csv and summary (the runs stored there are reused)"
     )
 
 

@@ -506,7 +506,8 @@ def test_another_plan_into_a_folder_needs_overwrite_and_reuses_its_runs(tmp_path
     capsys.readouterr()
     assert main([*args, "--seeds", "2"]) == 2
     err = capsys.readouterr().err
-    assert "holds the results of another plan (1 runs" in err and "--overwrite" in err, err
+    assert "another plan (1 run, arms head; this one: 2 runs, arms head)" in err, err
+    assert "--overwrite" in err
     assert (out / "results.csv").read_text() == first
     assert main([*args, "--seeds", "2", "--overwrite"]) == 0
     assert len(_unit_files(out)) == 2 and stored.items() <= _unit_files(out).items()
