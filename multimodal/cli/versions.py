@@ -12,7 +12,7 @@ from ._common import add_model, count, positive_int, spec_section, spec_split
 def run_readapt(args: argparse.Namespace) -> int:
     import sys
 
-    from ..experiments.lineage import comparison_markdown, readapt
+    from ..experiments.lineage import comparison_markdown, parent_reference, readapt
 
     if args.command == "adapt":
         print("multimodal adapt is deprecated: the command is now `multimodal readapt` "
@@ -22,6 +22,11 @@ def run_readapt(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         reference = spec_split(args.reference, "test", args.reference_domain)
+    elif args.reference_domain:
+        reference = parent_reference(args.model, args.reference_domain)
+        if reference is None:
+            raise ValueError(f"--reference-domain: {args.model} records no data of its own "
+                             "(no lineage.json or run_config.json); name it with --reference")  # fmt: skip
     out = args.out or f"{str(args.model).rstrip('/')}-adapted"
     train = {"epochs": args.epochs} if args.epochs else {}
     comparison = readapt(args.model, data, out, args.strategy, args.budget, args.domain, train,
@@ -64,7 +69,7 @@ def add_readapt(sub: Any) -> None:
     p.add_argument("--epochs", type=positive_int,
                    help="training epochs on the new data (default: the parent's train.epochs)")  # fmt: skip
     p.add_argument("--reference", help="spec of the data forgetting is measured on "
-                   "(default: the parent's own data)")  # fmt: skip
+                   "(default: the parent's own data, the domains it trained on)")  # fmt: skip
     p.add_argument("--reference-domain", action="append",
                    help="measure forgetting on these domains of the reference only (repeat for several)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0,

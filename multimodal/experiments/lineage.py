@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,29 +24,43 @@ from ..data.split import Split
 from ..engine import FitData, TrainConfig, evaluate, fit
 from ..modeling.model import MultimodalModel
 from ..modeling.tasks import headline_metric
+from .runs import TRAINED_ON
+
+logger = logging.getLogger(__name__)
 
 LINEAGE_NAME = RunFolder.lineage
 COMPARISON_NAME = RunFolder.comparison
 
 
-def _parent_split(run: Path, split: str) -> tuple[DatasetSpec, datasets.Dataset] | None:
-    """The data the parent was trained or adapted on: its spec and ``split`` (None when the
-    folder records neither a lineage nor a run config)."""
+def _parent_split(
+    run: Path, split: str, domains: Sequence[str] | None = None
+) -> tuple[DatasetSpec, datasets.Dataset] | None:
+    """The data the parent was trained or adapted on: its spec and ``split``, of the domains
+    it trained on or of ``domains`` (None when the folder records neither a lineage nor a
+    run config). A version's training rows are its k-shot draw, redrawn from its record."""
     lineage = run / LINEAGE_NAME
     if lineage.is_file():
         record = json.loads(lineage.read_text())
         spec = DatasetSpec.from_dict(record["data"])
-        return spec, _split(spec, split, record.get("domains"))
+        rows = _split(spec, split, domains or record.get("domains"))
+        if split == "train" and record.get("budget") and not domains:
+            rows = k_shot(rows, record["budget"], record["train"]["seed"], spec.label)
+        return spec, rows
     recorded = RunFolder(run).run_config
     if recorded.is_file():
-        spec = DatasetSpec.from_dict(json.loads(recorded.read_text())["config"].get("data") or {})
-        return spec, split_of(load_dataset(spec), split)
+        record = json.loads(recorded.read_text())
+        spec = DatasetSpec.from_dict(record["config"].get("data") or {})
+        # A run trained on transfer.source leaves the other domains unseen: they are not its data.
+        return spec, _split(spec, split, domains or record.get(TRAINED_ON))
     return None
 
 
-def _reference(run: Path) -> tuple[DatasetSpec, datasets.Dataset] | None:
-    """The parent's data and its test split: what forgetting is measured on."""
-    return _parent_split(run, "test")
+def parent_reference(
+    run: str | Path, domains: Sequence[str] | None = None
+) -> tuple[DatasetSpec, datasets.Dataset] | None:
+    """What forgetting is measured on by default: the parent's data, the test split of the
+    domains it trained on (or of ``domains``)."""
+    return _parent_split(Path(run), "test", domains)
 
 
 def rehearsal_mix(
@@ -57,9 +72,12 @@ def rehearsal_mix(
     if found is None:
         raise FileNotFoundError(f"{parent}: no {LINEAGE_NAME} or run_config.json, so its training rows are "
                                 "unknown and rehearsal cannot draw from them")  # fmt: skip
-    needs = "rehearsal (it draws from the parent's whole training split)"
+    needs = "rehearsal (it draws from the rows the parent trained on)"
     old = Split(found[1]).require_held(needs)
     Split(new_train).require_held(needs)
+    if rows > len(old):
+        logger.warning("rehearsal: %s trained on %d rows; all of them are mixed in, not %d",
+                       parent, len(old), rows)  # fmt: skip
     sample = old.shuffle(seed=seed).select(range(min(rows, len(old))))
     missing = sorted(set(new_train.column_names) - set(sample.column_names))
     if missing:
@@ -128,7 +146,7 @@ def readapt(
             new, FitData(spec, new_train, splits.get("validation")), TrainConfig.from_dict(config)
         )
         metric = fitted.metric
-    reference = reference or _reference(parent)
+    reference = reference or parent_reference(parent)
     comparison: dict[str, Any] = {"metric": metric, "new_data": {}, "reference": None}
     test = splits["test"]
     comparison["new_data"] = {"old": evaluate(old, test, spec), "new": evaluate(new, test, spec)}
@@ -136,6 +154,8 @@ def readapt(
         ref_spec, ref_test = reference
         before, after = evaluate(old, ref_test, ref_spec), evaluate(new, ref_test, ref_spec)
         comparison["reference"] = {
+            # A stream is not read again to name them.
+            "domains": None if Split(ref_test).streamed else Split(ref_test).domains(),
             "old": before,
             "new": after,
             "forgetting": before[metric] - after[metric],
@@ -199,8 +219,9 @@ def comparison_markdown(comparison: Mapping[str, Any]) -> str:
     if comparison.get("reference"):
         ref = comparison["reference"]
         a, b = ref["old"][metric], ref["new"][metric]
+        where = f"test: {', '.join(ref['domains'])}" if ref.get("domains") else "test"
         lines.append(
-            f"| reference (test) | {a:.4f} | {b:.4f} | {b - a:+.4f} (forgetting {ref['forgetting']:+.4f}) |"
+            f"| reference ({where}) | {a:.4f} | {b:.4f} | {b - a:+.4f} (forgetting {ref['forgetting']:+.4f}) |"
         )
     return "\n".join(lines) + "\n"
 

@@ -91,3 +91,41 @@ def test_readapt_tta_adapts_without_labels_and_records_the_method(tmp_path) -> N
     old, new = (MultimodalModel.from_pretrained(tmp_path / v) for v in ("v1", "v2"))
     changed = [k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])]
     assert changed and all("running_" in k or "num_batches_tracked" in k for k in changed)
+
+
+def test_forgetting_and_rehearsal_see_only_the_rows_the_parent_trained_on(tmp_path, caplog) -> None:
+    """A parent trained on transfer.source saw one domain of its data, and a version saw its
+    k-shot draw: forgetting is measured, and rehearsal draws, on those rows alone."""
+    from multimodal.data.loading import k_shot, load_dataset, select_domains
+    from multimodal.data.spec import DatasetSpec
+    from multimodal.experiments.lineage import rehearsal_mix
+
+    config = tiny_run(transfer={"source": ["d0"]})
+    config["data"]["options"]["domains"] = 3
+    train_run(config, tmp_path / "v1")
+    spec = DatasetSpec.from_dict(config["data"])
+    train = load_dataset(spec)["train"]
+    comparison = readapt(tmp_path / "v1", config["data"], tmp_path / "v2", budget=4, domains=["d1"],
+                         train={"epochs": 2})  # fmt: skip
+    ref = comparison["reference"]
+    parent_test = json.loads((tmp_path / "v1" / "results.json").read_text())["test"]  # on d0
+    assert ref["old"]["accuracy"] == pytest.approx(parent_test["accuracy"])
+    assert ref["domains"] == ["d0"]
+    assert "| reference (test: d0) |" in (tmp_path / "v2" / "comparison.md").read_text()
+
+    new_train = select_domains(train, ["d2"])
+    mixed = rehearsal_mix(new_train, tmp_path / "v1", 10_000, seed=0)
+    assert mixed["domain"].count("d0") == len(select_domains(train, ["d0"]))
+    assert set(mixed["domain"]) == {"d0", "d2"}
+    # v2 trained on its 4-per-class draw of d1: rehearsal from it gets those 16 rows, with a warning.
+    drawn = k_shot(select_domains(train, ["d1"]), 4, 0, spec.label)
+    mixed = rehearsal_mix(new_train, tmp_path / "v2", 100, seed=0)
+    assert sorted(r["text"] for r in mixed if r["domain"] == "d1") == sorted(drawn["text"])
+    assert "trained on 16 rows" in caplog.text
+
+    # --reference-domain without --reference picks domains of the parent's own data.
+    (tmp_path / "data.yaml").write_text(json.dumps(config["data"]))
+    assert main(["readapt", "--model", str(tmp_path / "v1"), "--data", str(tmp_path / "data.yaml"),
+                 "--budget", "4", "--epochs", "1", "--reference-domain", "d2", "--out", str(tmp_path / "v3")]) == 0  # fmt: skip
+    v3 = json.loads((tmp_path / "v3" / "comparison.json").read_text())
+    assert v3["reference"]["domains"] == ["d2"]
