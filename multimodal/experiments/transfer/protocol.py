@@ -76,29 +76,31 @@ def transfer_seeds(
     times: dict[str, float] = {}
     tick = time.perf_counter()
     first = TransferPlan.build(runs[0])
-    plans = [first, *(first.with_seed(run) for run in runs[1:])]  # the data loaded once
-    for plan in plans:
-        share_encoders(plan, arms)
-        _plan_progress(plan, arms)
-    times["load"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    models, source_fits = SourceStages(plans).run()
-    times["source_train"] = time.perf_counter() - tick
-    for plan, model in zip(plans, models, strict=True):
-        if plan.run.transfer.select != "random":
-            plan.reselect(model)  # the rows to label, chosen by the source model
-    reports = _reports(plans, models, arms, times, {"source": source_fits}, reuse_scratch)
-    for plan, model, plan_reports in zip(plans, models, reports, strict=True):
-        _student(plan, model, arms, plan_reports)
-        for report in plan_reports.values():
-            report.feature_store = {
-                "hits": FEATURES.hits - lookups[0],
-                "misses": FEATURES.misses - lookups[1],
-            }
-            if len(plans) > 1:
-                report.feature_store["runs"] = len(plans)  # the lookups of the whole group
-            _write(plan, report, len(arms))
-    plans[0].progress.close()
+    try:  # the bar ends before an error is printed, not on the same line
+        plans = [first, *(first.with_seed(run) for run in runs[1:])]  # the data loaded once
+        for plan in plans:
+            share_encoders(plan, arms)
+            _plan_progress(plan, arms)
+        times["load"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        models, source_fits = SourceStages(plans).run()
+        times["source_train"] = time.perf_counter() - tick
+        for plan, model in zip(plans, models, strict=True):
+            if plan.run.transfer.select != "random":
+                plan.reselect(model)  # the rows to label, chosen by the source model
+        reports = _reports(plans, models, arms, times, {"source": source_fits}, reuse_scratch)
+        for plan, model, plan_reports in zip(plans, models, reports, strict=True):
+            _student(plan, model, arms, plan_reports)
+            for report in plan_reports.values():
+                report.feature_store = {
+                    "hits": FEATURES.hits - lookups[0],
+                    "misses": FEATURES.misses - lookups[1],
+                }
+                if len(plans) > 1:
+                    report.feature_store["runs"] = len(plans)  # the lookups of the whole group
+                _write(plan, report, len(arms))
+    finally:
+        first.progress.close()
     return reports
 
 
