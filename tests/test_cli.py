@@ -744,6 +744,8 @@ EARLIER_OUTPUTS = [
     (["rank", "--suite", "synthetic-quick", "--out", "{o}"], "{o}/rankings.csv"),
     (["rank", "--from", "{o}"], "{o}/rank/validation.md"),
     (["rank", "--auto", "{o}"], "{o}/auto.json"),
+    (["transfer", "--config", "{cfg}", "--output-dir", "{o}"], "{o}/report.json"),
+    (["transfer", "--config", "{cfg}", "--output-dir", "{o}"], "{o}/scratch-d1/metrics.jsonl"),
 ]  # fmt: skip
 
 

@@ -99,7 +99,10 @@ def run_transfer(args: argparse.Namespace) -> int:
     from ..experiments.transfer import transfer
 
     config = load_run_config(args.config, args.overrides)
-    config["output_dir"] = str(transfer_output_dir(config, args.output_dir))
+    out = transfer_output_dir(config, args.output_dir)
+    config["output_dir"] = str(out)
+    if not (config.get("train") or {}).get("resume_from"):
+        refuse_to_replace(earlier_transfer(out), args.overwrite)
     if args.overwrite:  # every stage's run folder replaced, not refused
         config.setdefault("train", {})["overwrite"] = True
     report = transfer(config, reuse_scratch=not args.retrain_scratch)
@@ -107,6 +110,15 @@ def run_transfer(args: argparse.Namespace) -> int:
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()))
     print(f"report: {Path(config['output_dir']) / 'report.json'}")
     return 0
+
+
+def earlier_transfer(out: Path) -> list[Path]:
+    """What an earlier transfer left in ``out``: its reports and its stages' run folders."""
+    if not out.is_dir():
+        return []
+    stages = ("adapt-", "scratch-", "report-")
+    return sorted(p for p in out.iterdir()
+                  if p.name in ("report.json", "source", "student") or p.name.startswith(stages))  # fmt: skip
 
 
 # Other commands' outputs: a transfer never writes beside them unasked.
@@ -136,12 +148,7 @@ def add_transfer(sub: Any) -> None:
         help="where the runs and report.json go (default: the config's output_dir, as for "
         "mm.transfer, else runs/transfer)",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the stage runs an earlier transfer left in the output folder (without it, "
-        "a stage folder that holds a run is refused)",
-    )
+    add_overwrite(p, "the report and stage runs (source/, adapt-*/, scratch-*/)")
     p.add_argument("--retrain-scratch", action="store_true",
                    help="train the scratch baselines again even where an earlier transfer with the "
                    "same inputs stored their scores (TRANSFERFUSE_CACHE, default ~/.cache/transferfuse)")  # fmt: skip
