@@ -671,6 +671,19 @@ def test_timm_weight_loading_lines_are_quiet_unless_verbose(caplog) -> None:
         logging.getLogger("timm").setLevel(before)
 
 
+def test_rays_notice_that_it_secured_its_cluster_is_quiet_and_its_warning_is_not(capfd) -> None:
+    """Ray tells, at every local cluster that federate or bench starts, that it enabled
+    token authentication; that it is off is a warning the user must still see."""
+    setup = pytest.importorskip("ray._private.authentication.authentication_token_setup")
+    from multimodal.cli.noise import quiet_third_parties
+
+    quiet_third_parties()
+    setup._warn_token_auth_enabled()
+    assert "Token authentication" not in capfd.readouterr().err
+    setup._warn_token_auth_disabled()
+    assert "Token authentication is disabled" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize(("drifted", "status"), [(True, 1), (False, 0)])
 def test_drift_exits_1_when_the_data_drifted_and_0_when_not(monkeypatch, capsys, drifted, status):
     """As ``diff`` and ``bench --compare-to``: 1 says "drifted", 2 stays an error's status."""

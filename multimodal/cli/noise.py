@@ -1,6 +1,7 @@
 """Third-party noise, downgraded unless ``--verbose``: what libraries print on every run
 that is not news to the user (progress bars of weight loading, Flower's doubled lines,
-Opacus' advice, onnxruntime's shape warnings, torchmetrics' empty-class notes)."""
+Opacus' advice, onnxruntime's shape warnings, torchmetrics' empty-class notes, Ray's
+notice that it secured its local cluster)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def quiet_third_parties(verbose: bool = False, command: str | None = None) -> No
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RootNoise) for f in handler.filters):
             handler.addFilter(RootNoise())
+    ray_auth = logging.getLogger(RayAuthNotice.LOGGER)
+    if not any(isinstance(f, RayAuthNotice) for f in ray_auth.filters):
+        ray_auth.addFilter(RayAuthNotice())
     if command == "federate":
         _quiet_flower()
 
@@ -85,3 +89,14 @@ class RootNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         path = record.pathname.replace(os.sep, "/")
         return not (record.levelno < logging.ERROR and any(s in path for s in self.SOURCES))
+
+
+class RayAuthNotice(logging.Filter):
+    """Ray's notice, at every local cluster it starts (federate, bench on Ray), that it
+    turned on its token authentication by default, which asks nothing of the user; its
+    warning that authentication is off still shows."""
+
+    LOGGER = "ray._private.authentication.authentication_token_setup"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this")
