@@ -791,3 +791,15 @@ def test_overwrite_replaces_an_earlier_report(trained, config_file, tmp_path) ->
     (out / "evaluation.json").write_text("{}")
     assert main([*args, "--overwrite"]) == 0
     assert "overall" in json.loads((out / "evaluation.json").read_text())
+
+
+def test_each_domain_evaluated_gets_its_own_default_folder(trained, config_file, tmp_path) -> None:
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    base = ["evaluate", "--model", str(run), "--config", str(config_file)]
+    for domain in ("d0", "d1"):
+        assert main([*base, "--domain", domain]) == 0
+        report = json.loads((run / f"evaluation-test-{domain}" / "evaluation.json").read_text())
+        assert list(report["domains"]) == [domain]
+    assert main(base) == 0 and (run / "evaluation-test" / "evaluation.json").is_file()

@@ -106,6 +106,13 @@ def _tabular_from(row: dict[str, str], model: Any) -> dict[str, Any]:
     return out
 
 
+def default_report_folder(args: argparse.Namespace) -> str:
+    """evaluation-SPLIT, or evaluation-SPLIT-D1+D2 for --domain D1 --domain D2: each
+    domain's report keeps its own folder."""
+    domains = "+".join(args.domain or []).replace("/", "_")
+    return f"evaluation-{args.split}" + (f"-{domains}" if domains else "")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..analysis.evaluation import (
         REPORT_FILES,
@@ -115,7 +122,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     from ..experiments.runs import recorded_class_names
 
-    out = Path(args.out) if args.out else Path(args.model) / f"evaluation-{args.split}"
+    out = Path(args.out) if args.out else Path(args.model) / default_report_folder(args)
     refuse_to_replace([out / name for name in REPORT_FILES], args.overwrite)
     model, spec, ds = model_and_split(args)
     seen = in_domain(args, ds)
@@ -140,7 +147,7 @@ def add_evaluate(sub: Any) -> None:
     p.add_argument(
         "--out",
         help="where evaluation.json, confusion.json, confusion.png and reliability.png go "
-        "(default: MODEL/evaluation-SPLIT)",
+        "(default: MODEL/evaluation-SPLIT, or MODEL/evaluation-SPLIT-DOMAIN with --domain)",
     )
     add_overwrite(p, "the report files")
     add_overrides(p)
