@@ -671,17 +671,27 @@ def test_timm_weight_loading_lines_are_quiet_unless_verbose(caplog) -> None:
         logging.getLogger("timm").setLevel(before)
 
 
-def test_rays_notice_that_it_secured_its_cluster_is_quiet_and_its_warning_is_not(capfd) -> None:
+def test_rays_notice_that_it_secured_its_cluster_is_quiet_and_its_warning_is_not() -> None:
     """Ray tells, at every local cluster that federate or bench starts, that it enabled
     token authentication; that it is off is a warning the user must still see."""
+    import logging
+
     setup = pytest.importorskip("ray._private.authentication.authentication_token_setup")
     from multimodal.cli.noise import quiet_third_parties
 
-    quiet_third_parties()
-    setup._warn_token_auth_enabled()
-    assert "Token authentication" not in capfd.readouterr().err
-    setup._warn_token_auth_disabled()
-    assert "Token authentication is disabled" in capfd.readouterr().err
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    setup.logger.addHandler(handler)
+    try:
+        quiet_third_parties()
+        setup._warn_token_auth_enabled()
+        setup._warn_token_auth_disabled()
+    finally:
+        setup.logger.removeHandler(handler)
+    assert [m.split(".")[0] for m in seen] == [
+        "Token authentication is disabled for this Ray cluster"
+    ]
 
 
 @pytest.mark.parametrize(("drifted", "status"), [(True, 1), (False, 0)])
