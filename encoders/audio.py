@@ -194,6 +194,9 @@ class AudioProcessor(Processor):
         return {"waveform": waveform, "lengths": lengths}
 
 
+TOP_DB = 80.0  # the dynamic range kept below each clip's peak
+
+
 class LogMelFrontEnd(nn.Module):
     """MelSpectrogram -> AmplitudeToDB -> SpecAugment (training only).
 
@@ -211,10 +214,13 @@ class LogMelFrontEnd(nn.Module):
     ) -> None:
         super().__init__()
         self.hop_length = hop_length
+        # Zeros past both ends, not a reflection: a clip's frames are then those it has
+        # alone, however far its batch pads it (a reflection reads the batch's padding).
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels
-        )
-        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80.0)
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
+            pad_mode="constant",
+        )  # fmt: skip
+        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=None)
         self.spec_augment = nn.Sequential(
             torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True),
             torchaudio.transforms.TimeMasking(time_mask, iid_masks=True),
@@ -227,16 +233,35 @@ class LogMelFrontEnd(nn.Module):
         encoder under ``train.augment: strong``); in training mode every row gets it."""
         # The mel filterbank runs in float32: its dB conversion underflows in half precision.
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            spec = self.mel(waveform.float()).unsqueeze(1)  # B x 1 x n_mels x F
-            # 4-D input keeps top_db per clip; on [B, n_mels, F] torchaudio takes the max over the batch.
-            spec = self.to_db(spec)
+            spec = self.to_db(self.mel(waveform.float()).unsqueeze(1))  # B x 1 x n_mels x F
+        # center=True framing: a clip of L samples spans L // hop + 1 frames.
+        frames = torch.where(lengths > 0, lengths // self.hop_length + 1, torch.zeros_like(lengths))
+        frames = frames.clamp(max=spec.shape[-1])
+        # top_db below each clip's own peak (its frames only: not the batch's, nor its padding's)
+        own = within(spec, frames)
+        peak = spec.masked_fill(~own, float("-inf")).amax(dim=(-3, -2, -1), keepdim=True)
+        spec = torch.maximum(spec, peak - TOP_DB)
         if self.training:
             spec = self.spec_augment(spec)
         elif augment is not None and bool(augment.any()):
             spec = torch.where(augment[:, None, None, None], self.spec_augment(spec), spec)
-        # center=True framing: a clip of L samples spans L // hop + 1 frames.
-        frames = torch.where(lengths > 0, lengths // self.hop_length + 1, torch.zeros_like(lengths))
-        return spec, frames.clamp(max=spec.shape[-1])
+        return spec, frames
+
+
+def within(x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """[B, 1, 1, T] bool: the time steps (last dim of ``x`` [B, C, H, T]) before ``steps`` [B]."""
+    positions = torch.arange(x.shape[-1], device=x.device)
+    return (positions[None, :] < steps.to(x.device)[:, None])[:, None, None, :]
+
+
+def standardise(spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``spec`` [B, 1, n_mels, F] with zero mean and unit variance per clip, over the clip's
+    own ``frames`` [B] (its padding counts for nothing)."""
+    own = within(spec, frames)
+    count = (own.sum(dim=-1, keepdim=True) * spec.shape[-2]).clamp_min(2)
+    mean = (spec * own).sum(dim=(-2, -1), keepdim=True) / count
+    var = ((spec - mean).square() * own).sum(dim=(-2, -1), keepdim=True) / (count - 1)
+    return (spec - mean) / var.sqrt().clamp_min(1e-5)
 
 
 def frame_mask(frames: torch.Tensor, num_tokens: int, total_frames: int) -> torch.Tensor:
@@ -303,8 +328,14 @@ class ConvBlock(nn.Module):
             nn.AvgPool2d(2),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+        """``steps`` [B]: each row's own time steps; later ones are zeroed before each
+        convolution, as its zero padding would give the row alone."""
+        for layer in self.layers:
+            if steps is not None and isinstance(layer, nn.Conv2d):
+                x = x.masked_fill(~within(x, steps), 0.0)
+            x = layer(x)
+        return x
 
 
 @register_encoder("audio_cnn")
@@ -339,8 +370,11 @@ class AudioCNNEncoder(_AudioEncoder):
         stride = 2 ** len(self.blocks)
         total = -(-spec.shape[-1] // stride) * stride  # ceil, in integers
         x = F.pad(spec, (0, total - spec.shape[-1]))  # B x 1 x n_mels x total
-        for block in self.blocks:
-            x = block(x)
+        # A clip reads its own frames only, however far its batch pads it.
+        x = x.masked_fill(~within(x, frames), 0.0)
+        steps = -(-frames // stride) * stride
+        for i, block in enumerate(self.blocks):
+            x = block(x, steps // 2**i)
         tokens = self.dropout(x.mean(dim=2).transpose(1, 2))  # B x T x C
         return EncoderOutput(tokens, frame_mask(frames, tokens.shape[1], total))
 
@@ -392,14 +426,15 @@ class AudioTimmEncoder(TimmBackbone, _AudioEncoder):
         self.out_dim = int(self.model.num_features)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        spec, frames = self.front_end(
-            inputs["waveform"], inputs["lengths"], inputs.get("spec_augment")
-        )
+        # Every clip padded to max_seconds: a backbone's padding and what it pools over the
+        # whole map (squeeze-excitation, attention) never see how far the batch pads a clip.
+        wave = inputs["waveform"]
+        wave = F.pad(wave, (0, max(0, self.audio_processor.max_length - wave.shape[-1])))
+        spec, frames = self.front_end(wave, inputs["lengths"], inputs.get("spec_augment"))
         if self.normalize == "clip":
-            mean = spec.mean(dim=(-2, -1), keepdim=True)
-            spec = (spec - mean) / spec.std(dim=(-2, -1), keepdim=True).clamp_min(1e-5)
-        if hasattr(self.model, "patch_embed"):  # fixed-size input: pad or crop to max_frames
-            spec = F.pad(spec, (0, self.max_frames - spec.shape[-1]))[..., : self.max_frames]
+            spec = standardise(spec, frames)
+        if hasattr(self.model, "patch_embed"):  # fixed-size input
+            spec = spec[..., : self.max_frames]
         features = self.model.forward_features(spec)
         if features.ndim == 4:
             tokens = features.mean(dim=2).transpose(1, 2)  # B x C x H x W -> B x W x C

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 import encoders
-from tests.conftest import TINY_ENCODERS, assert_all_parameters_have_grad, raw_values
+from tests.conftest import (
+    TINY_AUDIO,
+    TINY_ENCODERS,
+    TINY_VIT,
+    assert_all_parameters_have_grad,
+    raw_values,
+)
 
 
 def test_every_registered_encoder_has_a_tiny_config() -> None:
@@ -50,6 +56,34 @@ def test_encoder_accepts_absent_values(name: str) -> None:
     alone = enc(enc.processor([values[0]]))
     n = int(alone.mask[0].sum())
     assert torch.allclose(out.tokens[0, :n], alone.tokens[0, :n], atol=1e-5)
+
+
+AUDIO_TIMM_VARIANTS = {  # squeeze-excitation pools the whole map; TF "same" padding; a ViT
+    "efficientnet_b0": {"model_name": "efficientnet_b0", "normalize": "clip"},
+    "tf_efficientnet_lite0": {"model_name": "tf_efficientnet_lite0", "normalize": "clip"},
+    "vit": {"model_name": "vit_tiny_patch16_224", "model_kwargs": TINY_VIT},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [(n, TINY_ENCODERS[n]) for n in encoders.list_encoders()]
+    + [("audio_timm", {**TINY_AUDIO, **v}) for v in AUDIO_TIMM_VARIANTS.values()],
+    ids=[*encoders.list_encoders(), *(f"audio_timm-{k}" for k in AUDIO_TIMM_VARIANTS)],
+)
+def test_each_rows_eval_output_is_the_same_alone_and_in_a_batch(name: str, kwargs: dict) -> None:
+    """A row's valid tokens never depend on the other rows of its batch: not on how far
+    they pad it (audio clips of other lengths, texts of other lengths), nor on their values."""
+    enc = encoders.create_encoder(name, **kwargs)
+    values = raw_values(enc.modality, 5)
+    enc.fit(values).eval()
+    with torch.no_grad():
+        batch = enc(enc.processor(values))
+        for i, value in enumerate(values):
+            alone = enc(enc.processor([value]))
+            n = int(alone.mask[0].sum())
+            assert int(batch.mask[i].sum()) == n and bool(batch.mask[i, :n].all()), i
+            torch.testing.assert_close(batch.tokens[i, :n], alone.tokens[0, :n], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", encoders.list_encoders())
