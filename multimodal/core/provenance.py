@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -10,6 +12,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+# The packages whose code decides what a fit learns and scores.
+CODE_PACKAGES = ("multimodal", "encoders", "fusion")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the toolkit's own source files: results kept across commands under a key
+    that holds it are not read back by other code of the same version (a checkout between
+    releases, an edited install)."""
+    import importlib
+
+    return tree_digest(
+        [Path(importlib.import_module(name).__file__ or "").parent for name in CODE_PACKAGES]
+    )
+
+
+def tree_digest(roots: list[Path]) -> str:
+    """A hash of the names and contents of the ``.py`` files under each folder of ``roots``."""
+    digest = hashlib.blake2b(digest_size=16)
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}".encode())
+            digest.update(hashlib.blake2b(path.read_bytes(), digest_size=16).digest())
+    return digest.hexdigest()
 
 
 def git_state(folder: str | Path) -> dict[str, Any] | None:

@@ -109,3 +109,35 @@ def test_an_edited_fusion_is_trained_again(tmp_path, monkeypatch) -> None:
     module.write_text("import torch\nclass MyFusion(torch.nn.Module):\n    scale = 2.0\n")
     assert _code(model) != before
     sys.modules.pop("my_fusion", None)
+
+
+def test_other_toolkit_code_of_the_same_version_trains_again(tmp_path, monkeypatch) -> None:
+    """Kept source models and scratch scores are keyed on the toolkit's source files: a
+    checkout whose encoders compute other features, at the same package version, does not
+    read back what earlier code trained."""
+    from multimodal.core import provenance
+    from multimodal.experiments.rank import rank_suite
+
+    monkeypatch.setenv("TRANSFERFUSE_CACHE", str(tmp_path / "cache"))
+    suite = _suite()
+    assert {r["source_model"] for r in rank_suite(suite, seeds=1, estimators=["leep"])} == {
+        "trained"
+    }
+    assert {r["source_model"] for r in rank_suite(suite, seeds=1, estimators=["leep"])} == {
+        "reused"
+    }
+    monkeypatch.setattr(provenance, "code_fingerprint", lambda: "other code")
+    assert {r["source_model"] for r in rank_suite(suite, seeds=1, estimators=["leep"])} == {
+        "trained"
+    }
+
+
+def test_the_code_fingerprint_covers_every_source_file(tmp_path) -> None:
+    from multimodal.core.provenance import code_fingerprint, tree_digest
+
+    assert code_fingerprint() == code_fingerprint()
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "sub" / "a.py").write_text("x = 1\n")
+    before = tree_digest([tmp_path / "pkg"])
+    (tmp_path / "pkg" / "sub" / "a.py").write_text("x = 2\n")
+    assert tree_digest([tmp_path / "pkg"]) != before

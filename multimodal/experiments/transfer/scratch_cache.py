@@ -2,8 +2,9 @@
 ``mm.transfer`` again, trains no scratch model whose inputs are the same as before.
 
 A scratch fit depends on the model config, the data (spec, and the files of local data),
-the scratch stage's train config, the target, the episode's seed and rows, and the
-package versions; not on the adaptation arm. Its score is stored under a hash of these, as
+the scratch stage's train config, the target, the episode's seed and rows, the package
+versions and the toolkit's code (``code_fingerprint``: another checkout of the same version
+trains again); not on the adaptation arm. Its score is stored under a hash of these, as
 the feature store keys encoder outputs, in ``TRANSFERFUSE_CACHE`` (default
 ``~/.cache/transferfuse``) ``/scratch/<key>.json``. A stream's episode (no row indices) is
 never reused. Benchmarks do not reuse it: each unit records its own scratch fits.
@@ -51,9 +52,11 @@ def plan_inputs(plan: Any, files: list[str]) -> dict[str, Any]:
     import torch
 
     from ... import __version__
+    from ...core.provenance import code_fingerprint
 
     return {"model": plan.run.model.to_dict(), "data": plan.run.raw.get("data"), "files": files,
-            "seed": plan.seed, "metric": plan.metric, "versions": [__version__, torch.__version__]}  # fmt: skip
+            "seed": plan.seed, "metric": plan.metric,
+            "versions": [__version__, torch.__version__, code_fingerprint()]}  # fmt: skip
 
 
 def scratch_key(

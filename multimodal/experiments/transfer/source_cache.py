@@ -4,8 +4,8 @@ training them again. Train once, then rank candidates for each new target.
 
 A source fit depends on the model config, the data (spec, and the files of local data), the
 source domains, the source stage's train config, the seed, the encoders' weights
-(``encoder_fingerprint``), the source files of the fusion and head classes and the package
-versions. Its model is stored under a hash of these, as the scratch scores are
+(``encoder_fingerprint``), the source files of the fusion and head classes, the package
+versions and the toolkit's code (``core.provenance.code_fingerprint``). Its model is stored under a hash of these, as the scratch scores are
 (``scratch_cache``), in ``TRANSFERFUSE_CACHE`` (default ``~/.cache/transferfuse``)
 ``/source/<key>.safetensors``: the fusion's and head's tensors (the encoders, frozen under
 the ``head`` strategy, come back from their own weights and rows), beside ``<key>.json``
