@@ -64,7 +64,7 @@ PACKAGES = (
 
 def environment() -> dict[str, Any]:
     """What a number depends on beyond the config: package versions, threads, the CPU and
-    GPU, the determinism flags, and the commit of this code."""
+    GPU, the determinism flags, and the commit and source files' hash of this code."""
     import importlib.metadata as md
 
     packages = {}
@@ -87,6 +87,7 @@ def environment() -> dict[str, Any]:
             "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
         },
         "code": git_state(Path(__file__).resolve().parents[2]),
+        "code_fingerprint": code_fingerprint(),
     }
 
 

@@ -121,6 +121,32 @@ def test_resume_skips_finished_runs(tmp_path) -> None:
     assert {r["adaptation"] for r in rows} == {"head"} and len(calls) == 9  # nothing reruns
 
 
+def test_a_run_that_other_code_stored_runs_again(tmp_path, monkeypatch, caplog) -> None:
+    """Resuming reuses this code's runs only: after an update of the toolkit (another hash
+    of its source files at the same version) each stored unit runs again."""
+    from multimodal.core import provenance
+
+    suite = Suite(name="stub", base={"data": {"path": "synthetic"}}, fusions=["concat"], adaptations=["head"], seeds=2,
+                  pairs=[{"source": ["d0"], "target": ["d1"]}], k_shot=[2])  # fmt: skip
+    calls = []
+
+    def stub(config, adaptations):
+        calls.append(config["seed"])
+        report = {"source_domains": ["d0"], "metric": "accuracy", "source": 0.9, "config_hash": "h", "stage_seconds": {"all": 1.0},
+                  "targets": {"d1": {"zero_shot": 0.4, "adapted": 0.6, "scratch": 0.5, "transfer_gain": 0.1, "forgetting": 0.0,
+                                     "adapt_samples": 8, "source_after": 0.9}}}  # fmt: skip
+        return {s: report for s in adaptations}
+
+    run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
+    run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
+    assert len(calls) == 2
+    monkeypatch.setattr(provenance, "code_fingerprint", lambda: "updated code")
+    run_benchmark(suite, tmp_path, run_unit=stub, progress=False)
+    assert len(calls) == 4 and "2 stored runs" in caplog.text and "other code" in caplog.text
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert {r["environment"]["code_fingerprint"] for r in stored} == {"updated code"}
+
+
 def test_dotted_grid_keys_set_config_paths_and_robustness_rows_are_summarised(tmp_path) -> None:
     suite = Suite(name="stub", base={"data": {"path": "synthetic", "options": {"noise": 0.1}}, "train": {"epochs": 2}},
                   fusions=["concat"], adaptations=["head", "full"], seeds=2, grid={"noise": [0.2], "train.modality_dropout": [0.0, 0.3]})  # fmt: skip

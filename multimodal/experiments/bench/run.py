@@ -69,7 +69,8 @@ def run_benchmark(
     ``trackers`` (accelerate tracker names) get one run per finished unit.
 
     A unit is stored as ``out/runs/<hash>.json`` once it finishes, so an interrupted
-    benchmark resumes where it stopped and a finished one only rewrites its summary.
+    benchmark resumes where it stopped and a finished one only rewrites its summary; a
+    unit that other code of the toolkit stored (another ``code_fingerprint``) runs again.
     """
 
     from ...core.provenance import environment
@@ -84,6 +85,7 @@ def run_benchmark(
     # Units whose configs coincide (a one-modality baseline under every balancing method)
     # run once and share the stored result.
     same: dict[Path, list[int]] = defaultdict(list)
+    other_code = 0
     for index, unit in enumerate(units):
         config = unit_config(suite, unit)
         path = out / "runs" / f"{config_hash(config)}.json"
@@ -91,10 +93,16 @@ def run_benchmark(
         if len(same[path]) > 1:
             continue
         done = json.loads(path.read_text()) if path.is_file() else None
+        # A run that other code of the toolkit stored is not this code's number.
+        if done is not None and _code_of(done) != machine["code_fingerprint"]:
+            other_code, done = other_code + 1, None
         if done is not None and set(adaptations) <= set(done["reports"]):
             stored[index] = done["reports"]
         else:
             todo.append((index, config, path, done["reports"] if done else {}))
+    if other_code:
+        logger.warning("%d stored runs in %s came from other code of the toolkit; running them "
+                       "again", other_code, out)  # fmt: skip
     if stored:
         logger.info("%d of %d runs already in %s; skipping them", len(stored), len(units), out)
     status = Status(out / "status.json", suite.name, len(todo), len(stored))
@@ -115,6 +123,12 @@ def run_benchmark(
         if robustness is not None:
             robustness += robustness_rows(unit, reports)
     return rows
+
+
+def _code_of(run: Mapping[str, Any]) -> str | None:
+    """The hash of the toolkit's source files a stored run was computed with (None: a run
+    stored before runs recorded it)."""
+    return (run.get("environment") or {}).get("code_fingerprint")
 
 
 def _run_todo(
