@@ -25,7 +25,8 @@ and seeds, written as results.csv, summary.md/json (mean ± 95% CI) and PNG plot
 With no --suite: the main job, the real-digits-quick suite (real signals from PyPI packages,
 pretrained frozen encoders; its data built on the first run) and its default fusions,
 written to runs/benchmarks/real-digits-quick. Runs already in --out are skipped, so an interrupted
-benchmark resumes and a finished one only rewrites the summary. Each modality alone
+benchmark resumes and a finished one only rewrites the summary; runs that other code of
+the toolkit stored (before an update) run again. Each modality alone
 (``image-only``, ...) runs beside the fusions under the same protocol, unless --no-unimodal.
 
 --compare-to DIR reruns the reference in DIR (its suite, fusions, adaptations, seeds and
