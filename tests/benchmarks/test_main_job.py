@@ -72,7 +72,8 @@ def test_every_fusion_on_the_main_jobs_data_and_what_docs_results_says_of_it() -
     """The committed ``--fusion all`` run (docs/results.md): every registered fusion beside
     each modality alone, each fit batched; late fusion's overall adapted accuracy above
     every other row's 95% interval and above concat on every target (Holm p < 0.05);
-    gated below the best single modality."""
+    gated not above the best single modality and below concat; its six main-job rows
+    are the main job's, number for number."""
     from fusion import list_fusions
 
     summary = json.loads((ALL_FUSIONS / "summary.json").read_text())["summary"]
@@ -85,8 +86,11 @@ def test_every_fusion_on_the_main_jobs_data_and_what_docs_results_says_of_it() -
     for entry in (e for e in summary if e["fusion"] == "late"):
         versus = entry["adapted_vs_concat"]
         assert versus["mean"] > 0 and versus["p_holm"] < 0.05, entry["target"]
-    gated = overall["gated"]["gain_vs_unimodal"]
-    assert gated["mean"] < 0 and gated["p_holm"] < 0.05
+    gated = overall["gated"]
+    assert gated["gain_vs_unimodal"]["mean"] < 0 or gated["gain_vs_unimodal"]["p_holm"] >= 0.05
+    assert gated["adapted_vs_concat"]["mean"] < 0 and gated["adapted_vs_concat"]["p_holm"] < 0.05
+    main = {e["fusion"]: e["adapted"]["mean"] for e in _entries() if e["target"] == "all"}
+    assert all(overall[f]["adapted"]["mean"] == mean for f, mean in main.items())
     runs = [json.loads(p.read_text()) for p in sorted((ALL_FUSIONS / "runs").glob("*.json"))]
     modes = {m for run in runs for r in run["reports"].values() for m in r["episode_fits"].values()}
     assert modes == {"batched"} and len(runs) == len(overall) * 20
