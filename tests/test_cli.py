@@ -806,7 +806,8 @@ def test_overwrite_replaces_an_earlier_report(trained, config_file, tmp_path) ->
 def test_each_domain_evaluated_gets_its_own_default_folder(trained, config_file, tmp_path) -> None:
     import shutil
 
-    run = shutil.copytree(trained, tmp_path / "run")
+    # Without the reports other tests wrote into the shared run.
+    run = shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("evaluation-*"))
     base = ["evaluate", "--model", str(run), "--config", str(config_file)]
     for domain in ("d0", "d1"):
         assert main([*base, "--domain", domain]) == 0
