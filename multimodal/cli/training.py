@@ -97,12 +97,13 @@ def add_reproduce(sub: Any) -> None:
 def run_transfer(args: argparse.Namespace) -> int:
     from ..experiments.config import load_run_config
     from ..experiments.transfer import transfer
+    from ..experiments.transfer.plan import earlier_outputs
 
     config = load_run_config(args.config, args.overrides)
     out = transfer_output_dir(config, args.output_dir)
     config["output_dir"] = str(out)
     if not (config.get("train") or {}).get("resume_from"):
-        refuse_to_replace(earlier_transfer(out), args.overwrite)
+        refuse_to_replace(earlier_outputs(out), args.overwrite)
     if args.overwrite:  # every stage's run folder replaced, not refused
         config.setdefault("train", {})["overwrite"] = True
     report = transfer(config, reuse_scratch=not args.retrain_scratch)
@@ -110,15 +111,6 @@ def run_transfer(args: argparse.Namespace) -> int:
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items()))
     print(f"report: {Path(config['output_dir']) / 'report.json'}")
     return 0
-
-
-def earlier_transfer(out: Path) -> list[Path]:
-    """What an earlier transfer left in ``out``: its reports and its stages' run folders."""
-    if not out.is_dir():
-        return []
-    stages = ("adapt-", "scratch-", "report-")
-    return sorted(p for p in out.iterdir()
-                  if p.name in ("report.json", "source", "student") or p.name.startswith(stages))  # fmt: skip
 
 
 # Other commands' outputs: a transfer never writes beside them unasked.

@@ -269,6 +269,20 @@ class TransferPlan:
 # "0" turns the bar of a transfer's stages off (``multimodal bench --quiet``), "inner" shows
 # it only while it runs (under a benchmark's bar); it travels to Ray workers and
 # subprocesses with the environment.
+# What a transfer writes into its output folder, beside anything else there: its report(s)
+# and its stages' run folders (``TransferPlan.folder``, ``TransferPlan.student``).
+OUTPUT_NAMES = ("report.json", "source", "student")
+OUTPUT_PREFIXES = ("report-", "adapt-", "scratch-")
+
+
+def earlier_outputs(out: Path) -> list[Path]:
+    """What an earlier transfer left in ``out``."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir()
+                  if p.name in OUTPUT_NAMES or p.name.startswith(OUTPUT_PREFIXES))  # fmt: skip
+
+
 PROGRESS_ENV = "TRANSFERFUSE_PROGRESS"
 
 
